@@ -1,0 +1,7 @@
+"""Fixtures of the whole suite live in tests/harness/; this file only loads them."""
+
+pytest_plugins = [
+    "harness.libvirtd",
+    "harness.guest",
+    "harness.nested",
+]

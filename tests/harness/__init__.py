@@ -1,0 +1,1 @@
+"""Test harness: real libvirtd, throw-away domains, the tiny guest, the nested VM, images."""

@@ -1,0 +1,3 @@
+from virtbackup.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""The one place where virtbackup runs external programs.
+
+Every program is called with an argument list (never through a shell). Tests replace
+`run` to inject faults; `-v` shows each command through the logger.
+"""
+
+import logging
+import shlex
+import shutil
+import subprocess
+
+from virtbackup.core.errors import CommandFailed, MissingComponent
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    argv: list[str],
+    *,
+    check: bool = True,
+    input: bytes | None = None,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run argv, capture stdout and stderr, raise CommandFailed on a non-zero exit."""
+    require_program(argv[0])
+    log.debug("run: %s", shlex.join(argv))
+    result = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        raise CommandFailed(argv, result.returncode, result.stderr.decode(errors="replace"))
+    return result
+
+
+def run_text(argv: list[str], *, check: bool = True, timeout: float | None = None) -> str:
+    """Run argv and return its standard output as text."""
+    return run(argv, check=check, timeout=timeout).stdout.decode(errors="replace")
+
+
+def require_program(name: str) -> str:
+    """Return the path of program `name`, or raise a one-line error naming its package."""
+    path = shutil.which(name)
+    if path is None:
+        package = _PACKAGE_OF.get(name, name)
+        raise MissingComponent(f"{name} is not installed", f"apt-get install {package}")
+    return path
+
+
+_PACKAGE_OF = {
+    "qemu-img": "qemu-utils",
+    "lz4": "lz4",
+    "lvs": "lvm2",
+    "lvcreate": "lvm2",
+    "lvremove": "lvm2",
+    "findmnt": "util-linux",
+    "mount": "mount",
+    "umount": "mount",
+    "virsh": "libvirt-clients",
+}

@@ -1,0 +1,5 @@
+"""Command-line interface: the only place that prints, draws and maps errors to exit codes."""
+
+from virtbackup.cli.main import main
+
+__all__ = ["main"]

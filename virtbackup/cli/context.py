@@ -1,0 +1,19 @@
+"""Global options shared by every command."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+DEFAULT_URI = "qemu:///system"
+DEFAULT_CONFIG = Path("/etc/virtbackup.toml")
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    uri: str
+    config: Path | None  # None: no file given and the default does not exist
+    verbosity: int  # -1 quiet, 0 normal, 1+ verbose
+
+
+pass_globals = click.make_pass_decorator(GlobalOptions)

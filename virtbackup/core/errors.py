@@ -1,0 +1,74 @@
+"""Errors of virtbackup. Each class carries its exit code; the CLI maps them in one place.
+
+The message of an error is what the user reads: one line saying what is wrong and,
+where there is one, what to do about it.
+"""
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1  # some domain or disk failed; the others were still done
+    USAGE = 2  # usage or configuration error
+    LOCKED = 3  # another run holds the lock
+    INTERRUPTED = 130  # SIGINT or SIGTERM
+
+
+class VirtbackupError(Exception):
+    """Base of every error that reaches the user as one line."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.hint}" if self.hint else self.message
+
+
+class UsageError(VirtbackupError):
+    """Bad input: option, name, path or URI."""
+
+    exit_code = ExitCode.USAGE
+
+
+class ConfigError(UsageError):
+    """The configuration file is wrong."""
+
+
+class MissingComponent(UsageError):
+    """A program or library virtbackup needs is not installed."""
+
+
+class NotImplementedYet(UsageError):
+    """A command of the command tree whose implementation has not landed yet."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(f"'virtbackup {command}' is not implemented yet")
+
+
+class LockHeld(VirtbackupError):
+    """Another run holds the lock of the host or of a domain."""
+
+    exit_code = ExitCode.LOCKED
+
+
+class Interrupted(VirtbackupError):
+    """SIGINT or SIGTERM arrived; raised so that every `with` block unwinds."""
+
+    exit_code = ExitCode.INTERRUPTED
+
+
+class CommandFailed(VirtbackupError):
+    """An external program exited non-zero."""
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
+        last_line = next((ln for ln in reversed(stderr.splitlines()) if ln.strip()), "")
+        detail = f": {last_line.strip()}" if last_line else ""
+        super().__init__(f"{argv[0]} exited with status {returncode}{detail}")
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr

@@ -1,0 +1,58 @@
+"""What virtbackup knows about domains and disks: plain data, no I/O.
+
+Discovery (adapters/libvirt) fills these from the live domain XML and block info; the
+planner (core/planning) decides from them; the engine acts on the plan.
+"""
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class DomainState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shut off"
+    BLOCKED = "blocked"
+    SHUTDOWN = "in shutdown"
+    CRASHED = "crashed"
+    PMSUSPENDED = "pmsuspended"
+    NOSTATE = "no state"
+
+
+class Method(StrEnum):
+    AUTO = "auto"
+    SNAPSHOT = "snapshot"  # external disk-only libvirt snapshot, then blockcommit
+    LVM = "lvm"  # LVM snapshot of the LV under the image
+    SHUTDOWN = "shutdown"  # graceful shutdown, offline backup, restart
+    OFFLINE = "offline"  # the domain is shut off: read its images directly
+
+
+@dataclass(frozen=True)
+class DiskFacts:
+    target: str  # vda, sdb, hdc ...
+    device: str  # disk, cdrom, floppy, lun
+    source_type: str  # file, block, volume, network, dir, nvme, none
+    path: str | None  # file or block device path (a volume resolved to its path)
+    format: str | None  # driver type: raw, qcow2, ...
+    readonly: bool = False
+    shareable: bool = False
+    backing_chain: tuple[str, ...] = ()  # backing files below `path`, top first
+    virtual_size: int | None = None  # bytes the guest sees
+    allocated: int | None = None  # bytes the image occupies on the host
+    physical: int | None = None  # size of the file or device on the host
+    # Added by discovery (issue 3); all optional so that other constructors keep working.
+    on_lv: bool | None = None  # image on an LVM LV, or the disk is an LV; None: not checked
+    pool: str | None = None  # storage pool of a type='volume' disk
+    volume: str | None = None  # volume name in that pool
+    network: str | None = None  # a network source as protocol://host:port/name
+    probe_error: str | None = None  # why the image could not be resolved or inspected
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    name: str
+    uuid: str
+    state: DomainState
+    persistent: bool
+    disks: tuple[DiskFacts, ...] = field(default=())
+    has_agent_channel: bool = False  # an org.qemu.guest_agent.0 channel is configured

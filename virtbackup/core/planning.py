@@ -1,0 +1,242 @@
+"""Which domains, which method, which disks, and why: pure decisions from facts.
+
+`plan_domain` turns what discovery found (DomainFacts) and what the user asked
+(PlanOptions) into a DomainPlan: the method per domain and, per disk, whether it is
+backed up, each with a reason a user can read. `select_domains` resolves the names and
+globs of the command line against the domains of the host.
+
+Methods under `auto`:
+- shut off: `offline`, the images are read directly.
+- running (or blocked): `lvm` when every disk to back up is known to live on LVM, else
+  `snapshot` (an external disk-only snapshot takes the writes during the copy).
+- paused: the same; the domain stays paused.
+- pmsuspended (suspended to RAM by the guest): `snapshot`; qemu keeps its disks open.
+- in shutdown, crashed, no state: not backed up. A snapshot of a domain that is about
+  to stop could be stranded; a crashed guest's disks are in an unknown state.
+`shutdown` is never chosen by `auto`: it takes the service down.
+"""
+
+import difflib
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from virtbackup.core.errors import UsageError
+from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
+
+# States in which qemu runs and holds the disks open.
+LIVE_STATES = frozenset(
+    {DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED, DomainState.PMSUSPENDED}
+)
+# States in which the guest still handles an ACPI power button press.
+SHUTDOWN_STATES = frozenset({DomainState.RUNNING, DomainState.BLOCKED})
+# Source types whose data sits in a local file or block device we can read.
+LOCAL_SOURCES = frozenset({"file", "block", "volume"})
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    method: Method = Method.AUTO
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    disk: DiskFacts
+    backup: bool
+    reason: str
+    warning: bool = False  # the user should look: a risk, or a disk that cannot be read
+
+
+@dataclass(frozen=True)
+class DomainPlan:
+    domain: DomainFacts
+    method: Method | None  # None: the domain is not backed up, `reason` says why
+    reason: str
+    disks: tuple[DiskPlan, ...]
+
+    @property
+    def backed_up(self) -> tuple[DiskPlan, ...]:
+        return tuple(d for d in self.disks if d.backup)
+
+    @property
+    def warnings(self) -> tuple[DiskPlan, ...]:
+        return tuple(d for d in self.disks if d.warning)
+
+
+class UnknownDomain(UsageError):
+    """A domain named on the command line does not exist on the host."""
+
+
+# -- disks -------------------------------------------------------------------------------
+
+
+def disk_verdict(disk: DiskFacts) -> DiskPlan:
+    """Whether a disk can be backed up at all, whatever the method."""
+    if disk.device in ("cdrom", "floppy"):
+        return DiskPlan(disk, False, f"removable media ({disk.device})")
+    if disk.device == "lun":
+        return DiskPlan(
+            disk,
+            False,
+            "SCSI passthrough (lun): the guest drives the device itself, "
+            "back it up on the storage side",
+        )
+    if disk.source_type == "network":
+        where = f" ({disk.network})" if disk.network else ""
+        return DiskPlan(disk, False, f"network disks are not supported yet{where}")
+    if disk.source_type not in LOCAL_SOURCES:
+        return DiskPlan(disk, False, f"{disk.source_type} disks are not supported", warning=True)
+    if disk.probe_error is not None:
+        return DiskPlan(disk, False, disk.probe_error, warning=True)
+    if disk.path is None:
+        return DiskPlan(disk, False, "no source: nothing to back up")
+    if disk.shareable:
+        return DiskPlan(
+            disk,
+            True,
+            "shareable: other domains may write it, consistency cannot be guaranteed",
+            warning=True,
+        )
+    if disk.readonly:
+        return DiskPlan(disk, True, "read-only for the guest: copied as it is")
+    return DiskPlan(disk, True, "")
+
+
+_HOW = {
+    Method.OFFLINE: "read directly, the domain is shut off",
+    Method.SNAPSHOT: "copied while an external snapshot takes the writes",
+    Method.LVM: "copied from an LVM snapshot",
+    Method.SHUTDOWN: "read while the domain is shut down",
+}
+
+
+def _finish_disk(verdict: DiskPlan, method: Method | None) -> DiskPlan:
+    if not verdict.backup:
+        return verdict
+    if method is None:
+        return DiskPlan(verdict.disk, False, "the domain is not backed up", verdict.warning)
+    if verdict.reason:
+        return verdict
+    return DiskPlan(verdict.disk, True, _HOW[method])
+
+
+# -- domains -----------------------------------------------------------------------------
+
+
+def plan_domain(facts: DomainFacts, options: PlanOptions | None = None) -> DomainPlan:
+    """The method for one domain and the fate of each of its disks, with reasons."""
+    options = options or PlanOptions()
+    verdicts = [disk_verdict(disk) for disk in facts.disks]
+    wanted = [v.disk for v in verdicts if v.backup]
+    if not wanted:
+        why = "no disks" if not facts.disks else "no disk to back up"
+        method, reason = None, why
+    elif options.method is Method.AUTO:
+        method, reason = _auto(facts, wanted)
+    else:
+        method, reason = _asked(facts, wanted, options.method)
+    disks = tuple(_finish_disk(v, method) for v in verdicts)
+    return DomainPlan(facts, method, reason, disks)
+
+
+def _all_on_lv(disks: Sequence[DiskFacts]) -> bool:
+    return all(d.on_lv is True for d in disks)
+
+
+def _auto(facts: DomainFacts, disks: Sequence[DiskFacts]) -> tuple[Method | None, str]:
+    state = facts.state
+    if state is DomainState.SHUTOFF:
+        return Method.OFFLINE, "auto: shut off, the images are read directly"
+    if state in LIVE_STATES:
+        stays = {
+            DomainState.PAUSED: "; it stays paused",
+            DomainState.PMSUSPENDED: "; it stays suspended",
+        }.get(state, "")
+        if _all_on_lv(disks):
+            return Method.LVM, f"auto: {state}, every disk is on LVM: LVM snapshots{stays}"
+        return Method.SNAPSHOT, f"auto: {state}, an external snapshot takes the writes{stays}"
+    if state is DomainState.SHUTDOWN:
+        return None, (
+            "in shutdown: a snapshot could be stranded when it stops; "
+            "run again when it is shut off"
+        )
+    if state is DomainState.CRASHED:
+        return None, (
+            "crashed: its disks are in an unknown state; destroy or restart it, "
+            "or ask for --method snapshot"
+        )
+    return None, f"{state}: libvirt does not say whether it runs"
+
+
+def _asked(
+    facts: DomainFacts, disks: Sequence[DiskFacts], method: Method
+) -> tuple[Method | None, str]:
+    state = facts.state
+    if state is DomainState.SHUTOFF:
+        # Whatever was asked, a shut-off domain needs nothing but a direct read.
+        if method is Method.OFFLINE:
+            return Method.OFFLINE, "offline: shut off, the images are read directly"
+        return Method.OFFLINE, f"{method} asked, but it is shut off: the images are read directly"
+    live = state in LIVE_STATES or state is DomainState.CRASHED
+    if method is Method.OFFLINE:
+        return None, f"offline needs a shut-off domain, it is {state}: use snapshot or shutdown"
+    if not live:
+        return None, f"{state}: {method} needs a running or paused domain"
+    if method is Method.SNAPSHOT:
+        return Method.SNAPSHOT, f"snapshot: {state}, an external snapshot takes the writes"
+    if method is Method.LVM:
+        not_on_lv = [d.target for d in disks if d.on_lv is False]
+        if not_on_lv:
+            return None, f"lvm asked, but {', '.join(not_on_lv)} not on LVM"
+        if _all_on_lv(disks):
+            return Method.LVM, f"lvm: {state}, every disk is on LVM"
+        return Method.LVM, f"lvm: {state}; whether each disk is on LVM is checked at backup"
+    # Method.SHUTDOWN
+    if not facts.persistent:
+        return None, "shutdown asked, but the domain is transient: it would vanish"
+    if state not in SHUTDOWN_STATES:
+        return None, f"shutdown asked, but it is {state}: it cannot react to a shutdown request"
+    return Method.SHUTDOWN, "shutdown: shut down, read directly, started again"
+
+
+# -- selection ---------------------------------------------------------------------------
+
+
+def select_domains(
+    available: Sequence[str],
+    names: Sequence[str] = (),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> list[str]:
+    """The domains to work on: the named ones (all when none is named) matching an
+    `include` glob (when any is given) and no `exclude` glob.
+
+    Raises UnknownDomain naming every unknown name with its closest matches.
+    """
+    known = set(available)
+    unknown = [name for name in dict.fromkeys(names) if name not in known]
+    if unknown:
+        raise UnknownDomain(
+            "; ".join(_unknown_message(name, available) for name in unknown),
+            "'virtbackup list' shows the domains of the host",
+        )
+    chosen = list(dict.fromkeys(names)) if names else sorted(available)
+    if include:
+        chosen = [n for n in chosen if any(fnmatch.fnmatchcase(n, g) for g in include)]
+    return [n for n in chosen if not any(fnmatch.fnmatchcase(n, g) for g in exclude)]
+
+
+def close_matches(name: str, available: Sequence[str], limit: int = 3) -> list[str]:
+    """Names that look like `name`: case-insensitive equality first, then difflib."""
+    same_case = [n for n in available if n.casefold() == name.casefold()]
+    by_lower = {n.casefold(): n for n in available}
+    similar = difflib.get_close_matches(name.casefold(), list(by_lower), n=limit, cutoff=0.6)
+    matches = same_case + [by_lower[s] for s in similar]
+    return list(dict.fromkeys(matches))[:limit]
+
+
+def _unknown_message(name: str, available: Sequence[str]) -> str:
+    matches = close_matches(name, available)
+    if matches:
+        return f"unknown domain {name!r} (did you mean {' or '.join(repr(m) for m in matches)}?)"
+    return f"unknown domain {name!r}"
