@@ -7,13 +7,27 @@ import pytest
 
 from virtbackup import __version__
 
-COMMANDS = ["list", "backup", "all", "backups", "restore", "verify", "prune", "clean",
-            "shrink", "doctor"]
+COMMANDS = [
+    "list",
+    "backup",
+    "all",
+    "backups",
+    "restore",
+    "verify",
+    "prune",
+    "clean",
+    "shrink",
+    "doctor",
+]
 
 
 def virtbackup(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "virtbackup", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "virtbackup", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -26,8 +40,9 @@ def test_version() -> None:
 def test_help_lists_the_whole_command_tree() -> None:
     result = virtbackup("--help")
     assert result.returncode == 0
-    listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines()
-              if line.strip()}
+    listed = {
+        line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()
+    }
     assert listed == set(COMMANDS)
     for option in ("--connect", "--config", "--verbose", "--quiet"):
         assert option in result.stdout

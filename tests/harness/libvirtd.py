@@ -153,7 +153,9 @@ class DomainFactory:
       <source dev={quoteattr(dev)}/><target dev='{target}' bus='virtio'/></disk>"""
         if spec.kind == "chain":
             base = self.blank_image(f"{hint}-disk{index}-base.raw", "raw", spec.size)
-            image = spec.image or self.blank_image(f"{hint}-disk{index}.qcow2", "qcow2", spec.size, base)
+            image = spec.image or self.blank_image(
+                f"{hint}-disk{index}.qcow2", "qcow2", spec.size, base
+            )
             fmt = "qcow2"
         elif spec.kind in ("qcow2", "raw"):
             fmt = spec.kind

@@ -23,7 +23,8 @@ def import_libvirt() -> ModuleType:
             f"the libvirt Python bindings cannot be imported ({err})",
             f"apt-get install python3-libvirt, then {_VENV_HINT}",
         ) from None
-    return libvirt
+    module: ModuleType = libvirt
+    return module
 
 
 def import_guestfs() -> ModuleType:
@@ -34,4 +35,5 @@ def import_guestfs() -> ModuleType:
             f"the libguestfs Python bindings cannot be imported ({err})",
             f"apt-get install python3-guestfs, then {_VENV_HINT}",
         ) from None
-    return guestfs
+    module: ModuleType = guestfs
+    return module
