@@ -5,14 +5,15 @@
 #   contrib/setup-host.sh          runtime: packages, venv, /usr/local/bin/virtbackup, libvirtd
 #   contrib/setup-host.sh --test   also what the test suite needs (tox, busybox, qemu-ga, ...)
 #
-# Environment: VIRTBACKUP_VENV (default /opt/virtbackup/venv).
+# Environment: VIRTBACKUP_VENV (default /opt/virtbackup/venv), VIRTBACKUP_BIN_DIR (where the
+# virtbackup command is linked, default /usr/local/bin).
 set -euo pipefail
 
 want_test=0
 for arg in "$@"; do
     case "$arg" in
         --test) want_test=1 ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n "2,9p" "$0"; exit 0 ;;
         *) echo "setup-host.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -24,17 +25,18 @@ fi
 
 project_dir=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VIRTBACKUP_VENV:-/opt/virtbackup/venv}
+bin_dir=${VIRTBACKUP_BIN_DIR:-/usr/local/bin}
 
 runtime_packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
     qemu-system-x86 qemu-utils python3-libvirt python3-guestfs libguestfs-tools
-    linux-image-amd64 lvm2 lz4 util-linux python3-venv python3-click python3-rich python3-lz4
+    linux-image-amd64 lvm2 lz4 util-linux python3-venv python3-click python3-rich python3-lz4 procps
 )
 # guestfs-tools: virt-sparsify to compare shrink against; busybox-static, qemu-guest-agent
 # and cpio: the tiny test guest and the nested VM; xfsprogs/e2fsprogs: test images.
 test_packages=(
     tox guestfs-tools busybox-static qemu-guest-agent cpio zstd xfsprogs e2fsprogs
-    kmod procps tmux
+    kmod tmux
 )
 
 packages=("${runtime_packages[@]}")
@@ -60,7 +62,8 @@ if [ ! -x "$venv/bin/python" ]; then
     /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$project_dir"
-ln -sf "$venv/bin/virtbackup" /usr/local/bin/virtbackup
+mkdir -p "$bin_dir"
+ln -sf "$venv/bin/virtbackup" "$bin_dir/virtbackup"
 
 # libvirt: with systemd enable the units; without it (containers, CI) start the daemons.
 if [ -d /run/systemd/system ]; then
@@ -78,4 +81,4 @@ virsh -c qemu:///system version >/dev/null || {
     exit 1
 }
 
-echo "setup-host.sh: ready: $(virtbackup --version)"
+echo "setup-host.sh: ready: $("$bin_dir/virtbackup" --version)"

@@ -4,4 +4,5 @@ pytest_plugins = [
     "harness.libvirtd",
     "harness.guest",
     "harness.nested",
+    "harness.guestfs",
 ]
