@@ -1,0 +1,86 @@
+"""Retention: which backups of one domain to keep, as a pure function of their times.
+
+Like restic's policy: `keep_last` keeps the N newest backups; `keep_daily` (weekly,
+monthly, yearly) keeps the newest backup of each of the N most recent days (weeks, ...)
+that have a backup at all. A backup is kept when any rule keeps it, and every kept backup
+says why. The newest backup is always kept, whatever the policy, so retention can never
+leave a domain without its latest backup.
+
+Periods are calendar periods in the time zone the caller passes (the host's local zone,
+as an admin reads "daily"); weeks are ISO weeks.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+
+
+@dataclass(frozen=True)
+class Policy:
+    keep_last: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+
+    def is_empty(self) -> bool:
+        return not any(
+            (self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly)
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A complete backup as retention sees it: a name and when it was taken (aware)."""
+
+    name: str
+    time: datetime
+
+
+@dataclass(frozen=True)
+class Kept:
+    candidate: Candidate
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    keep: list[Kept] = field(default_factory=list)  # newest first
+    remove: list[Candidate] = field(default_factory=list)  # newest first
+
+
+PeriodKey = Callable[[datetime], tuple[int, ...]]
+
+PERIODS: list[tuple[str, str, PeriodKey]] = [
+    ("keep_daily", "daily", lambda t: (t.year, t.month, t.day)),
+    ("keep_weekly", "weekly", lambda t: tuple(t.isocalendar()[:2])),
+    ("keep_monthly", "monthly", lambda t: (t.year, t.month)),
+    ("keep_yearly", "yearly", lambda t: (t.year,)),
+]
+
+
+def apply_policy(candidates: Sequence[Candidate], policy: Policy, tz: tzinfo) -> Decision:
+    ordered = sorted(candidates, key=lambda c: c.time, reverse=True)
+    reasons: dict[str, list[str]] = {c.name: [] for c in ordered}
+
+    for rank, candidate in enumerate(ordered[: policy.keep_last]):
+        reasons[candidate.name].append(f"last {rank + 1}/{policy.keep_last}")
+
+    for attribute, label, period_of in PERIODS:
+        wanted = getattr(policy, attribute)
+        seen: list[tuple[int, ...]] = []
+        for candidate in ordered:
+            period = period_of(candidate.time.astimezone(tz))
+            if seen and seen[-1] == period:
+                continue  # an newer backup already stands for this period
+            if len(seen) == wanted:
+                break
+            seen.append(period)
+            reasons[candidate.name].append(f"{label} {len(seen)}/{wanted}")
+
+    if ordered and not reasons[ordered[0].name]:
+        reasons[ordered[0].name].append("newest")
+
+    keep = [Kept(c, tuple(reasons[c.name])) for c in ordered if reasons[c.name]]
+    remove = [c for c in ordered if not reasons[c.name]]
+    return Decision(keep=keep, remove=remove)
