@@ -1,0 +1,138 @@
+"""The configuration file: every key read, every mistake named with file, line and key."""
+
+from pathlib import Path
+
+import pytest
+
+from virtbackup.core.config import (
+    Config,
+    SnapshotSize,
+    load_config,
+    parse_config,
+    parse_size,
+    parse_snapshot_size,
+)
+from virtbackup.core.errors import ConfigError, ExitCode
+from virtbackup.core.model import Method
+from virtbackup.core.retention import Policy
+
+EXAMPLE = Path(__file__).parents[2] / "contrib" / "virtbackup.toml"
+
+FULL = """\
+dest = "/srv/backup"
+method = "snapshot"
+include = ["web-*", "db*"]
+exclude = ["*-test"]
+workers = 2
+compression_level = 3
+bwlimit = "100M"
+overlay_dir = "/var/tmp/overlays"
+shutdown_timeout = 120
+force_off = true
+snapshot_size = "2G"
+trim = true
+
+[retention]
+keep_last = 2
+keep_daily = 7
+
+[hooks]
+before = ["/usr/local/bin/pre", "--quiet"]
+after = ["/usr/local/bin/post"]
+
+[domain."db server"]
+method = "shutdown"
+exclude_disks = ["vdb"]
+
+[domain."db server".retention]
+keep_daily = 14
+"""
+
+
+def test_every_key_is_read() -> None:
+    config = parse_config(FULL)
+    assert config.dest == Path("/srv/backup")
+    assert config.include == ("web-*", "db*") and config.exclude == ("*-test",)
+    assert (config.workers, config.compression_level, config.bwlimit) == (2, 3, 100 << 20)
+    assert config.overlay_dir == Path("/var/tmp/overlays")
+    assert config.hooks_before == ("/usr/local/bin/pre", "--quiet")
+    assert config.hooks_after == ("/usr/local/bin/post",)
+    d = config.defaults
+    assert d.method == Method.SNAPSHOT and d.shutdown_timeout == 120 and d.force_off and d.trim
+    assert d.snapshot_size == SnapshotSize(bytes=2 << 30)
+    assert d.retention == Policy(keep_last=2, keep_daily=7)
+
+
+def test_domain_overrides_inherit_the_defaults() -> None:
+    config = parse_config(FULL)
+    db = config.for_domain("db server")
+    assert db.method == Method.SHUTDOWN and db.exclude_disks == ("vdb",)
+    assert db.shutdown_timeout == 120  # from the top level
+    assert db.retention == Policy(keep_last=2, keep_daily=14)
+    assert config.for_domain("web-1") == config.defaults
+
+
+def test_selection_by_globs() -> None:
+    config = parse_config(FULL)
+    assert config.selects("web-1") and config.selects("db server")
+    assert not config.selects("web-test") and not config.selects("mail")
+    assert Config().selects("anything")
+
+
+def test_empty_file_gives_defaults() -> None:
+    assert parse_config("") == Config()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('dest = "/x"\nworkrs = 2\n', "f.toml:2: workrs: unknown key"),
+        ("workers = 0\n", "f.toml:1: workers: must be at least 1"),
+        ('workers = "2"\n', "f.toml:1: workers: expected int, got '2'"),
+        ("trim = 1\n", "f.toml:1: trim: expected bool, got 1"),
+        ("workers = true\n", "f.toml:1: workers: expected int, got True"),
+        ('method = "teleport"\n', "f.toml:1: method: 'teleport' is not one of auto, snapshot"),
+        ('bwlimit = "fast"\n', "f.toml:1: bwlimit: 'fast' is not a size"),
+        ('snapshot_size = "150%"\n', "f.toml:1: snapshot_size: '150%': a share must be"),
+        ("compression_level = 17\n", "f.toml:1: compression_level: must be 0 to 16"),
+        ('include = "web"\n', "f.toml:1: include: expected a list of strings"),
+        ("\n[retention]\nkeep_dayly = 3\n", "f.toml:3: retention.keep_dayly: unknown key"),
+        ("[retention]\nkeep_last = -1\n", "f.toml:2: retention.keep_last: must be 0 or more"),
+        ("[hooks]\nbefore = [1]\n", "f.toml:2: hooks.before: expected a list of strings"),
+        (
+            '[domain."a b"]\nmethod = "lvm"\nbogus = 1\n',
+            "f.toml:3: domain.a b.bogus: unknown key",
+        ),
+        (
+            "[domain.web]\n[domain.web.retention]\nkeep_hourly = 1\n",
+            "f.toml:3: domain.web.retention.keep_hourly: unknown key",
+        ),
+        ("dest = \n", "f.toml: not valid TOML: "),
+    ],
+)
+def test_mistakes_are_named_precisely(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "f.toml")
+    assert str(caught.value).startswith(message)
+    assert caught.value.exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("512", 512), ("100M", 100 << 20), ("2G", 2 << 30), ("1.5GiB", 3 << 29)]
+)
+def test_sizes(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_snapshot_size_share() -> None:
+    assert parse_snapshot_size("10%") == SnapshotSize(percent=10.0)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration .*missing.toml"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_the_shipped_example_is_valid() -> None:
+    config = load_config(EXAMPLE)
+    assert config.dest is not None

@@ -1,0 +1,256 @@
+"""The configuration file (TOML): parsed and checked as pure data.
+
+Every key is known; an unknown key or a bad value is a ConfigError naming the file, the
+line and the key, so an admin can fix /etc/virtbackup.toml from one line of cron mail.
+Options given on the command line override what the file says (the CLI merges them).
+contrib/virtbackup.toml is the commented example of every key.
+"""
+
+import fnmatch
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from virtbackup.core.errors import ConfigError
+from virtbackup.core.model import Method
+from virtbackup.core.retention import Policy
+
+MAX_LZ4_LEVEL = 16
+
+
+@dataclass(frozen=True)
+class SnapshotSize:
+    """LVM snapshot size: a share of the origin LV (percent) or a fixed byte count."""
+
+    percent: float | None = None
+    bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class DomainSettings:
+    """What applies to one domain, after the per-domain overrides."""
+
+    method: Method = Method.AUTO
+    exclude_disks: tuple[str, ...] = ()
+    shutdown_timeout: int = 300
+    force_off: bool = False
+    snapshot_size: SnapshotSize = SnapshotSize(percent=10.0)
+    trim: bool = False
+    retention: Policy = Policy()
+
+
+@dataclass(frozen=True)
+class Config:
+    dest: Path | None = None
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    workers: int | None = None
+    compression_level: int = 0
+    bwlimit: int | None = None
+    overlay_dir: Path | None = None
+    hooks_before: tuple[str, ...] = ()
+    hooks_after: tuple[str, ...] = ()
+    defaults: DomainSettings = DomainSettings()
+    overrides: dict[str, DomainSettings] = field(default_factory=dict)
+
+    def for_domain(self, name: str) -> DomainSettings:
+        return self.overrides.get(name, self.defaults)
+
+    def selects(self, name: str) -> bool:
+        included = any(fnmatch.fnmatchcase(name, glob) for glob in self.include)
+        return included and not any(fnmatch.fnmatchcase(name, glob) for glob in self.exclude)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'512', '100M', '2G', '1.5GiB' -> bytes (binary units). ValueError when not a size."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size (e.g. 512M, 2G)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def parse_snapshot_size(text: str) -> SnapshotSize:
+    if text.strip().endswith("%"):
+        percent = float(text.strip()[:-1])
+        if not 0 < percent <= 100:
+            raise ValueError(f"{text!r}: a share must be above 0 % and at most 100 %")
+        return SnapshotSize(percent=percent)
+    return SnapshotSize(bytes=parse_size(text))
+
+
+class _Reader:
+    """Checks one table of the file, naming file, line and dotted key in every error."""
+
+    def __init__(self, source: str, text: str) -> None:
+        self.source = source
+        self.lines = text.splitlines()
+
+    def fail(self, table: tuple[str, ...], key: str, problem: str) -> ConfigError:
+        dotted = ".".join((*table, key))
+        return ConfigError(f"{self.source}:{self.line_of(table, key)}: {dotted}: {problem}")
+
+    def line_of(self, table: tuple[str, ...], key: str) -> int:
+        """Line of `key` inside [table]; tomllib keeps no positions, so scan the text."""
+        in_table = not table
+        key_pattern = re.compile(rf"^\s*(?:{re.escape(key)}|\"{re.escape(key)}\")\s*=")
+        for number, line in enumerate(self.lines, start=1):
+            header = re.match(r"^\s*\[+\s*(.*?)\s*\]+", line)
+            if header:
+                in_table = _split_table(header.group(1)) == table
+                if in_table and not key:
+                    return number
+                continue
+            if in_table and key and key_pattern.match(line):
+                return number
+        return 1
+
+    def known(self, table: tuple[str, ...], data: dict[str, Any], allowed: set[str]) -> None:
+        for key in data:
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                raise self.fail(table, key, f"unknown key (known here: {hint})")
+
+    def typed(self, table: tuple[str, ...], data: dict[str, Any], key: str, kind: type) -> Any:
+        value = data[key]
+        # TOML booleans are not integers for us, though bool subclasses int in Python
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(table, key, f"expected {kind.__name__}, got {value!r}")
+        return value
+
+    def string_list(
+        self, table: tuple[str, ...], data: dict[str, Any], key: str
+    ) -> tuple[str, ...]:
+        value = data[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(table, key, f"expected a list of strings, got {value!r}")
+        return tuple(value)
+
+    def convert(self, table: tuple[str, ...], key: str, parse: Any, value: Any) -> Any:
+        try:
+            return parse(value)
+        except (ValueError, TypeError) as err:
+            raise self.fail(table, key, str(err)) from None
+
+
+def _split_table(header: str) -> tuple[str, ...]:
+    parts = re.findall(r'"((?:[^"\\]|\\.)*)"|([^.\s]+)', header)
+    return tuple(quoted or bare for quoted, bare in parts)
+
+
+DOMAIN_KEYS = {f.name for f in fields(DomainSettings)}
+TOP_KEYS = (DOMAIN_KEYS - {"exclude_disks"}) | {
+    "dest",
+    "include",
+    "exclude",
+    "workers",
+    "compression_level",
+    "bwlimit",
+    "overlay_dir",
+    "hooks",
+    "domain",
+}
+RETENTION_KEYS = {f.name for f in fields(Policy)}
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    reader = _Reader(source, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML: {err}") from None
+    reader.known((), data, TOP_KEYS)
+
+    config = Config()
+    top: tuple[str, ...] = ()
+    if "dest" in data:
+        config = replace(config, dest=Path(reader.typed(top, data, "dest", str)))
+    if "overlay_dir" in data:
+        config = replace(config, overlay_dir=Path(reader.typed(top, data, "overlay_dir", str)))
+    if "include" in data:
+        config = replace(config, include=reader.string_list(top, data, "include"))
+    if "exclude" in data:
+        config = replace(config, exclude=reader.string_list(top, data, "exclude"))
+    if "workers" in data:
+        workers = reader.typed(top, data, "workers", int)
+        if workers < 1:
+            raise reader.fail(top, "workers", "must be at least 1")
+        config = replace(config, workers=workers)
+    if "compression_level" in data:
+        level = reader.typed(top, data, "compression_level", int)
+        if not 0 <= level <= MAX_LZ4_LEVEL:
+            raise reader.fail(top, "compression_level", f"must be 0 to {MAX_LZ4_LEVEL}")
+        config = replace(config, compression_level=level)
+    if "bwlimit" in data:
+        limit = reader.convert(top, "bwlimit", parse_size, reader.typed(top, data, "bwlimit", str))
+        config = replace(config, bwlimit=limit)
+    if "hooks" in data:
+        hooks = reader.typed(top, data, "hooks", dict)
+        reader.known(("hooks",), hooks, {"before", "after"})
+        if "before" in hooks:
+            config = replace(config, hooks_before=reader.string_list(("hooks",), hooks, "before"))
+        if "after" in hooks:
+            config = replace(config, hooks_after=reader.string_list(("hooks",), hooks, "after"))
+
+    defaults = _domain_settings(reader, top, data, DomainSettings())
+    overrides = {}
+    for name, table in reader.typed(top, data, "domain", dict).items() if "domain" in data else []:
+        where = ("domain", name)
+        if not isinstance(table, dict):
+            raise reader.fail(("domain",), name, 'expected a table [domain."NAME"]')
+        reader.known(where, table, DOMAIN_KEYS)
+        overrides[name] = _domain_settings(reader, where, table, defaults)
+    return replace(config, defaults=defaults, overrides=overrides)
+
+
+def _domain_settings(
+    reader: _Reader, where: tuple[str, ...], data: dict[str, Any], base: DomainSettings
+) -> DomainSettings:
+    settings = base
+    if "method" in data:
+        method = reader.typed(where, data, "method", str)
+        choices = [m.value for m in Method]
+        if method not in choices:
+            raise reader.fail(where, "method", f"{method!r} is not one of {', '.join(choices)}")
+        settings = replace(settings, method=Method(method))
+    if "exclude_disks" in data:
+        settings = replace(settings, exclude_disks=reader.string_list(where, data, "exclude_disks"))
+    if "shutdown_timeout" in data:
+        timeout = reader.typed(where, data, "shutdown_timeout", int)
+        if timeout < 1:
+            raise reader.fail(where, "shutdown_timeout", "must be at least 1 second")
+        settings = replace(settings, shutdown_timeout=timeout)
+    for flag in ("force_off", "trim"):
+        if flag in data:
+            settings = replace(settings, **{flag: reader.typed(where, data, flag, bool)})
+    if "snapshot_size" in data:
+        text = reader.typed(where, data, "snapshot_size", str)
+        size = reader.convert(where, "snapshot_size", parse_snapshot_size, text)
+        settings = replace(settings, snapshot_size=size)
+    if "retention" in data:
+        table = reader.typed(where, data, "retention", dict)
+        rwhere = (*where, "retention")
+        reader.known(rwhere, table, RETENTION_KEYS)
+        counts = {}
+        for key in table:
+            count = reader.typed(rwhere, table, key, int)
+            if count < 0:
+                raise reader.fail(rwhere, key, "must be 0 or more")
+            counts[key] = count
+        settings = replace(settings, retention=replace(settings.retention, **counts))
+    return settings
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read configuration {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return parse_config(text, str(path))
