@@ -33,10 +33,11 @@ runtime_packages=(
     linux-image-amd64 lvm2 lz4 util-linux python3-venv python3-click python3-rich python3-lz4 procps
 )
 # guestfs-tools: virt-sparsify to compare shrink against; busybox-static, qemu-guest-agent
-# and cpio: the tiny test guest and the nested VM; xfsprogs/e2fsprogs: test images.
+# and cpio: the tiny test guest and the nested VM; xfsprogs/e2fsprogs: test images;
+# systemd: only its systemd-analyze, to verify the units in contrib/systemd.
 test_packages=(
     tox guestfs-tools busybox-static qemu-guest-agent cpio zstd xfsprogs e2fsprogs
-    kmod tmux
+    kmod tmux systemd
 )
 
 packages=("${runtime_packages[@]}")
