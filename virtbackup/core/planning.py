@@ -32,6 +32,8 @@ LIVE_STATES = frozenset(
 SHUTDOWN_STATES = frozenset({DomainState.RUNNING, DomainState.BLOCKED})
 # Source types whose data sits in a local file or block device we can read.
 LOCAL_SOURCES = frozenset({"file", "block", "volume"})
+# How similar (difflib ratio) a name must be to be suggested for an unknown one.
+CLOSE_MATCH_CUTOFF = 0.6
 
 
 @dataclass(frozen=True)
@@ -157,8 +159,7 @@ def _auto(facts: DomainFacts, disks: Sequence[DiskFacts]) -> tuple[Method | None
         return Method.SNAPSHOT, f"auto: {state}, an external snapshot takes the writes{stays}"
     if state is DomainState.SHUTDOWN:
         return None, (
-            "in shutdown: a snapshot could be stranded when it stops; "
-            "run again when it is shut off"
+            "in shutdown: a snapshot could be stranded when it stops; run again when it is shut off"
         )
     if state is DomainState.CRASHED:
         return None, (
@@ -227,12 +228,15 @@ def select_domains(
 
 
 def close_matches(name: str, available: Sequence[str], limit: int = 3) -> list[str]:
-    """Names that look like `name`: case-insensitive equality first, then difflib."""
-    same_case = [n for n in available if n.casefold() == name.casefold()]
-    by_lower = {n.casefold(): n for n in available}
-    similar = difflib.get_close_matches(name.casefold(), list(by_lower), n=limit, cutoff=0.6)
-    matches = same_case + [by_lower[s] for s in similar]
-    return list(dict.fromkeys(matches))[:limit]
+    """Names that look like `name`, best first: equal but for case, then by similarity."""
+    key = name.casefold()
+    scored: list[tuple[float, str, str]] = []
+    for candidate in available:
+        matcher = difflib.SequenceMatcher(None, key, candidate.casefold())
+        ratio = 2.0 if candidate.casefold() == key else matcher.ratio()
+        if ratio >= CLOSE_MATCH_CUTOFF:
+            scored.append((-ratio, candidate.casefold(), candidate))
+    return [candidate for _, _, candidate in sorted(scored)[:limit]]
 
 
 def _unknown_message(name: str, available: Sequence[str]) -> str:

@@ -1,4 +1,4 @@
-"""Read the disks of a libvirt domain XML: pure, so it is tested without libvirt.
+"""Read the disks of a libvirt domain XML for discovery: pure, tested without libvirt.
 
 The live XML of a running domain carries each disk's backing chain as nested
 `<backingStore>` elements (an empty one ends the chain); the inactive XML usually has
@@ -12,7 +12,7 @@ from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.model import DiskFacts
 
 
-class DomainXmlError(VirtbackupError):
+class DiskXmlError(VirtbackupError):
     """libvirt handed us XML we cannot read (never expected from a real daemon)."""
 
 
@@ -35,7 +35,7 @@ def _parse(xml: str) -> ET.Element:
     try:
         return ET.fromstring(xml)
     except ET.ParseError as err:
-        raise DomainXmlError(f"cannot parse the domain XML: {err}") from None
+        raise DiskXmlError(f"cannot parse the domain XML: {err}") from None
 
 
 def _disk(element: ET.Element) -> DiskFacts:
