@@ -1,30 +1,76 @@
-"""Logging setup: rich on a terminal, plain timestamped lines otherwise (cron, journald)."""
+"""Logging setup: rich on a terminal, plain timestamped lines otherwise (cron, log files),
+and syslog priority prefixes when stderr goes to the systemd journal."""
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
 
 stderr_console = Console(stderr=True)
 
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
-def setup_logging(verbosity: int) -> None:
-    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+# sd-daemon(3): a "<N>" prefix sets the journal priority of a line written to stderr.
+_SYSLOG_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """The journal adds its own timestamps; it wants the priority instead."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _SYSLOG_PRIORITY.get(record.levelno, 6)
+        return f"<{priority}>{record.getMessage()}"
+
+
+def level_for(verbosity: int) -> int:
+    return {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+
+
+def console_handler() -> logging.Handler:
     handler: logging.Handler
-    if sys.stderr.isatty():
+    if os.environ.get("JOURNAL_STREAM"):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JournalFormatter())
+    elif sys.stderr.isatty():
         handler = RichHandler(console=stderr_console, show_path=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z")
-        )
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT, TIME_FORMAT))
+    return handler
+
+
+class LogFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Plain timestamped lines appended to a file readable by root only."""
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        super().__init__(os.fdopen(fd, "a", encoding="utf-8", buffering=1))
+        self.setFormatter(logging.Formatter(PLAIN_FORMAT, TIME_FORMAT))
+
+
+def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.handlers[:] = [console_handler()]
+    if log_file is not None:
+        root.handlers.append(LogFileHandler(log_file))
+    root.setLevel(level_for(verbosity))
 
 
 def error_line(message: str) -> None:
-    """The one line the user reads when a command fails."""
+    """The one line the user reads when a command fails; the log file gets it too."""
     print(f"virtbackup: error: {message}", file=sys.stderr)
+    record = logging.LogRecord("virtbackup", logging.ERROR, "", 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LogFileHandler):
+            handler.handle(record)
