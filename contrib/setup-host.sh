@@ -34,10 +34,10 @@ runtime_packages=(
 )
 # guestfs-tools: virt-sparsify to compare shrink against; busybox-static, qemu-guest-agent
 # and cpio: the tiny test guest and the nested VM; xfsprogs/e2fsprogs: test images;
-# systemd: only its systemd-analyze, to verify the units in contrib/systemd.
+# systemd, logrotate: only to check the files in contrib/ (systemd-analyze verify, logrotate -d).
 test_packages=(
     tox guestfs-tools busybox-static qemu-guest-agent cpio zstd xfsprogs e2fsprogs
-    kmod tmux systemd
+    kmod tmux systemd logrotate
 )
 
 packages=("${runtime_packages[@]}")

@@ -41,3 +41,17 @@ def test_bash_completion_is_current_and_completes_commands() -> None:
         [sys.executable, "-m", "virtbackup"], env=env, check=True, capture_output=True, text=True
     )
     assert words.stdout.split() == ["plain,backup", "plain,backups"]
+
+
+def test_logrotate_snippet_parses(tmp_path: Path) -> None:
+    if shutil.which("logrotate") is None:
+        unavailable("logrotate", "apt-get install logrotate")
+    result = subprocess.run(
+        ["logrotate", "-d", "-s", str(tmp_path / "state"), str(CONTRIB / "virtbackup.logrotate")],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "error" not in (result.stdout + result.stderr).lower()
+    assert "rotating pattern: /var/log/virtbackup.log" in result.stdout + result.stderr
