@@ -1,0 +1,116 @@
+"""The nested VM runner really runs LVM snapshots and libvirt domains (one boot per test)."""
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.nested import NestedVM, newest_kernel
+
+# A throw-away volume group: a 32 MiB origin LV with ext4 and an 8 MiB snapshot of it.
+LVM_SNAPSHOT = r"""
+set -euo pipefail
+truncate -s 64M pv.img
+dev=$(losetup --find --show "$PWD/pv.img")
+pvcreate -q "$dev"
+vgcreate -q nestvg "$dev"
+lvcreate -q -L 32M -n origin nestvg
+mkfs.ext4 -q /dev/nestvg/origin
+mkdir /mnt/origin /mnt/snap
+mount /dev/nestvg/origin /mnt/origin
+cp "$DATA/old.bin" /mnt/origin/file
+sync
+lvcreate -q -s -L 8M -n snap nestvg/origin
+cp "$DATA/new.bin" /mnt/origin/file
+sync
+# noload: the snapshot of a mounted ext4 has a journal to replay, a read-only mount can't.
+mount -o ro,noload /dev/nestvg/snap /mnt/snap
+echo "snapshot $(sha256sum < /mnt/snap/file)"
+echo "origin $(sha256sum < /mnt/origin/file)"
+umount /mnt/snap
+lvremove -q -f nestvg/snap
+echo "lvs $(lvs --noheadings -o lv_name nestvg | xargs)"
+"""
+
+DOMAIN_XML = """\
+<domain type='qemu'>
+  <name>nested-probe</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{disk}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>
+"""
+
+LIBVIRT_DOMAIN = r"""
+set -euo pipefail
+virsh() { command virsh -c qemu:///system "$@"; }
+virsh version
+virsh define "$DATA/dom.xml"
+virsh start nested-probe
+echo "started: $(virsh domstate nested-probe)"
+virsh destroy nested-probe
+echo "destroyed: $(virsh domstate nested-probe)"
+virsh undefine nested-probe
+"""
+
+
+def lines_by_key(stdout: str) -> dict[str, str]:
+    """`key rest` lines of a script's output as {key: rest}."""
+    return dict(line.split(" ", 1) for line in stdout.splitlines() if " " in line)
+
+
+@pytest.mark.nested
+def test_lvm_snapshot_keeps_old_content(nested_vm: NestedVM, tmp_path: Path) -> None:
+    old, new = os.urandom(1 << 20), os.urandom(1 << 20)
+    (tmp_path / "old.bin").write_bytes(old)
+    (tmp_path / "new.bin").write_bytes(new)
+    script = f"export DATA={tmp_path}\n{LVM_SNAPSHOT}"
+
+    result = nested_vm.run(script, rwdirs=[tmp_path])
+
+    assert result.returncode == 0, result.stderr
+    out = lines_by_key(result.stdout)
+    assert out["snapshot"].split()[0] == hashlib.sha256(old).hexdigest()
+    assert out["origin"].split()[0] == hashlib.sha256(new).hexdigest()
+    assert out["lvs"] == "origin"
+
+
+@pytest.mark.nested
+def test_script_exit_status_and_streams_come_back(nested_vm: NestedVM) -> None:
+    result = nested_vm.run("echo to-stdout; echo to-stderr >&2; exit 37")
+
+    assert result.returncode == 37
+    assert result.stdout == "to-stdout\n"
+    assert "to-stderr\n" in result.stderr
+
+
+@pytest.mark.nested
+def test_libvirtd_runs_a_qemu_domain(nested_vm: NestedVM, tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"")
+    os.truncate(disk, 8 << 20)
+    (tmp_path / "dom.xml").write_text(DOMAIN_XML.format(disk=disk))
+    script = f"export DATA={tmp_path}\n{LIBVIRT_DOMAIN}"
+
+    result = nested_vm.run(script, rwdirs=[tmp_path], libvirtd=True)
+
+    assert result.returncode == 0, result.stderr
+    assert "Running hypervisor: QEMU" in result.stdout
+    out = lines_by_key(result.stdout)
+    assert out["started:"] == "running"
+    assert out["destroyed:"] == "shut off"
+
+
+def test_newest_kernel_compares_versions_as_numbers(tmp_path: Path) -> None:
+    for name in ("vmlinuz-6.1.0-9-amd64", "vmlinuz-6.1.0-56-amd64", "config-6.1.0-99-amd64"):
+        (tmp_path / name).touch()
+
+    assert newest_kernel(tmp_path) == tmp_path / "vmlinuz-6.1.0-56-amd64"
+    assert newest_kernel(tmp_path / "empty") is None
