@@ -10,9 +10,13 @@ import click
 
 from virtbackup import __version__
 from virtbackup.cli import pending
+from virtbackup.cli.backups_cmd import backups_command
 from virtbackup.cli.context import DEFAULT_CONFIG, DEFAULT_URI, GlobalOptions
+from virtbackup.cli.list_cmd import list_command
 from virtbackup.cli.output import error_line, setup_logging
-from virtbackup.core.errors import ExitCode, Interrupted, VirtbackupError
+from virtbackup.cli.restore_cmd import restore_command
+from virtbackup.cli.verify_cmd import verify_command
+from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +39,37 @@ log = logging.getLogger(__name__)
 )
 @click.option("-v", "--verbose", count=True, help="More output; -v shows each command run.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also append plain timestamped log lines to FILE.",
+)
 @click.pass_context
-def cli(ctx: click.Context, uri: str, config: Path | None, verbose: int, quiet: bool) -> None:
+def cli(
+    ctx: click.Context,
+    uri: str,
+    config: Path | None,
+    verbose: int,
+    quiet: bool,
+    log_file: Path | None,
+) -> None:
     """Back up, restore and shrink the virtual machines of a libvirt host."""
     if config is None and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG
     verbosity = -1 if quiet else verbose
-    setup_logging(verbosity)
+    try:
+        setup_logging(verbosity, log_file)
+    except OSError as err:
+        raise UsageError(f"cannot open log file {log_file}: {err.strerror}") from None
     ctx.obj = GlobalOptions(uri=uri, config=config, verbosity=verbosity)
 
 
 for command in pending.COMMANDS:
     cli.add_command(command)
+cli.add_command(list_command)
+cli.add_command(backups_command)
+cli.add_command(restore_command)
+cli.add_command(verify_command)
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:

@@ -22,14 +22,6 @@ dest_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-@click.command("list")
-@click.argument("domains", nargs=-1)
-@json_option
-def list_command(domains: tuple[str, ...], as_json: bool) -> None:
-    """Show domains, their disks, and whether and how each would be backed up."""
-    raise NotImplementedYet("list")
-
-
 @click.command("backup")
 @click.argument("domains", nargs=-1, required=True)
 @dest_option
@@ -46,32 +38,6 @@ def backup_command(domains: tuple[str, ...], dest: Path, method: str) -> None:
 def all_command(dest: Path, include: tuple[str, ...], exclude: tuple[str, ...]) -> None:
     """Back up every domain of the host (the nightly job)."""
     raise NotImplementedYet("all")
-
-
-@click.command("backups")
-@dest_option
-@click.argument("domain", required=False)
-@json_option
-def backups_command(dest: Path, domain: str | None, as_json: bool) -> None:
-    """List the backups that exist, with date, size, method and verified state."""
-    raise NotImplementedYet("backups")
-
-
-@click.command("restore")
-@click.argument("backup", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--to", "target", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--define", metavar="NAME", help="Define a new domain NAME using the restored disks.")
-@click.option("--force", is_flag=True, help="Overwrite existing files.")
-def restore_command(backup: Path, target: Path, define: str | None, force: bool) -> None:
-    """Write a backup's disks back, sparse and byte-identical."""
-    raise NotImplementedYet("restore")
-
-
-@click.command("verify")
-@click.argument("backups", nargs=-1, required=True, type=click.Path(path_type=Path))
-def verify_command(backups: tuple[Path, ...]) -> None:
-    """Re-read backups and check every digest."""
-    raise NotImplementedYet("verify")
 
 
 @click.command("prune")
@@ -110,12 +76,8 @@ def doctor_command(domains: tuple[str, ...], as_json: bool) -> None:
 
 
 COMMANDS = [
-    list_command,
     backup_command,
     all_command,
-    backups_command,
-    restore_command,
-    verify_command,
     prune_command,
     clean_command,
     shrink_command,

@@ -1,0 +1,104 @@
+"""Helpers shared by the data-path tests: real images, backups made through the engine,
+and small loop-mounted filesystems."""
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from virtbackup.adapters.store import BackupStore
+from virtbackup.core.progress import NullProgress
+from virtbackup.engine.backup import BackupResult, DiskSource, back_up_disks
+from virtbackup.engine.stream_writer import WriterOptions
+
+MiB = 1024 * 1024
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>web1</name>
+  <uuid>6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11</uuid>
+  <memory unit='KiB'>65536</memory>
+  <os><type arch='x86_64'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='/var/lib/libvirt/images/web1.raw'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <interface type='network'>
+      <mac address='52:54:00:12:34:56'/>
+      <source network='default'/>
+    </interface>
+  </devices>
+</domain>
+"""
+
+
+def disk_of(path: Path, target: str = "vda", fmt: str = "raw") -> DiskSource:
+    size = os.stat(path).st_size
+    if not path.is_file():
+        with open(path, "rb") as device:
+            size = device.seek(0, os.SEEK_END)
+    return DiskSource(target=target, path=path, format=fmt, virtual_size=size)
+
+
+def make_backup(
+    dest: Path, disks: list[DiskSource], domain: str = "web1", chunk_size: int = 1 * MiB
+) -> BackupResult:
+    dest.mkdir(exist_ok=True)
+    return back_up_disks(
+        BackupStore(dest),
+        domain,
+        "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11",
+        DOMAIN_XML,
+        "offline",
+        disks,
+        NullProgress(),
+        WriterOptions(chunk_size=chunk_size),
+    )
+
+
+def cmp_files(first: Path, second: Path) -> bool:
+    return subprocess.run(["cmp", "-s", str(first), str(second)], check=False).returncode == 0
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process, as a user runs it (exit codes through main)."""
+    return subprocess.run(
+        [sys.executable, "-m", "virtbackup", *args], capture_output=True, text=True, check=False
+    )
+
+
+@contextlib.contextmanager
+def small_filesystem(size: int) -> Iterator[Path]:
+    """A loop-mounted ext4 of `size` bytes, unmounted and removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="vbtest-small-") as work:
+        image = Path(work, "fs.img")
+        mountpoint = Path(work, "mnt")
+        mountpoint.mkdir()
+        with open(image, "wb") as f:
+            f.truncate(size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+        subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+        try:
+            yield mountpoint
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+@contextlib.contextmanager
+def loop_device(image: Path) -> Iterator[Path]:
+    """A read-only loop block device over `image`, detached on exit."""
+    out = subprocess.run(
+        ["losetup", "--find", "--show", "--read-only", str(image)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    device = Path(out.stdout.strip())
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", str(device)], check=True)

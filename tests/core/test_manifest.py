@@ -1,0 +1,106 @@
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from virtbackup.core.manifest import (
+    DiskRecord,
+    Manifest,
+    ManifestFormatError,
+    VerifyRecord,
+    build_manifest,
+    build_verify_record,
+    parse_manifest,
+    parse_verify_record,
+)
+
+DISK = DiskRecord(
+    target="vda",
+    source="/var/lib/libvirt/images/web1.qcow2",
+    format="qcow2",
+    virtual_size=20 << 30,
+    byte_size=3 << 30,
+    stored_size=1 << 30,
+    file="vda.qcow2.lz4",
+    stream_format_version=1,
+    chunk_size=4 << 20,
+    digest_algorithm="sha256",
+    digest="ab" * 32,
+)
+MANIFEST = Manifest(
+    tool_version="0.1.0",
+    domain_name="web1",
+    domain_uuid="6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11",
+    started=datetime(2025, 1, 25, 18, 30, tzinfo=UTC),
+    finished=datetime(2025, 1, 25, 18, 31, 12, tzinfo=UTC),
+    method="offline",
+    disks=(DISK,),
+)
+
+
+def test_round_trip() -> None:
+    text = build_manifest(MANIFEST)
+    assert parse_manifest(text) == MANIFEST
+    document = json.loads(text)
+    assert document["tool"] == "virtbackup"
+    assert document["started"] == "2025-01-25T18:30:00Z"
+    assert MANIFEST.stored_size == 1 << 30
+
+
+def _edited(edit: dict[str, object]) -> str:
+    document = json.loads(build_manifest(MANIFEST))
+    document.update(edit)
+    return json.dumps(document)
+
+
+def _without_disk_key(key: str) -> str:
+    document = json.loads(build_manifest(MANIFEST))
+    del document["disks"][0][key]
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[]", "not a JSON object"),
+        (_edited({"tool": "other"}), "not written by virtbackup"),
+        (_edited({"format_version": 2}), "format version 2 is not supported"),
+        (_edited({"method": None}), "'method' is not of type str"),
+        (_edited({"started": "yesterday"}), "'started' is not a UTC time"),
+        (_without_disk_key("digest"), "'digest' is missing"),
+        (_without_disk_key("byte_size"), "'byte_size' is missing"),
+        (_edited({"disks": ["vda"]}), "disk entry is not an object"),
+    ],
+)
+def test_bad_manifests(text: str, message: str) -> None:
+    with pytest.raises(ManifestFormatError, match=message):
+        parse_manifest(text)
+
+
+def test_missing_top_level_key() -> None:
+    document = json.loads(build_manifest(MANIFEST))
+    del document["domain"]
+    with pytest.raises(ManifestFormatError, match="'domain' is missing"):
+        parse_manifest(json.dumps(document))
+
+
+def test_sizes_must_be_integers_not_booleans() -> None:
+    document = json.loads(build_manifest(MANIFEST))
+    document["disks"][0]["byte_size"] = True
+    with pytest.raises(ManifestFormatError, match="'byte_size' is not of type int"):
+        parse_manifest(json.dumps(document))
+
+
+def test_disk_file_must_be_a_plain_name() -> None:
+    document = json.loads(build_manifest(MANIFEST))
+    document["disks"][0]["file"] = "../../etc/shadow"
+    with pytest.raises(ManifestFormatError, match="not a plain name"):
+        parse_manifest(json.dumps(document))
+
+
+def test_verify_record_round_trip() -> None:
+    record = VerifyRecord(datetime(2025, 2, 1, tzinfo=UTC), False, "vda: bad frame", "0.1.0")
+    assert parse_verify_record(build_verify_record(record)) == record
+    with pytest.raises(ManifestFormatError, match="'ok' is missing"):
+        parse_verify_record('{"format_version": 1, "verified_at": "2025-02-01T00:00:00Z"}')

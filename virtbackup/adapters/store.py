@@ -1,0 +1,304 @@
+"""The backup store on disk: DEST/<domain>/<UTC stamp>/ with manifest.json, domain.xml and
+one stream per disk.
+
+A backup is written into the hidden DEST/<domain>/.<stamp>.partial, whose directory is
+flock'ed while the writing process lives; files and directories are fsynced, then the
+directory is renamed into place. An earlier backup is never opened for writing (only
+`verified.json` is added by verify). A partial directory whose lock is free belongs to a
+run that died (SIGKILL, power loss) and is removed by `remove_partials`, which the next
+backup and the `clean` command call. Files are 0600, directories 0700.
+"""
+
+import errno
+import fcntl
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from virtbackup.core.backup_errors import (
+    BackupNotFound,
+    CorruptBackup,
+    DestinationFull,
+    StoreError,
+)
+from virtbackup.core.errors import UsageError
+from virtbackup.core.manifest import (
+    Manifest,
+    ManifestFormatError,
+    VerifyRecord,
+    build_verify_record,
+    parse_manifest,
+    parse_verify_record,
+)
+
+MANIFEST = "manifest.json"
+DOMAIN_XML = "domain.xml"
+VERIFIED = "verified.json"
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+_STAMP = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
+_PARTIAL = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.partial$")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    """One complete backup directory as `backups` lists it."""
+
+    domain: str
+    stamp: str
+    path: Path
+    manifest: Manifest | None  # None: the manifest cannot be read
+    problem: str | None  # why the manifest cannot be read
+    size: int  # bytes of all files in the directory
+    verified: VerifyRecord | None
+
+
+class BackupStore:
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+
+    def check_writable(self) -> None:
+        """Raise a one-line StoreError unless backups can be written under DEST."""
+        if not self.dest.is_dir():
+            what = "is not a directory" if self.dest.exists() else "does not exist"
+            raise StoreError(
+                f"backup destination {self.dest} {what}", "create it or choose another --dest"
+            )
+        if os.statvfs(self.dest).f_flag & os.ST_RDONLY:
+            raise StoreError(f"backup destination {self.dest} is on a read-only filesystem")
+        if not os.access(self.dest, os.W_OK | os.X_OK):
+            raise StoreError(f"backup destination {self.dest} is not writable")
+
+    def begin(self, domain: str, now: datetime) -> "PartialBackup":
+        """Create the partial directory of a new backup of `domain` started at `now`."""
+        self.check_writable()
+        check_domain_name(domain)
+        domain_dir = self.dest / domain
+        try:
+            domain_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+            os.chmod(domain_dir, DIR_MODE)
+            self.remove_partials(domain)
+            base = now.astimezone(UTC).strftime(STAMP_FORMAT)
+            for number in range(1, 1000):
+                stamp = base if number == 1 else f"{base}-{number}"
+                final = domain_dir / stamp
+                partial = domain_dir / f".{stamp}.partial"
+                if final.exists():
+                    continue
+                try:
+                    partial.mkdir(mode=DIR_MODE)
+                except FileExistsError:
+                    continue  # another run started in the same second
+                return PartialBackup(partial, final)
+        except OSError as err:
+            raise store_error(err, domain_dir) from None
+        raise StoreError(f"too many backups of {domain} in the second {base}")
+
+    def remove_partials(self, domain: str | None = None) -> list[Path]:
+        """Remove partial directories left by dead runs; skip those a live run holds."""
+        removed = []
+        for domain_dir in self._domain_dirs(domain):
+            for entry in sorted(domain_dir.iterdir()):
+                if _PARTIAL.match(entry.name) and entry.is_dir() and not _is_locked(entry):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+                    _fsync_dir(domain_dir)
+        return removed
+
+    def list_backups(self, domain: str | None = None) -> list[BackupInfo]:
+        """Complete backups, by domain name, newest first within a domain."""
+        if not self.dest.is_dir():
+            raise StoreError(f"backup destination {self.dest} does not exist")
+        if domain is not None and not (self.dest / domain).is_dir():
+            return []
+        found: list[BackupInfo] = []
+        for domain_dir in self._domain_dirs(domain):
+            stamps = sorted(
+                (p for p in domain_dir.iterdir() if _STAMP.match(p.name) and p.is_dir()),
+                key=lambda p: p.name,
+                reverse=True,
+            )
+            found.extend(describe_backup(path) for path in stamps)
+        return found
+
+    def _domain_dirs(self, domain: str | None) -> list[Path]:
+        if domain is not None:
+            path = self.dest / domain
+            return [path] if path.is_dir() else []
+        return sorted(p for p in self.dest.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class PartialBackup:
+    """The directory a backup is written into; `commit` renames it into place.
+
+    Used as a context manager: leaving the block without commit (an error, Ctrl-C,
+    SIGTERM) removes the partial directory.
+    """
+
+    def __init__(self, path: Path, final: Path) -> None:
+        self.path = path
+        self.final = final
+        self.stamp = final.name
+        self._lock_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self.committed = False
+
+    def __enter__(self) -> "PartialBackup":
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if not self.committed:
+            self.abort()
+
+    def create(self, name: str) -> IO[bytes]:
+        """A new file of the backup, 0600, opened for binary writing."""
+        try:
+            fd = os.open(
+                self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
+            )
+        except OSError as err:
+            raise store_error(err, self.path / name) from None
+        return open(fd, "wb", buffering=0)
+
+    def write_text(self, name: str, text: str) -> None:
+        with self.create(name) as out:
+            try:
+                out.write(text.encode())
+                os.fsync(out.fileno())
+            except OSError as err:
+                raise store_error(err, self.path / name) from None
+
+    def commit(self) -> Path:
+        """Sync the files and the directory, then make the backup appear at once."""
+        try:
+            for entry in self.path.iterdir():
+                with open(entry, "rb") as written:
+                    os.fsync(written.fileno())
+            os.fsync(self._lock_fd)
+            os.rename(self.path, self.final)
+            _fsync_dir(self.final.parent)
+        except OSError as err:
+            raise store_error(err, self.path) from None
+        self.committed = True
+        os.close(self._lock_fd)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._lock_fd)
+
+
+def describe_backup(path: Path) -> BackupInfo:
+    """Read what `backups` shows about one backup directory; never raises on bad content."""
+    manifest: Manifest | None = None
+    problem = None
+    try:
+        manifest = load_manifest(path)
+    except CorruptBackup as err:
+        problem = str(err)
+    size = sum(entry.stat().st_size for entry in path.iterdir() if entry.is_file())
+    return BackupInfo(
+        domain=path.parent.name,
+        stamp=path.name,
+        path=path,
+        manifest=manifest,
+        problem=problem,
+        size=size,
+        verified=load_verify_record(path),
+    )
+
+
+def load_manifest(path: Path) -> Manifest:
+    """The manifest of backup directory `path`; BackupNotFound or CorruptBackup if bad."""
+    if not path.is_dir():
+        raise BackupNotFound(
+            f"backup {path} does not exist", "list backups with 'virtbackup backups --dest DIR'"
+        )
+    try:
+        text = (path / MANIFEST).read_text()
+    except FileNotFoundError:
+        raise BackupNotFound(f"{path} is not a backup (it has no {MANIFEST})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise CorruptBackup(f"cannot read {path / MANIFEST}: {err}") from None
+    try:
+        return parse_manifest(text)
+    except ManifestFormatError as err:
+        raise CorruptBackup(f"manifest {path / MANIFEST} is corrupt: {err}") from None
+
+
+def load_domain_xml(path: Path) -> str:
+    try:
+        return (path / DOMAIN_XML).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CorruptBackup(f"cannot read {path / DOMAIN_XML}: {err}") from None
+
+
+def load_verify_record(path: Path) -> VerifyRecord | None:
+    try:
+        return parse_verify_record((path / VERIFIED).read_text())
+    except (OSError, UnicodeDecodeError, ManifestFormatError):
+        return None  # never verified, or a record we cannot read: treat as not verified
+
+
+def record_verification(path: Path, record: VerifyRecord) -> None:
+    """Write verified.json atomically (the only file added to a complete backup)."""
+    temporary = path / f".{VERIFIED}.tmp"
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        with open(fd, "wb") as out:
+            out.write(build_verify_record(record).encode())
+            os.fsync(out.fileno())
+        os.rename(temporary, path / VERIFIED)
+        _fsync_dir(path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise store_error(err, path / VERIFIED) from None
+
+
+def check_domain_name(domain: str) -> None:
+    if not domain or "/" in domain or "\0" in domain or domain.startswith("."):
+        raise UsageError(f"domain name {domain!r} cannot be used as a directory name")
+
+
+def store_error(err: OSError, path: Path) -> StoreError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DestinationFull(
+            f"no space left on the backup destination while writing {path}",
+            "free space there or choose another --dest",
+        )
+    if err.errno == errno.EROFS:
+        return StoreError(f"cannot write {path}: the filesystem is read-only")
+    return StoreError(f"cannot write {path}: {err.strerror}")
+
+
+def _is_locked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return True  # cannot tell: leave it alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,101 @@
+"""`virtbackup backups --dest DIR [DOMAIN] [--json]`: the backups that exist."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from virtbackup.adapters.store import BackupInfo, BackupStore
+from virtbackup.core.manifest import format_time
+
+
+@click.command("backups")
+@click.option(
+    "--dest",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Backup destination directory.",
+)
+@click.argument("domain", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def backups_command(dest: Path, domain: str | None, as_json: bool) -> None:
+    """List the backups that exist, with date, size, method and verified state."""
+    backups = BackupStore(dest).list_backups(domain)
+    if as_json:
+        document = {"dest": str(dest), "backups": [backup_as_json(b) for b in backups]}
+        click.echo(json.dumps(document, indent=2))
+    else:
+        Console().print(backups_table(backups))
+
+
+def verified_state(backup: BackupInfo) -> str:
+    if backup.problem is not None:
+        return "unreadable"
+    if backup.verified is None:
+        return "never"
+    state = "ok" if backup.verified.ok else "FAILED"
+    return f"{state} {format_time(backup.verified.verified_at)}"
+
+
+def backups_table(backups: list[BackupInfo]) -> Table:
+    table = Table("domain", "date (UTC)", "method", "disks", "size", "verified")
+    for backup in backups:
+        manifest = backup.manifest
+        table.add_row(
+            backup.domain,
+            format_time(manifest.started) if manifest else backup.stamp,
+            manifest.method if manifest else "?",
+            ", ".join(d.target for d in manifest.disks) if manifest else "?",
+            _human_size(backup.size),
+            verified_state(backup),
+        )
+    return table
+
+
+def backup_as_json(backup: BackupInfo) -> dict[str, Any]:
+    manifest = backup.manifest
+    verified = backup.verified
+    return {
+        "domain": backup.domain,
+        "stamp": backup.stamp,
+        "path": str(backup.path),
+        "size": backup.size,
+        "problem": backup.problem,
+        "started": format_time(manifest.started) if manifest else None,
+        "finished": format_time(manifest.finished) if manifest else None,
+        "method": manifest.method if manifest else None,
+        "domain_uuid": manifest.domain_uuid if manifest else None,
+        "disks": [
+            {
+                "target": disk.target,
+                "format": disk.format,
+                "source": disk.source,
+                "virtual_size": disk.virtual_size,
+                "byte_size": disk.byte_size,
+                "stored_size": disk.stored_size,
+                "file": disk.file,
+                "digest_algorithm": disk.digest_algorithm,
+                "digest": disk.digest,
+            }
+            for disk in (manifest.disks if manifest else ())
+        ],
+        "verified": None
+        if verified is None
+        else {
+            "ok": verified.ok,
+            "at": format_time(verified.verified_at),
+            "problem": verified.problem,
+        },
+    }
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,195 @@
+"""`manifest.json` and `verified.json` of a backup: pure build and parse, with a version.
+
+manifest.json (format_version 1)::
+
+    {
+      "tool": "virtbackup", "tool_version": "0.1.0", "format_version": 1,
+      "domain": {"name": "web1", "uuid": "..."},
+      "started": "2025-01-25T18:30:00Z", "finished": "2025-01-25T18:31:12Z",
+      "method": "offline",
+      "disks": [{
+        "target": "vda", "source": "/var/lib/libvirt/images/web1.qcow2",
+        "format": "qcow2", "virtual_size": 21474836480, "byte_size": 1234567168,
+        "stored_size": 456789012, "file": "vda.qcow2.lz4",
+        "stream_format_version": 1, "chunk_size": 4194304,
+        "digest_algorithm": "sha256", "digest": "<hex of the uncompressed bytes>"
+      }]
+    }
+
+`byte_size` is the size of the source file or device (what `lz4 -d` gives back),
+`virtual_size` what the guest sees, `stored_size` the size of the stream file.
+
+verified.json, written by `verify` beside the manifest (a backup's data files are never
+changed after the rename; this record is the only file added later)::
+
+    {"format_version": 1, "verified_at": "...Z", "ok": true, "problem": null,
+     "tool_version": "0.1.0"}
+"""
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from virtbackup import FORMAT_VERSION
+
+TOOL_NAME = "virtbackup"
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class ManifestFormatError(ValueError):
+    """The text is not a manifest (or verify record) this version can read."""
+
+
+@dataclass(frozen=True)
+class DiskRecord:
+    target: str
+    source: str
+    format: str
+    virtual_size: int
+    byte_size: int
+    stored_size: int
+    file: str
+    stream_format_version: int
+    chunk_size: int
+    digest_algorithm: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tool_version: str
+    domain_name: str
+    domain_uuid: str
+    started: datetime
+    finished: datetime
+    method: str
+    disks: tuple[DiskRecord, ...]
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def stored_size(self) -> int:
+        return sum(disk.stored_size for disk in self.disks)
+
+
+@dataclass(frozen=True)
+class VerifyRecord:
+    verified_at: datetime
+    ok: bool
+    problem: str | None
+    tool_version: str
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
+
+
+def build_manifest(manifest: Manifest) -> str:
+    document = {
+        "tool": TOOL_NAME,
+        "tool_version": manifest.tool_version,
+        "format_version": manifest.format_version,
+        "domain": {"name": manifest.domain_name, "uuid": manifest.domain_uuid},
+        "started": format_time(manifest.started),
+        "finished": format_time(manifest.finished),
+        "method": manifest.method,
+        "disks": [disk.__dict__ for disk in manifest.disks],
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def parse_manifest(text: str) -> Manifest:
+    document = _load_object(text)
+    if document.get("tool") != TOOL_NAME:
+        raise ManifestFormatError("it was not written by virtbackup")
+    version = _field(document, "format_version", int)
+    if version != FORMAT_VERSION:
+        raise ManifestFormatError(
+            f"format version {version} is not supported (this virtbackup reads "
+            f"version {FORMAT_VERSION})"
+        )
+    domain = _field(document, "domain", dict)
+    disks = _field(document, "disks", list)
+    return Manifest(
+        tool_version=_field(document, "tool_version", str),
+        domain_name=_field(domain, "name", str),
+        domain_uuid=_field(domain, "uuid", str),
+        started=_time_field(document, "started"),
+        finished=_time_field(document, "finished"),
+        method=_field(document, "method", str),
+        disks=tuple(_parse_disk(disk) for disk in disks),
+        format_version=version,
+    )
+
+
+def _parse_disk(disk: object) -> DiskRecord:
+    if not isinstance(disk, dict):
+        raise ManifestFormatError("a disk entry is not an object")
+    text_fields = ("target", "source", "format", "file", "digest_algorithm", "digest")
+    int_fields = (
+        "virtual_size",
+        "byte_size",
+        "stored_size",
+        "stream_format_version",
+        "chunk_size",
+    )
+    values: dict[str, Any] = {name: _field(disk, name, str) for name in text_fields}
+    values.update({name: _field(disk, name, int) for name in int_fields})
+    if "/" in values["file"] or values["file"].startswith("."):
+        raise ManifestFormatError(f"disk file name {values['file']!r} is not a plain name")
+    return DiskRecord(**values)
+
+
+def build_verify_record(record: VerifyRecord) -> str:
+    document = {
+        "format_version": FORMAT_VERSION,
+        "verified_at": format_time(record.verified_at),
+        "ok": record.ok,
+        "problem": record.problem,
+        "tool_version": record.tool_version,
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def parse_verify_record(text: str) -> VerifyRecord:
+    document = _load_object(text)
+    version = _field(document, "format_version", int)
+    if version != FORMAT_VERSION:
+        raise ManifestFormatError(f"verify record version {version} is not supported")
+    problem = document.get("problem")
+    return VerifyRecord(
+        verified_at=_time_field(document, "verified_at"),
+        ok=_field(document, "ok", bool),
+        problem=problem if isinstance(problem, str) else None,
+        tool_version=_field(document, "tool_version", str),
+    )
+
+
+def _load_object(text: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ManifestFormatError(f"it is not valid JSON ({err})") from None
+    if not isinstance(document, dict):
+        raise ManifestFormatError("it is not a JSON object")
+    return document
+
+
+def _field(document: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in document:
+        raise ManifestFormatError(f"key {name!r} is missing")
+    value = document[name]
+    # bool is an int in Python; a size must not be `true`.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ManifestFormatError(f"key {name!r} is not of type {kind.__name__}")
+    return value
+
+
+def _time_field(document: dict[str, Any], name: str) -> datetime:
+    text = _field(document, name, str)
+    try:
+        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise ManifestFormatError(
+            f"key {name!r} is not a UTC time like 2025-01-25T18:30:00Z"
+        ) from None

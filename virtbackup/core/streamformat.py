@@ -1,0 +1,196 @@
+"""The disk stream file `<target>.<format>.lz4`: a standard LZ4 frame stream with an index.
+
+Format version 1
+================
+
+The file is a concatenation of LZ4 frames (lz4 frame format 1.6.x), so stock tools read
+it: ``lz4 -d vda.qcow2.lz4 vda.qcow2`` restores the disk and ``lz4 -dc vda.qcow2.lz4 |
+sha256sum`` prints the digest recorded in ``manifest.json``.
+
+Data frames
+    The source is cut on a fixed grid of ``chunk_size`` bytes (4 MiB by default; the last
+    chunk may be shorter). Every chunk becomes exactly one independent LZ4 frame, in
+    order, so frame *i* holds source bytes ``[i * chunk_size, i * chunk_size + length)``.
+    Independent frames let writers compress and readers decompress on all cores.
+    A chunk that is known to be a hole or reads as all zeros is written as a *zero
+    frame*: a frame holding only zeros, prepared once per length and reused, so zeros
+    are never compressed.
+
+Index frame
+    After the last data frame comes one LZ4 *skippable frame* (magic 0x184D2A50, which
+    ``lz4 -d`` skips) holding the index, so that restore and verify can seek to any
+    frame and work in parallel, and the file stays self-contained. All integers are
+    little-endian:
+
+    ======================  ====================================================
+    header (INDEX_HEADER)   magic ``VBKINDEX``, version u16, chunk_size u32,
+                            data_size u64 (uncompressed bytes), frame_count u64,
+                            frame digest name (16 bytes, ASCII, NUL padded,
+                            a hashlib name), whole digest name (16 bytes),
+                            whole digest (64 bytes, NUL padded)
+    entries (INDEX_ENTRY)   per frame: stored offset u64, stored length u32,
+                            data offset u64, data length u32, flags u8
+                            (bit 0: zero frame), frame digest (32 bytes,
+                            NUL padded) of the frame's uncompressed bytes
+    body digest             sha256 of the header and entries (32 bytes)
+    footer (INDEX_FOOTER)   file offset u64 of the skippable frame, magic
+                            ``VBKIDXND``: the last 16 bytes of the file
+    ======================  ====================================================
+
+A reader takes the footer from the last 16 bytes, reads the skippable frame at the given
+offset, checks the body digest and the version, then checks that the entries tile both
+the data (no gap, no overlap, total ``data_size``) and the stored file.
+"""
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+STREAM_FORMAT_VERSION = 1
+DEFAULT_CHUNK_SIZE = 4 << 20
+
+FRAME_DIGEST = "sha256"  # per frame; SHA-NI makes it faster than blake2b on current CPUs
+WHOLE_DIGEST = "sha256"  # whole disk; what `sha256sum` prints
+
+LZ4_FRAME_MAGIC = 0x184D2204
+SKIPPABLE_MAGIC = 0x184D2A50
+SKIPPABLE_HEADER = struct.Struct("<II")  # magic, content size
+
+INDEX_MAGIC = b"VBKINDEX"
+INDEX_HEADER = struct.Struct("<8sHIQQ16s16s64s")
+INDEX_ENTRY = struct.Struct("<QIQIB32s")
+INDEX_BODY_DIGEST_SIZE = 32
+FOOTER_MAGIC = b"VBKIDXND"
+INDEX_FOOTER = struct.Struct("<Q8s")
+
+FLAG_ZERO = 0x01
+
+
+class IndexFormatError(ValueError):
+    """The index does not follow this format; the message says where."""
+
+
+@dataclass(frozen=True)
+class FrameEntry:
+    stored_offset: int
+    stored_length: int
+    data_offset: int
+    data_length: int
+    is_zero: bool
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class IndexHeader:
+    version: int
+    chunk_size: int
+    data_size: int
+    frame_count: int
+    frame_digest: str
+    whole_digest_name: str
+    whole_digest: bytes
+
+
+def pack_header(header: IndexHeader) -> bytes:
+    return INDEX_HEADER.pack(
+        INDEX_MAGIC,
+        header.version,
+        header.chunk_size,
+        header.data_size,
+        header.frame_count,
+        header.frame_digest.encode("ascii"),
+        header.whole_digest_name.encode("ascii"),
+        header.whole_digest,
+    )
+
+
+def unpack_header(raw: bytes) -> IndexHeader:
+    if len(raw) != INDEX_HEADER.size:
+        raise IndexFormatError("index header is truncated")
+    magic, version, chunk, data_size, count, frame_name, whole_name, whole = INDEX_HEADER.unpack(
+        raw
+    )
+    if magic != INDEX_MAGIC:
+        raise IndexFormatError("index header has a wrong magic")
+    if version != STREAM_FORMAT_VERSION:
+        raise IndexFormatError(
+            f"index format version {version} is not supported (this virtbackup reads "
+            f"version {STREAM_FORMAT_VERSION})"
+        )
+    if chunk <= 0:
+        raise IndexFormatError("index header has a chunk size of 0")
+    whole_digest_name = _ascii_field(whole_name)
+    return IndexHeader(
+        version=version,
+        chunk_size=chunk,
+        data_size=data_size,
+        frame_count=count,
+        frame_digest=_ascii_field(frame_name),
+        whole_digest_name=whole_digest_name,
+        whole_digest=whole[: digest_size(whole_digest_name)],
+    )
+
+
+def pack_entry(entry: FrameEntry) -> bytes:
+    flags = FLAG_ZERO if entry.is_zero else 0
+    return INDEX_ENTRY.pack(
+        entry.stored_offset,
+        entry.stored_length,
+        entry.data_offset,
+        entry.data_length,
+        flags,
+        entry.digest,
+    )
+
+
+def unpack_entries(raw: bytes, count: int, digest_size: int) -> list[FrameEntry]:
+    if len(raw) != count * INDEX_ENTRY.size:
+        raise IndexFormatError(f"index holds {len(raw)} bytes of entries, expected {count}")
+    entries = []
+    for fields in INDEX_ENTRY.iter_unpack(raw):
+        stored_offset, stored_length, data_offset, data_length, flags, digest = fields
+        entries.append(
+            FrameEntry(
+                stored_offset=stored_offset,
+                stored_length=stored_length,
+                data_offset=data_offset,
+                data_length=data_length,
+                is_zero=bool(flags & FLAG_ZERO),
+                digest=digest[:digest_size],
+            )
+        )
+    return entries
+
+
+def check_tiling(header: IndexHeader, entries: list[FrameEntry], index_offset: int) -> None:
+    """Raise unless the frames cover data and stored bytes exactly, in order."""
+    data_at = 0
+    stored_at = 0
+    for number, entry in enumerate(entries):
+        if entry.data_offset != data_at or entry.stored_offset != stored_at:
+            raise IndexFormatError(f"index entry {number} leaves a gap or an overlap")
+        if entry.data_length <= 0 or entry.data_length > header.chunk_size:
+            raise IndexFormatError(f"index entry {number} has a bad length")
+        data_at += entry.data_length
+        stored_at += entry.stored_length
+    if data_at != header.data_size:
+        raise IndexFormatError(
+            f"index frames cover {data_at} bytes, header says {header.data_size}"
+        )
+    if stored_at != index_offset:
+        raise IndexFormatError("index frames do not end where the index begins")
+
+
+def _ascii_field(raw: bytes) -> str:
+    try:
+        return raw.rstrip(b"\0").decode("ascii")
+    except UnicodeDecodeError:
+        raise IndexFormatError("index header has a non-ASCII digest name") from None
+
+
+def digest_size(name: str) -> int:
+    """Size of the hashlib digest `name`; IndexFormatError for a name hashlib lacks."""
+    try:
+        return hashlib.new(name).digest_size
+    except ValueError:
+        raise IndexFormatError(f"index names an unknown digest {name!r}") from None

@@ -1,0 +1,121 @@
+"""Restore the disks of a backup as sparse, byte-identical files, and optionally define a
+new domain on them."""
+
+import errno
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtbackup.adapters import domain_define
+from virtbackup.adapters.store import load_domain_xml, load_manifest
+from virtbackup.core.backup_errors import CorruptBackup, RestoreTargetExists, StoreError
+from virtbackup.core.manifest import DiskRecord, Manifest
+from virtbackup.core.progress import ProgressSink
+from virtbackup.core.restore_xml import RestoredDisk, RestoreXmlError, domain_xml_for_restore
+from virtbackup.engine.stream_reader import StreamIndex, read_index, restore_stream
+
+log = logging.getLogger(__name__)
+
+RESTORE_DIR_MODE = 0o711  # qemu (another user) must reach the images; it cannot list them
+RESTORE_FILE_MODE = 0o600  # libvirt hands the image to qemu's user when the domain starts
+
+
+@dataclass(frozen=True)
+class RestoredImage:
+    target: str
+    path: Path
+    format: str
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    manifest: Manifest
+    images: tuple[RestoredImage, ...]
+    domain_uuid: str | None  # of the domain defined with --define
+
+
+def restored_file_name(disk: DiskRecord) -> str:
+    return f"{disk.target}.{disk.format}"
+
+
+def restore_backup(
+    backup: Path,
+    to_dir: Path,
+    progress: ProgressSink,
+    force: bool = False,
+    define_as: str | None = None,
+    uri: str = "qemu:///system",
+    workers: int = 0,
+) -> RestoreResult:
+    """Check everything that can be checked first, then write each disk to a hidden
+    file in `to_dir` and rename it into place only when complete."""
+    manifest = load_manifest(backup)
+    indexes = [(disk, read_index(backup / disk.file, disk.target)) for disk in manifest.disks]
+    for disk, index in indexes:
+        if index.header.data_size != disk.byte_size:
+            raise CorruptBackup(
+                f"{disk.target}: {disk.file} holds {index.header.data_size} bytes, "
+                f"the manifest says {disk.byte_size}"
+            )
+    to_dir = to_dir.absolute()
+    targets = [to_dir / restored_file_name(disk) for disk in manifest.disks]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not force:
+        raise RestoreTargetExists(
+            f"{', '.join(existing)} already exist(s)", "add --force to overwrite"
+        )
+    new_xml = None
+    if define_as is not None:
+        restored = {
+            disk.target: RestoredDisk(str(path), disk.format)
+            for disk, path in zip(manifest.disks, targets, strict=True)
+        }
+        try:
+            new_xml = domain_xml_for_restore(load_domain_xml(backup), define_as, restored)
+        except RestoreXmlError as err:
+            raise CorruptBackup(f"domain.xml of {backup} cannot be used: {err}") from None
+        domain_define.ensure_name_free(uri, define_as)
+    _make_dir(to_dir)
+    images = []
+    for (disk, index), path in zip(indexes, targets, strict=True):
+        log.info("restoring %s to %s", disk.target, path)
+        _restore_one(index, path, disk.target, progress, workers)
+        images.append(RestoredImage(disk.target, path, disk.format))
+    uuid = domain_define.define_domain(uri, new_xml) if new_xml is not None else None
+    return RestoreResult(manifest, tuple(images), uuid)
+
+
+def _restore_one(
+    index: StreamIndex, path: Path, label: str, progress: ProgressSink, workers: int
+) -> None:
+    temporary = path.with_name(f".{path.name}.restoring")
+    temporary.unlink(missing_ok=True)  # left by an interrupted restore
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, RESTORE_FILE_MODE)
+        try:
+            restore_stream(index, fd, label, progress, workers)
+        finally:
+            os.close(fd)
+        os.rename(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise _target_error(err, path) from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _make_dir(to_dir: Path) -> None:
+    try:
+        to_dir.mkdir(mode=RESTORE_DIR_MODE, parents=True, exist_ok=True)
+    except OSError as err:
+        raise _target_error(err, to_dir) from None
+    if not os.access(to_dir, os.W_OK | os.X_OK) or os.statvfs(to_dir).f_flag & os.ST_RDONLY:
+        raise StoreError(f"restore destination {to_dir} is not writable")
+
+
+def _target_error(err: OSError, path: Path) -> StoreError:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"no space left while restoring {path}", "free space or use another --to")
+    return StoreError(f"cannot write {path}: {err.strerror}")
