@@ -266,3 +266,21 @@ def test_unknown_domain_lists_close_matches() -> None:
 )
 def test_close_matches(name: str, expected: list[str]) -> None:
     assert close_matches(name, HOST)[: len(expected) or None] == expected
+
+
+def test_excluded_disks_are_left_out_with_their_reason() -> None:
+    facts = DomainFacts(
+        name="db",
+        uuid="u",
+        state=DomainState.SHUTOFF,
+        persistent=True,
+        disks=(
+            DiskFacts("vda", "disk", "file", "/i/a.qcow2", "qcow2"),
+            DiskFacts("vdb", "disk", "file", "/i/b.raw", "raw"),
+        ),
+    )
+    plan = plan_domain(facts, PlanOptions(exclude_disks=("vdb",)))
+    assert [d.disk.target for d in plan.backed_up] == ["vda"]
+    assert plan.disks[1].reason == "excluded by configuration"
+    only_excluded = plan_domain(facts, PlanOptions(exclude_disks=("vda", "vdb")))
+    assert only_excluded.method is None and only_excluded.reason == "no disk to back up"

@@ -5,9 +5,11 @@ Every program is called with an argument list (never through a shell). Tests rep
 """
 
 import logging
+import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping
 
 from virtbackup.core.errors import CommandFailed, MissingComponent
 
@@ -20,11 +22,20 @@ def run(
     check: bool = True,
     input: bytes | None = None,
     timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run argv, capture stdout and stderr, raise CommandFailed on a non-zero exit."""
+    """Run argv, capture stdout and stderr, raise CommandFailed on a non-zero exit.
+    `env` adds variables to (never replaces) our own environment."""
     require_program(argv[0])
     log.debug("run: %s", shlex.join(argv))
-    result = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        argv,
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **env} if env else None,
+    )
     if check and result.returncode != 0:
         raise CommandFailed(argv, result.returncode, result.stderr.decode(errors="replace"))
     return result

@@ -42,6 +42,8 @@ VERIFIED = "verified.json"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 _STAMP = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 _PARTIAL = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.partial$")
+# A backup being removed by retention: renamed first, so it never looks complete.
+_DELETING = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.deleting$")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -105,11 +107,26 @@ class BackupStore:
         removed = []
         for domain_dir in self._domain_dirs(domain):
             for entry in sorted(domain_dir.iterdir()):
-                if _PARTIAL.match(entry.name) and entry.is_dir() and not _is_locked(entry):
+                leftover = _PARTIAL.match(entry.name) or _DELETING.match(entry.name)
+                if leftover and entry.is_dir() and not _is_locked(entry):
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)
                     _fsync_dir(domain_dir)
         return removed
+
+    def remove_backup(self, backup: Path) -> None:
+        """Delete one complete backup: renamed out of sight first, so that an interrupted
+        removal leaves a hidden `.deleting` directory (removed by the next run), never a
+        half-deleted backup that looks complete."""
+        if not _STAMP.match(backup.name) or backup.parent.parent != self.dest:
+            raise StoreError(f"{backup} is not a backup directory of {self.dest}")
+        doomed = backup.parent / f".{backup.name}.deleting"
+        try:
+            os.rename(backup, doomed)
+            _fsync_dir(backup.parent)
+            shutil.rmtree(doomed)
+        except OSError as err:
+            raise StoreError(f"cannot remove backup {backup}: {err.strerror}") from None
 
     def list_backups(self, domain: str | None = None) -> list[BackupInfo]:
         """Complete backups, by domain name, newest first within a domain."""

@@ -14,6 +14,7 @@ class GlobalOptions:
     uri: str
     config: Path | None  # None: no file given and the default does not exist
     verbosity: int  # -1 quiet, 0 normal, 1+ verbose
+    state_dir: Path | None = None  # journals and locks; None: $VIRTBACKUP_STATE_DIR or default
 
 
 pass_globals = click.make_pass_decorator(GlobalOptions)

@@ -10,10 +10,13 @@ import click
 
 from virtbackup import __version__
 from virtbackup.cli import pending
+from virtbackup.cli.backup_cmd import backup_command
 from virtbackup.cli.backups_cmd import backups_command
+from virtbackup.cli.clean_cmd import clean_command
 from virtbackup.cli.context import DEFAULT_CONFIG, DEFAULT_URI, GlobalOptions
 from virtbackup.cli.list_cmd import list_command
 from virtbackup.cli.output import error_line, setup_logging
+from virtbackup.cli.prune_cmd import prune_command
 from virtbackup.cli.restore_cmd import restore_command
 from virtbackup.cli.verify_cmd import verify_command
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
@@ -44,6 +47,12 @@ log = logging.getLogger(__name__)
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also append plain timestamped log lines to FILE.",
 )
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="VIRTBACKUP_STATE_DIR",
+    help="Where run journals and locks live [default: /var/lib/virtbackup].",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -52,6 +61,7 @@ def cli(
     verbose: int,
     quiet: bool,
     log_file: Path | None,
+    state_dir: Path | None,
 ) -> None:
     """Back up, restore and shrink the virtual machines of a libvirt host."""
     if config is None and DEFAULT_CONFIG.exists():
@@ -61,15 +71,18 @@ def cli(
         setup_logging(verbosity, log_file)
     except OSError as err:
         raise UsageError(f"cannot open log file {log_file}: {err.strerror}") from None
-    ctx.obj = GlobalOptions(uri=uri, config=config, verbosity=verbosity)
+    ctx.obj = GlobalOptions(uri=uri, config=config, verbosity=verbosity, state_dir=state_dir)
 
 
 for command in pending.COMMANDS:
     cli.add_command(command)
 cli.add_command(list_command)
+cli.add_command(backup_command)
+cli.add_command(prune_command)
 cli.add_command(backups_command)
 cli.add_command(restore_command)
 cli.add_command(verify_command)
+cli.add_command(clean_command)
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:

@@ -39,6 +39,7 @@ CLOSE_MATCH_CUTOFF = 0.6
 @dataclass(frozen=True)
 class PlanOptions:
     method: Method = Method.AUTO
+    exclude_disks: tuple[str, ...] = ()  # targets left out by configuration or option
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,12 @@ def _finish_disk(verdict: DiskPlan, method: Method | None) -> DiskPlan:
 def plan_domain(facts: DomainFacts, options: PlanOptions | None = None) -> DomainPlan:
     """The method for one domain and the fate of each of its disks, with reasons."""
     options = options or PlanOptions()
-    verdicts = [disk_verdict(disk) for disk in facts.disks]
+    verdicts = [
+        DiskPlan(disk, False, "excluded by configuration")
+        if disk.target in options.exclude_disks
+        else disk_verdict(disk)
+        for disk in facts.disks
+    ]
     wanted = [v.disk for v in verdicts if v.backup]
     if not wanted:
         why = "no disks" if not facts.disks else "no disk to back up"

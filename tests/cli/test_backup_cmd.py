@@ -1,0 +1,132 @@
+"""`virtbackup backup` end to end: real domains, real images, restored and compared."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.images import MiB, build_fs_image
+from harness.libvirtd import DiskSpec, DomainFactory
+
+
+def virtbackup(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "virtbackup", *args],
+        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def disk_sources(xml: str) -> list[str]:
+    import xml.etree.ElementTree as ET
+
+    return [s.get("file") or s.get("dev") or "" for s in ET.fromstring(xml).iter("source")]
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    path = tmp_path / "dest"
+    path.mkdir()
+    return path
+
+
+def test_offline_domain_backs_up_and_restores_byte_for_byte(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    qcow2 = build_fs_image(domain_factory.workdir / "sys.qcow2", fmt="qcow2", content=4 * MiB)
+    raw = build_fs_image(domain_factory.workdir / "data.raw", content=2 * MiB, deleted=2 * MiB)
+    dom = domain_factory.create(
+        [DiskSpec("qcow2", image=qcow2.path), DiskSpec("raw", image=raw.path), DiskSpec("cdrom")],
+        hint="offline",
+    )
+    result = virtbackup(state_dir, "backup", dom.name(), "--dest", str(dest), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    (row,) = summary["domains"]
+    assert (row["result"], row["method"], row["disks"]) == ("ok", "offline", 2)
+    backup = Path(row["backup"])
+    assert backup.parent == dest / dom.name()
+    assert sorted(p.name for p in backup.iterdir()) == [
+        "domain.xml",
+        "manifest.json",
+        "vda.qcow2.lz4",
+        "vdb.raw.lz4",
+    ]
+
+    restored = tmp_path / "restored"
+    result = virtbackup(state_dir, "restore", str(backup), "--to", str(restored))
+    assert result.returncode == 0, result.stderr
+    for original, name in ((qcow2.path, "vda.qcow2"), (raw.path, "vdb.raw")):
+        subprocess.run(["cmp", str(original), str(restored / name)], check=True)
+    # holes stay holes: the restored raw image takes no more room than the source
+    assert os.stat(restored / "vdb.raw").st_blocks <= os.stat(raw.path).st_blocks
+
+
+def test_running_domain_ends_running_on_its_own_images(
+    domain_factory: DomainFactory, libvirt: Any, state_dir: Path, dest: Path
+) -> None:
+    dom = domain_factory.create([DiskSpec("qcow2"), DiskSpec("raw")], hint="live", start=True)
+    before = dom.XMLDesc(0)
+    result = virtbackup(state_dir, "backup", dom.name(), "--dest", str(dest), "--json")
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["domains"]
+    assert (row["result"], row["method"], row["message"]) == ("ok", "snapshot", "crash-consistent")
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert disk_sources(dom.XMLDesc(0)) == disk_sources(before)
+    assert not [p for p in domain_factory.workdir.iterdir() if "virtbackup" in p.name]
+    assert "no guest agent" in result.stderr
+
+
+def test_paused_domain_stays_paused(
+    domain_factory: DomainFactory, libvirt: Any, state_dir: Path, dest: Path
+) -> None:
+    dom = domain_factory.create(hint="paused", start=True)
+    dom.suspend()
+    result = virtbackup(state_dir, "backup", dom.name(), "--dest", str(dest))
+    assert result.returncode == 0, result.stderr
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+
+
+def test_one_failing_domain_does_not_stop_the_others(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path
+) -> None:
+    good = domain_factory.create(hint="good")
+    broken = domain_factory.create([DiskSpec("raw")], hint="broken")
+    (domain_factory.workdir / "broken-disk0.raw").unlink()  # its image is gone
+    result = virtbackup(
+        state_dir, "backup", broken.name(), good.name(), "--dest", str(dest), "--json"
+    )
+    assert result.returncode == 1
+    rows = {r["domain"]: r for r in json.loads(result.stdout)["domains"]}
+    assert rows[good.name()]["result"] == "ok"
+    assert rows[broken.name()]["result"] == "failed"
+    assert "broken-disk0.raw" in rows[broken.name()]["message"]
+    assert not (dest / broken.name()).exists() or not list((dest / broken.name()).iterdir())
+
+
+def test_bad_input_is_one_line(domain_factory: DomainFactory, state_dir: Path, dest: Path) -> None:
+    dom = domain_factory.create(hint="input")
+    unknown = virtbackup(state_dir, "backup", dom.name() + "x", "--dest", str(dest))
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("virtbackup: error: unknown domain")
+    assert dom.name() in unknown.stderr  # the close match is suggested
+
+    no_dest = virtbackup(state_dir, "--config", "/dev/null", "backup", dom.name())
+    assert no_dest.returncode == 2
+    assert "no backup destination" in no_dest.stderr
+
+    missing = virtbackup(state_dir, "backup", dom.name(), "--dest", str(dest / "nope"))
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr
+    assert "Traceback" not in unknown.stderr + no_dest.stderr + missing.stderr

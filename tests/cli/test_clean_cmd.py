@@ -1,0 +1,55 @@
+"""`virtbackup clean` without leftovers, with a journal it cannot read, with partials."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def virtbackup(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "virtbackup", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_nothing_to_clean(tmp_path: Path) -> None:
+    result = virtbackup("--state-dir", str(tmp_path / "state"), "clean")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "nothing to clean\n"
+    as_json = json.loads(virtbackup("--state-dir", str(tmp_path), "clean", "--json").stdout)
+    assert as_json["journals"] == 0 and as_json["problems"] == []
+
+
+def test_an_unreadable_journal_is_reported_kept_and_fails(tmp_path: Path) -> None:
+    journals = tmp_path / "journal"
+    journals.mkdir()
+    torn = journals / "UU.20240101T000000Z-aaaaaa.json"
+    torn.write_text('{"format": "virtbackup-journal", "vers')
+    result = virtbackup("--state-dir", str(tmp_path), "clean")
+    assert result.returncode == 1
+    assert "cannot read journal" in result.stderr and "left alone" in result.stderr
+    assert torn.exists()
+
+
+def test_partial_backups_of_dead_runs_are_listed_then_removed(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    partial = dest / "web" / ".20240101T000000Z.partial"
+    partial.mkdir(parents=True)
+    (partial / "vda.qcow2.lz4").write_bytes(b"half")
+    complete = dest / "web" / "20231231T000000Z"
+    complete.mkdir()
+    state = str(tmp_path / "state")
+
+    dry = virtbackup("--state-dir", state, "clean", "--dry-run", "--dest", str(dest))
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove partial backup {partial}" in dry.stdout
+    assert partial.exists()
+
+    done = virtbackup("--state-dir", state, "clean", "--dest", str(dest))
+    assert done.returncode == 0, done.stderr
+    assert f"removed partial backup {partial}" in done.stdout
+    assert not partial.exists() and complete.exists()

@@ -1,0 +1,160 @@
+"""Journal records and the pure decisions of how to undo them."""
+
+import pytest
+
+from virtbackup.core.model import DomainState
+from virtbackup.core.undo import (
+    DiskObservation,
+    Entry,
+    FrozenRecord,
+    Journal,
+    JournalError,
+    OverlayPlan,
+    OverlayRecord,
+    OverlayStep,
+    StateRecord,
+    StateStep,
+    journal_from_dict,
+    journal_to_dict,
+    plan_overlay_undo,
+    plan_state_undo,
+    record_from_dict,
+    record_to_dict,
+)
+
+OVL = OverlayRecord(
+    target="vda",
+    original="/img/web.qcow2",
+    original_type="file",
+    original_format="qcow2",
+    overlay="/img/web.qcow2.virtbackup-R.qcow2",
+)
+JOURNAL = Journal(
+    run_id="20240102T030405Z-abcdef",
+    pid=42,
+    created="2024-01-02T03:04:05Z",
+    uri="qemu:///system",
+    domain_uuid="u-u-i-d",
+    domain_name="web",
+    entries=(
+        Entry(1, StateRecord(DomainState.RUNNING, restart=False)),
+        Entry(2, OVL),
+        Entry(3, FrozenRecord()),
+    ),
+)
+
+
+def test_journal_round_trips_through_plain_data() -> None:
+    data = journal_to_dict(JOURNAL)
+    assert data["records"][1] == {"id": 2, **record_to_dict(OVL)}
+    assert data["records"][0] == {"id": 1, "kind": "state", "was": "running", "restart": False}
+    assert journal_from_dict(data) == JOURNAL
+
+
+def test_undo_order_is_newest_first_and_ids_grow() -> None:
+    assert [e.id for e in JOURNAL.undo_order()] == [3, 2, 1]
+    grown, new_id = JOURNAL.remove(3).add(FrozenRecord())
+    assert new_id == 3 and grown.entries[-1] == Entry(3, FrozenRecord())
+    assert [e.id for e in JOURNAL.remove(2).entries] == [1, 3]
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"kind": "mount"}, "unknown record kind 'mount'"),
+        ({"kind": "overlay", "target": "vda"}, "'original' missing"),
+        ({"kind": "state", "was": "running", "restart": "yes"}, "true or false"),
+        ({"kind": "state", "was": "dancing", "restart": True}, "bad state record"),
+    ],
+)
+def test_bad_records_are_refused(data: dict[str, object], error: str) -> None:
+    with pytest.raises(JournalError, match=error):
+        record_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ([], "not a virtbackup journal"),
+        ({"format": "virtbackup-journal", "version": 9}, "version 9"),
+        ({**journal_to_dict(JOURNAL), "domain": None}, "without domain"),
+        ({**journal_to_dict(JOURNAL), "records": [{"kind": "frozen"}]}, "without an id"),
+    ],
+)
+def test_bad_journals_are_refused(data: object, error: str) -> None:
+    with pytest.raises(JournalError, match=error):
+        journal_from_dict(data)
+
+
+D = OverlayStep.DELETE
+
+
+@pytest.mark.parametrize(
+    ("seen", "expected"),
+    [
+        # Killed after the snapshot: merge back, libvirt fixes the definition, delete.
+        (
+            DiskObservation(True, True, OVL.overlay, False, OVL.overlay, True),
+            OverlayPlan((OverlayStep.COMMIT_PIVOT, OverlayStep.REDEFINE, D)),
+        ),
+        # Killed while the merge job ran: it goes on in libvirtd; wait for it and pivot.
+        (
+            DiskObservation(True, True, OVL.overlay, True, OVL.original, True),
+            OverlayPlan((OverlayStep.FINISH_JOB, D)),
+        ),
+        # Killed after the pivot: only the file is left.
+        (DiskObservation(True, True, OVL.original, False, OVL.original, True), OverlayPlan((D,))),
+        # Killed before the snapshot was made: nothing to do.
+        (DiskObservation(True, True, OVL.original, False, OVL.original, False), OverlayPlan()),
+        # The domain was shut off on the overlay: merge offline and redefine.
+        (
+            DiskObservation(True, False, None, False, OVL.overlay, True),
+            OverlayPlan((OverlayStep.COMMIT_OFFLINE, OverlayStep.REDEFINE, D)),
+        ),
+        (DiskObservation(True, False, None, False, OVL.original, True), OverlayPlan((D,))),
+        # A transient domain that is gone, its overlay gone too.
+        (DiskObservation(False, overlay_exists=False), OverlayPlan()),
+    ],
+)
+def test_overlay_undo_plans(seen: DiskObservation, expected: OverlayPlan) -> None:
+    assert plan_overlay_undo(OVL, seen) == expected
+
+
+@pytest.mark.parametrize(
+    ("seen", "problem"),
+    [
+        (DiskObservation(False, overlay_exists=True), "the domain is gone; overlay"),
+        (DiskObservation(True, True, "/img/other.qcow2", False, None, True), "neither"),
+        (DiskObservation(True, False, None, False, "/img/other.qcow2", True), "neither"),
+        (DiskObservation(True, True, OVL.original, True, OVL.original, True), "block job"),
+        (DiskObservation(True, False, None, False, OVL.overlay, False), "which is missing"),
+    ],
+)
+def test_overlay_undo_refuses_what_is_not_safe(seen: DiskObservation, problem: str) -> None:
+    plan = plan_overlay_undo(OVL, seen)
+    assert plan.steps == ()
+    assert plan.problem is not None and problem in plan.problem
+
+
+R, P, S = DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTOFF
+
+
+@pytest.mark.parametrize(
+    ("was", "restart", "now", "step"),
+    [
+        (R, False, R, None),
+        (R, False, P, StateStep.RESUME),  # qemu paused it on an I/O error
+        (R, False, S, None),  # the guest powered itself off: not ours to start
+        (R, True, S, StateStep.START),  # we shut it down
+        (R, True, R, None),
+        (P, False, P, None),
+        (P, False, R, None),  # someone resumed it: not ours to pause
+        (P, True, S, StateStep.START_PAUSED),
+        (S, False, R, None),
+        (R, True, None, None),  # gone
+    ],
+)
+def test_state_undo(
+    was: DomainState, restart: bool, now: DomainState | None, step: StateStep | None
+) -> None:
+    assert plan_state_undo(StateRecord(was, restart), now) == step

@@ -1,0 +1,129 @@
+"""Options shared by `backup` and `all`, and how they merge with the configuration file.
+
+The command line wins over the file's per-domain settings, which win over its defaults.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from virtbackup.cli.context import GlobalOptions
+from virtbackup.core.config import Config, DomainSettings, load_config, parse_size
+from virtbackup.core.errors import UsageError
+from virtbackup.core.model import Method
+from virtbackup.core.planning import PlanOptions
+from virtbackup.engine.backup_run import BackupRunOptions
+from virtbackup.engine.consistency import ConsistencyOptions, Quiesce
+from virtbackup.engine.stream_writer import WriterOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+OPTIONS = [
+    click.option(
+        "--dest",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Backup destination directory [default: `dest` of the configuration file].",
+    ),
+    click.option(
+        "--method",
+        type=click.Choice([m.value for m in Method]),
+        help="How running domains are made consistent [default: configuration, else auto].",
+    ),
+    click.option(
+        "--overlay-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where snapshot overlays go [default: next to each image].",
+    ),
+    click.option(
+        "--quiesce",
+        type=click.Choice([q.value for q in Quiesce]),
+        default=Quiesce.AUTO.value,
+        show_default=True,
+        help="Freeze guest filesystems through the guest agent for the snapshot.",
+    ),
+    click.option(
+        "--shutdown-timeout",
+        type=click.IntRange(min=1),
+        metavar="SECONDS",
+        help="Shutdown method: how long to wait for the guest [default: 300].",
+    ),
+    click.option(
+        "--force-off",
+        is_flag=True,
+        default=None,
+        help="Shutdown method: power off a guest that does not stop in time (else abort).",
+    ),
+    click.option(
+        "--workers", type=click.IntRange(min=1), help="Compression threads [default: cores]."
+    ),
+    click.option(
+        "--bwlimit",
+        callback=_size,
+        metavar="SIZE",
+        help="Read at most SIZE bytes per second (K, M, G suffixes).",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+]
+
+
+def backup_options(command: F) -> F:
+    for option in reversed(OPTIONS):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True)
+class BackupValues:
+    """What the shared options said; None: not given on the command line."""
+
+    dest: Path | None
+    method: str | None
+    overlay_dir: Path | None
+    quiesce: str
+    shutdown_timeout: int | None
+    force_off: bool | None
+    workers: int | None
+    bwlimit: int | None
+    as_json: bool
+
+
+def load_settings(options: GlobalOptions) -> Config:
+    return load_config(options.config) if options.config is not None else Config()
+
+
+def resolve_dest(values: BackupValues, config: Config) -> Path:
+    dest = values.dest or config.dest
+    if dest is None:
+        raise UsageError("no backup destination", "give --dest DIR or set dest in the config file")
+    return dest
+
+
+def domain_options(
+    values: BackupValues, config: Config, settings: DomainSettings, globals_: GlobalOptions
+) -> tuple[PlanOptions, BackupRunOptions]:
+    method = Method(values.method) if values.method else settings.method
+    consistency = ConsistencyOptions(
+        overlay_dir=values.overlay_dir or config.overlay_dir,
+        quiesce=Quiesce(values.quiesce),
+        shutdown_timeout=float(values.shutdown_timeout or settings.shutdown_timeout),
+        force_off=settings.force_off if values.force_off is None else values.force_off,
+    )
+    writer = WriterOptions(
+        workers=values.workers or config.workers or 0,
+        bwlimit=values.bwlimit or config.bwlimit,
+    )
+    plan = PlanOptions(method=method, exclude_disks=settings.exclude_disks)
+    return plan, BackupRunOptions(consistency, writer, globals_.state_dir)

@@ -1,0 +1,80 @@
+"""`virtbackup clean [--dry-run]`: finish what interrupted runs left undone."""
+
+import json
+from pathlib import Path
+
+import click
+
+from virtbackup.adapters.journal import resolve_state_dir
+from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.core.errors import ExitCode
+from virtbackup.core.steps import RecordingSteps
+from virtbackup.engine.clean import clean
+
+
+class _EchoSteps(RecordingSteps):
+    """Prints each step as it happens (a commit may take long) and keeps them for --json."""
+
+    def __init__(self, echo: bool) -> None:
+        super().__init__()
+        self.echo = echo
+
+    def step(self, domain: str, text: str) -> None:
+        super().step(domain, text)
+        if self.echo:
+            click.echo(f"{domain}: {text}")
+
+    def warning(self, domain: str, text: str) -> None:
+        super().warning(domain, text)
+        if self.echo:
+            click.echo(f"virtbackup: warning: {domain}: {text}", err=True)
+
+
+@click.command("clean")
+@click.option("--dry-run", is_flag=True, help="Show what would be undone; change nothing.")
+@click.option(
+    "--dest",
+    "dests",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Also remove partial backups that dead runs left in DIR (repeatable).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@pass_globals
+def clean_command(
+    options: GlobalOptions, dry_run: bool, dests: tuple[Path, ...], as_json: bool
+) -> int:
+    """Undo what an interrupted run left: overlays, freezes, stopped domains, partial dirs.
+
+    Every change a run makes to a domain is first written to a journal in the state
+    directory. A journal whose run is gone is replayed here: a domain still on its
+    backup overlay is merged back and switched to its original image (blockcommit
+    --active --pivot, or qemu-img commit when it is shut off), the overlay deleted,
+    the guest thawed, and a domain the run shut down or qemu paused started or resumed.
+    """
+    steps = _EchoSteps(echo=not as_json)
+    state_dir = resolve_state_dir(options.state_dir)
+    result = clean(state_dir, connect, steps, dry_run=dry_run, dests=list(dests))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "dry_run": dry_run,
+                    "state_dir": str(state_dir),
+                    "journals": result.journals,
+                    "finished": result.finished,
+                    "busy": result.busy,
+                    "steps": [{"domain": d, "action": t} for d, t in steps.steps],
+                    "warnings": [{"domain": d, "message": t} for d, t in steps.warnings],
+                    "problems": result.problems,
+                    "partials": [str(p) for p in result.partials],
+                },
+                indent=2,
+            )
+        )
+    elif not result.journals and not result.partials and not result.busy:
+        click.echo("nothing to clean")
+    elif dry_run and not steps.steps:
+        click.echo("nothing would be done")
+    return ExitCode.OK if result.clean else ExitCode.FAILED

@@ -1,0 +1,61 @@
+"""The summary table at the end of `backup` and `all`."""
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.filesize import decimal
+from rich.table import Table
+from rich.text import Text
+
+from virtbackup.core.summary import OutcomeRow
+from virtbackup.engine.backup_run import DomainOutcome
+
+_STYLE = {"ok": "green", "failed": "bold red", "locked": "yellow", "skipped": "dim"}
+
+
+def to_row(outcome: DomainOutcome, pruned: Sequence[str] = ()) -> OutcomeRow:
+    return OutcomeRow(
+        domain=outcome.domain,
+        result=outcome.result.value,
+        message=outcome.message,
+        method=outcome.method,
+        disks=outcome.disks,
+        read=outcome.read,
+        stored=outcome.stored,
+        seconds=outcome.seconds,
+        backup=str(outcome.backup) if outcome.backup else None,
+        warnings=outcome.warnings,
+        pruned=tuple(pruned),
+    )
+
+
+def print_summary(rows: Sequence[OutcomeRow]) -> None:
+    table = Table(title="virtbackup summary", title_justify="left")
+    for heading in ("domain", "method"):
+        table.add_column(heading)
+    for heading in ("disks", "read", "stored", "ratio", "time"):
+        table.add_column(heading, justify="right")
+    table.add_column("result")
+    for row in rows:
+        result = Text(row.result, style=_STYLE.get(row.result, ""))
+        if row.result != "ok" or row.warnings:
+            details = [row.message] if row.result != "ok" else []
+            result.append("  " + "; ".join(details + list(row.warnings)))
+        table.add_row(
+            Text(row.domain),
+            row.method or "-",
+            str(row.disks) if row.disks else "-",
+            decimal(row.read) if row.read else "-",
+            decimal(row.stored) if row.stored else "-",
+            f"{row.ratio:.1f}x" if row.ratio else "-",
+            f"{row.seconds:.1f}s" if row.seconds else "-",
+            result,
+        )
+    Console(width=max(120, Console().width)).print(table)
+
+
+def print_json(document: dict[str, Any]) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))

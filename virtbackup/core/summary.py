@@ -1,0 +1,68 @@
+"""The run summary as data: what `backup --json` prints and `all` writes into DEST."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from virtbackup.core.manifest import format_time
+
+SUMMARY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    """One domain's line of the summary (built from the engine's DomainOutcome)."""
+
+    domain: str
+    result: str  # ok, failed, locked, skipped
+    message: str
+    method: str | None
+    disks: int
+    read: int
+    stored: int
+    seconds: float
+    backup: str | None
+    warnings: tuple[str, ...] = ()
+    pruned: tuple[str, ...] = ()  # backups removed by retention after this one
+
+    @property
+    def ratio(self) -> float | None:
+        """Uncompressed bytes per stored byte (how much smaller the backup is)."""
+        return self.read / self.stored if self.stored else None
+
+
+def summary_document(
+    rows: Sequence[OutcomeRow],
+    *,
+    host: str,
+    dest: str,
+    started: datetime,
+    finished: datetime,
+    exit_code: int,
+) -> dict[str, Any]:
+    return {
+        "version": SUMMARY_VERSION,
+        "host": host,
+        "dest": dest,
+        "started": format_time(started),
+        "finished": format_time(finished),
+        "exit_code": exit_code,
+        "domains": [
+            {
+                "domain": r.domain,
+                "result": r.result,
+                "message": r.message,
+                "method": r.method,
+                "disks": r.disks,
+                "read": r.read,
+                "stored": r.stored,
+                "ratio": round(r.ratio, 3) if r.ratio is not None else None,
+                "seconds": round(r.seconds, 3),
+                "backup": r.backup,
+                "warnings": list(r.warnings),
+                "pruned": list(r.pruned),
+            }
+            for r in rows
+        ],
+    }

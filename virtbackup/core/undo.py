@@ -1,0 +1,303 @@
+"""What a run must undo, as plain data, and the pure decisions of how to undo it.
+
+Before every state change of a domain (an overlay, a freeze, a shutdown) the engine
+writes an undo record to a journal on disk (adapters/journal). The same records drive
+the undo at the end of the run and, after a kill -9 or a power loss, `virtbackup clean`:
+so every undo is decided from what is observed now (the live XML, the domain state,
+the files), never from what the run believed, and running it twice is harmless.
+
+The journal of one run and one domain is a JSON object:
+
+    {"format": "virtbackup-journal", "version": 1,
+     "run_id": "20240102T030405Z-1a2b3c", "pid": 1234, "created": "2024-01-02T03:04:05Z",
+     "uri": "qemu:///system",
+     "domain": {"uuid": "...", "name": "web1"},
+     "records": [{"id": 1, "kind": "state", "was": "running", "restart": false},
+                 {"id": 2, "kind": "overlay", "target": "vda",
+                  "original": "/var/lib/libvirt/images/web1.qcow2",
+                  "original_type": "file", "original_format": "qcow2",
+                  "overlay": "/var/lib/libvirt/images/web1.qcow2.virtbackup-....qcow2"},
+                 {"id": 3, "kind": "frozen"}]}
+
+Records are undone newest first.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from virtbackup.core.errors import VirtbackupError
+from virtbackup.core.model import DomainState
+
+JOURNAL_FORMAT = "virtbackup-journal"
+JOURNAL_VERSION = 1
+
+
+class JournalError(VirtbackupError):
+    """A journal file cannot be read: it is kept for a human to look at."""
+
+
+@dataclass(frozen=True)
+class OverlayRecord:
+    """An external snapshot overlay on top of one disk: commit it back, pivot, delete it."""
+
+    kind: ClassVar[str] = "overlay"
+    target: str  # vda
+    original: str  # the disk's source before the snapshot (file or block device)
+    original_type: str  # file | block
+    original_format: str  # the driver type before the snapshot: raw, qcow2, ...
+    overlay: str  # the qcow2 overlay libvirt creates on top of `original`
+
+
+@dataclass(frozen=True)
+class FrozenRecord:
+    """The guest's filesystems may be frozen through its agent: thaw them."""
+
+    kind: ClassVar[str] = "frozen"
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """The domain's run state before the run touched it: return it there."""
+
+    kind: ClassVar[str] = "state"
+    was: DomainState
+    restart: bool  # start the domain again if it is found shut off (the shutdown method)
+
+
+UndoRecord = OverlayRecord | FrozenRecord | StateRecord
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    record: UndoRecord
+
+
+@dataclass(frozen=True)
+class Journal:
+    run_id: str
+    pid: int
+    created: str  # ISO 8601 UTC
+    uri: str
+    domain_uuid: str
+    domain_name: str
+    entries: tuple[Entry, ...] = field(default=())
+
+    def add(self, record: UndoRecord) -> tuple["Journal", int]:
+        next_id = max((e.id for e in self.entries), default=0) + 1
+        return replace(self, entries=(*self.entries, Entry(next_id, record))), next_id
+
+    def remove(self, entry_id: int) -> "Journal":
+        return replace(self, entries=tuple(e for e in self.entries if e.id != entry_id))
+
+    def undo_order(self) -> tuple[Entry, ...]:
+        """Newest first: the reverse of the order the changes were made."""
+        return tuple(reversed(self.entries))
+
+
+# -- (de)serialisation ------------------------------------------------------------------
+
+
+def record_to_dict(record: UndoRecord) -> dict[str, Any]:
+    data: dict[str, Any] = {"kind": record.kind}
+    if isinstance(record, OverlayRecord):
+        data.update(
+            target=record.target,
+            original=record.original,
+            original_type=record.original_type,
+            original_format=record.original_format,
+            overlay=record.overlay,
+        )
+    elif isinstance(record, StateRecord):
+        data.update(was=record.was.value, restart=record.restart)
+    return data
+
+
+def record_from_dict(data: Mapping[str, Any]) -> UndoRecord:
+    kind = data.get("kind")
+    try:
+        if kind == OverlayRecord.kind:
+            return OverlayRecord(
+                target=_text(data, "target"),
+                original=_text(data, "original"),
+                original_type=_text(data, "original_type"),
+                original_format=_text(data, "original_format"),
+                overlay=_text(data, "overlay"),
+            )
+        if kind == FrozenRecord.kind:
+            return FrozenRecord()
+        if kind == StateRecord.kind:
+            restart = data.get("restart")
+            if not isinstance(restart, bool):
+                raise ValueError("'restart' must be true or false")
+            return StateRecord(was=DomainState(_text(data, "was")), restart=restart)
+    except ValueError as err:
+        raise JournalError(f"bad {kind} record: {err}") from None
+    raise JournalError(f"unknown record kind {kind!r}")
+
+
+def journal_to_dict(journal: Journal) -> dict[str, Any]:
+    return {
+        "format": JOURNAL_FORMAT,
+        "version": JOURNAL_VERSION,
+        "run_id": journal.run_id,
+        "pid": journal.pid,
+        "created": journal.created,
+        "uri": journal.uri,
+        "domain": {"uuid": journal.domain_uuid, "name": journal.domain_name},
+        "records": [{"id": e.id, **record_to_dict(e.record)} for e in journal.entries],
+    }
+
+
+def journal_from_dict(data: Any) -> Journal:
+    if not isinstance(data, dict) or data.get("format") != JOURNAL_FORMAT:
+        raise JournalError("not a virtbackup journal")
+    if data.get("version") != JOURNAL_VERSION:
+        raise JournalError(f"journal version {data.get('version')!r} is not supported")
+    domain = data.get("domain")
+    records = data.get("records")
+    if not isinstance(domain, dict) or not isinstance(records, list):
+        raise JournalError("journal without domain or records")
+    entries = []
+    for raw in records:
+        if not isinstance(raw, dict) or not isinstance(raw.get("id"), int):
+            raise JournalError("journal record without an id")
+        entries.append(Entry(raw["id"], record_from_dict(raw)))
+    pid = data.get("pid")
+    try:
+        return Journal(
+            run_id=_text(data, "run_id"),
+            pid=pid if isinstance(pid, int) else 0,
+            created=str(data.get("created", "")),
+            uri=_text(data, "uri"),
+            domain_uuid=_text(domain, "uuid"),
+            domain_name=_text(domain, "name"),
+            entries=tuple(entries),
+        )
+    except ValueError as err:
+        raise JournalError(str(err)) from None
+
+
+def _text(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key!r} missing or not a string")
+    return value
+
+
+# -- undo decisions -----------------------------------------------------------------------
+
+
+class OverlayStep(StrEnum):
+    FINISH_JOB = "finish-job"  # a commit job runs (the dead run's): wait until ready, pivot
+    COMMIT_PIVOT = "commit-pivot"  # live: blockcommit --active --shallow, wait, pivot
+    COMMIT_OFFLINE = "commit-offline"  # shut off: qemu-img commit the overlay into the original
+    REDEFINE = "redefine"  # point the persistent definition back to the original
+    DELETE = "delete-overlay"  # remove the overlay file, which nothing uses any more
+
+
+@dataclass(frozen=True)
+class DiskObservation:
+    """What is true now about the disk an overlay record names."""
+
+    domain_exists: bool
+    active: bool = False
+    live_source: str | None = None  # active domain: the disk's source in the live XML
+    job: bool = False  # a block job runs on the disk
+    config_source: str | None = None  # persistent domain: the source in its definition
+    overlay_exists: bool = False
+
+
+@dataclass(frozen=True)
+class OverlayPlan:
+    steps: tuple[OverlayStep, ...] = ()
+    problem: str | None = None  # why nothing (more) can be done safely
+
+
+def plan_overlay_undo(record: OverlayRecord, seen: DiskObservation) -> OverlayPlan:
+    """How to bring one disk back to its original image and get rid of the overlay.
+
+    The overlay is deleted only once no definition and no running qemu uses it: it may
+    hold everything the guest wrote since the snapshot.
+    """
+    ours = {record.original, record.overlay}
+    if not seen.domain_exists:
+        if seen.overlay_exists:
+            return OverlayPlan(
+                problem=f"the domain is gone; overlay {record.overlay} is kept (it holds "
+                f"writes made after the snapshot): merge it with "
+                f"'qemu-img commit {record.overlay}' if still needed, then delete it"
+            )
+        return OverlayPlan()
+    steps: list[OverlayStep] = []
+    if seen.active:
+        if seen.live_source not in ours:
+            return OverlayPlan(problem=_foreign(record, seen.live_source))
+        if seen.live_source == record.overlay:
+            steps.append(OverlayStep.FINISH_JOB if seen.job else OverlayStep.COMMIT_PIVOT)
+        elif seen.job:
+            return OverlayPlan(
+                problem=f"a block job runs on {record.target}, which is on its original "
+                f"image: left alone; run 'virtbackup clean' again when it has ended"
+            )
+        # libvirt updates the definition when it pivots; older ones did not.
+        if seen.config_source == record.overlay:
+            steps.append(OverlayStep.REDEFINE)
+    else:
+        if seen.config_source not in ours:
+            return OverlayPlan(problem=_foreign(record, seen.config_source))
+        if seen.config_source == record.overlay:
+            if not seen.overlay_exists:
+                return OverlayPlan(
+                    problem=f"the definition of {record.target} names overlay "
+                    f"{record.overlay}, which is missing: fix the disk source by hand "
+                    f"(virsh edit) to {record.original}"
+                )
+            steps += [OverlayStep.COMMIT_OFFLINE, OverlayStep.REDEFINE]
+    if seen.overlay_exists:
+        steps.append(OverlayStep.DELETE)
+    return OverlayPlan(steps=tuple(steps))
+
+
+def _foreign(record: OverlayRecord, source: str | None) -> str:
+    return (
+        f"disk {record.target} now uses {source or 'no image'}, neither its original "
+        f"{record.original} nor our overlay: left alone, overlay {record.overlay} kept"
+    )
+
+
+class StateStep(StrEnum):
+    RESUME = "resume"
+    START = "start"
+    START_PAUSED = "start-paused"
+
+
+def plan_state_undo(record: StateRecord, now: DomainState | None) -> StateStep | None:
+    """What returns the domain to the run state it had (None: nothing to do).
+
+    A domain found shut off is started only when the run shut it down itself
+    (`restart`): with the snapshot method a guest that powered itself off stays off.
+    A paused domain the run found running was paused by qemu (an I/O error such as a
+    full overlay filesystem) and is resumed once it is back on its original image.
+    """
+    if now is None:
+        return None
+    if record.was == DomainState.RUNNING:
+        if now == DomainState.PAUSED:
+            return StateStep.RESUME
+        if now == DomainState.SHUTOFF and record.restart:
+            return StateStep.START
+    if record.was == DomainState.PAUSED and now == DomainState.SHUTOFF and record.restart:
+        return StateStep.START_PAUSED
+    return None
+
+
+def describe(record: UndoRecord) -> str:
+    """One line naming what a record stands for, for reports."""
+    if isinstance(record, OverlayRecord):
+        return f"overlay {record.overlay} on {record.target} ({record.original})"
+    if isinstance(record, FrozenRecord):
+        return "guest filesystems frozen"
+    return f"domain state {record.was.value}" + (" (restart)" if record.restart else "")

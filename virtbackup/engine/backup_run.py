@@ -1,0 +1,157 @@
+"""Back up whole domains: a plan goes through the consistency layer into the data path.
+
+    plan (core/planning) -> stable_images (lock, snapshot/shutdown/offline, undo)
+                         -> back_up_disks (streams into the store) -> DomainOutcome
+
+One domain's failure is its outcome, never an exception that stops the others; only an
+interruption (SIGINT, SIGTERM) ends the run, after the domain at hand is put back.
+"""
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from virtbackup.adapters.store import BackupStore
+from virtbackup.core.errors import ExitCode, LockHeld, VirtbackupError
+from virtbackup.core.model import Method
+from virtbackup.core.planning import DomainPlan
+from virtbackup.core.progress import ProgressSink
+from virtbackup.core.steps import StepSink
+from virtbackup.engine.backup import DiskSource, back_up_disks
+from virtbackup.engine.consistency import ConsistencyOptions, StableImages, stable_images
+from virtbackup.engine.stream_writer import WriterOptions
+
+log = logging.getLogger(__name__)
+
+
+class Result(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    LOCKED = "locked"  # another run holds the domain
+    SKIPPED = "skipped"  # the plan backs nothing up (e.g. a crashed domain, only cdroms)
+
+
+@dataclass(frozen=True)
+class DomainOutcome:
+    domain: str
+    result: Result
+    message: str  # the reason for a skip or failure; the consistency reached when ok
+    method: str | None = None
+    disks: int = 0
+    read: int = 0  # uncompressed bytes of the disks
+    stored: int = 0  # bytes written to the store
+    seconds: float = 0.0
+    backup: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackupRunOptions:
+    consistency: ConsistencyOptions = field(default_factory=ConsistencyOptions)
+    writer: WriterOptions = field(default_factory=WriterOptions)
+    state_dir: Path | None = None
+
+
+# Where a method other than the libvirt ones reads its images from; the LVM method
+# registers itself here so that this module needs no LVM knowledge.
+ImageSource = Callable[..., AbstractContextManager[StableImages]]
+EXTRA_METHODS: dict[Method, ImageSource] = {}
+
+
+def back_up_domain(
+    conn: Any,
+    plan: DomainPlan,
+    store: BackupStore,
+    options: BackupRunOptions,
+    progress: ProgressSink,
+    steps: StepSink,
+    clock: Callable[[], float] = time.monotonic,
+) -> DomainOutcome:
+    name = plan.domain.name
+    started = clock()
+    warnings = tuple(f"{d.disk.target}: {d.reason}" for d in plan.warnings)
+    method = plan.method.value if plan.method else None
+    unreadable = [d for d in plan.disks if d.disk.probe_error and d.disk.device == "disk"]
+    if unreadable:
+        # A disk we cannot read is a failure, not a skip: the backup would miss data.
+        problem = "; ".join(f"{d.disk.target}: {d.disk.probe_error}" for d in unreadable)
+        return DomainOutcome(name, Result.FAILED, problem, method, warnings=warnings)
+    if plan.method is None:
+        return DomainOutcome(name, Result.SKIPPED, plan.reason, warnings=warnings)
+    targets = [d.disk.target for d in plan.backed_up]
+    if not targets:
+        return DomainOutcome(name, Result.SKIPPED, "no disk to back up", warnings=warnings)
+
+    source: ImageSource = EXTRA_METHODS.get(plan.method, stable_images)
+    try:
+        with source(
+            conn,
+            name,
+            plan.method,
+            targets,
+            options.consistency,
+            state_dir=options.state_dir,
+            steps=steps,
+        ) as window:
+            result = back_up_disks(
+                store,
+                window.domain_name,
+                window.domain_uuid,
+                window.definition_xml,
+                window.method.value,
+                _disk_sources(window),
+                progress,
+                options.writer,
+            )
+    except LockHeld as err:
+        return DomainOutcome(name, Result.LOCKED, str(err), plan.method.value, warnings=warnings)
+    except VirtbackupError as err:
+        log.error("%s: %s", name, err)
+        return DomainOutcome(
+            name,
+            Result.FAILED,
+            str(err),
+            plan.method.value,
+            seconds=clock() - started,
+            warnings=warnings,
+        )
+    disks = result.manifest.disks
+    return DomainOutcome(
+        name,
+        Result.OK,
+        window.consistency.value,
+        window.method.value,
+        disks=len(disks),
+        read=sum(d.byte_size for d in disks),
+        stored=sum(d.stored_size for d in disks),
+        seconds=clock() - started,
+        backup=result.path,
+        warnings=warnings,
+    )
+
+
+def _disk_sources(window: StableImages) -> list[DiskSource]:
+    return [
+        DiskSource(
+            target=image.target,
+            path=image.path,
+            format=image.format,
+            virtual_size=image.virtual_size or 0,
+        )
+        for image in window.images
+    ]
+
+
+def exit_code(outcomes: Sequence[DomainOutcome]) -> ExitCode:
+    """1 when anything failed; 3 when the only trouble was a lock held by another run."""
+    results = {o.result for o in outcomes}
+    if Result.FAILED in results:
+        return ExitCode.FAILED
+    if Result.LOCKED in results:
+        return ExitCode.LOCKED
+    return ExitCode.OK

@@ -1,0 +1,171 @@
+"""Finish the undo of runs that died: `virtbackup clean` and the start of every run.
+
+A journal in the state directory whose domain lock is free belongs to a run that is
+gone (the kernel drops an flock with its holder, on kill -9 and on power loss alike).
+Its records are undone newest first by the same Undoer a live run uses, while this
+process holds the domain lock; each record is dropped once undone, and the journal
+file with its last record. A record that cannot be undone safely (the domain runs on
+an image that is neither its original nor our overlay, say) is reported and kept.
+
+Partial backup directories are the store's business: with `dests`, each store removes
+the ones no live run holds.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from virtbackup.adapters.journal import JournalFile, journal_dir, list_journals, load_journal
+from virtbackup.adapters.locks import domain_lock
+from virtbackup.core.errors import VirtbackupError
+from virtbackup.core.steps import StepSink
+from virtbackup.core.undo import JournalError, describe
+from virtbackup.engine.undo import DEFAULT_COMMIT_TIMEOUT, Undoer
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[str], AbstractContextManager[Any]]
+
+
+@dataclass
+class CleanResult:
+    journals: int = 0  # journals of dead runs looked at
+    finished: int = 0  # of them, completely undone (or, in a dry run, with nothing to do)
+    busy: list[str] = field(default_factory=list)  # domains a live run works on
+    problems: list[str] = field(default_factory=list)  # what is left, and why
+    partials: list[Path] = field(default_factory=list)  # partial backups (to be) removed
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+
+def clean(
+    state_dir: Path,
+    connect: Connect,
+    steps: StepSink,
+    *,
+    dry_run: bool = False,
+    dests: Sequence[Path] = (),
+    commit_timeout: float = DEFAULT_COMMIT_TIMEOUT,
+) -> CleanResult:
+    """Undo what dead runs left: every journal in `state_dir`, partials under `dests`."""
+    result = CleanResult()
+    with ExitStack() as stack:
+        connections: dict[str, Any] = {}
+        for path in list_journals(state_dir):
+            try:
+                journal = load_journal(path)
+            except JournalError as err:
+                result.problems.append(str(err))
+                steps.warning("-", f"{err}: left alone")
+                continue
+            lock = domain_lock(state_dir, journal.domain_uuid, journal.domain_name)
+            if not lock.try_acquire():
+                pid = lock.holder_pid()
+                result.busy.append(journal.domain_name)
+                steps.step(journal.domain_name, f"in use by a running virtbackup (pid {pid})")
+                continue
+            try:
+                result.journals += 1
+                if journal.uri not in connections:
+                    connections[journal.uri] = stack.enter_context(connect(journal.uri))
+                problems = replay(
+                    JournalFile(path, journal),
+                    connections[journal.uri],
+                    steps,
+                    dry_run=dry_run,
+                    commit_timeout=commit_timeout,
+                )
+            except VirtbackupError as err:
+                problems = [str(err)]
+                steps.warning(journal.domain_name, str(err))
+            finally:
+                lock.release()
+            result.problems += problems
+            result.finished += not problems
+        if not dry_run:
+            _remove_stray_temporaries(state_dir)
+    result.partials = _clean_partials(dests, steps, dry_run)
+    return result
+
+
+def replay_domain(
+    state_dir: Path, conn: Any, domain_uuid: str, domain_name: str, steps: StepSink
+) -> list[str]:
+    """Undo every leftover journal of one domain; the caller holds its lock."""
+    problems: list[str] = []
+    for path in list_journals(state_dir, domain_uuid):
+        try:
+            journal = JournalFile(path, load_journal(path))
+        except JournalError as err:
+            problems.append(str(err))
+            continue
+        steps.step(domain_name, f"finishing the undo of interrupted run {journal.journal.run_id}")
+        problems += replay(journal, conn, steps)
+    return problems
+
+
+def replay(
+    journal: JournalFile,
+    conn: Any,
+    steps: StepSink,
+    *,
+    dry_run: bool = False,
+    commit_timeout: float = DEFAULT_COMMIT_TIMEOUT,
+) -> list[str]:
+    """Undo a dead run's journal, newest record first; what could not be undone."""
+    header = journal.journal
+    undoer = Undoer(conn, header.domain_uuid, header.domain_name, steps, commit_timeout, dry_run)
+    problems = []
+    for entry in header.undo_order():
+        try:
+            undoer.undo(entry.record)
+        except VirtbackupError as err:
+            problems.append(str(err))
+            steps.warning(header.domain_name, f"cannot undo {describe(entry.record)}: {err}")
+            continue
+        except Exception as err:  # libvirtError, OSError: report, keep the record, go on
+            message = f"{header.domain_name}: cannot undo {describe(entry.record)}: {err}"
+            problems.append(message)
+            steps.warning(header.domain_name, message)
+            continue
+        if not dry_run:
+            journal.remove(entry.id)
+    if not problems and not dry_run:
+        journal.delete()
+    return problems
+
+
+def _remove_stray_temporaries(state_dir: Path) -> None:
+    """A `.json.tmp` is what a run killed in the middle of a journal write leaves."""
+    for tmp in journal_dir(state_dir).glob("*.json.tmp"):
+        uuid = tmp.name.split(".")[0]
+        lock = domain_lock(state_dir, uuid, uuid)
+        if lock.try_acquire():
+            try:
+                tmp.unlink(missing_ok=True)
+            finally:
+                lock.release()
+
+
+def _clean_partials(dests: Sequence[Path], steps: StepSink, dry_run: bool) -> list[Path]:
+    from virtbackup.adapters.store import BackupStore  # the data path's store
+
+    found: list[Path] = []
+    for dest in dests:
+        if dry_run:
+            for partial in sorted(dest.glob("*/.*.partial")):
+                steps.step(
+                    partial.parent.name,
+                    f"would remove partial backup {partial} (unless a running backup holds it)",
+                )
+                found.append(partial)
+            continue
+        for partial in BackupStore(dest).remove_partials():
+            steps.step(partial.parent.name, f"removed partial backup {partial}")
+            found.append(partial)
+    return found

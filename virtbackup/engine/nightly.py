@@ -1,0 +1,120 @@
+"""`virtbackup all`: every selected domain, one after another, each with its hooks and
+retention. A failure of one domain is its outcome; the next domain is still done.
+
+Per domain:  before hook -> backup -> retention (only after a complete new backup)
+             -> after hook (always, told the result)
+
+Hooks are argument lists from the configuration, run without a shell, with
+VIRTBACKUP_PHASE (before/after), VIRTBACKUP_DOMAIN, VIRTBACKUP_DEST, VIRTBACKUP_METHOD
+and, after, VIRTBACKUP_RESULT (ok/failed/locked/skipped) and VIRTBACKUP_BACKUP (the
+new backup's directory, when there is one) in their environment. A failing before hook
+skips the domain's backup and fails it; a failing after hook fails the domain too.
+"""
+
+import logging
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import tzinfo
+from typing import Any
+
+from virtbackup.adapters import runner
+from virtbackup.adapters.store import BackupStore
+from virtbackup.core.config import DomainSettings
+from virtbackup.core.errors import VirtbackupError
+from virtbackup.core.model import DomainFacts
+from virtbackup.core.planning import PlanOptions, plan_domain
+from virtbackup.core.progress import ProgressSink
+from virtbackup.core.steps import StepSink
+from virtbackup.engine.backup_run import BackupRunOptions, DomainOutcome, Result, back_up_domain
+from virtbackup.engine.prune import prune_domain
+
+log = logging.getLogger(__name__)
+
+HOOK_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class Hooks:
+    before: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DomainReport:
+    outcome: DomainOutcome
+    pruned: tuple[str, ...] = ()
+
+
+OptionsFor = Callable[[DomainFacts], tuple[PlanOptions, BackupRunOptions, DomainSettings]]
+
+
+def run_all(
+    conn: Any,
+    domains: Sequence[DomainFacts],
+    store: BackupStore,
+    options_for: OptionsFor,
+    hooks: Hooks,
+    progress: ProgressSink,
+    steps: StepSink,
+    tz: tzinfo,
+) -> list[DomainReport]:
+    return [
+        _one_domain(conn, facts, store, options_for, hooks, progress, steps, tz)
+        for facts in domains
+    ]
+
+
+def _one_domain(
+    conn: Any,
+    facts: DomainFacts,
+    store: BackupStore,
+    options_for: OptionsFor,
+    hooks: Hooks,
+    progress: ProgressSink,
+    steps: StepSink,
+    tz: tzinfo,
+) -> DomainReport:
+    plan_options, run_options, settings = options_for(facts)
+    plan = plan_domain(facts, plan_options)
+    method = plan.method.value if plan.method else "none"
+    env = {
+        "VIRTBACKUP_DOMAIN": facts.name,
+        "VIRTBACKUP_DEST": str(store.dest),
+        "VIRTBACKUP_METHOD": method,
+    }
+    problem = _hook(hooks.before, {**env, "VIRTBACKUP_PHASE": "before"})
+    if problem:
+        outcome = DomainOutcome(facts.name, Result.FAILED, f"before hook failed: {problem}", method)
+    else:
+        outcome = back_up_domain(conn, plan, store, run_options, progress, steps)
+
+    pruned: tuple[str, ...] = ()
+    if outcome.result == Result.OK and not settings.retention.is_empty():
+        try:
+            pruned = prune_domain(store, facts.name, settings.retention, tz).removed
+        except VirtbackupError as err:
+            outcome = replace(outcome, result=Result.FAILED, message=f"retention failed: {err}")
+
+    after_env = {**env, "VIRTBACKUP_PHASE": "after", "VIRTBACKUP_RESULT": outcome.result.value}
+    if outcome.backup is not None:
+        after_env["VIRTBACKUP_BACKUP"] = str(outcome.backup)
+    problem = _hook(hooks.after, after_env)
+    if problem:
+        outcome = replace(outcome, result=Result.FAILED, message=f"after hook failed: {problem}")
+    return DomainReport(outcome, pruned)
+
+
+def _hook(argv: tuple[str, ...], env: dict[str, str]) -> str | None:
+    """Run a hook; None when it succeeded (or there is none), else why it failed."""
+    if not argv:
+        return None
+    try:
+        runner.run(list(argv), env=env, timeout=HOOK_TIMEOUT)
+    except VirtbackupError as err:
+        return str(err)
+    except OSError as err:
+        return f"{argv[0]}: {err.strerror}"
+    except subprocess.TimeoutExpired:
+        return f"{argv[0]} did not finish within {HOOK_TIMEOUT:.0f} s"
+    return None

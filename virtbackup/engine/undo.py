@@ -1,0 +1,178 @@
+"""Carry out the undo of one journal record, from what is observed now.
+
+The same code undoes a change at the end of a run and replays a dead run's journal in
+`clean`: it looks at the domain (live XML, definition, state, files), asks core/undo
+what is left to do, does one step, and looks again, so it is safe to run after a crash
+in the middle of an earlier undo. A dry run only reports the plan.
+"""
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from virtbackup.adapters import hypervisor as hv
+from virtbackup.adapters.libvirt_conn import libvirt_module
+from virtbackup.core.errors import VirtbackupError
+from virtbackup.core.model import DomainState
+from virtbackup.core.steps import StepSink
+from virtbackup.core.undo import (
+    DiskObservation,
+    FrozenRecord,
+    OverlayPlan,
+    OverlayRecord,
+    OverlayStep,
+    StateRecord,
+    StateStep,
+    UndoRecord,
+    plan_overlay_undo,
+    plan_state_undo,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMMIT_TIMEOUT = 3600.0
+MAX_ROUNDS = 8  # observe-plan-act rounds per record; each round makes progress
+
+
+class UndoBlocked(VirtbackupError):
+    """A record cannot be undone safely now; the journal keeps it."""
+
+
+@dataclass
+class Undoer:
+    conn: Any
+    domain_uuid: str
+    domain_name: str
+    steps: StepSink
+    commit_timeout: float = DEFAULT_COMMIT_TIMEOUT
+    dry_run: bool = False
+
+    def undo(self, record: UndoRecord) -> None:
+        """Undo `record` completely, or raise (UndoBlocked, CommitFailed, ...)."""
+        if isinstance(record, OverlayRecord):
+            self._undo_overlay(record)
+        elif isinstance(record, FrozenRecord):
+            self._thaw()
+        else:
+            self._restore_state(record)
+
+    # -- overlays ------------------------------------------------------------------------
+
+    def observe(self, record: OverlayRecord) -> DiskObservation:
+        exists = os.path.lexists(record.overlay)
+        dom = hv.lookup_uuid(self.conn, self.domain_uuid)
+        if dom is None:
+            return DiskObservation(domain_exists=False, overlay_exists=exists)
+        active = hv.is_active(dom)
+        return DiskObservation(
+            domain_exists=True,
+            active=active,
+            live_source=hv.disk_source(hv.live_xml(dom), record.target) if active else None,
+            job=hv.block_job_active(dom, record.target) if active else False,
+            config_source=hv.disk_source(hv.config_xml(dom), record.target),
+            overlay_exists=exists,
+        )
+
+    def plan(self, record: OverlayRecord) -> OverlayPlan:
+        return plan_overlay_undo(record, self.observe(record))
+
+    def _undo_overlay(self, record: OverlayRecord) -> None:
+        for _round in range(MAX_ROUNDS):
+            plan = self.plan(record)
+            if plan.problem:
+                raise UndoBlocked(f"{self.domain_name}: {plan.problem}")
+            if not plan.steps:
+                return
+            if self.dry_run:
+                for step in plan.steps:
+                    self.steps.step(self.domain_name, "would " + _overlay_text(step, record))
+                return
+            for step in plan.steps:
+                # The overlay goes only when a fresh look agrees nothing uses it any more.
+                if step == OverlayStep.DELETE and self.plan(record).steps != (step,):
+                    break
+                self._overlay_step(step, record)
+        raise UndoBlocked(f"{self.domain_name}: overlay {record.overlay} keeps coming back")
+
+    def _overlay_step(self, step: OverlayStep, record: OverlayRecord) -> None:
+        self.steps.step(self.domain_name, _overlay_text(step, record))
+        dom = hv.lookup_uuid(self.conn, self.domain_uuid)
+        if step == OverlayStep.DELETE:
+            os.unlink(record.overlay)
+            return
+        if dom is None:
+            return  # gone meanwhile: the next round plans again
+        if step == OverlayStep.COMMIT_PIVOT:
+            hv.start_active_commit(dom, record.target)
+            hv.pivot_when_ready(dom, record.target, self.commit_timeout)
+        elif step == OverlayStep.FINISH_JOB:
+            hv.pivot_when_ready(dom, record.target, self.commit_timeout)
+        elif step == OverlayStep.COMMIT_OFFLINE:
+            hv.qemu_img_commit(record.overlay)
+        elif step == OverlayStep.REDEFINE:
+            hv.redefine_disk(
+                self.conn,
+                dom,
+                record.target,
+                record.original_type,
+                record.original,
+                record.original_format,
+            )
+
+    # -- freeze and run state ------------------------------------------------------------
+
+    def _thaw(self) -> None:
+        dom = hv.lookup_uuid(self.conn, self.domain_uuid)
+        if dom is None or hv.state(dom) != DomainState.RUNNING:
+            return  # a guest that does not run has no frozen filesystems to thaw
+        if self.dry_run:
+            self.steps.step(self.domain_name, "would thaw the guest's filesystems")
+            return
+        libvirt = libvirt_module()
+        try:
+            thawed = hv.thaw(dom)
+        except libvirt.libvirtError as err:
+            self.steps.warning(
+                self.domain_name,
+                f"cannot ask the guest agent to thaw the filesystems ({hv.message(err)}); "
+                "if the guest hangs, run 'virsh domfsthaw' once its agent answers",
+            )
+            return
+        if thawed:
+            self.steps.step(self.domain_name, f"thawed {thawed} guest filesystem(s)")
+
+    def _restore_state(self, record: StateRecord) -> None:
+        dom = hv.lookup_uuid(self.conn, self.domain_uuid)
+        now = hv.state(dom) if dom is not None else None
+        if dom is None and record.restart:
+            self.steps.warning(self.domain_name, "the domain is gone: it cannot be started")
+        step = plan_state_undo(record, now)
+        if step is None or dom is None:
+            return
+        text = {
+            StateStep.RESUME: "resume the domain",
+            StateStep.START: "start the domain again",
+            StateStep.START_PAUSED: "start the domain again, paused",
+        }[step]
+        if self.dry_run:
+            self.steps.step(self.domain_name, "would " + text)
+            return
+        self.steps.step(self.domain_name, text)
+        if step == StateStep.RESUME:
+            hv.resume(dom)
+        else:
+            hv.start(dom, paused=step == StateStep.START_PAUSED)
+
+
+def _overlay_text(step: OverlayStep, record: OverlayRecord) -> str:
+    return {
+        OverlayStep.FINISH_JOB: f"finish merging {record.target}'s overlay and switch back "
+        f"to {record.original}",
+        OverlayStep.COMMIT_PIVOT: f"merge {record.target}'s overlay into {record.original} "
+        "(blockcommit --active --pivot)",
+        OverlayStep.COMMIT_OFFLINE: f"merge overlay {record.overlay} into {record.original} "
+        "(qemu-img commit)",
+        OverlayStep.REDEFINE: f"point {record.target} of the definition back to {record.original}",
+        OverlayStep.DELETE: f"delete overlay {record.overlay}",
+    }[step]
