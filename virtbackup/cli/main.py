@@ -10,6 +10,7 @@ import click
 
 from virtbackup import __version__
 from virtbackup.cli import pending
+from virtbackup.cli.all_cmd import all_command
 from virtbackup.cli.backup_cmd import backup_command
 from virtbackup.cli.backups_cmd import backups_command
 from virtbackup.cli.clean_cmd import clean_command
@@ -78,6 +79,7 @@ for command in pending.COMMANDS:
     cli.add_command(command)
 cli.add_command(list_command)
 cli.add_command(backup_command)
+cli.add_command(all_command)
 cli.add_command(prune_command)
 cli.add_command(backups_command)
 cli.add_command(restore_command)

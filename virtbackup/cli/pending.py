@@ -22,15 +22,6 @@ dest_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-@click.command("all")
-@dest_option
-@click.option("--include", multiple=True, metavar="GLOB", help="Only domains matching GLOB.")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip domains matching GLOB.")
-def all_command(dest: Path, include: tuple[str, ...], exclude: tuple[str, ...]) -> None:
-    """Back up every domain of the host (the nightly job)."""
-    raise NotImplementedYet("all")
-
-
 @click.command("shrink")
 @click.argument("domains", nargs=-1)
 @click.option("--yes", is_flag=True, help="Do not ask; shrink every named domain.")
@@ -48,7 +39,6 @@ def doctor_command(domains: tuple[str, ...], as_json: bool) -> None:
 
 
 COMMANDS = [
-    all_command,
     shrink_command,
     doctor_command,
 ]

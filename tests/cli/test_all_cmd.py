@@ -1,0 +1,145 @@
+"""`virtbackup all`: the nightly job against real domains in different states."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.libvirtd import DiskSpec, DomainFactory
+
+from virtbackup.adapters.locks import host_lock
+
+
+def virtbackup(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "virtbackup", *args],
+        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    path = tmp_path / "dest"
+    path.mkdir()
+    return path
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_every_state_retention_hooks_and_summary(
+    domain_factory: DomainFactory, libvirt: Any, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    off = domain_factory.create([DiskSpec("raw")], hint="off")
+    running = domain_factory.create([DiskSpec("qcow2")], hint="running", start=True)
+    paused = domain_factory.create(hint="paused", start=True)
+    paused.suspend()
+    skipped = domain_factory.create(hint="skipped")
+    hook_log = tmp_path / "hooks.log"
+    hook = tmp_path / "hook.sh"
+    hook.write_text(
+        '#!/bin/sh\necho "$VIRTBACKUP_PHASE $VIRTBACKUP_DOMAIN ${VIRTBACKUP_RESULT:-}" >> '
+        f"{hook_log}\n"
+    )
+    hook.chmod(0o755)
+    config = write_config(
+        tmp_path / "virtbackup.toml",
+        f'dest = "{dest}"\ninclude = ["{domain_factory.name("*")}"]\n'
+        f'exclude = ["{skipped.name()}"]\n'
+        f'[retention]\nkeep_last = 1\n[hooks]\nbefore = ["{hook}"]\nafter = ["{hook}"]\n',
+    )
+    first = virtbackup(state_dir, "--config", str(config), "all", "--json")
+    assert first.returncode == 0, first.stderr
+    second = virtbackup(state_dir, "--config", str(config), "all", "--json")
+    assert second.returncode == 0, second.stderr
+
+    rows = {r["domain"]: r for r in json.loads(second.stdout)["domains"]}
+    assert set(rows) == {off.name(), running.name(), paused.name()}
+    assert {n: r["method"] for n, r in rows.items()} == {
+        off.name(): "offline",
+        running.name(): "snapshot",
+        paused.name(): "snapshot",
+    }
+    assert all(r["result"] == "ok" and len(r["pruned"]) == 1 for r in rows.values())
+    for name in rows:  # keep_last = 1: only the second run's backup is left
+        assert [p.name for p in (dest / name).iterdir()] == [Path(rows[name]["backup"]).name]
+    assert running.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert paused.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    assert off.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+
+    summary = dest / "virtbackup-last-run.json"
+    assert stat.S_IMODE(summary.stat().st_mode) == 0o600
+    assert json.loads(summary.read_text()) == json.loads(second.stdout)
+    lines = hook_log.read_text().splitlines()
+    assert f"before {off.name()} " in lines and f"after {off.name()} ok" in lines
+    assert len(lines) == 12  # two runs, three domains, two phases
+
+
+def test_a_failing_domain_fails_the_run_not_the_others(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path
+) -> None:
+    good = domain_factory.create(hint="good")
+    broken = domain_factory.create([DiskSpec("raw")], hint="broken")
+    (domain_factory.workdir / "broken-disk0.raw").unlink()
+    result = virtbackup(
+        state_dir, "all", "--dest", str(dest), "--include", domain_factory.name("*"), "--json"
+    )
+    assert result.returncode == 1
+    rows = {r["domain"]: r for r in json.loads(result.stdout)["domains"]}
+    assert rows[good.name()]["result"] == "ok"
+    assert rows[broken.name()]["result"] == "failed"
+    assert json.loads((dest / "virtbackup-last-run.json").read_text())["exit_code"] == 1
+
+
+def test_a_second_run_exits_3_or_waits(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path
+) -> None:
+    dom = domain_factory.create(hint="locked")
+    args = ("all", "--dest", str(dest), "--include", dom.name())
+    lock = host_lock(state_dir)
+    lock.acquire()
+    try:
+        held = virtbackup(state_dir, *args)
+        assert held.returncode == 3
+        assert held.stderr.startswith("virtbackup: error: ")
+        assert str(os.getpid()) in held.stderr
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "virtbackup", *args, "--wait"],
+            env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(3)
+        assert waiting.poll() is None  # still queued behind our lock
+    finally:
+        lock.release()
+    assert waiting.wait(timeout=300) == 0
+    assert len(list((dest / dom.name()).iterdir())) == 1
+
+
+def test_config_mistakes_are_named(state_dir: Path, dest: Path, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "bad.toml", f'dest = "{dest}"\n\n[retention]\nkeep_dayly = 7\n'
+    )
+    result = virtbackup(state_dir, "--config", str(config), "all")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"virtbackup: error: {config}:4: retention.keep_dayly: unknown key "
+        "(known here: keep_daily, keep_last, keep_monthly, keep_weekly, keep_yearly)\n"
+    )
