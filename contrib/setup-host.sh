@@ -6,14 +6,15 @@
 #   contrib/setup-host.sh --test   also what the test suite needs (tox, busybox, qemu-ga, ...)
 #
 # Environment: VIRTBACKUP_VENV (default /opt/virtbackup/venv), VIRTBACKUP_BIN_DIR (where the
-# virtbackup command is linked, default /usr/local/bin).
+# virtbackup command is linked, default /usr/local/bin), VIRTBACKUP_DEST (the backup
+# directory it creates, 0700, default /var/backups/virtbackup).
 set -euo pipefail
 
 want_test=0
 for arg in "$@"; do
     case "$arg" in
         --test) want_test=1 ;;
-        -h|--help) sed -n "2,9p" "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "setup-host.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -26,6 +27,7 @@ fi
 project_dir=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VIRTBACKUP_VENV:-/opt/virtbackup/venv}
 bin_dir=${VIRTBACKUP_BIN_DIR:-/usr/local/bin}
+dest=${VIRTBACKUP_DEST:-/var/backups/virtbackup}
 
 runtime_packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
@@ -65,6 +67,8 @@ fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$project_dir"
 mkdir -p "$bin_dir"
 ln -sf "$venv/bin/virtbackup" "$bin_dir/virtbackup"
+# Backups are readable by root only; an existing directory keeps its mode.
+[ -d "$dest" ] || install -d -m 0700 "$dest"
 
 # libvirt: with systemd enable the units; without it (containers, CI) start the daemons.
 if [ -d /run/systemd/system ]; then

@@ -1,6 +1,7 @@
 """contrib/setup-host.sh makes a working installation, and running it again is harmless."""
 
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -9,7 +10,10 @@ SCRIPT = Path(__file__).parents[2] / "contrib" / "setup-host.sh"
 
 def setup(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(
-        os.environ, VIRTBACKUP_VENV=str(tmp_path / "venv"), VIRTBACKUP_BIN_DIR=str(tmp_path / "bin")
+        os.environ,
+        VIRTBACKUP_VENV=str(tmp_path / "venv"),
+        VIRTBACKUP_BIN_DIR=str(tmp_path / "bin"),
+        VIRTBACKUP_DEST=str(tmp_path / "backups"),
     )
     return subprocess.run(
         [str(SCRIPT), *args], env=env, check=False, capture_output=True, text=True, timeout=900
@@ -28,6 +32,8 @@ def test_setup_installs_a_working_command_and_is_idempotent(tmp_path: Path) -> N
     # the venv sees the distribution's bindings, which are not on PyPI
     python = tmp_path / "venv" / "bin" / "python"
     subprocess.run([str(python), "-c", "import libvirt, guestfs, lz4.frame"], check=True)
+
+    assert stat.S_IMODE((tmp_path / "backups").stat().st_mode) == 0o700
 
     again = setup(tmp_path)
     assert again.returncode == 0, again.stderr
