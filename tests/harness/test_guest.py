@@ -79,14 +79,24 @@ def test_agent_freeze_holds_writes_and_trim_releases_deleted_blocks(
     # frozen its writes block, which leaves a gap in the timestamps.
     ticks = f"{GUEST_MOUNT}/ticks"
     guest.spawn(f"while :; do cut -d' ' -f1 /proc/uptime >> {ticks}; usleep 100000; done")
-    while int(guest.exec(f"cat {ticks} 2>/dev/null | wc -l")[1]) < 3:
+
+    def tick_count() -> int:
+        return int(guest.exec(f"cat {ticks} 2>/dev/null | wc -l")[1])
+
+    while tick_count() < 3:
         time.sleep(0.2)
 
+    frozen_at = tick_count()  # guest-exec is refused while frozen: count before
     assert guest.dom.fsFreeze() >= 1
     assert guest.agent("guest-fsfreeze-status") == "frozen"
     time.sleep(3)
     assert guest.dom.fsThaw() >= 1
     assert guest.agent("guest-fsfreeze-status") == "thawed"
+    # The writer blocked in the freeze resumes on its own time: wait for its next ticks
+    # (on a loaded host that can take a moment) before looking for the gap.
+    deadline = time.monotonic() + 60
+    while tick_count() < frozen_at + 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
     code, out = guest.exec(f"echo after-thaw > {GUEST_MOUNT}/after && sync && cat {ticks}")
     assert code == 0, out
     times = [float(line) for line in out.split()]
