@@ -10,20 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.locks import host_lock
-
-
-def virtbackup(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "virtbackup", *args],
-        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.fixture
@@ -64,9 +54,9 @@ def test_every_state_retention_hooks_and_summary(
         f'exclude = ["{skipped.name()}"]\n'
         f'[retention]\nkeep_last = 1\n[hooks]\nbefore = ["{hook}"]\nafter = ["{hook}"]\n',
     )
-    first = virtbackup(state_dir, "--config", str(config), "all", "--json")
+    first = virtbackup_in(state_dir, "--config", str(config), "all", "--json")
     assert first.returncode == 0, first.stderr
-    second = virtbackup(state_dir, "--config", str(config), "all", "--json")
+    second = virtbackup_in(state_dir, "--config", str(config), "all", "--json")
     assert second.returncode == 0, second.stderr
 
     rows = {r["domain"]: r for r in json.loads(second.stdout)["domains"]}
@@ -97,7 +87,7 @@ def test_a_failing_domain_fails_the_run_not_the_others(
     good = domain_factory.create(hint="good")
     broken = domain_factory.create([DiskSpec("raw")], hint="broken")
     (domain_factory.workdir / "broken-disk0.raw").unlink()
-    result = virtbackup(
+    result = virtbackup_in(
         state_dir, "all", "--dest", str(dest), "--include", domain_factory.name("*"), "--json"
     )
     assert result.returncode == 1
@@ -115,7 +105,7 @@ def test_a_second_run_exits_3_or_waits(
     lock = host_lock(state_dir)
     lock.acquire()
     try:
-        held = virtbackup(state_dir, *args)
+        held = virtbackup_in(state_dir, *args)
         assert held.returncode == 3
         assert held.stderr.startswith("virtbackup: error: ")
         assert str(os.getpid()) in held.stderr
@@ -137,7 +127,7 @@ def test_config_mistakes_are_named(state_dir: Path, dest: Path, tmp_path: Path) 
     config = write_config(
         tmp_path / "bad.toml", f'dest = "{dest}"\n\n[retention]\nkeep_dayly = 7\n'
     )
-    result = virtbackup(state_dir, "--config", str(config), "all")
+    result = virtbackup_in(state_dir, "--config", str(config), "all")
     assert result.returncode == 2
     assert result.stderr == (
         f"virtbackup: error: {config}:4: retention.keep_dayly: unknown key "

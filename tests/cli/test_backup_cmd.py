@@ -3,24 +3,13 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.cli import virtbackup_in
 from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
-
-
-def virtbackup(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "virtbackup", *args],
-        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def disk_sources(xml: str) -> list[str]:
@@ -50,7 +39,7 @@ def test_offline_domain_backs_up_and_restores_byte_for_byte(
         [DiskSpec("qcow2", image=qcow2.path), DiskSpec("raw", image=raw.path), DiskSpec("cdrom")],
         hint="offline",
     )
-    result = virtbackup(state_dir, "backup", dom.name(), "--dest", str(dest), "--json")
+    result = virtbackup_in(state_dir, "backup", dom.name(), "--dest", str(dest), "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     (row,) = summary["domains"]
@@ -65,7 +54,7 @@ def test_offline_domain_backs_up_and_restores_byte_for_byte(
     ]
 
     restored = tmp_path / "restored"
-    result = virtbackup(state_dir, "restore", str(backup), "--to", str(restored))
+    result = virtbackup_in(state_dir, "restore", str(backup), "--to", str(restored))
     assert result.returncode == 0, result.stderr
     for original, name in ((qcow2.path, "vda.qcow2"), (raw.path, "vdb.raw")):
         subprocess.run(["cmp", str(original), str(restored / name)], check=True)
@@ -78,7 +67,7 @@ def test_running_domain_ends_running_on_its_own_images(
 ) -> None:
     dom = domain_factory.create([DiskSpec("qcow2"), DiskSpec("raw")], hint="live", start=True)
     before = dom.XMLDesc(0)
-    result = virtbackup(state_dir, "backup", dom.name(), "--dest", str(dest), "--json")
+    result = virtbackup_in(state_dir, "backup", dom.name(), "--dest", str(dest), "--json")
     assert result.returncode == 0, result.stderr
     (row,) = json.loads(result.stdout)["domains"]
     assert (row["result"], row["method"], row["message"]) == ("ok", "snapshot", "crash-consistent")
@@ -93,7 +82,7 @@ def test_paused_domain_stays_paused(
 ) -> None:
     dom = domain_factory.create(hint="paused", start=True)
     dom.suspend()
-    result = virtbackup(state_dir, "backup", dom.name(), "--dest", str(dest))
+    result = virtbackup_in(state_dir, "backup", dom.name(), "--dest", str(dest))
     assert result.returncode == 0, result.stderr
     assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
 
@@ -104,7 +93,7 @@ def test_one_failing_domain_does_not_stop_the_others(
     good = domain_factory.create(hint="good")
     broken = domain_factory.create([DiskSpec("raw")], hint="broken")
     (domain_factory.workdir / "broken-disk0.raw").unlink()  # its image is gone
-    result = virtbackup(
+    result = virtbackup_in(
         state_dir, "backup", broken.name(), good.name(), "--dest", str(dest), "--json"
     )
     assert result.returncode == 1
@@ -117,16 +106,16 @@ def test_one_failing_domain_does_not_stop_the_others(
 
 def test_bad_input_is_one_line(domain_factory: DomainFactory, state_dir: Path, dest: Path) -> None:
     dom = domain_factory.create(hint="input")
-    unknown = virtbackup(state_dir, "backup", dom.name() + "x", "--dest", str(dest))
+    unknown = virtbackup_in(state_dir, "backup", dom.name() + "x", "--dest", str(dest))
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("virtbackup: error: unknown domain")
     assert dom.name() in unknown.stderr  # the close match is suggested
 
-    no_dest = virtbackup(state_dir, "--config", "/dev/null", "backup", dom.name())
+    no_dest = virtbackup_in(state_dir, "--config", "/dev/null", "backup", dom.name())
     assert no_dest.returncode == 2
     assert "no backup destination" in no_dest.stderr
 
-    missing = virtbackup(state_dir, "backup", dom.name(), "--dest", str(dest / "nope"))
+    missing = virtbackup_in(state_dir, "backup", dom.name(), "--dest", str(dest / "nope"))
     assert missing.returncode == 1
     assert missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr
     assert "Traceback" not in unknown.stderr + no_dest.stderr + missing.stderr

@@ -1,19 +1,9 @@
 """`virtbackup clean` without leftovers, with a journal it cannot read, with partials."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-
-def virtbackup(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "virtbackup", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from harness.cli import virtbackup
 
 
 def test_nothing_to_clean(tmp_path: Path) -> None:

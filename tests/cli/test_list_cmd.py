@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness.cli import virtbackup
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.cli.list_cmd import human_size
@@ -29,17 +30,6 @@ DISK_KEYS = {
     "backup",
     "reason",
 }
-
-
-def virtbackup(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "virtbackup", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
 
 
 def list_json(*args: str) -> dict[str, Any]:

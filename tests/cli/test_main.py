@@ -1,9 +1,7 @@
 """The command tree, global options and the mapping of outcomes to exit codes."""
 
-import subprocess
-import sys
-
 import pytest
+from harness.cli import virtbackup
 
 from virtbackup import __version__
 
@@ -19,16 +17,6 @@ COMMANDS = [
     "shrink",
     "doctor",
 ]
-
-
-def virtbackup(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "virtbackup", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_version() -> None:

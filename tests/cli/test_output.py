@@ -7,16 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-def virtbackup(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "virtbackup", *args],
-        env={**os.environ, **(env or {})},
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from harness.cli import virtbackup
 
 
 def test_log_file_gets_timestamped_lines_and_the_error(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from consistency_helpers import MiB, guest_write, overlays_in, read_raw, snapshot_of
+from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.journal import list_journals
@@ -59,16 +60,6 @@ class Run:
         assert self.proc.returncode == -signal.SIGKILL
 
 
-def virtbackup(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "virtbackup", "--state-dir", str(state_dir), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
@@ -83,18 +74,18 @@ def clean_and_check(
     workdir: Path,
 ) -> None:
     left = snapshot_of(libvirt, dom)
-    dry = virtbackup(state_dir, "clean", "--dry-run")
+    dry = virtbackup_in(state_dir, "clean", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert expect_in_dry_run in dry.stdout, dry.stdout
     assert snapshot_of(libvirt, dom) == left  # a dry run changes nothing
     assert len(list_journals(state_dir)) == 1
 
-    done = virtbackup(state_dir, "clean")
+    done = virtbackup_in(state_dir, "clean")
     assert done.returncode == 0, done.stdout + done.stderr
     assert snapshot_of(libvirt, dom) == before
     assert overlays_in(workdir) == []
     assert list_journals(state_dir) == []
-    again = virtbackup(state_dir, "clean")
+    again = virtbackup_in(state_dir, "clean")
     assert again.returncode == 0 and again.stdout.strip() == "nothing to clean"
 
 
@@ -189,11 +180,11 @@ def test_a_live_run_is_left_alone_and_the_next_run_finishes_a_dead_one(
     before = snapshot_of(libvirt, dom)
     run = Run(state_dir, dom.name(), "snapshot", "window")
     run.wait_for("window")
-    busy = virtbackup(state_dir, "clean")
+    busy = virtbackup_in(state_dir, "clean")
     assert busy.returncode == 0
     assert "in use by a running virtbackup" in busy.stdout
     assert len(overlays_in(domain_factory.workdir)) == 1  # not touched
-    locked = virtbackup(state_dir, "clean", "--json")
+    locked = virtbackup_in(state_dir, "clean", "--json")
     assert '"busy"' in locked.stdout and dom.name() in locked.stdout
     run.kill()
 

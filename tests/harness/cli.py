@@ -1,0 +1,34 @@
+"""The CLI in a child process, as a user runs it: exit codes and messages come from main."""
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def virtbackup(
+    *args: str,
+    state_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m virtbackup ARGS`; `state_dir` keeps journals and locks per test."""
+    environment = {**os.environ, **(env or {})}
+    if state_dir is not None:
+        environment["VIRTBACKUP_STATE_DIR"] = str(state_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "virtbackup", *args],
+        env=environment,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def virtbackup_in(
+    state_dir: Path, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """virtbackup with its own state directory (journals, locks)."""
+    return virtbackup(*args, state_dir=state_dir, timeout=timeout)
