@@ -19,6 +19,7 @@ from virtbackup.cli.list_cmd import list_command
 from virtbackup.cli.output import error_line, setup_logging
 from virtbackup.cli.prune_cmd import prune_command
 from virtbackup.cli.restore_cmd import restore_command
+from virtbackup.cli.shrink_cmd import shrink_command
 from virtbackup.cli.verify_cmd import verify_command
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
 
@@ -85,6 +86,7 @@ cli.add_command(backups_command)
 cli.add_command(restore_command)
 cli.add_command(verify_command)
 cli.add_command(clean_command)
+cli.add_command(shrink_command)
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:

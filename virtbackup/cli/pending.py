@@ -22,14 +22,6 @@ dest_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
-@click.command("shrink")
-@click.argument("domains", nargs=-1)
-@click.option("--yes", is_flag=True, help="Do not ask; shrink every named domain.")
-def shrink_command(domains: tuple[str, ...], yes: bool) -> None:
-    """Sparsify stopped domains' images in-process with libguestfs."""
-    raise NotImplementedYet("shrink")
-
-
 @click.command("doctor")
 @click.argument("domains", nargs=-1)
 @json_option
@@ -39,6 +31,5 @@ def doctor_command(domains: tuple[str, ...], as_json: bool) -> None:
 
 
 COMMANDS = [
-    shrink_command,
     doctor_command,
 ]
