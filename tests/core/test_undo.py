@@ -61,7 +61,7 @@ def test_undo_order_is_newest_first_and_ids_grow() -> None:
 @pytest.mark.parametrize(
     ("data", "error"),
     [
-        ({"kind": "mount"}, "unknown record kind 'mount'"),
+        ({"kind": "tape"}, "unknown record kind 'tape'"),
         ({"kind": "overlay", "target": "vda"}, "'original' missing"),
         ({"kind": "state", "was": "running", "restart": "yes"}, "true or false"),
         ({"kind": "state", "was": "dancing", "restart": True}, "bad state record"),

@@ -18,6 +18,7 @@ from typing import Any
 
 from virtbackup.adapters import runner
 from virtbackup.adapters.libvirt_conn import is_remote, libvirt_module
+from virtbackup.adapters.lvm import LvLookup
 from virtbackup.core.diskxml import has_agent_channel, parse_disks
 from virtbackup.core.errors import CommandFailed
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState
@@ -77,10 +78,17 @@ def domain_facts(conn: Any, dom: Any) -> DomainFacts:
     live = dom.isActive() == 1
     local = not is_remote(conn.getURI())
     disks = []
+    lv_lookup = LvLookup()  # one `lvs` for all disks, run only when a disk needs it
     for disk in parse_disks(xml):
         disk = _resolve_volume(libvirt, conn, disk)
         if disk.probe_error is None and disk.path is not None:
             disk = _probe(libvirt, dom, disk, live=live, local=local)
+            if local and disk.device == "disk":
+                disk = replace(
+                    disk,
+                    on_lv=lv_lookup.on_lv(disk.source_type, disk.path),
+                    lv=lv_lookup.lv_name(disk.source_type, disk.path),
+                )
         disks.append(disk)
     return DomainFacts(
         name=dom.name(),

@@ -11,13 +11,23 @@ from typing import Any, TypeVar
 import click
 
 from virtbackup.cli.context import GlobalOptions
-from virtbackup.core.config import Config, DomainSettings, load_config, parse_size
+from virtbackup.core.config import (
+    Config,
+    DomainSettings,
+    SnapshotSize,
+    load_config,
+    parse_size,
+    parse_snapshot_size,
+)
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import Method
 from virtbackup.core.planning import PlanOptions
 from virtbackup.engine.backup_run import BackupRunOptions
 from virtbackup.engine.consistency import ConsistencyOptions, Quiesce
+from virtbackup.engine.lvm_method import register as register_lvm_method
 from virtbackup.engine.stream_writer import WriterOptions
+
+register_lvm_method()  # --method lvm
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,6 +37,17 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
         return None
     try:
         return parse_size(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def _snapshot_size(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> SnapshotSize | None:
+    if value is None:
+        return None
+    try:
+        return parse_snapshot_size(value)
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
 
@@ -55,6 +76,13 @@ OPTIONS = [
         help="Freeze guest filesystems through the guest agent for the snapshot.",
     ),
     click.option(
+        "--snapshot-size",
+        callback=_snapshot_size,
+        metavar="SIZE|N%",
+        help="LVM method: copy-on-write room of each snapshot, a size or a share of the "
+        "LV [default: configuration, else 10%].",
+    ),
+    click.option(
         "--shutdown-timeout",
         type=click.IntRange(min=1),
         metavar="SECONDS",
@@ -75,6 +103,12 @@ OPTIONS = [
         metavar="SIZE",
         help="Read at most SIZE bytes per second (K, M, G suffixes).",
     ),
+    click.option(
+        "--trim/--no-trim",
+        default=None,
+        help="Have the guest agent fstrim a running domain before its backup, freeing deleted "
+        "data in images with discard='unmap' [default: `trim` of the configuration, else off].",
+    ),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
 ]
 
@@ -93,10 +127,12 @@ class BackupValues:
     method: str | None
     overlay_dir: Path | None
     quiesce: str
+    snapshot_size: SnapshotSize | None
     shutdown_timeout: int | None
     force_off: bool | None
     workers: int | None
     bwlimit: int | None
+    trim: bool | None
     as_json: bool
 
 
@@ -120,10 +156,12 @@ def domain_options(
         quiesce=Quiesce(values.quiesce),
         shutdown_timeout=float(values.shutdown_timeout or settings.shutdown_timeout),
         force_off=settings.force_off if values.force_off is None else values.force_off,
+        snapshot_size=values.snapshot_size or settings.snapshot_size,
     )
     writer = WriterOptions(
         workers=values.workers or config.workers or 0,
         bwlimit=values.bwlimit or config.bwlimit,
     )
     plan = PlanOptions(method=method, exclude_disks=settings.exclude_disks)
-    return plan, BackupRunOptions(consistency, writer, globals_.state_dir)
+    trim = settings.trim if values.trim is None else values.trim
+    return plan, BackupRunOptions(consistency, writer, globals_.state_dir, trim=trim)

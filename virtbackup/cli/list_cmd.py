@@ -106,6 +106,7 @@ def _disk_json(plan: DiskPlan) -> dict[str, Any]:
         "volume": disk.volume,
         "network": disk.network,
         "on_lv": disk.on_lv,
+        "lv": disk.lv,
         "backup": plan.backup,
         "reason": plan.reason,
         "warning": plan.warning,
@@ -149,6 +150,8 @@ def _add_domain_rows(table: Table, plan: DomainPlan) -> None:
         disk = disk_plan.disk
         source = Text(disk.path or disk.network or "(no source)")
         source.append(f"\n{disk.device}, {disk.source_type}", style="dim")
+        if disk.on_lv:
+            source.append(f", on LVM {disk.lv or ''}".rstrip(), style="dim")
         for backing in disk.backing_chain:
             source.append(f"\n└ {backing}", style="dim")
         table.add_row(

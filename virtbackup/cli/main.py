@@ -9,12 +9,12 @@ from types import FrameType
 import click
 
 from virtbackup import __version__
-from virtbackup.cli import pending
 from virtbackup.cli.all_cmd import all_command
 from virtbackup.cli.backup_cmd import backup_command
 from virtbackup.cli.backups_cmd import backups_command
 from virtbackup.cli.clean_cmd import clean_command
 from virtbackup.cli.context import DEFAULT_CONFIG, DEFAULT_URI, GlobalOptions
+from virtbackup.cli.doctor_cmd import doctor_command
 from virtbackup.cli.list_cmd import list_command
 from virtbackup.cli.output import error_line, setup_logging
 from virtbackup.cli.prune_cmd import prune_command
@@ -76,8 +76,6 @@ def cli(
     ctx.obj = GlobalOptions(uri=uri, config=config, verbosity=verbosity, state_dir=state_dir)
 
 
-for command in pending.COMMANDS:
-    cli.add_command(command)
 cli.add_command(list_command)
 cli.add_command(backup_command)
 cli.add_command(all_command)
@@ -86,6 +84,7 @@ cli.add_command(backups_command)
 cli.add_command(restore_command)
 cli.add_command(verify_command)
 cli.add_command(clean_command)
+cli.add_command(doctor_command)
 cli.add_command(shrink_command)
 
 

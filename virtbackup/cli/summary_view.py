@@ -29,6 +29,7 @@ def to_row(outcome: DomainOutcome, pruned: Sequence[str] = ()) -> OutcomeRow:
         backup=str(outcome.backup) if outcome.backup else None,
         warnings=outcome.warnings,
         pruned=tuple(pruned),
+        reclaimed=outcome.reclaimed,
     )
 
 
@@ -44,6 +45,8 @@ def print_summary(rows: Sequence[OutcomeRow]) -> None:
         if row.result != "ok" or row.warnings:
             details = [row.message] if row.result != "ok" else []
             result.append("  " + "; ".join(details + list(row.warnings)))
+        if row.reclaimed is not None:
+            result.append(f"  trim freed {decimal(row.reclaimed)}")
         table.add_row(
             Text(row.domain),
             row.method or "-",

@@ -60,6 +60,7 @@ def _disk(element: ET.Element) -> DiskFacts:
         pool=pool,
         volume=volume,
         network=network,
+        discard=driver.get("discard") if driver is not None else None,
     )
 
 

@@ -42,10 +42,12 @@ class DiskFacts:
     physical: int | None = None  # size of the file or device on the host
     # Added by discovery (issue 3); all optional so that other constructors keep working.
     on_lv: bool | None = None  # image on an LVM LV, or the disk is an LV; None: not checked
+    lv: str | None = None  # that LV as vg/lv
     pool: str | None = None  # storage pool of a type='volume' disk
     volume: str | None = None  # volume name in that pool
     network: str | None = None  # a network source as protocol://host:port/name
     probe_error: str | None = None  # why the image could not be resolved or inspected
+    discard: str | None = None  # driver discard: 'unmap' passes guest discards to the image
 
 
 @dataclass(frozen=True)

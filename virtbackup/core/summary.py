@@ -25,6 +25,7 @@ class OutcomeRow:
     backup: str | None
     warnings: tuple[str, ...] = ()
     pruned: tuple[str, ...] = ()  # backups removed by retention after this one
+    reclaimed: int | None = None  # bytes --trim freed in the host images; None: no trim
 
     @property
     def ratio(self) -> float | None:
@@ -62,6 +63,7 @@ def summary_document(
                 "backup": r.backup,
                 "warnings": list(r.warnings),
                 "pruned": list(r.pruned),
+                "trim_reclaimed": r.reclaimed,
             }
             for r in rows
         ],

@@ -28,6 +28,12 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from virtbackup.core.errors import VirtbackupError
+from virtbackup.core.lvm import (
+    LVM_RECORD_TYPES,
+    LvmSnapshotRecord,
+    MountRecord,
+    lvm_record_from_dict,
+)
 from virtbackup.core.model import DomainState
 
 JOURNAL_FORMAT = "virtbackup-journal"
@@ -66,7 +72,8 @@ class StateRecord:
     restart: bool  # start the domain again if it is found shut off (the shutdown method)
 
 
-UndoRecord = OverlayRecord | FrozenRecord | StateRecord
+# The LVM method's records (core/lvm) carry their own fields() and describe().
+UndoRecord = OverlayRecord | FrozenRecord | StateRecord | LvmSnapshotRecord | MountRecord
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,8 @@ def record_to_dict(record: UndoRecord) -> dict[str, Any]:
         )
     elif isinstance(record, StateRecord):
         data.update(was=record.was.value, restart=record.restart)
+    elif isinstance(record, LVM_RECORD_TYPES):
+        data.update(record.fields())
     return data
 
 
@@ -133,6 +142,9 @@ def record_from_dict(data: Mapping[str, Any]) -> UndoRecord:
             if not isinstance(restart, bool):
                 raise ValueError("'restart' must be true or false")
             return StateRecord(was=DomainState(_text(data, "was")), restart=restart)
+        lvm_record = lvm_record_from_dict(data)
+        if lvm_record is not None:
+            return lvm_record
     except ValueError as err:
         raise JournalError(f"bad {kind} record: {err}") from None
     raise JournalError(f"unknown record kind {kind!r}")
@@ -300,4 +312,6 @@ def describe(record: UndoRecord) -> str:
         return f"overlay {record.overlay} on {record.target} ({record.original})"
     if isinstance(record, FrozenRecord):
         return "guest filesystems frozen"
+    if isinstance(record, LVM_RECORD_TYPES):
+        return record.describe()
     return f"domain state {record.was.value}" + (" (restart)" if record.restart else "")

@@ -25,6 +25,7 @@ from virtbackup.core.steps import StepSink
 from virtbackup.engine.backup import DiskSource, back_up_disks
 from virtbackup.engine.consistency import ConsistencyOptions, StableImages, stable_images
 from virtbackup.engine.stream_writer import WriterOptions
+from virtbackup.engine.trim import trim_before_backup
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class DomainOutcome:
     seconds: float = 0.0
     backup: Path | None = None
     warnings: tuple[str, ...] = ()
+    reclaimed: int | None = None  # bytes --trim freed in the host images; None: no trim
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class BackupRunOptions:
     consistency: ConsistencyOptions = field(default_factory=ConsistencyOptions)
     writer: WriterOptions = field(default_factory=WriterOptions)
     state_dir: Path | None = None
+    trim: bool = False  # fstrim a running guest through its agent before the backup
 
 
 # Where a method other than the libvirt ones reads its images from; the LVM method
@@ -87,6 +90,10 @@ def back_up_domain(
     if not targets:
         return DomainOutcome(name, Result.SKIPPED, "no disk to back up", warnings=warnings)
 
+    reclaimed = None
+    if options.trim:
+        trim = trim_before_backup(conn, plan, steps)
+        warnings, reclaimed = warnings + trim.warnings, trim.reclaimed
     source: ImageSource = EXTRA_METHODS.get(plan.method, stable_images)
     try:
         with source(
@@ -105,7 +112,7 @@ def back_up_domain(
                 window.definition_xml,
                 window.method.value,
                 _disk_sources(window),
-                progress,
+                window.guard(progress),
                 options.writer,
             )
     except LockHeld as err:
@@ -132,6 +139,7 @@ def back_up_domain(
         seconds=clock() - started,
         backup=result.path,
         warnings=warnings,
+        reclaimed=reclaimed,
     )
 
 

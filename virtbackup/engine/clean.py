@@ -23,6 +23,7 @@ from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import JournalError, describe
+from virtbackup.engine.lvm_undo import sweep_leftovers
 from virtbackup.engine.undo import DEFAULT_COMMIT_TIMEOUT, Undoer
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ def clean(
             result.finished += not problems
         if not dry_run:
             _remove_stray_temporaries(state_dir)
+    # LVM snapshots and mounts a dead run made but could not journal (or whose journal
+    # is lost), found by name; skipped while a live run holds LVM snapshots.
+    result.problems += sweep_leftovers(state_dir, steps, dry_run=dry_run)
     result.partials = _clean_partials(dests, steps, dry_run)
     return result
 

@@ -45,6 +45,7 @@ from virtbackup.adapters import hypervisor as hv
 from virtbackup.adapters.discovery import domain_facts
 from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.adapters.libvirt_conn import libvirt_module
+from virtbackup.core.config import SnapshotSize
 from virtbackup.core.consistency_errors import (
     ConsistencyError,
     ConsistencyLost,
@@ -59,6 +60,7 @@ from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.overlays import agent_connected, overlay_path, snapshot_xml
 from virtbackup.core.planning import UnknownDomain
+from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import FrozenRecord, OverlayRecord, StateRecord
 from virtbackup.engine.session import Session
@@ -88,6 +90,7 @@ class ConsistencyOptions:
     commit_timeout: float = 3600.0  # per disk, to merge an overlay back
     shutdown_timeout: float = 300.0
     force_off: bool = False  # power the domain off when it does not shut down in time
+    snapshot_size: SnapshotSize = SnapshotSize(percent=10.0)  # lvm: copy-on-write room per LV
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,11 @@ class StableImages:
     consistency: Consistency
     definition_xml: str  # the domain's definition before anything was changed (domain.xml)
     images: tuple[StableImage, ...]
+
+    def guard(self, progress: ProgressSink) -> ProgressSink:
+        """The sink to give the data path; a method may watch the streams through it
+        (lvm: stop at once, and before the commit, when a snapshot overflowed)."""
+        return progress
 
 
 # -- the one call of the backup glue --------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 from virtbackup.adapters import hypervisor as hv
 from virtbackup.adapters.libvirt_conn import libvirt_module
 from virtbackup.core.errors import VirtbackupError
+from virtbackup.core.lvm import LVM_RECORD_TYPES
 from virtbackup.core.model import DomainState
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import (
@@ -28,6 +29,7 @@ from virtbackup.core.undo import (
     plan_overlay_undo,
     plan_state_undo,
 )
+from virtbackup.engine.lvm_undo import undo_lvm_record
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class Undoer:
             self._undo_overlay(record)
         elif isinstance(record, FrozenRecord):
             self._thaw()
+        elif isinstance(record, LVM_RECORD_TYPES):
+            undo_lvm_record(record, self.steps, self.domain_name, self.dry_run)
         else:
             self._restore_state(record)
 

@@ -1,0 +1,134 @@
+"""`virtbackup doctor [DOMAIN...]`: what stops small, consistent backups, and the fixes.
+
+`--json` prints {"version", "uri", "blockers", "warnings", "findings": [{"severity",
+"subject", "domain", "disk", "check", "text", "fix"}]}; exit 1 when a finding blocks
+backups.
+"""
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.cli.backup_options import load_settings
+from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.core.config import Config
+from virtbackup.core.doctor import Finding, Settings, Severity, blocks_backups, diagnose
+from virtbackup.core.errors import ExitCode
+from virtbackup.core.model import DomainFacts
+from virtbackup.core.planning import PlanOptions
+from virtbackup.engine.doctor import OptionsFor, examine
+
+DOCTOR_SCHEMA_VERSION = 1
+_STYLE = {Severity.INFO: "green", Severity.WARNING: "yellow", Severity.BLOCKER: "bold red"}
+
+
+@click.command("doctor")
+@click.argument("domains", nargs=-1)
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Check free space here [default: `dest` of the configuration file].",
+)
+@click.option(
+    "--no-guestfs",
+    "skip_guestfs",
+    is_flag=True,
+    help="Do not launch the libguestfs appliance (saves 10-20 s; shrink needs it).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@pass_globals
+def doctor_command(
+    options: GlobalOptions,
+    domains: tuple[str, ...],
+    dest: Path | None,
+    skip_guestfs: bool,
+    as_json: bool,
+) -> int:
+    """Tell what stops this host or domain from small, consistent backups, and the fix.
+
+    Checks the host (libvirtd, programs, the libguestfs appliance, free space at the
+    destination) and each domain (guest agent, discard passthrough, qcow2 version,
+    hole punching, backing chains, snapshot room). Changes nothing. Exit 1 when a
+    finding blocks backups.
+    """
+    config = load_settings(options)
+    overlay_dir = config.overlay_dir
+    found = examine(
+        options.uri,
+        domains,
+        connect,
+        _plan_options(config),
+        dest=dest or config.dest,
+        overlay_dir=overlay_dir,
+        guestfs=not skip_guestfs,
+    )
+    settings = Settings(
+        overlay_dir=str(overlay_dir) if overlay_dir else None,
+        snapshot_size=config.defaults.snapshot_size,
+    )
+    findings = diagnose(found.host, found.domains, settings)
+    if as_json:
+        click.echo(json.dumps(doctor_document(options.uri, findings), indent=2, ensure_ascii=False))
+    else:
+        render(findings)
+    return int(ExitCode.FAILED if blocks_backups(findings) else ExitCode.OK)
+
+
+def _plan_options(config: Config) -> OptionsFor:
+    def options_for(facts: DomainFacts) -> PlanOptions:
+        settings = config.for_domain(facts.name)
+        return PlanOptions(method=settings.method, exclude_disks=settings.exclude_disks)
+
+    return options_for
+
+
+def doctor_document(uri: str, findings: Sequence[Finding]) -> dict[str, Any]:
+    return {
+        "version": DOCTOR_SCHEMA_VERSION,
+        "uri": uri,
+        "blockers": sum(f.severity == Severity.BLOCKER for f in findings),
+        "warnings": sum(f.severity == Severity.WARNING for f in findings),
+        "findings": [
+            {
+                "severity": f.severity.value,
+                "subject": f.subject.value,
+                "domain": f.domain,
+                "disk": f.disk,
+                "check": f.check,
+                "text": f.text,
+                "fix": f.fix,
+            }
+            for f in findings
+        ],
+    }
+
+
+def render(findings: Sequence[Finding]) -> None:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 160))
+    table = Table(title="virtbackup doctor", title_justify="left", show_lines=True)
+    table.add_column("", no_wrap=True)
+    table.add_column("Subject", no_wrap=True)
+    table.add_column("Finding", overflow="fold", ratio=3)
+    table.add_column("Fix", overflow="fold", ratio=3)
+    for f in findings:
+        subject = "host" if f.domain is None else f.domain + (f" {f.disk}" if f.disk else "")
+        table.add_row(
+            Text(f.severity.value, style=_STYLE[f.severity]),
+            Text(subject),
+            Text(f.text),
+            Text(f.fix or "", style="cyan"),
+        )
+    console.print(table)
+    blockers = sum(f.severity == Severity.BLOCKER for f in findings)
+    warnings = sum(f.severity == Severity.WARNING for f in findings)
+    verdict = "backups are blocked" if blockers else "nothing blocks backups"
+    console.print(Text(f"{blockers} blockers, {warnings} warnings: {verdict}"))

@@ -1,0 +1,170 @@
+"""Gather what `virtbackup doctor` judges: facts about the host and each domain.
+
+Nothing here changes a domain or an image: libvirt is opened read-write only because
+asking the guest agent needs it, images are inspected with `qemu-img info -U`, and the
+hole-punching test runs on an unnamed scratch file beside the image.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from virtbackup.adapters import host_probe
+from virtbackup.adapters.discovery import discover
+from virtbackup.adapters.guest_agent import silent_reason
+from virtbackup.adapters.libvirt_conn import ConnectFailed, libvirt_module
+from virtbackup.adapters.lvm import find_lv
+from virtbackup.core.doctor import (
+    AgentState,
+    DestFacts,
+    DiskCheck,
+    DomainCheck,
+    HostFacts,
+    ProgramFact,
+    VolumeGroupFacts,
+)
+from virtbackup.core.errors import VirtbackupError
+from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
+from virtbackup.core.overlays import agent_connected
+from virtbackup.core.planning import DomainPlan, PlanOptions, plan_domain
+
+log = logging.getLogger(__name__)
+
+# (program, Debian package): what backups, restores with stock tools and LVM need.
+PROGRAMS = (("qemu-img", "qemu-utils"), ("lz4", "lz4"), ("lvcreate", "lvm2"))
+
+Connector = Callable[[str], AbstractContextManager[Any]]
+OptionsFor = Callable[[DomainFacts], PlanOptions]
+
+
+@dataclass(frozen=True)
+class Examination:
+    host: HostFacts
+    domains: tuple[DomainCheck, ...]
+
+
+def examine(
+    uri: str,
+    names: Sequence[str],
+    connect: Connector,
+    options_for: OptionsFor,
+    *,
+    dest: Path | None,
+    overlay_dir: Path | None,
+    guestfs: bool,
+) -> Examination:
+    """Look at the host and at the named domains (every domain when none is named).
+
+    Raises UnknownDomain (exit 2) for a name that does not exist; an unreachable
+    daemon is a finding, not an error.
+    """
+    libvirt_error = None
+    checks: list[DomainCheck] = []
+    try:
+        with connect(uri) as conn:
+            for facts in discover(conn, names=names):
+                plan = plan_domain(facts, options_for(facts))
+                checks.append(_domain_check(conn, plan, overlay_dir))
+    except ConnectFailed as err:
+        libvirt_error = err.message
+    host = HostFacts(
+        uri=uri,
+        libvirt_error=libvirt_error,
+        programs=tuple(
+            ProgramFact(name, host_probe.program(name), package) for name, package in PROGRAMS
+        ),
+        guestfs_checked=guestfs,
+        guestfs_error=_guestfs_error() if guestfs else None,
+        dest=_dest_facts(dest) if dest is not None else None,
+        # Discovery fills on_lv (True/False) where it can tell (lvs installed and working).
+        lvm_checked=all(d.disk.on_lv is not None for c in checks for d in c.disks if d.backed_up),
+    )
+    return Examination(host, tuple(checks))
+
+
+def _guestfs_error() -> str | None:
+    probe = host_probe.guestfs_appliance()
+    return None if probe.value is True else probe.error or "the appliance did not start"
+
+
+def _dest_facts(dest: Path) -> DestFacts:
+    problem = host_probe.dest_problem(dest)
+    if problem is not None:
+        return DestFacts(str(dest), problem)
+    free = host_probe.free_bytes(dest)
+    return DestFacts(str(dest), None, free.value if isinstance(free.value, int) else None)
+
+
+# -- one domain ---------------------------------------------------------------------------
+
+
+def _domain_check(conn: Any, plan: DomainPlan, overlay_dir: Path | None) -> DomainCheck:
+    facts = plan.domain
+    agent, detail = _agent(conn, facts)
+    backed_up = {d.disk.target for d in plan.backed_up}
+    disks = tuple(
+        _disk_check(disk, disk.target in backed_up, plan, overlay_dir) for disk in facts.disks
+    )
+    return DomainCheck(plan, agent, detail, disks)
+
+
+def _agent(conn: Any, facts: DomainFacts) -> tuple[AgentState, str | None]:
+    if not facts.has_agent_channel:
+        return AgentState.NO_CHANNEL, None
+    if facts.state != DomainState.RUNNING:
+        return AgentState.NOT_RUNNING, None
+    libvirt = libvirt_module()
+    try:
+        dom = conn.lookupByName(facts.name)
+        if not agent_connected(dom.XMLDesc(0)):
+            return AgentState.DISCONNECTED, None
+        reason = silent_reason(dom)
+    except libvirt.libvirtError as err:
+        return AgentState.SILENT, str(err.get_error_message() or err)
+    return (AgentState.ANSWERING, None) if reason is None else (AgentState.SILENT, reason)
+
+
+def _disk_check(
+    disk: DiskFacts, backed_up: bool, plan: DomainPlan, overlay_dir: Path | None
+) -> DiskCheck:
+    if not backed_up or disk.path is None or disk.probe_error:
+        return DiskCheck(disk, backed_up)
+    compat = compat_error = None
+    if disk.format == "qcow2":
+        probe = host_probe.qcow2_compat(disk.path)
+        compat, compat_error = (str(probe.value) if probe.value else None), probe.error
+    punch = punch_error = None
+    if disk.source_type in ("file", "volume") and not Path(disk.path).is_block_device():
+        holes = host_probe.punches_holes(Path(disk.path).parent)
+        punch = holes.value if isinstance(holes.value, bool) else None
+        punch_error = holes.error
+    overlay_free = None
+    if plan.method == Method.SNAPSHOT:
+        where = overlay_dir or Path(disk.path).parent
+        free = host_probe.free_bytes(where)
+        overlay_free = free.value if isinstance(free.value, int) else None
+    return DiskCheck(
+        disk,
+        backed_up,
+        qcow2_compat=compat,
+        compat_error=compat_error,
+        punch_holes=punch,
+        punch_error=punch_error,
+        overlay_free=overlay_free,
+        volume_group=_volume_group(disk) if disk.on_lv else None,
+    )
+
+
+def _volume_group(disk: DiskFacts) -> VolumeGroupFacts | None:
+    """The LV under the disk and its VG's free space (None when lvs cannot tell)."""
+    if disk.lv is None:
+        return None
+    try:
+        lv = find_lv(disk.lv)
+    except VirtbackupError as err:
+        log.info("cannot look at %s: %s", disk.lv, err)
+        return None
+    return None if lv is None else VolumeGroupFacts(lv.vg, lv.name, lv.size, lv.vg_free)
