@@ -31,6 +31,7 @@ shutdown_timeout = 120
 force_off = true
 snapshot_size = "2G"
 trim = true
+skip_free = true
 
 [retention]
 keep_last = 2
@@ -59,6 +60,7 @@ def test_every_key_is_read() -> None:
     assert config.hooks_after == ("/usr/local/bin/post",)
     d = config.defaults
     assert d.method == Method.SNAPSHOT and d.shutdown_timeout == 120 and d.force_off and d.trim
+    assert d.skip_free
     assert d.snapshot_size == SnapshotSize(bytes=2 << 30)
     assert d.retention == Policy(keep_last=2, keep_daily=7)
 
@@ -90,6 +92,7 @@ def test_empty_file_gives_defaults() -> None:
         ("workers = 0\n", "f.toml:1: workers: must be at least 1"),
         ('workers = "2"\n', "f.toml:1: workers: expected int, got '2'"),
         ("trim = 1\n", "f.toml:1: trim: expected bool, got 1"),
+        ("skip_free = 'yes'\n", "f.toml:1: skip_free: expected bool, got 'yes'"),
         ("workers = true\n", "f.toml:1: workers: expected int, got True"),
         ('method = "teleport"\n', "f.toml:1: method: 'teleport' is not one of auto, snapshot"),
         ('bwlimit = "fast"\n', "f.toml:1: bwlimit: 'fast' is not a size"),

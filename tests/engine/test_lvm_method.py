@@ -45,6 +45,22 @@ DOMAIN_XML = """\
 </domain>
 """
 
+# A second domain whose image lives on the same LV as lvmvm's vda.
+SECOND_DOMAIN_XML = """\
+<domain type='qemu'>
+  <name>lvmvm2</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/mnt/ext/images/lvmvm2.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>
+"""
+
 SCRIPT = r"""
 set -uo pipefail
 OUT="$DATA/out"; mkdir -p "$OUT"
@@ -148,6 +164,16 @@ ls -a "$DEST/lvmvm" > "$OUT/c.backups"
 ls "$VIRTBACKUP_STATE_DIR/journal" > "$OUT/c.journals" 2>&1
 echo "$(virsh domstate lvmvm)" > "$OUT/c.state"
 
+# -- E: two domains on the same LV share its snapshot within one run ---------------------
+qemu-img create -q -f qcow2 /mnt/ext/images/lvmvm2.qcow2 8M
+qemu-io -f qcow2 -c 'write -P 0x33 0 4M' /mnt/ext/images/lvmvm2.qcow2 > /dev/null
+virsh define "$DATA/dom2.xml" > /dev/null && virsh start lvmvm2 > /dev/null
+virtbackup -v backup lvmvm lvmvm2 --dest "$DEST" --method lvm --json \
+    > "$OUT/e.json" 2> "$OUT/e.err"
+echo $? > "$OUT/e.rc"
+snapshots > "$OUT/e.snapshots"; our_mounts > "$OUT/e.mounts"
+virsh destroy lvmvm2 > /dev/null
+
 # -- D: kill -9, journal lost: the next run sweeps by name --------------------------------
 killed_run
 snapshots > "$OUT/d.snapshots.killed"
@@ -169,6 +195,7 @@ def _text(out: Path, name: str) -> str:
 def lvm_run(nested_vm: NestedVM, tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("lvm-method")
     (data / "dom.xml").write_text(DOMAIN_XML)
+    (data / "dom2.xml").write_text(SECOND_DOMAIN_XML)
     result = nested_vm.run(
         f"export DATA={data}\n{SCRIPT}", rwdirs=[data], libvirtd=True, timeout=1500
     )
@@ -248,6 +275,25 @@ def test_clean_after_kill_9_leaves_no_snapshot_and_no_mount(lvm_run: Path) -> No
     assert _lines(lvm_run, "c.journals") == [], report
     assert not [n for n in _lines(lvm_run, "c.backups") if n.endswith(".partial")], report
     assert _text(lvm_run, "c.state").strip() == "running"
+
+
+@pytest.mark.nested
+def test_domains_on_the_same_lv_share_one_snapshot_in_a_run(lvm_run: Path) -> None:
+    report = _report(lvm_run, "e.rc", "e.json", "e.err")
+    assert _text(lvm_run, "e.rc").strip() == "0", report
+    rows = {r["domain"]: r for r in json.loads(_text(lvm_run, "e.json"))["domains"]}
+    assert {n: (r["result"], r["method"]) for n, r in rows.items()} == {
+        "lvmvm": ("ok", "lvm"),
+        "lvmvm2": ("ok", "lvm"),
+    }, report
+    created = [ln for ln in _text(lvm_run, "e.err").splitlines() if "run: lvcreate" in ln]
+    # one snapshot per LV for the whole run: extlv (both domains), xfslv, blocklv
+    assert sorted(ln.split()[-1] for ln in created) == [
+        "vbvg/blocklv",
+        "vbvg/extlv",
+        "vbvg/xfslv",
+    ], report
+    assert _lines(lvm_run, "e.snapshots") == [] and _lines(lvm_run, "e.mounts") == [], report
 
 
 @pytest.mark.nested

@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+from contextlib import ExitStack
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
@@ -24,12 +25,13 @@ from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.summary_view import print_json, print_summary, to_row
 from virtbackup.core.config import Config, DomainSettings
-from virtbackup.core.model import DomainFacts
+from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions
 from virtbackup.core.steps import LogSteps
 from virtbackup.core.summary import summary_document
 from virtbackup.engine.backup_run import BackupRunOptions, exit_code
 from virtbackup.engine.clean import clean
+from virtbackup.engine.lvm_method import SharedLvmSnapshots
 from virtbackup.engine.nightly import Hooks, OptionsFor, run_all
 
 SUMMARY_FILE = "virtbackup-last-run.json"
@@ -72,7 +74,7 @@ def all_command(
     lock.acquire(wait=float("inf") if wait else 0.0)
     try:
         clean(state_dir, connect, steps, dests=[store.dest])
-        with connect(options.uri) as conn:
+        with connect(options.uri) as conn, ExitStack() as run:
             domains = discover(
                 conn, include=include or config.include, exclude=exclude or config.exclude
             )
@@ -87,6 +89,7 @@ def all_command(
                     progress,
                     steps,
                     _local_zone(),
+                    sources={Method.LVM: SharedLvmSnapshots(run)},
                 )
     finally:
         lock.release()

@@ -1,6 +1,7 @@
 """`virtbackup backup DOMAIN... --dest DIR`: back up the named domains now."""
 
 import socket
+from contextlib import ExitStack
 from datetime import UTC, datetime
 
 import click
@@ -18,10 +19,12 @@ from virtbackup.cli.backup_options import (
 from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.summary_view import print_json, print_summary, to_row
+from virtbackup.core.model import Method
 from virtbackup.core.planning import plan_domain
 from virtbackup.core.steps import LogSteps
 from virtbackup.core.summary import summary_document
 from virtbackup.engine.backup_run import back_up_domain, exit_code
+from virtbackup.engine.lvm_method import SharedLvmSnapshots
 
 
 @click.command("backup")
@@ -42,7 +45,8 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
     store.check_writable()
     started = datetime.now(UTC)
     outcomes = []
-    with connect(options.uri) as conn:
+    with connect(options.uri) as conn, ExitStack() as run:
+        sources = {Method.LVM: SharedLvmSnapshots(run)}
         facts = discover(conn, names=domains)
         with progress_sink(options.verbosity if not values.as_json else -1) as progress:
             for domain in facts:
@@ -51,7 +55,9 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
                 )
                 plan = plan_domain(domain, plan_options)
                 outcomes.append(
-                    back_up_domain(conn, plan, store, run_options, progress, LogSteps())
+                    back_up_domain(
+                        conn, plan, store, run_options, progress, LogSteps(), sources=sources
+                    )
                 )
     code = exit_code(outcomes)
     rows = [to_row(outcome) for outcome in outcomes]

@@ -25,6 +25,7 @@ from virtbackup.core.planning import PlanOptions
 from virtbackup.engine.backup_run import BackupRunOptions
 from virtbackup.engine.consistency import ConsistencyOptions, Quiesce
 from virtbackup.engine.lvm_method import register as register_lvm_method
+from virtbackup.engine.skip_free import SkipFree
 from virtbackup.engine.stream_writer import WriterOptions
 
 register_lvm_method()  # --method lvm
@@ -66,7 +67,8 @@ OPTIONS = [
     click.option(
         "--overlay-dir",
         type=click.Path(file_okay=False, path_type=Path),
-        help="Where snapshot overlays go [default: next to each image].",
+        help="Where snapshot overlays go [default: next to each image], and the "
+        "temporary copies of --skip-free [default: DEST].",
     ),
     click.option(
         "--quiesce",
@@ -109,6 +111,13 @@ OPTIONS = [
         help="Have the guest agent fstrim a running domain before its backup, freeing deleted "
         "data in images with discard='unmap' [default: `trim` of the configuration, else off].",
     ),
+    click.option(
+        "--skip-free/--no-skip-free",
+        default=None,
+        help="Store only the blocks the guest filesystems use (file disks, raw or qcow2): "
+        "deleted data is left out; the backup restores the guest's files, not the image's "
+        "bytes [default: `skip_free` of the configuration, else off].",
+    ),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
 ]
 
@@ -133,6 +142,7 @@ class BackupValues:
     workers: int | None
     bwlimit: int | None
     trim: bool | None
+    skip_free: bool | None
     as_json: bool
 
 
@@ -164,4 +174,9 @@ def domain_options(
     )
     plan = PlanOptions(method=method, exclude_disks=settings.exclude_disks)
     trim = settings.trim if values.trim is None else values.trim
-    return plan, BackupRunOptions(consistency, writer, globals_.state_dir, trim=trim)
+    skip_free = None
+    if settings.skip_free if values.skip_free is None else values.skip_free:
+        skip_free = SkipFree(consistency.overlay_dir or resolve_dest(values, config))
+    return plan, BackupRunOptions(
+        consistency, writer, globals_.state_dir, trim=trim, skip_free=skip_free
+    )

@@ -38,6 +38,7 @@ class DomainSettings:
     force_off: bool = False
     snapshot_size: SnapshotSize = SnapshotSize(percent=10.0)
     trim: bool = False
+    skip_free: bool = False
     retention: Policy = Policy()
 
 
@@ -225,7 +226,7 @@ def _domain_settings(
         if timeout < 1:
             raise reader.fail(where, "shutdown_timeout", "must be at least 1 second")
         settings = replace(settings, shutdown_timeout=timeout)
-    for flag in ("force_off", "trim"):
+    for flag in ("force_off", "trim", "skip_free"):
         if flag in data:
             settings = replace(settings, **{flag: reader.typed(where, data, flag, bool)})
     if "snapshot_size" in data:

@@ -12,12 +12,16 @@ manifest.json (format_version 1)::
         "format": "qcow2", "virtual_size": 21474836480, "byte_size": 1234567168,
         "stored_size": 456789012, "file": "vda.qcow2.lz4",
         "stream_format_version": 1, "chunk_size": 4194304,
-        "digest_algorithm": "sha256", "digest": "<hex of the uncompressed bytes>"
+        "digest_algorithm": "sha256-4MiB-chunks", "digest": "<hex, see below>"
       }]
     }
 
 `byte_size` is the size of the source file or device (what `lz4 -d` gives back),
 `virtual_size` what the guest sees, `stored_size` the size of the stream file.
+`digest` is the whole-disk digest of the uncompressed bytes named by `digest_algorithm`
+(specified in core/streamformat.py; its chunk size equals `chunk_size`). For
+``sha256-4MiB-chunks`` a user checks it with
+``lz4 -dc vda.qcow2.lz4 | split -b 4194304 --filter=sha256sum | sha256sum``.
 
 verified.json, written by `verify` beside the manifest (a backup's data files are never
 changed after the rename; this record is the only file added later)::
@@ -54,6 +58,9 @@ class DiskRecord:
     chunk_size: int
     digest_algorithm: str
     digest: str
+    # --skip-free: the stream holds the guest's used blocks only (same files, not the
+    # same image bytes); written to the manifest only when true
+    free_space_skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,7 @@ def build_manifest(manifest: Manifest) -> str:
         "started": format_time(manifest.started),
         "finished": format_time(manifest.finished),
         "method": manifest.method,
-        "disks": [disk.__dict__ for disk in manifest.disks],
+        "disks": [_disk_document(disk) for disk in manifest.disks],
     }
     return json.dumps(document, indent=2) + "\n"
 
@@ -122,6 +129,13 @@ def parse_manifest(text: str) -> Manifest:
     )
 
 
+def _disk_document(disk: DiskRecord) -> dict[str, Any]:
+    document = dict(disk.__dict__)
+    if not disk.free_space_skipped:
+        del document["free_space_skipped"]
+    return document
+
+
 def _parse_disk(disk: object) -> DiskRecord:
     if not isinstance(disk, dict):
         raise ManifestFormatError("a disk entry is not an object")
@@ -135,6 +149,8 @@ def _parse_disk(disk: object) -> DiskRecord:
     )
     values: dict[str, Any] = {name: _field(disk, name, str) for name in text_fields}
     values.update({name: _field(disk, name, int) for name in int_fields})
+    if "free_space_skipped" in disk:
+        values["free_space_skipped"] = _field(disk, "free_space_skipped", bool)
     if "/" in values["file"] or values["file"].startswith("."):
         raise ManifestFormatError(f"disk file name {values['file']!r} is not a plain name")
     return DiskRecord(**values)

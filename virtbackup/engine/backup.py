@@ -25,6 +25,8 @@ class DiskSource:
     path: Path  # image file or block device to read
     format: str  # raw, qcow2, ...
     virtual_size: int  # bytes the guest sees
+    origin: Path | None = None  # the disk's image when `path` is a copy of it (--skip-free)
+    free_space_skipped: bool = False  # `path` holds the guest's used blocks only
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def back_up_disks(
             records.append(
                 DiskRecord(
                     target=disk.target,
-                    source=str(disk.path),
+                    source=str(disk.origin or disk.path),
                     format=disk.format,
                     virtual_size=disk.virtual_size,
                     byte_size=result.data_size,
@@ -79,6 +81,7 @@ def back_up_disks(
                     chunk_size=options.chunk_size,
                     digest_algorithm=result.digest_name,
                     digest=result.digest,
+                    free_space_skipped=disk.free_space_skipped,
                 )
             )
         partial.write_text(DOMAIN_XML, domain_xml)

@@ -9,7 +9,7 @@ interruption (SIGINT, SIGTERM) ends the run, after the domain at hand is put bac
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,6 +24,7 @@ from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.engine.backup import DiskSource, back_up_disks
 from virtbackup.engine.consistency import ConsistencyOptions, StableImages, stable_images
+from virtbackup.engine.skip_free import SkipFree, compacted
 from virtbackup.engine.stream_writer import WriterOptions
 from virtbackup.engine.trim import trim_before_backup
 
@@ -58,6 +59,7 @@ class BackupRunOptions:
     writer: WriterOptions = field(default_factory=WriterOptions)
     state_dir: Path | None = None
     trim: bool = False  # fstrim a running guest through its agent before the backup
+    skip_free: SkipFree | None = None  # stream only what the guest filesystems use
 
 
 # Where a method other than the libvirt ones reads its images from; the LVM method
@@ -74,7 +76,10 @@ def back_up_domain(
     progress: ProgressSink,
     steps: StepSink,
     clock: Callable[[], float] = time.monotonic,
+    sources: Mapping[Method, ImageSource] | None = None,
 ) -> DomainOutcome:
+    """`sources` overrides where a method's images come from for this run (e.g. LVM
+    snapshots shared by every domain of a run)."""
     name = plan.domain.name
     started = clock()
     warnings = tuple(f"{d.disk.target}: {d.reason}" for d in plan.warnings)
@@ -94,24 +99,27 @@ def back_up_domain(
     if options.trim:
         trim = trim_before_backup(conn, plan, steps)
         warnings, reclaimed = warnings + trim.warnings, trim.reclaimed
-    source: ImageSource = EXTRA_METHODS.get(plan.method, stable_images)
+    source = (sources or {}).get(plan.method) or EXTRA_METHODS.get(plan.method, stable_images)
     try:
-        with source(
-            conn,
-            name,
-            plan.method,
-            targets,
-            options.consistency,
-            state_dir=options.state_dir,
-            steps=steps,
-        ) as window:
+        with (
+            source(
+                conn,
+                name,
+                plan.method,
+                targets,
+                options.consistency,
+                state_dir=options.state_dir,
+                steps=steps,
+            ) as window,
+            compacted(window, _disk_sources(window), options.skip_free, steps) as compact,
+        ):
             result = back_up_disks(
                 store,
                 window.domain_name,
                 window.domain_uuid,
                 window.definition_xml,
                 window.method.value,
-                _disk_sources(window),
+                compact.sources,
                 window.guard(progress),
                 options.writer,
             )
@@ -138,7 +146,7 @@ def back_up_domain(
         stored=sum(d.stored_size for d in disks),
         seconds=clock() - started,
         backup=result.path,
-        warnings=warnings,
+        warnings=warnings + compact.warnings,
         reclaimed=reclaimed,
     )
 

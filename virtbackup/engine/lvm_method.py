@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -563,6 +563,46 @@ def lvm_stable_images(
             with lvm_snapshots_in(session, settings) as own:
                 with lvm_images(session, dom, targets, settings, own) as window:
                     yield window
+
+
+class SharedLvmSnapshots:
+    """The lvm image source of one `backup`/`all` run: the first domain on an LV creates
+    its snapshot, later domains on that LV reuse it (as the seed's one snapshot of the
+    whole volume did), and all are removed when `stack` closes at the end of the run.
+    The snapshot size and quiesce mode are those of the domain that opens the run."""
+
+    def __init__(self, stack: ExitStack) -> None:
+        self._stack = stack
+        self._snapshots: LvmSnapshots | None = None
+
+    def __call__(
+        self,
+        conn: Any,
+        domain_name: str,
+        method: Method,
+        targets: Sequence[str],
+        options: ConsistencyOptions | None = None,
+        *,
+        state_dir: Path | None = None,
+        steps: StepSink | None = None,
+        run_id: str | None = None,
+    ) -> AbstractContextManager[StableImages]:
+        if self._snapshots is None:
+            settings = lvm_options(options or ConsistencyOptions())
+            self._snapshots = self._stack.enter_context(
+                lvm_run(conn, settings, state_dir=state_dir, steps=steps)
+            )
+        return lvm_stable_images(
+            conn,
+            domain_name,
+            method,
+            targets,
+            options,
+            state_dir=state_dir,
+            steps=steps,
+            run_id=run_id,
+            snapshots=self._snapshots,
+        )
 
 
 def register() -> None:

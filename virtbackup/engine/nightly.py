@@ -13,7 +13,7 @@ skips the domain's backup and fails it; a failing after hook fails the domain to
 
 import logging
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import tzinfo
 from typing import Any
@@ -22,11 +22,17 @@ from virtbackup.adapters import runner
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import VirtbackupError
-from virtbackup.core.model import DomainFacts
+from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions, plan_domain
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.backup_run import BackupRunOptions, DomainOutcome, Result, back_up_domain
+from virtbackup.engine.backup_run import (
+    BackupRunOptions,
+    DomainOutcome,
+    ImageSource,
+    Result,
+    back_up_domain,
+)
 from virtbackup.engine.prune import prune_domain
 
 log = logging.getLogger(__name__)
@@ -58,9 +64,10 @@ def run_all(
     progress: ProgressSink,
     steps: StepSink,
     tz: tzinfo,
+    sources: Mapping[Method, ImageSource] | None = None,
 ) -> list[DomainReport]:
     return [
-        _one_domain(conn, facts, store, options_for, hooks, progress, steps, tz)
+        _one_domain(conn, facts, store, options_for, hooks, progress, steps, tz, sources)
         for facts in domains
     ]
 
@@ -74,6 +81,7 @@ def _one_domain(
     progress: ProgressSink,
     steps: StepSink,
     tz: tzinfo,
+    sources: Mapping[Method, ImageSource] | None,
 ) -> DomainReport:
     plan_options, run_options, settings = options_for(facts)
     plan = plan_domain(facts, plan_options)
@@ -87,7 +95,7 @@ def _one_domain(
     if problem:
         outcome = DomainOutcome(facts.name, Result.FAILED, f"before hook failed: {problem}", method)
     else:
-        outcome = back_up_domain(conn, plan, store, run_options, progress, steps)
+        outcome = back_up_domain(conn, plan, store, run_options, progress, steps, sources=sources)
 
     pruned: tuple[str, ...] = ()
     if outcome.result == Result.OK and not settings.retention.is_empty():
