@@ -4,10 +4,11 @@ and small loop-mounted filesystems."""
 import contextlib
 import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from harness.cli import virtbackup as run_cli  # noqa: F401 (used by the data-path tests)
 
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.progress import NullProgress
@@ -64,13 +65,6 @@ def cmp_files(first: Path, second: Path) -> bool:
     return subprocess.run(["cmp", "-s", str(first), str(second)], check=False).returncode == 0
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a child process, as a user runs it (exit codes through main)."""
-    return subprocess.run(
-        [sys.executable, "-m", "virtbackup", *args], capture_output=True, text=True, check=False
-    )
-
-
 @contextlib.contextmanager
 def small_filesystem(size: int) -> Iterator[Path]:
     """A loop-mounted ext4 of `size` bytes, unmounted and removed on exit."""
@@ -102,3 +96,23 @@ def loop_device(image: Path) -> Iterator[Path]:
         yield device
     finally:
         subprocess.run(["losetup", "-d", str(device)], check=True)
+
+
+def digest_by_coreutils(stream: Path, chunk_size: int = 4 * MiB) -> str:
+    """The whole-disk digest as the README tells a user to check it:
+    `lz4 -dc STREAM | split -b CHUNK --filter=sha256sum | sha256sum` (no shell)."""
+    lz4 = subprocess.Popen(["lz4", "-dc", str(stream)], stdout=subprocess.PIPE)
+    assert lz4.stdout is not None
+    split = subprocess.Popen(
+        ["split", "-b", str(chunk_size), "--filter=sha256sum"],
+        stdin=lz4.stdout,
+        stdout=subprocess.PIPE,
+    )
+    lz4.stdout.close()
+    summed = subprocess.run(
+        ["sha256sum"], stdin=split.stdout, capture_output=True, text=True, check=True
+    )
+    assert split.wait() == 0 and lz4.wait() == 0
+    digest, name = summed.stdout.split()
+    assert name == "-"
+    return digest

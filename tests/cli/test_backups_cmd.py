@@ -30,7 +30,7 @@ def test_listing_json_and_table(tmp_path: Path) -> None:
     assert first["domain"] == "web1" and first["method"] == "offline"
     assert first["verified"] is None and first["problem"] is None
     assert first["size"] > first["disks"][0]["stored_size"]
-    assert first["disks"][0]["digest_algorithm"] == "sha256"
+    assert first["disks"][0]["digest_algorithm"] == "sha256-1MiB-chunks"
 
     only_web1 = json.loads(run_cli("backups", "--dest", str(dest), "web1", "--json").stdout)
     assert len(only_web1["backups"]) == 2

@@ -1,5 +1,6 @@
 """`virtbackup restore`: sparse, byte-identical, refuses to overwrite without --force."""
 
+import json
 import os
 import stat
 import subprocess
@@ -65,6 +66,7 @@ def test_stock_lz4_reads_the_stream(backup: Path, tmp_path: Path) -> None:
         ("no-manifest", "is not a backup (it has no manifest.json)"),
         ("bad-json", "manifest.json is corrupt: it is not valid JSON"),
         ("missing-stream", "vda: stream file"),
+        ("edited-digest", "vda: the index and the manifest disagree on the digest"),
     ],
 )
 def test_bad_backups_one_line_exit_1(
@@ -77,6 +79,11 @@ def test_bad_backups_one_line_exit_1(
         (backup / "manifest.json").unlink()
     elif setup == "bad-json":
         (backup / "manifest.json").write_text("{")
+    elif setup == "edited-digest":
+        manifest = backup / "manifest.json"
+        document = json.loads(manifest.read_text())
+        document["disks"][0]["digest"] = "00" * 32
+        manifest.write_text(json.dumps(document))
     else:
         (backup / "vda.raw.lz4").unlink()
     result = run_cli("restore", str(target), "--to", str(tmp_path / "out"))

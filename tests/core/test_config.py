@@ -97,7 +97,7 @@ def test_empty_file_gives_defaults() -> None:
         ('method = "teleport"\n', "f.toml:1: method: 'teleport' is not one of auto, snapshot"),
         ('bwlimit = "fast"\n', "f.toml:1: bwlimit: 'fast' is not a size"),
         ('snapshot_size = "150%"\n', "f.toml:1: snapshot_size: '150%': a share must be"),
-        ("compression_level = 17\n", "f.toml:1: compression_level: must be 0 to 16"),
+        ("compression_level = 13\n", "f.toml:1: compression_level: must be 0 to 12"),
         ('include = "web"\n', "f.toml:1: include: expected a list of strings"),
         ("\n[retention]\nkeep_dayly = 3\n", "f.toml:3: retention.keep_dayly: unknown key"),
         ("[retention]\nkeep_last = -1\n", "f.toml:2: retention.keep_last: must be 0 or more"),

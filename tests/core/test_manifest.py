@@ -24,7 +24,7 @@ DISK = DiskRecord(
     file="vda.qcow2.lz4",
     stream_format_version=1,
     chunk_size=4 << 20,
-    digest_algorithm="sha256",
+    digest_algorithm="sha256-4MiB-chunks",
     digest="ab" * 32,
 )
 MANIFEST = Manifest(

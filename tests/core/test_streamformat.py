@@ -1,15 +1,21 @@
+import hashlib
+
 import pytest
 
 from virtbackup.core.streamformat import (
     STREAM_FORMAT_VERSION,
+    ChunkedDigest,
     FrameEntry,
     IndexFormatError,
     IndexHeader,
     check_tiling,
+    chunked_digest_name,
     pack_entry,
     pack_header,
+    parse_chunked_digest_name,
     unpack_entries,
     unpack_header,
+    zero_digest,
 )
 
 HEADER = IndexHeader(
@@ -18,7 +24,7 @@ HEADER = IndexHeader(
     data_size=6000,
     frame_count=2,
     frame_digest="sha256",
-    whole_digest_name="sha256",
+    whole_digest_name="sha256-4KiB-chunks",
     whole_digest=bytes(range(32)),
 )
 ENTRIES = [
@@ -53,10 +59,54 @@ def test_bad_headers(raw: bytes, message: str) -> None:
         unpack_header(raw)
 
 
-def test_unknown_digest_name() -> None:
-    header = IndexHeader(**{**HEADER.__dict__, "whole_digest_name": "nohash"})
-    with pytest.raises(IndexFormatError, match="unknown digest"):
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"whole_digest_name": "nohash"}, "unknown whole digest"),
+        ({"whole_digest_name": "sha256"}, "unknown whole digest"),
+        ({"whole_digest_name": "nohash-4KiB-chunks"}, "unknown digest 'nohash'"),
+        ({"whole_digest_name": "sha256-8KiB-chunks"}, "does not match the frames"),
+        ({"whole_digest_name": "md5-4KiB-chunks"}, "does not match the frames"),
+    ],
+)
+def test_whole_digest_must_name_the_frame_digest_and_grid(
+    changes: dict[str, str], message: str
+) -> None:
+    header = IndexHeader(**{**HEADER.__dict__, **changes})
+    with pytest.raises(IndexFormatError, match=message):
         unpack_header(pack_header(header))
+
+
+@pytest.mark.parametrize(
+    ("size", "name"),
+    [
+        (4 << 20, "sha256-4MiB-chunks"),
+        (64 << 10, "sha256-64KiB-chunks"),
+        (1000, "sha256-1000B-chunks"),
+    ],
+)
+def test_chunked_digest_names_round_trip(size: int, name: str) -> None:
+    assert chunked_digest_name(size) == name
+    assert parse_chunked_digest_name(name) == ("sha256", size)
+
+
+@pytest.mark.parametrize(
+    "name", ["sha256-4096KiB-chunks", "sha256-0MiB-chunks", "sha256-4M-chunks"]
+)
+def test_only_canonical_chunked_names_parse(name: str) -> None:
+    with pytest.raises(IndexFormatError, match="unknown whole digest"):
+        parse_chunked_digest_name(name)
+
+
+def test_chunked_digest_is_sha256sum_lines_hashed() -> None:
+    data = bytes(range(256)) * 40 + bytes(1000)  # 10 KiB + 1000: a short last chunk
+    chunks = [data[at : at + 4096] for at in range(0, len(data), 4096)]
+    lines = "".join(f"{hashlib.sha256(chunk).hexdigest()}  -\n" for chunk in chunks)
+    whole = ChunkedDigest()
+    whole.add_all(hashlib.sha256(chunk).digest() for chunk in chunks)
+    assert whole.hexdigest() == hashlib.sha256(lines.encode()).hexdigest()
+    assert ChunkedDigest().hexdigest() == hashlib.sha256(b"").hexdigest()  # empty disk
+    assert zero_digest(4096) == hashlib.sha256(bytes(4096)).digest()
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """back_up_disks: complete backups or none, earlier backups untouched, stale partials removed."""
 
+import json
 import os
 import signal
 import stat
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB, disk_of, make_backup, small_filesystem
+from backup_helpers import MiB, digest_by_coreutils, disk_of, make_backup, small_filesystem
 from harness.images import build_fs_image
 
 from virtbackup.adapters.store import BackupStore
@@ -45,6 +46,24 @@ def test_backup_layout_and_permissions(tmp_path: Path, image: Path) -> None:
     assert (vda.byte_size, vda.virtual_size) == (48 * MiB, 48 * MiB)
     assert vda.stored_size == (result.path / "vda.raw.lz4").stat().st_size
     assert not [p for p in (tmp_path / "web1").iterdir() if p.name.startswith(".")]
+
+
+def test_manifest_digest_is_checked_with_standard_tools(tmp_path: Path, image: Path) -> None:
+    """The README's check command against manifest.json, on the default 4 MiB grid: an
+    ext4 image (holes and data) and a file whose last chunk is short."""
+    odd = tmp_path / "odd.raw"
+    with open(odd, "wb") as f:
+        f.truncate(2 * 4 * MiB + 4097)
+        f.seek(4 * MiB - 3)
+        f.write(os.urandom(10))  # data across a chunk boundary
+        f.seek(2 * 4 * MiB + 1)
+        f.write(b"last")
+    result = make_backup(tmp_path, [disk_of(image), disk_of(odd, "vdb")], chunk_size=4 * MiB)
+    document = json.loads((result.path / "manifest.json").read_text())
+    for disk in document["disks"]:
+        assert disk["digest_algorithm"] == "sha256-4MiB-chunks"
+        assert disk["chunk_size"] == 4 * MiB
+        assert disk["digest"] == digest_by_coreutils(result.path / disk["file"])
 
 
 def test_failed_disk_leaves_nothing_and_names_the_disk(tmp_path: Path, image: Path) -> None:

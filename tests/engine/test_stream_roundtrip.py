@@ -1,12 +1,11 @@
 """Write streams from real images, read them back with stock lz4 and with restore."""
 
-import hashlib
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB, cmp_files, loop_device
+from backup_helpers import MiB, cmp_files, digest_by_coreutils, loop_device
 from harness.images import allocated_bytes, build_fs_image
 
 from virtbackup.core.progress import NullProgress
@@ -35,29 +34,24 @@ def _write(source: Path, stream: Path, chunk_size: int = 1 * MiB) -> StreamResul
         return write_stream(source, out, NullProgress(), "vda", WriterOptions(chunk_size))
 
 
-def _restore(stream: Path, target: Path) -> None:
+def _restore(stream: Path, target: Path) -> str:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        restore_stream(read_index(stream, "vda"), fd, "vda", NullProgress())
+        return restore_stream(read_index(stream, "vda"), fd, "vda", NullProgress())
     finally:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(4 * MiB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_round_trip(source: Path, tmp_path: Path, result: StreamResult, stream: Path) -> None:
-    assert result.digest == _sha256(source)
+def _check_round_trip(
+    source: Path, tmp_path: Path, result: StreamResult, stream: Path, chunk_size: int = 1 * MiB
+) -> None:
+    assert result.digest_name == f"sha256-{chunk_size // MiB}MiB-chunks"
+    assert result.digest == digest_by_coreutils(stream, chunk_size)
     by_lz4 = tmp_path / "by-lz4"
     subprocess.run(["lz4", "-d", "-q", str(stream), str(by_lz4)], check=True)
     assert cmp_files(source, by_lz4)
     restored = tmp_path / "restored"
-    _restore(stream, restored)
+    assert _restore(stream, restored) == result.digest
     assert cmp_files(source, restored)
     if source.is_file():
         assert allocated_bytes(restored) <= allocated_bytes(source)
@@ -116,3 +110,22 @@ def test_zero_data_chunks_are_not_compressed(tmp_path: Path) -> None:
     restored = tmp_path / "restored"
     _restore(tmp_path / "z.lz4", restored)
     assert restored.stat().st_size == 4 * MiB and allocated_bytes(restored) == 0
+
+
+def test_default_grid_digest_is_what_coreutils_prints(tmp_path: Path) -> None:
+    """The README's check command, on holes, data, allocated zeros and a short last chunk."""
+    source = tmp_path / "mixed.raw"
+    with open(source, "wb") as f:
+        f.truncate(3 * 4 * MiB + 12345)  # a hole to begin with
+        f.seek(4 * MiB + 100)
+        f.write(os.urandom(MiB))  # data inside chunk 1
+        f.seek(2 * 4 * MiB)
+        f.write(bytes(4 * MiB))  # allocated zeros: chunk 2
+        f.seek(3 * 4 * MiB + 10)
+        f.write(b"tail")  # data in the short last chunk
+    stream = tmp_path / "vda.raw.lz4"
+    with open(stream, "wb") as out:
+        result = write_stream(source, out, NullProgress(), "vda")
+    assert (result.frames, result.zero_frames) == (4, 2)
+    _check_round_trip(source, tmp_path, result, stream, chunk_size=4 * MiB)
+    assert result.digest_name == "sha256-4MiB-chunks"

@@ -171,6 +171,7 @@ def domain_options(
     writer = WriterOptions(
         workers=values.workers or config.workers or 0,
         bwlimit=values.bwlimit or config.bwlimit,
+        compression_level=config.compression_level,
     )
     plan = PlanOptions(method=method, exclude_disks=settings.exclude_disks)
     trim = settings.trim if values.trim is None else values.trim

@@ -17,7 +17,7 @@ from virtbackup.core.errors import ConfigError
 from virtbackup.core.model import Method
 from virtbackup.core.retention import Policy
 
-MAX_LZ4_LEVEL = 16
+MAX_LZ4_LEVEL = 12  # as the lz4 tool: up to 2 fast, 3 to 12 LZ4HC
 
 
 @dataclass(frozen=True)

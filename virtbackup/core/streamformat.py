@@ -4,8 +4,9 @@ Format version 1
 ================
 
 The file is a concatenation of LZ4 frames (lz4 frame format 1.6.x), so stock tools read
-it: ``lz4 -d vda.qcow2.lz4 vda.qcow2`` restores the disk and ``lz4 -dc vda.qcow2.lz4 |
-sha256sum`` prints the digest recorded in ``manifest.json``.
+it: ``lz4 -d vda.qcow2.lz4 vda.qcow2`` restores the disk, and with the default chunk size
+``lz4 -dc vda.qcow2.lz4 | split -b 4194304 --filter=sha256sum | sha256sum`` prints the
+whole-disk digest recorded in ``manifest.json`` (see *Whole-disk digest*).
 
 Data frames
     The source is cut on a fixed grid of ``chunk_size`` bytes (4 MiB by default; the last
@@ -14,7 +15,19 @@ Data frames
     Independent frames let writers compress and readers decompress on all cores.
     A chunk that is known to be a hole or reads as all zeros is written as a *zero
     frame*: a frame holding only zeros, prepared once per length and reused, so zeros
-    are never compressed.
+    are never compressed. Each frame is one LZ4 block of at most 4 MiB (so a chunk
+    larger than 4 MiB spans several blocks), without block or content checksums and
+    without content size: the index holds the length and a sha256 of every frame.
+
+Whole-disk digest ``sha256-<size>-chunks`` (e.g. ``sha256-4MiB-chunks``)
+    sha256 over the concatenated text lines ``"<sha256 hex of chunk>  -\n"``, one for
+    each chunk of the uncompressed disk on the frame grid, in order (the last chunk may
+    be shorter; an empty disk gives the sha256 of nothing). This is exactly what
+    coreutils prints for ``lz4 -dc FILE | split -b <size in bytes> --filter=sha256sum |
+    sha256sum``, so a user can check it with standard tools, while the writer reuses
+    the per-frame digests (one hash pass over the data, none over holes: a zero chunk's
+    digest is computed once per length). The size in the name is the chunk size of the
+    grid and must equal the header's ``chunk_size``.
 
 Index frame
     After the last data frame comes one LZ4 *skippable frame* (magic 0x184D2A50, which
@@ -25,9 +38,10 @@ Index frame
     ======================  ====================================================
     header (INDEX_HEADER)   magic ``VBKINDEX``, version u16, chunk_size u32,
                             data_size u64 (uncompressed bytes), frame_count u64,
-                            frame digest name (16 bytes, ASCII, NUL padded,
-                            a hashlib name), whole digest name (16 bytes),
-                            whole digest (64 bytes, NUL padded)
+                            frame digest name (16 bytes, ASCII, NUL padded;
+                            ``sha256``), whole digest name (32 bytes, ASCII,
+                            NUL padded; ``sha256-4MiB-chunks``), whole digest
+                            (64 bytes, NUL padded)
     entries (INDEX_ENTRY)   per frame: stored offset u64, stored length u32,
                             data offset u64, data length u32, flags u8
                             (bit 0: zero frame), frame digest (32 bytes,
@@ -38,26 +52,29 @@ Index frame
     ======================  ====================================================
 
 A reader takes the footer from the last 16 bytes, reads the skippable frame at the given
-offset, checks the body digest and the version, then checks that the entries tile both
-the data (no gap, no overlap, total ``data_size``) and the stored file.
+offset, checks the body digest and the version, that the whole digest is built on the
+frame digest and the frame grid, then checks that the entries tile both the data (no gap,
+no overlap, total ``data_size``) and the stored file.
 """
 
 import hashlib
+import re
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 STREAM_FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 4 << 20
 
 FRAME_DIGEST = "sha256"  # per frame; SHA-NI makes it faster than blake2b on current CPUs
-WHOLE_DIGEST = "sha256"  # whole disk; what `sha256sum` prints
 
 LZ4_FRAME_MAGIC = 0x184D2204
 SKIPPABLE_MAGIC = 0x184D2A50
 SKIPPABLE_HEADER = struct.Struct("<II")  # magic, content size
 
 INDEX_MAGIC = b"VBKINDEX"
-INDEX_HEADER = struct.Struct("<8sHIQQ16s16s64s")
+INDEX_HEADER = struct.Struct("<8sHIQQ16s32s64s")
 INDEX_ENTRY = struct.Struct("<QIQIB32s")
 INDEX_BODY_DIGEST_SIZE = 32
 FOOTER_MAGIC = b"VBKIDXND"
@@ -119,15 +136,22 @@ def unpack_header(raw: bytes) -> IndexHeader:
         )
     if chunk <= 0:
         raise IndexFormatError("index header has a chunk size of 0")
+    frame_digest = _ascii_field(frame_name)
     whole_digest_name = _ascii_field(whole_name)
+    base, grid = parse_chunked_digest_name(whole_digest_name)
+    if base != frame_digest or grid != chunk:
+        raise IndexFormatError(
+            f"whole digest {whole_digest_name} does not match the frames "
+            f"({frame_digest} on a {chunk}-byte grid)"
+        )
     return IndexHeader(
         version=version,
         chunk_size=chunk,
         data_size=data_size,
         frame_count=count,
-        frame_digest=_ascii_field(frame_name),
+        frame_digest=frame_digest,
         whole_digest_name=whole_digest_name,
-        whole_digest=whole[: digest_size(whole_digest_name)],
+        whole_digest=whole[: digest_size(base)],
     )
 
 
@@ -194,3 +218,59 @@ def digest_size(name: str) -> int:
         return hashlib.new(name).digest_size
     except ValueError:
         raise IndexFormatError(f"index names an unknown digest {name!r}") from None
+
+
+_CHUNKED_NAME = re.compile(r"([a-z0-9_]+)-([1-9][0-9]*)(MiB|KiB|B)-chunks")
+_UNITS = {"MiB": 1 << 20, "KiB": 1 << 10, "B": 1}
+
+
+def chunked_digest_name(chunk_size: int, base: str = FRAME_DIGEST) -> str:
+    """The whole-disk digest name for a grid: 4 MiB chunks give ``sha256-4MiB-chunks``."""
+    for unit, factor in _UNITS.items():
+        if chunk_size % factor == 0:
+            return f"{base}-{chunk_size // factor}{unit}-chunks"
+    raise AssertionError("unreachable: every size is a multiple of one byte")
+
+
+def parse_chunked_digest_name(name: str) -> tuple[str, int]:
+    """(frame digest, chunk size) of a whole-disk digest name; IndexFormatError if it is
+    not one (only the canonical spelling counts: ``4096KiB`` is not ``4MiB``)."""
+    match = _CHUNKED_NAME.fullmatch(name)
+    if match is not None:
+        base, count, unit = match.groups()
+        chunk_size = int(count) * _UNITS[unit]
+        if chunked_digest_name(chunk_size, base) == name:
+            digest_size(base)
+            return base, chunk_size
+    raise IndexFormatError(f"index names an unknown whole digest {name!r}")
+
+
+def chunk_digest_line(chunk_digest: bytes) -> bytes:
+    """What `sha256sum` prints for one chunk read from stdin."""
+    return chunk_digest.hex().encode("ascii") + b"  -\n"
+
+
+class ChunkedDigest:
+    """The whole-disk digest, fed with the digests of the chunks in order."""
+
+    def __init__(self, base: str = FRAME_DIGEST) -> None:
+        self._outer = hashlib.new(base)
+
+    def add(self, chunk_digest: bytes) -> None:
+        self._outer.update(chunk_digest_line(chunk_digest))
+
+    def add_all(self, chunk_digests: Iterable[bytes]) -> None:
+        for chunk_digest in chunk_digests:
+            self.add(chunk_digest)
+
+    def digest(self) -> bytes:
+        return self._outer.digest()
+
+    def hexdigest(self) -> str:
+        return self._outer.hexdigest()
+
+
+@lru_cache(maxsize=8)
+def zero_digest(length: int, base: str = FRAME_DIGEST) -> bytes:
+    """The digest of `length` zero bytes, computed once per length."""
+    return hashlib.new(base, bytes(length)).digest()

@@ -1,36 +1,92 @@
-"""Encoding one chunk into one LZ4 frame, and the prepared zero frames.
+"""One chunk as one LZ4 frame and back, and the prepared zero frames.
 
-python-lz4 releases the GIL while it compresses, so these run on worker threads.
+Frames are assembled here from LZ4 blocks (lz4.block) rather than made by lz4.frame:
+- the frame header is a constant (version 1, independent blocks, no checksums, no content
+  size, 4 MiB maximum block), so a frame is that header, one block per 4 MiB of the chunk
+  (u32 size, bit 31 set for a block stored uncompressed) and a u32 end mark of 0;
+- a chunk that does not compress is stored as is, straight from the read buffer;
+- decoding knows each block's size from the index, so it decompresses into an output of
+  exactly that size in one call (lz4.frame.decompress has to grow its output).
+python-lz4 releases the GIL while it compresses and decompresses, and hashlib while it
+hashes, so these run on worker threads; a frame is handed to the writer as a list of
+buffers for one os.writev, never joined.
 """
 
-import hashlib
+import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
+import lz4.block
 import lz4.frame
 
-from virtbackup.core.streamformat import FRAME_DIGEST
+from virtbackup.core.streamformat import zero_digest
+
+MAX_BLOCK = 4 << 20  # LZ4 frame block maximum (block size id 7)
+_BLOCK_SIZE = struct.Struct("<I")
+_STORED = 0x8000_0000  # block size flag: the block is not compressed
+END_MARK = bytes(4)
+
+Buffer = bytes | bytearray | memoryview
+
+
+class FrameError(ValueError):
+    """A stored frame cannot be decoded; the message says why."""
+
+
+@lru_cache(maxsize=1)
+def frame_header() -> bytes:
+    """Magic, FLG 0x60 (version 1, independent blocks, nothing optional), BD 0x70 (4 MiB
+    blocks) and the header checksum, as liblz4 writes them for a 4 MiB frame."""
+    sample = lz4.frame.compress(
+        bytes(MAX_BLOCK),
+        block_size=lz4.frame.BLOCKSIZE_MAX4MB,
+        block_linked=False,
+        content_checksum=False,
+        store_size=False,
+    )
+    header = bytes(sample[:7])
+    assert header[4:6] == b"\x60\x70", header.hex()
+    return header
 
 
 @dataclass(frozen=True)
 class EncodedChunk:
-    frame: bytes
+    parts: tuple[Buffer, ...]  # the frame, in pieces for os.writev
+    size: int  # bytes of the frame
     digest: bytes  # FRAME_DIGEST of the uncompressed bytes
     is_zero: bool
 
+    def frame(self) -> bytes:
+        return b"".join(self.parts)
 
-def compress_frame(data: bytes) -> bytes:
-    # One 4 MiB block per chunk, like `lz4`'s default: the same ratio as the seed
-    # pipeline. The index holds sizes and digests, so the frame carries neither.
-    return bytes(
-        lz4.frame.compress(
-            data,
-            compression_level=0,
-            block_size=lz4.frame.BLOCKSIZE_MAX4MB,
-            content_checksum=False,
-            store_size=False,
+
+# Levels as the lz4 tool counts them: up to 2 the fast mode, 3 to 12 LZ4HC (slower to
+# write, smaller, decoded just as fast and by the same stock `lz4 -d`).
+MAX_LEVEL = 12
+_FIRST_HC_LEVEL = 3
+
+
+def encode_frame(data: memoryview, level: int = 0) -> tuple[tuple[Buffer, ...], int]:
+    """The frame of `data` as buffers (which may be slices of `data` itself) and its size."""
+    parts: list[Buffer] = [frame_header()]
+    size = len(parts[0]) + len(END_MARK)
+    for start in range(0, len(data), MAX_BLOCK):
+        piece = data[start : start + MAX_BLOCK]
+        block: Buffer = (
+            lz4.block.compress(piece, store_size=False)
+            if level < _FIRST_HC_LEVEL
+            else lz4.block.compress(
+                piece, store_size=False, mode="high_compression", compression=level
+            )
         )
-    )
+        if len(block) >= len(piece):
+            block, flag = piece, _STORED
+        else:
+            flag = 0
+        parts += [_BLOCK_SIZE.pack(len(block) | flag), block]
+        size += _BLOCK_SIZE.size + len(block)
+    parts.append(END_MARK)
+    return tuple(parts), size
 
 
 @lru_cache(maxsize=8)
@@ -42,21 +98,60 @@ def zeros(length: int) -> bytes:
 @lru_cache(maxsize=8)
 def zero_chunk(length: int) -> EncodedChunk:
     """The frame for `length` zero bytes: compressed once, written for every zero chunk."""
-    data = zeros(length)
-    return EncodedChunk(compress_frame(data), frame_digest(data), is_zero=True)
-
-
-def frame_digest(data: bytes) -> bytes:
-    return hashlib.new(FRAME_DIGEST, data).digest()
-
-
-def encode_chunk(data: bytes) -> EncodedChunk:
-    """Compress a chunk read from the source; an all-zero chunk gets the prepared frame."""
-    if data == zeros(len(data)):
-        return zero_chunk(len(data))
-    return EncodedChunk(compress_frame(data), frame_digest(data), is_zero=False)
+    parts, size = encode_frame(memoryview(zeros(length)))
+    frame = b"".join(parts)
+    return EncodedChunk((frame,), size, zero_digest(length), is_zero=True)
 
 
 def is_zero_frame(frame: bytes, length: int) -> bool:
     """Whether a stored frame is the prepared zero frame of this length (no decompression)."""
-    return frame == zero_chunk(length).frame
+    return frame == zero_chunk(length).parts[0]
+
+
+def decode_frame(frame: bytes, length: int) -> Buffer:
+    """The `length` bytes of a stored frame; FrameError if it is damaged. Frames of another
+    layout (any valid LZ4 frame) are decoded with lz4.frame."""
+    header = frame_header()
+    if not frame.startswith(header):
+        return _decode_any_frame(frame, length)
+    view = memoryview(frame)
+    at = len(header)
+    pieces: list[Buffer] = []
+    for start in range(0, length, MAX_BLOCK):
+        expected = min(MAX_BLOCK, length - start)
+        if at + _BLOCK_SIZE.size > len(frame):
+            raise FrameError("it ends inside a block")
+        (word,) = _BLOCK_SIZE.unpack_from(frame, at)
+        at += _BLOCK_SIZE.size
+        size = word & ~_STORED
+        block = view[at : at + size]
+        if size == 0 or len(block) != size:
+            raise FrameError("it ends inside a block")
+        at += size
+        if word & _STORED:
+            if size != expected:
+                raise FrameError(f"a stored block holds {size} bytes instead of {expected}")
+            pieces.append(block)
+            continue
+        try:
+            data = lz4.block.decompress(block, uncompressed_size=expected)
+        except Exception as err:  # python-lz4 raises ValueError naming the byte
+            raise FrameError(f"cannot be decompressed ({err})") from None
+        if len(data) != expected:
+            raise FrameError(f"a block holds {len(data)} bytes instead of {expected}")
+        pieces.append(data)
+    if frame[at:] != END_MARK:
+        raise FrameError("it does not end after its blocks")
+    if len(pieces) == 1:
+        return pieces[0]
+    return b"".join(pieces)
+
+
+def _decode_any_frame(frame: bytes, length: int) -> bytes:
+    try:
+        data = lz4.frame.decompress(frame)
+    except Exception as err:  # python-lz4 raises RuntimeError with the LZ4F code
+        raise FrameError(f"cannot be decompressed ({err})") from None
+    if len(data) != length:
+        raise FrameError(f"holds {len(data)} bytes instead of {length}")
+    return bytes(data)

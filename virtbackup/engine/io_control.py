@@ -1,4 +1,5 @@
-"""Being a good neighbour on the host: idle I/O priority, bandwidth limit, page cache.
+"""Being a good neighbour on the host: idle I/O priority, bandwidth limit, page cache
+(and one allocator setting for the data path).
 
 I/O priority is set with the ioprio_set(2) syscall through ctypes (what `ionice -c 3`
 does), for the calling thread only: Linux keeps I/O priority per thread, so the engine
@@ -6,6 +7,7 @@ calls it on its reading thread and the CLI's own thread keeps its priority.
 """
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -35,6 +37,24 @@ def set_thread_io_idle() -> bool:
     return True
 
 
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+_M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Ask glibc to keep freed chunk-sized buffers for reuse rather than unmap or trim
+    them: python-lz4 allocates a few MiB per frame, and memory fresh from the kernel
+    costs a page fault per 4 KiB (measured: ~500 per 4 MiB chunk, ~7 % of the CPU time
+    of a backup). Process-wide, once; the peak RSS does not change. False where it
+    cannot be done (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 64 << 20) and mallopt(_M_TRIM_THRESHOLD, 256 << 20))
+
+
 def drop_cached(fd: int, offset: int, length: int) -> None:
     """Tell the kernel we will not reread these pages, so a backup does not flush the
     host's page cache (only clean pages go; written data must be synced first)."""
@@ -42,6 +62,26 @@ def drop_cached(fd: int, offset: int, length: int) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     except OSError:
         pass  # not supported on this file (e.g. a pipe): nothing to spare
+
+
+class WriteBehind:
+    """Keeps a long sequential write from piling up in the page cache: every `every` bytes
+    it starts writeback of what is new and drops what an earlier call already sent to disk
+    (POSIX_FADV_DONTNEED does both and does not wait, unlike fdatasync), so the final
+    fsync has little left to do and the host's cache is not flooded."""
+
+    def __init__(self, fd: int, every: int = 32 << 20, lag: int = 64 << 20) -> None:
+        self._fd = fd
+        self._every = every
+        self._lag = lag
+        self._kicked = 0
+
+    def written(self, end: int) -> None:
+        """Bytes up to offset `end` have been written."""
+        if end - self._kicked >= self._every:
+            start = max(0, self._kicked - self._lag)
+            drop_cached(self._fd, start, end - start)
+            self._kicked = end
 
 
 class Throttle:

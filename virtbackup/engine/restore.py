@@ -13,7 +13,12 @@ from virtbackup.core.backup_errors import CorruptBackup, RestoreTargetExists, St
 from virtbackup.core.manifest import DiskRecord, Manifest
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.restore_xml import RestoredDisk, RestoreXmlError, domain_xml_for_restore
-from virtbackup.engine.stream_reader import StreamIndex, read_index, restore_stream
+from virtbackup.engine.stream_reader import (
+    StreamIndex,
+    check_index_matches,
+    read_index,
+    restore_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +58,7 @@ def restore_backup(
     manifest = load_manifest(backup)
     indexes = [(disk, read_index(backup / disk.file, disk.target)) for disk in manifest.disks]
     for disk, index in indexes:
-        if index.header.data_size != disk.byte_size:
-            raise CorruptBackup(
-                f"{disk.target}: {disk.file} holds {index.header.data_size} bytes, "
-                f"the manifest says {disk.byte_size}"
-            )
+        check_index_matches(index, disk)
     to_dir = to_dir.absolute()
     targets = [to_dir / restored_file_name(disk) for disk in manifest.disks]
     existing = [str(path) for path in targets if path.exists()]
@@ -80,23 +81,28 @@ def restore_backup(
     images = []
     for (disk, index), path in zip(indexes, targets, strict=True):
         log.info("restoring %s to %s", disk.target, path)
-        _restore_one(index, path, disk.target, progress, workers)
+        _restore_one(index, disk, path, progress, workers)
         images.append(RestoredImage(disk.target, path, disk.format))
     uuid = domain_define.define_domain(uri, new_xml) if new_xml is not None else None
     return RestoreResult(manifest, tuple(images), uuid)
 
 
 def _restore_one(
-    index: StreamIndex, path: Path, label: str, progress: ProgressSink, workers: int
+    index: StreamIndex, disk: DiskRecord, path: Path, progress: ProgressSink, workers: int
 ) -> None:
     temporary = path.with_name(f".{path.name}.restoring")
     temporary.unlink(missing_ok=True)  # left by an interrupted restore
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, RESTORE_FILE_MODE)
         try:
-            restore_stream(index, fd, label, progress, workers)
+            digest = restore_stream(index, fd, disk.target, progress, workers)
         finally:
             os.close(fd)
+        if digest != disk.digest:  # every frame matched its entry; the entries must too
+            raise CorruptBackup(
+                f"{disk.target}: the restored data's {disk.digest_algorithm} is {digest}, "
+                f"the manifest records {disk.digest}"
+            )
         os.rename(temporary, path)
     except OSError as err:
         temporary.unlink(missing_ok=True)

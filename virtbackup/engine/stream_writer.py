@@ -2,12 +2,18 @@
 
 The pipeline has three stages:
 - one reading thread (idle I/O class) walks the chunk grid; chunks without data (holes,
-  found with SEEK_DATA) are not read at all, the others are read and handed to the pool;
-- a pool of worker threads turns each chunk into a frame (zeros get the prepared frame);
-- the calling thread takes the results in order, hashes the uncompressed bytes into the
-  whole-disk digest, writes the frames and collects the index.
-A bounded queue between reader and writer caps the chunks in flight, so memory stays
-bounded whatever the image size. See core/streamformat.py for the format.
+  found with SEEK_DATA) are not read at all, the others are read into a free buffer of a
+  fixed pool (preadv, no allocation per chunk) and handed to the workers;
+- a pool of worker threads turns each chunk into a frame: an all-zero chunk gets the
+  prepared zero frame, any other is compressed and hashed (sha256); python-lz4 and
+  hashlib release the GIL, so the workers use all cores;
+- the calling thread takes the results in order, folds each frame's digest into the
+  whole-disk digest (no second pass over the data), writes each frame with one writev,
+  gives the buffer back and collects the index.
+The pool and a bounded queue cap the chunks in flight, so memory stays bounded whatever
+the image size. Written data is pushed to disk as it goes (writeback started with
+POSIX_FADV_DONTNEED, which also drops what is already on disk from the page cache) and
+synced once at the end. See core/streamformat.py for the format.
 """
 
 import errno
@@ -33,26 +39,35 @@ from virtbackup.core.streamformat import (
     SKIPPABLE_HEADER,
     SKIPPABLE_MAGIC,
     STREAM_FORMAT_VERSION,
-    WHOLE_DIGEST,
+    ChunkedDigest,
     FrameEntry,
     IndexHeader,
+    chunked_digest_name,
     pack_entry,
     pack_header,
 )
-from virtbackup.engine.frames import EncodedChunk, encode_chunk, zero_chunk, zeros
-from virtbackup.engine.io_control import Throttle, drop_cached, set_thread_io_idle
+from virtbackup.engine.frames import Buffer, EncodedChunk, encode_frame, zero_chunk, zeros
+from virtbackup.engine.io_control import (
+    Throttle,
+    WriteBehind,
+    drop_cached,
+    reuse_freed_memory,
+    set_thread_io_idle,
+)
 
-_SYNC_EVERY = 64 << 20  # written bytes between fdatasync + DONTNEED of the output
 _SPOOL_IN_MEMORY = 4 << 20  # index entries beyond this go to a temporary file
+_IN_FLIGHT_BYTES = 96 << 20  # cap on the chunks read but not written (RSS < 256 MiB)
+_ZERO_PAGE = 4096
 
 
 @dataclass(frozen=True)
 class WriterOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     workers: int = 0  # 0: one per CPU
-    max_in_flight: int = 0  # chunks read but not yet written; 0: 2 per worker + 2
+    max_in_flight: int = 0  # chunks read but not yet written; 0: 2 per worker + 2, capped
     bwlimit: int | None = None  # bytes/s read from the source; None: no limit
     io_idle: bool = True  # reading thread in the idle I/O class (like `ionice -c 3`)
+    compression_level: int = 0  # as `lz4 -N`: up to 2 fast (the default), 3 to 12 LZ4HC
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,7 @@ class StreamResult:
     data_size: int  # uncompressed bytes (the source's size)
     stored_size: int  # bytes of the stream file, index included
     digest_name: str
-    digest: str  # hex of WHOLE_DIGEST over the uncompressed bytes
+    digest: str  # hex of the chunked whole-disk digest (core/streamformat.py)
     frames: int
     zero_frames: int
     bytes_read: int  # bytes actually read from the source (holes are not read)
@@ -70,7 +85,7 @@ class StreamResult:
 class _Chunk:
     offset: int
     length: int
-    data: bytes | None  # None: a hole, not read
+    buffer: bytearray | None  # None: a hole, not read; else back to the pool when written
     encoded: "Future[EncodedChunk] | None"
 
 
@@ -91,6 +106,7 @@ def write_stream(
 ) -> StreamResult:
     """Write `source` to the binary file `out` (positioned at 0) and return what it wrote."""
     options = options or WriterOptions()
+    reuse_freed_memory()
     try:
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
@@ -104,6 +120,18 @@ def write_stream(
             progress.on_done()
     finally:
         os.close(fd)
+
+
+def encode_chunk(buffer: bytearray, length: int, level: int = 0) -> EncodedChunk:
+    """Compress and hash the first `length` bytes of `buffer` (on a worker thread). An
+    all-zero chunk gets the prepared frame and cached digest: startswith is a memcmp in
+    place, and a data chunk rarely starts with a zero page, so it is hardly compared."""
+    zero = zeros(min(length, _ZERO_PAGE))
+    if buffer.startswith(zero) and buffer.startswith(zeros(length)):
+        return zero_chunk(length)
+    data = memoryview(buffer)[:length]
+    parts, size = encode_frame(data, level)
+    return EncodedChunk(parts, size, hashlib.new(FRAME_DIGEST, data).digest(), is_zero=False)
 
 
 def _source_size(fd: int) -> tuple[int, bool]:
@@ -158,17 +186,23 @@ class _Writer:
         self.source = source
         self.size = size
         self.out = out
+        self.out_fd = out.fileno()
         self.progress = progress
         self.options = options
         self.data_map = _DataMap(fd, is_file)
         self.workers = options.workers or os.cpu_count() or 1
-        self.in_flight: queue.Queue[object] = queue.Queue(
-            options.max_in_flight or 2 * self.workers + 2
+        in_flight = options.max_in_flight or min(
+            2 * self.workers + 2, max(4, _IN_FLIGHT_BYTES // options.chunk_size)
         )
+        self.in_flight: queue.Queue[object] = queue.Queue(in_flight)
+        # One buffer per queued chunk, plus the one being read and the one being written.
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(in_flight + 2):
+            self.free.put(bytearray(options.chunk_size))
         self.stop = threading.Event()
-        self.whole = hashlib.new(WHOLE_DIGEST)
+        self.whole = ChunkedDigest(FRAME_DIGEST)
         self.position = 0
-        self.synced = 0
+        self.write_behind = WriteBehind(self.out_fd)
         self.frames = 0
         self.zero_frames = 0
         self.bytes_read = 0
@@ -178,6 +212,7 @@ class _Writer:
         name = getattr(self.out, "name", None)
         spool_dir = str(Path(name).parent) if isinstance(name, str) else None
         entries = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY, dir=spool_dir)
+        self.out.flush()  # from here on the stream is written to the descriptor
         with entries, ThreadPoolExecutor(self.workers, "vb-compress") as pool:
             reader = threading.Thread(target=self._read, args=(pool,), name="vb-read")
             reader.start()
@@ -185,16 +220,19 @@ class _Writer:
                 for chunk, encoded in self._results():
                     entry = FrameEntry(
                         stored_offset=self.position,
-                        stored_length=len(encoded.frame),
+                        stored_length=encoded.size,
                         data_offset=chunk.offset,
                         data_length=chunk.length,
                         is_zero=encoded.is_zero,
                         digest=encoded.digest,
                     )
-                    self._write(encoded.frame)
+                    self.whole.add(encoded.digest)
+                    self._write(encoded.parts)
+                    if chunk.buffer is not None:  # written: the buffer can be refilled
+                        self.free.put(chunk.buffer)
                     entries.write(pack_entry(entry))
                     self.frames += 1
-                    self.zero_frames += encoded.is_zero
+                    self.zero_frames += entry.is_zero
                     self.progress.on_advance(chunk.length)
             finally:
                 self.stop.set()
@@ -207,7 +245,7 @@ class _Writer:
         return StreamResult(
             data_size=self.size,
             stored_size=self.position,
-            digest_name=WHOLE_DIGEST,
+            digest_name=chunked_digest_name(self.options.chunk_size),
             digest=digest.hex(),
             frames=self.frames,
             zero_frames=self.zero_frames,
@@ -228,33 +266,47 @@ class _Writer:
                 if not self.data_map.has_data(offset, offset + length):
                     item: object = _Chunk(offset, length, None, None)
                 else:
-                    data = self._pread(offset, length)
+                    buffer = self._free_buffer()
+                    if buffer is None:
+                        return
+                    self._pread(memoryview(buffer)[:length], offset)
                     self.bytes_read += length
                     throttle.consume(length)
-                    item = _Chunk(offset, length, data, pool.submit(encode_chunk, data))
+                    encoded = pool.submit(
+                        encode_chunk, buffer, length, self.options.compression_level
+                    )
+                    item = _Chunk(offset, length, buffer, encoded)
                 if not self._put(item):
                     return
             self._put(_END)
         except BaseException as err:  # handed to the writing thread, which raises it
             self._put(_ReadFailed(err))
 
-    def _pread(self, offset: int, length: int) -> bytes:
+    def _free_buffer(self) -> bytearray | None:
+        while not self.stop.is_set():
+            try:
+                return self.free.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
+    def _pread(self, data: memoryview, offset: int) -> None:
+        """Fill `data` from the source at `offset`."""
+        done = 0
         try:
-            data = os.pread(self.fd, length, offset)
-            while len(data) < length:
-                more = os.pread(self.fd, length - len(data), offset + len(data))
-                if not more:
+            while done < len(data):
+                got = os.preadv(self.fd, [data[done:]], offset + done)
+                if not got:
                     raise SourceError(
-                        f"disk source {self.source} ended at byte {offset + len(data)} "
+                        f"disk source {self.source} ended at byte {offset + done} "
                         f"while its size is {self.size}: did it change during the backup?"
                     )
-                data += more
+                done += got
         except OSError as err:
             raise SourceError(
                 f"cannot read disk source {self.source} at byte {offset}: {err.strerror}"
             ) from None
-        drop_cached(self.fd, offset, length)
-        return data
+        drop_cached(self.fd, offset, len(data))
 
     def _put(self, item: object) -> bool:
         while not self.stop.is_set():
@@ -274,31 +326,32 @@ class _Writer:
                 raise item.error
             assert isinstance(item, _Chunk)
             if item.encoded is None:
-                self.whole.update(zeros(item.length))
                 yield item, zero_chunk(item.length)
             else:
-                assert item.data is not None
-                self.whole.update(item.data)
                 yield item, item.encoded.result()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, parts: tuple[Buffer, ...]) -> None:
+        views = [memoryview(part) for part in parts]
         try:
-            self.out.write(data)
+            while views:
+                written = os.writev(self.out_fd, views)
+                self.position += written
+                while views and written >= len(views[0]):
+                    written -= len(views[0])
+                    views.pop(0)
+                if written:
+                    views[0] = views[0][written:]
         except OSError as err:
             raise _destination_error(err, self.out) from None
-        self.position += len(data)
-        if self.position - self.synced >= _SYNC_EVERY:
-            self._sync()
+        self.write_behind.written(self.position)
 
     def _sync(self) -> None:
-        """Flush what was written and drop it from the page cache: a backup is not reread."""
+        """Sync what was written and drop it from the page cache: a backup is not reread."""
         try:
-            self.out.flush()
-            os.fdatasync(self.out.fileno())
+            os.fdatasync(self.out_fd)
         except OSError as err:
             raise _destination_error(err, self.out) from None
-        drop_cached(self.out.fileno(), 0, 0)
-        self.synced = self.position
+        drop_cached(self.out_fd, 0, 0)
 
     def _write_index(self, entries: IO[bytes], whole_digest: bytes) -> None:
         header = IndexHeader(
@@ -307,7 +360,7 @@ class _Writer:
             data_size=self.size,
             frame_count=self.frames,
             frame_digest=FRAME_DIGEST,
-            whole_digest_name=WHOLE_DIGEST,
+            whole_digest_name=chunked_digest_name(self.options.chunk_size),
             whole_digest=whole_digest,
         )
         index_offset = self.position
@@ -316,15 +369,14 @@ class _Writer:
         entries_size = entries.tell()
         content_size = len(packed_header) + entries_size + body_digest.digest_size
         content_size += INDEX_FOOTER.size
-        self._write(SKIPPABLE_HEADER.pack(SKIPPABLE_MAGIC, content_size))
-        self._write(packed_header)
+        self._write((SKIPPABLE_HEADER.pack(SKIPPABLE_MAGIC, content_size),))
+        self._write((packed_header,))
         body_digest.update(packed_header)
         entries.seek(0)
         while block := entries.read(1 << 20):
             body_digest.update(block)
-            self._write(block)
-        self._write(body_digest.digest())
-        self._write(INDEX_FOOTER.pack(index_offset, FOOTER_MAGIC))
+            self._write((block,))
+        self._write((body_digest.digest(), INDEX_FOOTER.pack(index_offset, FOOTER_MAGIC)))
 
 
 def _drain(items: "queue.Queue[object]") -> None:

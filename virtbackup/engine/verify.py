@@ -10,7 +10,7 @@ from virtbackup.adapters.store import load_manifest, record_verification
 from virtbackup.core.backup_errors import CorruptBackup, StoreError
 from virtbackup.core.manifest import DiskRecord, VerifyRecord
 from virtbackup.core.progress import ProgressSink
-from virtbackup.engine.stream_reader import read_index, verify_stream
+from virtbackup.engine.stream_reader import check_index_matches, read_index, verify_stream
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,7 @@ def _verify_disk(backup: Path, disk: DiskRecord, progress: ProgressSink, workers
             f"{disk.target}: {disk.file} has {stored_size} bytes, the manifest says "
             f"{disk.stored_size} (truncated or appended to)"
         )
-    if index.header.data_size != disk.byte_size:
-        raise CorruptBackup(f"{disk.target}: the index and the manifest disagree on the size")
-    if index.header.whole_digest_name != disk.digest_algorithm:
-        raise CorruptBackup(f"{disk.target}: the index and the manifest use different digests")
-    if index.header.whole_digest.hex() != disk.digest:
-        raise CorruptBackup(f"{disk.target}: the index and the manifest disagree on the digest")
+    check_index_matches(index, disk)
     digest = verify_stream(index, disk.target, progress, workers)
     if digest != disk.digest:
         raise CorruptBackup(
