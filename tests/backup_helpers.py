@@ -8,8 +8,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.cli import virtbackup as run_cli  # noqa: F401 (used by the data-path tests)
-
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.progress import NullProgress
 from virtbackup.engine.backup import BackupResult, DiskSource, back_up_disks

@@ -4,7 +4,8 @@ import json
 import time
 from pathlib import Path
 
-from backup_helpers import MiB, disk_of, make_backup, run_cli
+from backup_helpers import MiB, disk_of, make_backup
+from harness.cli import virtbackup as run_cli
 
 
 def test_listing_json_and_table(tmp_path: Path) -> None:

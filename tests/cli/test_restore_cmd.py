@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB, cmp_files, disk_of, make_backup, run_cli
+from backup_helpers import MiB, cmp_files, disk_of, make_backup
+from harness.cli import virtbackup as run_cli
 from harness.images import allocated_bytes, build_fs_image
 
 

@@ -5,7 +5,8 @@ import os
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB, disk_of, make_backup, run_cli
+from backup_helpers import MiB, disk_of, make_backup
+from harness.cli import virtbackup as run_cli
 from harness.images import build_fs_image
 
 from virtbackup.engine.stream_reader import read_index
