@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from harness.cli import virtbackup
 from harness.libvirtd import DiskSpec, DomainFactory
+from harness.real import unavailable
 
 from virtbackup.cli.list_cmd import human_size
 
@@ -155,7 +156,7 @@ def test_missing_permission_is_one_line_exit_2(tmp_path: Path) -> None:
         env=env,
     )
     if probe.returncode != 0:
-        pytest.skip("the user nobody cannot import virtbackup from this checkout")
+        unavailable("an unprivileged user", "nobody cannot import virtbackup from this checkout")
     result = subprocess.run(
         [*nobody, sys.executable, "-m", "virtbackup", "list"],
         check=False,

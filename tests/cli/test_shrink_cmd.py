@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from harness.cli import virtbackup
 from harness.guest import TinyGuestFactory
 from harness.images import build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
@@ -17,23 +18,6 @@ from harness.libvirtd import DiskSpec, DomainFactory
 from virtbackup.cli.shrink_cmd import parse_choice
 
 MiB = 1024 * 1024
-
-
-def virtbackup(
-    *args: str, state_dir: Path | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    if state_dir is not None:
-        env["VIRTBACKUP_STATE_DIR"] = str(state_dir)
-    return subprocess.run(
-        [sys.executable, "-m", "virtbackup", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ def virtbackup(
         capture_output=True,
         text=True,
         timeout=timeout,
+        stdin=subprocess.DEVNULL,  # like cron: nothing answers a prompt
     )
 
 

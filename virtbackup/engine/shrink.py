@@ -381,23 +381,7 @@ def shrink_copy(
         stack.callback(shutil.rmtree, workdir, True)
         overlays = []
         for image in images:
-            overlay = workdir / f"{image.target}.overlay.qcow2"
-            runner.run(
-                [
-                    "qemu-img",
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-o",
-                    "compat=1.1",
-                    "-b",
-                    str(Path(image.path).resolve()),
-                    "-F",
-                    image.format,
-                    str(overlay),
-                ]
-            )
+            overlay = throwaway_overlay(image.target, image.path, image.format, workdir)
             overlays.append(overlay)
         drives = [Drive(str(overlay), "qcow2") for overlay in overlays]
         progress.step(domain, "launching the appliance", total)
@@ -554,3 +538,26 @@ def _size(nbytes: int) -> str:
             return f"{value:.1f} {unit}"
         value /= 1024
     return f"{nbytes} B"
+
+
+def throwaway_overlay(target: str, image: str | Path, fmt: str, workdir: Path) -> Path:
+    """A qcow2 (compat 1.1, so discards reach it) on top of `image`, in `workdir`: what
+    the appliance writes lands there and the image itself is only read."""
+    overlay = workdir / f"{target}.overlay.qcow2"
+    runner.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "compat=1.1",
+            "-b",
+            str(Path(image).resolve()),
+            "-F",
+            fmt,
+            str(overlay),
+        ]
+    )
+    return overlay

@@ -43,7 +43,7 @@ from virtbackup.core.shrink_plan import ShrinkOptions
 from virtbackup.core.steps import StepSink
 from virtbackup.engine.backup import DiskSource
 from virtbackup.engine.consistency import StableImage, StableImages
-from virtbackup.engine.shrink import CONVERT_TIMEOUT, allocated_bytes, reclaim
+from virtbackup.engine.shrink import CONVERT_TIMEOUT, allocated_bytes, reclaim, throwaway_overlay
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,9 @@ def _compact(
     warnings: list[str],
 ) -> dict[str, Path]:
     """target -> compacted copy; {} (and a warning) when the appliance cannot do its work."""
-    overlays = [_overlay(image, workdir) for image in images]
+    overlays = [
+        throwaway_overlay(image.target, image.path, image.format, workdir) for image in images
+    ]
     steps.step(domain, "--skip-free: trimming the guest filesystems in a throw-away overlay")
     try:
         with open_appliance(
@@ -216,27 +218,6 @@ def _compact(
         overlay.unlink()  # its room is free for the next disk's copy
         copies[image.target] = copy
     return copies
-
-
-def _overlay(image: StableImage, workdir: Path) -> Path:
-    overlay = workdir / f"{image.target}.overlay.qcow2"
-    runner.run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "compat=1.1",
-            "-b",
-            str(Path(image.path).resolve()),
-            "-F",
-            image.format,
-            str(overlay),
-        ]
-    )
-    return overlay
 
 
 class _Silent:
