@@ -5,4 +5,5 @@ pytest_plugins = [
     "harness.guest",
     "harness.nested",
     "harness.guestfs",
+    "harness.cli",
 ]

@@ -9,23 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.locks import host_lock
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    path = tmp_path / "dest"
-    path.mkdir()
-    return path
 
 
 def write_config(path: Path, text: str) -> Path:

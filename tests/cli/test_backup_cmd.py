@@ -6,7 +6,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from harness.cli import virtbackup_in
 from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
@@ -16,18 +15,6 @@ def disk_sources(xml: str) -> list[str]:
     import xml.etree.ElementTree as ET
 
     return [s.get("file") or s.get("dev") or "" for s in ET.fromstring(xml).iter("source")]
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    path = tmp_path / "dest"
-    path.mkdir()
-    return path
 
 
 def test_offline_domain_backs_up_and_restores_byte_for_byte(

@@ -1,10 +1,13 @@
-"""The CLI in a child process, as a user runs it: exit codes and messages come from main."""
+"""The CLI in a child process, as a user runs it: exit codes and messages come from main;
+and the per-test state directory and backup destination it writes to."""
 
 import os
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+import pytest
 
 
 def virtbackup(
@@ -33,3 +36,15 @@ def virtbackup_in(
 ) -> subprocess.CompletedProcess[str]:
     """virtbackup with its own state directory (journals, locks)."""
     return virtbackup(*args, state_dir=state_dir, timeout=timeout)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    path = tmp_path / "dest"
+    path.mkdir()
+    return path

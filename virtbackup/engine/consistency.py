@@ -145,7 +145,21 @@ def stable_images(
     """
     options = options or ConsistencyOptions()
     dom = lookup_name(conn, domain_name)
-    with Session(
+    with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
+        with session_images(session, dom, method, targets, options) as window:
+            yield window
+
+
+def domain_session(
+    conn: Any,
+    dom: Any,
+    options: ConsistencyOptions,
+    state_dir: Path | None,
+    steps: StepSink | None,
+    run_id: str | None,
+) -> Session:
+    """The session of one domain: its lock, its journal, its undo stack."""
+    return Session(
         resolve_state_dir(state_dir),
         conn,
         str(conn.getURI()),
@@ -154,9 +168,7 @@ def stable_images(
         steps=steps,
         run_id=run_id,
         commit_timeout=options.commit_timeout,
-    ) as session:
-        with session_images(session, dom, method, targets, options) as window:
-            yield window
+    )
 
 
 @contextmanager

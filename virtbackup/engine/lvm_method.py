@@ -76,6 +76,7 @@ from virtbackup.engine.consistency import (
     Quiesce,
     StableImage,
     StableImages,
+    domain_session,
     lookup_name,
     select_disks,
     session_images,
@@ -543,16 +544,7 @@ def lvm_stable_images(
     options = options or ConsistencyOptions()
     settings = lvm_options(options)
     dom = lookup_name(conn, domain_name)
-    with Session(
-        resolve_state_dir(state_dir),
-        conn,
-        str(conn.getURI()),
-        str(dom.UUIDString()),
-        str(dom.name()),
-        steps=steps,
-        run_id=run_id,
-        commit_timeout=options.commit_timeout,
-    ) as session:
+    with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
         if hv.state(dom) == DomainState.SHUTOFF:
             with session_images(session, dom, Method.OFFLINE, targets, options) as window:
                 yield window
