@@ -29,17 +29,21 @@ venv=${VIRTBACKUP_VENV:-/opt/virtbackup/venv}
 bin_dir=${VIRTBACKUP_BIN_DIR:-/usr/local/bin}
 dest=${VIRTBACKUP_DEST:-/var/backups/virtbackup}
 
+# age and rclone: encrypted copies of the backups to an offsite remote.
 runtime_packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
     qemu-system-x86 qemu-utils python3-libvirt python3-guestfs libguestfs-tools
     linux-image-amd64 lvm2 lz4 util-linux python3-venv python3-click python3-rich python3-lz4 procps
+    age rclone
 )
 # guestfs-tools: virt-sparsify to compare shrink against; busybox-static, qemu-guest-agent
 # and cpio: the tiny test guest and the nested VM; xfsprogs/e2fsprogs: test images;
-# systemd, logrotate: only to check the files in contrib/ (systemd-analyze verify, logrotate -d).
+# systemd, logrotate: only to check the files in contrib/ (systemd-analyze verify, logrotate -d);
+# openssh-server, vsftpd: loopback SFTP and FTP servers for the offsite copy tests (the S3
+# one, moto, comes from PyPI through tox).
 test_packages=(
     tox guestfs-tools busybox-static qemu-guest-agent cpio zstd xfsprogs e2fsprogs
-    kmod tmux systemd logrotate
+    kmod tmux systemd logrotate openssh-server vsftpd
 )
 
 packages=("${runtime_packages[@]}")

@@ -6,4 +6,5 @@ pytest_plugins = [
     "harness.nested",
     "harness.guestfs",
     "harness.cli",
+    "harness.remotes",
 ]

@@ -6,6 +6,7 @@ import pytest
 
 from virtbackup.core.config import (
     Config,
+    RemoteSettings,
     SnapshotSize,
     load_config,
     parse_config,
@@ -139,3 +140,37 @@ def test_unreadable_file(tmp_path: Path) -> None:
 def test_the_shipped_example_is_valid() -> None:
     config = load_config(EXAMPLE)
     assert config.dest is not None
+
+
+def test_encrypt_and_remote() -> None:
+    config = parse_config(
+        'encrypt = "/etc/virtbackup/recipients.txt"\n'
+        "[remote]\n"
+        'location = "offsite:virtbackup"\n'
+        'rclone_config = "/etc/virtbackup/rclone.conf"\n'
+        'bwlimit = "10M"\nretries = 5\nonly = true\nhost = "kvm1"\n'
+    )
+    assert config.encrypt == Path("/etc/virtbackup/recipients.txt")
+    assert config.remote == RemoteSettings(
+        location="offsite:virtbackup",
+        rclone_config=Path("/etc/virtbackup/rclone.conf"),
+        bwlimit="10M",
+        retries=5,
+        only=True,
+        host="kvm1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[remote]\nonly = true\n", r"<config>:1: remote: needs location"),
+        ('[remote]\nlocation = "nocolon"\n', r"<config>:2: remote.location: .* is not an rclone"),
+        ('[remote]\nlocation = "a:b"\nretries = 0\n', r"<config>:3: remote.retries: must be"),
+        ('[remote]\nlocation = "a:b"\npassword = "x"\n', r"<config>:3: remote.password: unknown"),
+        ("encrypt = 3\n", r"<config>:1: encrypt: expected str"),
+    ],
+)
+def test_bad_remote_settings(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text)

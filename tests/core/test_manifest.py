@@ -7,9 +7,13 @@ from virtbackup.core.manifest import (
     DiskRecord,
     Manifest,
     ManifestFormatError,
+    Sealed,
+    StoredFile,
     VerifyRecord,
     build_manifest,
+    build_sealed,
     build_verify_record,
+    parse_any_manifest,
     parse_manifest,
     parse_verify_record,
 )
@@ -104,3 +108,46 @@ def test_verify_record_round_trip() -> None:
     assert parse_verify_record(build_verify_record(record)) == record
     with pytest.raises(ManifestFormatError, match="'ok' is missing"):
         parse_verify_record('{"format_version": 1, "verified_at": "2025-02-01T00:00:00Z"}')
+
+
+SEALED = Sealed(
+    tool_version="0.1.0",
+    domain_name="web1",
+    started=MANIFEST.started,
+    finished=MANIFEST.finished,
+    method="snapshot",
+    recipients=("age1qqq",),
+    files=(
+        StoredFile("vda.qcow2.lz4.age", 123, "vda"),
+        StoredFile("domain.xml.age", 45),
+        StoredFile("manifest.json.age", 67),
+    ),
+)
+
+
+def test_public_manifest_round_trip() -> None:
+    text = build_sealed(SEALED)
+    assert parse_any_manifest(text) == SEALED
+    assert parse_any_manifest(build_manifest(MANIFEST)) == MANIFEST
+    assert SEALED.stored_size == 123 + 45 + 67 and SEALED.targets == ("vda",)
+    document = json.loads(text)
+    assert document["encryption"] == {"scheme": "age", "recipients": ["age1qqq"]}
+    assert "disks" not in document and "uuid" not in document["domain"]
+    with pytest.raises(ManifestFormatError, match="public manifest of an encrypted backup"):
+        parse_manifest(text)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"files": [{"file": "../x", "stored_size": 1}]}, "not a plain name"),
+        ({"files": [{"file": "x.age"}]}, "'stored_size' is missing"),
+        ({"encryption": {"scheme": "age"}}, "'recipients' is missing"),
+        ({"files": ["x"]}, "a file entry is not an object"),
+    ],
+)
+def test_bad_public_manifests(edit: dict[str, object], message: str) -> None:
+    document = json.loads(build_sealed(SEALED))
+    document.update(edit)
+    with pytest.raises(ManifestFormatError, match=message):
+        parse_any_manifest(json.dumps(document))

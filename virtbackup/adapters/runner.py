@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping
+from typing import IO
 
 from virtbackup.core.errors import CommandFailed, MissingComponent
 
@@ -44,6 +45,28 @@ def run(
 def run_text(argv: list[str], *, check: bool = True, timeout: float | None = None) -> str:
     """Run argv and return its standard output as text."""
     return run(argv, check=check, timeout=timeout).stdout.decode(errors="replace")
+
+
+def spawn(
+    argv: list[str],
+    *,
+    stdin: int | IO[bytes] | None = None,
+    stdout: int | IO[bytes] | None = None,
+    stderr: int | IO[bytes] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start argv without waiting for it, for programs that stream through a pipe.
+
+    The caller owns the process: it must wait for it (or kill it) and judge its exit
+    status. Nothing is inherited from our stdin unless asked for, so a program that
+    would prompt sees end of file instead of hanging a cron job."""
+    require_program(argv[0])
+    log.debug("spawn: %s", shlex.join(argv))
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL if stdin is None else stdin,
+        stdout=stdout,
+        stderr=stderr,
+    )
 
 
 def require_program(name: str) -> str:

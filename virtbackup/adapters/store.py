@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 from virtbackup.core.backup_errors import (
     BackupNotFound,
@@ -30,9 +30,10 @@ from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import (
     Manifest,
     ManifestFormatError,
+    Sealed,
     VerifyRecord,
     build_verify_record,
-    parse_manifest,
+    parse_any_manifest,
     parse_verify_record,
 )
 
@@ -54,8 +55,8 @@ class BackupInfo:
 
     domain: str
     stamp: str
-    path: Path
-    manifest: Manifest | None  # None: the manifest cannot be read
+    path: Path | str  # a directory, or a location on a remote
+    manifest: Manifest | Sealed | None  # Sealed: encrypted; None: cannot be read
     problem: str | None  # why the manifest cannot be read
     size: int  # bytes of all files in the directory
     verified: VerifyRecord | None
@@ -151,7 +152,29 @@ class BackupStore:
         return sorted(p for p in self.dest.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-class PartialBackup:
+class AbortUnlessCommitted:
+    """A backup being written, used as a context manager: leaving the block without
+    commit (an error, Ctrl-C, SIGTERM) aborts it."""
+
+    committed = False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if not self.committed:
+            self.abort()
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class PartialBackup(AbortUnlessCommitted):
     """The directory a backup is written into; `commit` renames it into place.
 
     Used as a context manager: leaving the block without commit (an error, Ctrl-C,
@@ -166,18 +189,6 @@ class PartialBackup:
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         self.committed = False
 
-    def __enter__(self) -> "PartialBackup":
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        if not self.committed:
-            self.abort()
-
     def create(self, name: str) -> IO[bytes]:
         """A new file of the backup, 0600, opened for binary writing."""
         try:
@@ -189,12 +200,19 @@ class PartialBackup:
         return open(fd, "wb", buffering=0)
 
     def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode())
+
+    def write_bytes(self, name: str, data: bytes) -> None:
         with self.create(name) as out:
             try:
-                out.write(text.encode())
+                out.write(data)
                 os.fsync(out.fileno())
             except OSError as err:
                 raise store_error(err, self.path / name) from None
+
+    def size_of(self, name: str) -> int:
+        """Bytes of a file written into the backup (once closed)."""
+        return (self.path / name).stat().st_size
 
     def commit(self) -> Path:
         """Sync the files and the directory, then make the backup appear at once."""
@@ -218,7 +236,7 @@ class PartialBackup:
 
 def describe_backup(path: Path) -> BackupInfo:
     """Read what `backups` shows about one backup directory; never raises on bad content."""
-    manifest: Manifest | None = None
+    manifest: Manifest | Sealed | None = None
     problem = None
     try:
         manifest = load_manifest(path)
@@ -236,8 +254,9 @@ def describe_backup(path: Path) -> BackupInfo:
     )
 
 
-def load_manifest(path: Path) -> Manifest:
-    """The manifest of backup directory `path`; BackupNotFound or CorruptBackup if bad."""
+def load_manifest(path: Path) -> Manifest | Sealed:
+    """The manifest of backup directory `path` (the public one if it is encrypted);
+    BackupNotFound or CorruptBackup if bad."""
     if not path.is_dir():
         raise BackupNotFound(
             f"backup {path} does not exist", "list backups with 'virtbackup backups --dest DIR'"
@@ -249,16 +268,9 @@ def load_manifest(path: Path) -> Manifest:
     except (OSError, UnicodeDecodeError) as err:
         raise CorruptBackup(f"cannot read {path / MANIFEST}: {err}") from None
     try:
-        return parse_manifest(text)
+        return parse_any_manifest(text)
     except ManifestFormatError as err:
         raise CorruptBackup(f"manifest {path / MANIFEST} is corrupt: {err}") from None
-
-
-def load_domain_xml(path: Path) -> str:
-    try:
-        return (path / DOMAIN_XML).read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise CorruptBackup(f"cannot read {path / DOMAIN_XML}: {err}") from None
 
 
 def load_verify_record(path: Path) -> VerifyRecord | None:
@@ -281,6 +293,11 @@ def record_verification(path: Path, record: VerifyRecord) -> None:
     except OSError as err:
         temporary.unlink(missing_ok=True)
         raise store_error(err, path / VERIFIED) from None
+
+
+def is_stamp(name: str) -> bool:
+    """Whether `name` is the directory name of a complete backup."""
+    return bool(_STAMP.match(name))
 
 
 def check_domain_name(domain: str) -> None:

@@ -16,10 +16,12 @@ from virtbackup.adapters.locks import host_lock
 from virtbackup.adapters.store import BackupStore
 from virtbackup.cli.backup_options import (
     BackupValues,
+    Targets,
     backup_options,
     domain_options,
     load_settings,
     resolve_dest,
+    resolve_targets,
 )
 from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
@@ -67,6 +69,7 @@ def all_command(
     config = load_settings(options)
     store = BackupStore(resolve_dest(values, config))
     store.check_writable()
+    targets = resolve_targets(values, config)
     state_dir = resolve_state_dir(options.state_dir)
     started = datetime.now(UTC)
     steps = LogSteps()
@@ -84,7 +87,7 @@ def all_command(
                     conn,
                     domains,
                     store,
-                    _options_for(values, config, options),
+                    _options_for(values, config, options, targets),
                     Hooks(config.hooks_before, config.hooks_after),
                     progress,
                     steps,
@@ -94,7 +97,7 @@ def all_command(
     finally:
         lock.release()
     code = exit_code([r.outcome for r in reports])
-    rows = [to_row(r.outcome, r.pruned) for r in reports]
+    rows = [to_row(r.outcome, r.pruned, r.pruned_remote) for r in reports]
     document = summary_document(
         rows,
         host=socket.gethostname(),
@@ -111,10 +114,12 @@ def all_command(
     return int(code)
 
 
-def _options_for(values: BackupValues, config: Config, globals_: GlobalOptions) -> OptionsFor:
+def _options_for(
+    values: BackupValues, config: Config, globals_: GlobalOptions, targets: Targets
+) -> OptionsFor:
     def options_for(facts: DomainFacts) -> tuple[PlanOptions, BackupRunOptions, DomainSettings]:
         settings = config.for_domain(facts.name)
-        plan, run = domain_options(values, config, settings, globals_)
+        plan, run = domain_options(values, config, settings, globals_, targets)
         return plan, run, settings
 
     return options_for

@@ -15,6 +15,7 @@ from virtbackup.cli.backup_options import (
     domain_options,
     load_settings,
     resolve_dest,
+    resolve_targets,
 )
 from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
@@ -43,6 +44,7 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
     config = load_settings(options)
     store = BackupStore(resolve_dest(values, config))
     store.check_writable()
+    targets = resolve_targets(values, config)
     started = datetime.now(UTC)
     outcomes = []
     with connect(options.uri) as conn, ExitStack() as run:
@@ -51,7 +53,7 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
         with progress_sink(options.verbosity if not values.as_json else -1) as progress:
             for domain in facts:
                 plan_options, run_options = domain_options(
-                    values, config, config.for_domain(domain.name), options
+                    values, config, config.for_domain(domain.name), options, targets
                 )
                 plan = plan_domain(domain, plan_options)
                 outcomes.append(

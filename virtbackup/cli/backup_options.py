@@ -3,6 +3,7 @@
 The command line wins over the file's per-domain settings, which win over its defaults.
 """
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,11 @@ from typing import Any, TypeVar
 
 import click
 
+from virtbackup.adapters.age import Recipients, read_recipients
+from virtbackup.adapters.rclone import check_config, check_remote
 from virtbackup.cli.context import GlobalOptions
+from virtbackup.cli.remote_options import remote_store
+from virtbackup.core.backup_errors import RemoteError
 from virtbackup.core.config import (
     Config,
     DomainSettings,
@@ -25,12 +30,14 @@ from virtbackup.core.planning import PlanOptions
 from virtbackup.engine.backup_run import BackupRunOptions
 from virtbackup.engine.consistency import ConsistencyOptions, Quiesce
 from virtbackup.engine.lvm_method import register as register_lvm_method
+from virtbackup.engine.offsite import RemoteStore
 from virtbackup.engine.skip_free import SkipFree
 from virtbackup.engine.stream_writer import WriterOptions
 
 register_lvm_method()  # --method lvm
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -118,6 +125,30 @@ OPTIONS = [
         "deleted data is left out; the backup restores the guest's files, not the image's "
         "bytes [default: `skip_free` of the configuration, else off].",
     ),
+    click.option(
+        "--encrypt",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="RECIPIENTS_FILE",
+        help="Encrypt every file of the backup with age to the public keys in this file "
+        "(one per line) [default: `encrypt` of the configuration, else off].",
+    ),
+    click.option(
+        "--remote",
+        metavar="NAME:PATH",
+        help="Copy each backup to this rclone remote once it is complete "
+        "[default: [remote] location of the configuration, else none].",
+    ),
+    click.option(
+        "--remote-only",
+        is_flag=True,
+        default=None,
+        help="Stream backups straight to the remote and keep no local copy.",
+    ),
+    click.option(
+        "--remote-bwlimit",
+        metavar="RATE",
+        help="Upload bandwidth limit, as rclone's --bwlimit (e.g. 10M).",
+    ),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
 ]
 
@@ -143,11 +174,50 @@ class BackupValues:
     bwlimit: int | None
     trim: bool | None
     skip_free: bool | None
+    encrypt: Path | None
+    remote: str | None
+    remote_only: bool | None
+    remote_bwlimit: str | None
     as_json: bool
 
 
 def load_settings(options: GlobalOptions) -> Config:
     return load_config(options.config) if options.config is not None else Config()
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where backups go besides DEST and how they are sealed: checked once per run,
+    before any domain is touched."""
+
+    encrypt_to: Recipients | None
+    offsite: RemoteStore | None
+
+
+def resolve_targets(values: BackupValues, config: Config) -> Targets:
+    recipients_file = values.encrypt or config.encrypt
+    encrypt_to = read_recipients(recipients_file) if recipients_file else None
+    settings = config.remote
+    location = values.remote or (settings.location if settings else None)
+    if location is None:
+        if values.remote_only:
+            raise UsageError("--remote-only needs a remote", "give --remote NAME:PATH")
+        return Targets(encrypt_to, None)
+    configured_only = settings.only if settings else False
+    only = configured_only if values.remote_only is None else values.remote_only
+    offsite = remote_store(location, None, config, only=only, bwlimit=values.remote_bwlimit)
+    assert offsite is not None
+    try:
+        check_config(offsite.remote)
+    except RemoteError as err:
+        raise UsageError(err.message, err.hint) from None
+    try:
+        check_remote(offsite.remote)
+    except RemoteError as err:
+        # Local backups are still worth making: each domain's upload then fails and is
+        # marked, and the next run sends what is missing.
+        log.warning("the remote cannot be reached now: %s", err)
+    return Targets(encrypt_to, offsite)
 
 
 def resolve_dest(values: BackupValues, config: Config) -> Path:
@@ -158,7 +228,11 @@ def resolve_dest(values: BackupValues, config: Config) -> Path:
 
 
 def domain_options(
-    values: BackupValues, config: Config, settings: DomainSettings, globals_: GlobalOptions
+    values: BackupValues,
+    config: Config,
+    settings: DomainSettings,
+    globals_: GlobalOptions,
+    targets: Targets = Targets(None, None),
 ) -> tuple[PlanOptions, BackupRunOptions]:
     method = Method(values.method) if values.method else settings.method
     consistency = ConsistencyOptions(
@@ -179,5 +253,11 @@ def domain_options(
     if settings.skip_free if values.skip_free is None else values.skip_free:
         skip_free = SkipFree(consistency.overlay_dir or resolve_dest(values, config))
     return plan, BackupRunOptions(
-        consistency, writer, globals_.state_dir, trim=trim, skip_free=skip_free
+        consistency,
+        writer,
+        globals_.state_dir,
+        trim=trim,
+        skip_free=skip_free,
+        encrypt_to=targets.encrypt_to,
+        offsite=targets.offsite,
     )

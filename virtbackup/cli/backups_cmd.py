@@ -1,4 +1,5 @@
-"""`virtbackup backups --dest DIR [DOMAIN] [--json]`: the backups that exist."""
+"""`virtbackup backups --dest DIR [DOMAIN] [--json]`: the backups that exist, here or
+(`--remote`) on the offsite remote."""
 
 import json
 from pathlib import Path
@@ -9,23 +10,47 @@ from rich.console import Console
 from rich.table import Table
 
 from virtbackup.adapters.store import BackupInfo, BackupStore
-from virtbackup.core.manifest import format_time
+from virtbackup.cli.backup_options import load_settings
+from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
+from virtbackup.core.errors import UsageError
+from virtbackup.core.manifest import Manifest, Sealed, format_time
 
 
 @click.command("backups")
 @click.option(
     "--dest",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Backup destination directory.",
+    help="Backup destination directory [default: `dest` of the configuration file].",
 )
+@remote_options
 @click.argument("domain", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def backups_command(dest: Path, domain: str | None, as_json: bool) -> None:
-    """List the backups that exist, with date, size, method and verified state."""
-    backups = BackupStore(dest).list_backups(domain)
+@pass_globals
+def backups_command(
+    options: GlobalOptions,
+    dest: Path | None,
+    remote: bool,
+    remote_location: str | None,
+    host: str | None,
+    domain: str | None,
+    as_json: bool,
+) -> None:
+    """List the backups that exist, with date, size, method and verified state
+    (with --remote: this host's backups on the offsite remote)."""
+    config = load_settings(options)
+    offsite = remote_store(chosen_remote(remote, remote_location), host, config)
+    if offsite is not None:
+        where = offsite.remote.path(offsite.offsite.host)
+        backups = offsite.list_backups(domain)
+    else:
+        dest = dest or config.dest
+        if dest is None:
+            raise UsageError("no backup destination", "give --dest DIR or --remote")
+        where, backups = str(dest), BackupStore(dest).list_backups(domain)
     if as_json:
-        document = {"dest": str(dest), "backups": [backup_as_json(b) for b in backups]}
+        key = "remote" if offsite is not None else "dest"
+        document = {key: where, "backups": [backup_as_json(b) for b in backups]}
         click.echo(json.dumps(document, indent=2))
     else:
         Console().print(backups_table(backups))
@@ -34,6 +59,8 @@ def backups_command(dest: Path, domain: str | None, as_json: bool) -> None:
 def verified_state(backup: BackupInfo) -> str:
     if backup.problem is not None:
         return "unreadable"
+    if isinstance(backup.path, str):
+        return "-"  # remote: verify --remote checks it, and records nothing there
     if backup.verified is None:
         return "never"
     state = "ok" if backup.verified.ok else "FAILED"
@@ -41,15 +68,16 @@ def verified_state(backup: BackupInfo) -> str:
 
 
 def backups_table(backups: list[BackupInfo]) -> Table:
-    table = Table("domain", "date (UTC)", "method", "disks", "size", "verified")
+    table = Table("domain", "date (UTC)", "method", "disks", "size", "encrypted", "verified")
     for backup in backups:
         manifest = backup.manifest
         table.add_row(
             backup.domain,
             format_time(manifest.started) if manifest else backup.stamp,
             manifest.method if manifest else "?",
-            ", ".join(d.target for d in manifest.disks) if manifest else "?",
+            ", ".join(manifest.targets) if manifest else "?",
             _human_size(backup.size),
+            ("yes" if isinstance(manifest, Sealed) else "no") if manifest else "?",
             verified_state(backup),
         )
     return table
@@ -67,7 +95,8 @@ def backup_as_json(backup: BackupInfo) -> dict[str, Any]:
         "started": format_time(manifest.started) if manifest else None,
         "finished": format_time(manifest.finished) if manifest else None,
         "method": manifest.method if manifest else None,
-        "domain_uuid": manifest.domain_uuid if manifest else None,
+        "domain_uuid": manifest.domain_uuid if isinstance(manifest, Manifest) else None,
+        "encrypted": isinstance(manifest, Sealed) if manifest else None,
         "disks": [
             {
                 "target": disk.target,
@@ -80,7 +109,7 @@ def backup_as_json(backup: BackupInfo) -> dict[str, Any]:
                 "digest_algorithm": disk.digest_algorithm,
                 "digest": disk.digest,
             }
-            for disk in (manifest.disks if manifest else ())
+            for disk in (manifest.disks if isinstance(manifest, Manifest) else ())
         ],
         "verified": None
         if verified is None

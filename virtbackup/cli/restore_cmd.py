@@ -1,27 +1,55 @@
-"""`virtbackup restore BACKUP --to DIR [--define NAME] [--force]`."""
+"""`virtbackup restore BACKUP --to DIR [--define NAME] [--force] [--identity FILE]
+[--remote | --remote-location NAME:PATH] [--host NAME]`."""
 
 from pathlib import Path
 
 import click
 
+from virtbackup.cli.backup_options import load_settings
 from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
+from virtbackup.cli.remote_options import (
+    chosen_remote,
+    identity_option,
+    remote_options,
+    resolve_backup,
+)
 from virtbackup.engine.restore import restore_backup
 
 
 @click.command("restore")
-@click.argument("backup", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("backup")
 @click.option("--to", "target", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--define", metavar="NAME", help="Define a new domain NAME using the restored disks.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
+@identity_option
+@remote_options
 @pass_globals
 def restore_command(
-    options: GlobalOptions, backup: Path, target: Path, define: str | None, force: bool
+    options: GlobalOptions,
+    backup: str,
+    target: Path,
+    define: str | None,
+    force: bool,
+    identity: Path | None,
+    remote: bool,
+    remote_location: str | None,
+    host: str | None,
 ) -> None:
-    """Write a backup's disks back, sparse and byte-identical."""
+    """Write a backup's disks back, sparse and byte-identical. BACKUP is a backup
+    directory, or DOMAIN/STAMP on the remote with --remote (streamed, no local copy)."""
+    remote_name = chosen_remote(remote, remote_location)
+    config = load_settings(options) if remote_name is not None else None
+    source = resolve_backup(backup, remote_name, host, config)
     with progress_sink(options.verbosity) as progress:
         result = restore_backup(
-            backup, target, progress, force=force, define_as=define, uri=options.uri
+            source,
+            target,
+            progress,
+            force=force,
+            define_as=define,
+            uri=options.uri,
+            identity=identity,
         )
     for image in result.images:
         click.echo(f"{image.target}\t{image.path}")

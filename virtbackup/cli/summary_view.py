@@ -16,7 +16,9 @@ from virtbackup.engine.backup_run import DomainOutcome
 _STYLE = {"ok": "green", "failed": "bold red", "locked": "yellow", "skipped": "dim"}
 
 
-def to_row(outcome: DomainOutcome, pruned: Sequence[str] = ()) -> OutcomeRow:
+def to_row(
+    outcome: DomainOutcome, pruned: Sequence[str] = (), pruned_remote: Sequence[str] = ()
+) -> OutcomeRow:
     return OutcomeRow(
         domain=outcome.domain,
         result=outcome.result.value,
@@ -29,7 +31,9 @@ def to_row(outcome: DomainOutcome, pruned: Sequence[str] = ()) -> OutcomeRow:
         backup=str(outcome.backup) if outcome.backup else None,
         warnings=outcome.warnings,
         pruned=tuple(pruned),
+        pruned_remote=tuple(pruned_remote),
         reclaimed=outcome.reclaimed,
+        offsite=outcome.offsite,
     )
 
 
@@ -47,6 +51,10 @@ def print_summary(rows: Sequence[OutcomeRow]) -> None:
             result.append("  " + "; ".join(details + list(row.warnings)))
         if row.reclaimed is not None:
             result.append(f"  trim freed {decimal(row.reclaimed)}")
+        if row.offsite in ("copied", "streamed"):
+            result.append(f"  offsite: {row.offsite}")
+        elif row.offsite == "failed":
+            result.append("  NOT OFFSITE", style="bold red")
         table.add_row(
             Text(row.domain),
             row.method or "-",

@@ -33,3 +33,12 @@ class RestoreTargetExists(VirtbackupError):
 
 class DiskBackupFailed(VirtbackupError):
     """One or more disks of a domain failed; the backup was not kept."""
+
+
+class OutputClosed(StoreError):
+    """The pipe a stream is written into was closed by its reader (age, an upload), whose
+    own error says why."""
+
+
+class RemoteError(StoreError):
+    """An rclone remote cannot be reached, written or read, or holds a bad copy."""

@@ -43,6 +43,18 @@ class DomainSettings:
 
 
 @dataclass(frozen=True)
+class RemoteSettings:
+    """[remote]: where backups are copied offsite (an rclone remote)."""
+
+    location: str  # rclone "name:path"
+    rclone_config: Path | None = None
+    bwlimit: str | None = None  # as rclone's --bwlimit, e.g. "10M" or "08:00,1M 23:00,off"
+    retries: int = 3
+    only: bool = False  # stream to the remote, keep no local copy
+    host: str | None = None  # namespace on the remote [default: the host name]
+
+
+@dataclass(frozen=True)
 class Config:
     dest: Path | None = None
     include: tuple[str, ...] = ("*",)
@@ -53,6 +65,8 @@ class Config:
     overlay_dir: Path | None = None
     hooks_before: tuple[str, ...] = ()
     hooks_after: tuple[str, ...] = ()
+    encrypt: Path | None = None  # age recipients file
+    remote: RemoteSettings | None = None
     defaults: DomainSettings = DomainSettings()
     overrides: dict[str, DomainSettings] = field(default_factory=dict)
 
@@ -155,7 +169,10 @@ TOP_KEYS = (DOMAIN_KEYS - {"exclude_disks"}) | {
     "overlay_dir",
     "hooks",
     "domain",
+    "encrypt",
+    "remote",
 }
+REMOTE_KEYS = {"location", "rclone_config", "bwlimit", "retries", "only", "host"}
 RETENTION_KEYS = {f.name for f in fields(Policy)}
 
 
@@ -198,6 +215,13 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         if "after" in hooks:
             config = replace(config, hooks_after=reader.string_list(("hooks",), hooks, "after"))
 
+    if "encrypt" in data:
+        config = replace(config, encrypt=Path(reader.typed(top, data, "encrypt", str)))
+    if "remote" in data:
+        config = replace(
+            config, remote=_remote_settings(reader, reader.typed(top, data, "remote", dict))
+        )
+
     defaults = _domain_settings(reader, top, data, DomainSettings())
     overrides = {}
     for name, table in reader.typed(top, data, "domain", dict).items() if "domain" in data else []:
@@ -207,6 +231,31 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         reader.known(where, table, DOMAIN_KEYS)
         overrides[name] = _domain_settings(reader, where, table, defaults)
     return replace(config, defaults=defaults, overrides=overrides)
+
+
+def _remote_settings(reader: _Reader, data: dict[str, Any]) -> RemoteSettings:
+    where = ("remote",)
+    reader.known(where, data, REMOTE_KEYS)
+    if "location" not in data:
+        raise reader.fail((), "remote", 'needs location = "NAME:PATH" (an rclone remote)')
+    location = reader.typed(where, data, "location", str)
+    if ":" not in location:
+        raise reader.fail(where, "location", f"{location!r} is not an rclone remote NAME:PATH")
+    settings = RemoteSettings(location=location)
+    if "rclone_config" in data:
+        path = Path(reader.typed(where, data, "rclone_config", str))
+        settings = replace(settings, rclone_config=path)
+    for key in ("bwlimit", "host"):
+        if key in data:
+            settings = replace(settings, **{key: reader.typed(where, data, key, str)})
+    if "retries" in data:
+        retries = reader.typed(where, data, "retries", int)
+        if retries < 1:
+            raise reader.fail(where, "retries", "must be at least 1")
+        settings = replace(settings, retries=retries)
+    if "only" in data:
+        settings = replace(settings, only=reader.typed(where, data, "only", bool))
+    return settings
 
 
 def _domain_settings(

@@ -23,6 +23,18 @@ manifest.json (format_version 1)::
 ``sha256-4MiB-chunks`` a user checks it with
 ``lz4 -dc vda.qcow2.lz4 | split -b 4194304 --filter=sha256sum | sha256sum``.
 
+An encrypted backup (`--encrypt`) keeps that manifest as `manifest.json.age` and beside it
+a public `manifest.json` with what listing and retention need without a key::
+
+    {
+      "tool": "virtbackup", "tool_version": "0.1.0", "format_version": 1,
+      "encryption": {"scheme": "age", "recipients": ["age1..."]},
+      "domain": {"name": "web1"},
+      "started": "...Z", "finished": "...Z", "method": "snapshot",
+      "files": [{"file": "vda.qcow2.lz4.age", "target": "vda", "stored_size": 456789999},
+                {"file": "domain.xml.age", "stored_size": 2345}, ...]
+    }
+
 verified.json, written by `verify` beside the manifest (a backup's data files are never
 changed after the rename; this record is the only file added later)::
 
@@ -78,6 +90,40 @@ class Manifest:
     def stored_size(self) -> int:
         return sum(disk.stored_size for disk in self.disks)
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(disk.target for disk in self.disks)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    file: str
+    stored_size: int
+    target: str | None = None  # the disk whose stream this is
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """The public manifest of an encrypted backup: no paths, uuid or digests."""
+
+    tool_version: str
+    domain_name: str
+    started: datetime
+    finished: datetime
+    method: str
+    recipients: tuple[str, ...]
+    files: tuple[StoredFile, ...]
+    scheme: str = "age"
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def stored_size(self) -> int:
+        return sum(f.stored_size for f in self.files)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(f.target for f in self.files if f.target is not None)
+
 
 @dataclass(frozen=True)
 class VerifyRecord:
@@ -105,7 +151,37 @@ def build_manifest(manifest: Manifest) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def build_sealed(sealed: Sealed) -> str:
+    document = {
+        "tool": TOOL_NAME,
+        "tool_version": sealed.tool_version,
+        "format_version": sealed.format_version,
+        "encryption": {"scheme": sealed.scheme, "recipients": list(sealed.recipients)},
+        "domain": {"name": sealed.domain_name},
+        "started": format_time(sealed.started),
+        "finished": format_time(sealed.finished),
+        "method": sealed.method,
+        "files": [{k: v for k, v in f.__dict__.items() if v is not None} for f in sealed.files],
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def parse_any_manifest(text: str) -> Manifest | Sealed:
+    """A backup's manifest.json: the manifest, or the public one of an encrypted backup."""
+    document = _versioned(text)
+    if "encryption" in document:
+        return _parse_sealed(document)
+    return _parse_manifest_document(document)
+
+
 def parse_manifest(text: str) -> Manifest:
+    document = _versioned(text)
+    if "encryption" in document:
+        raise ManifestFormatError("it is the public manifest of an encrypted backup")
+    return _parse_manifest_document(document)
+
+
+def _versioned(text: str) -> dict[str, Any]:
     document = _load_object(text)
     if document.get("tool") != TOOL_NAME:
         raise ManifestFormatError("it was not written by virtbackup")
@@ -115,6 +191,45 @@ def parse_manifest(text: str) -> Manifest:
             f"format version {version} is not supported (this virtbackup reads "
             f"version {FORMAT_VERSION})"
         )
+    return document
+
+
+def _parse_sealed(document: dict[str, Any]) -> Sealed:
+    encryption = _field(document, "encryption", dict)
+    recipients = _field(encryption, "recipients", list)
+    files = []
+    for entry in _field(document, "files", list):
+        if not isinstance(entry, dict):
+            raise ManifestFormatError("a file entry is not an object")
+        name = _plain_name(_field(entry, "file", str))
+        target = entry.get("target")
+        files.append(
+            StoredFile(
+                name,
+                _field(entry, "stored_size", int),
+                target if isinstance(target, str) else None,
+            )
+        )
+    return Sealed(
+        tool_version=_field(document, "tool_version", str),
+        domain_name=_field(_field(document, "domain", dict), "name", str),
+        started=_time_field(document, "started"),
+        finished=_time_field(document, "finished"),
+        method=_field(document, "method", str),
+        recipients=tuple(str(r) for r in recipients),
+        files=tuple(files),
+        scheme=_field(encryption, "scheme", str),
+    )
+
+
+def _plain_name(name: str) -> str:
+    if "/" in name or name.startswith(".") or not name:
+        raise ManifestFormatError(f"file name {name!r} is not a plain name")
+    return name
+
+
+def _parse_manifest_document(document: dict[str, Any]) -> Manifest:
+    version = document["format_version"]
     domain = _field(document, "domain", dict)
     disks = _field(document, "disks", list)
     return Manifest(
@@ -151,8 +266,7 @@ def _parse_disk(disk: object) -> DiskRecord:
     values.update({name: _field(disk, name, int) for name in int_fields})
     if "free_space_skipped" in disk:
         values["free_space_skipped"] = _field(disk, "free_space_skipped", bool)
-    if "/" in values["file"] or values["file"].startswith("."):
-        raise ManifestFormatError(f"disk file name {values['file']!r} is not a plain name")
+    _plain_name(values["file"])
     return DiskRecord(**values)
 
 

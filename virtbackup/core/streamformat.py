@@ -274,3 +274,26 @@ class ChunkedDigest:
 def zero_digest(length: int, base: str = FRAME_DIGEST) -> bytes:
     """The digest of `length` zero bytes, computed once per length."""
     return hashlib.new(base, bytes(length)).digest()
+
+
+def parse_index_content(content: bytes, index_offset: int) -> tuple[IndexHeader, list[FrameEntry]]:
+    """Check the content of the trailing index frame (what follows its skippable-frame
+    header: header, entries, body digest, footer) of a stream whose frames end at
+    `index_offset`; IndexFormatError says what is wrong."""
+    body_size = len(content) - INDEX_BODY_DIGEST_SIZE - INDEX_FOOTER.size
+    if body_size < INDEX_HEADER.size:
+        raise IndexFormatError("the index is truncated")
+    body = content[:body_size]
+    stored_digest = content[body_size : body_size + INDEX_BODY_DIGEST_SIZE]
+    footer_offset, magic = INDEX_FOOTER.unpack(content[-INDEX_FOOTER.size :])
+    if magic != FOOTER_MAGIC or footer_offset != index_offset:
+        raise IndexFormatError("the index footer does not point at the index")
+    if hashlib.sha256(body).digest() != stored_digest:
+        raise IndexFormatError("the index does not match its digest")
+    header = unpack_header(body[: INDEX_HEADER.size])
+    entries_raw = body[INDEX_HEADER.size :]
+    if len(entries_raw) != header.frame_count * INDEX_ENTRY.size:
+        raise IndexFormatError("the index holds a different number of frames than it says")
+    entries = unpack_entries(entries_raw, header.frame_count, digest_size(header.frame_digest))
+    check_tiling(header, entries, index_offset)
+    return header, entries

@@ -25,7 +25,9 @@ class OutcomeRow:
     backup: str | None
     warnings: tuple[str, ...] = ()
     pruned: tuple[str, ...] = ()  # backups removed by retention after this one
+    pruned_remote: tuple[str, ...] = ()  # the same on the remote
     reclaimed: int | None = None  # bytes --trim freed in the host images; None: no trim
+    offsite: str | None = None  # None: no remote; copied, streamed, failed
 
     @property
     def ratio(self) -> float | None:
@@ -63,7 +65,9 @@ def summary_document(
                 "backup": r.backup,
                 "warnings": list(r.warnings),
                 "pruned": list(r.pruned),
+                "pruned_remote": list(r.pruned_remote),
                 "trim_reclaimed": r.reclaimed,
+                "offsite": r.offsite,
             }
             for r in rows
         ],

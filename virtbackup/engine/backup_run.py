@@ -11,11 +11,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from virtbackup.adapters.age import Recipients
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.errors import ExitCode, LockHeld, VirtbackupError
 from virtbackup.core.model import Method
@@ -24,6 +25,7 @@ from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.engine.backup import DiskSource, back_up_disks
 from virtbackup.engine.consistency import ConsistencyOptions, StableImages, stable_images
+from virtbackup.engine.offsite import RemoteStore, ship
 from virtbackup.engine.skip_free import SkipFree, compacted
 from virtbackup.engine.stream_writer import WriterOptions
 from virtbackup.engine.trim import trim_before_backup
@@ -48,9 +50,10 @@ class DomainOutcome:
     read: int = 0  # uncompressed bytes of the disks
     stored: int = 0  # bytes written to the store
     seconds: float = 0.0
-    backup: Path | None = None
+    backup: Path | str | None = None  # a directory, or a remote location (--remote-only)
     warnings: tuple[str, ...] = ()
     reclaimed: int | None = None  # bytes --trim freed in the host images; None: no trim
+    offsite: str | None = None  # None: no remote; "copied", "streamed" or "failed"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class BackupRunOptions:
     state_dir: Path | None = None
     trim: bool = False  # fstrim a running guest through its agent before the backup
     skip_free: SkipFree | None = None  # stream only what the guest filesystems use
+    encrypt_to: Recipients | None = None  # age-encrypt every file of the backup
+    offsite: RemoteStore | None = None  # copy (or stream, when only) to an rclone remote
 
 
 # Where a method other than the libvirt ones reads its images from; the LVM method
@@ -113,8 +118,9 @@ def back_up_domain(
             ) as window,
             compacted(window, _disk_sources(window), options.skip_free, steps) as compact,
         ):
+            streamed = options.offsite is not None and options.offsite.offsite.only
             result = back_up_disks(
-                store,
+                options.offsite if streamed and options.offsite else store,
                 window.domain_name,
                 window.domain_uuid,
                 window.definition_xml,
@@ -122,6 +128,7 @@ def back_up_domain(
                 compact.sources,
                 window.guard(progress),
                 options.writer,
+                encrypt_to=options.encrypt_to,
             )
     except LockHeld as err:
         return DomainOutcome(name, Result.LOCKED, str(err), plan.method.value, warnings=warnings)
@@ -136,7 +143,7 @@ def back_up_domain(
             warnings=warnings,
         )
     disks = result.manifest.disks
-    return DomainOutcome(
+    outcome = DomainOutcome(
         name,
         Result.OK,
         window.consistency.value,
@@ -148,7 +155,21 @@ def back_up_domain(
         backup=result.path,
         warnings=warnings + compact.warnings,
         reclaimed=reclaimed,
+        offsite="streamed" if streamed else None,
     )
+    if options.offsite is None or streamed:
+        return outcome
+    try:
+        ship(options.offsite, store, name)
+    except VirtbackupError as err:
+        log.error("%s: %s", name, err)
+        return replace(
+            outcome,
+            result=Result.FAILED,
+            message=f"backup kept at {result.path} but not copied offsite: {err}",
+            offsite="failed",
+        )
+    return replace(outcome, offsite="copied")
 
 
 def _disk_sources(window: StableImages) -> list[DiskSource]:

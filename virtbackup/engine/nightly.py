@@ -33,6 +33,7 @@ from virtbackup.engine.backup_run import (
     Result,
     back_up_domain,
 )
+from virtbackup.engine.offsite import prune_remote
 from virtbackup.engine.prune import prune_domain
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class Hooks:
 class DomainReport:
     outcome: DomainOutcome
     pruned: tuple[str, ...] = ()
+    pruned_remote: tuple[str, ...] = ()  # removed from the remote (retention, leftovers)
 
 
 OptionsFor = Callable[[DomainFacts], tuple[PlanOptions, BackupRunOptions, DomainSettings]]
@@ -103,6 +105,18 @@ def _one_domain(
             pruned = prune_domain(store, facts.name, settings.retention, tz).removed
         except VirtbackupError as err:
             outcome = replace(outcome, result=Result.FAILED, message=f"retention failed: {err}")
+    pruned_remote: tuple[str, ...] = ()
+    if outcome.result == Result.OK and run_options.offsite is not None:
+        # Local backups not yet complete on the remote are uploads to resume, not leftovers.
+        pending = set() if run_options.offsite.offsite.only else _local_stamps(store, facts.name)
+        try:
+            pruned_remote = tuple(
+                prune_remote(run_options.offsite, facts.name, settings.retention, tz, pending)
+            )
+        except VirtbackupError as err:
+            outcome = replace(
+                outcome, result=Result.FAILED, message=f"remote retention failed: {err}"
+            )
 
     after_env = {**env, "VIRTBACKUP_PHASE": "after", "VIRTBACKUP_RESULT": outcome.result.value}
     if outcome.backup is not None:
@@ -110,7 +124,11 @@ def _one_domain(
     problem = _hook(hooks.after, after_env)
     if problem:
         outcome = replace(outcome, result=Result.FAILED, message=f"after hook failed: {problem}")
-    return DomainReport(outcome, pruned)
+    return DomainReport(outcome, pruned, pruned_remote)
+
+
+def _local_stamps(store: BackupStore, domain: str) -> set[str]:
+    return {backup.stamp for backup in store.list_backups(domain)}
 
 
 def _hook(argv: tuple[str, ...], env: dict[str, str]) -> str | None:

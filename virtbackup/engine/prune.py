@@ -8,6 +8,7 @@ cannot be read is kept (we cannot tell its age). The policy itself is core/reten
 import logging
 from dataclasses import dataclass
 from datetime import tzinfo
+from pathlib import Path
 
 from virtbackup.adapters.store import BackupInfo, BackupStore
 from virtbackup.core.retention import Candidate, Decision, Policy, apply_policy
@@ -34,7 +35,9 @@ def prune_domain(
     removed: list[str] = []
     if not dry_run:
         for candidate in decision.remove:
-            store.remove_backup(by_stamp[candidate.name].path)
+            path = by_stamp[candidate.name].path
+            assert isinstance(path, Path), "the local store lists directories"
+            store.remove_backup(path)
             log.info("%s: removed backup %s (retention)", domain, candidate.name)
             removed.append(candidate.name)
     return PruneResult(domain, decision, unreadable, tuple(removed))

@@ -8,17 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtbackup.adapters import domain_define
-from virtbackup.adapters.store import load_domain_xml, load_manifest
 from virtbackup.core.backup_errors import CorruptBackup, RestoreTargetExists, StoreError
 from virtbackup.core.manifest import DiskRecord, Manifest
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.restore_xml import RestoredDisk, RestoreXmlError, domain_xml_for_restore
+from virtbackup.engine.backup_access import BackupFiles, LocalFiles, OpenedBackup, open_backup
 from virtbackup.engine.stream_reader import (
     StreamIndex,
     check_index_matches,
     read_index,
     restore_stream,
 )
+from virtbackup.engine.stream_sequential import restore_sequential
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +46,22 @@ def restored_file_name(disk: DiskRecord) -> str:
 
 
 def restore_backup(
-    backup: Path,
+    backup: Path | BackupFiles,
     to_dir: Path,
     progress: ProgressSink,
     force: bool = False,
     define_as: str | None = None,
     uri: str = "qemu:///system",
     workers: int = 0,
+    identity: Path | None = None,
 ) -> RestoreResult:
     """Check everything that can be checked first, then write each disk to a hidden
-    file in `to_dir` and rename it into place only when complete."""
-    manifest = load_manifest(backup)
-    indexes = [(disk, read_index(backup / disk.file, disk.target)) for disk in manifest.disks]
-    for disk, index in indexes:
-        check_index_matches(index, disk)
+    file in `to_dir` and rename it into place only when complete. A backup on a remote
+    or encrypted (with `identity`) is read front to back; its frames are checked against
+    its index before the file is renamed."""
+    opened = open_backup(LocalFiles(backup) if isinstance(backup, Path) else backup, identity)
+    manifest = opened.manifest
+    indexes = [(disk, _local_index(opened, disk)) for disk in manifest.disks]
     to_dir = to_dir.absolute()
     targets = [to_dir / restored_file_name(disk) for disk in manifest.disks]
     existing = [str(path) for path in targets if path.exists()]
@@ -73,29 +76,50 @@ def restore_backup(
             for disk, path in zip(manifest.disks, targets, strict=True)
         }
         try:
-            new_xml = domain_xml_for_restore(load_domain_xml(backup), define_as, restored)
+            new_xml = domain_xml_for_restore(opened.domain_xml(), define_as, restored)
         except RestoreXmlError as err:
-            raise CorruptBackup(f"domain.xml of {backup} cannot be used: {err}") from None
+            raise CorruptBackup(
+                f"domain.xml of {opened.files.label} cannot be used: {err}"
+            ) from None
         domain_define.ensure_name_free(uri, define_as)
     _make_dir(to_dir)
     images = []
     for (disk, index), path in zip(indexes, targets, strict=True):
         log.info("restoring %s to %s", disk.target, path)
-        _restore_one(index, disk, path, progress, workers)
+        _restore_one(opened, index, disk, path, progress, workers)
         images.append(RestoredImage(disk.target, path, disk.format))
     uuid = domain_define.define_domain(uri, new_xml) if new_xml is not None else None
     return RestoreResult(manifest, tuple(images), uuid)
 
 
+def _local_index(opened: OpenedBackup, disk: DiskRecord) -> StreamIndex | None:
+    """The checked index of a stream that can be read at random, else None."""
+    path = opened.random_access(disk)
+    if path is None:
+        return None
+    index = read_index(path, disk.target)
+    check_index_matches(index, disk)
+    return index
+
+
 def _restore_one(
-    index: StreamIndex, disk: DiskRecord, path: Path, progress: ProgressSink, workers: int
+    opened: OpenedBackup,
+    index: StreamIndex | None,
+    disk: DiskRecord,
+    path: Path,
+    progress: ProgressSink,
+    workers: int,
 ) -> None:
     temporary = path.with_name(f".{path.name}.restoring")
     temporary.unlink(missing_ok=True)  # left by an interrupted restore
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, RESTORE_FILE_MODE)
         try:
-            digest = restore_stream(index, fd, disk.target, progress, workers)
+            if index is not None:
+                digest = restore_stream(index, fd, disk.target, progress, workers)
+            else:
+                with opened.disk_stream(disk) as stream:
+                    digest = restore_sequential(stream, disk, fd, disk.target, progress, workers)
         finally:
             os.close(fd)
         if digest != disk.digest:  # every frame matched its entry; the entries must too

@@ -29,7 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from virtbackup.core.backup_errors import DestinationFull, SourceError, StoreError
+from virtbackup.core.backup_errors import (
+    DestinationFull,
+    OutputClosed,
+    SourceError,
+    StoreError,
+)
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.streamformat import (
     DEFAULT_CHUNK_SIZE,
@@ -346,7 +351,10 @@ class _Writer:
         self.write_behind.written(self.position)
 
     def _sync(self) -> None:
-        """Sync what was written and drop it from the page cache: a backup is not reread."""
+        """Sync what was written and drop it from the page cache: a backup is not reread.
+        A pipe (to `age` or `rclone`) has nothing to sync: whoever reads it stores it."""
+        if not stat.S_ISREG(os.fstat(self.out_fd).st_mode):
+            return
         try:
             os.fdatasync(self.out_fd)
         except OSError as err:
@@ -394,4 +402,6 @@ def _destination_error(err: OSError, out: IO[bytes]) -> StoreError:
             f"no space left on the backup destination while writing {name}",
             "free space there or choose another --dest",
         )
+    if err.errno == errno.EPIPE:
+        return OutputClosed(f"cannot write {name}: its reader is gone")
     return StoreError(f"cannot write {name}: {err.strerror}")

@@ -6,56 +6,71 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from virtbackup import __version__
-from virtbackup.adapters.store import load_manifest, record_verification
+from virtbackup.adapters.store import record_verification
 from virtbackup.core.backup_errors import CorruptBackup, StoreError
 from virtbackup.core.manifest import DiskRecord, VerifyRecord
 from virtbackup.core.progress import ProgressSink
+from virtbackup.engine.backup_access import BackupFiles, LocalFiles, OpenedBackup, open_backup
 from virtbackup.engine.stream_reader import check_index_matches, read_index, verify_stream
+from virtbackup.engine.stream_sequential import verify_sequential
 
 
 @dataclass(frozen=True)
 class VerifyOutcome:
-    backup: Path
+    backup: str  # where the backup is (a directory or a remote location)
     ok: bool
     problem: str | None  # one line naming the disk and offset
     recorded: bool  # whether verified.json could be written
 
 
 def verify_backup(
-    backup: Path,
+    backup: Path | BackupFiles,
     progress: ProgressSink,
     workers: int = 0,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    identity: Path | None = None,
 ) -> VerifyOutcome:
-    """Verify one backup and record the result in it. A missing backup or unreadable
-    manifest raises (nothing to record); a damaged disk stream is an outcome."""
-    manifest = load_manifest(backup)
+    """Verify one backup and record the result in it (when it is local). A missing
+    backup or unreadable manifest raises (nothing to record); a damaged disk stream is
+    an outcome. An encrypted backup needs `identity` to be verified."""
+    files = LocalFiles(backup) if isinstance(backup, Path) else backup
+    opened = open_backup(files, identity)
     problem = None
     try:
-        for disk in manifest.disks:
-            _verify_disk(backup, disk, progress, workers)
+        for disk in opened.manifest.disks:
+            _verify_disk(opened, disk, progress, workers)
     except CorruptBackup as err:
         problem = str(err)
     record = VerifyRecord(clock(), problem is None, problem, __version__)
-    try:
-        record_verification(backup, record)
-        recorded = True
-    except StoreError:
-        recorded = False  # e.g. backups on a read-only mount: the check still counts
-    return VerifyOutcome(backup, problem is None, problem, recorded)
+    recorded = False
+    if isinstance(files, LocalFiles):
+        try:
+            record_verification(files.path, record)
+            recorded = True
+        except StoreError:
+            pass  # e.g. backups on a read-only mount: the check still counts
+    return VerifyOutcome(files.label, problem is None, problem, recorded)
 
 
-def _verify_disk(backup: Path, disk: DiskRecord, progress: ProgressSink, workers: int) -> None:
-    path = backup / disk.file
-    index = read_index(path, disk.target)
-    stored_size = path.stat().st_size
+def _verify_disk(
+    opened: OpenedBackup, disk: DiskRecord, progress: ProgressSink, workers: int
+) -> None:
+    path = opened.random_access(disk)
+    index = read_index(path, disk.target) if path is not None else None
+    stored_size = opened.files.size(disk.file)
+    if stored_size is None:
+        raise CorruptBackup(f"{disk.target}: stream file {disk.file} is missing")
     if stored_size != disk.stored_size:
         raise CorruptBackup(
             f"{disk.target}: {disk.file} has {stored_size} bytes, the manifest says "
             f"{disk.stored_size} (truncated or appended to)"
         )
-    check_index_matches(index, disk)
-    digest = verify_stream(index, disk.target, progress, workers)
+    if index is None:
+        with opened.disk_stream(disk) as stream:
+            digest = verify_sequential(stream, disk, disk.target, progress, workers)
+    else:
+        check_index_matches(index, disk)
+        digest = verify_stream(index, disk.target, progress, workers)
     if digest != disk.digest:
         raise CorruptBackup(
             f"{disk.target}: the data's {disk.digest_algorithm} is {digest}, "

@@ -1,0 +1,116 @@
+"""The remote store against real servers: uploads complete only with their manifest,
+streamed backups checked before they count, retention and leftovers per host."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from backup_helpers import MiB, disk_of, make_backup
+from harness.remotes import RemoteServer
+
+from virtbackup.adapters import rclone
+from virtbackup.core.backup_errors import RemoteError
+from virtbackup.core.errors import UsageError
+from virtbackup.core.progress import NullProgress
+from virtbackup.core.retention import Policy
+from virtbackup.engine.backup import back_up_disks
+from virtbackup.engine.offsite import Offsite, RemoteStore, prune_remote, stamp_time
+from virtbackup.engine.restore import restore_backup
+from virtbackup.engine.stream_writer import WriterOptions
+from virtbackup.engine.verify import verify_backup
+
+UTC_ZONE = UTC
+
+
+def store_on(remote: RemoteServer, host: str = "kvm1", only: bool = False) -> RemoteStore:
+    return RemoteStore(Offsite(remote.remote, host, only))
+
+
+def fake_remote_backup(store: RemoteStore, domain: str, stamp: str, complete: bool) -> None:
+    path = store.backup_path(domain, stamp)
+    rclone.write_text(store.remote, f"{path}/vda.raw.lz4", "data")
+    if complete:
+        rclone.write_text(store.remote, f"{path}/manifest.json", "{}")
+
+
+def test_host_names_are_checked() -> None:
+    for bad in ("", "a/b", ".hidden"):
+        with pytest.raises(UsageError, match="cannot name a directory"):
+            Offsite(rclone.Remote("x:"), bad)
+    assert stamp_time("20250125T183000Z-2") == datetime(2025, 1, 25, 18, 30, tzinfo=UTC)
+
+
+def test_upload_is_complete_only_with_its_manifest(remote: RemoteServer, tmp_path: Path) -> None:
+    image = tmp_path / "img.raw"
+    image.write_bytes(bytes(MiB) + b"data" * 1000)
+    local = make_backup(tmp_path / "dest", [disk_of(image)]).path
+    store = store_on(remote)
+    # an earlier run died after sending the stream: not a backup yet
+    rclone.copy_file(store.remote, local / "vda.raw.lz4", f"kvm1/web1/{local.name}/vda.raw.lz4")
+    assert store.backups_of("web1").incomplete == [local.name]
+    assert store.list_backups() == []
+
+    location = store.upload(local)
+    assert location == remote.remote.path("kvm1", "web1", local.name)
+    assert store.backups_of("web1").complete == [local.name]
+    (listed,) = store.list_backups("web1")
+    assert (listed.stamp, listed.path, listed.problem) == (local.name, location, None)
+    assert listed.size == sum(p.stat().st_size for p in local.iterdir())
+    assert verify_backup(store.files("web1", local.name), NullProgress()).ok
+
+
+def test_streamed_backup_round_trip_and_abort(remote: RemoteServer, tmp_path: Path) -> None:
+    image = tmp_path / "img.raw"
+    with open(image, "wb") as f:
+        f.truncate(12 * MiB)
+        f.write(b"payload" * 100_000)
+    store = store_on(remote, only=True)
+    result = back_up_disks(
+        store,
+        "web1",
+        "uuid",
+        "<domain/>",
+        "offline",
+        [disk_of(image)],
+        NullProgress(),
+        WriterOptions(chunk_size=4 * MiB),
+    )
+    stamp = str(result.path).rsplit("/", 1)[1]
+    assert store.backups_of("web1").complete == [stamp]
+    restore_backup(store.files("web1", stamp), tmp_path / "out", NullProgress())
+    assert (tmp_path / "out" / "vda.raw").read_bytes() == image.read_bytes()
+
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        store.begin("web1", datetime.now(UTC)) as partial,
+    ):
+        with partial.create("vda.raw.lz4") as sink:
+            sink.write(b"half a stream")
+        raise RuntimeError("boom")
+    assert store.backups_of("web1").incomplete == []  # the aborted one is gone
+
+
+def test_retention_keeps_the_newest_and_only_touches_its_host(
+    sftp_remote: RemoteServer,
+) -> None:
+    mine, theirs = store_on(sftp_remote, "kvm1"), store_on(sftp_remote, "kvm2")
+    for stamp in ("20250101T010000Z", "20250102T010000Z", "20250103T010000Z"):
+        fake_remote_backup(mine, "web1", stamp, complete=True)
+        fake_remote_backup(theirs, "web1", stamp, complete=True)
+    fake_remote_backup(mine, "web1", "20241231T010000Z", complete=False)  # leftover
+    fake_remote_backup(mine, "web1", "20250104T010000Z", complete=False)  # still to upload
+
+    removed = prune_remote(mine, "web1", Policy(), UTC, keep={"20250104T010000Z"})
+    assert removed == ["20241231T010000Z"]  # no policy: only the leftover goes
+    removed = prune_remote(mine, "web1", Policy(keep_daily=2), UTC, keep={"20250104T010000Z"})
+    assert removed == ["20250101T010000Z"]
+    removed = prune_remote(mine, "web1", Policy(keep_last=1), UTC, keep=set())
+    assert sorted(removed) == ["20250102T010000Z", "20250104T010000Z"]
+    assert mine.backups_of("web1").complete == ["20250103T010000Z"]  # the newest stays
+    assert theirs.backups_of("web1").complete == [
+        "20250103T010000Z",
+        "20250102T010000Z",
+        "20250101T010000Z",
+    ]
+    with pytest.raises(RemoteError):
+        rclone.read_text(mine.remote, "kvm1/web1/20250101T010000Z/manifest.json")

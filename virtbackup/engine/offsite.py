@@ -1,0 +1,308 @@
+"""Offsite copies on an rclone remote.
+
+Layout: REMOTE/<host>/<domain>/<UTC stamp>/ with the same files as the local backup
+(verified.json stays local). Every host writes below its own name only, so several hosts
+can share one remote: listing, retention and leftover removal never look at another
+host's directory, and the local host lock already keeps two runs of one host apart.
+
+A remote backup is complete when its manifest.json is there: it is uploaded last, after
+the other files were copied and checked (sizes, and hashes where the backend keeps
+them). A directory without it is an interrupted upload: the next run uploads the local
+backup again (rclone skips the files that arrived whole) or, when the local copy is
+gone, removes the leftover.
+
+Two modes: copy (the local backup is complete first, then copied; a failed upload never
+touches it) and only (`--remote-only`: the streams go through a pipe straight to the
+remote, nothing is kept locally).
+"""
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from pathlib import Path
+from typing import IO
+
+from virtbackup.adapters import rclone
+from virtbackup.adapters.store import (
+    MANIFEST,
+    STAMP_FORMAT,
+    VERIFIED,
+    AbortUnlessCommitted,
+    BackupInfo,
+    BackupStore,
+    check_domain_name,
+    is_stamp,
+)
+from virtbackup.core.backup_errors import CorruptBackup, RemoteError
+from virtbackup.core.errors import UsageError, VirtbackupError
+from virtbackup.core.manifest import ManifestFormatError, parse_any_manifest
+from virtbackup.core.retention import Candidate, Policy, apply_policy
+from virtbackup.engine.backup_access import missing_file
+
+log = logging.getLogger(__name__)
+
+_COPY_BUFFER = 1 << 20
+
+
+@dataclass(frozen=True)
+class Offsite:
+    remote: rclone.Remote
+    host: str  # the namespace of this host on the remote
+    only: bool = False  # stream to the remote, keep no local copy
+
+    def __post_init__(self) -> None:
+        if not self.host or "/" in self.host or self.host.startswith("."):
+            raise UsageError(f"host name {self.host!r} cannot name a directory on the remote")
+
+
+class RemoteFiles:
+    """The files of one backup directory on the remote, for restore and verify."""
+
+    def __init__(self, remote: rclone.Remote, path: str) -> None:
+        self.remote = remote
+        self.path = path
+        self.label = remote.path(path)
+        self._sizes: dict[str, int] | None = None
+
+    def read(self, name: str) -> bytes:
+        if self.size(name) is None:
+            raise missing_file(self.label, name, bool(self._listing()))
+        with rclone.download_stream(self.remote, f"{self.path}/{name}") as pipe:
+            return pipe.read()
+
+    def size(self, name: str) -> int | None:
+        return self._listing().get(name)
+
+    @contextmanager
+    def stream(self, name: str) -> Iterator[IO[bytes]]:
+        with rclone.download_stream(self.remote, f"{self.path}/{name}") as pipe:
+            yield pipe
+
+    def local_path(self, name: str) -> Path | None:
+        return None
+
+    def _listing(self) -> dict[str, int]:
+        if self._sizes is None:
+            entries = rclone.list_entries(self.remote, self.path)
+            self._sizes = {e.path: e.size for e in entries if not e.is_dir}
+        return self._sizes
+
+
+@dataclass(frozen=True)
+class RemoteBackups:
+    complete: list[str]  # stamps, newest first
+    incomplete: list[str]  # stamps of interrupted uploads
+
+
+class RemoteStore:
+    def __init__(self, offsite: Offsite) -> None:
+        self.offsite = offsite
+        self.remote = offsite.remote
+
+    def backup_path(self, domain: str, stamp: str) -> str:
+        return f"{self.offsite.host}/{domain}/{stamp}"
+
+    def files(self, domain: str, stamp: str) -> RemoteFiles:
+        check_domain_name(domain)
+        if not is_stamp(stamp):
+            raise UsageError(f"{stamp!r} is not a backup stamp like 20250125T183000Z")
+        return RemoteFiles(self.remote, self.backup_path(domain, stamp))
+
+    def domains(self) -> list[str]:
+        entries = rclone.list_entries(self.remote, self.offsite.host)
+        return sorted(e.path for e in entries if e.is_dir and not e.path.startswith("."))
+
+    def backups_of(self, domain: str) -> RemoteBackups:
+        entries = rclone.list_entries(self.remote, f"{self.offsite.host}/{domain}", recursive=True)
+        stamps = {e.path for e in entries if e.is_dir and is_stamp(e.path)}
+        complete = {e.path.split("/")[0] for e in entries if e.path.endswith(f"/{MANIFEST}")}
+        done = sorted(stamps & complete, reverse=True)
+        return RemoteBackups(done, sorted(stamps - complete, reverse=True))
+
+    def list_backups(self, domain: str | None = None) -> list[BackupInfo]:
+        """Complete remote backups of this host, by domain, newest first (reads each
+        public manifest: the key is never needed to list)."""
+        found = []
+        for name in [domain] if domain else self.domains():
+            for stamp in self.backups_of(name).complete:
+                found.append(self._describe(name, stamp))
+        return found
+
+    def _describe(self, domain: str, stamp: str) -> BackupInfo:
+        files = self.files(domain, stamp)
+        manifest, problem = None, None
+        try:
+            manifest = parse_any_manifest(files.read(MANIFEST).decode())
+        except (CorruptBackup, ManifestFormatError, UnicodeDecodeError) as err:
+            problem = f"manifest {files.label}/{MANIFEST} cannot be read: {err}"
+        size = sum(files.size(name) or 0 for name in files._listing())
+        return BackupInfo(domain, stamp, files.label, manifest, problem, size, None)
+
+    def upload(self, backup: Path) -> str:
+        """Copy a complete local backup; its manifest goes last, once the rest is checked.
+        Resumes an interrupted upload of the same backup (whole files are skipped)."""
+        target = self.backup_path(backup.parent.name, backup.name)
+        later = [f"/{MANIFEST}", f"/{VERIFIED}"]
+        rclone.copy_dir(self.remote, backup, target, exclude=later)
+        rclone.check_dir(self.remote, backup, target, exclude=later)
+        rclone.copy_file(self.remote, backup / MANIFEST, f"{target}/{MANIFEST}")
+        return self.remote.path(target)
+
+    def remove(self, domain: str, stamp: str) -> None:
+        rclone.purge(self.remote, self.backup_path(domain, stamp))
+
+    def begin(self, domain: str, now: datetime) -> "RemotePartial":
+        """A new backup streamed straight to the remote (--remote-only)."""
+        check_domain_name(domain)
+        stamp = now.astimezone(UTC).strftime(STAMP_FORMAT)
+        existing = self.backups_of(domain)
+        taken = set(existing.complete) | set(existing.incomplete)
+        for number in range(1, 1000):
+            candidate = stamp if number == 1 else f"{stamp}-{number}"
+            if candidate not in taken:
+                return RemotePartial(self, domain, candidate)
+        raise RemoteError(f"too many backups of {domain} in the second {stamp}")
+
+
+def ship(remote: RemoteStore, store: BackupStore, domain: str) -> list[str]:
+    """Upload every local backup of `domain` that is not complete on the remote, newest
+    first (the new one, then any an earlier run failed to send); their locations."""
+    done = set(remote.backups_of(domain).complete)
+    shipped = []
+    for backup in store.list_backups(domain):
+        if backup.stamp not in done and backup.manifest is not None:
+            assert isinstance(backup.path, Path)
+            shipped.append(remote.upload(backup.path))
+            log.info("%s: copied %s offsite", domain, backup.stamp)
+    return shipped
+
+
+def prune_remote(
+    remote: RemoteStore, domain: str, policy: Policy, tz: tzinfo, keep: set[str]
+) -> list[str]:
+    """Apply `policy` to the complete remote backups of `domain` (the newest is always
+    kept) and remove leftovers of interrupted uploads that are not in `keep` (the stamps
+    still to be uploaded from the local store). The stamps removed."""
+    backups = remote.backups_of(domain)
+    candidates = [Candidate(stamp, stamp_time(stamp)) for stamp in backups.complete]
+    doomed = (
+        [] if policy.is_empty() else [c.name for c in apply_policy(candidates, policy, tz).remove]
+    )
+    doomed += [stamp for stamp in backups.incomplete if stamp not in keep]
+    for stamp in doomed:
+        remote.remove(domain, stamp)
+        log.info("%s: removed remote backup %s", domain, stamp)
+    return doomed
+
+
+def stamp_time(stamp: str) -> datetime:
+    return datetime.strptime(stamp.split("-")[0], STAMP_FORMAT).replace(tzinfo=UTC)
+
+
+class RemotePartial(AbortUnlessCommitted):
+    """A backup being streamed to the remote. Each file goes through a counting, hashing
+    pipe into `rclone rcat`; commit checks every file's size (and hash, where the
+    backend keeps one) and only then uploads the manifest. Leaving the block without
+    commit removes what was uploaded."""
+
+    def __init__(self, store: RemoteStore, domain: str, stamp: str) -> None:
+        self.store = store
+        self.remote = store.remote
+        self.stamp = stamp
+        self.path = store.backup_path(domain, stamp)
+        self.location = self.remote.path(self.path)
+        self.sent: dict[str, tuple[int, dict[str, str]]] = {}  # name: (size, hashes)
+        self.manifest: str | None = None
+        self.committed = False
+        offered = rclone.hash_types(self.remote)
+        self.hashes = [name for name in ("md5", "sha1") if name in offered][:1]
+
+    @contextmanager
+    def create(self, name: str) -> Iterator[IO[bytes]]:
+        """A pipe for the bytes of file `name`."""
+        with rclone.upload_stream(self.remote, f"{self.path}/{name}") as upload:
+            read_end, write_end = os.pipe()
+            tee = _Tee(read_end, upload, self.hashes)
+            tee.start()
+            try:
+                with open(write_end, "wb", buffering=0) as sink:
+                    yield sink
+            except BaseException:
+                tee.join()
+                if tee.error is not None:  # the upload broke first: its error says why
+                    raise tee.error from None
+                raise
+            tee.join()
+            if tee.error is not None:
+                raise tee.error
+        self.sent[name] = (tee.size, tee.hexdigests())
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        with self.create(name) as sink:
+            sink.write(data)
+
+    def write_text(self, name: str, text: str) -> None:
+        if name == MANIFEST:
+            self.manifest = text  # the last file: uploaded by commit, after the checks
+            return
+        self.write_bytes(name, text.encode())
+
+    def size_of(self, name: str) -> int:
+        return self.sent[name][0]
+
+    def commit(self) -> str:
+        self._check_sent()
+        assert self.manifest is not None, "the manifest is written before commit"
+        rclone.write_text(self.remote, f"{self.path}/{MANIFEST}", self.manifest)
+        self.committed = True
+        return self.location
+
+    def abort(self) -> None:
+        try:
+            rclone.purge(self.remote, self.path)
+        except VirtbackupError as err:
+            log.warning("could not remove the incomplete remote backup: %s", err)
+
+    def _check_sent(self) -> None:
+        listed = {e.path: e.size for e in rclone.list_entries(self.remote, self.path)}
+        for name, (size, digests) in self.sent.items():
+            if listed.get(name) != size:
+                raise RemoteError(
+                    f"{self.location}/{name} has {listed.get(name)} bytes on the remote, "
+                    f"{size} were sent"
+                )
+            for hash_type, digest in digests.items():
+                remote_digest = rclone.hashsum(self.remote, hash_type, f"{self.path}/{name}")
+                if remote_digest is not None and remote_digest != digest:
+                    raise RemoteError(f"{self.location}/{name} differs from what was sent")
+
+
+class _Tee(threading.Thread):
+    """Copies a pipe into the upload, counting and hashing what passes."""
+
+    def __init__(self, read_end: int, upload: IO[bytes], hashes: Sequence[str]) -> None:
+        super().__init__(name="vb-upload", daemon=True)
+        self.read_end = read_end
+        self.upload = upload
+        self.digests = {name: hashlib.new(name) for name in hashes}
+        self.size = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with open(self.read_end, "rb", buffering=0) as source:
+                while block := source.read(_COPY_BUFFER):
+                    self.upload.write(block)
+                    self.size += len(block)
+                    for digest in self.digests.values():
+                        digest.update(block)
+        except BaseException as err:  # raised in the writing thread by raise_error
+            self.error = err
+
+    def hexdigests(self) -> dict[str, str]:
+        return {name: digest.hexdigest() for name, digest in self.digests.items()}
