@@ -120,3 +120,24 @@ def test_config_mistakes_are_named(state_dir: Path, dest: Path, tmp_path: Path) 
         f"virtbackup: error: {config}:4: retention.keep_dayly: unknown key "
         "(known here: keep_daily, keep_last, keep_monthly, keep_weekly, keep_yearly)\n"
     )
+
+
+def test_sigterm_ends_the_whole_run_with_130(
+    domain_factory: DomainFactory, libvirt: Any, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    """A stop of the service in the middle of `all` (here: the first domain's before
+    hook sends SIGTERM to virtbackup) ends the run, not just that domain: the running
+    domain is back on its own image, no later domain is started, exit 130."""
+    first = domain_factory.create([DiskSpec("qcow2")], hint="term-a", start=True)
+    second = domain_factory.create(hint="term-b")
+    config = write_config(
+        tmp_path / "virtbackup.toml",
+        f'dest = "{dest}"\ninclude = ["{domain_factory.name("term-*")}"]\n'
+        '[hooks]\nbefore = ["sh", "-c", "kill -TERM $PPID; sleep 5"]\n',
+    )
+    result = virtbackup_in(state_dir, "--config", str(config), "all")
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "virtbackup: error: interrupted by SIGTERM"
+    assert not list(dest.glob(f"{second.name()}/*")) and not list(dest.glob(f"{first.name()}/*"))
+    assert first.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert "virtbackup" not in first.XMLDesc(0)

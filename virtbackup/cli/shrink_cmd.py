@@ -35,7 +35,7 @@ from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.cli.list_cmd import human_size
 from virtbackup.cli.output import stderr_console
-from virtbackup.core.errors import ExitCode, UsageError, VirtbackupError
+from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.shrink_plan import (
     COPY_FORMATS,
@@ -208,7 +208,7 @@ def estimates(
             try:
                 found[plan.domain.name] = estimate_reclaimable(images)
             except VirtbackupError as err:
-                if isinstance(err, UsageError):
+                if isinstance(err, (UsageError, Interrupted)):
                     raise
                 log.warning("%s: no estimate: %s", plan.domain.name, err)
                 found[plan.domain.name] = None

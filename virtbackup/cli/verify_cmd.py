@@ -14,7 +14,7 @@ from virtbackup.cli.remote_options import (
     remote_options,
     resolve_backup,
 )
-from virtbackup.core.errors import ExitCode, VirtbackupError
+from virtbackup.core.errors import ExitCode, Interrupted, VirtbackupError
 from virtbackup.engine.verify import verify_backup
 
 
@@ -41,6 +41,8 @@ def verify_command(
             source = resolve_backup(name, remote_name, host, config)
             with progress_sink(options.verbosity) as progress:
                 outcome = verify_backup(source, progress, identity=identity)
+        except Interrupted:
+            raise  # SIGINT/SIGTERM end the run, not just this domain
         except VirtbackupError as err:
             error_line(str(err))
             failed = True

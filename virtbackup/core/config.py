@@ -146,6 +146,15 @@ class _Reader:
             raise self.fail(table, key, f"expected a list of strings, got {value!r}")
         return tuple(value)
 
+    def positive(
+        self, table: tuple[str, ...], data: dict[str, Any], key: str, unit: str = ""
+    ) -> int:
+        """An integer of at least 1 (`unit` names what it counts in the error)."""
+        value = self.typed(table, data, key, int)
+        if value < 1:
+            raise self.fail(table, key, f"must be at least 1{unit}")
+        return int(value)
+
     def convert(self, table: tuple[str, ...], key: str, parse: Any, value: Any) -> Any:
         try:
             return parse(value)
@@ -195,10 +204,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if "exclude" in data:
         config = replace(config, exclude=reader.string_list(top, data, "exclude"))
     if "workers" in data:
-        workers = reader.typed(top, data, "workers", int)
-        if workers < 1:
-            raise reader.fail(top, "workers", "must be at least 1")
-        config = replace(config, workers=workers)
+        config = replace(config, workers=reader.positive(top, data, "workers"))
     if "compression_level" in data:
         level = reader.typed(top, data, "compression_level", int)
         if not 0 <= level <= MAX_LZ4_LEVEL:
@@ -249,10 +255,7 @@ def _remote_settings(reader: _Reader, data: dict[str, Any]) -> RemoteSettings:
         if key in data:
             settings = replace(settings, **{key: reader.typed(where, data, key, str)})
     if "retries" in data:
-        retries = reader.typed(where, data, "retries", int)
-        if retries < 1:
-            raise reader.fail(where, "retries", "must be at least 1")
-        settings = replace(settings, retries=retries)
+        settings = replace(settings, retries=reader.positive(where, data, "retries"))
     if "only" in data:
         settings = replace(settings, only=reader.typed(where, data, "only", bool))
     return settings
@@ -271,9 +274,7 @@ def _domain_settings(
     if "exclude_disks" in data:
         settings = replace(settings, exclude_disks=reader.string_list(where, data, "exclude_disks"))
     if "shutdown_timeout" in data:
-        timeout = reader.typed(where, data, "shutdown_timeout", int)
-        if timeout < 1:
-            raise reader.fail(where, "shutdown_timeout", "must be at least 1 second")
+        timeout = reader.positive(where, data, "shutdown_timeout", " second")
         settings = replace(settings, shutdown_timeout=timeout)
     for flag in ("force_off", "trim", "skip_free"):
         if flag in data:

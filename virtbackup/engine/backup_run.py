@@ -18,7 +18,7 @@ from typing import Any
 
 from virtbackup.adapters.age import Recipients
 from virtbackup.adapters.store import BackupStore
-from virtbackup.core.errors import ExitCode, LockHeld, VirtbackupError
+from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DomainPlan
 from virtbackup.core.progress import ProgressSink
@@ -132,6 +132,8 @@ def back_up_domain(
             )
     except LockHeld as err:
         return DomainOutcome(name, Result.LOCKED, str(err), plan.method.value, warnings=warnings)
+    except Interrupted:
+        raise  # SIGINT/SIGTERM end the run, not just this domain
     except VirtbackupError as err:
         log.error("%s: %s", name, err)
         return DomainOutcome(
@@ -161,6 +163,8 @@ def back_up_domain(
         return outcome
     try:
         ship(options.offsite, store, name)
+    except Interrupted:
+        raise  # SIGINT/SIGTERM end the run, not just this domain
     except VirtbackupError as err:
         log.error("%s: %s", name, err)
         return replace(

@@ -21,7 +21,7 @@ from typing import Any
 from virtbackup.adapters import runner
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.config import DomainSettings
-from virtbackup.core.errors import VirtbackupError
+from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions, plan_domain
 from virtbackup.core.progress import ProgressSink
@@ -103,6 +103,8 @@ def _one_domain(
     if outcome.result == Result.OK and not settings.retention.is_empty():
         try:
             pruned = prune_domain(store, facts.name, settings.retention, tz).removed
+        except Interrupted:
+            raise  # SIGINT/SIGTERM end the run, not just this domain
         except VirtbackupError as err:
             outcome = replace(outcome, result=Result.FAILED, message=f"retention failed: {err}")
     pruned_remote: tuple[str, ...] = ()
@@ -113,6 +115,8 @@ def _one_domain(
             pruned_remote = tuple(
                 prune_remote(run_options.offsite, facts.name, settings.retention, tz, pending)
             )
+        except Interrupted:
+            raise  # SIGINT/SIGTERM end the run, not just this domain
         except VirtbackupError as err:
             outcome = replace(
                 outcome, result=Result.FAILED, message=f"remote retention failed: {err}"
@@ -137,6 +141,8 @@ def _hook(argv: tuple[str, ...], env: dict[str, str]) -> str | None:
         return None
     try:
         runner.run(list(argv), env=env, timeout=HOOK_TIMEOUT)
+    except Interrupted:
+        raise  # SIGINT/SIGTERM end the run, not just this domain
     except VirtbackupError as err:
         return str(err)
     except OSError as err:
