@@ -320,3 +320,31 @@ def test_remote_only_to_a_dead_remote_fails_the_domain_in_one_line(
     # the domain is back on its own image, running
     assert dom.state()[0] == 1
     assert "virtbackup" not in dom.XMLDesc(0)
+
+
+def test_doctor_checks_the_keys_and_the_remote(
+    sftp_remote: RemoteServer, dest: Path, tmp_path: Path
+) -> None:
+    keys = make_key_pair(tmp_path / "keys")
+    config = offsite_config(
+        tmp_path / "vb.toml", dest, sftp_remote, extra=f'encrypt = "{keys.recipients}"'
+    )
+
+    def doctor() -> dict[str, dict[str, str]]:
+        argv = ["--config", str(config), "doctor", "--no-guestfs", "--dest", str(dest), "--json"]
+        result = subprocess.run(
+            [sys.executable, "-m", "virtbackup", *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        document = json.loads(result.stdout)
+        return {f["check"]: f for f in document["findings"] if f["check"] in ("encrypt", "remote")}
+
+    found = doctor()
+    assert (found["encrypt"]["severity"], found["remote"]["severity"]) == ("info", "info")
+    sftp_remote.stop()
+    keys.recipients.write_text("not a key\n")
+    found = doctor()
+    assert (found["encrypt"]["severity"], found["remote"]["severity"]) == ("blocker", "blocker")

@@ -12,6 +12,7 @@ from virtbackup.core.doctor import (
     DomainCheck,
     Finding,
     HostFacts,
+    OffsiteFacts,
     ProgramFact,
     Settings,
     Severity,
@@ -240,3 +241,17 @@ def test_volume_group_free_space_for_lvm_snapshots(
     findings = domain_findings(check(method=method, volume_group=lv), settings)
     found = by_check(findings, "lvm")
     assert [f.severity for f in found] == ([severity] if severity else [])
+
+
+def test_encryption_and_remote_findings() -> None:
+    fine = OffsiteFacts(recipients_file="/etc/r.txt", recipients=2, remote="offsite:vb")
+    findings = host_findings(replace(HEALTHY_HOST, offsite=fine), 0)
+    assert one(findings, "encrypt").severity == Severity.INFO
+    assert "2 key(s) of /etc/r.txt" in one(findings, "encrypt").text
+    assert one(findings, "remote").severity == Severity.INFO
+    broken = replace(fine, encrypt_problem="malformed recipient", remote_problem="refused")
+    findings = host_findings(replace(HEALTHY_HOST, offsite=broken), 0)
+    assert one(findings, "encrypt").severity == Severity.BLOCKER
+    assert one(findings, "remote").severity == Severity.BLOCKER
+    assert "refused" in one(findings, "remote").text and blocks_backups(findings)
+    assert not [f for f in host_findings(HEALTHY_HOST, 0) if f.check in ("encrypt", "remote")]

@@ -16,8 +16,10 @@ from rich.table import Table
 from rich.text import Text
 
 from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.adapters.rclone import Remote
 from virtbackup.cli.backup_options import load_settings
 from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.remote_options import remote_store
 from virtbackup.core.config import Config
 from virtbackup.core.doctor import Finding, Settings, Severity, blocks_backups, diagnose
 from virtbackup.core.errors import ExitCode
@@ -54,7 +56,7 @@ def doctor_command(
     """Tell what stops this host or domain from small, consistent backups, and the fix.
 
     Checks the host (libvirtd, programs, the libguestfs appliance, free space at the
-    destination) and each domain (guest agent, discard passthrough, qcow2 version,
+    destination, the encryption keys and the offsite remote) and each domain (guest agent, discard passthrough, qcow2 version,
     hole punching, backing chains, snapshot room). Changes nothing. Exit 1 when a
     finding blocks backups.
     """
@@ -68,6 +70,8 @@ def doctor_command(
         dest=dest or config.dest,
         overlay_dir=overlay_dir,
         guestfs=not skip_guestfs,
+        encrypt=config.encrypt,
+        remote=_configured_remote(config),
     )
     settings = Settings(
         overlay_dir=str(overlay_dir) if overlay_dir else None,
@@ -79,6 +83,11 @@ def doctor_command(
     else:
         render(findings)
     return int(ExitCode.FAILED if blocks_backups(findings) else ExitCode.OK)
+
+
+def _configured_remote(config: Config) -> Remote | None:
+    store = remote_store("", None, config) if config.remote is not None else None
+    return store.remote if store is not None else None
 
 
 def _plan_options(config: Config) -> OptionsFor:

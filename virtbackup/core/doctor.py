@@ -72,6 +72,17 @@ class DestFacts:
 
 
 @dataclass(frozen=True)
+class OffsiteFacts:
+    """Encryption and the offsite remote, when the configuration asks for them."""
+
+    recipients_file: str | None = None
+    recipients: int = 0  # keys in it
+    encrypt_problem: str | None = None
+    remote: str | None = None  # rclone location
+    remote_problem: str | None = None
+
+
+@dataclass(frozen=True)
 class HostFacts:
     uri: str
     libvirt_error: str | None = None  # None: the daemon answered
@@ -80,6 +91,7 @@ class HostFacts:
     guestfs_error: str | None = None  # when checked: None means the appliance booted
     dest: DestFacts | None = None  # None: no destination given
     lvm_checked: bool = False  # whether discovery can tell images on LVM (on_lv)
+    offsite: OffsiteFacts = OffsiteFacts()
 
 
 class AgentState(StrEnum):
@@ -168,6 +180,7 @@ def host_findings(host: HostFacts, expected: int) -> list[Finding]:
     found += _program_findings(host.programs)
     found += _guestfs_findings(host)
     found += _dest_findings(host.dest, expected)
+    found += _offsite_findings(host.offsite)
     if not host.lvm_checked:
         found.append(
             Finding(
@@ -234,6 +247,41 @@ def _guestfs_findings(host: HostFacts) -> list[Finding]:
             "run libguestfs-test-tool to see why",
         )
     ]
+
+
+def _offsite_findings(offsite: OffsiteFacts) -> list[Finding]:
+    found = []
+    if offsite.encrypt_problem is not None:
+        found.append(
+            Finding(
+                Severity.BLOCKER,
+                "encrypt",
+                f"backups cannot be encrypted: {offsite.encrypt_problem}",
+                "fix the recipients file: one age public key per line (age-keygen -y KEYFILE)",
+            )
+        )
+    elif offsite.recipients_file is not None:
+        found.append(
+            Finding(
+                Severity.INFO,
+                "encrypt",
+                f"backups are encrypted to {offsite.recipients} key(s) of "
+                f"{offsite.recipients_file}; keep the identity off this host",
+            )
+        )
+    if offsite.remote_problem is not None:
+        found.append(
+            Finding(
+                Severity.BLOCKER,
+                "remote",
+                f"offsite copies to {offsite.remote} fail: {offsite.remote_problem}",
+                "check the remote with 'rclone --config FILE lsd NAME:' and the [remote] "
+                "settings; local backups are still made, but each run exits 1",
+            )
+        )
+    elif offsite.remote is not None:
+        found.append(Finding(Severity.INFO, "remote", f"the remote {offsite.remote} answers"))
+    return found
 
 
 def _dest_findings(dest: DestFacts | None, expected: int) -> list[Finding]:

@@ -8,21 +8,23 @@ hole-punching test runs on an unnamed scratch file beside the image.
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from virtbackup.adapters import host_probe
+from virtbackup.adapters import age, host_probe, rclone
 from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.guest_agent import silent_reason
 from virtbackup.adapters.libvirt_conn import ConnectFailed, libvirt_module
 from virtbackup.adapters.lvm import find_lv
+from virtbackup.adapters.rclone import Remote
 from virtbackup.core.doctor import (
     AgentState,
     DestFacts,
     DiskCheck,
     DomainCheck,
     HostFacts,
+    OffsiteFacts,
     ProgramFact,
     VolumeGroupFacts,
 )
@@ -55,6 +57,8 @@ def examine(
     dest: Path | None,
     overlay_dir: Path | None,
     guestfs: bool,
+    encrypt: Path | None = None,
+    remote: Remote | None = None,
 ) -> Examination:
     """Look at the host and at the named domains (every domain when none is named).
 
@@ -81,8 +85,27 @@ def examine(
         dest=_dest_facts(dest) if dest is not None else None,
         # Discovery fills on_lv (True/False) where it can tell (lvs installed and working).
         lvm_checked=all(d.disk.on_lv is not None for c in checks for d in c.disks if d.backed_up),
+        offsite=_offsite_facts(encrypt, remote),
     )
     return Examination(host, tuple(checks))
+
+
+def _offsite_facts(encrypt: Path | None, remote: Remote | None) -> OffsiteFacts:
+    facts = OffsiteFacts()
+    if encrypt is not None:
+        try:
+            keys = len(age.read_recipients(encrypt).keys)
+            facts = replace(facts, recipients_file=str(encrypt), recipients=keys)
+        except VirtbackupError as err:
+            facts = replace(facts, recipients_file=str(encrypt), encrypt_problem=err.message)
+    if remote is not None:
+        facts = replace(facts, remote=remote.location)
+        try:
+            rclone.check_config(remote)
+            rclone.list_entries(remote, "")  # reads only: doctor changes nothing
+        except VirtbackupError as err:
+            facts = replace(facts, remote_problem=str(err))
+    return facts
 
 
 def _guestfs_error() -> str | None:
