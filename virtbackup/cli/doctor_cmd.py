@@ -56,9 +56,9 @@ def doctor_command(
     """Tell what stops this host or domain from small, consistent backups, and the fix.
 
     Checks the host (libvirtd, programs, the libguestfs appliance, free space at the
-    destination, the encryption keys and the offsite remote) and each domain (guest agent, discard passthrough, qcow2 version,
-    hole punching, backing chains, snapshot room). Changes nothing. Exit 1 when a
-    finding blocks backups.
+    destination, the encryption keys and the offsite remote) and each domain (guest
+    agent, discard passthrough, qcow2 version, hole punching, backing chains, snapshot
+    room). Changes nothing. Exit 1 when a finding blocks backups.
     """
     config = load_settings(options)
     overlay_dir = config.overlay_dir
