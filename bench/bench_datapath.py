@@ -88,6 +88,7 @@ class CaseResult:
     backup: dict[tuple[str, str], Measured] = field(default_factory=dict)  # (cache, run)
     outputs: dict[tuple[str, str], int] = field(default_factory=dict)
     restore: dict[tuple[str, str], Measured] = field(default_factory=dict)
+    spread: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # min, max
 
 
 def main() -> None:
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--cache", default="cold,warm", help="cold,warm or one of them")
     parser.add_argument("--workers", default="", help="e.g. 1,2 [default: 1..N]")
     parser.add_argument("--no-restore", action="store_true")
+    parser.add_argument("--restore-only", action="store_true", help="time only lz4 -d and restore")
     parser.add_argument("--check", action="store_true", help="cmp every restored image")
     parser.add_argument("--repeat", type=int, default=1, help="runs per number (median)")
     parser.add_argument(
@@ -127,7 +129,8 @@ def main() -> None:
         shutil.rmtree(runs, ignore_errors=True)
         runs.mkdir()
 
-    print_tables(results, caches, workers, one_core, all_cores, cpus, load)
+    cli = start_up() if not args.no_restore else None
+    print_tables(results, caches, workers, one_core, all_cores, cpus, load, cli)
 
 
 def default_workers() -> list[int]:
@@ -183,16 +186,12 @@ def measure_case(
         drop_caches()
         result.cold_read = read_ranges(source, ranges)
 
-    def prepare(cache: str, path: Path, what: list[tuple[int, int]]) -> None:
-        if cache == "cold":
-            drop_caches()
-        else:
-            read_ranges(path, what)
-
-    def median(samples: list[Measured]) -> Measured:
-        return sorted(samples, key=lambda m: m.wall)[len(samples) // 2]
-
-    stream = None
+    if args.restore_only:
+        dest = runs / "dest-untimed-0"
+        dest.mkdir()
+        argv = [sys.executable, "-c", BACKUP_CHILD, str(dest), str(source), str(max(workers))]
+        run([argv], cwd=ROOT)
+        return measure_restore(result, runs, caches, args)
     for cache in caches:
         seed_out = runs / "seed.lz4"
         samples = []
@@ -216,9 +215,30 @@ def measure_case(
                 if attempt:
                     shutil.rmtree(dest)
             result.backup[cache, f"w{count}"] = median(samples)
-    stream = next(runs.glob("dest-*-0/bench/*/vda.raw.lz4"), None)
-    if stream is None or args.no_restore:
+    if args.no_restore:
         return result
+    return measure_restore(result, runs, caches, args)
+
+
+def prepare(cache: str, path: Path, what: list[tuple[int, int]]) -> None:
+    if cache == "cold":
+        drop_caches()
+    else:
+        read_ranges(path, what)
+
+
+def median(samples: list[Measured]) -> Measured:
+    return sorted(samples, key=lambda m: m.wall)[len(samples) // 2]
+
+
+def measure_restore(
+    result: CaseResult, runs: Path, caches: list[str], args: argparse.Namespace
+) -> CaseResult:
+    """Time `lz4 -d`, `sync` of its output, and `virtbackup restore` of the first stream."""
+    stream = next(runs.glob("dest-*-0/bench/*/vda.raw.lz4"), None)
+    if stream is None:
+        return result
+    source = result.source
     whole_stream = [(0, stream.stat().st_size)]
     for cache in caches:
         by_lz4, restored = runs / "by-lz4.raw", runs / "restored"
@@ -237,10 +257,17 @@ def measure_case(
                         raise SystemExit(f"{image} differs from {source}")
             by_lz4.unlink()
             shutil.rmtree(restored)
-        result.restore[cache, "lz4 -d"] = median(lz4d)
-        result.restore[cache, "sync"] = median(synced)
-        result.restore[cache, "virtbackup"] = median(ours)
+        for what, samples in (("lz4 -d", lz4d), ("sync", synced), ("virtbackup", ours)):
+            result.restore[cache, what] = median(samples)
+            walls = [m.wall for m in samples]
+            result.spread[cache, what] = (min(walls), max(walls))
     return result
+
+
+def start_up() -> float:
+    """Seconds the CLI takes to start and exit (median of 3): part of every restore."""
+    argv = [sys.executable, "-m", "virtbackup", "--help"]
+    return median([run([argv], cwd=ROOT) for _ in range(3)]).wall
 
 
 def print_tables(
@@ -251,6 +278,7 @@ def print_tables(
     all_cores: float,
     cpus: int,
     load: float,
+    cli: float | None,
 ) -> None:
     timed = [m for r in results for m in [*r.backup.values(), *r.restore.values()]]
     other = sum(m.other_cpu for m in timed) / sum(m.wall for m in timed)
@@ -273,6 +301,15 @@ def print_tables(
             f"| {r.needed / MiB:.0f} | {cold} | {bound_cold} "
             f"| {bound(r, 'warm', all_cores):.2f} |"
         )
+    if any(r.backup for r in results):
+        print_backup_table(results, caches, workers, all_cores)
+    if any(r.restore for r in results):
+        print_restore_table(results, caches, cli)
+
+
+def print_backup_table(
+    results: list[CaseResult], caches: list[str], workers: list[int], all_cores: float
+) -> None:
     top = f"w{max(workers)}"
     names = " | ".join(f"virtbackup {n} worker{'s' if n > 1 else ''} s" for n in workers)
     print(
@@ -295,23 +332,30 @@ def print_tables(
                 f"| {best.wall / bound(r, cache, all_cores):.2f}x "
                 f"| {r.outputs[cache, top] / r.outputs[cache, 'seed']:.3f} |"
             )
-    if not any(r.restore for r in results):
-        return
+
+
+def print_restore_table(results: list[CaseResult], caches: list[str], cli: float | None) -> None:
+    if cli is not None:
+        print(f"\n`virtbackup --help` takes {cli:.2f} s (Python start-up, part of each restore)")
     print(
         "\n| image | cache | lz4 -d s | lz4 -d + sync s | virtbackup restore s | CPU % "
-        "| peak RSS MiB | speed vs lz4 -d | vs lz4 -d + sync |"
+        "| peak RSS MiB | speed vs lz4 -d | vs lz4 -d + sync | lz4 -d range s "
+        "| restore range s |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         for cache in caches:
             if (cache, "lz4 -d") not in r.restore:
                 continue
             lz4d, ours = r.restore[cache, "lz4 -d"], r.restore[cache, "virtbackup"]
             synced = lz4d.wall + r.restore[cache, "sync"].wall
+            ranges = " | ".join(
+                "{:.2f}-{:.2f}".format(*r.spread[cache, what]) for what in ("lz4 -d", "virtbackup")
+            )
             print(
                 f"| {CASES[r.name]} | {cache} | {lz4d.wall:.2f} | {synced:.2f} | {ours.wall:.2f} "
                 f"| {ours.cpu_percent:.0f} | {ours.max_rss_kib / 1024:.0f} "
-                f"| {lz4d.wall / ours.wall:.2f}x | {synced / ours.wall:.2f}x |"
+                f"| {lz4d.wall / ours.wall:.2f}x | {synced / ours.wall:.2f}x | {ranges} |"
             )
 
 

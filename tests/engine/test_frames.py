@@ -12,6 +12,7 @@ from virtbackup.engine.frames import (
     MAX_BLOCK,
     FrameError,
     decode_frame,
+    decode_frame_into,
     encode_frame,
     frame_header,
     is_zero_frame,
@@ -49,6 +50,22 @@ def test_frames_decode_here_and_with_stock_lz4(data: bytes, tmp_path: Path) -> N
     stream.write_bytes(frame + frame)  # frames concatenate
     out = subprocess.run(["lz4", "-dc", str(stream)], capture_output=True, check=True).stdout
     assert out == data + data
+
+
+@pytest.mark.parametrize(
+    "data",
+    [TEXT[: 4 * MiB], TEXT[: 3 * MiB] + os.urandom(5 * MiB) + b"x", b"\0" * 17],
+    ids=["one-block", "three-blocks", "tiny"],
+)
+def test_decode_into_a_buffer(data: bytes) -> None:
+    out = memoryview(bytearray(len(data) + 10))
+    out[len(data) :] = b"\x01" * 10
+    decode_frame_into(_frame(data), len(data), out)
+    assert out[: len(data)] == data
+    assert out[len(data) :] == b"\x01" * 10  # nothing beyond the length
+    other = lz4.frame.compress(data)  # another writer's frame
+    decode_frame_into(other, len(data), out)
+    assert out[: len(data)] == data
 
 
 def test_header_is_what_liblz4_writes() -> None:
@@ -101,6 +118,8 @@ def test_damaged_frames(damage: Callable[[bytes], bytes], message: str) -> None:
     data = TEXT[:MiB]
     with pytest.raises(FrameError, match=message):
         decode_frame(damage(_frame(data)), len(data))
+    with pytest.raises(FrameError, match=message):
+        decode_frame_into(damage(_frame(data)), len(data), memoryview(bytearray(len(data))))
 
 
 def test_wrong_length_is_refused() -> None:

@@ -1,12 +1,13 @@
 """The page-cache and allocator helpers of the data path."""
 
+import fcntl
 import os
 from pathlib import Path
 
 import pytest
 
 from virtbackup.engine import io_control
-from virtbackup.engine.io_control import WriteBehind, reuse_freed_memory
+from virtbackup.engine.io_control import WriteBehind, reuse_freed_memory, set_direct
 
 
 def test_write_behind_kicks_every_step_and_rereleases_the_lag(
@@ -38,3 +39,24 @@ def test_write_behind_leaves_written_data_intact(tmp_path: Path) -> None:
 def test_reuse_freed_memory_is_idempotent() -> None:
     first = reuse_freed_memory()
     assert reuse_freed_memory() is first
+
+
+def test_set_direct_switches_o_direct(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if not set_direct(fd, True):
+            pytest.skip("this file system does not do direct I/O")
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+        assert set_direct(fd, False)
+        assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+    finally:
+        os.close(fd)
+
+
+def test_set_direct_says_no_where_it_cannot() -> None:
+    fd = os.open("/proc/self/stat", os.O_RDONLY)  # procfs has no direct I/O
+    try:
+        assert not set_direct(fd, True)
+        assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+    finally:
+        os.close(fd)

@@ -13,6 +13,7 @@ buffers for one os.writev, never joined.
 """
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -111,12 +112,31 @@ def is_zero_frame(frame: bytes, length: int) -> bool:
 def decode_frame(frame: bytes, length: int) -> Buffer:
     """The `length` bytes of a stored frame; FrameError if it is damaged. Frames of another
     layout (any valid LZ4 frame) are decoded with lz4.frame."""
-    header = frame_header()
-    if not frame.startswith(header):
+    if not frame.startswith(frame_header()):
         return _decode_any_frame(frame, length)
+    pieces = [_block_data(*block) for block in _blocks(frame, length)]
+    if len(pieces) == 1:
+        return pieces[0]
+    return b"".join(pieces)
+
+
+def decode_frame_into(frame: bytes, length: int, out: memoryview) -> None:
+    """Decode the `length` bytes of a stored frame into `out[:length]` (a reused, aligned
+    buffer, so restore can write it with O_DIRECT); FrameError if it is damaged."""
+    if not frame.startswith(frame_header()):
+        out[:length] = _decode_any_frame(frame, length)
+        return
+    at = 0
+    for block, expected, stored in _blocks(frame, length):
+        out[at : at + expected] = _block_data(block, expected, stored)
+        at += expected
+
+
+def _blocks(frame: bytes, length: int) -> Iterator[tuple[memoryview, int, bool]]:
+    """Each block of one of our frames, the bytes it must decode to and whether it is
+    stored uncompressed; FrameError if the frame does not hold `length` bytes."""
     view = memoryview(frame)
-    at = len(header)
-    pieces: list[Buffer] = []
+    at = len(frame_header())
     for start in range(0, length, MAX_BLOCK):
         expected = min(MAX_BLOCK, length - start)
         if at + _BLOCK_SIZE.size > len(frame):
@@ -128,23 +148,24 @@ def decode_frame(frame: bytes, length: int) -> Buffer:
         if size == 0 or len(block) != size:
             raise FrameError("it ends inside a block")
         at += size
-        if word & _STORED:
-            if size != expected:
-                raise FrameError(f"a stored block holds {size} bytes instead of {expected}")
-            pieces.append(block)
-            continue
-        try:
-            data = lz4.block.decompress(block, uncompressed_size=expected)
-        except Exception as err:  # python-lz4 raises ValueError naming the byte
-            raise FrameError(f"cannot be decompressed ({err})") from None
-        if len(data) != expected:
-            raise FrameError(f"a block holds {len(data)} bytes instead of {expected}")
-        pieces.append(data)
+        stored = bool(word & _STORED)
+        if stored and size != expected:
+            raise FrameError(f"a stored block holds {size} bytes instead of {expected}")
+        yield block, expected, stored
     if frame[at:] != END_MARK:
         raise FrameError("it does not end after its blocks")
-    if len(pieces) == 1:
-        return pieces[0]
-    return b"".join(pieces)
+
+
+def _block_data(block: memoryview, expected: int, stored: bool) -> Buffer:
+    if stored:
+        return block
+    try:
+        data: bytes = lz4.block.decompress(block, uncompressed_size=expected)
+    except Exception as err:  # python-lz4 raises ValueError naming the byte
+        raise FrameError(f"cannot be decompressed ({err})") from None
+    if len(data) != expected:
+        raise FrameError(f"a block holds {len(data)} bytes instead of {expected}")
+    return data
 
 
 def _decode_any_frame(frame: bytes, length: int) -> bytes:

@@ -7,6 +7,7 @@ calls it on its reading thread and the CLI's own thread keeps its priority.
 """
 
 import ctypes
+import fcntl
 import functools
 import logging
 import os
@@ -62,6 +63,21 @@ def drop_cached(fd: int, offset: int, length: int) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     except OSError:
         pass  # not supported on this file (e.g. a pipe): nothing to spare
+
+
+DIRECT_ALIGN = 4096  # O_DIRECT offsets, lengths and buffers: a page covers any block size
+
+
+def set_direct(fd: int, on: bool) -> bool:
+    """Switch O_DIRECT on or off for `fd`: writes then go from our buffer to the device,
+    with no copy into the page cache and no dirty pages for writeback to find. False
+    (nothing changed) where the file system does not do direct I/O."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+    except OSError:
+        return False
+    return True
 
 
 class WriteBehind:

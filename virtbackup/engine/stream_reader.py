@@ -4,10 +4,15 @@ Both restore and verify decode frames on a pool of threads (python-lz4 and hashl
 release the GIL) and check each frame's sha256; the whole-disk digest is then folded
 from those checked frame digests in order (see core/streamformat.py), so both recompute
 it without a second pass over the data. Restore writes each frame where it belongs as
-soon as it is decoded.
+soon as it is decoded and checked: its long runs of data with O_DIRECT from reused
+aligned buffers (no copy into the page cache, and the device writes while the pool
+decodes), short runs through the page cache, zero blocks not at all; one fsync at the
+end makes the file durable before the caller renames it into place.
 """
 
+import errno
 import hashlib
+import mmap
 import os
 import threading
 from collections import deque
@@ -22,29 +27,38 @@ from virtbackup.core.manifest import DiskRecord
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.streamformat import (
     FOOTER_MAGIC,
-    INDEX_BODY_DIGEST_SIZE,
-    INDEX_ENTRY,
     INDEX_FOOTER,
-    INDEX_HEADER,
     SKIPPABLE_HEADER,
     SKIPPABLE_MAGIC,
     ChunkedDigest,
     FrameEntry,
     IndexFormatError,
     IndexHeader,
-    check_tiling,
-    digest_size,
-    unpack_entries,
-    unpack_header,
+    parse_index_content,
     zero_digest,
 )
-from virtbackup.engine.frames import Buffer, FrameError, decode_frame, is_zero_frame, zeros
-from virtbackup.engine.io_control import WriteBehind, drop_cached, reuse_freed_memory
+from virtbackup.engine.frames import (
+    Buffer,
+    FrameError,
+    decode_frame,
+    decode_frame_into,
+    is_zero_frame,
+    zeros,
+)
+from virtbackup.engine.io_control import (
+    DIRECT_ALIGN,
+    WriteBehind,
+    drop_cached,
+    reuse_freed_memory,
+    set_direct,
+)
 
 SPARSE_BLOCK = 4096  # zero runs of this granularity become holes on restore
+_DIRECT_MIN = 256 << 10  # shorter runs are written buffered (see _Target)
 
 T = TypeVar("T")
 R = TypeVar("R")
+D = TypeVar("D")
 
 
 @dataclass(frozen=True)
@@ -81,17 +95,10 @@ def _read_index(fd: int, path: Path) -> StreamIndex:
     content_end = index_offset + SKIPPABLE_HEADER.size + content_size
     if frame_magic != SKIPPABLE_MAGIC or content_end != size:
         raise IndexFormatError("the index frame does not end at the end of the file")
-    body_size = content_size - INDEX_BODY_DIGEST_SIZE - INDEX_FOOTER.size
-    body = os.pread(fd, body_size, index_offset + SKIPPABLE_HEADER.size)
-    stored_digest = os.pread(fd, INDEX_BODY_DIGEST_SIZE, index_offset + 8 + body_size)
-    if len(body) != body_size or hashlib.sha256(body).digest() != stored_digest:
-        raise IndexFormatError("the index does not match its digest")
-    header = unpack_header(body[: INDEX_HEADER.size])
-    entries_raw = body[INDEX_HEADER.size :]
-    if len(entries_raw) != header.frame_count * INDEX_ENTRY.size:
-        raise IndexFormatError("the index holds a different number of frames than it says")
-    entries = unpack_entries(entries_raw, header.frame_count, digest_size(header.frame_digest))
-    check_tiling(header, entries, index_offset)
+    content = os.pread(fd, content_size, index_offset + SKIPPABLE_HEADER.size)
+    if len(content) != content_size:
+        raise IndexFormatError("the index is truncated")
+    header, entries = parse_index_content(content, index_offset)
     return StreamIndex(path, header, entries, index_offset)
 
 
@@ -106,6 +113,29 @@ class _FrameDecoder:
     def decode(self, entry: FrameEntry) -> Buffer | None:
         """The frame's bytes, or None for a zero frame; CorruptBackup on any mismatch.
         A frame that is returned has the digest `entry.digest`."""
+        frame = self._read(entry)
+        if frame is None:
+            return None
+        try:
+            data = decode_frame(frame, entry.data_length)
+        except FrameError as err:
+            raise self._error(entry, str(err)) from None
+        return self._checked(entry, data)
+
+    def decode_into(self, entry: FrameEntry, out: memoryview) -> bool:
+        """Decode the frame into `out[:entry.data_length]` and check it as `decode` does;
+        False (and `out` undefined) for a zero frame."""
+        frame = self._read(entry)
+        if frame is None:
+            return False
+        try:
+            decode_frame_into(frame, entry.data_length, out)
+        except FrameError as err:
+            raise self._error(entry, str(err)) from None
+        return self._checked(entry, out[: entry.data_length]) is not None
+
+    def _read(self, entry: FrameEntry) -> bytes | None:
+        """The stored frame, or None for the prepared zero frame (checked)."""
         frame = os.pread(self.fd, entry.stored_length, entry.stored_offset)
         drop_cached(self.fd, entry.stored_offset, entry.stored_length)
         if len(frame) != entry.stored_length:
@@ -115,10 +145,9 @@ class _FrameDecoder:
             if entry.digest != zero_digest(entry.data_length, self.index.header.frame_digest):
                 raise self._error(entry, "does not match its digest")
             return None
-        try:
-            data = decode_frame(frame, entry.data_length)
-        except FrameError as err:
-            raise self._error(entry, str(err)) from None
+        return frame
+
+    def _checked(self, entry: FrameEntry, data: Buffer) -> Buffer | None:
         if hashlib.new(self.index.header.frame_digest, data).digest() != entry.digest:
             raise self._error(entry, "does not match its digest")
         if entry.is_zero:
@@ -134,6 +163,12 @@ class _FrameDecoder:
         )
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    buffer: mmap.mmap  # from the pool; back to it once written
+    runs: list[tuple[int, int]]  # what to write of it: its non-zero blocks
+
+
 def restore_stream(
     index: StreamIndex,
     target_fd: int,
@@ -142,22 +177,39 @@ def restore_stream(
     workers: int = 0,
 ) -> str:
     """Write the stream's data into `target_fd` (an empty file), sparse; return the hex
-    whole-disk digest recomputed from the checked frames. Frames are decoded and checked
-    in parallel and written in order by the calling thread (one writer: parallel writes
-    to one file only contend for its lock)."""
+    whole-disk digest recomputed from the checked frames. The pool threads read, decode,
+    check and scan each frame for zero blocks, into buffers of their own; the calling
+    thread writes them in order (one writer: parallel writes to one file only contend
+    for its lock), and syncs the file at the end. Writes go with O_DIRECT only when the
+    backup is on another device than the target: on the same device they would wait
+    behind the backup's reads (measured: dense restores 1.4x slower cold), while the
+    page cache's writeback interleaves with them."""
     os.ftruncate(target_fd, index.header.data_size)  # all hole; frames fill in the data
-    write_behind = WriteBehind(target_fd)
+    buffers = _BufferPool(index.header.chunk_size)
+    target = _Target(
+        target_fd, index.header.chunk_size, allow_direct=_on_other_device(index.path, target_fd)
+    )
 
-    def write(entry: FrameEntry, data: Buffer | None) -> None:
-        if data is not None:
-            _write_sparse(target_fd, entry.data_offset, data)
-            write_behind.written(entry.data_offset + entry.data_length)
+    def write(entry: FrameEntry, decoded: _Decoded | None) -> None:
+        if decoded is not None:
+            target.write(entry.data_offset, decoded.buffer, decoded.runs)
+            buffers.give(decoded.buffer)
+        target.written(entry.data_offset + entry.data_length)
 
     with open(index.path, "rb") as stream:
         decoder = _FrameDecoder(index, stream.fileno(), label)
-        digest = _each_frame_in_order(index, decoder.decode, write, label, progress, workers)
-    os.fsync(target_fd)
-    drop_cached(target_fd, 0, 0)
+
+        def decode(entry: FrameEntry) -> _Decoded | None:
+            buffer = buffers.take()
+            if decoder.decode_into(entry, memoryview(buffer)):
+                runs = _data_runs(buffer, entry.data_length)
+                if runs:
+                    return _Decoded(buffer, runs)
+            buffers.give(buffer)
+            return None
+
+        digest = _each_frame_in_order(index, decode, write, label, progress, workers)
+    target.finish()
     return digest
 
 
@@ -172,8 +224,8 @@ def verify_stream(index: StreamIndex, label: str, progress: ProgressSink, worker
 
 def _each_frame_in_order(
     index: StreamIndex,
-    decode: Callable[[FrameEntry], Buffer | None],
-    consume: Callable[[FrameEntry, Buffer | None], None],
+    decode: Callable[[FrameEntry], D],
+    consume: Callable[[FrameEntry, D], None],
     label: str,
     progress: ProgressSink,
     workers: int,
@@ -211,22 +263,127 @@ def check_index_matches(index: StreamIndex, disk: DiskRecord) -> None:
         raise CorruptBackup(f"{disk.target}: the index and the manifest disagree on the digest")
 
 
+def _on_other_device(stream: Path, target_fd: int) -> bool:
+    return os.stat(stream).st_dev != os.fstat(target_fd).st_dev
+
+
+class _BufferPool:
+    """Page-aligned buffers of one chunk each (anonymous mmaps), reused: restore decodes
+    into them and writes from them with O_DIRECT. There are only as many as frames are
+    in flight at once (a handful), so memory stays bounded without a limit here."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self._size = -(-chunk_size // DIRECT_ALIGN) * DIRECT_ALIGN
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return mmap.mmap(-1, self._size)
+
+    def give(self, buffer: mmap.mmap) -> None:
+        with self._lock:
+            self._free.append(buffer)
+
+
+class _Target:
+    """The restored file: only the given runs of each frame are written, so zero blocks
+    stay holes. Long runs go with O_DIRECT (where the file system has it) from the pool's
+    buffers straight to the device while the pool decodes the next frames: no copy into
+    the page cache, no writeback left for the final fsync. Short runs are written through
+    the page cache: a direct write waits for the device (~80 us here even for 4 KiB),
+    a buffered one does not, and the final fsync writes them out together. WriteBehind
+    keeps those dirty pages few."""
+
+    def __init__(self, fd: int, chunk_size: int, allow_direct: bool = True) -> None:
+        self._fd = fd
+        # only if frames start on the alignment O_DIRECT needs
+        aligned = chunk_size % DIRECT_ALIGN == 0
+        self._can_direct = allow_direct and aligned and set_direct(fd, True)
+        self._direct = self._can_direct  # what the file is set to now
+        self._behind = WriteBehind(fd)
+
+    def write(self, offset: int, data: mmap.mmap, runs: list[tuple[int, int]]) -> None:
+        view = memoryview(data)
+        for start, end in runs:
+            self._pwrite(view[start:end], offset + start)
+
+    def written(self, end: int) -> None:
+        """Everything up to offset `end` has been written."""
+        self._behind.written(end)
+
+    def finish(self) -> None:
+        """Make the data durable: return only after this the file may be renamed."""
+        os.fsync(self._fd)
+        self._set_direct(False)
+        drop_cached(self._fd, 0, 0)
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        # (the end of a disk whose size is not a multiple of 4 KiB is unaligned)
+        self._set_direct(len(data) >= _DIRECT_MIN and not (offset | len(data)) % DIRECT_ALIGN)
+        while data:
+            try:
+                written = os.pwrite(self._fd, data, offset)
+            except OSError as err:
+                if err.errno != errno.EINVAL or not self._direct:
+                    raise
+                self._set_direct(False)  # O_DIRECT was accepted but these writes are not
+                self._can_direct = False
+                continue
+            data = data[written:]
+            offset += written
+
+    def _set_direct(self, on: bool) -> None:
+        on = on and self._can_direct
+        if on == self._direct:
+            return
+        if set_direct(self._fd, on):
+            self._direct = on
+        elif on:
+            self._can_direct = False  # stay buffered
+        else:  # no way to write the unaligned end
+            raise OSError(errno.EINVAL, "cannot switch O_DIRECT off")
+
+
+_ZERO_BLOCK = zeros(SPARSE_BLOCK)
+
+
+def _data_runs(data: bytes | mmap.mmap, length: int) -> list[tuple[int, int]]:
+    """The [start, end) runs of `data[:length]` that are not whole zero blocks of
+    SPARSE_BLOCK bytes (counted from the start; a shorter last block counts as a block).
+    Two strided slices take the first and the last byte of every block; only blocks
+    where both are zero are compared with zeros in full (about one in 20 on a full
+    file system, most of them zero blocks indeed), not every block in a Python loop."""
+    blocks = length // SPARSE_BLOCK
+    whole = blocks * SPARSE_BLOCK
+    firsts = int.from_bytes(data[0:whole:SPARSE_BLOCK], "big")
+    lasts = int.from_bytes(data[SPARSE_BLOCK - 1 : whole : SPARSE_BLOCK], "big")
+    maybe_zero = (firsts | lasts).to_bytes(blocks, "big")  # byte i: block i's two bytes
+    runs: list[tuple[int, int]] = []
+    start = 0  # of the current run of data
+    block = maybe_zero.find(0)
+    while block >= 0:
+        at = block * SPARSE_BLOCK
+        if data[at : at + SPARSE_BLOCK] == _ZERO_BLOCK:
+            if at > start:
+                runs.append((start, at))
+            start = at + SPARSE_BLOCK
+        block = maybe_zero.find(0, block + 1)
+    if whole < length and data[whole:length] == zeros(length - whole):
+        length = whole
+    if length > start:
+        runs.append((start, length))
+    return runs
+
+
 def _write_sparse(fd: int, offset: int, data: Buffer) -> None:
     """pwrite the non-zero blocks of `data`; zero blocks stay holes of the target."""
     block = data if isinstance(data, bytes) else bytes(data)  # a stored block: rare
-    zero = zeros(SPARSE_BLOCK)
-    length = len(block)
-    run_start = -1
-    for at in range(0, length, SPARSE_BLOCK):
-        # startswith compares in place (memcmp, no slice copied)
-        if block.startswith(zero if length - at >= SPARSE_BLOCK else zero[: length - at], at):
-            if run_start >= 0:
-                _pwrite_all(fd, memoryview(block)[run_start:at], offset + run_start)
-                run_start = -1
-        elif run_start < 0:
-            run_start = at
-    if run_start >= 0:
-        _pwrite_all(fd, memoryview(block)[run_start:], offset + run_start)
+    view = memoryview(block)
+    for start, end in _data_runs(block, len(block)):
+        _pwrite_all(fd, view[start:end], offset + start)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
