@@ -11,7 +11,8 @@ from pathlib import Path
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.progress import NullProgress
 from virtbackup.engine.backup import BackupResult, DiskSource, back_up_disks
-from virtbackup.engine.stream_writer import WriterOptions
+from virtbackup.engine.stream_reader import read_index, restore_stream
+from virtbackup.engine.stream_writer import StreamResult, WriterOptions, write_stream
 
 MiB = 1024 * 1024
 
@@ -114,3 +115,18 @@ def digest_by_coreutils(stream: Path, chunk_size: int = 4 * MiB) -> str:
     digest, name = summed.stdout.split()
     assert name == "-"
     return digest
+
+
+def write_stream_file(source: Path, stream: Path, chunk_size: int = 1 * MiB) -> StreamResult:
+    """Write `source` as the stream file `stream` through the engine's writer."""
+    with open(stream, "wb") as out:
+        return write_stream(source, out, NullProgress(), "vda", WriterOptions(chunk_size))
+
+
+def restore_stream_file(stream: Path, target: Path) -> str:
+    """Restore the stream file into the new file `target`; the whole-disk digest."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        return restore_stream(read_index(stream, "vda"), fd, "vda", NullProgress())
+    finally:
+        os.close(fd)

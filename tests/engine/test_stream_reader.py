@@ -7,19 +7,17 @@ import random
 from pathlib import Path
 
 import pytest
+from backup_helpers import restore_stream_file, write_stream_file
 from harness.images import allocated_bytes
 
 from virtbackup.core.backup_errors import CorruptBackup
-from virtbackup.core.progress import NullProgress
 from virtbackup.engine import io_control, stream_reader
 from virtbackup.engine.stream_reader import (
     SPARSE_BLOCK,
     _data_runs,
     _FrameDecoder,
     read_index,
-    restore_stream,
 )
-from virtbackup.engine.stream_writer import WriterOptions, write_stream
 
 MiB = 1 << 20
 BLOCK = SPARSE_BLOCK
@@ -93,16 +91,7 @@ def _mixed_source(path: Path, size: int) -> bytes:
 
 
 def _stream_of(source: Path, stream: Path, chunk_size: int) -> str:
-    with open(stream, "wb") as out:
-        return write_stream(source, out, NullProgress(), "vda", WriterOptions(chunk_size)).digest
-
-
-def _restore(stream: Path, target: Path) -> str:
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        return restore_stream(read_index(stream, "vda"), fd, "vda", NullProgress())
-    finally:
-        os.close(fd)
+    return write_stream_file(source, stream, chunk_size).digest
 
 
 @pytest.fixture(params=["direct", "buffered"])
@@ -132,7 +121,7 @@ def test_restore_is_identical_and_sparse(
     stream = tmp_path / "vda.lz4"
     digest = _stream_of(source, stream, chunk_size)
     restored = tmp_path / "restored"
-    assert _restore(stream, restored) == digest
+    assert restore_stream_file(stream, restored) == digest
     assert restored.read_bytes() == data
     touched = set()  # file system blocks that data was written to (frames cut the grid)
     for frame in range(0, size, chunk_size):
@@ -167,14 +156,14 @@ def test_long_runs_go_direct_from_another_device_and_short_ones_buffered(
 
     monkeypatch.setattr(stream_reader.os, "pwrite", pwrite)
     restored = tmp_path / "restored"
-    assert _restore(stream, restored) == digest  # backup and target on one device
+    assert restore_stream_file(stream, restored) == digest  # backup and target on one device
     assert restored.read_bytes() == data
     assert writes and not any(direct for _, direct in writes)
 
     writes.clear()
     monkeypatch.setattr(stream_reader, "_on_other_device", lambda _stream, _fd: True)
     restored = tmp_path / "restored-elsewhere"
-    assert _restore(stream, restored) == digest
+    assert restore_stream_file(stream, restored) == digest
     assert restored.read_bytes() == data
     assert any(length >= MiB for length, _ in writes) and (BLOCK, False) in writes
     assert all(direct == (length >= 256 * 1024) for length, direct in writes)
@@ -208,7 +197,7 @@ def test_direct_writes_fall_back_when_refused(
     monkeypatch.setattr(stream_reader, "_on_other_device", lambda _stream, _fd: True)
     monkeypatch.setattr(stream_reader.os, "pwrite", pwrite)
     restored = tmp_path / "restored"
-    assert _restore(stream, restored) == digest
+    assert restore_stream_file(stream, restored) == digest
     assert len(refused) == 1  # then it stays buffered
     assert restored.read_bytes() == data
 
@@ -228,7 +217,7 @@ def test_a_bad_frame_is_not_written(tmp_path: Path, write_mode: str) -> None:
         damaged.write(bytes([byte ^ 0x10]))
     restored = tmp_path / "restored"
     with pytest.raises(CorruptBackup, match="disk offset 1048576"):
-        _restore(stream, restored)
+        restore_stream_file(stream, restored)
     assert restored.read_bytes()[MiB:] == bytes(restored.stat().st_size - MiB)
 
 

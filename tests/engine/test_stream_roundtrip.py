@@ -5,11 +5,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB, cmp_files, digest_by_coreutils, loop_device
+from backup_helpers import (
+    MiB,
+    cmp_files,
+    digest_by_coreutils,
+    loop_device,
+    restore_stream_file,
+    write_stream_file,
+)
 from harness.images import allocated_bytes, build_fs_image
 
 from virtbackup.core.progress import NullProgress
-from virtbackup.engine.stream_reader import read_index, restore_stream, verify_stream
+from virtbackup.engine.stream_reader import read_index, verify_stream
 from virtbackup.engine.stream_writer import StreamResult, WriterOptions, write_stream
 
 
@@ -29,19 +36,6 @@ class CountingProgress:
         self.done += 1
 
 
-def _write(source: Path, stream: Path, chunk_size: int = 1 * MiB) -> StreamResult:
-    with open(stream, "wb") as out:
-        return write_stream(source, out, NullProgress(), "vda", WriterOptions(chunk_size))
-
-
-def _restore(stream: Path, target: Path) -> str:
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        return restore_stream(read_index(stream, "vda"), fd, "vda", NullProgress())
-    finally:
-        os.close(fd)
-
-
 def _check_round_trip(
     source: Path, tmp_path: Path, result: StreamResult, stream: Path, chunk_size: int = 1 * MiB
 ) -> None:
@@ -51,7 +45,7 @@ def _check_round_trip(
     subprocess.run(["lz4", "-d", "-q", str(stream), str(by_lz4)], check=True)
     assert cmp_files(source, by_lz4)
     restored = tmp_path / "restored"
-    assert _restore(stream, restored) == result.digest
+    assert restore_stream_file(stream, restored) == result.digest
     assert cmp_files(source, restored)
     if source.is_file():
         assert allocated_bytes(restored) <= allocated_bytes(source)
@@ -74,7 +68,7 @@ def test_sparse_raw_ext4_image(tmp_path: Path) -> None:
 def test_qcow2_image(tmp_path: Path) -> None:
     image = build_fs_image(tmp_path / "web1.qcow2", size=64 * MiB, fmt="qcow2", content=6 * MiB)
     stream = tmp_path / "vda.qcow2.lz4"
-    result = _write(image.path, stream)
+    result = write_stream_file(image.path, stream)
     _check_round_trip(image.path, tmp_path, result, stream)
     check = subprocess.run(["qemu-img", "check", str(tmp_path / "restored")], check=False)
     assert check.returncode == 0
@@ -84,7 +78,7 @@ def test_block_device(tmp_path: Path) -> None:
     image = build_fs_image(tmp_path / "lv.raw", size=32 * MiB, content=4 * MiB)
     stream = tmp_path / "vda.raw.lz4"
     with loop_device(image.path) as device:
-        result = _write(device, stream)
+        result = write_stream_file(device, stream)
         assert result.data_size == 32 * MiB
         _check_round_trip(device, tmp_path, result, stream)
     # zero blocks of the device still become holes on restore
@@ -96,7 +90,7 @@ def test_odd_sizes_and_a_dense_file(tmp_path: Path, size: int) -> None:
     source = tmp_path / "odd.raw"
     source.write_bytes(os.urandom(size // 2) + bytes(size - size // 2))
     stream = tmp_path / "odd.lz4"
-    result = _write(source, stream)
+    result = write_stream_file(source, stream)
     assert result.data_size == size
     _check_round_trip(source, tmp_path, result, stream)
 
@@ -104,11 +98,11 @@ def test_odd_sizes_and_a_dense_file(tmp_path: Path, size: int) -> None:
 def test_zero_data_chunks_are_not_compressed(tmp_path: Path) -> None:
     source = tmp_path / "allocated-zeros.raw"
     source.write_bytes(bytes(4 * MiB))  # allocated, so SEEK_DATA sees data
-    result = _write(source, tmp_path / "z.lz4")
+    result = write_stream_file(source, tmp_path / "z.lz4")
     assert result.bytes_read == 4 * MiB
     assert result.zero_frames == result.frames == 4
     restored = tmp_path / "restored"
-    _restore(tmp_path / "z.lz4", restored)
+    restore_stream_file(tmp_path / "z.lz4", restored)
     assert restored.stat().st_size == 4 * MiB and allocated_bytes(restored) == 0
 
 
