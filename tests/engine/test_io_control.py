@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from harness.real import unavailable
 
 from virtbackup.engine import io_control
 from virtbackup.engine.io_control import WriteBehind, reuse_freed_memory, set_direct
@@ -45,7 +46,7 @@ def test_set_direct_switches_o_direct(tmp_path: Path) -> None:
     fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         if not set_direct(fd, True):
-            pytest.skip("this file system does not do direct I/O")
+            unavailable("direct I/O", "the file system of the test directory refuses O_DIRECT")
         assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
         assert set_direct(fd, False)
         assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from backup_helpers import restore_stream_file, write_stream_file
 from harness.images import allocated_bytes
+from harness.real import unavailable
 
 from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.engine import io_control, stream_reader
@@ -144,7 +145,7 @@ def test_long_runs_go_direct_from_another_device_and_short_ones_buffered(
     direct_io = io_control.set_direct(probe, True)
     os.close(probe)
     if not direct_io:
-        pytest.skip("this file system does not do direct I/O")
+        unavailable("direct I/O", "the file system of the test directory refuses O_DIRECT")
     stream = tmp_path / "vda.lz4"
     digest = _stream_of(source, stream, 4 * MiB)
     real_pwrite = os.pwrite
