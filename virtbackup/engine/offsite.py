@@ -71,12 +71,12 @@ class RemoteFiles:
 
     def read(self, name: str) -> bytes:
         if self.size(name) is None:
-            raise missing_file(self.label, name, bool(self._listing()))
+            raise missing_file(self.label, name, bool(self.sizes()))
         with rclone.download_stream(self.remote, f"{self.path}/{name}") as pipe:
             return pipe.read()
 
     def size(self, name: str) -> int | None:
-        return self._listing().get(name)
+        return self.sizes().get(name)
 
     @contextmanager
     def stream(self, name: str) -> Iterator[IO[bytes]]:
@@ -86,7 +86,8 @@ class RemoteFiles:
     def local_path(self, name: str) -> Path | None:
         return None
 
-    def _listing(self) -> dict[str, int]:
+    def sizes(self) -> dict[str, int]:
+        """Each file of the backup directory and its size (listed once)."""
         if self._sizes is None:
             entries = rclone.list_entries(self.remote, self.path)
             self._sizes = {e.path: e.size for e in entries if not e.is_dir}
@@ -140,7 +141,7 @@ class RemoteStore:
             manifest = parse_any_manifest(files.read(MANIFEST).decode())
         except (CorruptBackup, ManifestFormatError, UnicodeDecodeError) as err:
             problem = f"manifest {files.label}/{MANIFEST} cannot be read: {err}"
-        size = sum(files.size(name) or 0 for name in files._listing())
+        size = sum(files.sizes().values())
         return BackupInfo(domain, stamp, files.label, manifest, problem, size, None)
 
     def upload(self, backup: Path) -> str:
