@@ -23,7 +23,7 @@ from virtbackup.core.model import Method
 from virtbackup.core.planning import DomainPlan
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.backup import DiskSource, back_up_disks
+from virtbackup.engine.backup import BackupTarget, DiskSource, back_up_disks
 from virtbackup.engine.consistency import ConsistencyOptions, StableImages, stable_images
 from virtbackup.engine.offsite import RemoteStore, ship
 from virtbackup.engine.skip_free import SkipFree, compacted
@@ -105,6 +105,9 @@ def back_up_domain(
         trim = trim_before_backup(conn, plan, steps)
         warnings, reclaimed = warnings + trim.warnings, trim.reclaimed
     source = (sources or {}).get(plan.method) or EXTRA_METHODS.get(plan.method, stable_images)
+    # --remote-only: the streams go to the remote store instead of DEST
+    streamed = options.offsite is not None and options.offsite.offsite.only
+    target: BackupTarget = options.offsite if options.offsite and streamed else store
     try:
         with (
             source(
@@ -118,9 +121,8 @@ def back_up_domain(
             ) as window,
             compacted(window, _disk_sources(window), options.skip_free, steps) as compact,
         ):
-            streamed = options.offsite is not None and options.offsite.offsite.only
             result = back_up_disks(
-                options.offsite if streamed and options.offsite else store,
+                target,
                 window.domain_name,
                 window.domain_uuid,
                 window.definition_xml,
