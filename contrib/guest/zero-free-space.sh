@@ -63,9 +63,11 @@ free_mib() {
 cleanup() {
     if [ -n "$dd_pid" ]; then
         kill "$dd_pid" 2>/dev/null
-        wait "$dd_pid" 2>/dev/null
         dd_pid=""
     fi
+    # Every child, also a dd started just before the signal whose pid was not recorded
+    # yet: it would create the fill file again after the rm below.
+    wait 2>/dev/null
     if [ -n "$fill_file" ]; then
         rm -f -- "$fill_file"
         fill_file=""
