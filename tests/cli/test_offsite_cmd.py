@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from age_helpers import make_key_pair
-from harness.cli import virtbackup_in
+from harness.cli import virtbackup, virtbackup_in
 from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.remotes import RemoteServer
@@ -88,6 +88,18 @@ def test_copy_list_restore_and_verify_from_the_remote(
     assert os.stat(out / "vda.raw").st_blocks <= os.stat(raw.path).st_blocks
     verified = virtbackup_in(state_dir, "--config", str(config), "verify", "--remote", name)
     assert verified.returncode == 0, verified.stderr
+    # a new host after a disaster: no virtbackup configuration, rclone's own config only
+    elsewhere = virtbackup(
+        "verify",
+        "--remote-location",
+        remote.remote.location,
+        "--host",
+        "host-a",
+        name,
+        state_dir=state_dir,
+        env={"RCLONE_CONFIG": str(remote.remote.config)},
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr
 
 
 def test_encrypted_stream_to_the_remote_only(
