@@ -6,6 +6,7 @@ with an identity file (`age -d -i`). Keys never pass through argv or logs: argv 
 the files only. Streams go through `age` as pipes, so no cleartext copy touches a disk.
 """
 
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -30,11 +31,20 @@ _NO_MATCH = "no identity matched"
 
 @dataclass(frozen=True)
 class Recipients:
-    """Whom backups are encrypted to: the recipients file (what age reads) and its keys
-    (public, recorded in the backup so a user knows which identity opens it)."""
+    """Whom backups are encrypted to: the recipients file (what age reads) and its
+    public keys."""
 
     file: Path
     keys: tuple[str, ...]
+
+    def fingerprints(self) -> tuple[str, ...]:
+        """What a backup records of its recipients: no key, yet enough to tell which
+        identity opens it (`age-keygen -y KEYFILE | tr -d '\\n' | sha256sum`)."""
+        return tuple(fingerprint(key) for key in self.keys)
+
+
+def fingerprint(recipient: str) -> str:
+    return "sha256:" + hashlib.sha256(recipient.encode()).hexdigest()[:16]
 
 
 class WrongIdentity(UsageError):

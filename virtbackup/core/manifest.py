@@ -28,7 +28,7 @@ a public `manifest.json` with what listing and retention need without a key::
 
     {
       "tool": "virtbackup", "tool_version": "0.1.0", "format_version": 1,
-      "encryption": {"scheme": "age", "recipients": ["age1..."]},
+      "encryption": {"scheme": "age", "recipients": ["sha256:<16 hex>"]},
       "domain": {"name": "web1"},
       "started": "...Z", "finished": "...Z", "method": "snapshot",
       "files": [{"file": "vda.qcow2.lz4.age", "target": "vda", "stored_size": 456789999},
@@ -111,7 +111,7 @@ class Sealed:
     started: datetime
     finished: datetime
     method: str
-    recipients: tuple[str, ...]
+    recipients: tuple[str, ...]  # fingerprints of the public keys, never a key
     files: tuple[StoredFile, ...]
     scheme: str = "age"
     format_version: int = FORMAT_VERSION

@@ -163,7 +163,7 @@ def _write_sealed(
         started=manifest.started,
         finished=manifest.finished,
         method=manifest.method,
-        recipients=encrypt_to.keys,
+        recipients=encrypt_to.fingerprints(),
         files=tuple(stored),
     )
     partial.write_text(MANIFEST, build_sealed(public))
