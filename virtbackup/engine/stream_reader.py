@@ -236,7 +236,7 @@ def _each_frame_in_order(
     whole = ChunkedDigest(index.header.frame_digest)
     progress.on_start(index.header.data_size, label)
     try:
-        decoded = _map_bounded(decode, index.entries, workers)
+        decoded = map_bounded(decode, index.entries, workers)
         for entry, data in zip(index.entries, decoded, strict=True):
             consume(entry, data)
             whole.add(entry.digest)
@@ -378,7 +378,7 @@ def _data_runs(data: bytes | mmap.mmap, length: int) -> list[tuple[int, int]]:
     return runs
 
 
-def _write_sparse(fd: int, offset: int, data: Buffer) -> None:
+def write_sparse(fd: int, offset: int, data: Buffer) -> None:
     """pwrite the non-zero blocks of `data`; zero blocks stay holes of the target."""
     block = data if isinstance(data, bytes) else bytes(data)  # a stored block: rare
     view = memoryview(block)
@@ -393,7 +393,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += written
 
 
-def _map_bounded(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+def map_bounded(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
     """fn over items on a thread pool, results in order, at most 2 per worker pending."""
     count = workers or os.cpu_count() or 1
     pending: deque[Future[R]] = deque()

@@ -31,7 +31,7 @@ from virtbackup.core.streamformat import (
 )
 from virtbackup.engine.frames import Buffer, FrameError, decode_frame, frame_header, is_zero_frame
 from virtbackup.engine.io_control import WriteBehind, drop_cached, reuse_freed_memory
-from virtbackup.engine.stream_reader import _map_bounded, _write_sparse
+from virtbackup.engine.stream_reader import map_bounded, write_sparse
 
 _WORD = struct.Struct("<I")
 _STORED = 0x8000_0000  # LZ4 frame block flag: stored uncompressed
@@ -68,7 +68,7 @@ def restore_sequential(
 
     def write(decoded: _Decoded) -> None:
         if decoded.data is not None:
-            _write_sparse(target_fd, decoded.entry.data_offset, decoded.data)
+            write_sparse(target_fd, decoded.entry.data_offset, decoded.data)
             write_behind.written(decoded.entry.data_offset + decoded.entry.data_length)
 
     digest = _each_frame(stream, disk, label, progress, workers, write)
@@ -97,7 +97,7 @@ def _each_frame(
     seen: list[FrameEntry] = []
     progress.on_start(disk.byte_size, label)
     try:
-        for decoded in _map_bounded(splitter.decode, splitter.frames(), workers):
+        for decoded in map_bounded(splitter.decode, splitter.frames(), workers):
             consume(decoded)
             seen.append(decoded.entry)
             progress.on_advance(decoded.entry.data_length)
