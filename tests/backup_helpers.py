@@ -10,6 +10,7 @@ from pathlib import Path
 
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.progress import NullProgress
+from virtbackup.core.streamformat import FrameEntry
 from virtbackup.engine.backup import BackupResult, DiskSource, back_up_disks
 from virtbackup.engine.stream_reader import read_index, restore_stream
 from virtbackup.engine.stream_writer import StreamResult, WriterOptions, write_stream
@@ -130,3 +131,11 @@ def restore_stream_file(stream: Path, target: Path) -> str:
         return restore_stream(read_index(stream, "vda"), fd, "vda", NullProgress())
     finally:
         os.close(fd)
+
+
+def most_random_frame(stream: Path) -> FrameEntry:
+    """The data frame that compressed least. A byte flipped inside it is sure to change
+    the decoded data: in a well-compressed frame the byte may be a match offset inside a
+    run of equal bytes, which decodes to the very same data (and is rightly not damage)."""
+    entries = [e for e in read_index(stream, "vda").entries if not e.is_zero]
+    return max(entries, key=lambda e: e.stored_length / e.data_length)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-from backup_helpers import MiB, cmp_files, disk_of, make_backup
+from backup_helpers import MiB, cmp_files, disk_of, make_backup, most_random_frame
 from harness.images import build_fs_image
 
 from virtbackup.core.backup_errors import CorruptBackup
@@ -72,7 +72,7 @@ def test_verify_from_a_pipe_agrees_with_random_access(
 def damaged(stream: Path, tmp_path: Path, how: str) -> Path:
     data = bytearray(stream.read_bytes())
     index = read_index(stream, "vda")
-    data_frame = next(e for e in index.entries if not e.is_zero)
+    data_frame = most_random_frame(stream)
     if how == "truncated":
         data = data[: len(data) // 2]
     elif how == "flipped-frame":
@@ -99,7 +99,7 @@ def damaged(stream: Path, tmp_path: Path, how: str) -> Path:
     ("how", "message"),
     [
         ("truncated", "is truncated"),
-        ("flipped-frame", r"(cannot be decompressed|does not match its index entry)"),
+        ("flipped-frame", "does not match its index entry"),
         ("flipped-index", "bad index"),
         ("appended", "goes on after its index"),
         ("swapped-frames", "does not match its index entry"),
