@@ -101,9 +101,10 @@ class OpenedBackup:
     def disk_stream(self, disk: DiskRecord) -> Iterator[IO[bytes]]:
         """The disk's LZ4 stream, cleartext, read front to back."""
         with self.files.stream(disk.file) as stored:
-            if self.identity is None or not self.encrypted:
+            if not self.encrypted:
                 yield stored
                 return
+            assert self.identity is not None, "open_backup requires it for an encrypted backup"
             what = f"{self.files.label}/{disk.file}"
             try:
                 with age.decrypting(self.identity, stored, what) as clear:
