@@ -9,11 +9,16 @@ from backup_helpers import MiB, disk_of, make_backup
 from harness.remotes import RemoteServer
 
 from virtbackup.adapters import rclone
+from virtbackup.adapters.locks import domain_lock
+from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import RemoteError
+from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import UsageError
+from virtbackup.core.model import DomainFacts, DomainState
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.retention import Policy
 from virtbackup.engine.backup import back_up_disks
+from virtbackup.engine.nightly import prune_offsite
 from virtbackup.engine.offsite import Offsite, RemoteStore, prune_remote, stamp_time
 from virtbackup.engine.restore import restore_backup
 from virtbackup.engine.stream_writer import WriterOptions
@@ -88,6 +93,29 @@ def test_streamed_backup_round_trip_and_abort(remote: RemoteServer, tmp_path: Pa
             sink.write(b"half a stream")
         raise RuntimeError("boom")
     assert store.backups_of("web1").incomplete == []  # the aborted one is gone
+
+
+def test_remote_retention_waits_while_the_domain_is_in_use(
+    sftp_remote: RemoteServer, tmp_path: Path
+) -> None:
+    """A `backup web1` run by hand uploads under the domain's lock; `all` must not take
+    its files for a leftover meanwhile."""
+    remote = store_on(sftp_remote, "kvm1")
+    fake_remote_backup(remote, "web1", "20250101T010000Z", complete=True)
+    fake_remote_backup(remote, "web1", "20250102T010000Z", complete=False)  # uploading
+    facts = DomainFacts("web1", "8c3f0a52-0000-4000-8000-000000000001", DomainState.SHUTOFF, True)
+    settings = DomainSettings(retention=Policy(keep_last=1))
+    local, state = BackupStore(tmp_path), tmp_path / "state"
+
+    held = domain_lock(state, facts.uuid, facts.name)
+    held.acquire()
+    assert prune_offsite(remote, facts, settings, UTC, local, state) == ()
+    assert remote.backups_of("web1").incomplete == ["20250102T010000Z"]
+    held.release()
+    assert prune_offsite(remote, facts, settings, UTC, local, state) == ("20250102T010000Z",)
+    assert remote.backups_of("web1").incomplete == []
+    assert remote.backups_of("web1").complete == ["20250101T010000Z"]
+    assert domain_lock(state, facts.uuid, facts.name).try_acquire()  # released again
 
 
 def test_retention_keeps_the_newest_and_only_touches_its_host(

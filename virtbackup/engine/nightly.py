@@ -1,8 +1,8 @@
 """`virtbackup all`: every selected domain, one after another, each with its hooks and
 retention. A failure of one domain is its outcome; the next domain is still done.
 
-Per domain:  before hook -> backup -> retention (only after a complete new backup)
-             -> after hook (always, told the result)
+Per domain:  before hook -> backup -> retention (only after a complete new backup;
+             on the remote under the domain's lock) -> after hook (always, told the result)
 
 Hooks are argument lists from the configuration, run without a shell, with
 VIRTBACKUP_PHASE (before/after), VIRTBACKUP_DOMAIN, VIRTBACKUP_DEST, VIRTBACKUP_METHOD
@@ -16,9 +16,12 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import tzinfo
+from pathlib import Path
 from typing import Any
 
 from virtbackup.adapters import runner
+from virtbackup.adapters.journal import resolve_state_dir
+from virtbackup.adapters.locks import domain_lock
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import Interrupted, VirtbackupError
@@ -33,7 +36,7 @@ from virtbackup.engine.backup_run import (
     Result,
     back_up_domain,
 )
-from virtbackup.engine.offsite import prune_remote
+from virtbackup.engine.offsite import RemoteStore, prune_remote
 from virtbackup.engine.prune import prune_domain
 
 log = logging.getLogger(__name__)
@@ -109,11 +112,9 @@ def _one_domain(
             outcome = replace(outcome, result=Result.FAILED, message=f"retention failed: {err}")
     pruned_remote: tuple[str, ...] = ()
     if outcome.result == Result.OK and run_options.offsite is not None:
-        # Local backups not yet complete on the remote are uploads to resume, not leftovers.
-        pending = set() if run_options.offsite.offsite.only else _local_stamps(store, facts.name)
         try:
-            pruned_remote = tuple(
-                prune_remote(run_options.offsite, facts.name, settings.retention, tz, pending)
+            pruned_remote = prune_offsite(
+                run_options.offsite, facts, settings, tz, store, run_options.state_dir
             )
         except Interrupted:
             raise  # SIGINT/SIGTERM end the run, not just this domain
@@ -129,6 +130,28 @@ def _one_domain(
     if problem:
         outcome = replace(outcome, result=Result.FAILED, message=f"after hook failed: {problem}")
     return DomainReport(outcome, pruned, pruned_remote)
+
+
+def prune_offsite(
+    remote: RemoteStore,
+    facts: DomainFacts,
+    settings: DomainSettings,
+    tz: tzinfo,
+    store: BackupStore,
+    state_dir: Path | None,
+) -> tuple[str, ...]:
+    """Retention on the remote for one domain, under the domain's lock: a `backup DOMAIN`
+    started by hand meanwhile may be uploading, and its files would look like the
+    leftover of an interrupted upload. When the lock is taken, retention waits for the
+    next run. The stamps removed."""
+    lock = domain_lock(resolve_state_dir(state_dir), facts.uuid, facts.name)
+    if not lock.try_acquire():
+        log.info("%s: remote retention left for the next run: the domain is in use", facts.name)
+        return ()
+    with lock:
+        # Local backups not yet complete on the remote are uploads to resume, not leftovers.
+        pending = set() if remote.offsite.only else _local_stamps(store, facts.name)
+        return tuple(prune_remote(remote, facts.name, settings.retention, tz, pending))
 
 
 def _local_stamps(store: BackupStore, domain: str) -> set[str]:
