@@ -11,6 +11,7 @@ import pytest
 from virtbackup.engine.frames import (
     MAX_BLOCK,
     FrameError,
+    _lz4_decompress_safe,
     decode_frame,
     decode_frame_into,
     encode_frame,
@@ -68,6 +69,42 @@ def test_decode_into_a_buffer(data: bytes) -> None:
     assert out[: len(data)] == data
 
 
+@pytest.mark.parametrize(
+    "data",
+    [TEXT[: 4 * MiB], TEXT[: 3 * MiB] + os.urandom(5 * MiB) + b"x", b"\0" * 17],
+    ids=["one-block", "three-blocks", "tiny"],
+)
+def test_decode_from_a_writable_buffer_goes_through_liblz4(
+    data: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _lz4_decompress_safe() is not None  # liblz4.so.1: the library of the lz4 tool
+    calls = []
+    real = _lz4_decompress_safe()
+
+    def counting(*args: int) -> int:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr("virtbackup.engine.frames._lz4_decompress_safe", lambda: counting)
+    out = memoryview(bytearray(len(data) + 10))
+    out[len(data) :] = b"\x01" * 10
+    decode_frame_into(memoryview(bytearray(_frame(data))), len(data), out)
+    assert out[: len(data)] == data
+    assert out[len(data) :] == b"\x01" * 10
+    assert calls  # not the python-lz4 path
+
+
+def test_liblz4_path_refuses_a_block_of_the_wrong_length() -> None:
+    data = TEXT[:MiB]
+    frame = memoryview(bytearray(_frame(data + b"more")))
+    out = memoryview(bytearray(MiB + 4))
+    with pytest.raises(FrameError):
+        decode_frame_into(frame, MiB + 3, out)  # the block decodes to more than that
+    short = memoryview(bytearray(_frame(data)))
+    with pytest.raises(FrameError):
+        decode_frame_into(short, MiB + 4, out)  # ... or to less
+
+
 def test_header_is_what_liblz4_writes() -> None:
     made = lz4.frame.compress(
         TEXT[: 4 * MiB],
@@ -120,6 +157,9 @@ def test_damaged_frames(damage: Callable[[bytes], bytes], message: str) -> None:
         decode_frame(damage(_frame(data)), len(data))
     with pytest.raises(FrameError, match=message):
         decode_frame_into(damage(_frame(data)), len(data), memoryview(bytearray(len(data))))
+    with pytest.raises(FrameError, match=message):  # through liblz4
+        writable = memoryview(bytearray(damage(_frame(data))))
+        decode_frame_into(writable, len(data), memoryview(bytearray(len(data))))
 
 
 def test_wrong_length_is_refused() -> None:

@@ -222,21 +222,24 @@ def test_a_bad_frame_is_not_written(tmp_path: Path, write_mode: str) -> None:
     assert restored.read_bytes()[MiB:] == bytes(restored.stat().st_size - MiB)
 
 
-def test_decode_into_matches_decode(tmp_path: Path) -> None:
+def test_decode_into_gives_each_frames_data(tmp_path: Path) -> None:
     source = tmp_path / "source.raw"
-    data = _mixed_source(source, 3 * MiB + 5)
+    mixed = bytearray(_mixed_source(source, 3 * MiB + 5))
+    mixed[MiB : 2 * MiB] = bytes(MiB)  # one zero frame among them
+    source.write_bytes(mixed)
+    data = bytes(mixed)
     stream = tmp_path / "vda.lz4"
     _stream_of(source, stream, MiB)
     index = read_index(stream, "vda")
+    assert [entry.is_zero for entry in index.entries][:3] == [False, True, False]
     out = memoryview(bytearray(MiB))
     with open(stream, "rb") as opened:
         decoder = _FrameDecoder(index, opened.fileno(), "vda")
         for entry in index.entries:
-            decoded = decoder.decode(entry)
+            span = data[entry.data_offset : entry.data_offset + entry.data_length]
             if decoder.decode_into(entry, out):
-                assert decoded is not None
-                assert out[: entry.data_length] == decoded
-                span = data[entry.data_offset : entry.data_offset + entry.data_length]
-                assert bytes(decoded) == span
+                assert out[: entry.data_length] == span
             else:
-                assert decoded is None
+                assert entry.is_zero
+                assert span == bytes(entry.data_length)
+            decoder.check(entry)

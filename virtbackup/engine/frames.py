@@ -6,14 +6,18 @@ Frames are assembled here from LZ4 blocks (lz4.block) rather than made by lz4.fr
   (u32 size, bit 31 set for a block stored uncompressed) and a u32 end mark of 0;
 - a chunk that does not compress is stored as is, straight from the read buffer;
 - decoding knows each block's size from the index, so it decompresses into an output of
-  exactly that size in one call (lz4.frame.decompress has to grow its output).
+  exactly that size in one call (lz4.frame.decompress has to grow its output); restore
+  decodes straight into its own reused buffer through liblz4's LZ4_decompress_safe (see
+  decode_frame_into).
 python-lz4 releases the GIL while it compresses and decompresses, and hashlib while it
 hashes, so these run on worker threads; a frame is handed to the writer as a list of
 buffers for one os.writev, never joined.
 """
 
+import ctypes
+import ctypes.util
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -104,7 +108,7 @@ def zero_chunk(length: int) -> EncodedChunk:
     return EncodedChunk((frame,), size, zero_digest(length), is_zero=True)
 
 
-def is_zero_frame(frame: bytes, length: int) -> bool:
+def is_zero_frame(frame: Buffer, length: int) -> bool:
     """Whether a stored frame is the prepared zero frame of this length (no decompression)."""
     return frame == zero_chunk(length).parts[0]
 
@@ -120,19 +124,33 @@ def decode_frame(frame: bytes, length: int) -> Buffer:
     return b"".join(pieces)
 
 
-def decode_frame_into(frame: bytes, length: int, out: memoryview) -> None:
-    """Decode the `length` bytes of a stored frame into `out[:length]` (a reused, aligned
-    buffer, so restore can write it with O_DIRECT); FrameError if it is damaged."""
-    if not frame.startswith(frame_header()):
+def decode_frame_into(frame: Buffer, length: int, out: memoryview) -> None:
+    """Decode the `length` bytes of a stored frame into `out[:length]`; FrameError if it
+    is damaged. When `frame` and `out` are writable buffers (restore reads frames into
+    one of its own), blocks are decompressed in place by liblz4, with no intermediate
+    bytes object and no copy; otherwise through python-lz4 and a copy."""
+    if len(out) < length:
+        raise ValueError(f"a buffer of {len(out)} bytes cannot take {length}")
+    if bytes(frame[: len(frame_header())]) != frame_header():
         out[:length] = _decode_any_frame(frame, length)
         return
     at = 0
     for block, expected, stored in _blocks(frame, length):
-        out[at : at + expected] = _block_data(block, expected, stored)
+        target = out[at : at + expected]
+        if stored:
+            target[:] = block
+        else:
+            _decompress_into(block, target)
         at += expected
 
 
-def _blocks(frame: bytes, length: int) -> Iterator[tuple[memoryview, int, bool]]:
+def max_frame_size(length: int) -> int:
+    """The largest frame encode_frame makes for `length` bytes (every block stored)."""
+    blocks = -(-length // MAX_BLOCK)
+    return len(frame_header()) + blocks * _BLOCK_SIZE.size + length + len(END_MARK)
+
+
+def _blocks(frame: Buffer, length: int) -> Iterator[tuple[memoryview, int, bool]]:
     """Each block of one of our frames, the bytes it must decode to and whether it is
     stored uncompressed; FrameError if the frame does not hold `length` bytes."""
     view = memoryview(frame)
@@ -168,7 +186,44 @@ def _block_data(block: memoryview, expected: int, stored: bool) -> Buffer:
     return data
 
 
-def _decode_any_frame(frame: bytes, length: int) -> bytes:
+def _decompress_into(block: memoryview, out: memoryview) -> None:
+    decompress = _lz4_decompress_safe()
+    if decompress is None or block.readonly or out.readonly:
+        out[:] = _block_data(block, len(out), stored=False)
+        return
+    produced = decompress(_address(block), _address(out), len(block), len(out))
+    if produced < 0:  # liblz4 stopped at a malformed sequence
+        raise FrameError(f"cannot be decompressed (LZ4 error {produced})")
+    if produced != len(out):
+        raise FrameError(f"a block holds {produced} bytes instead of {len(out)}")
+
+
+def _address(view: memoryview) -> int:
+    """Where a writable buffer's bytes are; valid while the object behind `view` lives."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
+@lru_cache(maxsize=1)
+def _lz4_decompress_safe() -> Callable[[int, int, int, int], int] | None:
+    """int LZ4_decompress_safe(const char* src, char* dst, int srcSize, int dstCapacity)
+    from liblz4 (the library python-lz4 and the lz4 tool use): it never reads or writes
+    beyond the sizes given and returns the bytes decoded or a negative error. ctypes
+    releases the GIL for the call. None where the library cannot be loaded."""
+    for name in ("liblz4.so.1", ctypes.util.find_library("lz4")):
+        if not name:
+            continue
+        try:
+            function = ctypes.CDLL(name).LZ4_decompress_safe
+        except (OSError, AttributeError):
+            continue
+        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        function.restype = ctypes.c_int
+        decompress: Callable[[int, int, int, int], int] = function
+        return decompress
+    return None
+
+
+def _decode_any_frame(frame: Buffer, length: int) -> bytes:
     try:
         data = lz4.frame.decompress(frame)
     except Exception as err:  # python-lz4 raises RuntimeError with the LZ4F code

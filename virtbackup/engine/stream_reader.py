@@ -40,9 +40,9 @@ from virtbackup.core.streamformat import (
 from virtbackup.engine.frames import (
     Buffer,
     FrameError,
-    decode_frame,
     decode_frame_into,
     is_zero_frame,
+    max_frame_size,
     zeros,
 )
 from virtbackup.engine.io_control import (
@@ -103,28 +103,20 @@ def _read_index(fd: int, path: Path) -> StreamIndex:
 
 
 class _FrameDecoder:
-    """Reads, decompresses and checks one frame at a time; shared by the pool threads."""
+    """Reads, decompresses and checks one frame at a time; shared by the pool threads,
+    each of which reads frames into a buffer of its own, reused (no allocation per frame,
+    and liblz4 can decode from it straight into the caller's buffer)."""
 
     def __init__(self, index: StreamIndex, fd: int, label: str) -> None:
         self.index = index
         self.fd = fd
         self.label = label
-
-    def decode(self, entry: FrameEntry) -> Buffer | None:
-        """The frame's bytes, or None for a zero frame; CorruptBackup on any mismatch.
-        A frame that is returned has the digest `entry.digest`."""
-        frame = self._read(entry)
-        if frame is None:
-            return None
-        try:
-            data = decode_frame(frame, entry.data_length)
-        except FrameError as err:
-            raise self._error(entry, str(err)) from None
-        return self._checked(entry, data)
+        self._largest_frame = max_frame_size(index.header.chunk_size)
+        self._local = threading.local()
 
     def decode_into(self, entry: FrameEntry, out: memoryview) -> bool:
-        """Decode the frame into `out[:entry.data_length]` and check it as `decode` does;
-        False (and `out` undefined) for a zero frame."""
+        """Decode the frame into `out[:entry.data_length]`; CorruptBackup unless its data
+        has the digest `entry.digest`. False (and `out` undefined) for a zero frame."""
         frame = self._read(entry)
         if frame is None:
             return False
@@ -132,13 +124,22 @@ class _FrameDecoder:
             decode_frame_into(frame, entry.data_length, out)
         except FrameError as err:
             raise self._error(entry, str(err)) from None
-        return self._checked(entry, out[: entry.data_length]) is not None
+        return self._checked(entry, out[: entry.data_length])
 
-    def _read(self, entry: FrameEntry) -> bytes | None:
+    def check(self, entry: FrameEntry) -> None:
+        """Decode and check the frame as decode_into does, into a buffer of the thread."""
+        self.decode_into(entry, self._thread_buffer("decoded", self.index.header.chunk_size))
+
+    def _read(self, entry: FrameEntry) -> memoryview | None:
         """The stored frame, or None for the prepared zero frame (checked)."""
-        frame = os.pread(self.fd, entry.stored_length, entry.stored_offset)
+        if entry.stored_length <= self._largest_frame:
+            frame = self._thread_buffer("stored", self._largest_frame)[: entry.stored_length]
+            got = os.preadv(self.fd, [frame], entry.stored_offset)
+        else:  # another writer's frame, larger than any of ours
+            frame = memoryview(os.pread(self.fd, entry.stored_length, entry.stored_offset))
+            got = len(frame)
         drop_cached(self.fd, entry.stored_offset, entry.stored_length)
-        if len(frame) != entry.stored_length:
+        if got != entry.stored_length:
             raise self._error(entry, "is truncated")
         if entry.is_zero and is_zero_frame(frame, entry.data_length):
             # byte-identical to the frame of zeros: nothing to decompress
@@ -147,14 +148,22 @@ class _FrameDecoder:
             return None
         return frame
 
-    def _checked(self, entry: FrameEntry, data: Buffer) -> Buffer | None:
+    def _thread_buffer(self, name: str, size: int) -> memoryview:
+        buffer: memoryview | None = getattr(self._local, name, None)
+        if buffer is None:
+            buffer = memoryview(bytearray(size))
+            setattr(self._local, name, buffer)
+        return buffer
+
+    def _checked(self, entry: FrameEntry, data: memoryview) -> bool:
+        """Whether the checked frame holds data (False: zeros, as its entry says)."""
         if hashlib.new(self.index.header.frame_digest, data).digest() != entry.digest:
             raise self._error(entry, "does not match its digest")
         if entry.is_zero:
-            if bytes(data) != zeros(len(data)):
+            if data != zeros(len(data)):
                 raise self._error(entry, "is marked as zeros but holds data")
-            return None
-        return data
+            return False
+        return True
 
     def _error(self, entry: FrameEntry, what: str) -> CorruptBackup:
         return CorruptBackup(
@@ -218,7 +227,7 @@ def verify_stream(index: StreamIndex, label: str, progress: ProgressSink, worker
     with open(index.path, "rb") as stream:
         decoder = _FrameDecoder(index, stream.fileno(), label)
         return _each_frame_in_order(
-            index, decoder.decode, lambda _entry, _data: None, label, progress, workers
+            index, decoder.check, lambda _entry, _data: None, label, progress, workers
         )
 
 
