@@ -19,11 +19,10 @@ from virtbackup.cli.backup_options import (
     Targets,
     backup_options,
     domain_options,
-    load_settings,
     resolve_dest,
     resolve_targets,
 )
-from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.summary_view import print_json, print_summary, to_row
 from virtbackup.core.config import Config, DomainSettings

@@ -20,7 +20,6 @@ from virtbackup.core.config import (
     Config,
     DomainSettings,
     SnapshotSize,
-    load_config,
     parse_size,
     parse_snapshot_size,
 )
@@ -179,10 +178,6 @@ class BackupValues:
     remote_only: bool | None
     remote_bwlimit: str | None
     as_json: bool
-
-
-def load_settings(options: GlobalOptions) -> Config:
-    return load_config(options.config) if options.config is not None else Config()
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from virtbackup.adapters.store import BackupInfo, BackupStore
-from virtbackup.cli.backup_options import load_settings
-from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import Manifest, Sealed, format_time

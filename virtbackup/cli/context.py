@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from virtbackup.core.config import Config, load_config
+
 DEFAULT_URI = "qemu:///system"
 DEFAULT_CONFIG = Path("/etc/virtbackup.toml")
 
@@ -18,3 +20,8 @@ class GlobalOptions:
 
 
 pass_globals = click.make_pass_decorator(GlobalOptions)
+
+
+def load_settings(options: GlobalOptions) -> Config:
+    """The configuration file's settings, or the defaults when there is none."""
+    return load_config(options.config) if options.config is not None else Config()

@@ -17,8 +17,7 @@ from rich.text import Text
 
 from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.adapters.rclone import Remote
-from virtbackup.cli.backup_options import load_settings
-from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.remote_options import remote_store
 from virtbackup.core.config import Config
 from virtbackup.core.doctor import Finding, Settings, Severity, blocks_backups, diagnose

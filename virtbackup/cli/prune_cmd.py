@@ -10,8 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from virtbackup.adapters.store import BackupStore
-from virtbackup.cli.backup_options import load_settings
-from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.core.errors import UsageError
 from virtbackup.core.retention import Policy
 from virtbackup.engine.prune import PruneResult, prune_domain

@@ -4,8 +4,7 @@ from pathlib import Path
 
 import click
 
-from virtbackup.cli.backup_options import load_settings
-from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.output import error_line
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.remote_options import (
