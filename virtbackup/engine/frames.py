@@ -110,7 +110,9 @@ def zero_chunk(length: int) -> EncodedChunk:
 
 def is_zero_frame(frame: Buffer, length: int) -> bool:
     """Whether a stored frame is the prepared zero frame of this length (no decompression)."""
-    return frame == zero_chunk(length).parts[0]
+    prepared = zero_chunk(length).parts[0]
+    # bytes == bytes is a memcmp; a memoryview compares item by item (~50x slower)
+    return len(frame) == len(prepared) and bytes(frame) == prepared
 
 
 def decode_frame(frame: bytes, length: int) -> Buffer:

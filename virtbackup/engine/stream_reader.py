@@ -160,7 +160,7 @@ class _FrameDecoder:
         if hashlib.new(self.index.header.frame_digest, data).digest() != entry.digest:
             raise self._error(entry, "does not match its digest")
         if entry.is_zero:
-            if data != zeros(len(data)):
+            if bytes(data) != zeros(len(data)):  # (a memoryview compares item by item)
                 raise self._error(entry, "is marked as zeros but holds data")
             return False
         return True
