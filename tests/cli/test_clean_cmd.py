@@ -1,6 +1,10 @@
-"""`virtbackup clean` without leftovers, with a journal it cannot read, with partials."""
+"""`virtbackup clean` without leftovers, with a journal it cannot read, with partials
+and --skip-free work directories."""
 
+import fcntl
 import json
+import os
+import time
 from pathlib import Path
 
 from harness.cli import virtbackup
@@ -43,3 +47,31 @@ def test_partial_backups_of_dead_runs_are_listed_then_removed(tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert f"removed partial backup {partial}" in done.stdout
     assert not partial.exists() and complete.exists()
+
+
+def test_skip_free_work_directories_of_dead_runs_go_too(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    dead, live, young = (dest / f".virtbackup-skip-free-{n}" for n in ("dead", "live", "young"))
+    for workdir in (dead, live, young):
+        workdir.mkdir()
+        (workdir / "vda.raw").write_bytes(b"compacted copy")
+    hour_ago = time.time() - 3600
+    for workdir in (dead, live):
+        os.utime(workdir, (hour_ago, hour_ago))
+    held = os.open(live, os.O_RDONLY | os.O_DIRECTORY)  # as a running backup holds it
+    fcntl.flock(held, fcntl.LOCK_EX)
+    state = str(tmp_path / "state")
+    try:
+        dry = virtbackup("--state-dir", state, "clean", "--dry-run", "--dest", str(dest))
+        assert dry.returncode == 0, dry.stderr
+        assert f"would remove --skip-free work directory {dead}" in dry.stdout
+        assert dead.exists()
+
+        done = virtbackup("--state-dir", state, "clean", "--dest", str(dest), "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["partials"] == [str(dead)]
+        assert not dead.exists()
+        assert live.exists() and young.exists()  # a live run's, and one just made
+    finally:
+        os.close(held)

@@ -8,7 +8,8 @@ file with its last record. A record that cannot be undone safely (the domain run
 an image that is neither its original nor our overlay, say) is reported and kept.
 
 Partial backup directories are the store's business: with `dests`, each store removes
-the ones no live run holds.
+the ones no live run holds, and the --skip-free work directories of dead runs there go
+too.
 """
 
 import logging
@@ -157,7 +158,10 @@ def _remove_stray_temporaries(state_dir: Path) -> None:
 
 
 def _clean_partials(dests: Sequence[Path], steps: StepSink, dry_run: bool) -> list[Path]:
+    """Partial backups and --skip-free work directories (compacted copies of whole disks,
+    kept in DEST unless an overlay directory is configured) that dead runs left."""
     from virtbackup.adapters.store import BackupStore  # the data path's store
+    from virtbackup.engine.skip_free import TMP_PREFIX, remove_leftovers
 
     found: list[Path] = []
     for dest in dests:
@@ -168,8 +172,18 @@ def _clean_partials(dests: Sequence[Path], steps: StepSink, dry_run: bool) -> li
                     f"would remove partial backup {partial} (unless a running backup holds it)",
                 )
                 found.append(partial)
+            for workdir in sorted(dest.glob(f"{TMP_PREFIX}*")):
+                steps.step(
+                    "-",
+                    f"would remove --skip-free work directory {workdir} "
+                    "(unless a running backup holds it)",
+                )
+                found.append(workdir)
             continue
         for partial in BackupStore(dest).remove_partials():
             steps.step(partial.parent.name, f"removed partial backup {partial}")
             found.append(partial)
+        for workdir in remove_leftovers(dest):
+            steps.step("-", f"removed --skip-free work directory {workdir}")
+            found.append(workdir)
     return found
