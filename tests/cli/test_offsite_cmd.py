@@ -291,6 +291,50 @@ def test_remote_retention_keeps_the_newest_and_other_hosts_alone(
     assert [b["stamp"] for b in json.loads(listed.stdout)["backups"]] == [b_stamp]
 
 
+def test_prune_remote_applies_retention_to_this_hosts_complete_copies(
+    sftp_remote: RemoteServer, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    def put(host: str, domain: str, stamp: str, complete: bool = True) -> None:
+        base = f"{host}/{domain}/{stamp}"
+        rclone.write_text(sftp_remote.remote, f"{base}/vda.raw.lz4", "data")
+        if complete:
+            rclone.write_text(sftp_remote.remote, f"{base}/manifest.json", "{}")
+
+    stamps = ["20250101T010000Z", "20250102T010000Z", "20250103T010000Z"]
+    for stamp in stamps:
+        put("host-a", "web1", stamp)
+        put("host-b", "web1", stamp)
+    put("host-a", "db1", stamps[0])
+    put("host-a", "web1", "20250104T010000Z", complete=False)  # an upload under way
+    config = offsite_config(tmp_path / "a.toml", dest, sftp_remote, "host-a")
+
+    def remote_stamps(host: str, domain: str) -> set[str]:
+        return {e.path for e in rclone.list_entries(sftp_remote.remote, f"{host}/{domain}")}
+
+    dry = virtbackup_in(
+        state_dir, "--config", str(config), "prune", "--remote", "--keep-last", "1", "--dry-run"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "would remove" in dry.stdout and "upload not complete" in dry.stdout
+    assert remote_stamps("host-a", "web1") == {*stamps, "20250104T010000Z"}
+
+    done = virtbackup_in(
+        state_dir, "--config", str(config), "prune", "--remote", "--keep-last", "1", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    decisions = {d["domain"]: d for d in json.loads(done.stdout)}
+    assert decisions["web1"]["remove"] == [stamps[1], stamps[0]]
+    assert decisions["web1"]["incomplete_kept"] == ["20250104T010000Z"]
+    assert decisions["db1"]["remove"] == []  # the newest is always kept
+    assert decisions["web1"]["where"].endswith("/host-a")
+    assert remote_stamps("host-a", "web1") == {stamps[2], "20250104T010000Z"}
+    assert remote_stamps("host-b", "web1") == set(stamps)  # another host's: untouched
+
+    no_policy = virtbackup_in(state_dir, "--config", str(config), "prune", "--remote")
+    assert no_policy.returncode == 2
+    assert "no retention policy for" in no_policy.stderr
+
+
 def test_a_remote_that_is_not_configured_stops_before_any_domain(
     domain_factory: DomainFactory,
     sftp_remote: RemoteServer,

@@ -1,4 +1,5 @@
-"""`virtbackup prune --dest DIR [DOMAIN...] --keep-...`: retention, with --dry-run."""
+"""`virtbackup prune --dest DIR [DOMAIN...] --keep-...`: retention, with --dry-run;
+with --remote on this host's offsite copies instead."""
 
 import json
 from datetime import datetime
@@ -11,8 +12,10 @@ from rich.text import Text
 
 from virtbackup.adapters.store import BackupStore
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
 from virtbackup.core.errors import UsageError
 from virtbackup.core.retention import Policy
+from virtbackup.engine.offsite import prune_remote_backups
 from virtbackup.engine.prune import PruneResult, prune_domain
 
 KEEP_OPTIONS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
@@ -32,6 +35,7 @@ KEEP_OPTIONS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_
 @click.option("--keep-yearly", type=click.IntRange(min=0), metavar="N", help="... N years.")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decisions as JSON.")
+@remote_options
 @pass_globals
 def prune_command(
     options: GlobalOptions,
@@ -40,6 +44,9 @@ def prune_command(
     domains: tuple[str, ...],
     dry_run: bool,
     as_json: bool,
+    remote: bool,
+    remote_location: str | None,
+    host: str | None,
     **keep: int | None,
 ) -> None:
     """Remove old backups by a retention policy; never the newest complete one.
@@ -47,45 +54,70 @@ def prune_command(
     The --keep-* options apply to every domain named (default: every domain in DEST);
     without them, each domain's retention from the configuration file applies. Days,
     weeks, months and years are counted in the host's local time zone.
+
+    With --remote the policy applies to the complete offsite copies of this host (or
+    --host) instead, by the time in their names; uploads that are not complete are
+    left to `virtbackup all`, which knows which of them are still to be resumed.
     """
     config = load_settings(options)
-    dest = dest or config.dest
-    if dest is None:
-        raise UsageError("no backup destination", "give --dest DIR or set dest in the config file")
     given = Policy(**{name: value or 0 for name, value in keep.items()})
-    store = BackupStore(dest)
-    names = domains or tuple(sorted({b.domain for b in store.list_backups()}))
-    tz = datetime.now().astimezone().tzinfo
-    assert tz is not None
-    results = []
-    for domain in names:
+
+    def policy_of(domain: str) -> Policy:
         policy = given if not given.is_empty() else config.for_domain(domain).retention
         if policy.is_empty():
             raise UsageError(
                 f"no retention policy for {domain}",
                 "give --keep-last/--keep-daily/... or set [retention] in the config file",
             )
-        results.append(prune_domain(store, domain, policy, tz, dry_run=dry_run))
-    if as_json:
-        click.echo(json.dumps([_as_dict(r, dry_run) for r in results], indent=2))
+        return policy
+
+    tz = datetime.now().astimezone().tzinfo
+    assert tz is not None
+    offsite = remote_store(chosen_remote(remote, remote_location), host, config)
+    if offsite is not None:
+        policies = {name: policy_of(name) for name in domains or offsite.domains()}
+        results = [
+            prune_remote_backups(offsite, name, policy, tz, dry_run=dry_run)
+            for name, policy in policies.items()
+        ]
+        where = offsite.remote.path(offsite.offsite.host)
     else:
-        _print(results, dry_run)
+        dest = dest or config.dest
+        if dest is None:
+            raise UsageError(
+                "no backup destination", "give --dest DIR or set dest in the config file"
+            )
+        store = BackupStore(dest)
+        names = domains or sorted({b.domain for b in store.list_backups()})
+        policies = {name: policy_of(name) for name in names}  # all known before any removal
+        results = [
+            prune_domain(store, name, policy, tz, dry_run=dry_run)
+            for name, policy in policies.items()
+        ]
+        where = str(dest)
+    if as_json:
+        click.echo(json.dumps([_as_dict(r, dry_run, where) for r in results], indent=2))
+    else:
+        _print(results, dry_run, where)
 
 
-def _as_dict(result: PruneResult, dry_run: bool) -> dict[str, object]:
+def _as_dict(result: PruneResult, dry_run: bool, where: str) -> dict[str, object]:
     return {
         "domain": result.domain,
+        "where": where,
         "dry_run": dry_run,
         "keep": [
             {"backup": k.candidate.name, "reasons": list(k.reasons)} for k in result.decision.keep
         ],
         "remove": [c.name for c in result.decision.remove],
         "unreadable_kept": list(result.unreadable),
+        "incomplete_kept": list(result.incomplete),
     }
 
 
-def _print(results: list[PruneResult], dry_run: bool) -> None:
-    table = Table(title="retention" + (" (dry run: nothing removed)" if dry_run else ""))
+def _print(results: list[PruneResult], dry_run: bool, where: str) -> None:
+    title = f"retention in {where}" + (" (dry run: nothing removed)" if dry_run else "")
+    table = Table(title=Text(title))
     for heading in ("domain", "backup", "action", "why"):
         table.add_column(heading)
     for result in results:
@@ -93,6 +125,8 @@ def _print(results: list[PruneResult], dry_run: bool) -> None:
             table.add_row(Text(result.domain), kept.candidate.name, "keep", ", ".join(kept.reasons))
         for stamp in result.unreadable:
             table.add_row(Text(result.domain), stamp, "keep", "manifest unreadable")
+        for stamp in result.incomplete:
+            table.add_row(Text(result.domain), stamp, "keep", "upload not complete")
         for gone in result.decision.remove:
             action = "would remove" if dry_run else "removed"
             table.add_row(Text(result.domain), gone.name, Text(action, style="red"), "")

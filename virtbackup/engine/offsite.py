@@ -41,8 +41,9 @@ from virtbackup.adapters.store import (
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.errors import UsageError, VirtbackupError
 from virtbackup.core.manifest import ManifestFormatError, parse_any_manifest
-from virtbackup.core.retention import Candidate, Policy, apply_policy
+from virtbackup.core.retention import Candidate, Decision, Kept, Policy, apply_policy
 from virtbackup.engine.backup_access import missing_file
+from virtbackup.engine.prune import PruneResult
 
 log = logging.getLogger(__name__)
 
@@ -189,16 +190,33 @@ def prune_remote(
     """Apply `policy` to the complete remote backups of `domain` (the newest is always
     kept) and remove leftovers of interrupted uploads that are not in `keep` (the stamps
     still to be uploaded from the local store). The stamps removed."""
-    backups = remote.backups_of(domain)
-    candidates = [Candidate(stamp, stamp_time(stamp)) for stamp in backups.complete]
-    doomed = (
-        [] if policy.is_empty() else [c.name for c in apply_policy(candidates, policy, tz).remove]
-    )
-    doomed += [stamp for stamp in backups.incomplete if stamp not in keep]
+    result = prune_remote_backups(remote, domain, policy, tz)
+    doomed = [stamp for stamp in result.incomplete if stamp not in keep]
     for stamp in doomed:
         remote.remove(domain, stamp)
-        log.info("%s: removed remote backup %s", domain, stamp)
-    return doomed
+        log.info("%s: removed the remote leftover %s of an interrupted upload", domain, stamp)
+    return [*result.removed, *doomed]
+
+
+def prune_remote_backups(
+    remote: RemoteStore, domain: str, policy: Policy, tz: tzinfo, *, dry_run: bool = False
+) -> PruneResult:
+    """Retention on the complete remote backups of `domain` (the newest is always kept;
+    the time of a backup is its stamp's). Interrupted uploads are not touched here."""
+    backups = remote.backups_of(domain)
+    candidates = [Candidate(stamp, stamp_time(stamp)) for stamp in backups.complete]
+    decision = (
+        Decision(keep=[Kept(c, ("no policy",)) for c in candidates])
+        if policy.is_empty()
+        else apply_policy(candidates, policy, tz)
+    )
+    removed = []
+    if not dry_run:
+        for candidate in decision.remove:
+            remote.remove(domain, candidate.name)
+            log.info("%s: removed remote backup %s (retention)", domain, candidate.name)
+            removed.append(candidate.name)
+    return PruneResult(domain, decision, (), tuple(removed), tuple(backups.incomplete))
 
 
 def stamp_time(stamp: str) -> datetime:

@@ -22,6 +22,7 @@ class PruneResult:
     decision: Decision
     unreadable: tuple[str, ...]  # backups kept because their manifest cannot be read
     removed: tuple[str, ...]  # stamps actually removed (none in a dry run)
+    incomplete: tuple[str, ...] = ()  # remote uploads not complete: never candidates
 
 
 def prune_domain(
