@@ -25,7 +25,7 @@ from harness.images import build_fs_image
 from virtbackup.adapters import age
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import DiskBackupFailed
-from virtbackup.core.errors import UsageError
+from virtbackup.core.errors import UsageError, VirtbackupError
 from virtbackup.core.manifest import parse_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.engine.backup import BackupResult, DiskSource, back_up_disks
@@ -167,6 +167,19 @@ def test_full_destination_leaves_no_partial(image: Path, keys: KeyPair) -> None:
         with pytest.raises(DiskBackupFailed, match="no space left"):
             encrypted_backup(mountpoint / "dest", [disk_of(dense)], keys)
         assert not list((mountpoint / "dest" / "web1").iterdir())
+
+
+def test_encrypted_restore_to_a_full_filesystem_fails_and_leaves_nothing(
+    tmp_path: Path, keys: KeyPair
+) -> None:
+    dense = tmp_path / "dense.raw"
+    dense.write_bytes(os.urandom(12 * MiB))  # 3 frames; about 6 MiB fit below
+    result = encrypted_backup(tmp_path / "dest", [disk_of(dense)], keys)
+    with small_filesystem(8 * MiB) as mountpoint:
+        out = mountpoint / "out"
+        with pytest.raises(VirtbackupError, match="no space left"):
+            restore_backup(result.path, out, NullProgress(), identity=keys.identity)
+        assert not out.exists() or not list(out.iterdir())
 
 
 def test_killed_encrypted_backup_leaves_nothing_that_looks_complete(

@@ -1,9 +1,11 @@
 """Reading a stream front to back from a pipe: the same bytes and the same checks as the
 random-access reader, and every kind of damage named."""
 
+import errno
 import os
 import struct
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +18,14 @@ from harness.images import build_fs_image
 from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.manifest import DiskRecord
 from virtbackup.core.progress import NullProgress
+from virtbackup.core.streamformat import FrameEntry
 from virtbackup.engine.stream_reader import read_index, verify_stream
-from virtbackup.engine.stream_sequential import restore_sequential, verify_sequential
+from virtbackup.engine.stream_sequential import (
+    _BackgroundWriter,
+    _Decoded,
+    restore_sequential,
+    verify_sequential,
+)
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +121,48 @@ def test_damage_is_named(
     bad = damaged(stream, tmp_path, how)
     with pytest.raises(CorruptBackup, match=message), piped(bad) as pipe:
         verify_sequential(pipe, disk, "vda", NullProgress())
+
+
+def _decoded(number: int) -> _Decoded:
+    entry = FrameEntry(number, 1, number, 1, False, b"")
+    return _Decoded(entry, bytes([number]))
+
+
+def test_background_writer_writes_in_order_and_hands_on_a_failure() -> None:
+    written: list[int] = []
+    with _BackgroundWriter(lambda d: written.append(d.entry.data_offset)) as writer:
+        for number in range(20):
+            writer.put(_decoded(number))
+    assert written == list(range(20))
+
+    def failing(decoded: _Decoded) -> None:
+        if decoded.entry.data_offset == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(decoded.entry.data_offset)
+
+    written.clear()
+    with pytest.raises(OSError, match="No space left"):
+        with _BackgroundWriter(failing, depth=2) as writer:
+            for number in range(50):
+                writer.put(_decoded(number))
+    assert written == [0, 1, 2]  # nothing after the failed write
+
+
+def test_background_writer_stops_when_the_reading_fails() -> None:
+    started = threading.Event()
+    written: list[int] = []
+    writer = _BackgroundWriter(lambda d: None, depth=4)
+
+    def slow(decoded: _Decoded) -> None:
+        started.set()
+        writer._stopped.wait(5)  # the first write lasts until the restore has failed
+        written.append(decoded.entry.data_offset)
+
+    writer._write = slow
+    with pytest.raises(CorruptBackup):
+        with writer:
+            for number in range(4):
+                writer.put(_decoded(number))
+            assert started.wait(5)
+            raise CorruptBackup("the pipe broke")
+    assert written == [0]  # the frames still queued were dropped
