@@ -243,6 +243,19 @@ def test_volume_group_free_space_for_lvm_snapshots(
     assert [f.severity for f in found] == ([severity] if severity else [])
 
 
+def test_volume_group_check_uses_the_domains_own_snapshot_size() -> None:
+    lv = VolumeGroupFacts("vg0", "vms", 20 * GiB, 3 * GiB)
+    domain = check(method=Method.LVM, volume_group=lv)
+    name = domain.plan.domain.name
+    roomy = Settings(snapshot_size=SnapshotSize(percent=10.0))  # wants 2 GiB: fits
+    assert by_check(domain_findings(domain, roomy), "lvm") == []
+    overridden = replace(roomy, snapshot_sizes={name: SnapshotSize(percent=20.0)})  # 4 GiB
+    (finding,) = by_check(domain_findings(domain, overridden), "lvm")
+    assert finding.severity == Severity.BLOCKER and "wants 4.0 GiB" in finding.text
+    other = replace(roomy, snapshot_sizes={"another": SnapshotSize(percent=20.0)})
+    assert by_check(domain_findings(domain, other), "lvm") == []
+
+
 def test_encryption_and_remote_findings() -> None:
     fine = OffsiteFacts(recipients_file="/etc/r.txt", recipients=2, remote="offsite:vb")
     findings = host_findings(replace(HEALTHY_HOST, offsite=fine), 0)

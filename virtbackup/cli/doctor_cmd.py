@@ -75,6 +75,10 @@ def doctor_command(
     settings = Settings(
         overlay_dir=str(overlay_dir) if overlay_dir else None,
         snapshot_size=config.defaults.snapshot_size,
+        snapshot_sizes={
+            name: config.for_domain(name).snapshot_size
+            for name in (check.plan.domain.name for check in found.domains)
+        },
     )
     findings = diagnose(found.host, found.domains, settings)
     if as_json:

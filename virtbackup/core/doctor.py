@@ -6,8 +6,8 @@ works, and gives the exact fix. A blocker is something that makes a backup fail;
 warning costs consistency or space; info says what works (and so what to keep).
 """
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from virtbackup.core.config import SnapshotSize
@@ -139,6 +139,11 @@ class Settings:
     overlay_dir: str | None = None
     overlay_min_free: int = 512 * MiB
     snapshot_size: SnapshotSize = SnapshotSize(percent=10.0)
+    # [domain."NAME"] snapshot_size overrides, by domain name
+    snapshot_sizes: Mapping[str, SnapshotSize] = field(default_factory=dict)
+
+    def snapshot_size_of(self, domain: str) -> SnapshotSize:
+        return self.snapshot_sizes.get(domain, self.snapshot_size)
 
 
 # -- the checks -----------------------------------------------------------------------------
@@ -546,7 +551,7 @@ def _snapshot_findings(check: DomainCheck, disk: DiskCheck, settings: Settings) 
             )
         ]
     if vg is not None:
-        need = snapshot_bytes(settings.snapshot_size, vg.lv_size)
+        need = snapshot_bytes(settings.snapshot_size_of(check.plan.domain.name), vg.lv_size)
         if vg.vg_free < need:
             severity = Severity.BLOCKER if plan.method == Method.LVM else Severity.WARNING
             return [
