@@ -88,3 +88,25 @@ def test_no_policy_and_no_dest_are_usage_errors(tmp_path: Path) -> None:
     assert virtbackup("prune", "--keep-last", "1").returncode == 2
     (tmp_path / "d").mkdir()
     assert virtbackup("prune", "--dest", str(tmp_path / "d"), "x").returncode == 2
+
+
+def test_a_domain_without_a_policy_stops_prune_before_anything_is_removed(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(64 * 1024))
+    dest = tmp_path / "dest"
+    backups_over_days(dest, image, 3)  # web1, which has a policy
+    make_backup(dest, [disk_of(image)], domain="www")  # sorted after it, and has none
+    config = tmp_path / "virtbackup.toml"
+    config.write_text('[domain."web1".retention]\nkeep_last = 1\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "virtbackup", "--config", str(config), "prune", "--dest", str(dest)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "no retention policy for www" in result.stderr
+    assert len(BackupStore(dest).list_backups("web1")) == 3
