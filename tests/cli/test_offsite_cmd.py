@@ -88,6 +88,10 @@ def test_copy_list_restore_and_verify_from_the_remote(
     assert os.stat(out / "vda.raw").st_blocks <= os.stat(raw.path).st_blocks
     verified = virtbackup_in(state_dir, "--config", str(config), "verify", "--remote", name)
     assert verified.returncode == 0, verified.stderr
+    listed = virtbackup_in(state_dir, "--config", str(config), "backups", "--remote", "--json")
+    (row,) = json.loads(listed.stdout)["backups"]
+    assert row["verified"]["ok"] is True and row["verified"]["problem"] is None
+    assert not (local / "verified.json").exists()  # the local copy was not the one checked
     # a new host after a disaster: no virtbackup configuration, rclone's own config only
     elsewhere = virtbackup(
         "verify",

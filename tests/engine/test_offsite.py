@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB, disk_of, make_backup
+from backup_helpers import MiB, disk_of, make_backup, most_random_frame
 from harness.remotes import RemoteServer
 
 from virtbackup.adapters import rclone
@@ -61,7 +61,27 @@ def test_upload_is_complete_only_with_its_manifest(remote: RemoteServer, tmp_pat
     (listed,) = store.list_backups("web1")
     assert (listed.stamp, listed.path, listed.problem) == (local.name, location, None)
     assert listed.size == sum(p.stat().st_size for p in local.iterdir())
+    assert listed.verified is None
     assert verify_backup(store.files("web1", local.name), NullProgress()).ok
+    (listed,) = store.list_backups("web1")
+    assert listed.verified is not None and listed.verified.ok
+    assert listed.size == sum(p.stat().st_size for p in local.iterdir())  # the record is not data
+
+    # the remote copy damaged: verify says so there, and the local copy is not involved
+    stream = f"kvm1/web1/{local.name}/vda.raw.lz4"
+    damaged = tmp_path / "damaged.lz4"
+    data = bytearray((local / "vda.raw.lz4").read_bytes())
+    frame = most_random_frame(local / "vda.raw.lz4")
+    data[frame.stored_offset + frame.stored_length // 2] ^= 0x40
+    damaged.write_bytes(data)
+    rclone.delete_file(store.remote, stream)  # (a copy of the same size may be skipped)
+    rclone.copy_file(store.remote, damaged, stream)
+    outcome = verify_backup(store.files("web1", local.name), NullProgress())
+    assert not outcome.ok and outcome.recorded
+    (listed,) = store.list_backups("web1")
+    assert listed.verified is not None and not listed.verified.ok
+    assert listed.verified.problem == outcome.problem
+    assert verify_backup(local, NullProgress()).ok
 
 
 def test_streamed_backup_round_trip_and_abort(remote: RemoteServer, tmp_path: Path) -> None:

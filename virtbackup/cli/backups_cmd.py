@@ -58,8 +58,6 @@ def backups_command(
 def verified_state(backup: BackupInfo) -> str:
     if backup.problem is not None:
         return "unreadable"
-    if isinstance(backup.path, str):
-        return "-"  # remote: verify --remote checks it, and records nothing there
     if backup.verified is None:
         return "never"
     state = "ok" if backup.verified.ok else "FAILED"

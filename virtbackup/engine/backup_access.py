@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from virtbackup.adapters import age
-from virtbackup.adapters.store import DOMAIN_XML, MANIFEST
+from virtbackup.adapters.store import DOMAIN_XML, MANIFEST, record_verification
 from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import (
@@ -21,6 +21,7 @@ from virtbackup.core.manifest import (
     Manifest,
     ManifestFormatError,
     Sealed,
+    VerifyRecord,
     parse_any_manifest,
 )
 
@@ -40,6 +41,8 @@ class BackupFiles(Protocol):
     def stream(self, name: str) -> AbstractContextManager[IO[bytes]]: ...
 
     def local_path(self, name: str) -> Path | None: ...  # None: not on this host
+
+    def record_verification(self, record: VerifyRecord) -> None: ...  # verified.json
 
 
 class LocalFiles:
@@ -72,6 +75,9 @@ class LocalFiles:
 
     def local_path(self, name: str) -> Path | None:
         return self.path / name
+
+    def record_verification(self, record: VerifyRecord) -> None:
+        record_verification(self.path, record)
 
 
 @dataclass(frozen=True)

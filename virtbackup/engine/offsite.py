@@ -1,9 +1,10 @@
 """Offsite copies on an rclone remote.
 
 Layout: REMOTE/<host>/<domain>/<UTC stamp>/ with the same files as the local backup
-(verified.json stays local). Every host writes below its own name only, so several hosts
-can share one remote: listing, retention and leftover removal never look at another
-host's directory, and the local host lock already keeps two runs of one host apart.
+(a local verified.json stays local: `verify --remote` writes the remote one). Every host
+writes below its own name only, so several hosts can share one remote: listing,
+retention and leftover removal never look at another host's directory, and the local
+host lock already keeps two runs of one host apart.
 
 A remote backup is complete when its manifest.json is there: it is uploaded last, after
 the other files were copied and checked (sizes, and hashes where the backend keeps
@@ -40,7 +41,13 @@ from virtbackup.adapters.store import (
 )
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.errors import UsageError, VirtbackupError
-from virtbackup.core.manifest import ManifestFormatError, parse_any_manifest
+from virtbackup.core.manifest import (
+    ManifestFormatError,
+    VerifyRecord,
+    build_verify_record,
+    parse_any_manifest,
+    parse_verify_record,
+)
 from virtbackup.core.retention import Candidate, Decision, Kept, Policy, apply_policy
 from virtbackup.engine.backup_access import missing_file
 from virtbackup.engine.prune import PruneResult
@@ -86,6 +93,20 @@ class RemoteFiles:
 
     def local_path(self, name: str) -> Path | None:
         return None
+
+    def record_verification(self, record: VerifyRecord) -> None:
+        """verified.json beside the remote manifest: what `verify --remote` found there
+        (a local verify says nothing of the remote copy, so upload never sends it)."""
+        rclone.write_text(self.remote, f"{self.path}/{VERIFIED}", build_verify_record(record))
+
+    def verification(self) -> VerifyRecord | None:
+        """The last `verify --remote` of this backup; None: never, or unreadable."""
+        if self.size(VERIFIED) is None:
+            return None
+        try:
+            return parse_verify_record(self.read(VERIFIED).decode())
+        except (VirtbackupError, ManifestFormatError, UnicodeDecodeError):
+            return None
 
     def sizes(self) -> dict[str, int]:
         """Each file of the backup directory and its size (listed once)."""
@@ -142,8 +163,9 @@ class RemoteStore:
             manifest = parse_any_manifest(files.read(MANIFEST).decode())
         except (CorruptBackup, ManifestFormatError, UnicodeDecodeError) as err:
             problem = f"manifest {files.label}/{MANIFEST} cannot be read: {err}"
-        size = sum(files.sizes().values())
-        return BackupInfo(domain, stamp, files.label, manifest, problem, size, None)
+        sizes = files.sizes()
+        size = sum(n for name, n in sizes.items() if name != VERIFIED)
+        return BackupInfo(domain, stamp, files.label, manifest, problem, size, files.verification())
 
     def upload(self, backup: Path) -> str:
         """Copy a complete local backup; its manifest goes last, once the rest is checked.

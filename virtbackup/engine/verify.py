@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from virtbackup import __version__
-from virtbackup.adapters.store import record_verification
-from virtbackup.core.backup_errors import CorruptBackup, StoreError
+from virtbackup.core.backup_errors import CorruptBackup, RemoteError, StoreError
 from virtbackup.core.manifest import DiskRecord, VerifyRecord
 from virtbackup.core.progress import ProgressSink
 from virtbackup.engine.backup_access import BackupFiles, LocalFiles, OpenedBackup, open_backup
@@ -30,7 +29,7 @@ def verify_backup(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     identity: Path | None = None,
 ) -> VerifyOutcome:
-    """Verify one backup and record the result in it (when it is local). A missing
+    """Verify one backup and record the result in it (verified.json). A missing
     backup or unreadable manifest raises (nothing to record); a damaged disk stream is
     an outcome. An encrypted backup needs `identity` to be verified."""
     files = LocalFiles(backup) if isinstance(backup, Path) else backup
@@ -42,13 +41,11 @@ def verify_backup(
     except CorruptBackup as err:
         problem = str(err)
     record = VerifyRecord(clock(), problem is None, problem, __version__)
-    recorded = False
-    if isinstance(files, LocalFiles):
-        try:
-            record_verification(files.path, record)
-            recorded = True
-        except StoreError:
-            pass  # e.g. backups on a read-only mount: the check still counts
+    try:
+        files.record_verification(record)
+        recorded = True
+    except (StoreError, RemoteError):
+        recorded = False  # e.g. backups on a read-only mount: the check still counts
     return VerifyOutcome(files.label, problem is None, problem, recorded)
 
 
