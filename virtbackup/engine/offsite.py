@@ -105,8 +105,8 @@ class RemoteFiles:
             return None
         try:
             return parse_verify_record(self.read(VERIFIED).decode())
-        except (VirtbackupError, ManifestFormatError, UnicodeDecodeError):
-            return None
+        except (RemoteError, CorruptBackup, ManifestFormatError, UnicodeDecodeError):
+            return None  # (not Interrupted: a signal still ends the listing)
 
     def sizes(self) -> dict[str, int]:
         """Each file of the backup directory and its size (listed once)."""
