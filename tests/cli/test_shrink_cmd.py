@@ -12,6 +12,7 @@ import pexpect
 import pytest
 from harness.cli import virtbackup
 from harness.guest import TinyGuestFactory
+from harness.guestfs import HANG, fake_qemu, processes_running
 from harness.images import build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 
@@ -168,3 +169,45 @@ class _Collect:
 
     def flush(self) -> None:
         pass
+
+
+@pytest.mark.guestfs
+@pytest.mark.libvirt
+def test_hanging_appliance_gives_up_and_leaves_the_domain_as_it_was(
+    domain_factory: DomainFactory, guestfs_works: None, tmp_path: Path
+) -> None:
+    """A launch that hangs (as qemu with a broken nested KVM does on some hosts) is
+    killed after `appliance_timeout`: one line, exit 2, the image and the domain as
+    they were, no process and no scratch file left."""
+    dom = domain_factory.create([DiskSpec("qcow2")], hint="hang")
+    image = Path(dom.XMLDesc().split("<source file='")[1].split("'")[0])
+    before = image.read_bytes()
+    config = tmp_path / "virtbackup.toml"
+    config.write_text("appliance_timeout = 10\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    qemu = fake_qemu(tmp_path, HANG)
+    env = {
+        "LIBGUESTFS_HV": str(qemu),
+        "LIBGUESTFS_TMPDIR": str(scratch),
+        "XDG_RUNTIME_DIR": str(scratch),
+    }
+    result = virtbackup(
+        "--config",
+        str(config),
+        "shrink",
+        "--yes",
+        dom.name(),
+        state_dir=tmp_path / "state",
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
+    assert "the libguestfs appliance did not start within 10 s" in line
+    assert "raise appliance_timeout" in line
+    assert "Traceback" not in result.stderr
+    assert image.read_bytes() == before
+    assert not dom.isActive()
+    assert processes_running(qemu) == []
+    assert list(scratch.iterdir()) == []

@@ -1,6 +1,8 @@
 """The real libguestfs appliance, launched through the distribution's Python bindings."""
 
 import os
+import shlex
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,3 +55,46 @@ def guestfs_handle(guestfs_module: Any, guestfs_works: None) -> Iterator[Callabl
 
 def _format_of(image: Path) -> str:
     return "qcow2" if image.suffix == ".qcow2" else "raw"
+
+
+# How the broken KVM of a nested host misbehaves differs from machine to machine (an
+# abort at once on one, a launch that spins for ever on another), so neither is tried for
+# real: a fake qemu (LIBGUESTFS_HV) answers libguestfs's capability queries through the
+# real qemu and misbehaves only when asked to boot the appliance.
+FAKE_QEMU = """#!/bin/sh
+case " $* " in
+  *" -kernel "*) ;;
+  *) exec {real} "$@" ;;
+esac
+{behaviour}
+"""
+# What qemu printed on a nested host when KVM was used (captured by the events there).
+KVM_ABORT = [
+    "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69",
+    "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion "
+    "`ret == cpu->kvm_msr_buf->nmsrs' failed.",
+]
+ABORT = "\n".join(f"echo {shlex.quote(line)} >&2" for line in KVM_ABORT) + "\nkill -ABRT $$"
+# A child of its own (a subshell keeps the script's command line, so it can be found)
+HANG = "(while :; do sleep 1; done) &\nwait"
+
+
+def fake_qemu(directory: Path, behaviour: str) -> Path:
+    real = shutil.which("qemu-system-x86_64")
+    assert real, "qemu-system-x86 is not installed"
+    path = directory / "fake-qemu"
+    path.write_text(FAKE_QEMU.format(real=real, behaviour=behaviour))
+    path.chmod(0o755)
+    return path
+
+
+def processes_running(path: Path) -> list[int]:
+    """PIDs whose command line names `path` (the fake qemu and its children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(path).encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

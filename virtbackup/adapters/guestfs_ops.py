@@ -4,6 +4,12 @@ One handle holds every disk of a domain, so a volume group spanning disks is who
 appliance is a small VM; under software emulation its launch takes 10-20 s, which is
 why callers batch all their work into one handle. What the appliance prints while it
 starts is kept (not shown), so a failed launch becomes one line naming the likely fix.
+
+A launch is bounded in time: on some nested hosts qemu with KVM neither runs nor fails
+but spins (libguestfs itself would wait 20 minutes). A watchdog thread kills the
+hypervisor processes the launch started once the deadline passes; the launch then
+fails, the handle is closed (libguestfs removes its sockets and temporary files) and
+the caller gets one line naming the cause and the fix.
 """
 
 import logging
@@ -11,6 +17,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +39,9 @@ SWAP_SIGNATURES = (b"SWAPSPACE2", b"SWAP-SPACE")
 # would destroy the saved session of a hibernated guest.
 HIBERNATION_SIGNATURES = (b"S1SUSPEND", b"S2SUSPEND", b"ULSUSPEND", b"LINHIB0001")
 LAUNCH_LOG_LINES = 200
+# A cold launch under software emulation (appliance build included) takes 30-60 s on a
+# loaded 2-core host; ten times that is still a hang, not a slow start.
+DEFAULT_LAUNCH_TIMEOUT = 300.0
 
 
 class GuestfsSetupError(UsageError):
@@ -41,6 +51,22 @@ class GuestfsSetupError(UsageError):
 
 class GuestfsError(VirtbackupError):
     """An operation inside the appliance failed."""
+
+
+def launch_timeout_error(seconds: float, env: dict[str, str]) -> GuestfsSetupError:
+    """The one line for a launch that did not finish in time (pure)."""
+    head = f"the libguestfs appliance did not start within {seconds:g} s"
+    if "force_tcg" not in env.get("LIBGUESTFS_BACKEND_SETTINGS", ""):
+        return GuestfsSetupError(
+            f"{head} (qemu with hardware virtualisation hangs on some nested hosts)",
+            "set LIBGUESTFS_BACKEND_SETTINGS=force_tcg and LIBGUESTFS_BACKEND=direct, "
+            "run 'libguestfs-test-tool' to diagnose, or raise appliance_timeout",
+        )
+    return GuestfsSetupError(
+        head,
+        "run 'libguestfs-test-tool' to see where it stops; on a slow or loaded host "
+        "raise appliance_timeout in the configuration",
+    )
 
 
 @dataclass(frozen=True)
@@ -253,12 +279,14 @@ def open_appliance(
     *,
     discard: str = "enable",
     on_progress: Callable[[int, int], None] | None = None,
+    launch_timeout: float = DEFAULT_LAUNCH_TIMEOUT,
 ) -> Iterator[Appliance]:
     """Launch an appliance on `drives` (added in order: /dev/sda, /dev/sdb, ...).
 
-    `discard`: "enable" fails the launch when discard cannot reach the image, "besteffort"
-    does not. On leaving the block normally the appliance is shut down cleanly (flushing
-    every write); on an error it is closed.
+    A launch that takes longer than `launch_timeout` seconds is killed and fails with
+    GuestfsSetupError. `discard`: "enable" fails the launch when discard cannot reach the
+    image, "besteffort" does not. On leaving the block normally the appliance is shut
+    down cleanly (flushing every write); on an error it is closed.
     """
     guestfs = import_guestfs()
     g = guestfs.GuestFS(python_return_dict=True, close_on_exit=False)
@@ -295,7 +323,9 @@ def open_appliance(
             except RuntimeError as err:
                 raise GuestfsError(f"cannot add {drive.path}: {_first_line(err)}") from None
         try:
-            g.launch()
+            launch_bounded(g, launch_timeout)
+        except LaunchTimedOut:
+            raise launch_timeout_error(launch_timeout, dict(os.environ)) from None
         except RuntimeError as err:
             if "discard" in str(err).lower():
                 raise GuestfsError(
@@ -308,3 +338,89 @@ def open_appliance(
         appliance.finish()
     finally:
         g.close()
+
+
+# -- the launch watchdog ---------------------------------------------------------------------
+
+
+class LaunchTimedOut(RuntimeError):
+    """The watchdog killed a launch that did not finish in time."""
+
+
+def launch_bounded(g: Any, timeout: float) -> None:
+    """`g.launch()`, but processes it started are killed after `timeout` seconds.
+
+    The bindings release the GIL during the launch, so a thread can watch it. What the
+    launch started is told apart from our other children by being new: children that
+    existed before the launch are never touched. After the kill libguestfs notices that
+    qemu died and `launch` raises; that error is replaced by LaunchTimedOut.
+    """
+    before = set(child_processes(os.getpid()))
+    finished = threading.Event()
+    fired = threading.Event()
+
+    def watch() -> None:
+        if finished.wait(timeout):
+            return
+        fired.set()
+        killed: set[int] = set()
+        # Keep watching until the launch returns: qemu may be started after the deadline
+        # (while the appliance was still being built).
+        while not finished.is_set():
+            for pid in set(child_processes(os.getpid())) - before - killed:
+                log.debug("appliance launch exceeded %g s: killing process %d", timeout, pid)
+                _kill_tree(pid)
+                killed.add(pid)
+            finished.wait(0.5)
+
+    watchdog = threading.Thread(target=watch, name="guestfs-launch-watchdog", daemon=True)
+    watchdog.start()
+    try:
+        g.launch()
+    except RuntimeError:
+        if fired.is_set():
+            raise LaunchTimedOut(f"launch killed after {timeout:g} s") from None
+        raise
+    finally:
+        finished.set()
+        watchdog.join()
+    if fired.is_set():  # finished just as the deadline passed: qemu may be dead already
+        raise LaunchTimedOut(f"launch killed after {timeout:g} s")
+
+
+def child_processes(parent: int) -> list[int]:
+    """PIDs whose parent is `parent`, from /proc."""
+    children = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if len(fields) > 1 and int(fields[1]) == parent:
+            children.append(int(entry.name))
+    return children
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and its own children (qemu runs in a process group of its own)."""
+    for child in child_processes(pid):
+        _kill_tree(child)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != b"Z"  # a zombie is dead; libguestfs reaps it

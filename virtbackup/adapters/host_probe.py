@@ -116,10 +116,15 @@ def dest_problem(dest: Path) -> str | None:
     return None
 
 
-def guestfs_appliance() -> Probe:
+def guestfs_appliance(launch_timeout: float) -> Probe:
     """Launch the libguestfs appliance on a 1 MiB scratch disk (10-20 s under TCG):
     True when it boots, else the one-line reason and fix from the shrink adapter."""
-    from virtbackup.adapters.guestfs_ops import launch_error
+    from virtbackup.adapters.guestfs_ops import (
+        LaunchTimedOut,
+        launch_bounded,
+        launch_error,
+        launch_timeout_error,
+    )
 
     try:
         guestfs = import_guestfs()
@@ -133,12 +138,15 @@ def guestfs_appliance() -> Probe:
         lines.extend(line for line in text.splitlines() if line.strip())
 
     try:
+        g.set_pgroup(True)
         g.set_event_callback(
             on_event, guestfs.EVENT_LIBRARY | guestfs.EVENT_WARNING | guestfs.EVENT_APPLIANCE
         )
         g.add_drive_scratch(1024 * 1024)
-        g.launch()
+        launch_bounded(g, launch_timeout)
         g.shutdown()
+    except LaunchTimedOut:
+        return Probe(False, str(launch_timeout_error(launch_timeout, dict(os.environ))))
     except RuntimeError as err:
         return Probe(False, str(launch_error(str(err), lines[-200:], dict(os.environ))))
     finally:

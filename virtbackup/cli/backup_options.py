@@ -246,7 +246,9 @@ def domain_options(
     trim = settings.trim if values.trim is None else values.trim
     skip_free = None
     if settings.skip_free if values.skip_free is None else values.skip_free:
-        skip_free = SkipFree(consistency.overlay_dir or resolve_dest(values, config))
+        skip_free = SkipFree(
+            consistency.overlay_dir or resolve_dest(values, config), config.appliance_timeout
+        )
     return plan, BackupRunOptions(
         consistency,
         writer,

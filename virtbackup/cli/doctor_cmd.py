@@ -69,6 +69,7 @@ def doctor_command(
         dest=dest or config.dest,
         overlay_dir=overlay_dir,
         guestfs=not skip_guestfs,
+        appliance_timeout=config.appliance_timeout,
         encrypt=config.encrypt,
         remote=_configured_remote(config),
     )

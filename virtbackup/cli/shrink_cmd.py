@@ -32,7 +32,7 @@ from rich.text import Text
 
 from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.libvirt_conn import connect
-from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.list_cmd import human_size
 from virtbackup.cli.output import stderr_console
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
@@ -134,6 +134,7 @@ def shrink_command(
     In place by default: every filesystem is trimmed, swap and free space of guest
     volume groups discarded. --to or --convert write a new compact image instead.
     """
+    config = load_settings(options)
     shrink_options = ShrinkOptions(
         ignore=ignore,
         shutdown=shutdown,
@@ -143,6 +144,7 @@ def shrink_command(
         compress=compress,
         tmp_dir=tmp_dir,
         amend_compat=amend_compat,
+        appliance_timeout=float(config.appliance_timeout),
     )
     check_options(shrink_options)
     interactive = not yes
@@ -160,7 +162,8 @@ def shrink_command(
         plans = [plan_shrink(f, shrink_options) for f in facts]
         if not domains and not all_domains:
             eligible = [p for p in plans if p.eligible]
-            plans = pick(console, eligible, shrink_options, estimates(console, eligible, estimate))
+            found = estimates(console, eligible, estimate, shrink_options.appliance_timeout)
+            plans = pick(console, eligible, shrink_options, found)
         else:
             if not domains:  # --all: what can be shrunk now
                 plans = [p for p in plans if p.eligible]
@@ -193,7 +196,7 @@ def shrink_one(
 
 
 def estimates(
-    console: Console, candidates: Sequence[DomainShrink], wanted: bool
+    console: Console, candidates: Sequence[DomainShrink], wanted: bool, launch_timeout: float
 ) -> dict[str, int | None]:
     """Reclaimable bytes per domain, when asked for (one read-only appliance each)."""
     found: dict[str, int | None] = {}
@@ -206,7 +209,7 @@ def estimates(
         images = [Image(d.target, d.path or "", d.format or "raw") for d in plan.chosen]
         with console.status(f"estimating {plan.domain.name} (read-only look inside)"):
             try:
-                found[plan.domain.name] = estimate_reclaimable(images)
+                found[plan.domain.name] = estimate_reclaimable(images, launch_timeout)
             except VirtbackupError as err:
                 if isinstance(err, (UsageError, Interrupted)):
                     raise

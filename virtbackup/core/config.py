@@ -67,6 +67,7 @@ class Config:
     hooks_after: tuple[str, ...] = ()
     encrypt: Path | None = None  # age recipients file
     remote: RemoteSettings | None = None
+    appliance_timeout: int = 300  # seconds a libguestfs appliance launch may take
     defaults: DomainSettings = DomainSettings()
     overrides: dict[str, DomainSettings] = field(default_factory=dict)
 
@@ -180,6 +181,7 @@ TOP_KEYS = (DOMAIN_KEYS - {"exclude_disks"}) | {
     "domain",
     "encrypt",
     "remote",
+    "appliance_timeout",
 }
 REMOTE_KEYS = {"location", "rclone_config", "bwlimit", "retries", "only", "host"}
 RETENTION_KEYS = {f.name for f in fields(Policy)}
@@ -213,6 +215,9 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if "bwlimit" in data:
         limit = reader.convert(top, "bwlimit", parse_size, reader.typed(top, data, "bwlimit", str))
         config = replace(config, bwlimit=limit)
+    if "appliance_timeout" in data:
+        timeout = reader.positive(top, data, "appliance_timeout", " second")
+        config = replace(config, appliance_timeout=timeout)
     if "hooks" in data:
         hooks = reader.typed(top, data, "hooks", dict)
         reader.known(("hooks",), hooks, {"before", "after"})

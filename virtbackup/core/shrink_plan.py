@@ -60,6 +60,7 @@ class ShrinkOptions:
     compress: bool = False  # copy mode, qcow2 output: compressed clusters
     tmp_dir: Path | None = None  # copy mode: where the overlays go (default /var/tmp)
     amend_compat: bool = False  # upgrade qcow2 compat=0.10 images to 1.1 first
+    appliance_timeout: float = 300.0  # seconds an appliance launch may take
 
     @property
     def mode(self) -> ShrinkMode:

@@ -15,6 +15,7 @@ from typing import Any
 from virtbackup.adapters import age, host_probe, rclone
 from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.guest_agent import silent_reason
+from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT
 from virtbackup.adapters.libvirt_conn import ConnectFailed, libvirt_module
 from virtbackup.adapters.lvm import find_lv
 from virtbackup.adapters.rclone import Remote
@@ -57,6 +58,7 @@ def examine(
     dest: Path | None,
     overlay_dir: Path | None,
     guestfs: bool,
+    appliance_timeout: float = DEFAULT_LAUNCH_TIMEOUT,
     encrypt: Path | None = None,
     remote: Remote | None = None,
 ) -> Examination:
@@ -81,7 +83,7 @@ def examine(
             ProgramFact(name, host_probe.program(name), package) for name, package in PROGRAMS
         ),
         guestfs_checked=guestfs,
-        guestfs_error=_guestfs_error() if guestfs else None,
+        guestfs_error=_guestfs_error(appliance_timeout) if guestfs else None,
         dest=_dest_facts(dest) if dest is not None else None,
         # Discovery fills on_lv (True/False) where it can tell (lvs installed and working).
         lvm_checked=all(d.disk.on_lv is not None for c in checks for d in c.disks if d.backed_up),
@@ -108,8 +110,8 @@ def _offsite_facts(encrypt: Path | None, remote: Remote | None) -> OffsiteFacts:
     return facts
 
 
-def _guestfs_error() -> str | None:
-    probe = host_probe.guestfs_appliance()
+def _guestfs_error(launch_timeout: float) -> str | None:
+    probe = host_probe.guestfs_appliance(launch_timeout)
     return None if probe.value is True else probe.error or "the appliance did not start"
 
 

@@ -207,7 +207,7 @@ def reclaim(
 # -- estimate --------------------------------------------------------------------------------
 
 
-def estimate_reclaimable(images: Sequence[Image]) -> int | None:
+def estimate_reclaimable(images: Sequence[Image], launch_timeout: float) -> int | None:
     """Roughly what shrinking would free: allocated minus what the guest filesystems use.
 
     One read-only appliance launch (10-20 s under TCG), so the CLI asks for it only
@@ -220,7 +220,7 @@ def estimate_reclaimable(images: Sequence[Image]) -> int | None:
     drives = [Drive(image.path, image.format, readonly=True) for image in images]
     used = 0
     looked = False
-    with open_appliance(drives) as app:
+    with open_appliance(drives, launch_timeout=launch_timeout) as app:
         for dev, kind in app.filesystems().items():
             if kind in ("swap", "unknown") or kind.startswith("crypto_"):
                 continue
@@ -244,7 +244,7 @@ def shrink_in_place(
     drives = [Drive(image.path, image.format) for image in images]
     targets = [image.target for image in images]
     progress.step(domain, "launching the appliance", 2)
-    with open_appliance(drives, discard="enable") as app:
+    with open_appliance(drives, discard="enable", launch_timeout=options.appliance_timeout) as app:
         notes = reclaim(app, targets, options, progress, domain)
     outcomes = [
         DiskOutcome(i.target, i.path, before[i.target], allocated_bytes(i.path)) for i in images
@@ -385,7 +385,9 @@ def shrink_copy(
             overlays.append(overlay)
         drives = [Drive(str(overlay), "qcow2") for overlay in overlays]
         progress.step(domain, "launching the appliance", total)
-        with open_appliance(drives, discard="besteffort") as app:
+        with open_appliance(
+            drives, discard="besteffort", launch_timeout=options.appliance_timeout
+        ) as app:
             notes += reclaim(
                 app,
                 [i.target for i in images],

@@ -62,6 +62,7 @@ class SkipFree:
     """Where the overlays and compacted copies go (a private directory is made there)."""
 
     tmp_dir: Path
+    appliance_timeout: float = 300.0  # seconds the appliance launch may take
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def compacted(
     lock = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        copies = _compact(domain, chosen, workdir, steps, warnings)
+        copies = _compact(domain, chosen, workdir, steps, warnings, options.appliance_timeout)
         yield CompactedDisks(tuple(_swapped(source, copies) for source in sources), tuple(warnings))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -179,6 +180,7 @@ def _compact(
     workdir: Path,
     steps: StepSink,
     warnings: list[str],
+    launch_timeout: float,
 ) -> dict[str, Path]:
     """target -> compacted copy; {} (and a warning) when the appliance cannot do its work."""
     overlays = [
@@ -187,7 +189,9 @@ def _compact(
     steps.step(domain, "--skip-free: trimming the guest filesystems in a throw-away overlay")
     try:
         with open_appliance(
-            [Drive(str(overlay), "qcow2") for overlay in overlays], discard="besteffort"
+            [Drive(str(overlay), "qcow2") for overlay in overlays],
+            discard="besteffort",
+            launch_timeout=launch_timeout,
         ) as app:
             notes = reclaim(
                 app,
