@@ -33,6 +33,7 @@ force_off = true
 snapshot_size = "2G"
 trim = true
 skip_free = true
+appliance_timeout = 90
 
 [retention]
 keep_last = 2
@@ -59,6 +60,7 @@ def test_every_key_is_read() -> None:
     assert config.overlay_dir == Path("/var/tmp/overlays")
     assert config.hooks_before == ("/usr/local/bin/pre", "--quiet")
     assert config.hooks_after == ("/usr/local/bin/post",)
+    assert config.appliance_timeout == 90
     d = config.defaults
     assert d.method == Method.SNAPSHOT and d.shutdown_timeout == 120 and d.force_off and d.trim
     assert d.skip_free
@@ -91,6 +93,7 @@ def test_empty_file_gives_defaults() -> None:
     [
         ('dest = "/x"\nworkrs = 2\n', "f.toml:2: workrs: unknown key"),
         ("workers = 0\n", "f.toml:1: workers: must be at least 1"),
+        ("appliance_timeout = 0\n", "f.toml:1: appliance_timeout: must be at least 1 second"),
         ('workers = "2"\n', "f.toml:1: workers: expected int, got '2'"),
         ("trim = 1\n", "f.toml:1: trim: expected bool, got 1"),
         ("skip_free = 'yes'\n", "f.toml:1: skip_free: expected bool, got 'yes'"),
