@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.cli import virtbackup_in
+from harness.cli import virtbackup, virtbackup_in
+from harness.guestfs import HANG, fake_qemu, processes_running
 from harness.images import BuiltImage, allocated_bytes, build_fs_image, read_file_from_ext4
 from harness.libvirtd import IMAGES_ROOT, DiskSpec, DomainFactory
 
@@ -180,6 +181,41 @@ def test_block_device_falls_back_with_a_warning(factory: DomainFactory, work: Pa
     assert any("block device" in w and "backed up in full" in w for w in row["warnings"])
     manifest = parse_manifest((Path(row["backup"]) / "manifest.json").read_text())
     assert not manifest.disks[0].free_space_skipped
+
+
+@pytest.mark.libvirt
+@pytest.mark.guestfs
+def test_hanging_appliance_falls_back_to_a_full_backup(
+    factory: DomainFactory, work: Path, guestfs_works: None, tmp_path: Path
+) -> None:
+    dom = factory.create([DiskSpec("raw", size=8 * MiB)], hint="hang")
+    dest = work / "hang-dest"
+    dest.mkdir()
+    config = tmp_path / "virtbackup.toml"
+    config.write_text("appliance_timeout = 10\n")
+    qemu = fake_qemu(tmp_path, HANG)
+    result = virtbackup(
+        "--config",
+        str(config),
+        "backup",
+        dom.name(),
+        "--dest",
+        str(dest),
+        "--skip-free",
+        "--json",
+        state_dir=work / "hang-state",
+        env={"LIBGUESTFS_HV": str(qemu)},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(result.stdout)["domains"]
+    assert any(
+        "did not start within 10 s" in w and "backed up in full" in w for w in row["warnings"]
+    ), row
+    manifest = parse_manifest((Path(row["backup"]) / "manifest.json").read_text())
+    assert not manifest.disks[0].free_space_skipped
+    assert processes_running(qemu) == []
+    assert [p.name for p in dest.iterdir() if p.name.startswith(TMP_PREFIX)] == []
 
 
 @pytest.mark.parametrize(
