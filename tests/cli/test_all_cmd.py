@@ -141,3 +141,41 @@ def test_sigterm_ends_the_whole_run_with_130(
     assert not list(dest.glob(f"{second.name()}/*")) and not list(dest.glob(f"{first.name()}/*"))
     assert first.state()[0] == libvirt.VIR_DOMAIN_RUNNING
     assert "virtbackup" not in first.XMLDesc(0)
+
+
+def test_a_broken_stamp_directory_does_not_fail_retention(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    """A stamp directory without a manifest beside the backups of a domain (whose legal
+    name is also rich markup): the nightly run still prunes, names the directory as a
+    warning, exits 0, and shows the name as it is."""
+    dom = domain_factory.create([DiskSpec("raw")], hint="a[bold]b")
+    name = dom.name()
+    config = write_config(
+        tmp_path / "virtbackup.toml",
+        f'dest = "{dest}"\ninclude = ["{domain_factory.name("a?bold?b")}"]\n'
+        "[retention]\nkeep_last = 1\n",
+    )
+    first = virtbackup_in(state_dir, "--config", str(config), "all", "--json")
+    assert first.returncode == 0, first.stderr
+    broken = dest / name / "20250101T000000Z"
+    broken.mkdir()
+    (broken / "vda.raw.lz4").write_bytes(b"half of an old copy")
+
+    second = virtbackup_in(state_dir, "--config", str(config), "all")
+    assert second.returncode == 0, second.stderr
+    assert f"│ {name}" in second.stdout  # the summary table, brackets and all
+    assert "left alone by retention" in second.stdout
+    (row,) = json.loads((dest / "virtbackup-last-run.json").read_text())["domains"]
+    assert (row["result"], len(row["pruned"])) == ("ok", 1)
+    assert row["warnings"] == [
+        f"left alone by retention: {broken} is not a backup (it has no manifest.json)"
+    ]
+    assert sorted(p.name for p in (dest / name).iterdir()) == sorted(
+        [broken.name, Path(row["backup"]).name]
+    )
+    assert (broken / "vda.raw.lz4").read_bytes() == b"half of an old copy"
+
+    listed = virtbackup_in(state_dir, "list", name)
+    assert listed.returncode == 0, listed.stderr
+    assert name in listed.stdout

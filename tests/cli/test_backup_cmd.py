@@ -106,3 +106,19 @@ def test_bad_input_is_one_line(domain_factory: DomainFactory, state_dir: Path, d
     assert missing.returncode == 1
     assert missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr
     assert "Traceback" not in unknown.stderr + no_dest.stderr + missing.stderr
+
+
+def test_a_zero_bandwidth_limit_is_refused(state_dir: Path, dest: Path) -> None:
+    """0 would silently mean "no limit": refused, with what to write instead; nothing
+    is written and no domain is looked up."""
+    for option, value, message in (
+        ("--bwlimit", "0", "'0' is no rate (for no limit, leave the limit out)"),
+        ("--remote-bwlimit", "0", """'0' means no limit to rclone: write "off" for that"""),
+    ):
+        result = virtbackup_in(
+            state_dir, "backup", "nosuchdomain", "--dest", str(dest), option, value
+        )
+        assert result.returncode == 2
+        assert f"Invalid value for '{option}': {message}" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert list(dest.iterdir()) == []

@@ -1,6 +1,7 @@
 """`virtbackup backups`: newest first, JSON for scripts, a table for people."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -54,3 +55,63 @@ def test_missing_destination(tmp_path: Path) -> None:
     result = run_cli("backups", "--dest", str(tmp_path / "nope"))
     assert result.returncode == 1
     assert "backup destination" in result.stderr and "does not exist" in result.stderr
+
+
+def test_directories_that_are_not_backups_are_listed_with_their_problem(tmp_path: Path) -> None:
+    """One stamp directory without a manifest, one with a FIFO in its place (read naively
+    it blocks for ever), one manifest that is a symbolic link: each is listed with its
+    problem, the real backups beside them are listed as ever, exit 0."""
+    image = tmp_path / "small.raw"
+    image.write_bytes(b"x" * 4096)
+    dest = tmp_path / "dest"
+    good = make_backup(dest, [disk_of(image)]).path
+    other = make_backup(dest, [disk_of(image)], domain="db1").path
+    os.mkfifo(good / "verified.json")  # not a record: the backup reads as never verified
+    missing = dest / "web1" / "20250101T000000Z"
+    missing.mkdir()
+    fifo = dest / "db1" / "20250101T000000Z"
+    fifo.mkdir()
+    os.mkfifo(fifo / "manifest.json")
+    linked = dest / "db1" / "20240101T000000Z"
+    linked.mkdir()
+    (linked / "manifest.json").symlink_to(other / "manifest.json")
+
+    listed = run_cli("backups", "--dest", str(dest), "--json", timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    problems = {b["path"]: b["problem"] for b in json.loads(listed.stdout)["backups"]}
+    assert problems == {
+        str(other): None,
+        str(fifo): f"{fifo / 'manifest.json'} is a FIFO, not a regular file",
+        str(linked): f"{linked / 'manifest.json'} is a symbolic link, not a regular file",
+        str(good): None,
+        str(missing): f"{missing} is not a backup (it has no manifest.json)",
+    }
+
+    table = run_cli("backups", "--dest", str(dest), timeout=60)
+    assert table.returncode == 0, table.stderr
+    rows = [line.split("│") for line in table.stdout.splitlines() if line.startswith("│ ")]
+    firsts = [(r[1].strip(), r[2].strip(), r[7].strip()) for r in rows if r[1].strip()]
+    assert [(domain, stamp) for domain, stamp, _ in firsts[1:3]] == [
+        ("db1", "20250101T000000Z"),
+        ("db1", "20240101T000000Z"),
+    ]
+    assert firsts[1][2].startswith(f"unreadable: {fifo}")  # (the rest wraps)
+    assert firsts[4][:2] == ("web1", "20250101T000000Z")
+    assert firsts[4][2].startswith(f"unreadable: {missing}")
+    assert [verified for _, _, verified in firsts].count("never") == 2  # the real backups
+
+
+def test_names_and_methods_are_shown_as_text_not_markup(tmp_path: Path) -> None:
+    image = tmp_path / "small.raw"
+    image.write_bytes(b"x" * 4096)
+    dest = tmp_path / "dest"
+    backup = make_backup(dest, [disk_of(image)], domain="a[bold]b").path
+    manifest = backup / "manifest.json"
+    document = json.loads(manifest.read_text())
+    document["method"] = "[/oops]"
+    manifest.write_text(json.dumps(document))
+
+    table = run_cli("backups", "--dest", str(dest), timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert "a[bold]b" in table.stdout and "[/oops]" in table.stdout
+    assert table.stderr == ""

@@ -211,3 +211,33 @@ def test_hanging_appliance_gives_up_and_leaves_the_domain_as_it_was(
     assert not dom.isActive()
     assert processes_running(qemu) == []
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.libvirt
+def test_interactive_names_are_shown_as_text(domain_factory: DomainFactory, tmp_path: Path) -> None:
+    """A legal domain name that looks like rich markup is shown as it is, in the table
+    and in the question; answering no shrinks nothing (no appliance is launched)."""
+    dom = domain_factory.create([DiskSpec("raw", size=4 * MiB)], hint="x[bold]y")
+    env = dict(os.environ, VIRTBACKUP_STATE_DIR=str(tmp_path), COLUMNS="160")
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "virtbackup", "shrink", "--include", domain_factory.name("x?bold?y")],
+        env=env,
+        encoding="utf-8",
+        timeout=60,
+        dimensions=(50, 160),
+    )
+    transcript: list[str] = []
+    child.logfile_read = _Collect(transcript)
+    try:
+        child.expect("Shrink which")
+        child.sendline("1")
+        child.expect(re.escape(dom.name()) + r"\S* \(vda")  # (\S*: the end of bold)
+        child.sendline("n")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", "".join(transcript))
+    assert child.exitstatus == 0, text
+    assert f"│ {dom.name()} " in text  # the table row
+    assert "nothing shrunk" in text

@@ -100,6 +100,14 @@ def test_empty_file_gives_defaults() -> None:
         ("workers = true\n", "f.toml:1: workers: expected int, got True"),
         ('method = "teleport"\n', "f.toml:1: method: 'teleport' is not one of auto, snapshot"),
         ('bwlimit = "fast"\n', "f.toml:1: bwlimit: 'fast' is not a size"),
+        # 0 is neither "stop" nor, silently, "no limit": leaving the key out says that
+        ('bwlimit = "0"\n', "f.toml:1: bwlimit: '0' is no rate (for no limit, leave"),
+        ('bwlimit = "0.0001K"\n', "f.toml:1: bwlimit: '0.0001K' is no rate"),
+        # rclone reads 0 as no limit: asked for with "off"
+        (
+            '[remote]\nlocation = "r:x"\nbwlimit = "0M"\n',
+            """f.toml:3: remote.bwlimit: '0M' means no limit to rclone: write "off" for that""",
+        ),
         ('snapshot_size = "150%"\n', "f.toml:1: snapshot_size: '150%': a share must be"),
         ("compression_level = 13\n", "f.toml:1: compression_level: must be 0 to 12"),
         ('include = "web"\n', "f.toml:1: include: expected a list of strings"),
@@ -177,3 +185,9 @@ def test_encrypt_and_remote() -> None:
 def test_bad_remote_settings(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(text)
+
+
+@pytest.mark.parametrize("rate", ["off", "10M", "08:00,512k 23:00,off", "0.5M", "10"])
+def test_remote_rates_other_than_zero_go_to_rclone_as_written(rate: str) -> None:
+    config = parse_config(f'[remote]\nlocation = "r:x"\nbwlimit = "{rate}"\n')
+    assert config.remote is not None and config.remote.bwlimit == rate

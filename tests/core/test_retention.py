@@ -83,3 +83,64 @@ def test_order_of_input_does_not_matter() -> None:
 def test_no_backups_no_decision() -> None:
     decision = apply_policy([], Policy(keep_last=3), UTC)
     assert decision.keep == [] and decision.remove == []
+
+
+def days(marks: str) -> list[Candidate]:
+    """One backup a day from 2026-03-01, oldest first: 'g' good (verified ok or never
+    verified), 'F' known bad (last verification FAILED). Named d0, d1, ..."""
+    first = datetime(2026, 3, 1, 1, 0, tzinfo=UTC)
+    return [
+        Candidate(f"d{i}", first + timedelta(days=i), failed=mark == "F")
+        for i, mark in enumerate(marks)
+    ]
+
+
+FAILED = "failed verification, no newer good backup"
+
+
+@pytest.mark.parametrize(
+    ("marks", "policy", "kept", "removed"),
+    [
+        # the newest failed verification: the good one before it is the one kept
+        ("gF", Policy(keep_last=1), {"d1": (FAILED,), "d0": ("last 1/1",)}, []),
+        ("ggF", Policy(keep_last=1), {"d2": (FAILED,), "d1": ("last 1/1",)}, ["d0"]),
+        # failed backups do not fill the daily slots either
+        (
+            "gggFF",
+            Policy(keep_daily=2),
+            {"d4": (FAILED,), "d3": (FAILED,), "d2": ("daily 1/2",), "d1": ("daily 2/2",)},
+            ["d0"],
+        ),
+        # a failed backup with a newer good one goes, even inside the policy's window
+        ("gFg", Policy(keep_last=2), {"d2": ("last 1/2",), "d0": ("last 2/2",)}, ["d1"]),
+        ("FFg", Policy(keep_last=5), {"d2": ("last 1/5",)}, ["d1", "d0"]),
+        # the newest not known bad is kept even by a policy that keeps nothing of it
+        ("gF", Policy(), {"d1": (FAILED,), "d0": ("newest not failed",)}, []),
+        (
+            "gFF",
+            Policy(keep_yearly=1),
+            {"d2": (FAILED,), "d1": (FAILED,), "d0": ("yearly 1/1",)},
+            [],
+        ),
+        # all failed: nothing to trade them for, none removed
+        ("FFF", Policy(keep_last=1), {"d2": (FAILED,), "d1": (FAILED,), "d0": (FAILED,)}, []),
+        # no failures: exactly as before
+        ("ggg", Policy(keep_last=1), {"d2": ("last 1/1",)}, ["d1", "d0"]),
+        ("ggg", Policy(), {"d2": ("newest",)}, ["d1", "d0"]),
+    ],
+)
+def test_known_bad_backups_never_fill_a_keep_slot(
+    marks: str, policy: Policy, kept: dict[str, tuple[str, ...]], removed: list[str]
+) -> None:
+    decision = apply_policy(days(marks), policy, UTC)
+    assert {k.candidate.name: k.reasons for k in decision.keep} == kept
+    assert [c.name for c in decision.remove] == removed
+
+
+@pytest.mark.parametrize("marks", ["g", "F", "gF", "Fg", "FgF", "gFgF", "FFFF", "ggFgg"])
+def test_the_newest_and_the_newest_good_always_stay(marks: str) -> None:
+    for policy in (Policy(), Policy(keep_last=1), Policy(keep_daily=1), Policy(keep_monthly=9)):
+        kept = {k.candidate.name for k in apply_policy(days(marks), policy, UTC).keep}
+        assert f"d{len(marks) - 1}" in kept
+        if "g" in marks:
+            assert f"d{marks.rindex('g')}" in kept

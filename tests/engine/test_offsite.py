@@ -14,12 +14,19 @@ from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import RemoteError
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import UsageError
+from virtbackup.core.manifest import VerifyRecord
 from virtbackup.core.model import DomainFacts, DomainState
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.retention import Policy
 from virtbackup.engine.backup import back_up_disks
 from virtbackup.engine.nightly import prune_offsite
-from virtbackup.engine.offsite import Offsite, RemoteStore, prune_remote, stamp_time
+from virtbackup.engine.offsite import (
+    Offsite,
+    RemoteStore,
+    prune_remote,
+    prune_remote_backups,
+    stamp_time,
+)
 from virtbackup.engine.restore import restore_backup
 from virtbackup.engine.stream_writer import WriterOptions
 from virtbackup.engine.verify import verify_backup
@@ -162,3 +169,29 @@ def test_retention_keeps_the_newest_and_only_touches_its_host(
     ]
     with pytest.raises(RemoteError):
         rclone.read_text(mine.remote, "kvm1/web1/20250101T010000Z/manifest.json")
+
+
+def test_remote_retention_never_trades_a_good_backup_for_a_failed_one(
+    remote: RemoteServer,
+) -> None:
+    """`verify --remote` found the newest remote copy damaged: --keep-last 1 keeps the
+    good one before it (and the damaged one, the newest), removes the older."""
+    mine = store_on(remote)
+    stamps = ["20250101T010000Z", "20250102T010000Z", "20250103T010000Z"]
+    for stamp in stamps:
+        fake_remote_backup(mine, "web1", stamp, complete=True)
+    when = datetime(2025, 1, 4, tzinfo=UTC)
+    mine.files("web1", stamps[2]).record_verification(VerifyRecord(when, False, "damaged", "t"))
+    mine.files("web1", stamps[1]).record_verification(VerifyRecord(when, True, None, "t"))
+
+    result = prune_remote_backups(mine, "web1", Policy(keep_last=1), UTC, dry_run=True)
+    assert [(k.candidate.name, k.reasons) for k in result.decision.keep] == [
+        (stamps[2], ("failed verification, no newer good backup",)),
+        (stamps[1], ("last 1/1",)),
+    ]
+    assert prune_remote(mine, "web1", Policy(keep_last=1), UTC, keep=set()) == [stamps[0]]
+    assert mine.backups_of("web1").complete == stamps[:0:-1]
+    # the fake manifests cannot be read: listed with their problem, not an error
+    listed = mine.list_backups("web1")
+    assert [b.stamp for b in listed] == stamps[:0:-1]
+    assert all("cannot be read" in (b.problem or "") for b in listed)

@@ -14,6 +14,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +48,10 @@ _PARTIAL = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.partial$")
 _DELETING = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.deleting$")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+# Bounds on what listing reads: far above any manifest or record we write (a manifest is
+# a few KiB per disk), small enough that a planted giant file costs nothing.
+MANIFEST_LIMIT = 16 * 1024 * 1024
+RECORD_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class BackupInfo:
     stamp: str
     path: Path | str  # a directory, or a location on a remote
     manifest: Manifest | Sealed | None  # Sealed: encrypted; None: cannot be read
-    problem: str | None  # why the manifest cannot be read
+    problem: str | None  # why it is not a readable backup (no manifest, damaged, ...)
     size: int  # bytes of all files in the directory
     verified: VerifyRecord | None
 
@@ -235,23 +240,36 @@ class PartialBackup(AbortUnlessCommitted):
 
 
 def describe_backup(path: Path) -> BackupInfo:
-    """Read what `backups` shows about one backup directory; never raises on bad content."""
+    """Read what `backups` shows about one backup directory; never raises on bad content:
+    a directory that is not a readable backup is described with its problem."""
     manifest: Manifest | Sealed | None = None
     problem = None
     try:
         manifest = load_manifest(path)
-    except CorruptBackup as err:
+    except (BackupNotFound, CorruptBackup) as err:
         problem = str(err)
-    size = sum(entry.stat().st_size for entry in path.iterdir() if entry.is_file())
     return BackupInfo(
         domain=path.parent.name,
         stamp=path.name,
         path=path,
         manifest=manifest,
         problem=problem,
-        size=size,
+        size=_size_of_files(path),
         verified=load_verify_record(path),
     )
+
+
+def _size_of_files(path: Path) -> int:
+    """Bytes of the regular files directly in `path` (links, FIFOs, devices: not counted)."""
+    total = 0
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        pass  # listed with what could be read; the manifest check names the problem
+    return total
 
 
 def load_manifest(path: Path) -> Manifest | Sealed:
@@ -262,7 +280,7 @@ def load_manifest(path: Path) -> Manifest | Sealed:
             f"backup {path} does not exist", "list backups with 'virtbackup backups --dest DIR'"
         )
     try:
-        text = (path / MANIFEST).read_text()
+        text = read_regular_file(path / MANIFEST, MANIFEST_LIMIT).decode()
     except FileNotFoundError:
         raise BackupNotFound(f"{path} is not a backup (it has no {MANIFEST})") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -273,10 +291,51 @@ def load_manifest(path: Path) -> Manifest | Sealed:
         raise CorruptBackup(f"manifest {path / MANIFEST} is corrupt: {err}") from None
 
 
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them. A symbolic link, a
+    FIFO (which would block the read), a device or a larger file is CorruptBackup; a
+    missing file is FileNotFoundError."""
+    kind = _file_kind(os.lstat(path).st_mode)
+    if kind is None:  # checked before open: opening a device or FIFO is itself an action
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            kind = _file_kind(info.st_mode)  # (replaced between lstat and open)
+            if kind is None:
+                if info.st_size > limit:
+                    raise CorruptBackup(f"{path} is too large to be ours ({info.st_size} bytes)")
+                chunks = []
+                size = 0
+                while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                if size > limit:
+                    raise CorruptBackup(f"{path} is too large to be ours (it grew while read)")
+                return b"".join(chunks)
+        finally:
+            os.close(fd)
+    raise CorruptBackup(f"{path} is {kind}, not a regular file")
+
+
+def _file_kind(mode: int) -> str | None:
+    """None for a regular file, else what it is."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
 def load_verify_record(path: Path) -> VerifyRecord | None:
     try:
-        return parse_verify_record((path / VERIFIED).read_text())
-    except (OSError, UnicodeDecodeError, ManifestFormatError):
+        return parse_verify_record(read_regular_file(path / VERIFIED, RECORD_LIMIT).decode())
+    except (OSError, UnicodeDecodeError, ManifestFormatError, CorruptBackup):
         return None  # never verified, or a record we cannot read: treat as not verified
 
 

@@ -20,7 +20,8 @@ from virtbackup.core.config import (
     Config,
     DomainSettings,
     SnapshotSize,
-    parse_size,
+    check_remote_rate,
+    parse_rate,
     parse_snapshot_size,
 )
 from virtbackup.core.errors import UsageError
@@ -39,11 +40,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 
 
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
     try:
-        return parse_size(value)
+        return parse_rate(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def _remote_rate(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_remote_rate(value)
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
 
@@ -107,7 +117,7 @@ OPTIONS = [
     ),
     click.option(
         "--bwlimit",
-        callback=_size,
+        callback=_rate,
         metavar="SIZE",
         help="Read at most SIZE bytes per second (K, M, G suffixes).",
     ),
@@ -145,8 +155,9 @@ OPTIONS = [
     ),
     click.option(
         "--remote-bwlimit",
+        callback=_remote_rate,
         metavar="RATE",
-        help="Upload bandwidth limit, as rclone's --bwlimit (e.g. 10M).",
+        help="Upload bandwidth limit, as rclone's --bwlimit (e.g. 10M; 'off': none).",
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
 ]

@@ -8,6 +8,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from virtbackup.adapters.store import BackupInfo, BackupStore
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
@@ -52,7 +53,10 @@ def backups_command(
         document = {key: where, "backups": [backup_as_json(b) for b in backups]}
         click.echo(json.dumps(document, indent=2))
     else:
-        Console().print(backups_table(backups))
+        console = Console()
+        if not console.is_terminal:  # a pipe or a log: lines long enough to hold a problem
+            console = Console(width=max(console.width, 200))
+        console.print(backups_table(backups))
 
 
 def verified_state(backup: BackupInfo) -> str:
@@ -65,17 +69,24 @@ def verified_state(backup: BackupInfo) -> str:
 
 
 def backups_table(backups: list[BackupInfo]) -> Table:
+    """Every value comes from the backups (names, methods, problems): shown as text,
+    never read as rich markup."""
     table = Table("domain", "date (UTC)", "method", "disks", "size", "encrypted", "verified")
     for backup in backups:
         manifest = backup.manifest
+        size = _human_size(backup.size)
+        if manifest is None:  # not a readable backup: its problem says why
+            problem = Text(f"unreadable: {backup.problem}", style="yellow")
+            table.add_row(Text(backup.domain), Text(backup.stamp), "?", "?", size, "?", problem)
+            continue
         table.add_row(
-            backup.domain,
-            format_time(manifest.started) if manifest else backup.stamp,
-            manifest.method if manifest else "?",
-            ", ".join(manifest.targets) if manifest else "?",
-            _human_size(backup.size),
-            ("yes" if isinstance(manifest, Sealed) else "no") if manifest else "?",
-            verified_state(backup),
+            Text(backup.domain),
+            format_time(manifest.started),
+            Text(manifest.method),
+            Text(", ".join(manifest.targets)),
+            size,
+            "yes" if isinstance(manifest, Sealed) else "no",
+            Text(verified_state(backup)),
         )
     return table
 

@@ -42,7 +42,7 @@ def progress_sink(verbosity: int) -> Iterator[ProgressSink]:
         yield NullProgress()
         return
     columns = (
-        TextColumn("{task.description:>6}"),
+        TextColumn("{task.description:>6}", markup=False),  # a disk target: text
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),

@@ -111,6 +111,7 @@ def _as_dict(result: PruneResult, dry_run: bool, where: str) -> dict[str, object
         ],
         "remove": [c.name for c in result.decision.remove],
         "unreadable_kept": list(result.unreadable),
+        "problems": dict(result.problems),
         "incomplete_kept": list(result.incomplete),
     }
 
@@ -121,13 +122,15 @@ def _print(results: list[PruneResult], dry_run: bool, where: str) -> None:
     for heading in ("domain", "backup", "action", "why"):
         table.add_column(heading)
     for result in results:
+        domain = Text(result.domain)
         for kept in result.decision.keep:
-            table.add_row(Text(result.domain), kept.candidate.name, "keep", ", ".join(kept.reasons))
+            table.add_row(domain, Text(kept.candidate.name), "keep", Text(", ".join(kept.reasons)))
         for stamp in result.unreadable:
-            table.add_row(Text(result.domain), stamp, "keep", "manifest unreadable")
+            why = result.problems.get(stamp, "manifest unreadable")
+            table.add_row(domain, Text(stamp), "leave", Text(why, style="yellow"))
         for stamp in result.incomplete:
-            table.add_row(Text(result.domain), stamp, "keep", "upload not complete")
+            table.add_row(domain, Text(stamp), "keep", "upload not complete")
         for gone in result.decision.remove:
             action = "would remove" if dry_run else "removed"
-            table.add_row(Text(result.domain), gone.name, Text(action, style="red"), "")
+            table.add_row(domain, Text(gone.name), Text(action, style="red"), "")
     Console(width=max(100, Console().width)).print(table)

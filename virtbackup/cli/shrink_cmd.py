@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -207,7 +208,7 @@ def estimates(
             found[plan.domain.name] = None  # a launch would cost more than it could find
             continue
         images = [Image(d.target, d.path or "", d.format or "raw") for d in plan.chosen]
-        with console.status(f"estimating {plan.domain.name} (read-only look inside)"):
+        with console.status(Text(f"estimating {plan.domain.name} (read-only look inside)")):
             try:
                 found[plan.domain.name] = estimate_reclaimable(images, launch_timeout)
             except VirtbackupError as err:
@@ -237,11 +238,11 @@ def pick(
     if estimated:
         table.add_column("reclaimable (est.)", justify="right")
     for number, plan in enumerate(candidates, 1):
-        cells = [
+        cells: list[str | Text] = [
             str(number),
-            plan.domain.name,
+            Text(plan.domain.name),
             plan.domain.state.value,
-            ", ".join(d.target for d in plan.chosen),
+            Text(", ".join(d.target for d in plan.chosen)),
             human_size(plan.virtual_size),
             human_size(plan.allocated),
         ]
@@ -289,9 +290,9 @@ def confirm(console: Console, plan: DomainShrink, options: ShrinkOptions) -> boo
     how = "in place" if options.mode is ShrinkMode.IN_PLACE else "into a compact copy"
     if plan.needs_shutdown:
         how += ", shutting it down first and starting it again after"
-    disks = ", ".join(d.target for d in plan.chosen)
+    disks = escape(", ".join(d.target for d in plan.chosen))
     question = (
-        f"Shrink [bold]{plan.domain.name}[/] ({disks}, {human_size(plan.allocated)} "
+        f"Shrink [bold]{escape(plan.domain.name)}[/] ({disks}, {human_size(plan.allocated)} "
         f"allocated) {how}?"
     )
     return Confirm.ask(question, console=console, default=False)
@@ -352,10 +353,10 @@ def progress_view(verbosity: int, as_json: bool) -> Iterator[ShrinkProgress]:
         return
     columns = (
         SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),  # a domain name
         BarColumn(bar_width=20),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[step]}"),
+        TextColumn("{task.fields[step]}", markup=False),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=stderr_console, transient=False) as progress:
@@ -386,8 +387,8 @@ def render_outcomes(console: Console, outcomes: Sequence[ShrinkOutcome], mode: S
             before_total += disk.before or 0
             after_total += disk.after or 0
             table.add_row(
-                f"  {disk.target}",
-                disk.output or disk.path,
+                Text(f"  {disk.target}"),
+                Text(disk.output or disk.path),
                 human_size(disk.before),
                 human_size(disk.after),
                 _saved(disk.before, disk.after),

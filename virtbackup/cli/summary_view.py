@@ -57,7 +57,7 @@ def print_summary(rows: Sequence[OutcomeRow]) -> None:
             result.append("  NOT OFFSITE", style="bold red")
         table.add_row(
             Text(row.domain),
-            row.method or "-",
+            Text(row.method or "-"),
             str(row.disks) if row.disks else "-",
             decimal(row.read) if row.read else "-",
             decimal(row.stored) if row.stored else "-",

@@ -91,6 +91,26 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
+def parse_rate(text: str) -> int:
+    """A read limit in bytes per second, as parse_size. Zero is refused rather than read
+    as "no limit" (rclone's meaning) or as "stop": no limit is said by giving none."""
+    rate = parse_size(text)
+    if rate < 1:
+        raise ValueError(f"{text!r} is no rate (for no limit, leave the limit out)")
+    return rate
+
+
+_ZERO_RATE = re.compile(r"^\s*0+(\.0*)?\s*[KMGTP]?(i?B)?\s*$", re.IGNORECASE)
+
+
+def check_remote_rate(text: str) -> str:
+    """An upload limit handed to rclone's --bwlimit as it is. rclone reads 0 as no limit
+    at all; that is asked for with "off", so that a 0 cannot be meant as a small rate."""
+    if _ZERO_RATE.match(text):
+        raise ValueError(f'{text!r} means no limit to rclone: write "off" for that')
+    return text
+
+
 def parse_snapshot_size(text: str) -> SnapshotSize:
     if text.strip().endswith("%"):
         percent = float(text.strip()[:-1])
@@ -213,7 +233,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
             raise reader.fail(top, "compression_level", f"must be 0 to {MAX_LZ4_LEVEL}")
         config = replace(config, compression_level=level)
     if "bwlimit" in data:
-        limit = reader.convert(top, "bwlimit", parse_size, reader.typed(top, data, "bwlimit", str))
+        limit = reader.convert(top, "bwlimit", parse_rate, reader.typed(top, data, "bwlimit", str))
         config = replace(config, bwlimit=limit)
     if "appliance_timeout" in data:
         timeout = reader.positive(top, data, "appliance_timeout", " second")
@@ -256,9 +276,13 @@ def _remote_settings(reader: _Reader, data: dict[str, Any]) -> RemoteSettings:
     if "rclone_config" in data:
         path = Path(reader.typed(where, data, "rclone_config", str))
         settings = replace(settings, rclone_config=path)
-    for key in ("bwlimit", "host"):
-        if key in data:
-            settings = replace(settings, **{key: reader.typed(where, data, key, str)})
+    if "bwlimit" in data:
+        rate = reader.typed(where, data, "bwlimit", str)
+        settings = replace(
+            settings, bwlimit=reader.convert(where, "bwlimit", check_remote_rate, rate)
+        )
+    if "host" in data:
+        settings = replace(settings, host=reader.typed(where, data, "host", str))
     if "retries" in data:
         settings = replace(settings, retries=reader.positive(where, data, "retries"))
     if "only" in data:

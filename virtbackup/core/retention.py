@@ -6,6 +6,13 @@ that have a backup at all. A backup is kept when any rule keeps it, and every ke
 says why. The newest backup is always kept, whatever the policy, so retention can never
 leave a domain without its latest backup.
 
+A backup known to be bad (its last verification FAILED) never fills a keep slot: the
+rules count only the others, so `keep_last = 1` keeps the newest backup that is not known
+bad, whatever failed after it, and that backup is always kept ("newest" or, with failed
+ones after it, "newest not failed"). A failed backup is kept while no newer backup is
+good (it may still be the best copy there is, and it is the newest one), and removed once
+a newer good backup exists. When every backup of a domain failed, none is removed.
+
 Periods are calendar periods in the time zone the caller passes (the host's local zone,
 as an admin reads "daily"); weeks are ISO weeks.
 """
@@ -31,10 +38,12 @@ class Policy:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A complete backup as retention sees it: a name and when it was taken (aware)."""
+    """A complete backup as retention sees it: a name, when it was taken (aware), and
+    whether its last verification failed."""
 
     name: str
     time: datetime
+    failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,17 +68,21 @@ PERIODS: list[tuple[str, str, PeriodKey]] = [
 ]
 
 
+FAILED_KEPT = "failed verification, no newer good backup"
+
+
 def apply_policy(candidates: Sequence[Candidate], policy: Policy, tz: tzinfo) -> Decision:
     ordered = sorted(candidates, key=lambda c: c.time, reverse=True)
+    good = [c for c in ordered if not c.failed]
     reasons: dict[str, list[str]] = {c.name: [] for c in ordered}
 
-    for rank, candidate in enumerate(ordered[: policy.keep_last]):
+    for rank, candidate in enumerate(good[: policy.keep_last]):
         reasons[candidate.name].append(f"last {rank + 1}/{policy.keep_last}")
 
     for attribute, label, period_of in PERIODS:
         wanted = getattr(policy, attribute)
         seen: list[tuple[int, ...]] = []
-        for candidate in ordered:
+        for candidate in good:
             period = period_of(candidate.time.astimezone(tz))
             if seen and seen[-1] == period:
                 continue  # an newer backup already stands for this period
@@ -78,8 +91,13 @@ def apply_policy(candidates: Sequence[Candidate], policy: Policy, tz: tzinfo) ->
             seen.append(period)
             reasons[candidate.name].append(f"{label} {len(seen)}/{wanted}")
 
-    if ordered and not reasons[ordered[0].name]:
-        reasons[ordered[0].name].append("newest")
+    if good and not reasons[good[0].name]:
+        newest = good[0] is ordered[0]
+        reasons[good[0].name].append("newest" if newest else "newest not failed")
+    for candidate in ordered:
+        if not candidate.failed:
+            break  # older failed backups have a newer good one: they go
+        reasons[candidate.name].append(FAILED_KEPT)
 
     keep = [Kept(c, tuple(reasons[c.name])) for c in ordered if reasons[c.name]]
     remove = [c for c in ordered if not reasons[c.name]]

@@ -105,7 +105,10 @@ def _one_domain(
     pruned: tuple[str, ...] = ()
     if outcome.result == Result.OK and not settings.retention.is_empty():
         try:
-            pruned = prune_domain(store, facts.name, settings.retention, tz).removed
+            pruning = prune_domain(store, facts.name, settings.retention, tz)
+            pruned = pruning.removed
+            left = tuple(f"left alone by retention: {why}" for why in pruning.problems.values())
+            outcome = replace(outcome, warnings=outcome.warnings + left)
         except Interrupted:
             raise  # SIGINT/SIGTERM end the run, not just this domain
         except VirtbackupError as err:

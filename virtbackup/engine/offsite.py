@@ -31,6 +31,8 @@ from typing import IO
 from virtbackup.adapters import rclone
 from virtbackup.adapters.store import (
     MANIFEST,
+    MANIFEST_LIMIT,
+    RECORD_LIMIT,
     STAMP_FORMAT,
     VERIFIED,
     AbortUnlessCommitted,
@@ -39,7 +41,7 @@ from virtbackup.adapters.store import (
     check_domain_name,
     is_stamp,
 )
-from virtbackup.core.backup_errors import CorruptBackup, RemoteError
+from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup, RemoteError
 from virtbackup.core.errors import UsageError, VirtbackupError
 from virtbackup.core.manifest import (
     ManifestFormatError,
@@ -101,7 +103,8 @@ class RemoteFiles:
 
     def verification(self) -> VerifyRecord | None:
         """The last `verify --remote` of this backup; None: never, or unreadable."""
-        if self.size(VERIFIED) is None:
+        size = self.size(VERIFIED)
+        if size is None or size > RECORD_LIMIT:
             return None
         try:
             return parse_verify_record(self.read(VERIFIED).decode())
@@ -120,6 +123,7 @@ class RemoteFiles:
 class RemoteBackups:
     complete: list[str]  # stamps, newest first
     incomplete: list[str]  # stamps of interrupted uploads
+    with_record: frozenset[str] = frozenset()  # complete stamps with a verified.json
 
 
 class RemoteStore:
@@ -143,9 +147,12 @@ class RemoteStore:
     def backups_of(self, domain: str) -> RemoteBackups:
         entries = rclone.list_entries(self.remote, f"{self.offsite.host}/{domain}", recursive=True)
         stamps = {e.path for e in entries if e.is_dir and is_stamp(e.path)}
-        complete = {e.path.split("/")[0] for e in entries if e.path.endswith(f"/{MANIFEST}")}
+        files = [e.path.split("/") for e in entries if not e.is_dir]
+        complete = {parts[0] for parts in files if parts[1:] == [MANIFEST]}
+        recorded = {parts[0] for parts in files if parts[1:] == [VERIFIED]}
         done = sorted(stamps & complete, reverse=True)
-        return RemoteBackups(done, sorted(stamps - complete, reverse=True))
+        incomplete = sorted(stamps - complete, reverse=True)
+        return RemoteBackups(done, incomplete, frozenset(recorded & complete))
 
     def list_backups(self, domain: str | None = None) -> list[BackupInfo]:
         """Complete remote backups of this host, by domain, newest first (reads each
@@ -160,8 +167,17 @@ class RemoteStore:
         files = self.files(domain, stamp)
         manifest, problem = None, None
         try:
+            size = files.size(MANIFEST)
+            if size is not None and size > MANIFEST_LIMIT:
+                raise CorruptBackup(f"it is too large to be ours ({size} bytes)")
             manifest = parse_any_manifest(files.read(MANIFEST).decode())
-        except (CorruptBackup, ManifestFormatError, UnicodeDecodeError) as err:
+        except (
+            BackupNotFound,
+            CorruptBackup,
+            RemoteError,
+            ManifestFormatError,
+            UnicodeDecodeError,
+        ) as err:
             problem = f"manifest {files.label}/{MANIFEST} cannot be read: {err}"
         sizes = files.sizes()
         size = sum(n for name, n in sizes.items() if name != VERIFIED)
@@ -224,9 +240,13 @@ def prune_remote_backups(
     remote: RemoteStore, domain: str, policy: Policy, tz: tzinfo, *, dry_run: bool = False
 ) -> PruneResult:
     """Retention on the complete remote backups of `domain` (the newest is always kept;
-    the time of a backup is its stamp's). Interrupted uploads are not touched here."""
+    the time of a backup is its stamp's; a backup whose remote verification FAILED never
+    fills a keep slot). Interrupted uploads are not touched here."""
     backups = remote.backups_of(domain)
-    candidates = [Candidate(stamp, stamp_time(stamp)) for stamp in backups.complete]
+    candidates = [
+        Candidate(stamp, stamp_time(stamp), failed=_failed(remote, domain, stamp, backups))
+        for stamp in backups.complete
+    ]
     decision = (
         Decision(keep=[Kept(c, ("no policy",)) for c in candidates])
         if policy.is_empty()
@@ -239,6 +259,14 @@ def prune_remote_backups(
             log.info("%s: removed remote backup %s (retention)", domain, candidate.name)
             removed.append(candidate.name)
     return PruneResult(domain, decision, (), tuple(removed), tuple(backups.incomplete))
+
+
+def _failed(remote: RemoteStore, domain: str, stamp: str, backups: RemoteBackups) -> bool:
+    """Whether the last `verify --remote` of this remote backup found it damaged."""
+    if stamp not in backups.with_record:
+        return False
+    record = remote.files(domain, stamp).verification()
+    return record is not None and not record.ok
 
 
 def stamp_time(stamp: str) -> datetime:

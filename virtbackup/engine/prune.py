@@ -1,12 +1,16 @@
 """Retention applied to the store: which complete backups of a domain go, and removing them.
 
 Only complete backups with a readable manifest are candidates; partial directories and
-anything the store does not recognise are never touched, and a backup whose manifest
-cannot be read is kept (we cannot tell its age). The policy itself is core/retention.
+anything the store does not recognise are never touched. A stamp directory that is not a
+readable backup (no manifest, a damaged one, a FIFO in its place, ...) is left alone and
+reported with its problem: we cannot tell its age or what it holds, and it does not stop
+the others from being pruned. A backup whose last verification FAILED is a candidate
+known to be bad: it never fills a keep slot (core/retention says how it is kept or
+removed). The policy itself is core/retention.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
 
@@ -20,9 +24,16 @@ log = logging.getLogger(__name__)
 class PruneResult:
     domain: str
     decision: Decision
-    unreadable: tuple[str, ...]  # backups kept because their manifest cannot be read
+    unreadable: tuple[str, ...]  # stamp directories left alone: not a readable backup
     removed: tuple[str, ...]  # stamps actually removed (none in a dry run)
     incomplete: tuple[str, ...] = ()  # remote uploads not complete: never candidates
+    problems: dict[str, str] = field(default_factory=dict)  # unreadable stamp: why
+
+
+def candidate_of(backup: BackupInfo) -> Candidate:
+    assert backup.manifest is not None, "only readable backups are candidates"
+    failed = backup.verified is not None and not backup.verified.ok
+    return Candidate(backup.stamp, backup.manifest.started, failed=failed)
 
 
 def prune_domain(
@@ -30,8 +41,10 @@ def prune_domain(
 ) -> PruneResult:
     backups = store.list_backups(domain)
     by_stamp: dict[str, BackupInfo] = {b.stamp: b for b in backups}
-    candidates = [Candidate(b.stamp, b.manifest.started) for b in backups if b.manifest is not None]
-    unreadable = tuple(b.stamp for b in backups if b.manifest is None)
+    candidates = [candidate_of(b) for b in backups if b.manifest is not None]
+    problems = {b.stamp: b.problem or "unreadable" for b in backups if b.manifest is None}
+    for problem in problems.values():
+        log.warning("%s: %s; left alone by retention", domain, problem)
     decision = apply_policy(candidates, policy, tz)
     removed: list[str] = []
     if not dry_run:
@@ -41,4 +54,4 @@ def prune_domain(
             store.remove_backup(path)
             log.info("%s: removed backup %s (retention)", domain, candidate.name)
             removed.append(candidate.name)
-    return PruneResult(domain, decision, unreadable, tuple(removed))
+    return PruneResult(domain, decision, tuple(problems), tuple(removed), problems=problems)
