@@ -66,6 +66,8 @@ class Config:
     hooks_before: tuple[str, ...] = ()
     hooks_after: tuple[str, ...] = ()
     encrypt: Path | None = None  # age recipients file
+    sign_key: Path | None = None  # OpenSSH private key that signs every backup
+    allowed_signers: Path | None = None  # whose signatures verify/restore/backups trust
     remote: RemoteSettings | None = None
     defaults: DomainSettings = DomainSettings()
     overrides: dict[str, DomainSettings] = field(default_factory=dict)
@@ -179,6 +181,8 @@ TOP_KEYS = (DOMAIN_KEYS - {"exclude_disks"}) | {
     "hooks",
     "domain",
     "encrypt",
+    "sign_key",
+    "allowed_signers",
     "remote",
 }
 REMOTE_KEYS = {"location", "rclone_config", "bwlimit", "retries", "only", "host"}
@@ -223,6 +227,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
     if "encrypt" in data:
         config = replace(config, encrypt=Path(reader.typed(top, data, "encrypt", str)))
+    if "sign_key" in data:
+        config = replace(config, sign_key=Path(reader.typed(top, data, "sign_key", str)))
+    if "allowed_signers" in data:
+        signers = Path(reader.typed(top, data, "allowed_signers", str))
+        config = replace(config, allowed_signers=signers)
     if "remote" in data:
         config = replace(
             config, remote=_remote_settings(reader, reader.typed(top, data, "remote", dict))
