@@ -79,6 +79,7 @@ def doctor_command(
             name: config.for_domain(name).snapshot_size
             for name in (check.plan.domain.name for check in found.domains)
         },
+        encrypted=config.encrypt is not None,
     )
     findings = diagnose(found.host, found.domains, settings)
     if as_json:

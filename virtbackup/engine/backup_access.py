@@ -159,7 +159,13 @@ def open_backup(
             f"{', '.join(public.recipients)})",
         )
     what = f"{files.label}/{SEALED_MANIFEST}"
-    clear = age.decrypt_bytes(identity, files.read(SEALED_MANIFEST), what)
+    try:
+        clear = age.decrypt_bytes(identity, files.read(SEALED_MANIFEST), what)
+    except age.WrongIdentity as err:
+        raise age.WrongIdentity(
+            err.message,
+            f"give the age identity of one of its recipients: {', '.join(public.recipients)}",
+        ) from None
     manifest = _parse(clear, what)
     if not isinstance(manifest, Manifest) or manifest.domain_name != public.domain_name:
         raise CorruptBackup(f"{what} does not belong to the backup it is in")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from virtbackup.adapters import age, host_probe, rclone
+from virtbackup.adapters import age, host_probe, hypervisor, rclone
 from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.guest_agent import silent_reason
 from virtbackup.adapters.libvirt_conn import ConnectFailed, libvirt_module
@@ -32,6 +32,7 @@ from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.overlays import agent_connected
 from virtbackup.core.planning import DomainPlan, PlanOptions, plan_domain
+from virtbackup.core.xml_secrets import SecretsError, secrets_in
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,18 @@ def _domain_check(conn: Any, plan: DomainPlan, overlay_dir: Path | None) -> Doma
     disks = tuple(
         _disk_check(disk, disk.target in backed_up, plan, overlay_dir) for disk in facts.disks
     )
-    return DomainCheck(plan, agent, detail, disks)
+    return DomainCheck(plan, agent, detail, disks, _xml_secrets(conn, facts))
+
+
+def _xml_secrets(conn: Any, facts: DomainFacts) -> tuple[str, ...]:
+    """The secrets in the definition a backup would store (the secure XML)."""
+    libvirt = libvirt_module()
+    try:
+        xml = hypervisor.config_xml(conn.lookupByName(facts.name))
+        return secrets_in(xml) if xml is not None else ()
+    except (libvirt.libvirtError, SecretsError) as err:
+        log.info("cannot read the XML of %s: %s", facts.name, err)
+        return ()
 
 
 def _agent(conn: Any, facts: DomainFacts) -> tuple[AgentState, str | None]:
