@@ -267,6 +267,28 @@ def test_encrypted_signed_backup_offsite(
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout == f"ok\t{sftp_remote.remote.location}/{remote_path}\tsigned by kvm1\n"
 
+    # streamed straight to the remote, the signatures go there too
+    streamed = virtbackup_in(
+        state_dir, "--config", str(config), "backup", dom.name(), "--remote-only", "--json"
+    )
+    assert streamed.returncode == 0, streamed.stderr
+    (row,) = json.loads(streamed.stdout)["domains"]
+    stamp = str(row["backup"]).rstrip("/").rsplit("/", 1)[-1]
+    assert stamp != local.name
+    sent = rclone.list_entries(sftp_remote.remote, f"host-a/{dom.name()}/{stamp}")
+    assert sorted(e.path for e in sent if e.path.endswith(".sig")) == signatures
+    checked = virtbackup_in(
+        state_dir,
+        "--config",
+        str(config),
+        "verify",
+        "--remote",
+        f"{dom.name()}/{stamp}",
+        "-i",
+        str(age_keys.identity),
+    )
+    assert checked.returncode == 0 and checked.stdout.endswith("\tsigned by kvm1\n")
+
     # a forged sealed manifest on the remote (made with the public recipients only)
     forged = subprocess.run(
         ["age", "-R", str(age_keys.recipients)], input=b"{}", capture_output=True, check=True

@@ -174,3 +174,14 @@ def test_encrypt_and_remote() -> None:
 def test_bad_remote_settings(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(text)
+
+
+def test_signing_keys() -> None:
+    config = parse_config(
+        'sign_key = "/etc/virtbackup/signing-key"\n'
+        'allowed_signers = "/etc/virtbackup/allowed_signers"\n'
+    )
+    assert config.sign_key == Path("/etc/virtbackup/signing-key")
+    assert config.allowed_signers == Path("/etc/virtbackup/allowed_signers")
+    with pytest.raises(ConfigError, match=r"<config>:2: allowed_signers: expected str"):
+        parse_config('sign_key = "/k"\nallowed_signers = ["/a"]\n')
