@@ -341,13 +341,16 @@ def test_graphics_password_is_not_stored_unencrypted(
     assert all(password.encode() not in data for data in tree(dest).values())
 
     config = tmp_path / "vb.toml"
-    config.write_text(f'dest = "{dest}"\n')
+    config.write_text(f'dest = "{dest}"\nsign_key = "{tmp_path / "no-key"}"\n')
     doctor = virtbackup_in(
         state_dir, "--config", str(config), "doctor", dom.name(), "--no-guestfs", "--json"
     )
     findings = json.loads(doctor.stdout)["findings"]
     (secret,) = [f for f in findings if f["check"] == "secrets"]
     assert secret["severity"] == "warning" and "vnc graphics password" in secret["text"]
+    (sign,) = [f for f in findings if f["check"] == "sign"]
+    assert sign["severity"] == "blocker" and "cannot be read" in sign["text"]
+    assert doctor.returncode == 1
 
     # encrypted, the password stays in domain.xml.age
     age_keys = make_key_pair(tmp_path / "age")

@@ -283,3 +283,13 @@ def test_graphics_password_in_the_xml(encrypted: bool, severity: Severity, words
     assert finding.severity == severity and words in finding.text
     assert "vnc graphics password" in finding.text
     assert not by_check(domain_findings(check(), Settings(encrypted=encrypted)), "secrets")
+
+
+def test_signing_key_findings() -> None:
+    fine = OffsiteFacts(sign_key="/etc/virtbackup/signing-key")
+    finding = one(host_findings(replace(HEALTHY_HOST, offsite=fine), 0), "sign")
+    assert finding.severity == Severity.INFO and "/etc/virtbackup/signing-key" in finding.text
+    broken = replace(fine, sign_problem="signing key /k cannot be read")
+    findings = host_findings(replace(HEALTHY_HOST, offsite=broken), 0)
+    assert one(findings, "sign").severity == Severity.BLOCKER and blocks_backups(findings)
+    assert not by_check(host_findings(HEALTHY_HOST, 0), "sign")

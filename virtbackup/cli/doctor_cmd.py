@@ -70,6 +70,7 @@ def doctor_command(
         overlay_dir=overlay_dir,
         guestfs=not skip_guestfs,
         encrypt=config.encrypt,
+        sign_key=config.sign_key,
         remote=_configured_remote(config),
     )
     settings = Settings(

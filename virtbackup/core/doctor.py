@@ -80,6 +80,8 @@ class OffsiteFacts:
     encrypt_problem: str | None = None
     remote: str | None = None  # rclone location
     remote_problem: str | None = None
+    sign_key: str | None = None  # the signing key, when backups are to be signed
+    sign_problem: str | None = None  # why it cannot sign
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,17 @@ def _offsite_findings(offsite: OffsiteFacts) -> list[Finding]:
                 f"{offsite.recipients_file}; keep the identity off this host",
             )
         )
+    if offsite.sign_problem is not None:
+        found.append(
+            Finding(
+                Severity.BLOCKER,
+                "sign",
+                f"backups cannot be signed: {offsite.sign_problem}",
+                "fix sign_key: a readable OpenSSH private key without passphrase",
+            )
+        )
+    elif offsite.sign_key is not None:
+        found.append(Finding(Severity.INFO, "sign", f"backups are signed with {offsite.sign_key}"))
     if offsite.remote_problem is not None:
         found.append(
             Finding(

@@ -19,6 +19,7 @@ from enum import StrEnum
 from virtbackup.core.backup_errors import CorruptBackup
 
 SIGNATURE_SUFFIX = ".sig"
+MAX_SIGNATURE_SIZE = 64 * 1024  # an SSH signature is under 2 KiB even with an RSA key
 NAMESPACE = "virtbackup"  # ssh-keygen -n: a signature made for virtbackup is for nothing else
 
 

@@ -25,6 +25,7 @@ from virtbackup.core.manifest import (
     parse_any_manifest,
 )
 from virtbackup.core.signature import (
+    MAX_SIGNATURE_SIZE,
     SignatureCheck,
     SignatureState,
     require_trusted,
@@ -194,6 +195,9 @@ def check_signatures(files: BackupFiles, allowed_signers: Path | None) -> Signat
     for name in names:
         if files.size(name) is None:
             return SignatureCheck(SignatureState.BAD, problem=f"{name} is missing")
+        if (files.size(signature_name(name)) or 0) > MAX_SIGNATURE_SIZE:
+            problem = f"{signature_name(name)} is too large to be a signature"
+            return SignatureCheck(SignatureState.BAD, problem=problem)
         principal = ssh_sign.signer_of(
             allowed_signers, files.read(name), files.read(signature_name(name))
         )

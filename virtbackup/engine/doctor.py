@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from virtbackup.adapters import age, host_probe, hypervisor, rclone
+from virtbackup.adapters import age, host_probe, hypervisor, rclone, ssh_sign
 from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.guest_agent import silent_reason
 from virtbackup.adapters.libvirt_conn import ConnectFailed, libvirt_module
@@ -60,6 +60,7 @@ def examine(
     guestfs: bool,
     encrypt: Path | None = None,
     remote: Remote | None = None,
+    sign_key: Path | None = None,
 ) -> Examination:
     """Look at the host and at the named domains (every domain when none is named).
 
@@ -86,7 +87,7 @@ def examine(
         dest=_dest_facts(dest) if dest is not None else None,
         # Discovery fills on_lv (True/False) where it can tell (lvs installed and working).
         lvm_checked=all(d.disk.on_lv is not None for c in checks for d in c.disks if d.backed_up),
-        offsite=_offsite_facts(encrypt, remote),
+        offsite=_signing_facts(_offsite_facts(encrypt, remote), sign_key),
     )
     return Examination(host, tuple(checks))
 
@@ -107,6 +108,16 @@ def _offsite_facts(encrypt: Path | None, remote: Remote | None) -> OffsiteFacts:
         except VirtbackupError as err:
             facts = replace(facts, remote_problem=str(err))
     return facts
+
+
+def _signing_facts(facts: OffsiteFacts, sign_key: Path | None) -> OffsiteFacts:
+    if sign_key is None:
+        return facts
+    try:
+        ssh_sign.check_key(sign_key)
+    except VirtbackupError as err:
+        return replace(facts, sign_key=str(sign_key), sign_problem=err.message)
+    return replace(facts, sign_key=str(sign_key))
 
 
 def _guestfs_error() -> str | None:
