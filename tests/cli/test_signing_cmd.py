@@ -322,7 +322,14 @@ def test_encrypted_signed_backup_offsite(
     assert wrong.returncode == 2
     (line,) = wrong.stderr.strip().splitlines()
     assert "no key in identity file" in line
-    assert json.loads((local / "manifest.json").read_text())["encryption"]["recipients"][0] in line
+    recipient = json.loads((local / "manifest.json").read_text())["encryption"]["recipients"][0]
+    assert recipient in line
+    missing = virtbackup_in(state_dir, "--config", str(config), "verify", str(local))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"virtbackup: error: backup {local} is encrypted: give --identity FILE "
+        f"(an age identity of one of its recipients: {recipient})"
+    ]
 
 
 def test_graphics_password_is_not_stored_unencrypted(
