@@ -29,12 +29,14 @@ venv=${VIRTBACKUP_VENV:-/opt/virtbackup/venv}
 bin_dir=${VIRTBACKUP_BIN_DIR:-/usr/local/bin}
 dest=${VIRTBACKUP_DEST:-/var/backups/virtbackup}
 
-# age and rclone: encrypted copies of the backups to an offsite remote.
+# age and rclone: encrypted copies of the backups to an offsite remote; openssh-client:
+# ssh-keygen signs and verifies backups (no signing key is made here: see README,
+# "Signed backups", so that each host's key is made, and trusted, on purpose).
 runtime_packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
     qemu-system-x86 qemu-utils python3-libvirt python3-guestfs libguestfs-tools
     linux-image-amd64 lvm2 lz4 util-linux python3-venv python3-click python3-rich python3-lz4 procps
-    age rclone
+    age rclone openssh-client
 )
 # guestfs-tools: virt-sparsify to compare shrink against; busybox-static, qemu-guest-agent
 # and cpio: the tiny test guest and the nested VM; xfsprogs/e2fsprogs: test images;

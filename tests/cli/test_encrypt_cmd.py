@@ -39,9 +39,10 @@ def test_encrypted_backup_restore_verify(
     out = tmp_path / "out"
     missing = virtbackup_in(state_dir, "restore", str(backup), "--to", str(out))
     assert missing.returncode == 2
+    fingerprint = json.loads((backup / "manifest.json").read_text())["encryption"]["recipients"]
     assert missing.stderr.strip().splitlines() == [
         f"virtbackup: error: backup {backup} is encrypted: give --identity FILE "
-        "(an age identity of one of its recipients)"
+        f"(an age identity of one of its recipients: {fingerprint[0]})"
     ]
     stranger = make_key_pair(tmp_path / "stranger")
     wrong = virtbackup_in(
@@ -59,7 +60,8 @@ def test_encrypted_backup_restore_verify(
     verified = virtbackup_in(state_dir, "verify", str(backup), "--identity", str(keys.identity))
     assert verified.returncode == 0 and verified.stdout.startswith("ok\t")
     refused = virtbackup_in(state_dir, "verify", str(backup), "-i", str(stranger.identity))
-    assert refused.returncode == 1 and "no key in identity file" in refused.stderr
+    assert refused.returncode == 2 and "no key in identity file" in refused.stderr
+    assert fingerprint[0] in refused.stderr and len(refused.stderr.splitlines()) == 1
 
 
 def test_config_encrypt_and_a_bad_recipients_file(

@@ -191,3 +191,14 @@ def test_bad_remote_settings(text: str, message: str) -> None:
 def test_remote_rates_other_than_zero_go_to_rclone_as_written(rate: str) -> None:
     config = parse_config(f'[remote]\nlocation = "r:x"\nbwlimit = "{rate}"\n')
     assert config.remote is not None and config.remote.bwlimit == rate
+
+
+def test_signing_keys() -> None:
+    config = parse_config(
+        'sign_key = "/etc/virtbackup/signing-key"\n'
+        'allowed_signers = "/etc/virtbackup/allowed_signers"\n'
+    )
+    assert config.sign_key == Path("/etc/virtbackup/signing-key")
+    assert config.allowed_signers == Path("/etc/virtbackup/allowed_signers")
+    with pytest.raises(ConfigError, match=r"<config>:2: allowed_signers: expected str"):
+        parse_config('sign_key = "/k"\nallowed_signers = ["/a"]\n')

@@ -268,3 +268,28 @@ def test_encryption_and_remote_findings() -> None:
     assert one(findings, "remote").severity == Severity.BLOCKER
     assert "refused" in one(findings, "remote").text and blocks_backups(findings)
     assert not [f for f in host_findings(HEALTHY_HOST, 0) if f.check in ("encrypt", "remote")]
+
+
+@pytest.mark.parametrize(
+    ("encrypted", "severity", "words"),
+    [
+        (False, Severity.WARNING, "which unencrypted backups leave out"),
+        (True, Severity.INFO, "kept, encrypted, in domain.xml.age"),
+    ],
+)
+def test_graphics_password_in_the_xml(encrypted: bool, severity: Severity, words: str) -> None:
+    domain = replace(check(), xml_secrets=("vnc graphics password",))
+    finding = one(domain_findings(domain, Settings(encrypted=encrypted)), "secrets")
+    assert finding.severity == severity and words in finding.text
+    assert "vnc graphics password" in finding.text
+    assert not by_check(domain_findings(check(), Settings(encrypted=encrypted)), "secrets")
+
+
+def test_signing_key_findings() -> None:
+    fine = OffsiteFacts(sign_key="/etc/virtbackup/signing-key")
+    finding = one(host_findings(replace(HEALTHY_HOST, offsite=fine), 0), "sign")
+    assert finding.severity == Severity.INFO and "/etc/virtbackup/signing-key" in finding.text
+    broken = replace(fine, sign_problem="signing key /k cannot be read")
+    findings = host_findings(replace(HEALTHY_HOST, offsite=broken), 0)
+    assert one(findings, "sign").severity == Severity.BLOCKER and blocks_backups(findings)
+    assert not by_check(host_findings(HEALTHY_HOST, 0), "sign")

@@ -88,4 +88,5 @@ _PACKAGE_OF = {
     "mount": "mount",
     "umount": "mount",
     "virsh": "libvirt-clients",
+    "ssh-keygen": "openssh-client",
 }

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from virtbackup.adapters import ssh_sign
 from virtbackup.adapters.age import Recipients, read_recipients
 from virtbackup.adapters.rclone import check_config, check_remote
 from virtbackup.cli.context import GlobalOptions
@@ -142,6 +143,13 @@ OPTIONS = [
         "(one per line) [default: `encrypt` of the configuration, else off].",
     ),
     click.option(
+        "--sign-key",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="KEY_FILE",
+        help="Sign every backup's manifest with this OpenSSH private key (ssh-keygen -Y "
+        "sign) [default: `sign_key` of the configuration, else unsigned].",
+    ),
+    click.option(
         "--remote",
         metavar="NAME:PATH",
         help="Copy each backup to this rclone remote once it is complete "
@@ -185,6 +193,7 @@ class BackupValues:
     trim: bool | None
     skip_free: bool | None
     encrypt: Path | None
+    sign_key: Path | None
     remote: str | None
     remote_only: bool | None
     remote_bwlimit: str | None
@@ -198,17 +207,21 @@ class Targets:
 
     encrypt_to: Recipients | None
     offsite: RemoteStore | None
+    sign_with: Path | None = None
 
 
 def resolve_targets(values: BackupValues, config: Config) -> Targets:
     recipients_file = values.encrypt or config.encrypt
     encrypt_to = read_recipients(recipients_file) if recipients_file else None
+    sign_with = values.sign_key or config.sign_key
+    if sign_with is not None:
+        ssh_sign.check_key(sign_with)
     settings = config.remote
     location = values.remote or (settings.location if settings else None)
     if location is None:
         if values.remote_only:
             raise UsageError("--remote-only needs a remote", "give --remote NAME:PATH")
-        return Targets(encrypt_to, None)
+        return Targets(encrypt_to, None, sign_with)
     configured_only = settings.only if settings else False
     only = configured_only if values.remote_only is None else values.remote_only
     offsite = remote_store(location, None, config, only=only, bwlimit=values.remote_bwlimit)
@@ -223,7 +236,7 @@ def resolve_targets(values: BackupValues, config: Config) -> Targets:
         # Local backups are still worth making: each domain's upload then fails and is
         # marked, and the next run sends what is missing.
         log.warning("the remote cannot be reached now: %s", err)
-    return Targets(encrypt_to, offsite)
+    return Targets(encrypt_to, offsite, sign_with)
 
 
 def resolve_dest(values: BackupValues, config: Config) -> Path:
@@ -267,5 +280,6 @@ def domain_options(
         trim=trim,
         skip_free=skip_free,
         encrypt_to=targets.encrypt_to,
+        sign_with=targets.sign_with,
         offsite=targets.offsite,
     )

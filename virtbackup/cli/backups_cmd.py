@@ -13,8 +13,13 @@ from rich.text import Text
 from virtbackup.adapters.store import BackupInfo, BackupStore
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
+from virtbackup.cli.trust_options import allowed_signers_option
+from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import Manifest, Sealed, format_time
+from virtbackup.core.signature import SignatureCheck, SignatureState
+from virtbackup.engine.backup_access import BackupFiles, LocalFiles, check_signatures
+from virtbackup.engine.offsite import RemoteStore
 
 
 @click.command("backups")
@@ -26,6 +31,7 @@ from virtbackup.core.manifest import Manifest, Sealed, format_time
 @remote_options
 @click.argument("domain", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@allowed_signers_option
 @pass_globals
 def backups_command(
     options: GlobalOptions,
@@ -35,10 +41,12 @@ def backups_command(
     host: str | None,
     domain: str | None,
     as_json: bool,
+    allowed_signers: Path | None,
 ) -> None:
-    """List the backups that exist, with date, size, method and verified state
-    (with --remote: this host's backups on the offsite remote)."""
+    """List the backups that exist, with date, size, method, signature and verified
+    state (with --remote: this host's backups on the offsite remote)."""
     config = load_settings(options)
+    signers = allowed_signers or config.allowed_signers
     offsite = remote_store(chosen_remote(remote, remote_location), host, config)
     if offsite is not None:
         where = offsite.remote.path(offsite.offsite.host)
@@ -48,15 +56,38 @@ def backups_command(
         if dest is None:
             raise UsageError("no backup destination", "give --dest DIR or --remote")
         where, backups = str(dest), BackupStore(dest).list_backups(domain)
+    signatures = [signature_of(backup, offsite, signers) for backup in backups]
     if as_json:
         key = "remote" if offsite is not None else "dest"
-        document = {key: where, "backups": [backup_as_json(b) for b in backups]}
-        click.echo(json.dumps(document, indent=2))
+        listed = [
+            {**backup_as_json(b), "signature": signature_as_json(check)}
+            for b, check in zip(backups, signatures, strict=True)
+        ]
+        click.echo(json.dumps({key: where, "backups": listed}, indent=2))
     else:
         console = Console()
         if not console.is_terminal:  # a pipe or a log: lines long enough to hold a problem
             console = Console(width=max(console.width, 200))
-        console.print(backups_table(backups))
+        console.print(backups_table(backups, signatures))
+
+
+def signature_of(
+    backup: BackupInfo, offsite: RemoteStore | None, allowed_signers: Path | None
+) -> SignatureCheck:
+    files: BackupFiles
+    if offsite is not None:
+        files = offsite.files(backup.domain, backup.stamp)
+    else:
+        assert isinstance(backup.path, Path)
+        files = LocalFiles(backup.path)
+    try:
+        return check_signatures(files, allowed_signers)
+    except (CorruptBackup, RemoteError) as err:
+        return SignatureCheck(SignatureState.BAD, problem=err.message)
+
+
+def signature_as_json(check: SignatureCheck) -> dict[str, Any]:
+    return {"state": check.state.value, "principal": check.principal, "problem": check.problem}
 
 
 def verified_state(backup: BackupInfo) -> str:
@@ -68,16 +99,27 @@ def verified_state(backup: BackupInfo) -> str:
     return f"{state} {format_time(backup.verified.verified_at)}"
 
 
-def backups_table(backups: list[BackupInfo]) -> Table:
-    """Every value comes from the backups (names, methods, problems): shown as text,
-    never read as rich markup."""
-    table = Table("domain", "date (UTC)", "method", "disks", "size", "encrypted", "verified")
-    for backup in backups:
+def backups_table(backups: list[BackupInfo], signatures: list[SignatureCheck]) -> Table:
+    """Every value comes from the backups (names, methods, problems, principals): shown
+    as text, never read as rich markup."""
+    table = Table(
+        "domain", "date (UTC)", "method", "disks", "size", "encrypted", "signature", "verified"
+    )
+    for backup, signature in zip(backups, signatures, strict=True):
         manifest = backup.manifest
         size = _human_size(backup.size)
         if manifest is None:  # not a readable backup: its problem says why
             problem = Text(f"unreadable: {backup.problem}", style="yellow")
-            table.add_row(Text(backup.domain), Text(backup.stamp), "?", "?", size, "?", problem)
+            table.add_row(
+                Text(backup.domain),
+                Text(backup.stamp),
+                "?",
+                "?",
+                size,
+                "?",
+                "?",
+                problem,
+            )
             continue
         table.add_row(
             Text(backup.domain),
@@ -86,9 +128,16 @@ def backups_table(backups: list[BackupInfo]) -> Table:
             Text(", ".join(manifest.targets)),
             size,
             "yes" if isinstance(manifest, Sealed) else "no",
+            _signature_cell(signature),
             Text(verified_state(backup)),
         )
     return table
+
+
+def _signature_cell(check: SignatureCheck) -> Text:
+    if check.state == SignatureState.SIGNED:
+        return Text(f"signed ({check.principal})")
+    return Text("BAD" if check.state == SignatureState.BAD else check.state.value)
 
 
 def backup_as_json(backup: BackupInfo) -> dict[str, Any]:

@@ -71,6 +71,7 @@ def doctor_command(
         guestfs=not skip_guestfs,
         appliance_timeout=config.appliance_timeout,
         encrypt=config.encrypt,
+        sign_key=config.sign_key,
         remote=_configured_remote(config),
     )
     settings = Settings(
@@ -80,6 +81,7 @@ def doctor_command(
             name: config.for_domain(name).snapshot_size
             for name in (check.plan.domain.name for check in found.domains)
         },
+        encrypted=config.encrypt is not None,
     )
     findings = diagnose(found.host, found.domains, settings)
     if as_json:

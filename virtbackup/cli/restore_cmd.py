@@ -13,6 +13,8 @@ from virtbackup.cli.remote_options import (
     remote_options,
     resolve_backup,
 )
+from virtbackup.cli.trust_options import resolve_trust, trust_options
+from virtbackup.core.signature import SignatureState
 from virtbackup.engine.restore import restore_backup
 
 
@@ -22,6 +24,7 @@ from virtbackup.engine.restore import restore_backup
 @click.option("--define", metavar="NAME", help="Define a new domain NAME using the restored disks.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @identity_option
+@trust_options
 @remote_options
 @pass_globals
 def restore_command(
@@ -31,14 +34,19 @@ def restore_command(
     define: str | None,
     force: bool,
     identity: Path | None,
+    allowed_signers: Path | None,
+    allow_unsigned: bool,
     remote: bool,
     remote_location: str | None,
     host: str | None,
 ) -> None:
     """Write a backup's disks back, sparse and byte-identical. BACKUP is a backup
-    directory, or DOMAIN/STAMP on the remote with --remote (streamed, no local copy)."""
+    directory, or DOMAIN/STAMP on the remote with --remote (streamed, no local copy).
+    A bad signature, or none where allowed_signers expects one, stops it before
+    anything is written."""
     remote_name = chosen_remote(remote, remote_location)
-    config = load_settings(options) if remote_name is not None else None
+    config = load_settings(options)
+    trust = resolve_trust(allowed_signers, allow_unsigned, config)
     source = resolve_backup(backup, remote_name, host, config)
     with progress_sink(options.verbosity) as progress:
         result = restore_backup(
@@ -49,7 +57,10 @@ def restore_command(
             define_as=define,
             uri=options.uri,
             identity=identity,
+            trust=trust,
         )
+    if result.signature.state != SignatureState.UNSIGNED or trust.allowed_signers is not None:
+        click.echo(f"signature\t{result.signature.describe()}")
     for image in result.images:
         click.echo(f"{image.target}\t{image.path}")
     if result.domain_uuid is not None:

@@ -13,42 +13,61 @@ from virtbackup.cli.remote_options import (
     remote_options,
     resolve_backup,
 )
-from virtbackup.core.errors import ExitCode, Interrupted, VirtbackupError
-from virtbackup.engine.verify import verify_backup
+from virtbackup.cli.trust_options import resolve_trust, trust_options
+from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
+from virtbackup.core.signature import SignatureState
+from virtbackup.engine.verify import VerifyOutcome, verify_backup
 
 
 @click.command("verify")
 @click.argument("backups", nargs=-1, required=True)
 @identity_option
+@trust_options
 @remote_options
 @pass_globals
 def verify_command(
     options: GlobalOptions,
     backups: tuple[str, ...],
     identity: Path | None,
+    allowed_signers: Path | None,
+    allow_unsigned: bool,
     remote: bool,
     remote_location: str | None,
     host: str | None,
 ) -> int:
-    """Re-read backups and check every digest. With --remote, BACKUP is DOMAIN/STAMP on
-    the remote, downloaded and checked as it streams (nothing is written locally)."""
+    """Re-read backups and check every digest and signature. With --remote, BACKUP is
+    DOMAIN/STAMP on the remote, downloaded and checked as it streams (nothing is written
+    locally). Exit 2 when a key or file given is wrong (e.g. an identity that cannot
+    decrypt the backup), else 1 on any damage."""
     remote_name = chosen_remote(remote, remote_location)
-    config = load_settings(options) if remote_name is not None else None
-    failed = False
+    config = load_settings(options)
+    trust = resolve_trust(allowed_signers, allow_unsigned, config)
+    failed, usage = False, False
     for name in backups:
         try:
             source = resolve_backup(name, remote_name, host, config)
             with progress_sink(options.verbosity) as progress:
-                outcome = verify_backup(source, progress, identity=identity)
+                outcome = verify_backup(source, progress, identity=identity, trust=trust)
         except Interrupted:
             raise  # SIGINT/SIGTERM end the run, not just this domain
         except VirtbackupError as err:
             error_line(str(err))
+            usage = usage or isinstance(err, UsageError)
             failed = True
             continue
         if outcome.ok:
-            click.echo(f"ok\t{outcome.backup}")
+            click.echo(f"ok\t{outcome.backup}{_signature_column(outcome, trust.allowed_signers)}")
         else:
             error_line(f"{outcome.backup}: {outcome.problem}")
             failed = True
+    if usage:
+        return ExitCode.USAGE
     return ExitCode.FAILED if failed else ExitCode.OK
+
+
+def _signature_column(outcome: VerifyOutcome, allowed_signers: Path | None) -> str:
+    """Nothing for an unsigned backup where no signature is expected (as before signing
+    existed), else what the signature check said."""
+    if outcome.signature.state == SignatureState.UNSIGNED and allowed_signers is None:
+        return ""
+    return f"\t{outcome.signature.describe()}"

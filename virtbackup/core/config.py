@@ -66,6 +66,8 @@ class Config:
     hooks_before: tuple[str, ...] = ()
     hooks_after: tuple[str, ...] = ()
     encrypt: Path | None = None  # age recipients file
+    sign_key: Path | None = None  # OpenSSH private key that signs every backup
+    allowed_signers: Path | None = None  # whose signatures verify/restore/backups trust
     remote: RemoteSettings | None = None
     appliance_timeout: int = 300  # seconds a libguestfs appliance launch may take
     defaults: DomainSettings = DomainSettings()
@@ -200,6 +202,8 @@ TOP_KEYS = (DOMAIN_KEYS - {"exclude_disks"}) | {
     "hooks",
     "domain",
     "encrypt",
+    "sign_key",
+    "allowed_signers",
     "remote",
     "appliance_timeout",
 }
@@ -248,6 +252,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
 
     if "encrypt" in data:
         config = replace(config, encrypt=Path(reader.typed(top, data, "encrypt", str)))
+    if "sign_key" in data:
+        config = replace(config, sign_key=Path(reader.typed(top, data, "sign_key", str)))
+    if "allowed_signers" in data:
+        signers = Path(reader.typed(top, data, "allowed_signers", str))
+        config = replace(config, allowed_signers=signers)
     if "remote" in data:
         config = replace(
             config, remote=_remote_settings(reader, reader.typed(top, data, "remote", dict))

@@ -80,6 +80,8 @@ class OffsiteFacts:
     encrypt_problem: str | None = None
     remote: str | None = None  # rclone location
     remote_problem: str | None = None
+    sign_key: str | None = None  # the signing key, when backups are to be signed
+    sign_problem: str | None = None  # why it cannot sign
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class DomainCheck:
     agent: AgentState
     agent_detail: str | None = None
     disks: tuple[DiskCheck, ...] = ()
+    xml_secrets: tuple[str, ...] = ()  # e.g. "vnc graphics password" (core/xml_secrets.py)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class Settings:
     snapshot_size: SnapshotSize = SnapshotSize(percent=10.0)
     # [domain."NAME"] snapshot_size overrides, by domain name
     snapshot_sizes: Mapping[str, SnapshotSize] = field(default_factory=dict)
+    encrypted: bool = False  # `encrypt` is set: backups keep the XML's secrets sealed
 
     def snapshot_size_of(self, domain: str) -> SnapshotSize:
         return self.snapshot_sizes.get(domain, self.snapshot_size)
@@ -274,6 +278,17 @@ def _offsite_findings(offsite: OffsiteFacts) -> list[Finding]:
                 f"{offsite.recipients_file}; keep the identity off this host",
             )
         )
+    if offsite.sign_problem is not None:
+        found.append(
+            Finding(
+                Severity.BLOCKER,
+                "sign",
+                f"backups cannot be signed: {offsite.sign_problem}",
+                "fix sign_key: a readable OpenSSH private key without passphrase",
+            )
+        )
+    elif offsite.sign_key is not None:
+        found.append(Finding(Severity.INFO, "sign", f"backups are signed with {offsite.sign_key}"))
     if offsite.remote_problem is not None:
         found.append(
             Finding(
@@ -339,10 +354,31 @@ def domain_findings(check: DomainCheck, settings: Settings = Settings()) -> list
     elif plan.method is not None:
         found.append(Finding(Severity.INFO, "plan", f"method {plan.method.value}", None, name))
     found += _agent_findings(check)
+    found += _secrets_findings(check, settings)
     for disk in check.disks:
         if disk.backed_up or (disk.disk.probe_error and disk.disk.device == "disk"):
             found += _disk_findings(check, disk, settings)
     return found
+
+
+def _secrets_findings(check: DomainCheck, settings: Settings) -> list[Finding]:
+    if not check.xml_secrets or check.plan.method is None:
+        return []
+    name = check.plan.domain.name
+    secrets = ", ".join(check.xml_secrets)
+    if settings.encrypted:
+        text = f"its XML holds a {secrets}: kept, encrypted, in domain.xml.age"
+        return [Finding(Severity.INFO, "secrets", text, None, name)]
+    return [
+        Finding(
+            Severity.WARNING,
+            "secrets",
+            f"its XML holds a {secrets}, which unencrypted backups leave out: a domain "
+            "restored with --define has none",
+            "set encrypt (an age recipients file) to keep it, sealed, in the backups",
+            name,
+        )
+    ]
 
 
 def _agent_findings(check: DomainCheck) -> list[Finding]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from virtbackup import __version__
-from virtbackup.adapters import age
+from virtbackup.adapters import age, ssh_sign
 from virtbackup.adapters.store import DOMAIN_XML, MANIFEST
 from virtbackup.core.backup_errors import DiskBackupFailed
 from virtbackup.core.errors import VirtbackupError
@@ -23,7 +23,9 @@ from virtbackup.core.manifest import (
     build_sealed,
 )
 from virtbackup.core.progress import ProgressSink
+from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
+from virtbackup.core.xml_secrets import SecretsError, without_secrets
 from virtbackup.engine.stream_writer import WriterOptions, write_stream
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class DiskSource:
 class BackupResult:
     path: Path | str  # the complete backup directory (a remote location with --remote-only)
     manifest: Manifest
+    notes: tuple[str, ...] = ()  # what the summary should warn about
 
 
 def stream_file_name(disk: DiskSource, encrypted: bool = False) -> str:
@@ -82,10 +85,13 @@ def back_up_disks(
     options: WriterOptions | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     encrypt_to: age.Recipients | None = None,
+    sign_with: Path | None = None,
 ) -> BackupResult:
     """Write one complete backup or nothing: on any failure the partial directory is
     removed and DiskBackupFailed names the domain and disk (exit status 1). With
-    `encrypt_to` every file is age-encrypted as it is written (see core/manifest.py)."""
+    `encrypt_to` every file is age-encrypted as it is written (see core/manifest.py);
+    with `sign_with` (an OpenSSH private key) its metadata files are signed (see
+    core/signature.py)."""
     options = options or WriterOptions()
     started = clock()
     _check_targets(domain_name, disks)
@@ -128,14 +134,33 @@ def back_up_disks(
             disks=tuple(records),
         )
         # The manifest is written last: a directory with a manifest is a complete one.
+        metadata = _Metadata(partial, sign_with)
+        notes: tuple[str, ...] = ()
         if encrypt_to is None:
-            partial.write_text(DOMAIN_XML, domain_xml)
-            partial.write_text(MANIFEST, build_manifest(manifest))
+            domain_xml, notes = _cleartext_xml(domain_name, domain_xml)
+            metadata.write(DOMAIN_XML, domain_xml.encode())
+            metadata.write(MANIFEST, build_manifest(manifest).encode())
         else:
-            _write_sealed(partial, manifest, domain_xml, encrypt_to)
+            _write_sealed(metadata, manifest, domain_xml, encrypt_to)
         path = partial.commit()
     log.info("backup of %s complete: %s", domain_name, path)
-    return BackupResult(path, manifest)
+    return BackupResult(path, manifest, notes)
+
+
+def _cleartext_xml(domain_name: str, domain_xml: str) -> tuple[str, tuple[str, ...]]:
+    """The domain XML an unencrypted backup stores: without its secrets (see
+    core/xml_secrets.py), and a note naming what was left out."""
+    try:
+        stripped, removed = without_secrets(domain_xml)
+    except SecretsError as err:
+        raise DiskBackupFailed(f"the XML of {domain_name} cannot be stored: {err}") from None
+    if not removed:
+        return domain_xml, ()
+    note = (
+        f"domain.xml: {', '.join(removed)} left out (the backup is not encrypted); "
+        "a domain restored with --define has none"
+    )
+    return stripped, (note,)
 
 
 def _sealing(
@@ -145,16 +170,35 @@ def _sealing(
     return nullcontext(out) if encrypt_to is None else age.encrypting(encrypt_to.file, out)
 
 
+class _Metadata:
+    """Writes the metadata files of a backup, each with its signature first when the
+    backup is signed (so the manifest, the last file, is still written last)."""
+
+    def __init__(self, partial: PartialSink, sign_with: Path | None) -> None:
+        self.partial = partial
+        self.sign_with = sign_with
+
+    def write(self, name: str, data: bytes) -> None:
+        if self.sign_with is not None:
+            signature = ssh_sign.sign(self.sign_with, data)
+            self.partial.write_bytes(signature_name(name), signature)
+        if name == MANIFEST:
+            self.partial.write_text(name, data.decode())
+        else:
+            self.partial.write_bytes(name, data)
+
+
 def _write_sealed(
-    partial: PartialSink, manifest: Manifest, domain_xml: str, encrypt_to: age.Recipients
+    metadata: _Metadata, manifest: Manifest, domain_xml: str, encrypt_to: age.Recipients
 ) -> None:
     """The encrypted domain XML and manifest, then the public manifest beside them."""
+    partial = metadata.partial
     sealed_files = [
         (f"{DOMAIN_XML}{age.AGE_SUFFIX}", domain_xml),
         (f"{MANIFEST}{age.AGE_SUFFIX}", build_manifest(manifest)),
     ]
     for name, text in sealed_files:
-        partial.write_bytes(name, age.encrypt_bytes(encrypt_to.file, text.encode()))
+        metadata.write(name, age.encrypt_bytes(encrypt_to.file, text.encode()))
     stored = [StoredFile(d.file, d.stored_size, d.target) for d in manifest.disks]
     stored += [StoredFile(name, partial.size_of(name)) for name, _text in sealed_files]
     public = Sealed(
@@ -166,7 +210,7 @@ def _write_sealed(
         recipients=encrypt_to.fingerprints(),
         files=tuple(stored),
     )
-    partial.write_text(MANIFEST, build_sealed(public))
+    metadata.write(MANIFEST, build_sealed(public).encode())
 
 
 def _check_targets(domain_name: str, disks: Sequence[DiskSource]) -> None:

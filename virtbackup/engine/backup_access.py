@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from virtbackup.adapters import age
+from virtbackup.adapters import age, ssh_sign
 from virtbackup.adapters.store import DOMAIN_XML, MANIFEST, record_verification
 from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup
 from virtbackup.core.errors import UsageError
@@ -23,6 +23,14 @@ from virtbackup.core.manifest import (
     Sealed,
     VerifyRecord,
     parse_any_manifest,
+)
+from virtbackup.core.signature import (
+    MAX_SIGNATURE_SIZE,
+    SignatureCheck,
+    SignatureState,
+    require_trusted,
+    signature_name,
+    signed_names,
 )
 
 SEALED_MANIFEST = MANIFEST + age.AGE_SUFFIX
@@ -81,11 +89,24 @@ class LocalFiles:
 
 
 @dataclass(frozen=True)
+class Trust:
+    """Whose signatures a read accepts: with `allowed_signers` set, a backup must be
+    signed by one of them (an unsigned one only with `allow_unsigned`)."""
+
+    allowed_signers: Path | None = None
+    allow_unsigned: bool = False
+
+
+NO_SIGNERS = Trust()  # signatures are shown, not required
+
+
+@dataclass(frozen=True)
 class OpenedBackup:
     files: BackupFiles
     manifest: Manifest
     sealed: Sealed | None  # the public manifest of an encrypted backup
     identity: Path | None
+    signature: SignatureCheck = SignatureCheck(SignatureState.UNSIGNED)
 
     @property
     def encrypted(self) -> bool:
@@ -120,18 +141,32 @@ class OpenedBackup:
                 raise CorruptBackup(f"{what}: its age header is damaged") from None
 
 
-def open_backup(files: BackupFiles, identity: Path | None = None) -> OpenedBackup:
-    """Read the manifest (decrypting it with `identity` for an encrypted backup)."""
+def open_backup(
+    files: BackupFiles, identity: Path | None = None, trust: Trust = NO_SIGNERS
+) -> OpenedBackup:
+    """Check the signatures against `trust`, then read the manifest (decrypting it with
+    `identity` for an encrypted backup). BadSignature or UnsignedBackup when it may not
+    be used."""
     public = _parse(files.read(MANIFEST), f"{files.label}/{MANIFEST}")
+    signature = check_signatures(files, trust.allowed_signers)
+    expected = trust.allowed_signers is not None
+    require_trusted(signature, files.label, expected, trust.allow_unsigned)
     if isinstance(public, Manifest):
-        return OpenedBackup(files, public, None, identity)
+        return OpenedBackup(files, public, None, identity, signature)
     if identity is None:
         raise UsageError(
             f"backup {files.label} is encrypted",
-            "give --identity FILE (an age identity of one of its recipients)",
+            "give --identity FILE (an age identity of one of its recipients: "
+            f"{', '.join(public.recipients)})",
         )
     what = f"{files.label}/{SEALED_MANIFEST}"
-    clear = age.decrypt_bytes(identity, files.read(SEALED_MANIFEST), what)
+    try:
+        clear = age.decrypt_bytes(identity, files.read(SEALED_MANIFEST), what)
+    except age.WrongIdentity as err:
+        raise age.WrongIdentity(
+            err.message,
+            f"give the age identity of one of its recipients: {', '.join(public.recipients)}",
+        ) from None
     manifest = _parse(clear, what)
     if not isinstance(manifest, Manifest) or manifest.domain_name != public.domain_name:
         raise CorruptBackup(f"{what} does not belong to the backup it is in")
@@ -139,7 +174,44 @@ def open_backup(files: BackupFiles, identity: Path | None = None) -> OpenedBacku
     for disk in manifest.disks:
         if listed.get(disk.file) != disk.stored_size:
             raise CorruptBackup(f"{what} and {MANIFEST} disagree about {disk.file}")
-    return OpenedBackup(files, manifest, public, identity)
+    return OpenedBackup(files, manifest, public, identity, signature)
+
+
+def check_signatures(files: BackupFiles, allowed_signers: Path | None) -> SignatureCheck:
+    """What the signatures of a backup say (see core/signature.py): every metadata file
+    must be signed, all by one principal of `allowed_signers`."""
+    names = signed_names(encrypted=files.size(SEALED_MANIFEST) is not None)
+    signed = [name for name in names if files.size(signature_name(name)) is not None]
+    if not signed:
+        return SignatureCheck(SignatureState.UNSIGNED)
+    unsigned = [name for name in names if name not in signed]
+    if unsigned:
+        problem = f"{unsigned[0]} has no signature, though {signed[0]} has one"
+        return SignatureCheck(SignatureState.BAD, problem=problem)
+    if allowed_signers is None:
+        return SignatureCheck(SignatureState.UNCHECKED)
+    ssh_sign.check_allowed_signers(allowed_signers)
+    principals = set()
+    for name in names:
+        if files.size(name) is None:
+            return SignatureCheck(SignatureState.BAD, problem=f"{name} is missing")
+        if (files.size(signature_name(name)) or 0) > MAX_SIGNATURE_SIZE:
+            problem = f"{signature_name(name)} is too large to be a signature"
+            return SignatureCheck(SignatureState.BAD, problem=problem)
+        principal = ssh_sign.signer_of(
+            allowed_signers, files.read(name), files.read(signature_name(name))
+        )
+        if principal is None:
+            problem = (
+                f"{name} does not match {signature_name(name)}, or no key of "
+                f"{allowed_signers} made it"
+            )
+            return SignatureCheck(SignatureState.BAD, problem=problem)
+        principals.add(principal)
+    if len(principals) > 1:
+        problem = f"its files are signed by different principals ({', '.join(sorted(principals))})"
+        return SignatureCheck(SignatureState.BAD, problem=problem)
+    return SignatureCheck(SignatureState.SIGNED, principal=principals.pop())
 
 
 def _parse(text: bytes, what: str) -> Manifest | Sealed:

@@ -64,6 +64,7 @@ class BackupRunOptions:
     trim: bool = False  # fstrim a running guest through its agent before the backup
     skip_free: SkipFree | None = None  # stream only what the guest filesystems use
     encrypt_to: Recipients | None = None  # age-encrypt every file of the backup
+    sign_with: Path | None = None  # OpenSSH private key that signs the metadata files
     offsite: RemoteStore | None = None  # copy (or stream, when only) to an rclone remote
 
 
@@ -131,6 +132,7 @@ def back_up_domain(
                 window.guard(progress),
                 options.writer,
                 encrypt_to=options.encrypt_to,
+                sign_with=options.sign_with,
             )
     except LockHeld as err:
         return DomainOutcome(name, Result.LOCKED, str(err), plan.method.value, warnings=warnings)
@@ -157,7 +159,7 @@ def back_up_domain(
         stored=sum(d.stored_size for d in disks),
         seconds=clock() - started,
         backup=result.path,
-        warnings=warnings + compact.warnings,
+        warnings=warnings + compact.warnings + result.notes,
         reclaimed=reclaimed,
         offsite="streamed" if streamed else None,
     )

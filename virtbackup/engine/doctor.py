@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from virtbackup.adapters import age, host_probe, rclone
+from virtbackup.adapters import age, host_probe, hypervisor, rclone, ssh_sign
 from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.guest_agent import silent_reason
 from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT
@@ -33,6 +33,7 @@ from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.overlays import agent_connected
 from virtbackup.core.planning import DomainPlan, PlanOptions, plan_domain
+from virtbackup.core.xml_secrets import SecretsError, secrets_in
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def examine(
     appliance_timeout: float = DEFAULT_LAUNCH_TIMEOUT,
     encrypt: Path | None = None,
     remote: Remote | None = None,
+    sign_key: Path | None = None,
 ) -> Examination:
     """Look at the host and at the named domains (every domain when none is named).
 
@@ -87,7 +89,7 @@ def examine(
         dest=_dest_facts(dest) if dest is not None else None,
         # Discovery fills on_lv (True/False) where it can tell (lvs installed and working).
         lvm_checked=all(d.disk.on_lv is not None for c in checks for d in c.disks if d.backed_up),
-        offsite=_offsite_facts(encrypt, remote),
+        offsite=_signing_facts(_offsite_facts(encrypt, remote), sign_key),
     )
     return Examination(host, tuple(checks))
 
@@ -108,6 +110,16 @@ def _offsite_facts(encrypt: Path | None, remote: Remote | None) -> OffsiteFacts:
         except VirtbackupError as err:
             facts = replace(facts, remote_problem=str(err))
     return facts
+
+
+def _signing_facts(facts: OffsiteFacts, sign_key: Path | None) -> OffsiteFacts:
+    if sign_key is None:
+        return facts
+    try:
+        ssh_sign.check_key(sign_key)
+    except VirtbackupError as err:
+        return replace(facts, sign_key=str(sign_key), sign_problem=err.message)
+    return replace(facts, sign_key=str(sign_key))
 
 
 def _guestfs_error(launch_timeout: float) -> str | None:
@@ -133,7 +145,18 @@ def _domain_check(conn: Any, plan: DomainPlan, overlay_dir: Path | None) -> Doma
     disks = tuple(
         _disk_check(disk, disk.target in backed_up, plan, overlay_dir) for disk in facts.disks
     )
-    return DomainCheck(plan, agent, detail, disks)
+    return DomainCheck(plan, agent, detail, disks, _xml_secrets(conn, facts))
+
+
+def _xml_secrets(conn: Any, facts: DomainFacts) -> tuple[str, ...]:
+    """The secrets in the definition a backup would store (the secure XML)."""
+    libvirt = libvirt_module()
+    try:
+        xml = hypervisor.config_xml(conn.lookupByName(facts.name))
+        return secrets_in(xml) if xml is not None else ()
+    except (libvirt.libvirtError, SecretsError) as err:
+        log.info("cannot read the XML of %s: %s", facts.name, err)
+        return ()
 
 
 def _agent(conn: Any, facts: DomainFacts) -> tuple[AgentState, str | None]:

@@ -12,7 +12,15 @@ from virtbackup.core.backup_errors import CorruptBackup, RestoreTargetExists, St
 from virtbackup.core.manifest import DiskRecord, Manifest
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.restore_xml import RestoredDisk, RestoreXmlError, domain_xml_for_restore
-from virtbackup.engine.backup_access import BackupFiles, LocalFiles, OpenedBackup, open_backup
+from virtbackup.core.signature import SignatureCheck, SignatureState
+from virtbackup.engine.backup_access import (
+    NO_SIGNERS,
+    BackupFiles,
+    LocalFiles,
+    OpenedBackup,
+    Trust,
+    open_backup,
+)
 from virtbackup.engine.stream_reader import (
     StreamIndex,
     check_index_matches,
@@ -39,6 +47,7 @@ class RestoreResult:
     manifest: Manifest
     images: tuple[RestoredImage, ...]
     domain_uuid: str | None  # of the domain defined with --define
+    signature: SignatureCheck = SignatureCheck(SignatureState.UNSIGNED)
 
 
 def restored_file_name(disk: DiskRecord) -> str:
@@ -54,12 +63,15 @@ def restore_backup(
     uri: str = "qemu:///system",
     workers: int = 0,
     identity: Path | None = None,
+    trust: Trust = NO_SIGNERS,
 ) -> RestoreResult:
     """Check everything that can be checked first, then write each disk to a hidden
     file in `to_dir` and rename it into place only when complete. A backup on a remote
     or encrypted (with `identity`) is read front to back; its frames are checked against
-    its index before the file is renamed."""
-    opened = open_backup(LocalFiles(backup) if isinstance(backup, Path) else backup, identity)
+    its index before the file is renamed. A bad signature (or a missing one where `trust`
+    expects it) stops it before anything is written."""
+    files = LocalFiles(backup) if isinstance(backup, Path) else backup
+    opened = open_backup(files, identity, trust)
     manifest = opened.manifest
     indexes = [(disk, _local_index(opened, disk)) for disk in manifest.disks]
     to_dir = to_dir.absolute()
@@ -89,7 +101,7 @@ def restore_backup(
         _restore_one(opened, index, disk, path, progress, workers)
         images.append(RestoredImage(disk.target, path, disk.format))
     uuid = domain_define.define_domain(uri, new_xml) if new_xml is not None else None
-    return RestoreResult(manifest, tuple(images), uuid)
+    return RestoreResult(manifest, tuple(images), uuid, opened.signature)
 
 
 def _local_index(opened: OpenedBackup, disk: DiskRecord) -> StreamIndex | None:

@@ -9,7 +9,15 @@ from virtbackup import __version__
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError, StoreError
 from virtbackup.core.manifest import DiskRecord, VerifyRecord
 from virtbackup.core.progress import ProgressSink
-from virtbackup.engine.backup_access import BackupFiles, LocalFiles, OpenedBackup, open_backup
+from virtbackup.core.signature import BadSignature, SignatureCheck, SignatureState
+from virtbackup.engine.backup_access import (
+    NO_SIGNERS,
+    BackupFiles,
+    LocalFiles,
+    OpenedBackup,
+    Trust,
+    open_backup,
+)
 from virtbackup.engine.stream_reader import check_index_matches, read_index, verify_stream
 from virtbackup.engine.stream_sequential import verify_sequential
 
@@ -20,6 +28,7 @@ class VerifyOutcome:
     ok: bool
     problem: str | None  # one line naming the disk and offset
     recorded: bool  # whether verified.json could be written
+    signature: SignatureCheck = SignatureCheck(SignatureState.UNSIGNED)
 
 
 def verify_backup(
@@ -28,25 +37,33 @@ def verify_backup(
     workers: int = 0,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     identity: Path | None = None,
+    trust: Trust = NO_SIGNERS,
 ) -> VerifyOutcome:
     """Verify one backup and record the result in it (verified.json). A missing
-    backup or unreadable manifest raises (nothing to record); a damaged disk stream is
-    an outcome. An encrypted backup needs `identity` to be verified."""
+    backup or unreadable manifest raises (nothing to record); a damaged disk stream or
+    a bad signature is an outcome. An encrypted backup needs `identity` to be verified;
+    an unsigned one where `trust` expects signatures raises UnsignedBackup."""
     files = LocalFiles(backup) if isinstance(backup, Path) else backup
-    opened = open_backup(files, identity)
     problem = None
     try:
-        for disk in opened.manifest.disks:
-            _verify_disk(opened, disk, progress, workers)
-    except CorruptBackup as err:
+        opened = open_backup(files, identity, trust)
+    except BadSignature as err:
         problem = str(err)
+        signature = SignatureCheck(SignatureState.BAD, problem=err.message)
+    else:
+        signature = opened.signature
+        try:
+            for disk in opened.manifest.disks:
+                _verify_disk(opened, disk, progress, workers)
+        except CorruptBackup as err:
+            problem = str(err)
     record = VerifyRecord(clock(), problem is None, problem, __version__)
     try:
         files.record_verification(record)
         recorded = True
     except (StoreError, RemoteError):
         recorded = False  # e.g. backups on a read-only mount: the check still counts
-    return VerifyOutcome(files.label, problem is None, problem, recorded)
+    return VerifyOutcome(files.label, problem is None, problem, recorded, signature)
 
 
 def _verify_disk(
