@@ -1,5 +1,5 @@
-"""`virtbackup restore BACKUP --to DIR [--define NAME] [--force] [--identity FILE]
-[--remote | --remote-location NAME:PATH] [--host NAME]`."""
+"""`virtbackup restore BACKUP --to DIR [--define NAME [--keep-host-devices]] [--force]
+[--identity FILE] [--remote | --remote-location NAME:PATH] [--host NAME]`."""
 
 from pathlib import Path
 
@@ -13,6 +13,7 @@ from virtbackup.cli.remote_options import (
     remote_options,
     resolve_backup,
 )
+from virtbackup.core.errors import UsageError
 from virtbackup.engine.restore import restore_backup
 
 
@@ -20,6 +21,12 @@ from virtbackup.engine.restore import restore_backup
 @click.argument("backup")
 @click.option("--to", "target", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--define", metavar="NAME", help="Define a new domain NAME using the restored disks.")
+@click.option(
+    "--keep-host-devices",
+    is_flag=True,
+    help="With --define: keep the backup's host devices, other disks, host files and "
+    "qemu arguments instead of dropping them.",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @identity_option
 @remote_options
@@ -29,6 +36,7 @@ def restore_command(
     backup: str,
     target: Path,
     define: str | None,
+    keep_host_devices: bool,
     force: bool,
     identity: Path | None,
     remote: bool,
@@ -37,6 +45,8 @@ def restore_command(
 ) -> None:
     """Write a backup's disks back, sparse and byte-identical. BACKUP is a backup
     directory, or DOMAIN/STAMP on the remote with --remote (streamed, no local copy)."""
+    if keep_host_devices and define is None:
+        raise UsageError("--keep-host-devices needs --define NAME")
     remote_name = chosen_remote(remote, remote_location)
     config = load_settings(options) if remote_name is not None else None
     source = resolve_backup(backup, remote_name, host, config)
@@ -49,8 +59,15 @@ def restore_command(
             define_as=define,
             uri=options.uri,
             identity=identity,
+            keep_host_devices=keep_host_devices,
         )
     for image in result.images:
         click.echo(f"{image.target}\t{image.path}")
     if result.domain_uuid is not None:
         click.echo(f"defined domain {define} ({result.domain_uuid})")
+    if result.dropped:
+        click.echo(
+            f"virtbackup: warning: {define} was defined without host resources the backup "
+            f"did not restore: {'; '.join(result.dropped)} (--keep-host-devices keeps them)",
+            err=True,
+        )

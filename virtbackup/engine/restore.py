@@ -11,7 +11,12 @@ from virtbackup.adapters import domain_define
 from virtbackup.core.backup_errors import CorruptBackup, RestoreTargetExists, StoreError
 from virtbackup.core.manifest import DiskRecord, Manifest
 from virtbackup.core.progress import ProgressSink
-from virtbackup.core.restore_xml import RestoredDisk, RestoreXmlError, domain_xml_for_restore
+from virtbackup.core.restore_xml import (
+    RestoredDisk,
+    RestoreXmlError,
+    check_domain_name,
+    domain_xml_for_restore,
+)
 from virtbackup.engine.backup_access import BackupFiles, LocalFiles, OpenedBackup, open_backup
 from virtbackup.engine.stream_reader import (
     StreamIndex,
@@ -39,6 +44,7 @@ class RestoreResult:
     manifest: Manifest
     images: tuple[RestoredImage, ...]
     domain_uuid: str | None  # of the domain defined with --define
+    dropped: tuple[str, ...] = ()  # host resources left out of that domain
 
 
 def restored_file_name(disk: DiskRecord) -> str:
@@ -54,11 +60,15 @@ def restore_backup(
     uri: str = "qemu:///system",
     workers: int = 0,
     identity: Path | None = None,
+    keep_host_devices: bool = False,
 ) -> RestoreResult:
     """Check everything that can be checked first, then write each disk to a hidden
     file in `to_dir` and rename it into place only when complete. A backup on a remote
     or encrypted (with `identity`) is read front to back; its frames are checked against
-    its index before the file is renamed."""
+    its index before the file is renamed. The domain defined with `define_as` gets the
+    restored disks and no host resources unless `keep_host_devices` (core/guest_only.py)."""
+    if define_as is not None:
+        check_domain_name(define_as)
     opened = open_backup(LocalFiles(backup) if isinstance(backup, Path) else backup, identity)
     manifest = opened.manifest
     indexes = [(disk, _local_index(opened, disk)) for disk in manifest.disks]
@@ -70,17 +80,21 @@ def restore_backup(
             f"{', '.join(existing)} already exist(s)", "add --force to overwrite"
         )
     new_xml = None
+    dropped: tuple[str, ...] = ()
     if define_as is not None:
         restored = {
             disk.target: RestoredDisk(str(path), disk.format)
             for disk, path in zip(manifest.disks, targets, strict=True)
         }
         try:
-            new_xml = domain_xml_for_restore(opened.domain_xml(), define_as, restored)
+            new = domain_xml_for_restore(
+                opened.domain_xml(), define_as, restored, keep_host_devices
+            )
         except RestoreXmlError as err:
             raise CorruptBackup(
                 f"domain.xml of {opened.files.label} cannot be used: {err}"
             ) from None
+        new_xml, dropped = new.xml, new.dropped
         domain_define.ensure_name_free(uri, define_as)
     _make_dir(to_dir)
     images = []
@@ -89,7 +103,7 @@ def restore_backup(
         _restore_one(opened, index, disk, path, progress, workers)
         images.append(RestoredImage(disk.target, path, disk.format))
     uuid = domain_define.define_domain(uri, new_xml) if new_xml is not None else None
-    return RestoreResult(manifest, tuple(images), uuid)
+    return RestoreResult(manifest, tuple(images), uuid, dropped)
 
 
 def _local_index(opened: OpenedBackup, disk: DiskRecord) -> StreamIndex | None:
