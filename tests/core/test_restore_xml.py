@@ -183,6 +183,7 @@ HOSTILE_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/doma
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
     <memballoon model='virtio'/>
     <video><model type='cirrus'/></video>
+    <video><model type='virtio'><acceleration rendernode='/dev/dri/renderD128'/></model></video>
     <audio id='1' type='file' path='/etc/cron.d/audio'/>
   </devices>
   <qemu:commandline><qemu:arg value='-drive'/><qemu:arg value='file=/dev/sda'/></qemu:commandline>
@@ -220,6 +221,7 @@ HOSTILE_DROPPED = (
     "shmem",
     "lease",
     "rng /dev/sda",
+    "video rendernode /dev/dri/renderD128",
     "audio file",
     "qemu:commandline",
     "qemu:capabilities",
@@ -287,6 +289,7 @@ def test_keep_host_devices_keeps_them() -> None:
 def test_uefi_firmware_stays() -> None:
     xml = """<domain type='qemu'><name>u</name><os firmware='efi'>
       <type arch='x86_64' machine='q35'>hvm</type>
+      <firmware><feature enabled='yes' name='secure-boot'/></firmware>
       <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>
       <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/var/lib/x.fd</nvram>
     </os><devices/></domain>"""
@@ -295,6 +298,7 @@ def test_uefi_firmware_stays() -> None:
     assert new.dropped == ()
     assert domain.findtext("os/loader") == "/usr/share/OVMF/OVMF_CODE_4M.fd"
     assert domain.find("os").get("firmware") == "efi"  # type: ignore[union-attr]
+    assert domain.find("os/firmware/feature") is not None
     assert domain.find("os/nvram") is None
 
 

@@ -11,8 +11,9 @@ features, tuning, events, metadata) and these devices:
   backing store, mirror and remote auth removed); empty cdrom/floppy drives. A cdrom or
   floppy with a medium keeps the drive but loses the medium (a host file);
 - controllers, input devices without a host source, video, sound, watchdog, memballoon,
-  panic, hub, iommu, vsock, crypto, redirfilter, memory modules without a host file, a
-  TPM emulated by swtpm, rng reading /dev/urandom or /dev/random (or builtin);
+  panic, hub, iommu, vsock, crypto, redirfilter (none of these with a host render
+  node), memory modules without a host file, a TPM emulated by swtpm, rng reading
+  /dev/urandom or /dev/random (or builtin);
 - network interfaces of type network, bridge and user (without host scripts, tap
   devices or ROM files; MAC addresses are removed by the caller so libvirt makes new
   ones);
@@ -73,7 +74,7 @@ GUEST_ELEMENTS = frozenset(
         "launchSecurity",
     }
 )
-GUEST_OS_ELEMENTS = frozenset({"type", "boot", "bootmenu", "smbios", "bios"})
+GUEST_OS_ELEMENTS = frozenset({"type", "boot", "bootmenu", "smbios", "bios", "firmware"})
 # Devices kept as they are (no host path in their definition).
 GUEST_DEVICES = frozenset(
     {
@@ -194,7 +195,8 @@ def _device_problem(device: ET.Element, restored: Collection[str], seen: set[str
     if tag == "disk":
         return _disk_problem(device, restored, seen)
     if tag in GUEST_DEVICES:
-        return None
+        render = [e.get("rendernode") for e in device.iter() if e.get("rendernode")]
+        return f"{tag} rendernode {render[0]}" if render else None
     if tag == "interface":
         return None if kind in GUEST_INTERFACES else f"interface {kind}".strip()
     if tag in CHARDEV_TAGS:
