@@ -139,7 +139,8 @@ HOSTILE_XML = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/doma
     <disk type='file' device='disk'>
       <source file='/etc/shadow'/><target dev='vda' bus='virtio'/>
     </disk>
-    <disk type='file' device='cdrom'><target dev='hdc' bus='ide'/><readonly/></disk>
+    <disk type='block' device='cdrom'><source dev='/dev/sr0'/><target dev='hdc' bus='ide'/>
+      <readonly/></disk>
     <filesystem type='mount' accessmode='passthrough'>
       <source dir='/'/><target dir='host'/>
     </filesystem>
@@ -203,6 +204,7 @@ HOSTILE_DROPPED = (
     "disk vdc (network nbd://10.0.0.1:10809/x)",
     "disk sda (block /dev/sg0)",
     "disk vda (file /etc/shadow)",
+    "cdrom hdc medium /dev/sr0",
     "filesystem /",
     "hostdev",
     "interface rom /etc/shadow",
@@ -238,7 +240,8 @@ def test_host_resources_are_dropped_and_named() -> None:
     domain, dropped = _hostile()
     assert dropped == HOSTILE_DROPPED
     text = ET.tostring(domain, encoding="unicode")
-    for host_thing in ("/etc/", "/dev/sd", "/dev/vda", "/dev/tpm", "/tmp/", "/run/", "10.0.0"):
+    host_things = ("/etc/", "/dev/s", "/dev/vda", "/dev/tpm", "/dev/dri", "/tmp/", "/run/", "10.0")
+    for host_thing in host_things:
         assert host_thing not in text
     assert "commandline" not in text and "capabilities" not in text
     (vda,) = [d for d in domain.findall("devices/disk") if d.get("device") == "disk"]

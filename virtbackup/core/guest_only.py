@@ -282,7 +282,8 @@ def _trim_device(device: ET.Element) -> list[str]:
     if device.tag == "disk":
         for key in ("rawio", "sgio"):
             device.attrib.pop(key, None)
-        if device.get("device") in ("cdrom", "floppy"):
+        if device.get("device") in ("cdrom", "floppy") and device.find("source") is not None:
+            device.set("type", "file")  # an empty drive of any kind is a file drive
             for source in device.findall("source"):
                 device.remove(source)
                 target = device.find("target")
