@@ -275,3 +275,25 @@ def test_the_nightly_summary_names_it(
     assert rows[only_net.name()]["result"] == "incomplete"
     assert rows[only_net.name()]["message"].startswith("nothing backed up: vda: network")
     assert summary["exit_code"] == 1
+
+
+@pytest.mark.libvirt
+def test_list_and_doctor_say_it_before_the_backup(
+    domain_factory: DomainFactory, state_dir: Path
+) -> None:
+    dom = _nbd_and_file_domain(domain_factory)
+    listed = virtbackup_in(state_dir, "list", dom.name(), "--json")
+    assert listed.returncode == 0, listed.stderr
+    (domain,) = json.loads(listed.stdout)["domains"]
+    disks = {d["target"]: (d["backup"], d["left_out"], d["reason"]) for d in domain["disks"]}
+    assert disks["vda"] == (
+        False,
+        True,
+        "network disks are not supported yet (nbd://127.0.0.1:10809/export)",
+    )
+    assert disks["vdb"][:2] == (True, False)
+    doctor = virtbackup_in(state_dir, "doctor", dom.name(), "--no-guestfs", "--json")
+    assert doctor.returncode == 1, doctor.stderr
+    (finding,) = [f for f in json.loads(doctor.stdout)["findings"] if f["check"] == "left-out"]
+    assert (finding["severity"], finding["disk"]) == ("blocker", "vda")
+    assert 'exclude_disks = ["vda"]' in finding["fix"]
