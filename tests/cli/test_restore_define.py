@@ -3,6 +3,7 @@ is never silent. Real backups, a real libvirtd, the CLI in a child process."""
 
 import json
 import os
+import subprocess
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -297,3 +298,62 @@ def test_list_and_doctor_say_it_before_the_backup(
     (finding,) = [f for f in json.loads(doctor.stdout)["findings"] if f["check"] == "left-out"]
     assert (finding["severity"], finding["disk"]) == ("blocker", "vda")
     assert 'exclude_disks = ["vda"]' in finding["fix"]
+
+
+TWO_QCOW2_XML = """<domain type='qemu'>
+  <name>web1</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/a.qcow2'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/libvirt/images/b.qcow2'/><target dev='vdb' bus='virtio'/></disk>
+  </devices>
+</domain>
+"""
+
+
+@pytest.mark.libvirt
+def test_host_files_named_inside_the_images_are_cut(
+    libvirt_conn: Any, defined: list[str], tmp_path: Path, state_dir: Path
+) -> None:
+    host_file = tmp_path / "host-secret.raw"
+    host_file.write_bytes(os.urandom(MiB))
+    backed = tmp_path / "backed.qcow2"
+    data_image = tmp_path / "data.qcow2"
+    for image, option in ((backed, ["-b", str(host_file), "-F", "raw"]), (data_image, [])):
+        extra = option or ["-o", f"data_file={host_file}"]
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", *extra, str(image), "1M"], check=True
+        )
+    disks = [disk_of(backed, "vda", "qcow2"), disk_of(data_image, "vdb", "qcow2")]
+    backup = Path(make_backup(tmp_path / "dest", disks).path)
+    (backup / "domain.xml").write_text(TWO_QCOW2_XML)
+
+    name = _new_name(defined, "cut")
+    to = tmp_path / "restored"
+    result = virtbackup_in(state_dir, "restore", str(backup), "--to", str(to), "--define", name)
+    assert result.returncode == 0, result.stderr
+    assert f"disk vda backing file {host_file}" in result.stderr
+    assert f"disk vdb (its image's data file {host_file})" in result.stderr
+    (vda,) = ET.fromstring(libvirt_conn.lookupByName(name).XMLDesc(0)).findall("devices/disk")
+    assert vda.find("source").get("file") == str(to / "vda.qcow2")  # type: ignore[union-attr]
+    backing_store = vda.find("backingStore")
+    assert backing_store is not None and len(backing_store) == 0
+
+    kept = _new_name(defined, "kept")
+    to_kept = tmp_path / "kept"
+    result = virtbackup_in(
+        state_dir,
+        "restore",
+        str(backup),
+        "--to",
+        str(to_kept),
+        "--define",
+        kept,
+        "--keep-host-devices",
+    )
+    assert result.returncode == 0, result.stderr
+    disks_kept = ET.fromstring(libvirt_conn.lookupByName(kept).XMLDesc(0)).findall("devices/disk")
+    assert len(disks_kept) == 2 and all(d.find("backingStore") is None for d in disks_kept)

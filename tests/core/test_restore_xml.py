@@ -3,6 +3,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from virtbackup.core.errors import UsageError
+from virtbackup.core.qcow2_refs import ImageReferences
 from virtbackup.core.restore_xml import (
     RestoredDisk,
     RestoreXmlError,
@@ -83,7 +84,8 @@ def test_disks_point_at_restored_files() -> None:
     assert vda.find("driver").get("cache") == "none"  # type: ignore[union-attr]
     assert vdb.find("source").get("file") == "/restore/vdb.qcow2"  # type: ignore[union-attr]
     assert vdb.find("driver").get("type") == "qcow2"  # type: ignore[union-attr]
-    assert vdb.find("backingStore") is None
+    backing_store = vdb.find("backingStore")  # empty: no backing file, whatever the header says
+    assert backing_store is not None and len(backing_store) == 0 and not backing_store.attrib
     assert cdrom.find("source") is None  # the drive stays, the host's medium goes
 
 
@@ -339,3 +341,28 @@ def test_names_libvirt_refuses(name: str, problem: str) -> None:
 @pytest.mark.parametrize("name", ["web1-copy", ".web", "123", "x" * 247, "ünïcode name"])
 def test_names_libvirt_accepts(name: str) -> None:
     check_domain_name(name)
+
+
+def test_host_files_named_by_a_restored_image() -> None:
+    xml = """<domain><name>w</name><devices>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+        <source file='/i/a.qcow2'/><target dev='vda' bus='virtio'/></disk>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+        <source file='/i/b.qcow2'/><target dev='vdb' bus='virtio'/></disk>
+    </devices></domain>"""
+    restored = {
+        "vda": RestoredDisk("/r/vda.qcow2", "qcow2", ImageReferences(backing_file="/dev/sda")),
+        "vdb": RestoredDisk("/r/vdb.qcow2", "qcow2", ImageReferences(data_file="/dev/sdb")),
+    }
+    new = domain_xml_for_restore(xml, "w2", restored)
+    assert new.dropped == (
+        "disk vda backing file /dev/sda",
+        "disk vdb (its image's data file /dev/sdb)",
+    )
+    (vda,) = ET.fromstring(new.xml).findall("devices/disk")
+    assert vda.find("source").get("file") == "/r/vda.qcow2"  # type: ignore[union-attr]
+    assert vda.find("backingStore") is not None
+    kept = domain_xml_for_restore(xml, "w2", restored, keep_host_devices=True)
+    assert kept.dropped == ()
+    disks = ET.fromstring(kept.xml).findall("devices/disk")
+    assert len(disks) == 2 and all(d.find("backingStore") is None for d in disks)

@@ -7,8 +7,9 @@ allow-list and returns one short description per thing it removed, for one warni
 
 Kept: everything that describes the virtual machine (name, memory, vcpus, cpu, clock,
 features, tuning, events, metadata) and these devices:
-- the restored disks (pointed at the restored files by the caller; `rawio`/`sgio`,
-  backing store, mirror and remote auth removed); empty cdrom/floppy drives. A cdrom or
+- the restored disks (pointed at the restored files by core/restore_xml.py, which also
+  cuts the backing file and drops a disk whose image names a data file, see
+  core/qcow2_refs.py; here `rawio`/`sgio` are removed); empty cdrom/floppy drives. A cdrom or
   floppy with a medium keeps the drive but loses the medium (a host file);
 - controllers, input devices without a host source, video, sound, watchdog, memballoon,
   panic, hub, iommu, vsock, crypto, redirfilter (none of these with a host render

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from virtbackup.core.errors import UsageError
 from virtbackup.core.guest_only import keep_guest_only
+from virtbackup.core.qcow2_refs import ImageReferences
 
 # libvirt keeps a persistent domain in /etc/libvirt/qemu/NAME.xml, written as NAME.xml.new
 # first: a longer name cannot be defined on a filesystem with 255-byte names.
@@ -28,6 +29,8 @@ class RestoreXmlError(ValueError):
 class RestoredDisk:
     path: str  # the restored image file
     format: str  # raw, qcow2, ... (the driver type)
+    # host files its own header names (known once it is restored; see core/qcow2_refs.py)
+    references: ImageReferences = ImageReferences()
 
 
 def check_domain_name(name: str) -> None:
@@ -83,13 +86,24 @@ def domain_xml_for_restore(
             interface.remove(mac)
     dropped = [] if keep_host_devices else keep_guest_only(domain, set(disks))
     found = set()
-    for disk in domain.findall("devices/disk"):
-        target = disk.find("target")
-        dev = target.get("dev") if target is not None else None
-        if dev is None or dev not in disks or dev in found:
-            continue
-        _point_disk_at(disk, disks[dev])
-        found.add(dev)
+    for devices in domain.findall("devices"):
+        for disk in devices.findall("disk"):
+            target = disk.find("target")
+            dev = target.get("dev") if target is not None else None
+            if dev is None or dev not in disks or dev in found:
+                continue
+            found.add(dev)
+            restored = disks[dev]
+            data_file = restored.references.data_file
+            if data_file is not None and not keep_host_devices:
+                # Its data would be read from (and written to) that host file.
+                devices.remove(disk)
+                dropped.append(f"disk {dev} (its image's data file {data_file or '(unnamed)'})")
+                continue
+            _point_disk_at(disk, restored, cut_backing=not keep_host_devices)
+            backing = restored.references.backing_file
+            if backing is not None and not keep_host_devices:
+                dropped.append(f"disk {dev} backing file {backing}")
     missing = sorted(set(disks) - found)
     if missing:
         raise RestoreXmlError(f"it has no disk with target {', '.join(missing)}")
@@ -104,7 +118,7 @@ def _set_name(domain: ET.Element, new_name: str) -> None:
     name.text = new_name
 
 
-def _point_disk_at(disk: ET.Element, restored: RestoredDisk) -> None:
+def _point_disk_at(disk: ET.Element, restored: RestoredDisk, cut_backing: bool) -> None:
     # A restored disk is always a plain file, whatever it was (block device, volume).
     disk.set("type", "file")
     if disk.get("device") == "lun":
@@ -118,3 +132,7 @@ def _point_disk_at(disk: ET.Element, restored: RestoredDisk) -> None:
     driver.set("type", restored.format)
     source = ET.Element("source", {"file": restored.path})
     disk.insert(list(disk).index(driver) + 1, source)
+    if cut_backing:
+        # Empty: no backing file, whatever the image's header names (libvirt would
+        # otherwise follow it, hand it to qemu and relabel it for the guest).
+        disk.insert(list(disk).index(source) + 1, ET.Element("backingStore"))
