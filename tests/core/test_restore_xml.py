@@ -366,3 +366,26 @@ def test_host_files_named_by_a_restored_image() -> None:
     assert kept.dropped == ()
     disks = ET.fromstring(kept.xml).findall("devices/disk")
     assert len(disks) == 2 and all(d.find("backingStore") is None for d in disks)
+
+
+@pytest.mark.parametrize(
+    ("seclabel", "dropped"),
+    [
+        ("<seclabel type='dynamic' model='apparmor' relabel='yes'/>", ()),
+        ("<seclabel type='dynamic' model='dac'/>", ()),
+        (
+            "<seclabel type='static' model='dac' relabel='no'><label>+0:+0</label></seclabel>",
+            ("seclabel static relabel=no",),
+        ),
+        (
+            "<seclabel type='dynamic' model='selinux' relabel='no'/>",
+            ("seclabel dynamic relabel=no",),
+        ),
+        ("<seclabel type='none'/>", ("seclabel none relabel=yes",)),
+    ],
+)
+def test_only_libvirts_own_confinement_stays(seclabel: str, dropped: tuple[str, ...]) -> None:
+    xml = f"<domain><name>s</name>{seclabel}<devices><x:y xmlns:x='urn:x'/></devices></domain>"
+    new = domain_xml_for_restore(xml, "s2", {})
+    assert new.dropped == (*dropped, "urn:x:y")
+    assert (ET.fromstring(new.xml).find("seclabel") is None) is bool(dropped)

@@ -230,7 +230,7 @@ def _device_problem(device: ET.Element, restored: Collection[str], seen: set[str
     if tag == "memory":
         has_file = device.find("source/path") is not None
         return f"memory {device.get('model', '')} {_source_text(device)}" if has_file else None
-    return f"{tag} {_source_text(device)}".strip()
+    return f"{_tag_name(tag)} {_source_text(device)}".strip()
 
 
 def _disk_problem(disk: ET.Element, restored: Collection[str], seen: set[str]) -> str | None:
