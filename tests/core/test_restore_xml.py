@@ -389,3 +389,14 @@ def test_only_libvirts_own_confinement_stays(seclabel: str, dropped: tuple[str, 
     new = domain_xml_for_restore(xml, "s2", {})
     assert new.dropped == (*dropped, "urn:x:y")
     assert (ET.fromstring(new.xml).find("seclabel") is None) is bool(dropped)
+
+
+def test_the_warning_shows_no_terminal_controls() -> None:
+    xml = """<domain><name>t</name><devices>
+      <filesystem><source dir='/x\u009b31mred&#10;next'/></filesystem></devices></domain>"""
+    restored = {"vda": RestoredDisk("/r", "qcow2", ImageReferences(backing_file="/b\x1b[2J"))}
+    xml = xml.replace("</devices>", "<disk><target dev='vda'/></disk></devices>")
+    assert domain_xml_for_restore(xml, "t2", restored).dropped == (
+        "filesystem /x?31mred next",
+        "disk vda backing file /b?[2J",
+    )

@@ -108,7 +108,12 @@ def keep_guest_only(domain: ET.Element, restored: Collection[str]) -> list[str]:
     dropped: list[str] = []
     for child in list(domain):
         dropped += _keep_element(domain, child, restored)
-    return [" ".join(phrase.split()) for phrase in dropped]
+    return [printable(phrase) for phrase in dropped]
+
+
+def printable(phrase: str) -> str:
+    """One line a terminal shows as it is: the backup's text may hold any character."""
+    return "".join(c if c.isprintable() else "?" for c in " ".join(phrase.split()))
 
 
 def _keep_element(domain: ET.Element, child: ET.Element, restored: Collection[str]) -> list[str]:

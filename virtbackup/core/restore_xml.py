@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from virtbackup.core.errors import UsageError
-from virtbackup.core.guest_only import keep_guest_only
+from virtbackup.core.guest_only import keep_guest_only, printable
 from virtbackup.core.qcow2_refs import ImageReferences
 
 # libvirt keeps a persistent domain in /etc/libvirt/qemu/NAME.xml, written as NAME.xml.new
@@ -98,12 +98,13 @@ def domain_xml_for_restore(
             if data_file is not None and not keep_host_devices:
                 # Its data would be read from (and written to) that host file.
                 devices.remove(disk)
-                dropped.append(f"disk {dev} (its image's data file {data_file or '(unnamed)'})")
+                named = printable(data_file) or "(unnamed)"
+                dropped.append(f"disk {dev} (its image's data file {named})")
                 continue
             _point_disk_at(disk, restored, cut_backing=not keep_host_devices)
             backing = restored.references.backing_file
             if backing is not None and not keep_host_devices:
-                dropped.append(f"disk {dev} backing file {backing}")
+                dropped.append(f"disk {dev} backing file {printable(backing)}")
     missing = sorted(set(disks) - found)
     if missing:
         raise RestoreXmlError(f"it has no disk with target {', '.join(missing)}")
