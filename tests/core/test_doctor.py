@@ -211,6 +211,16 @@ def test_unreadable_disk_blocks() -> None:
     assert blocks_backups(findings)
 
 
+def test_a_disk_that_cannot_be_backed_up_blocks_until_excluded() -> None:
+    nbd = DiskFacts("vdb", "disk", "network", None, "raw", network="nbd://h:10809/e")
+    findings = domain_findings(check(VDA, nbd))
+    finding = one(findings, "left-out")
+    assert finding.severity == Severity.BLOCKER and finding.subject == Subject.DISK
+    assert "network disks are not supported yet (nbd://h:10809/e)" in finding.text
+    assert finding.fix is not None and 'exclude_disks = ["vdb"]' in finding.fix
+    assert blocks_backups(findings)
+
+
 def test_live_block_disk_without_overlay_dir_blocks_the_snapshot() -> None:
     block = DiskFacts("vda", "disk", "block", "/dev/sdb", "raw", discard="unmap", on_lv=False)
     findings = domain_findings(check(block))

@@ -5,6 +5,7 @@ import pytest
 
 from virtbackup.core.manifest import (
     DiskRecord,
+    LeftOutDisk,
     Manifest,
     ManifestFormatError,
     Sealed,
@@ -51,6 +52,18 @@ def test_round_trip() -> None:
     assert MANIFEST.stored_size == 1 << 30
 
 
+def test_left_out_disks_round_trip() -> None:
+    left_out = (
+        LeftOutDisk("vdb", "network disks are not supported yet (nbd://h:1/e)"),
+        LeftOutDisk("hdc", "removable media (cdrom)"),
+    )
+    manifest = Manifest(**{**MANIFEST.__dict__, "left_out": left_out})
+    text = build_manifest(manifest)
+    assert parse_manifest(text) == manifest
+    assert json.loads(text)["left_out"][0] == {"target": "vdb", "reason": left_out[0].reason}
+    assert "left_out" not in json.loads(build_manifest(MANIFEST))  # older readers see no change
+
+
 def _edited(edit: dict[str, object]) -> str:
     document = json.loads(build_manifest(MANIFEST))
     document.update(edit)
@@ -75,6 +88,10 @@ def _without_disk_key(key: str) -> str:
         (_without_disk_key("digest"), "'digest' is missing"),
         (_without_disk_key("byte_size"), "'byte_size' is missing"),
         (_edited({"disks": ["vda"]}), "disk entry is not an object"),
+        (_edited({"left_out": {"vdb": "x"}}), "'left_out' is not of type list"),
+        (_edited({"left_out": [{"target": "vdb"}]}), "left_out entry is not"),
+        (_edited({"left_out": [{"target": "vdb", "reason": 1}]}), "'reason' is not of type str"),
+        (_edited({"left_out": [{"target": "v", "reason": "", "x": 1}]}), "left_out entry"),
     ],
 )
 def test_bad_manifests(text: str, message: str) -> None:

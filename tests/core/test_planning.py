@@ -284,3 +284,21 @@ def test_excluded_disks_are_left_out_with_their_reason() -> None:
     assert plan.disks[1].reason == "excluded by configuration"
     only_excluded = plan_domain(facts, PlanOptions(exclude_disks=("vda", "vdb")))
     assert only_excluded.method is None and only_excluded.reason == "no disk to back up"
+
+
+def test_disks_whose_data_is_missed_are_left_out_unless_excluded() -> None:
+    net = DiskFacts("vda", "disk", "network", None, "raw", network="nbd://h:1/e")
+    lun = DiskFacts("sda", "lun", "block", "/dev/sdz", "raw")
+    nvme = DiskFacts("vdc", "disk", "nvme", None, "raw")
+    cdrom = DiskFacts("hdc", "cdrom", "file", "/iso/x.iso", "raw")
+    empty = DiskFacts("vdd", "disk", "file", None, "raw")
+    file_disk = replace(RAW, target="vdb")
+    facts = domain(S.SHUTOFF, net, file_disk, lun, nvme, cdrom, empty)
+    plan = plan_domain(facts)
+    assert [d.disk.target for d in plan.left_out] == ["vda", "sda", "vdc"]
+    assert [d.disk.target for d in plan.backed_up] == ["vdb"]
+    excluded = plan_domain(facts, PlanOptions(exclude_disks=("vda", "sda", "vdc")))
+    assert excluded.left_out == ()
+    assert [d.reason for d in excluded.disks[:1]] == ["excluded by configuration"]
+    only_net = plan_domain(domain(S.SHUTOFF, net))
+    assert only_net.method is None and [d.disk.target for d in only_net.left_out] == ["vda"]

@@ -4,7 +4,7 @@ data path, kept apart from discovery."""
 from types import ModuleType
 from typing import Any
 
-from virtbackup.adapters.bindings import import_libvirt
+from virtbackup.adapters.libvirt_conn import libvirt_module
 from virtbackup.core.errors import UsageError, VirtbackupError
 
 
@@ -14,7 +14,7 @@ class DefineFailed(VirtbackupError):
 
 def ensure_name_free(uri: str, name: str) -> None:
     """UsageError if a domain called `name` exists; checked before restoring anything."""
-    libvirt = import_libvirt()
+    libvirt = libvirt_module()  # libvirt's own printing off: "not found" is the good case
     conn = _open(libvirt, uri)
     try:
         try:
@@ -28,7 +28,7 @@ def ensure_name_free(uri: str, name: str) -> None:
 
 def define_domain(uri: str, xml: str) -> str:
     """Define the domain (persistent, not started) and return its new uuid."""
-    libvirt = import_libvirt()
+    libvirt = libvirt_module()
     conn = _open(libvirt, uri)
     try:
         domain = conn.defineXML(xml)

@@ -110,6 +110,7 @@ def _disk_json(plan: DiskPlan) -> dict[str, Any]:
         "backup": plan.backup,
         "reason": plan.reason,
         "warning": plan.warning,
+        "left_out": plan.left_out,
     }
 
 
@@ -168,6 +169,8 @@ def _add_domain_rows(table: Table, plan: DomainPlan) -> None:
 def _backup_cell(plan: DiskPlan) -> Text:
     if plan.backup:
         return Text("yes", style="yellow" if plan.warning else "green")
+    if plan.left_out:
+        return Text("no", style="bold red")  # the domain's backup will be incomplete
     return Text("no", style="yellow" if plan.warning else "dim")
 
 

@@ -1,5 +1,5 @@
-"""`virtbackup restore BACKUP --to DIR [--define NAME] [--force] [--identity FILE]
-[--remote | --remote-location NAME:PATH] [--host NAME]`."""
+"""`virtbackup restore BACKUP --to DIR [--define NAME [--keep-host-devices]] [--force]
+[--identity FILE] [--remote | --remote-location NAME:PATH] [--host NAME]`."""
 
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from virtbackup.cli.remote_options import (
     resolve_backup,
 )
 from virtbackup.cli.trust_options import resolve_trust, trust_options
+from virtbackup.core.errors import UsageError
 from virtbackup.core.signature import SignatureState
 from virtbackup.engine.restore import restore_backup
 
@@ -22,6 +23,12 @@ from virtbackup.engine.restore import restore_backup
 @click.argument("backup")
 @click.option("--to", "target", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--define", metavar="NAME", help="Define a new domain NAME using the restored disks.")
+@click.option(
+    "--keep-host-devices",
+    is_flag=True,
+    help="With --define: keep the backup's host devices, other disks, host files and "
+    "qemu arguments instead of dropping them.",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @identity_option
 @trust_options
@@ -32,6 +39,7 @@ def restore_command(
     backup: str,
     target: Path,
     define: str | None,
+    keep_host_devices: bool,
     force: bool,
     identity: Path | None,
     allowed_signers: Path | None,
@@ -44,6 +52,8 @@ def restore_command(
     directory, or DOMAIN/STAMP on the remote with --remote (streamed, no local copy).
     A bad signature, or none where allowed_signers expects one, stops it before
     anything is written."""
+    if keep_host_devices and define is None:
+        raise UsageError("--keep-host-devices needs --define NAME")
     remote_name = chosen_remote(remote, remote_location)
     config = load_settings(options)
     trust = resolve_trust(allowed_signers, allow_unsigned, config)
@@ -58,6 +68,7 @@ def restore_command(
             uri=options.uri,
             identity=identity,
             trust=trust,
+            keep_host_devices=keep_host_devices,
         )
     if result.signature.state != SignatureState.UNSIGNED or trust.allowed_signers is not None:
         click.echo(f"signature\t{result.signature.describe()}")
@@ -65,3 +76,9 @@ def restore_command(
         click.echo(f"{image.target}\t{image.path}")
     if result.domain_uuid is not None:
         click.echo(f"defined domain {define} ({result.domain_uuid})")
+    if result.dropped:
+        click.echo(
+            f"virtbackup: warning: {define} was defined without host resources the backup "
+            f"did not restore: {'; '.join(result.dropped)} (--keep-host-devices keeps them)",
+            err=True,
+        )

@@ -13,7 +13,13 @@ from rich.text import Text
 from virtbackup.core.summary import OutcomeRow
 from virtbackup.engine.backup_run import DomainOutcome
 
-_STYLE = {"ok": "green", "failed": "bold red", "locked": "yellow", "skipped": "dim"}
+_STYLE = {
+    "ok": "green",
+    "failed": "bold red",
+    "incomplete": "bold red",
+    "locked": "yellow",
+    "skipped": "dim",
+}
 
 
 def to_row(
@@ -34,6 +40,8 @@ def to_row(
         pruned_remote=tuple(pruned_remote),
         reclaimed=outcome.reclaimed,
         offsite=outcome.offsite,
+        left_out=outcome.left_out,
+        excluded=outcome.excluded,
     )
 
 
@@ -49,6 +57,8 @@ def print_summary(rows: Sequence[OutcomeRow]) -> None:
         if row.result != "ok" or row.warnings:
             details = [row.message] if row.result != "ok" else []
             result.append("  " + "; ".join(details + list(row.warnings)))
+        if row.excluded:
+            result.append(f"  excluded: {', '.join(row.excluded)}")
         if row.reclaimed is not None:
             result.append(f"  trim freed {decimal(row.reclaimed)}")
         if row.offsite in ("copied", "streamed"):

@@ -355,6 +355,19 @@ def domain_findings(check: DomainCheck, settings: Settings = Settings()) -> list
         found.append(Finding(Severity.INFO, "plan", f"method {plan.method.value}", None, name))
     found += _agent_findings(check)
     found += _secrets_findings(check, settings)
+    for left_out in plan.left_out:
+        target = left_out.disk.target
+        found.append(
+            Finding(
+                Severity.BLOCKER,
+                "left-out",
+                f"cannot be backed up ({left_out.reason}): the backup would be incomplete",
+                f'back it up on the storage side and leave it out (exclude_disks = ["{target}"] '
+                f'in [domain."{name}"])',
+                name,
+                target,
+            )
+        )
     for disk in check.disks:
         if disk.backed_up or (disk.disk.probe_error and disk.disk.device == "disk"):
             found += _disk_findings(check, disk, settings)

@@ -13,8 +13,13 @@ manifest.json (format_version 1)::
         "stored_size": 456789012, "file": "vda.qcow2.lz4",
         "stream_format_version": 1, "chunk_size": 4194304,
         "digest_algorithm": "sha256-4MiB-chunks", "digest": "<hex, see below>"
-      }]
+      }],
+      "left_out": [{"target": "vdb", "reason": "network disks are not supported yet"}]
     }
+
+`left_out` lists the domain's disks that are not in the backup, each with the reason
+(excluded by configuration, removable media, a disk that cannot be backed up); it is
+written only when there are any, so a manifest without it has every disk.
 
 `byte_size` is the size of the source file or device (what `lz4 -d` gives back),
 `virtual_size` what the guest sees, `stored_size` the size of the stream file.
@@ -76,6 +81,14 @@ class DiskRecord:
 
 
 @dataclass(frozen=True)
+class LeftOutDisk:
+    """A disk of the domain that is not in the backup, and why."""
+
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     tool_version: str
     domain_name: str
@@ -85,6 +98,7 @@ class Manifest:
     method: str
     disks: tuple[DiskRecord, ...]
     format_version: int = FORMAT_VERSION
+    left_out: tuple[LeftOutDisk, ...] = ()
 
     @property
     def stored_size(self) -> int:
@@ -148,6 +162,10 @@ def build_manifest(manifest: Manifest) -> str:
         "method": manifest.method,
         "disks": [_disk_document(disk) for disk in manifest.disks],
     }
+    if manifest.left_out:
+        document["left_out"] = [
+            {"target": disk.target, "reason": disk.reason} for disk in manifest.left_out
+        ]
     return json.dumps(document, indent=2) + "\n"
 
 
@@ -241,7 +259,19 @@ def _parse_manifest_document(document: dict[str, Any]) -> Manifest:
         method=_field(document, "method", str),
         disks=tuple(_parse_disk(disk) for disk in disks),
         format_version=version,
+        left_out=_parse_left_out(document),
     )
+
+
+def _parse_left_out(document: dict[str, Any]) -> tuple[LeftOutDisk, ...]:
+    if "left_out" not in document:
+        return ()
+    entries = []
+    for entry in _field(document, "left_out", list):
+        if not isinstance(entry, dict) or set(entry) != {"target", "reason"}:
+            raise ManifestFormatError("a left_out entry is not {target, reason}")
+        entries.append(LeftOutDisk(_field(entry, "target", str), _field(entry, "reason", str)))
+    return tuple(entries)
 
 
 def _disk_document(disk: DiskRecord) -> dict[str, Any]:

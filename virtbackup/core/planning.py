@@ -14,6 +14,11 @@ Methods under `auto`:
 - in shutdown, crashed, no state: not backed up. A snapshot of a domain that is about
   to stop could be stranded; a crashed guest's disks are in an unknown state.
 `shutdown` is never chosen by `auto`: it takes the service down.
+
+Nothing is left out silently: a disk whose data cannot be backed up (network, SCSI
+passthrough, an unsupported source type) is `left_out` unless the configuration excludes
+it by target (`exclude_disks`); the engine then reports the domain's backup incomplete.
+Removable media and drives without a medium hold no data of the domain and are skipped.
 """
 
 import difflib
@@ -34,6 +39,8 @@ SHUTDOWN_STATES = frozenset({DomainState.RUNNING, DomainState.BLOCKED})
 LOCAL_SOURCES = frozenset({"file", "block", "volume"})
 # How similar (difflib ratio) a name must be to be suggested for an unknown one.
 CLOSE_MATCH_CUTOFF = 0.6
+EXCLUDED_REASON = "excluded by configuration"
+NO_DISK_REASON = "no disk to back up"
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class DiskPlan:
     backup: bool
     reason: str
     warning: bool = False  # the user should look: a risk, or a disk that cannot be read
+    # data the backup misses: a disk that cannot be backed up and is not excluded by name
+    left_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,11 @@ class DomainPlan:
     @property
     def warnings(self) -> tuple[DiskPlan, ...]:
         return tuple(d for d in self.disks if d.warning)
+
+    @property
+    def left_out(self) -> tuple[DiskPlan, ...]:
+        """Disks whose data the backup misses: the domain's backup is incomplete."""
+        return tuple(d for d in self.disks if d.left_out)
 
 
 class UnknownDomain(UsageError):
@@ -83,12 +97,15 @@ def disk_verdict(disk: DiskFacts) -> DiskPlan:
             False,
             "SCSI passthrough (lun): the guest drives the device itself, "
             "back it up on the storage side",
+            left_out=True,
         )
     if disk.source_type == "network":
         where = f" ({disk.network})" if disk.network else ""
-        return DiskPlan(disk, False, f"network disks are not supported yet{where}")
+        return DiskPlan(disk, False, f"network disks are not supported yet{where}", left_out=True)
     if disk.source_type not in LOCAL_SOURCES:
-        return DiskPlan(disk, False, f"{disk.source_type} disks are not supported", warning=True)
+        return DiskPlan(
+            disk, False, f"{disk.source_type} disks are not supported", warning=True, left_out=True
+        )
     if disk.probe_error is not None:
         return DiskPlan(disk, False, disk.probe_error, warning=True)
     if disk.path is None:
@@ -130,14 +147,14 @@ def plan_domain(facts: DomainFacts, options: PlanOptions | None = None) -> Domai
     """The method for one domain and the fate of each of its disks, with reasons."""
     options = options or PlanOptions()
     verdicts = [
-        DiskPlan(disk, False, "excluded by configuration")
+        DiskPlan(disk, False, EXCLUDED_REASON)
         if disk.target in options.exclude_disks
         else disk_verdict(disk)
         for disk in facts.disks
     ]
     wanted = [v.disk for v in verdicts if v.backup]
     if not wanted:
-        why = "no disks" if not facts.disks else "no disk to back up"
+        why = "no disks" if not facts.disks else NO_DISK_REASON
         method, reason = None, why
     elif options.method is Method.AUTO:
         method, reason = _auto(facts, wanted)

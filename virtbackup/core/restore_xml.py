@@ -1,13 +1,24 @@
 """Turn a backed-up domain XML into the XML of a new domain using the restored disks.
 
-Pure: text in, text out. The new domain gets a new name, no uuid and no MAC addresses
-(libvirt generates both, so the copy can run beside the original), no NVRAM path (libvirt
-makes one for the new name) and its backed-up disks point at the restored files.
+Pure: text in, text out. The new domain gets a new name, no uuid, a new generation id
+and no MAC addresses (libvirt generates them, so the copy can run beside the original),
+no NVRAM path (libvirt makes one for the new name) and its backed-up disks point at the
+restored files. Everything else that reaches the host (other disks, passthrough devices,
+host files and sockets, `<qemu:commandline>`, ...) is dropped and listed, as
+core/guest_only.py specifies, unless the caller keeps host devices on purpose.
 """
 
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from virtbackup.core.errors import UsageError
+from virtbackup.core.guest_only import keep_guest_only, printable
+from virtbackup.core.qcow2_refs import ImageReferences
+
+# libvirt keeps a persistent domain in /etc/libvirt/qemu/NAME.xml, written as NAME.xml.new
+# first: a longer name cannot be defined on a filesystem with 255-byte names.
+MAX_NAME_BYTES = 255 - len(".xml.new")
 
 
 class RestoreXmlError(ValueError):
@@ -18,10 +29,43 @@ class RestoreXmlError(ValueError):
 class RestoredDisk:
     path: str  # the restored image file
     format: str  # raw, qcow2, ... (the driver type)
+    # host files its own header names (known once it is restored; see core/qcow2_refs.py)
+    references: ImageReferences = ImageReferences()
 
 
-def domain_xml_for_restore(xml: str, new_name: str, disks: Mapping[str, RestoredDisk]) -> str:
-    """`disks` maps a disk target (vda) to its restored file; other disks stay as they are."""
+def check_domain_name(name: str) -> None:
+    """UsageError unless libvirt's qemu driver accepts `name` for a new domain: not
+    empty, no '/', no control characters (XML cannot hold most, libvirt refuses a
+    newline), short enough for a file name."""
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif "/" in name:
+        problem = "contains '/'"
+    elif any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
+        problem = "contains a control character"
+    elif len(name.encode()) > MAX_NAME_BYTES:
+        problem = f"is longer than {MAX_NAME_BYTES} bytes"
+    if problem is not None:
+        raise UsageError(
+            f"--define {name!r} cannot name a domain: it {problem}", "choose another name"
+        )
+
+
+@dataclass(frozen=True)
+class NewDomainXml:
+    xml: str
+    dropped: tuple[str, ...]  # host resources left out of the new domain, for one warning
+
+
+def domain_xml_for_restore(
+    xml: str,
+    new_name: str,
+    disks: Mapping[str, RestoredDisk],
+    keep_host_devices: bool = False,
+) -> NewDomainXml:
+    """`disks` maps a disk target (vda) to its restored file. Other disks and host
+    resources are dropped, or kept as they are with `keep_host_devices`."""
     try:
         domain = ET.fromstring(xml)
     except ET.ParseError as err:
@@ -32,24 +76,39 @@ def domain_xml_for_restore(xml: str, new_name: str, disks: Mapping[str, Restored
     _set_name(domain, new_name)
     for uuid in domain.findall("uuid"):
         domain.remove(uuid)
+    for genid in domain.findall("genid"):
+        genid.text = None  # empty: libvirt generates a new one
     for os_element in domain.findall("os"):
         for nvram in os_element.findall("nvram"):
             os_element.remove(nvram)
     for interface in domain.findall("devices/interface"):
         for mac in interface.findall("mac"):
             interface.remove(mac)
+    dropped = [] if keep_host_devices else keep_guest_only(domain, set(disks))
     found = set()
-    for disk in domain.findall("devices/disk"):
-        target = disk.find("target")
-        dev = target.get("dev") if target is not None else None
-        if dev is None or dev not in disks:
-            continue
-        _point_disk_at(disk, disks[dev])
-        found.add(dev)
+    for devices in domain.findall("devices"):
+        for disk in devices.findall("disk"):
+            target = disk.find("target")
+            dev = target.get("dev") if target is not None else None
+            if dev is None or dev not in disks or dev in found:
+                continue
+            found.add(dev)
+            restored = disks[dev]
+            data_file = restored.references.data_file
+            if data_file is not None and not keep_host_devices:
+                # Its data would be read from (and written to) that host file.
+                devices.remove(disk)
+                named = printable(data_file) or "(unnamed)"
+                dropped.append(f"disk {dev} (its image's data file {named})")
+                continue
+            _point_disk_at(disk, restored, cut_backing=not keep_host_devices)
+            backing = restored.references.backing_file
+            if backing is not None and not keep_host_devices:
+                dropped.append(f"disk {dev} backing file {printable(backing)}")
     missing = sorted(set(disks) - found)
     if missing:
         raise RestoreXmlError(f"it has no disk with target {', '.join(missing)}")
-    return ET.tostring(domain, encoding="unicode") + "\n"
+    return NewDomainXml(ET.tostring(domain, encoding="unicode") + "\n", tuple(dropped))
 
 
 def _set_name(domain: ET.Element, new_name: str) -> None:
@@ -60,11 +119,13 @@ def _set_name(domain: ET.Element, new_name: str) -> None:
     name.text = new_name
 
 
-def _point_disk_at(disk: ET.Element, restored: RestoredDisk) -> None:
+def _point_disk_at(disk: ET.Element, restored: RestoredDisk, cut_backing: bool) -> None:
     # A restored disk is always a plain file, whatever it was (block device, volume).
     disk.set("type", "file")
+    if disk.get("device") == "lun":
+        disk.set("device", "disk")
     for child in list(disk):
-        if child.tag in ("source", "backingStore"):
+        if child.tag in ("source", "backingStore", "mirror"):
             disk.remove(child)
     driver = disk.find("driver")
     if driver is None:
@@ -72,3 +133,7 @@ def _point_disk_at(disk: ET.Element, restored: RestoredDisk) -> None:
     driver.set("type", restored.format)
     source = ET.Element("source", {"file": restored.path})
     disk.insert(list(disk).index(driver) + 1, source)
+    if cut_backing:
+        # Empty: no backing file, whatever the image's header names (libvirt would
+        # otherwise follow it, hand it to qemu and relabel it for the guest).
+        disk.insert(list(disk).index(source) + 1, ET.Element("backingStore"))

@@ -15,7 +15,7 @@ class OutcomeRow:
     """One domain's line of the summary (built from the engine's DomainOutcome)."""
 
     domain: str
-    result: str  # ok, failed, locked, skipped
+    result: str  # ok, failed, locked, skipped, incomplete
     message: str
     method: str | None
     disks: int
@@ -28,6 +28,8 @@ class OutcomeRow:
     pruned_remote: tuple[str, ...] = ()  # the same on the remote
     reclaimed: int | None = None  # bytes --trim freed in the host images; None: no trim
     offsite: str | None = None  # None: no remote; copied, streamed, failed
+    left_out: tuple[str, ...] = ()  # "target: reason" of disks the backup misses
+    excluded: tuple[str, ...] = ()  # targets left out by exclude_disks
 
     @property
     def ratio(self) -> float | None:
@@ -68,6 +70,8 @@ def summary_document(
                 "pruned_remote": list(r.pruned_remote),
                 "trim_reclaimed": r.reclaimed,
                 "offsite": r.offsite,
+                "left_out": list(r.left_out),
+                "excluded": list(r.excluded),
             }
             for r in rows
         ],

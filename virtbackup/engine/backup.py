@@ -16,6 +16,7 @@ from virtbackup.core.backup_errors import DiskBackupFailed
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.manifest import (
     DiskRecord,
+    LeftOutDisk,
     Manifest,
     Sealed,
     StoredFile,
@@ -86,12 +87,14 @@ def back_up_disks(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     encrypt_to: age.Recipients | None = None,
     sign_with: Path | None = None,
+    left_out: Sequence[LeftOutDisk] = (),
 ) -> BackupResult:
     """Write one complete backup or nothing: on any failure the partial directory is
     removed and DiskBackupFailed names the domain and disk (exit status 1). With
     `encrypt_to` every file is age-encrypted as it is written (see core/manifest.py);
     with `sign_with` (an OpenSSH private key) its metadata files are signed (see
-    core/signature.py)."""
+    core/signature.py). `left_out` names the domain's disks that are not in it,
+    recorded in the manifest."""
     options = options or WriterOptions()
     started = clock()
     _check_targets(domain_name, disks)
@@ -132,6 +135,7 @@ def back_up_disks(
             finished=clock(),
             method=method,
             disks=tuple(records),
+            left_out=tuple(left_out),
         )
         # The manifest is written last: a directory with a manifest is a complete one.
         metadata = _Metadata(partial, sign_with)

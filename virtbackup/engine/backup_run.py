@@ -19,8 +19,9 @@ from typing import Any
 from virtbackup.adapters.age import Recipients
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
+from virtbackup.core.manifest import LeftOutDisk
 from virtbackup.core.model import Method
-from virtbackup.core.planning import DomainPlan
+from virtbackup.core.planning import EXCLUDED_REASON, NO_DISK_REASON, DomainPlan
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.engine.backup import BackupTarget, DiskSource, back_up_disks
@@ -38,6 +39,7 @@ class Result(StrEnum):
     FAILED = "failed"
     LOCKED = "locked"  # another run holds the domain
     SKIPPED = "skipped"  # the plan backs nothing up (e.g. a crashed domain, only cdroms)
+    INCOMPLETE = "incomplete"  # a disk that cannot be backed up is missing (see planning)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class DomainOutcome:
     warnings: tuple[str, ...] = ()
     reclaimed: int | None = None  # bytes --trim freed in the host images; None: no trim
     offsite: str | None = None  # None: no remote; "copied", "streamed" or "failed"
+    left_out: tuple[str, ...] = ()  # "target: reason" of disks missing from the backup
+    excluded: tuple[str, ...] = ()  # targets left out by exclude_disks
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class BackupRunOptions:
     encrypt_to: Recipients | None = None  # age-encrypt every file of the backup
     sign_with: Path | None = None  # OpenSSH private key that signs the metadata files
     offsite: RemoteStore | None = None  # copy (or stream, when only) to an rclone remote
+
+
+EXCLUDE_HINT = 'back it up elsewhere, or leave it out by name (exclude_disks = ["TARGET"])'
 
 
 # Where a method other than the libvirt ones reads its images from; the LVM method
@@ -90,11 +97,18 @@ def back_up_domain(
     started = clock()
     warnings = tuple(f"{d.disk.target}: {d.reason}" for d in plan.warnings)
     method = plan.method.value if plan.method else None
+    left_out = tuple(f"{d.disk.target}: {d.reason}" for d in plan.left_out)
+    excluded = tuple(d.disk.target for d in plan.disks if d.reason == EXCLUDED_REASON)
     unreadable = [d for d in plan.disks if d.disk.probe_error and d.disk.device == "disk"]
     if unreadable:
         # A disk we cannot read is a failure, not a skip: the backup would miss data.
         problem = "; ".join(f"{d.disk.target}: {d.disk.probe_error}" for d in unreadable)
         return DomainOutcome(name, Result.FAILED, problem, method, warnings=warnings)
+    if plan.method is None and left_out and plan.reason == NO_DISK_REASON:
+        message = f"nothing backed up: {'; '.join(left_out)}; {EXCLUDE_HINT}"
+        return DomainOutcome(
+            name, Result.INCOMPLETE, message, None, warnings=warnings, left_out=left_out
+        )
     if plan.method is None:
         return DomainOutcome(name, Result.SKIPPED, plan.reason, warnings=warnings)
     targets = [d.disk.target for d in plan.backed_up]
@@ -133,6 +147,7 @@ def back_up_domain(
                 options.writer,
                 encrypt_to=options.encrypt_to,
                 sign_with=options.sign_with,
+                left_out=[LeftOutDisk(d.disk.target, d.reason) for d in plan.disks if not d.backup],
             )
     except LockHeld as err:
         return DomainOutcome(name, Result.LOCKED, str(err), plan.method.value, warnings=warnings)
@@ -162,7 +177,12 @@ def back_up_domain(
         warnings=warnings + compact.warnings + result.notes,
         reclaimed=reclaimed,
         offsite="streamed" if streamed else None,
+        left_out=left_out,
+        excluded=excluded,
     )
+    if left_out:
+        message = f"left out {'; '.join(left_out)}; {EXCLUDE_HINT}"
+        outcome = replace(outcome, result=Result.INCOMPLETE, message=message)
     if options.offsite is None or streamed:
         return outcome
     try:
@@ -193,9 +213,10 @@ def _disk_sources(window: StableImages) -> list[DiskSource]:
 
 
 def exit_code(outcomes: Sequence[DomainOutcome]) -> ExitCode:
-    """1 when anything failed; 3 when the only trouble was a lock held by another run."""
+    """1 when anything failed or is incomplete; 3 when the only trouble was a lock held
+    by another run."""
     results = {o.result for o in outcomes}
-    if Result.FAILED in results:
+    if Result.FAILED in results or Result.INCOMPLETE in results:
         return ExitCode.FAILED
     if Result.LOCKED in results:
         return ExitCode.LOCKED

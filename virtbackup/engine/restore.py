@@ -11,7 +11,14 @@ from virtbackup.adapters import domain_define
 from virtbackup.core.backup_errors import CorruptBackup, RestoreTargetExists, StoreError
 from virtbackup.core.manifest import DiskRecord, Manifest
 from virtbackup.core.progress import ProgressSink
-from virtbackup.core.restore_xml import RestoredDisk, RestoreXmlError, domain_xml_for_restore
+from virtbackup.core.qcow2_refs import HEAD_BYTES, ImageReferences, qcow2_references
+from virtbackup.core.restore_xml import (
+    NewDomainXml,
+    RestoredDisk,
+    RestoreXmlError,
+    check_domain_name,
+    domain_xml_for_restore,
+)
 from virtbackup.core.signature import SignatureCheck, SignatureState
 from virtbackup.engine.backup_access import (
     NO_SIGNERS,
@@ -48,6 +55,7 @@ class RestoreResult:
     images: tuple[RestoredImage, ...]
     domain_uuid: str | None  # of the domain defined with --define
     signature: SignatureCheck = SignatureCheck(SignatureState.UNSIGNED)
+    dropped: tuple[str, ...] = ()  # host resources left out of that domain
 
 
 def restored_file_name(disk: DiskRecord) -> str:
@@ -64,35 +72,34 @@ def restore_backup(
     workers: int = 0,
     identity: Path | None = None,
     trust: Trust = NO_SIGNERS,
+    keep_host_devices: bool = False,
 ) -> RestoreResult:
     """Check everything that can be checked first, then write each disk to a hidden
     file in `to_dir` and rename it into place only when complete. A backup on a remote
     or encrypted (with `identity`) is read front to back; its frames are checked against
     its index before the file is renamed. A bad signature (or a missing one where `trust`
-    expects it) stops it before anything is written."""
+    expects it) stops it before anything is written. The domain defined with `define_as`
+    gets the restored disks and no host resources unless `keep_host_devices`
+    (core/guest_only.py)."""
+    if define_as is not None:
+        check_domain_name(define_as)
     files = LocalFiles(backup) if isinstance(backup, Path) else backup
     opened = open_backup(files, identity, trust)
     manifest = opened.manifest
     indexes = [(disk, _local_index(opened, disk)) for disk in manifest.disks]
     to_dir = to_dir.absolute()
     targets = [to_dir / restored_file_name(disk) for disk in manifest.disks]
+    restored = list(zip(manifest.disks, targets, strict=True))
     existing = [str(path) for path in targets if path.exists()]
     if existing and not force:
         raise RestoreTargetExists(
             f"{', '.join(existing)} already exist(s)", "add --force to overwrite"
         )
-    new_xml = None
+    domain_xml = None
     if define_as is not None:
-        restored = {
-            disk.target: RestoredDisk(str(path), disk.format)
-            for disk, path in zip(manifest.disks, targets, strict=True)
-        }
-        try:
-            new_xml = domain_xml_for_restore(opened.domain_xml(), define_as, restored)
-        except RestoreXmlError as err:
-            raise CorruptBackup(
-                f"domain.xml of {opened.files.label} cannot be used: {err}"
-            ) from None
+        domain_xml = opened.domain_xml()
+        blank = {disk.target: RestoredDisk(str(path), disk.format) for disk, path in restored}
+        _new_domain(opened, domain_xml, define_as, blank, keep_host_devices)  # fails early
         domain_define.ensure_name_free(uri, define_as)
     _make_dir(to_dir)
     images = []
@@ -100,8 +107,44 @@ def restore_backup(
         log.info("restoring %s to %s", disk.target, path)
         _restore_one(opened, index, disk, path, progress, workers)
         images.append(RestoredImage(disk.target, path, disk.format))
-    uuid = domain_define.define_domain(uri, new_xml) if new_xml is not None else None
-    return RestoreResult(manifest, tuple(images), uuid, opened.signature)
+    if define_as is None or domain_xml is None:
+        return RestoreResult(manifest, tuple(images), None, opened.signature)
+    # Only now are the images' own headers known, and the host files they name.
+    final = {
+        disk.target: RestoredDisk(str(path), disk.format, _image_references(path, disk.format))
+        for disk, path in restored
+    }
+    new = _new_domain(opened, domain_xml, define_as, final, keep_host_devices)
+    uuid = domain_define.define_domain(uri, new.xml)
+    return RestoreResult(manifest, tuple(images), uuid, opened.signature, new.dropped)
+
+
+def _new_domain(
+    opened: OpenedBackup,
+    domain_xml: str,
+    name: str,
+    disks: dict[str, RestoredDisk],
+    keep_host_devices: bool,
+) -> NewDomainXml:
+    try:
+        return domain_xml_for_restore(domain_xml, name, disks, keep_host_devices)
+    except RestoreXmlError as err:
+        raise CorruptBackup(f"domain.xml of {opened.files.label} cannot be used: {err}") from None
+
+
+def _image_references(path: Path, fmt: str) -> ImageReferences:
+    """The backing and data files a restored qcow2 image names in its header."""
+    if fmt != "qcow2":
+        return ImageReferences()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            head = os.pread(fd, HEAD_BYTES, 0)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise _target_error(err, path) from None
+    return qcow2_references(head)
 
 
 def _local_index(opened: OpenedBackup, disk: DiskRecord) -> StreamIndex | None:
