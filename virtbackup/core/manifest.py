@@ -391,6 +391,8 @@ def _load_object(text: str) -> dict[str, Any]:
         document = json.loads(text)
     except json.JSONDecodeError as err:
         raise ManifestFormatError(f"it is not valid JSON ({err})") from None
+    except (ValueError, RecursionError):  # a number of 5000 digits, arrays nested deep
+        raise ManifestFormatError("it is not JSON this virtbackup can read") from None
     if not isinstance(document, dict):
         raise ManifestFormatError("it is not a JSON object")
     return document
