@@ -127,6 +127,18 @@ def test_forged_backup_fields_are_refused(
     assert tree(tmp_path) == before
 
 
+def test_stream_of_another_size_than_the_manifest_says_is_refused(
+    backup: Path, tmp_path: Path
+) -> None:
+    with open(backup / "vda.raw.lz4", "ab") as stream:
+        stream.write(b"appended")
+    before = tree(tmp_path)
+    result = run_cli("restore", str(backup), "--to", str(tmp_path / "restored"))
+    _assert_refused(result, "vda: vda.raw.lz4 has ")
+    assert "(truncated or appended to)" in result.stderr
+    assert tree(tmp_path) == before
+
+
 def _forge_index(stream: Path, frame_digest: str, chunk_size: int) -> None:
     """Rewrite the index header of `stream` as an attacker can: the body digest is
     recomputed, so only the rules on the fields can refuse it."""

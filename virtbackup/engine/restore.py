@@ -107,6 +107,12 @@ def _local_index(opened: OpenedBackup, disk: DiskRecord) -> StreamIndex | None:
     path = opened.random_access(disk)
     if path is None:
         return None
+    stored_size = opened.files.size(disk.file)
+    if stored_size is not None and stored_size != disk.stored_size:
+        raise CorruptBackup(
+            f"{disk.target}: {disk.file} has {stored_size} bytes, the manifest says "
+            f"{disk.stored_size} (truncated or appended to)"
+        )
     index = read_index(path, disk.target)
     check_index_matches(index, disk)
     return index
