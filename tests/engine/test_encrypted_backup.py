@@ -164,7 +164,8 @@ def test_full_destination_leaves_no_partial(image: Path, keys: KeyPair) -> None:
     with small_filesystem(8 * MiB) as mountpoint:
         dense = mountpoint.parent / "dense.raw"
         dense.write_bytes(os.urandom(12 * MiB))
-        with pytest.raises(DiskBackupFailed, match="no space left"):
+        full = r"no space left on the backup destination while writing /\S+/vda\.raw\.lz4\.age"
+        with pytest.raises(DiskBackupFailed, match=full):
             encrypted_backup(mountpoint / "dest", [disk_of(dense)], keys)
         assert not list((mountpoint / "dest" / "web1").iterdir())
 

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,8 +138,25 @@ def test_frames_of_other_writers_still_decode() -> None:
     data = TEXT[: 2 * MiB]
     frame = lz4.frame.compress(data, content_checksum=True)  # not our header
     assert bytes(decode_frame(frame, len(data))) == data
-    with pytest.raises(FrameError, match="holds 2097152 bytes instead of 5"):
+    with pytest.raises(FrameError, match="holds more than 5 bytes"):
         decode_frame(frame, 5)
+    with pytest.raises(FrameError, match="holds 2097152 bytes instead of 3145728"):
+        decode_frame(frame, 3 * MiB)
+
+
+def test_a_frame_of_another_writer_never_expands_beyond_its_length() -> None:
+    """A crafted frame of a few KiB that would expand to 256 MiB is refused after
+    decoding at most the frame's length (plus one byte)."""
+    bomb = lz4.frame.compress(bytes(256 * MiB), content_checksum=True)
+    assert len(bomb) < 2 * MiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(FrameError, match="holds more than 4096 bytes"):
+            decode_frame(bomb, 4096)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MiB
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ def test_streamed_backup_round_trip_and_abort(remote: RemoteServer, tmp_path: Pa
     result = back_up_disks(
         store,
         "web1",
-        "uuid",
+        "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11",
         "<domain/>",
         "offline",
         [disk_of(image)],

@@ -98,6 +98,10 @@ def damaged(stream: Path, tmp_path: Path, how: str) -> Path:
         data[first.stored_offset : second.stored_offset + len(b)] = b + a
     elif how == "garbage-start":
         data[0:4] = struct.pack("<I", 0x12345678)
+    elif how == "huge-block":  # the first block claims 2 GiB: never read into memory
+        data[7:11] = struct.pack("<I", 0x7FFF_FFFF)
+    elif how == "huge-index":  # an index far larger than the manifest's disk can need
+        data[index.index_offset + 4 : index.index_offset + 8] = struct.pack("<I", 1 << 29)
     path = tmp_path / f"{how}.lz4"
     path.write_bytes(bytes(data))
     return path
@@ -112,6 +116,8 @@ def damaged(stream: Path, tmp_path: Path, how: str) -> Path:
         ("appended", "goes on after its index"),
         ("swapped-frames", "does not match its index entry"),
         ("garbage-start", "is not a frame written by virtbackup"),
+        ("huge-block", "holds a block larger than the format's"),
+        ("huge-index", "starts an index of impossible size"),
     ],
 )
 def test_damage_is_named(

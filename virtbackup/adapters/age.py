@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from virtbackup.adapters import runner
+from virtbackup.adapters.file_label import file_label
 from virtbackup.core.backup_errors import (
     CorruptBackup,
     DestinationFull,
@@ -154,7 +155,7 @@ def _age(
 
 
 def _encrypt_error(err: _AgeFailed, out: IO[bytes]) -> StoreError:
-    name = getattr(out, "name", "the backup file")
+    name = file_label(out)
     if "no space left" in str(err).lower():
         return DestinationFull(
             f"no space left on the backup destination while writing {name}",

@@ -67,6 +67,8 @@ def load_journal(path: Path) -> Journal:
         return journal_from_dict(json.loads(path.read_text()))
     except (OSError, ValueError) as err:
         raise JournalError(f"cannot read journal {path}: {err}") from None
+    except RecursionError:  # arrays nested a hundred thousand deep
+        raise JournalError(f"cannot read journal {path}: it is not a journal") from None
     except JournalError as err:
         raise JournalError(f"journal {path}: {err}") from None
 

@@ -55,6 +55,11 @@ A reader takes the footer from the last 16 bytes, reads the skippable frame at t
 offset, checks the body digest and the version, that the whole digest is built on the
 frame digest and the frame grid, then checks that the entries tile both the data (no gap,
 no overlap, total ``data_size``) and the stored file.
+
+A stream is untrusted input: a reader accepts only ``sha256`` frame digests
+(FRAME_DIGESTS), chunk sizes from MIN_CHUNK_SIZE to MAX_CHUNK_SIZE, frames on the chunk
+grid no larger than LZ4 can make them (max_stored_length), no unknown flag and zero
+padding after each digest; anything else is a damaged backup.
 """
 
 import hashlib
@@ -66,8 +71,15 @@ from functools import lru_cache
 
 STREAM_FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 4 << 20
+# What a reader accepts: a chunk is decoded into buffers of its size, so an index (or a
+# manifest) cannot make a reader allocate more than this per frame in flight.
+MIN_CHUNK_SIZE = 4 << 10
+MAX_CHUNK_SIZE = 64 << 20
 
 FRAME_DIGEST = "sha256"  # per frame; SHA-NI makes it faster than blake2b on current CPUs
+# The only digests a reader accepts, with their sizes: a name from an index is never
+# handed to hashlib as it is (it knows weak and variable-length digests too).
+FRAME_DIGESTS = {FRAME_DIGEST: 32}
 
 LZ4_FRAME_MAGIC = 0x184D2204
 SKIPPABLE_MAGIC = 0x184D2A50
@@ -134,8 +146,11 @@ def unpack_header(raw: bytes) -> IndexHeader:
             f"index format version {version} is not supported (this virtbackup reads "
             f"version {STREAM_FORMAT_VERSION})"
         )
-    if chunk <= 0:
-        raise IndexFormatError("index header has a chunk size of 0")
+    if not MIN_CHUNK_SIZE <= chunk <= MAX_CHUNK_SIZE:
+        raise IndexFormatError(
+            f"index header has a chunk size of {chunk} bytes (this virtbackup reads "
+            f"{MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE})"
+        )
     frame_digest = _ascii_field(frame_name)
     whole_digest_name = _ascii_field(whole_name)
     base, grid = parse_chunked_digest_name(whole_digest_name)
@@ -144,6 +159,9 @@ def unpack_header(raw: bytes) -> IndexHeader:
             f"whole digest {whole_digest_name} does not match the frames "
             f"({frame_digest} on a {chunk}-byte grid)"
         )
+    size = digest_size(base)
+    if any(whole[size:]):
+        raise IndexFormatError("index header has bytes after the whole digest")
     return IndexHeader(
         version=version,
         chunk_size=chunk,
@@ -151,7 +169,7 @@ def unpack_header(raw: bytes) -> IndexHeader:
         frame_count=count,
         frame_digest=frame_digest,
         whole_digest_name=whole_digest_name,
-        whole_digest=whole[: digest_size(base)],
+        whole_digest=whole[:size],
     )
 
 
@@ -171,8 +189,12 @@ def unpack_entries(raw: bytes, count: int, digest_size: int) -> list[FrameEntry]
     if len(raw) != count * INDEX_ENTRY.size:
         raise IndexFormatError(f"index holds {len(raw)} bytes of entries, expected {count}")
     entries = []
-    for fields in INDEX_ENTRY.iter_unpack(raw):
+    for number, fields in enumerate(INDEX_ENTRY.iter_unpack(raw)):
         stored_offset, stored_length, data_offset, data_length, flags, digest = fields
+        if flags & ~FLAG_ZERO:
+            raise IndexFormatError(f"index entry {number} has unknown flags {flags:#x}")
+        if any(digest[digest_size:]):
+            raise IndexFormatError(f"index entry {number} has bytes after its digest")
         entries.append(
             FrameEntry(
                 stored_offset=stored_offset,
@@ -195,6 +217,10 @@ def check_tiling(header: IndexHeader, entries: list[FrameEntry], index_offset: i
             raise IndexFormatError(f"index entry {number} leaves a gap or an overlap")
         if entry.data_length <= 0 or entry.data_length > header.chunk_size:
             raise IndexFormatError(f"index entry {number} has a bad length")
+        if not 0 < entry.stored_length <= max_stored_length(header.chunk_size):
+            raise IndexFormatError(f"index entry {number} has a bad stored length")
+        if number < len(entries) - 1 and entry.data_length != header.chunk_size:
+            raise IndexFormatError(f"index entry {number} is not on the chunk grid")
         data_at += entry.data_length
         stored_at += entry.stored_length
     if data_at != header.data_size:
@@ -205,6 +231,13 @@ def check_tiling(header: IndexHeader, entries: list[FrameEntry], index_offset: i
         raise IndexFormatError("index frames do not end where the index begins")
 
 
+def max_stored_length(chunk_size: int) -> int:
+    """The most bytes any LZ4 frame of `chunk_size` bytes takes: LZ4's worst case (data
+    that does not compress grows by 1/255 plus a few bytes per block), frame headers,
+    block sizes and checksums, rounded up generously. Larger is damage."""
+    return chunk_size + chunk_size // 255 + (64 << 10)
+
+
 def _ascii_field(raw: bytes) -> str:
     try:
         return raw.rstrip(b"\0").decode("ascii")
@@ -213,11 +246,11 @@ def _ascii_field(raw: bytes) -> str:
 
 
 def digest_size(name: str) -> int:
-    """Size of the hashlib digest `name`; IndexFormatError for a name hashlib lacks."""
+    """Size of the frame digest `name`; IndexFormatError for one not in FRAME_DIGESTS."""
     try:
-        return hashlib.new(name).digest_size
-    except ValueError:
-        raise IndexFormatError(f"index names an unknown digest {name!r}") from None
+        return FRAME_DIGESTS[name]
+    except KeyError:
+        raise IndexFormatError(f"index names an unsupported digest {name!r}") from None
 
 
 _CHUNKED_NAME = re.compile(r"([a-z0-9_]+)-([1-9][0-9]*)(MiB|KiB|B)-chunks")

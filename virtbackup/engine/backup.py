@@ -12,6 +12,7 @@ from typing import IO, Any, Protocol
 from virtbackup import __version__
 from virtbackup.adapters import age, ssh_sign
 from virtbackup.adapters.store import DOMAIN_XML, MANIFEST
+from virtbackup.core import backup_names
 from virtbackup.core.backup_errors import DiskBackupFailed
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.manifest import (
@@ -50,7 +51,7 @@ class BackupResult:
 
 
 def stream_file_name(disk: DiskSource, encrypted: bool = False) -> str:
-    return f"{disk.target}.{disk.format}.lz4" + (age.AGE_SUFFIX if encrypted else "")
+    return backup_names.stream_file_name(disk.target, disk.format, encrypted)
 
 
 class PartialSink(Protocol):
@@ -224,5 +225,10 @@ def _check_targets(domain_name: str, disks: Sequence[DiskSource]) -> None:
     if len(set(targets)) != len(targets):
         raise DiskBackupFailed(f"domain {domain_name} lists a disk target twice: {targets}")
     for disk in disks:
-        if "/" in disk.target or "/" in disk.format or disk.target.startswith("."):
+        # what restore accepts from a manifest: a backup it would refuse is not written
+        if not backup_names.is_disk_target(disk.target):
             raise DiskBackupFailed(f"disk target {disk.target!r} cannot name a file")
+        if not backup_names.is_disk_format(disk.format):
+            raise DiskBackupFailed(
+                f"disk {disk.target} of {domain_name} has the unknown format {disk.format!r}"
+            )

@@ -15,6 +15,7 @@ from typing import IO, Protocol
 from virtbackup.adapters import age, ssh_sign
 from virtbackup.adapters.store import DOMAIN_XML, MANIFEST, record_verification
 from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup
+from virtbackup.core.backup_names import stream_file_name
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import (
     DiskRecord,
@@ -152,6 +153,7 @@ def open_backup(
     expected = trust.allowed_signers is not None
     require_trusted(signature, files.label, expected, trust.allow_unsigned)
     if isinstance(public, Manifest):
+        _check_stream_names(public, False, f"{files.label}/{MANIFEST}")
         return OpenedBackup(files, public, None, identity, signature)
     if identity is None:
         raise UsageError(
@@ -170,6 +172,7 @@ def open_backup(
     manifest = _parse(clear, what)
     if not isinstance(manifest, Manifest) or manifest.domain_name != public.domain_name:
         raise CorruptBackup(f"{what} does not belong to the backup it is in")
+    _check_stream_names(manifest, True, what)
     listed = {f.file: f.stored_size for f in public.files}
     for disk in manifest.disks:
         if listed.get(disk.file) != disk.stored_size:
@@ -212,6 +215,17 @@ def check_signatures(files: BackupFiles, allowed_signers: Path | None) -> Signat
         problem = f"its files are signed by different principals ({', '.join(sorted(principals))})"
         return SignatureCheck(SignatureState.BAD, problem=problem)
     return SignatureCheck(SignatureState.SIGNED, principal=principals.pop())
+
+
+def _check_stream_names(manifest: Manifest, encrypted: bool, what: str) -> None:
+    """The stream files are named as the writer names them, with `.age` exactly when the
+    backup is encrypted (the parser allows either)."""
+    for number, disk in enumerate(manifest.disks):
+        expected = stream_file_name(disk.target, disk.format, encrypted)
+        if disk.file != expected:
+            raise CorruptBackup(
+                f"manifest {what} is corrupt: disks[{number}].file {disk.file!r} is not {expected}"
+            )
 
 
 def _parse(text: bytes, what: str) -> Manifest | Sealed:

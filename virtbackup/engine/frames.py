@@ -226,10 +226,17 @@ def _lz4_decompress_safe() -> Callable[[int, int, int, int], int] | None:
 
 
 def _decode_any_frame(frame: Buffer, length: int) -> bytes:
+    """Decode a frame of another writer, never into more than `length` bytes (+1 to
+    tell a longer frame): a small crafted frame may expand to gigabytes."""
+    decompressor = lz4.frame.LZ4FrameDecompressor()
     try:
-        data = lz4.frame.decompress(frame)
+        data = decompressor.decompress(frame, max_length=length + 1)
     except Exception as err:  # python-lz4 raises RuntimeError with the LZ4F code
         raise FrameError(f"cannot be decompressed ({err})") from None
-    if len(data) != length:
+    if len(data) > length:
+        raise FrameError(f"holds more than {length} bytes")
+    if len(data) < length:
         raise FrameError(f"holds {len(data)} bytes instead of {length}")
+    if not decompressor.eof or decompressor.unused_data:
+        raise FrameError("it does not end after its data")
     return bytes(data)

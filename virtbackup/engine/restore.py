@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtbackup.adapters import domain_define
+from virtbackup.core import backup_names
 from virtbackup.core.backup_errors import CorruptBackup, RestoreTargetExists, StoreError
 from virtbackup.core.manifest import DiskRecord, Manifest
 from virtbackup.core.progress import ProgressSink
@@ -38,8 +39,13 @@ from virtbackup.engine.stream_sequential import restore_sequential
 
 log = logging.getLogger(__name__)
 
-RESTORE_DIR_MODE = 0o711  # qemu (another user) must reach the images; it cannot list them
-RESTORE_FILE_MODE = 0o600  # libvirt hands the image to qemu's user when the domain starts
+# Directories restore creates (--to and any missing parent) get exactly this mode,
+# whatever the umask: qemu runs as another user (libvirt-qemu) and must pass through
+# them to reach the images, but need not list them. Existing directories are left as
+# they are. Images are 0600 root: libvirt's dynamic ownership hands an image to qemu's
+# user when a domain starts on it, and nobody else may read a guest's disk.
+RESTORE_DIR_MODE = 0o711
+RESTORE_FILE_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,7 @@ class RestoreResult:
 
 
 def restored_file_name(disk: DiskRecord) -> str:
-    return f"{disk.target}.{disk.format}"
+    return backup_names.restored_file_name(disk.target, disk.format)
 
 
 def restore_backup(
@@ -88,9 +94,9 @@ def restore_backup(
     manifest = opened.manifest
     indexes = [(disk, _local_index(opened, disk)) for disk in manifest.disks]
     to_dir = to_dir.absolute()
-    targets = [to_dir / restored_file_name(disk) for disk in manifest.disks]
+    targets = [to_dir / _plain_child(restored_file_name(disk)) for disk in manifest.disks]
     restored = list(zip(manifest.disks, targets, strict=True))
-    existing = [str(path) for path in targets if path.exists()]
+    existing = [str(path) for path in targets if os.path.lexists(path)]
     if existing and not force:
         raise RestoreTargetExists(
             f"{', '.join(existing)} already exist(s)", "add --force to overwrite"
@@ -103,10 +109,14 @@ def restore_backup(
         domain_define.ensure_name_free(uri, define_as)
     _make_dir(to_dir)
     images = []
-    for (disk, index), path in zip(indexes, targets, strict=True):
-        log.info("restoring %s to %s", disk.target, path)
-        _restore_one(opened, index, disk, path, progress, workers)
-        images.append(RestoredImage(disk.target, path, disk.format))
+    dir_fd = _open_dir(to_dir)
+    try:
+        for (disk, index), path in zip(indexes, targets, strict=True):
+            log.info("restoring %s to %s", disk.target, path)
+            _restore_one(opened, index, disk, _Output(dir_fd, path), progress, workers)
+            images.append(RestoredImage(disk.target, path, disk.format))
+    finally:
+        os.close(dir_fd)
     if define_as is None or domain_xml is None:
         return RestoreResult(manifest, tuple(images), None, opened.signature)
     # Only now are the images' own headers known, and the host files they name.
@@ -152,23 +162,63 @@ def _local_index(opened: OpenedBackup, disk: DiskRecord) -> StreamIndex | None:
     path = opened.random_access(disk)
     if path is None:
         return None
+    stored_size = opened.files.size(disk.file)
+    if stored_size is not None and stored_size != disk.stored_size:
+        raise CorruptBackup(
+            f"{disk.target}: {disk.file} has {stored_size} bytes, the manifest says "
+            f"{disk.stored_size} (truncated or appended to)"
+        )
     index = read_index(path, disk.target)
     check_index_matches(index, disk)
     return index
+
+
+def _plain_child(name: str) -> str:
+    """`name` if it names a file directly inside --to (the manifest parser allows no
+    other; checked again where the path is built)."""
+    if not backup_names.is_plain_name(name) or name in (".", ".."):
+        raise CorruptBackup(f"the backup names the file {name!r}, which is not a plain name")
+    return name
+
+
+@dataclass(frozen=True)
+class _Output:
+    """An image in --to, reached only through the directory's descriptor: a symbolic
+    link planted in --to is never followed, the file is created, never opened."""
+
+    dir_fd: int
+    path: Path  # for messages and the result
+
+    @property
+    def temporary(self) -> str:
+        return f".{self.path.name}.restoring"
+
+    def create_temporary(self) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(self.temporary, flags, RESTORE_FILE_MODE, dir_fd=self.dir_fd)
+
+    def remove_temporary(self) -> None:
+        try:
+            os.unlink(self.temporary, dir_fd=self.dir_fd)  # removes a link, never its target
+        except FileNotFoundError:
+            pass
+
+    def commit(self) -> None:
+        os.rename(self.temporary, self.path.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
 
 
 def _restore_one(
     opened: OpenedBackup,
     index: StreamIndex | None,
     disk: DiskRecord,
-    path: Path,
+    output: _Output,
     progress: ProgressSink,
     workers: int,
 ) -> None:
-    temporary = path.with_name(f".{path.name}.restoring")
-    temporary.unlink(missing_ok=True)  # left by an interrupted restore
+    path = output.path
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, RESTORE_FILE_MODE)
+        output.remove_temporary()  # left by an interrupted restore
+        fd = output.create_temporary()
         try:
             if index is not None:
                 digest = restore_stream(index, fd, disk.target, progress, workers)
@@ -182,22 +232,46 @@ def _restore_one(
                 f"{disk.target}: the restored data's {disk.digest_algorithm} is {digest}, "
                 f"the manifest records {disk.digest}"
             )
-        os.rename(temporary, path)
+        output.commit()
     except OSError as err:
-        temporary.unlink(missing_ok=True)
+        output.remove_temporary()
         raise _target_error(err, path) from None
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        output.remove_temporary()
         raise
 
 
 def _make_dir(to_dir: Path) -> None:
+    """Create --to and its missing parents with RESTORE_DIR_MODE (see there)."""
+    missing = []
+    at = to_dir
+    while not os.path.lexists(at) and at != at.parent:
+        missing.append(at)
+        at = at.parent
     try:
-        to_dir.mkdir(mode=RESTORE_DIR_MODE, parents=True, exist_ok=True)
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, RESTORE_DIR_MODE)
+            except FileExistsError:
+                continue  # made meanwhile by someone else: theirs, left as it is
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, RESTORE_DIR_MODE)  # the umask took bits off
+            finally:
+                os.close(fd)
     except OSError as err:
         raise _target_error(err, to_dir) from None
+    if not to_dir.is_dir():
+        raise StoreError(f"restore destination {to_dir} is not a directory")
     if not os.access(to_dir, os.W_OK | os.X_OK) or os.statvfs(to_dir).f_flag & os.ST_RDONLY:
         raise StoreError(f"restore destination {to_dir} is not writable")
+
+
+def _open_dir(to_dir: Path) -> int:
+    try:
+        return os.open(to_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise _target_error(err, to_dir) from None
 
 
 def _target_error(err: OSError, path: Path) -> StoreError:

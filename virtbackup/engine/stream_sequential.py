@@ -23,6 +23,10 @@ from virtbackup.core.manifest import DiskRecord
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.streamformat import (
     FRAME_DIGEST,
+    INDEX_BODY_DIGEST_SIZE,
+    INDEX_ENTRY,
+    INDEX_FOOTER,
+    INDEX_HEADER,
     SKIPPABLE_HEADER,
     SKIPPABLE_MAGIC,
     ChunkedDigest,
@@ -31,13 +35,19 @@ from virtbackup.core.streamformat import (
     parse_index_content,
     zero_digest,
 )
-from virtbackup.engine.frames import Buffer, FrameError, decode_frame, frame_header, is_zero_frame
+from virtbackup.engine.frames import (
+    MAX_BLOCK,
+    Buffer,
+    FrameError,
+    decode_frame,
+    frame_header,
+    is_zero_frame,
+)
 from virtbackup.engine.io_control import WriteBehind, drop_cached, reuse_freed_memory
 from virtbackup.engine.stream_reader import map_bounded, write_sparse
 
 _WORD = struct.Struct("<I")
 _STORED = 0x8000_0000  # LZ4 frame block flag: stored uncompressed
-_MAX_INDEX = 1 << 30  # an index of 1 GiB describes 128 TiB: anything larger is damage
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,15 @@ class _Splitter:
         self.label = label
         self.index_content = b""
         self.index_offset = -1
+        self._blocks_per_frame = -(-disk.chunk_size // MAX_BLOCK)
+        frames = -(-disk.byte_size // disk.chunk_size)
+        # header, one entry per frame on the manifest's grid, body digest and footer
+        self._max_index = (
+            INDEX_HEADER.size
+            + frames * INDEX_ENTRY.size
+            + INDEX_BODY_DIGEST_SIZE
+            + INDEX_FOOTER.size
+        )
 
     def frames(self) -> Iterator[_Frame]:
         header = frame_header()
@@ -203,12 +222,16 @@ class _Splitter:
             if start + self._read(len(header) - 4) != header:
                 raise self._damage(position, "is not a frame written by virtbackup")
             parts = [header]
+            blocks = 0
             while True:
                 word = self._read(4)
                 parts.append(word)
                 size = _WORD.unpack(word)[0] & ~_STORED
                 if size == 0:
                     break
+                blocks += 1
+                if size > MAX_BLOCK or blocks > self._blocks_per_frame:
+                    raise self._damage(position, "holds a block larger than the format's")
                 parts.append(self._read(size))
             length = min(self.disk.chunk_size, self.disk.byte_size - data_offset)
             if length <= 0:
@@ -241,7 +264,7 @@ class _Splitter:
 
     def _read_index(self, start: bytes, position: int) -> None:
         (content_size,) = _WORD.unpack(self._read(4))
-        if content_size > _MAX_INDEX:
+        if content_size > self._max_index:
             raise self._damage(position, "starts an index of impossible size")
         self.index_content = self._read(content_size)
         if self.stream.read(1):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from virtbackup.adapters.file_label import file_label
 from virtbackup.core.backup_errors import (
     DestinationFull,
     OutputClosed,
@@ -396,7 +397,7 @@ def _drain(items: "queue.Queue[object]") -> None:
 
 
 def _destination_error(err: OSError, out: IO[bytes]) -> StoreError:
-    name = getattr(out, "name", "the backup file")
+    name = file_label(out)
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return DestinationFull(
             f"no space left on the backup destination while writing {name}",
