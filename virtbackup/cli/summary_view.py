@@ -13,7 +13,13 @@ from rich.text import Text
 from virtbackup.core.summary import OutcomeRow
 from virtbackup.engine.backup_run import DomainOutcome
 
-_STYLE = {"ok": "green", "failed": "bold red", "locked": "yellow", "skipped": "dim"}
+_STYLE = {
+    "ok": "green",
+    "failed": "bold red",
+    "locked": "yellow",
+    "skipped": "dim",
+    "interrupted": "bold red",
+}
 
 
 def to_row(

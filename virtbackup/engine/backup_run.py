@@ -4,7 +4,7 @@
                          -> back_up_disks (streams into the store) -> DomainOutcome
 
 One domain's failure is its outcome, never an exception that stops the others; only an
-interruption (SIGINT, SIGTERM) ends the run, after the domain at hand is put back.
+interruption (SIGINT, SIGTERM, SIGHUP) ends the run, after the domain at hand is put back.
 """
 
 import logging
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 class Result(StrEnum):
     OK = "ok"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # a signal ended the run at this domain or before it
     LOCKED = "locked"  # another run holds the domain
     SKIPPED = "skipped"  # the plan backs nothing up (e.g. a crashed domain, only cdroms)
 
@@ -191,8 +192,11 @@ def _disk_sources(window: StableImages) -> list[DiskSource]:
 
 
 def exit_code(outcomes: Sequence[DomainOutcome]) -> ExitCode:
-    """1 when anything failed; 3 when the only trouble was a lock held by another run."""
+    """130 when a signal ended the run; 1 when anything failed; 3 when the only trouble
+    was a lock held by another run."""
     results = {o.result for o in outcomes}
+    if Result.INTERRUPTED in results:
+        return ExitCode.INTERRUPTED
     if Result.FAILED in results:
         return ExitCode.FAILED
     if Result.LOCKED in results:

@@ -71,10 +71,33 @@ def run_all(
     tz: tzinfo,
     sources: Mapping[Method, ImageSource] | None = None,
 ) -> list[DomainReport]:
-    return [
-        _one_domain(conn, facts, store, options_for, hooks, progress, steps, tz, sources)
-        for facts in domains
-    ]
+    """Each domain's report, in order. A signal ends the run: RunInterrupted then holds
+    the reports so far and marks the domain at hand and those not reached interrupted."""
+    reports: list[DomainReport] = []
+    for index, facts in enumerate(domains):
+        try:
+            reports.append(
+                _one_domain(conn, facts, store, options_for, hooks, progress, steps, tz, sources)
+            )
+        except Interrupted as err:
+            reports.append(DomainReport(DomainOutcome(facts.name, Result.INTERRUPTED, str(err))))
+            reports += [
+                DomainReport(DomainOutcome(f.name, Result.INTERRUPTED, NOT_STARTED))
+                for f in domains[index + 1 :]
+            ]
+            raise RunInterrupted(err, reports) from err
+    return reports
+
+
+NOT_STARTED = "not started: the run was interrupted"
+
+
+class RunInterrupted(Interrupted):
+    """A signal ended `all`; `reports` covers every selected domain."""
+
+    def __init__(self, cause: Interrupted, reports: list[DomainReport]) -> None:
+        super().__init__(cause.message, cause.hint)
+        self.reports = reports
 
 
 def _one_domain(
