@@ -1,0 +1,160 @@
+"""A real SIGINT, SIGTERM or SIGHUP ends the whole run with exit 130, after the domain at
+hand is put back: no further domain is touched, and nothing partial is left."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from consistency_helpers import MiB, overlays_in, snapshot_of
+from harness.cli import virtbackup_in
+from harness.libvirtd import DiskSpec, DomainFactory
+
+from virtbackup.adapters.journal import list_journals
+
+pytestmark = pytest.mark.libvirt
+
+STOP_SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+
+
+def random_image(path: Path, size: int) -> Path:
+    """Incompressible data in every block: the stream reads (and throttles) all of it."""
+    with open(path, "wb") as out:
+        for _ in range(size // MiB):
+            out.write(os.urandom(MiB))
+    return path
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def spawn(state_dir: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "virtbackup", *args],
+        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_growth(proc: subprocess.Popen[Any], pattern: str, root: Path, at_least: int) -> Path:
+    """The file matching `pattern` under `root` once it holds `at_least` bytes."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"virtbackup exited with {proc.returncode} first: {proc.communicate()}")
+        for found in root.glob(pattern):
+            try:
+                if found.stat().st_size >= at_least:
+                    return found
+            except FileNotFoundError:
+                continue
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"no {pattern} of {at_least} bytes under {root} in time")
+
+
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+def test_a_signal_mid_stream_ends_all_with_130(
+    signum: int,
+    domain_factory: DomainFactory,
+    libvirt: Any,
+    state_dir: Path,
+    dest: Path,
+) -> None:
+    image = random_image(domain_factory.workdir / "sig-a.raw", 32 * MiB)
+    first = domain_factory.create([DiskSpec("raw", image=image)], hint="sig-a", start=True)
+    second = domain_factory.create([DiskSpec("qcow2")], hint="sig-b", start=True)
+    before = {dom.name(): snapshot_of(libvirt, dom) for dom in (first, second)}
+    proc = spawn(
+        state_dir,
+        "all",
+        "--dest",
+        str(dest),
+        "--include",
+        domain_factory.name("sig-*"),
+        "--method",
+        "snapshot",
+        "--bwlimit",
+        "2M",
+    )
+    # The stream of the first domain's disk is under way (4 MiB chunks at 2 MB/s: 16 s).
+    partial = wait_for_growth(proc, f"{first.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    assert overlays_in(domain_factory.workdir)  # the domain runs on our overlay now
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=300)
+    name = signal.Signals(signum).name
+
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == f"virtbackup: error: interrupted by {name}"
+    assert "Traceback" not in err
+    # The first domain is back: running on its own image, no overlay, no snapshot.
+    assert snapshot_of(libvirt, first) == before[first.name()]
+    assert f"<source file='{image}'" in first.XMLDesc(0)
+    assert "virtbackup" not in first.XMLDesc(0)
+    assert first.snapshotListNames() == []
+    assert overlays_in(domain_factory.workdir) == []
+    # The second domain was not touched.
+    assert snapshot_of(libvirt, second) == before[second.name()]
+    assert not (dest / second.name()).exists()
+    # The partial backup went with the run, and the summary says what happened.
+    assert not partial.exists()
+    assert tree(dest) == [first.name(), "virtbackup-last-run.json"]
+    summary = json.loads((dest / "virtbackup-last-run.json").read_text())
+    assert summary["exit_code"] == 130
+    assert [(r["domain"], r["result"], r["message"]) for r in summary["domains"]] == [
+        (first.name(), "interrupted", f"interrupted by {name}"),
+        (second.name(), "interrupted", "not started: the run was interrupted"),
+    ]
+    assert "interrupted" in out
+    assert list_journals(state_dir) == []  # every undo was done, none left for clean
+
+    # Nothing is left for the next run or `clean` to do.
+    cleaned = virtbackup_in(state_dir, "clean", "--dest", str(dest))
+    assert (cleaned.returncode, cleaned.stdout) == (0, "nothing to clean\n"), cleaned.stderr
+    assert tree(dest) == [first.name(), "virtbackup-last-run.json"]
+
+
+def test_a_hangup_of_the_terminal_unwinds_and_exits_130(
+    domain_factory: DomainFactory, libvirt: Any, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    """ssh dropped: the terminal the run writes to is gone (every write fails with EIO)
+    and SIGHUP arrives. The run still puts the domain back and exits 130; the last line,
+    which no terminal can show any more, goes to the log file, and no traceback anywhere."""
+    image = random_image(domain_factory.workdir / "hup.raw", 32 * MiB)
+    dom = domain_factory.create([DiskSpec("raw", image=image)], hint="hup", start=True)
+    before = snapshot_of(libvirt, dom)
+    log_file = tmp_path / "run.log"
+    master, terminal = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "virtbackup", "--log-file", str(log_file), "backup", dom.name()]
+        + ["--dest", str(dest), "--method", "snapshot", "--bwlimit", "2M"],
+        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir), "TERM": "xterm"},
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    try:
+        wait_for_growth(proc, f"{dom.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    finally:
+        os.close(master)  # the terminal hangs up
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=300) == 130
+
+    assert snapshot_of(libvirt, dom) == before
+    assert "virtbackup" not in dom.XMLDesc(0)
+    assert overlays_in(domain_factory.workdir) == []
+    assert list(dest.rglob("*")) == [dest / dom.name()]
+    logged = log_file.read_text()
+    assert logged.splitlines()[-1].endswith("ERROR interrupted by SIGHUP"), logged
+    assert "Traceback" not in logged
