@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backup_helpers import disk_of, make_backup
 from consistency_helpers import MiB, overlays_in, snapshot_of
 from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
@@ -158,3 +159,28 @@ def test_a_hangup_of_the_terminal_unwinds_and_exits_130(
     logged = log_file.read_text()
     assert logged.splitlines()[-1].endswith("ERROR interrupted by SIGHUP"), logged
     assert "Traceback" not in logged
+
+
+def test_sigterm_during_restore_leaves_no_image_that_looks_complete(tmp_path: Path) -> None:
+    """Frozen (SIGSTOP) while the first disk is half written, then SIGTERM: exit 130,
+    and `--to` holds neither that image under its name nor its hidden half."""
+    disks = [
+        disk_of(random_image(tmp_path / "a.raw", 96 * MiB)),
+        disk_of(random_image(tmp_path / "b.raw", 8 * MiB), "vdb"),
+    ]
+    backup = make_backup(tmp_path / "dest", disks).path
+    to = tmp_path / "restored"
+    proc = spawn(tmp_path / "state", "restore", str(backup), "--to", str(to))
+    half = wait_for_growth(proc, ".vda.raw.restoring", to, 1)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        assert half.exists() and tree(to) == [".vda.raw.restoring"]  # caught mid-write
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "virtbackup: error: interrupted by SIGTERM"
+    assert "Traceback" not in err
+    assert tree(to) == []

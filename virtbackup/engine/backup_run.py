@@ -191,6 +191,18 @@ def _disk_sources(window: StableImages) -> list[DiskSource]:
     ]
 
 
+NOT_STARTED = "not started: the run was interrupted"
+
+
+def interrupted_outcomes(names: Sequence[str], err: Interrupted) -> list[DomainOutcome]:
+    """A signal ended the run at the first of `names` (put back by then); the others
+    were not started. Each is named in the summary, none left out silently."""
+    return [
+        DomainOutcome(name, Result.INTERRUPTED, NOT_STARTED if index else str(err))
+        for index, name in enumerate(names)
+    ]
+
+
 def exit_code(outcomes: Sequence[DomainOutcome]) -> ExitCode:
     """130 when a signal ended the run; 1 when anything failed; 3 when the only trouble
     was a lock held by another run."""

@@ -35,6 +35,7 @@ from virtbackup.engine.backup_run import (
     ImageSource,
     Result,
     back_up_domain,
+    interrupted_outcomes,
 )
 from virtbackup.engine.offsite import RemoteStore, prune_remote
 from virtbackup.engine.prune import prune_domain
@@ -80,16 +81,10 @@ def run_all(
                 _one_domain(conn, facts, store, options_for, hooks, progress, steps, tz, sources)
             )
         except Interrupted as err:
-            reports.append(DomainReport(DomainOutcome(facts.name, Result.INTERRUPTED, str(err))))
-            reports += [
-                DomainReport(DomainOutcome(f.name, Result.INTERRUPTED, NOT_STARTED))
-                for f in domains[index + 1 :]
-            ]
+            names = [f.name for f in domains[index:]]
+            reports += [DomainReport(o) for o in interrupted_outcomes(names, err)]
             raise RunInterrupted(err, reports) from err
     return reports
-
-
-NOT_STARTED = "not started: the run was interrupted"
 
 
 class RunInterrupted(Interrupted):
