@@ -184,3 +184,37 @@ def test_sigterm_during_restore_leaves_no_image_that_looks_complete(tmp_path: Pa
     assert err.strip().splitlines()[-1] == "virtbackup: error: interrupted by SIGTERM"
     assert "Traceback" not in err
     assert tree(to) == []
+
+
+def test_backup_of_two_domains_stops_at_the_first_and_says_so(
+    domain_factory: DomainFactory, libvirt: Any, state_dir: Path, dest: Path
+) -> None:
+    image = random_image(domain_factory.workdir / "two-a.raw", 32 * MiB)
+    first = domain_factory.create([DiskSpec("raw", image=image)], hint="two-a", start=True)
+    second = domain_factory.create([DiskSpec("raw")], hint="two-b")
+    before = {dom.name(): snapshot_of(libvirt, dom) for dom in (first, second)}
+    proc = spawn(
+        state_dir,
+        "backup",
+        first.name(),
+        second.name(),
+        "--dest",
+        str(dest),
+        "--bwlimit",
+        "2M",
+        "--json",
+    )
+    wait_for_growth(proc, f"{first.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "virtbackup: error: interrupted by SIGTERM"
+    summary = json.loads(out)
+    assert summary["exit_code"] == 130
+    assert [(r["domain"], r["result"], r["message"]) for r in summary["domains"]] == [
+        (first.name(), "interrupted", "interrupted by SIGTERM"),
+        (second.name(), "interrupted", "not started: the run was interrupted"),
+    ]
+    assert {dom.name(): snapshot_of(libvirt, dom) for dom in (first, second)} == before
+    assert tree(dest) == [first.name()]
