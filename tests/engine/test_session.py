@@ -89,17 +89,18 @@ def test_an_undo_that_fails_keeps_its_record_for_clean(tmp_path: Path) -> None:
     assert steps.warnings and "cannot undo" in steps.warnings[0][1]
 
 
-def test_sigterm_unwinds_the_session(tmp_path: Path) -> None:
-    previous = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_unwinds_the_session(tmp_path: Path, signum: int) -> None:
+    previous = signal.getsignal(signum)
     done: list[str] = []
-    with pytest.raises(Interrupted, match="SIGTERM"):
+    with pytest.raises(Interrupted, match=signal.Signals(signum).name):
         with session(tmp_path) as s:
             s.register(STATE, undo=lambda: done.append("state"))
-            os.kill(os.getpid(), signal.SIGTERM)
-            pytest.fail("SIGTERM must interrupt")
+            os.kill(os.getpid(), signum)
+            pytest.fail("the signal must interrupt")
     assert done == ["state"]
     assert list_journals(tmp_path) == []
-    assert signal.getsignal(signal.SIGTERM) == previous
+    assert signal.getsignal(signum) == previous
 
 
 def test_signals_wait_while_undos_run_then_interrupt(tmp_path: Path) -> None:
