@@ -218,3 +218,24 @@ def test_backup_of_two_domains_stops_at_the_first_and_says_so(
     ]
     assert {dom.name(): snapshot_of(libvirt, dom) for dom in (first, second)} == before
     assert tree(dest) == [first.name()]
+
+
+def test_under_nohup_a_hangup_does_not_stop_the_backup(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path
+) -> None:
+    image = random_image(domain_factory.workdir / "nohup.raw", 12 * MiB)
+    dom = domain_factory.create([DiskSpec("raw", image=image)], hint="nohup", start=True)
+    proc = subprocess.Popen(
+        ["nohup", sys.executable, "-m", "virtbackup", "backup", dom.name()]
+        + ["--dest", str(dest), "--bwlimit", "2M"],
+        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_growth(proc, f"{dom.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert [p.name for p in (dest / dom.name()).iterdir() if not p.name.startswith(".")]

@@ -143,3 +143,16 @@ def test_one_session_per_domain(tmp_path: Path) -> None:
 def test_run_ids_sort_by_time_and_differ() -> None:
     first, second = new_run_id(), new_run_id()
     assert first != second and len(first) == len("20240101T000000Z-abcdef")
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path: Path) -> None:
+    """Under nohup SIGHUP is ignored: the user wants the run to survive the hangup."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with session(tmp_path) as s:
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            s.register(STATE, undo=lambda: None)
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

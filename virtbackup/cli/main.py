@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     # Signals become an exception so that every `with` block and undo stack unwinds.
     note_terminals()
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _raise_interrupted)
+        if signal.getsignal(signum) != signal.SIG_IGN:  # nohup: a hangup is to be ignored
+            signal.signal(signum, _raise_interrupted)
     try:
         code = _run(argv)
     except Interrupted:  # a second signal while the last line was being written

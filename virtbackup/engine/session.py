@@ -214,6 +214,8 @@ class SignalGuard:
         if not self._active():
             return
         for signum in SIGNALS:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # e.g. SIGHUP under nohup: the user wants the run to go on
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
