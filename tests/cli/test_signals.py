@@ -239,3 +239,25 @@ def test_under_nohup_a_hangup_does_not_stop_the_backup(
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert [p.name for p in (dest / dom.name()).iterdir() if not p.name.startswith(".")]
+
+
+def test_a_hangup_with_stdout_gone_still_exits_130_with_its_line(
+    domain_factory: DomainFactory, libvirt: Any, state_dir: Path, dest: Path
+) -> None:
+    """Whoever read stdout is gone (a closed pipe): the summary cannot be written, and
+    that changes neither the exit code nor the last line on stderr."""
+    image = random_image(domain_factory.workdir / "pipe.raw", 16 * MiB)
+    dom = domain_factory.create([DiskSpec("raw", image=image)], hint="pipe", start=True)
+    before = snapshot_of(libvirt, dom)
+    proc = spawn(state_dir, "backup", dom.name(), "--dest", str(dest), "--bwlimit", "2M")
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader of stdout goes away
+    wait_for_growth(proc, f"{dom.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "virtbackup: error: interrupted by SIGHUP"
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert snapshot_of(libvirt, dom) == before
+    assert tree(dest) == [dom.name()]

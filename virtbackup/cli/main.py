@@ -171,5 +171,9 @@ def _flush_output() -> None:
             stream.flush()
         except OSError:
             devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, stream.fileno())
-            os.close(devnull)
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):
+                pass  # not a file descriptor of ours: nothing left to protect
+            finally:
+                os.close(devnull)
