@@ -20,6 +20,7 @@ from virtbackup.adapters.guestfs_ops import (
     signals_deferred,
     swap_header_size,
 )
+from virtbackup.core.errors import Interrupted
 
 LAUNCH_FAILED = (
     "guestfs_launch failed.\nThis usually means the libguestfs appliance failed to start "
@@ -204,4 +205,21 @@ def test_signals_wait_until_the_step_is_done() -> None:
         with signals_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             done.append("step finished")
+    assert done == ["step finished"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_every_stop_signal_waits_until_the_step_is_done(signum: int) -> None:
+    def stop(received: int, frame: object) -> None:
+        raise Interrupted(f"interrupted by {signal.Signals(received).name}")
+
+    previous = signal.signal(signum, stop)
+    done = []
+    try:
+        with pytest.raises(Interrupted):
+            with signals_deferred():
+                os.kill(os.getpid(), signum)
+                done.append("step finished")
+    finally:
+        signal.signal(signum, previous)
     assert done == ["step finished"]

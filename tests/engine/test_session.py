@@ -89,17 +89,18 @@ def test_an_undo_that_fails_keeps_its_record_for_clean(tmp_path: Path) -> None:
     assert steps.warnings and "cannot undo" in steps.warnings[0][1]
 
 
-def test_sigterm_unwinds_the_session(tmp_path: Path) -> None:
-    previous = signal.getsignal(signal.SIGTERM)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_unwinds_the_session(tmp_path: Path, signum: int) -> None:
+    previous = signal.getsignal(signum)
     done: list[str] = []
-    with pytest.raises(Interrupted, match="SIGTERM"):
+    with pytest.raises(Interrupted, match=signal.Signals(signum).name):
         with session(tmp_path) as s:
             s.register(STATE, undo=lambda: done.append("state"))
-            os.kill(os.getpid(), signal.SIGTERM)
-            pytest.fail("SIGTERM must interrupt")
+            os.kill(os.getpid(), signum)
+            pytest.fail("the signal must interrupt")
     assert done == ["state"]
     assert list_journals(tmp_path) == []
-    assert signal.getsignal(signal.SIGTERM) == previous
+    assert signal.getsignal(signum) == previous
 
 
 def test_signals_wait_while_undos_run_then_interrupt(tmp_path: Path) -> None:
@@ -142,3 +143,16 @@ def test_one_session_per_domain(tmp_path: Path) -> None:
 def test_run_ids_sort_by_time_and_differ() -> None:
     first, second = new_run_id(), new_run_id()
     assert first != second and len(first) == len("20240101T000000Z-abcdef")
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path: Path) -> None:
+    """Under nohup SIGHUP is ignored: the user wants the run to survive the hangup."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with session(tmp_path) as s:
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            s.register(STATE, undo=lambda: None)
+            os.kill(os.getpid(), signal.SIGHUP)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -244,11 +244,11 @@ class Appliance:
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block is done (then take effect as usual)."""
+    """SIGINT, SIGTERM and SIGHUP wait until the block is done (then take effect as usual)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    wanted = {signal.SIGINT, signal.SIGTERM}
+    wanted = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
     try:
         yield

@@ -33,7 +33,7 @@ from virtbackup.core.summary import summary_document
 from virtbackup.engine.backup_run import BackupRunOptions, exit_code
 from virtbackup.engine.clean import clean
 from virtbackup.engine.lvm_method import SharedLvmSnapshots
-from virtbackup.engine.nightly import Hooks, OptionsFor, run_all
+from virtbackup.engine.nightly import Hooks, OptionsFor, RunInterrupted, run_all
 
 SUMMARY_FILE = "virtbackup-last-run.json"
 
@@ -74,6 +74,7 @@ def all_command(
     steps = LogSteps()
     lock = host_lock(state_dir)
     lock.acquire(wait=float("inf") if wait else 0.0)
+    interrupted: RunInterrupted | None = None
     try:
         clean(state_dir, connect, steps, dests=[store.dest])
         with connect(options.uri) as conn, ExitStack() as run:
@@ -93,6 +94,8 @@ def all_command(
                     _local_zone(),
                     sources={Method.LVM: SharedLvmSnapshots(run)},
                 )
+    except RunInterrupted as stop:  # the domain at hand is back: summary, then exit 130
+        reports, interrupted = stop.reports, stop
     finally:
         lock.release()
     code = exit_code([r.outcome for r in reports])
@@ -106,10 +109,14 @@ def all_command(
         exit_code=code,
     )
     _write_summary(store.dest / SUMMARY_FILE, document)
-    if values.as_json:
-        print_json(document)
-    elif options.verbosity >= 0:
-        print_summary(rows)
+    try:
+        if values.as_json:
+            print_json(document)
+        elif options.verbosity >= 0:
+            print_summary(rows)
+    finally:
+        if interrupted is not None:
+            raise interrupted  # even when the terminal is gone (OSError)
     return int(code)
 
 

@@ -19,11 +19,12 @@ from virtbackup.cli.backup_options import (
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.summary_view import print_json, print_summary, to_row
+from virtbackup.core.errors import Interrupted
 from virtbackup.core.model import Method
 from virtbackup.core.planning import plan_domain
 from virtbackup.core.steps import LogSteps
 from virtbackup.core.summary import summary_document
-from virtbackup.engine.backup_run import back_up_domain, exit_code
+from virtbackup.engine.backup_run import back_up_domain, exit_code, interrupted_outcomes
 from virtbackup.engine.lvm_method import SharedLvmSnapshots
 
 
@@ -46,33 +47,43 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
     targets = resolve_targets(values, config)
     started = datetime.now(UTC)
     outcomes = []
+    stop: Interrupted | None = None
     with connect(options.uri) as conn, ExitStack() as run:
         sources = {Method.LVM: SharedLvmSnapshots(run)}
         facts = discover(conn, names=domains)
         with progress_sink(options.verbosity if not values.as_json else -1) as progress:
-            for domain in facts:
-                plan_options, run_options = domain_options(
-                    values, config, config.for_domain(domain.name), options, targets
-                )
-                plan = plan_domain(domain, plan_options)
-                outcomes.append(
-                    back_up_domain(
-                        conn, plan, store, run_options, progress, LogSteps(), sources=sources
+            for index, domain in enumerate(facts):
+                try:
+                    plan_options, run_options = domain_options(
+                        values, config, config.for_domain(domain.name), options, targets
                     )
-                )
+                    plan = plan_domain(domain, plan_options)
+                    outcomes.append(
+                        back_up_domain(
+                            conn, plan, store, run_options, progress, LogSteps(), sources=sources
+                        )
+                    )
+                except Interrupted as err:  # the domain is back; no other one is touched
+                    outcomes += interrupted_outcomes([d.name for d in facts[index:]], err)
+                    stop = err
+                    break
     code = exit_code(outcomes)
     rows = [to_row(outcome) for outcome in outcomes]
-    if values.as_json:
-        print_json(
-            summary_document(
-                rows,
-                host=socket.gethostname(),
-                dest=str(store.dest),
-                started=started,
-                finished=datetime.now(UTC),
-                exit_code=code,
+    try:
+        if values.as_json:
+            print_json(
+                summary_document(
+                    rows,
+                    host=socket.gethostname(),
+                    dest=str(store.dest),
+                    started=started,
+                    finished=datetime.now(UTC),
+                    exit_code=code,
+                )
             )
-        )
-    elif options.verbosity >= 0:
-        print_summary(rows)
+        elif options.verbosity >= 0:
+            print_summary(rows)
+    finally:
+        if stop is not None:
+            raise stop  # exit 130 with its one line, even when the terminal is gone
     return int(code)

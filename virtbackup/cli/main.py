@@ -2,6 +2,7 @@
 
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from typing import Any
 import click
 
 from virtbackup import __version__
+from virtbackup.adapters.terminal import detach_hung_up_terminal, note_terminals
 from virtbackup.cli.context import DEFAULT_CONFIG, DEFAULT_URI, GlobalOptions
 from virtbackup.cli.output import error_line, setup_logging
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
@@ -114,29 +116,64 @@ def cli(
     ctx.obj = GlobalOptions(uri=uri, config=config, verbosity=verbosity, state_dir=state_dir)
 
 
+# Each ends the run as Interrupted (exit 130) once the domain at hand is put back:
+# Ctrl-C, a service stop, and a hangup (ssh dropped, terminal closed).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    if signum == signal.SIGHUP:
+        detach_hung_up_terminal()
     raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the command, turn every outcome into one line and an exit code."""
-    # SIGTERM becomes an exception so that every `with` block and undo stack unwinds.
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    # Signals become an exception so that every `with` block and undo stack unwinds.
+    note_terminals()
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) != signal.SIG_IGN:  # nohup: a hangup is to be ignored
+            signal.signal(signum, _raise_interrupted)
+    try:
+        code = _run(argv)
+    except Interrupted:  # a second signal while the last line was being written
+        code = ExitCode.INTERRUPTED
+    _flush_output()
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         # Commands return an exit code (or None for success); errors raise.
         returned = cli.main(args=argv, prog_name="virtbackup", standalone_mode=False)
     except click.exceptions.Abort:
         error_line("interrupted")
-        sys.exit(ExitCode.INTERRUPTED)
+        return ExitCode.INTERRUPTED
     except click.ClickException as err:
         err.show()
-        sys.exit(ExitCode.USAGE)
+        return ExitCode.USAGE
     except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        error_line("interrupted")
-        sys.exit(ExitCode.INTERRUPTED)
+        return err.exit_code
+    except (KeyboardInterrupt, Interrupted) as err:
+        error_line(str(err) if isinstance(err, Interrupted) else "interrupted")
+        return ExitCode.INTERRUPTED
     except VirtbackupError as err:
         error_line(str(err))
-        sys.exit(err.exit_code)
-    sys.exit(returned if isinstance(returned, int) else ExitCode.OK)
+        return err.exit_code
+    return returned if isinstance(returned, int) else ExitCode.OK
+
+
+def _flush_output() -> None:
+    """Flush what is buffered for stdout and stderr now: a reader that is gone must not
+    turn into Python's "Exception ignored" at exit and status 120."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):
+                pass  # not a file descriptor of ours: nothing left to protect
+            finally:
+                os.close(devnull)

@@ -69,7 +69,10 @@ def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
 
 def error_line(message: str) -> None:
     """The one line the user reads when a command fails; the log file gets it too."""
-    print(f"virtbackup: error: {message}", file=sys.stderr)
+    try:
+        print(f"virtbackup: error: {message}", file=sys.stderr)
+    except OSError:
+        pass  # a closed pipe or a hung-up terminal: there is no one to tell but the log file
     record = logging.LogRecord("virtbackup", logging.ERROR, "", 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, LogFileHandler):

@@ -19,6 +19,7 @@ _STYLE = {
     "incomplete": "bold red",
     "locked": "yellow",
     "skipped": "dim",
+    "interrupted": "bold red",
 }
 
 

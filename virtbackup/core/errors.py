@@ -12,7 +12,7 @@ class ExitCode(IntEnum):
     FAILED = 1  # some domain or disk failed; the others were still done
     USAGE = 2  # usage or configuration error
     LOCKED = 3  # another run holds the lock
-    INTERRUPTED = 130  # SIGINT or SIGTERM
+    INTERRUPTED = 130  # SIGINT, SIGTERM or SIGHUP
 
 
 class VirtbackupError(Exception):
@@ -56,10 +56,23 @@ class LockHeld(VirtbackupError):
     exit_code = ExitCode.LOCKED
 
 
-class Interrupted(VirtbackupError):
-    """SIGINT or SIGTERM arrived; raised so that every `with` block unwinds."""
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived; raised so that every `with` block unwinds.
 
-    exit_code = ExitCode.INTERRUPTED
+    Not an Exception, and so not a VirtbackupError: a handler meant for one failing disk
+    or domain (`except VirtbackupError`, `except Exception`) lets it through, and the
+    signal ends the whole run, as KeyboardInterrupt would. It reads like an error
+    otherwise (message, hint, exit code)."""
+
+    exit_code: ExitCode = ExitCode.INTERRUPTED
+
+    def __init__(self, message: str = "interrupted", hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.hint}" if self.hint else self.message
 
 
 class CommandFailed(VirtbackupError):

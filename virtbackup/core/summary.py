@@ -15,7 +15,7 @@ class OutcomeRow:
     """One domain's line of the summary (built from the engine's DomainOutcome)."""
 
     domain: str
-    result: str  # ok, failed, locked, skipped, incomplete
+    result: str  # ok, failed, locked, skipped, incomplete, interrupted
     message: str
     method: str | None
     disks: int

@@ -4,7 +4,7 @@
                          -> back_up_disks (streams into the store) -> DomainOutcome
 
 One domain's failure is its outcome, never an exception that stops the others; only an
-interruption (SIGINT, SIGTERM) ends the run, after the domain at hand is put back.
+interruption (SIGINT, SIGTERM, SIGHUP) ends the run, after the domain at hand is put back.
 """
 
 import logging
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 class Result(StrEnum):
     OK = "ok"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"  # a signal ended the run at this domain or before it
     LOCKED = "locked"  # another run holds the domain
     SKIPPED = "skipped"  # the plan backs nothing up (e.g. a crashed domain, only cdroms)
     INCOMPLETE = "incomplete"  # a disk that cannot be backed up is missing (see planning)
@@ -212,10 +213,24 @@ def _disk_sources(window: StableImages) -> list[DiskSource]:
     ]
 
 
+NOT_STARTED = "not started: the run was interrupted"
+
+
+def interrupted_outcomes(names: Sequence[str], err: Interrupted) -> list[DomainOutcome]:
+    """A signal ended the run at the first of `names` (put back by then); the others
+    were not started. Each is named in the summary, none left out silently."""
+    return [
+        DomainOutcome(name, Result.INTERRUPTED, NOT_STARTED if index else str(err))
+        for index, name in enumerate(names)
+    ]
+
+
 def exit_code(outcomes: Sequence[DomainOutcome]) -> ExitCode:
-    """1 when anything failed or is incomplete; 3 when the only trouble was a lock held
-    by another run."""
+    """130 when a signal ended the run; 1 when anything failed or is incomplete; 3 when
+    the only trouble was a lock held by another run."""
     results = {o.result for o in outcomes}
+    if Result.INTERRUPTED in results:
+        return ExitCode.INTERRUPTED
     if Result.FAILED in results or Result.INCOMPLETE in results:
         return ExitCode.FAILED
     if Result.LOCKED in results:

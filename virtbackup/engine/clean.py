@@ -13,8 +13,8 @@ too.
 """
 
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,9 @@ from virtbackup.adapters.journal import JournalFile, journal_dir, list_journals,
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.steps import StepSink
-from virtbackup.core.undo import JournalError, describe
+from virtbackup.core.undo import Entry, JournalError, describe
 from virtbackup.engine.lvm_undo import sweep_leftovers
+from virtbackup.engine.session import SignalGuard
 from virtbackup.engine.undo import DEFAULT_COMMIT_TIMEOUT, Undoer
 
 log = logging.getLogger(__name__)
@@ -126,23 +127,47 @@ def replay(
     header = journal.journal
     undoer = Undoer(conn, header.domain_uuid, header.domain_name, steps, commit_timeout, dry_run)
     problems = []
-    for entry in header.undo_order():
-        try:
-            undoer.undo(entry.record)
-        except VirtbackupError as err:
-            problems.append(str(err))
-            steps.warning(header.domain_name, f"cannot undo {describe(entry.record)}: {err}")
-            continue
-        except Exception as err:  # libvirtError, OSError: report, keep the record, go on
-            message = f"{header.domain_name}: cannot undo {describe(entry.record)}: {err}"
-            problems.append(message)
-            steps.warning(header.domain_name, message)
-            continue
-        if not dry_run:
-            journal.remove(entry.id)
+    with _signals_wait_per_undo() as guard:
+        for entry in header.undo_order():
+            with guard.held():
+                problem = _undo_one(journal, entry, undoer, steps, dry_run)
+            if problem:
+                problems.append(problem)
+            guard.raise_pending(False)  # a signal ends clean between two records
     if not problems and not dry_run:
         journal.delete()
     return problems
+
+
+@contextmanager
+def _signals_wait_per_undo() -> Iterator[SignalGuard]:
+    """A signal does not stop an undo half-way: it waits for the record at hand (whose
+    undo then dropped it from the journal, or left it there for the next clean)."""
+    guard = SignalGuard()
+    guard.install()
+    try:
+        yield guard
+    finally:
+        guard.restore()
+
+
+def _undo_one(
+    journal: JournalFile, entry: Entry, undoer: Undoer, steps: StepSink, dry_run: bool
+) -> str | None:
+    """Undo one record and drop it from the journal; else what went wrong (kept)."""
+    name = journal.journal.domain_name
+    try:
+        undoer.undo(entry.record)
+    except VirtbackupError as err:
+        steps.warning(name, f"cannot undo {describe(entry.record)}: {err}")
+        return str(err)
+    except Exception as err:  # libvirtError, OSError: report, keep the record, go on
+        message = f"{name}: cannot undo {describe(entry.record)}: {err}"
+        steps.warning(name, message)
+        return message
+    if not dry_run:
+        journal.remove(entry.id)
+    return None
 
 
 def _remove_stray_temporaries(state_dir: Path) -> None:

@@ -35,6 +35,7 @@ from virtbackup.engine.backup_run import (
     ImageSource,
     Result,
     back_up_domain,
+    interrupted_outcomes,
 )
 from virtbackup.engine.offsite import RemoteStore, prune_remote
 from virtbackup.engine.prune import prune_domain
@@ -71,10 +72,27 @@ def run_all(
     tz: tzinfo,
     sources: Mapping[Method, ImageSource] | None = None,
 ) -> list[DomainReport]:
-    return [
-        _one_domain(conn, facts, store, options_for, hooks, progress, steps, tz, sources)
-        for facts in domains
-    ]
+    """Each domain's report, in order. A signal ends the run: RunInterrupted then holds
+    the reports so far and marks the domain at hand and those not reached interrupted."""
+    reports: list[DomainReport] = []
+    for index, facts in enumerate(domains):
+        try:
+            reports.append(
+                _one_domain(conn, facts, store, options_for, hooks, progress, steps, tz, sources)
+            )
+        except Interrupted as err:
+            names = [f.name for f in domains[index:]]
+            reports += [DomainReport(o) for o in interrupted_outcomes(names, err)]
+            raise RunInterrupted(err, reports) from err
+    return reports
+
+
+class RunInterrupted(Interrupted):
+    """A signal ended `all`; `reports` covers every selected domain."""
+
+    def __init__(self, cause: Interrupted, reports: list[DomainReport]) -> None:
+        super().__init__(cause.message, cause.hint)
+        self.reports = reports
 
 
 def _one_domain(

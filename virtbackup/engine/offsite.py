@@ -42,7 +42,7 @@ from virtbackup.adapters.store import (
     is_stamp,
 )
 from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup, RemoteError
-from virtbackup.core.errors import UsageError, VirtbackupError
+from virtbackup.core.errors import Interrupted, UsageError, VirtbackupError
 from virtbackup.core.manifest import (
     ManifestFormatError,
     VerifyRecord,
@@ -301,9 +301,10 @@ class RemotePartial(AbortUnlessCommitted):
             try:
                 with open(write_end, "wb", buffering=0) as sink:
                     yield sink
-            except BaseException:
+            except BaseException as err:
                 tee.join()
-                if tee.error is not None:  # the upload broke first: its error says why
+                # The upload broke first: its error says why (a signal still ends the run).
+                if tee.error is not None and not isinstance(err, Interrupted):
                     raise tee.error from None
                 raise
             tee.join()

@@ -9,8 +9,8 @@ finishes what a dead earlier run left on the domain. Every state change is then:
 write its undo record to the journal (fsynced) -> push the undo -> make the change. The
 undo is pushed before the change is made because undos are idempotent and decide from
 what they observe: if the change fails half-way, its undo cleans up whatever half of it
-happened. On leaving a scope or the session, normally or by any exception (SIGINT and
-SIGTERM raise Interrupted while a session is open), the undos run newest first; each
+happened. On leaving a scope or the session, normally or by any exception (SIGINT,
+SIGTERM and SIGHUP raise Interrupted while a session is open), the undos run newest first; each
 one that succeeds drops its record. A record whose undo fails stays in the journal for
 `virtbackup clean` (and the next run) and the session ends with UndoIncomplete.
 
@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from virtbackup.adapters.journal import JournalFile
 from virtbackup.adapters.locks import FileLock, domain_lock
+from virtbackup.adapters.terminal import detach_hung_up_terminal
 from virtbackup.core.consistency_errors import LeftoversRemain, UndoIncomplete
 from virtbackup.core.errors import Interrupted
 from virtbackup.core.steps import LogSteps, StepSink
@@ -43,7 +44,7 @@ from virtbackup.engine.undo import DEFAULT_COMMIT_TIMEOUT, Undoer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -85,7 +86,7 @@ class Session:
         self._lock: FileLock = domain_lock(state_dir, domain_uuid, domain_name)
         self._journal: JournalFile | None = None
         self._stack: list[_Undo] = []
-        self._signals = _SignalGuard()
+        self._signals = SignalGuard()
 
     @property
     def journal_path(self) -> Path | None:
@@ -198,8 +199,8 @@ class Session:
             )
 
 
-class _SignalGuard:
-    """SIGINT/SIGTERM raise Interrupted, except inside `held()`, where they wait."""
+class SignalGuard:
+    """SIGINT/SIGTERM/SIGHUP raise Interrupted, except inside `held()`, where they wait."""
 
     def __init__(self) -> None:
         self._previous: dict[int, Any] = {}
@@ -213,6 +214,8 @@ class _SignalGuard:
         if not self._active():
             return
         for signum in SIGNALS:
+            if signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # e.g. SIGHUP under nohup: the user wants the run to go on
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def restore(self) -> None:
@@ -221,6 +224,8 @@ class _SignalGuard:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            detach_hung_up_terminal()  # before anything is logged
         if self._depth:
             self._pending = signum
             log.warning(
