@@ -42,6 +42,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 
+from harness.kernel import newest_kernel, no_kernel_reason
 from harness.libvirtd import DomainFactory
 from harness.real import unavailable
 
@@ -173,14 +174,10 @@ class GuestBoot:
 
 
 def newest_kernel_version() -> str:
-    versions = sorted(
-        (p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*")),
-        # 6.1.0-10 is newer than 6.1.0-9
-        key=lambda v: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", v)],
-    )
-    if not versions:
-        raise GuestUnavailable("no /boot/vmlinuz-* (install linux-image-amd64)")
-    return versions[-1]
+    version = newest_kernel()
+    if version is None:
+        raise GuestUnavailable(no_kernel_reason())
+    return version
 
 
 def module_name(path: str) -> str:
