@@ -25,7 +25,7 @@ def doctor(*args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # beyond the appliance's own bound (300 s): doctor must report it
     )
 
 

@@ -115,7 +115,8 @@ def test_interactive_copy_mode_boots_the_same_content(
     transcript: list[str] = []
     child.logfile_read = _Collect(transcript)
     try:
-        child.expect("Domains that can be shrunk")
+        # --estimate launches the appliance first: as long as a launch may take.
+        child.expect("Domains that can be shrunk", timeout=600)
         child.expect("Shrink which")
         child.sendline(f"{other.name()} {keep.name()}")
         child.expect(re.escape(other.name()) + r"\S* \(vda")

@@ -507,9 +507,10 @@ class TinyGuest:
     libvirt: Any  # the libvirt module: its constants and libvirtError
 
     def agent(
-        self, command: str, arguments: dict[str, Any] | None = None, timeout: int = 10
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: int = 30
     ) -> Any:
-        """Send one guest-agent command; returns its "return" value."""
+        """Send one guest-agent command; returns its "return" value. The agent answers at
+        once when idle; under TCG on a loaded host its reply can take seconds."""
         import libvirt_qemu
 
         request: dict[str, Any] = {"execute": command}
@@ -532,7 +533,7 @@ class TinyGuest:
                     ) from err
             time.sleep(0.3)
 
-    def exec(self, cmd: str, timeout: float = 60) -> tuple[int, str]:
+    def exec(self, cmd: str, timeout: float = 180) -> tuple[int, str]:
         """Run `cmd` with /bin/sh -c in the guest: (exit code, stdout then stderr)."""
         started = self.agent(
             "guest-exec", {"path": "/bin/sh", "arg": ["-c", cmd], "capture-output": True}
@@ -551,7 +552,7 @@ class TinyGuest:
         """Start `cmd` with /bin/sh -c in the guest without waiting; its guest pid."""
         return int(self.agent("guest-exec", {"path": "/bin/sh", "arg": ["-c", cmd]})["pid"])
 
-    def wait_state(self, state: int, timeout: float = 60) -> None:
+    def wait_state(self, state: int, timeout: float = 180) -> None:
         """Until the domain is in `state` (a VIR_DOMAIN_* state constant)."""
         deadline = time.monotonic() + timeout
         while self.dom.state()[0] != state:

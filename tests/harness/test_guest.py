@@ -42,7 +42,7 @@ def test_commands_run_inside_and_agent_shutdown_keeps_the_data(
     digest_inside = out.split()[0]
 
     guest.dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT)
-    guest.wait_state(libvirt.VIR_DOMAIN_SHUTOFF, timeout=60)
+    guest.wait_state(libvirt.VIR_DOMAIN_SHUTOFF, timeout=180)
     # Powered off by the guest itself: libvirt says "shutdown", not "destroyed".
     assert guest.dom.state()[1] == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN
 
@@ -61,7 +61,7 @@ def test_acpi_power_button_powers_off_cleanly(tiny_guest: TinyGuestFactory, libv
     assert code == 0, out
 
     guest.dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-    guest.wait_state(libvirt.VIR_DOMAIN_SHUTOFF, timeout=60)
+    guest.wait_state(libvirt.VIR_DOMAIN_SHUTOFF, timeout=180)
     assert guest.dom.state()[1] == libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN
     assert "virtbackup-guest: powering off" in guest.console()
 
