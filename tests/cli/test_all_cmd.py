@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import virtbackup_in
+from harness.cli import NO_HOST_CONFIG, virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.locks import POLL_SECONDS, host_lock
@@ -112,7 +112,7 @@ def test_a_second_run_exits_3_or_waits(
         assert held.stderr.startswith("virtbackup: error: ")
         assert str(os.getpid()) in held.stderr
         waiting = subprocess.Popen(
-            [sys.executable, "-m", "virtbackup", *args, "--wait"],
+            [sys.executable, "-m", "virtbackup", *NO_HOST_CONFIG, *args, "--wait"],
             env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

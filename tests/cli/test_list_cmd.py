@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.cli import virtbackup
+from harness.cli import NO_HOST_CONFIG, virtbackup
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.real import unavailable
 
@@ -190,7 +190,7 @@ def test_missing_permission_is_one_line_exit_2(tmp_path: Path, readable_by_all: 
     else:
         unavailable("an unprivileged user", f"nobody cannot import virtbackup: {probe.stderr!r}")
     result = subprocess.run(
-        [*nobody, python, "-m", "virtbackup", "list"],
+        [*nobody, python, "-m", "virtbackup", *NO_HOST_CONFIG, "list"],
         check=False,
         capture_output=True,
         text=True,
