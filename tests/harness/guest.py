@@ -186,7 +186,14 @@ def module_name(path: str) -> str:
 
 
 def module_load_order(moddir: Path, wanted: tuple[str, ...]) -> list[Path]:
-    """The module files of `wanted` and their dependencies, each after what it needs."""
+    """The module files of `wanted` and their dependencies, each after what it needs.
+
+    A wanted module that this kernel has built in (modules.builtin) needs no loading:
+    which drivers are modules differs between kernel versions."""
+    builtin_list = moddir / "modules.builtin"
+    builtin = set()
+    if builtin_list.exists():
+        builtin = {module_name(line) for line in builtin_list.read_text().split()}
     deps: dict[str, list[str]] = {}
     by_name: dict[str, str] = {}
     for line in (moddir / "modules.dep").read_text().splitlines():
@@ -202,6 +209,8 @@ def module_load_order(moddir: Path, wanted: tuple[str, ...]) -> list[Path]:
             order.append(module)
 
     for name in wanted:
+        if name not in by_name and name in builtin:
+            continue
         if name not in by_name:
             raise GuestUnavailable(f"kernel module {name} not in {moddir}/modules.dep")
         visit(by_name[name])

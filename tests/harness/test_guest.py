@@ -7,16 +7,19 @@ guest share a boot.
 import hashlib
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.guest import (
     GUEST_MOUNT,
+    GuestUnavailable,
     MiB,
     TinyGuestFactory,
     disk_as_raw,
     fs_is_clean,
+    module_load_order,
     read_file_from_disk,
 )
 
@@ -115,3 +118,25 @@ def test_agent_freeze_holds_writes_and_trim_releases_deleted_blocks(
 
     guest.dom.fSTrim(None, 0, 0)
     assert allocated(guest.disk) <= written - 15 * MiB
+
+
+def test_modules_load_after_their_dependencies_and_built_in_ones_are_skipped(
+    tmp_path: Path,
+) -> None:
+    """Pure: no guest boots. Which drivers a kernel builds in differs between versions."""
+    (tmp_path / "modules.dep").write_text(
+        "kernel/fs/ext4/ext4.ko.xz: kernel/fs/jbd2/jbd2.ko.xz kernel/fs/mbcache.ko.xz\n"
+        "kernel/fs/jbd2/jbd2.ko.xz:\n"
+        "kernel/fs/mbcache.ko.xz:\n"
+        "kernel/drivers/input/evdev.ko.xz:\n"
+    )
+    (tmp_path / "modules.builtin").write_text("kernel/drivers/block/virtio_blk.ko\n")
+    order = module_load_order(tmp_path, ("virtio_blk", "ext4", "evdev"))
+    assert [p.relative_to(tmp_path).as_posix() for p in order] == [
+        "kernel/fs/jbd2/jbd2.ko.xz",
+        "kernel/fs/mbcache.ko.xz",
+        "kernel/fs/ext4/ext4.ko.xz",
+        "kernel/drivers/input/evdev.ko.xz",
+    ]
+    with pytest.raises(GuestUnavailable, match="button not in"):
+        module_load_order(tmp_path, ("button",))
