@@ -115,7 +115,7 @@ class NestedVM:
         self,
         script: str,
         *,
-        timeout: float = 300,
+        timeout: float = 600,  # a boot takes 20-60 s, libvirtd up to 120 s on a loaded host
         rwdirs: Sequence[Path] = (),
         libvirtd: bool = False,
     ) -> subprocess.CompletedProcess[str]:
