@@ -257,5 +257,7 @@ def test_in_the_guest_with_busybox_interrupted_and_complete(
     assert "exit=0" in lines, out
     lowest = int(lines[-1])
     assert lowest >= 16 * 1024, out  # KiB: never below the reserve
-    assert lowest < 24 * 1024, out  # it did fill
+    # It did fill: from its report, which a sampler starved of the guest's CPU cannot miss.
+    filled = re.search(r"filled (\d+) MiB of (\d+) MiB free", out)
+    assert filled and int(filled[2]) - int(filled[1]) < 24, out
     assert guest_leftovers() == ""
