@@ -83,7 +83,8 @@ else
     pgrep -x virtlogd >/dev/null || virtlogd -d
     pgrep -x libvirtd >/dev/null || libvirtd -d
 fi
-for _ in $(seq 50); do
+# Up to a minute: libvirtd answers after about 4 s on an idle host, later on a busy one.
+for _ in $(seq 300); do
     virsh -c qemu:///system version >/dev/null 2>&1 && break
     sleep 0.2
 done

@@ -9,10 +9,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import virtbackup_in
+from harness.cli import NO_HOST_CONFIG, virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 
-from virtbackup.adapters.locks import host_lock
+from virtbackup.adapters.locks import POLL_SECONDS, host_lock
+
+
+def has_open(pid: int, path: Path) -> bool:
+    """Whether process `pid` has a descriptor open on `path`."""
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(descriptor) == str(path):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
 
 
 def write_config(path: Path, text: str) -> Path:
@@ -97,13 +112,20 @@ def test_a_second_run_exits_3_or_waits(
         assert held.stderr.startswith("virtbackup: error: ")
         assert str(os.getpid()) in held.stderr
         waiting = subprocess.Popen(
-            [sys.executable, "-m", "virtbackup", *args, "--wait"],
+            [sys.executable, "-m", "virtbackup", *NO_HOST_CONFIG, *args, "--wait"],
             env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(3)
-        assert waiting.poll() is None  # still queued behind our lock
+        # Queued behind our lock: it has the lock file open and polls it. Waited for
+        # rather than slept on: on a loaded host its start alone can take seconds.
+        deadline = time.monotonic() + 120
+        while not has_open(waiting.pid, lock.path):
+            assert waiting.poll() is None, "the second run ended while the lock was held"
+            assert time.monotonic() < deadline, "the second run never reached the lock"
+            time.sleep(0.1)
+        time.sleep(3 * POLL_SECONDS)  # a few polls of the held lock
+        assert waiting.poll() is None
     finally:
         lock.release()
     assert waiting.wait(timeout=300) == 0

@@ -2,16 +2,20 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.cli import virtbackup
+from harness.cli import NO_HOST_CONFIG, virtbackup
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.real import unavailable
 
+from virtbackup import __file__ as package_init
 from virtbackup.cli.list_cmd import human_size
 
 MiB = 1024 * 1024
@@ -144,21 +148,49 @@ def test_bad_uri_is_one_line_exit_2(uri: str, says: str) -> None:
     assert virtbackup("-c", uri, "list", "--json").returncode == 2
 
 
-def test_missing_permission_is_one_line_exit_2(tmp_path: Path) -> None:
+@pytest.fixture
+def readable_by_all() -> Iterator[Path]:
+    """A copy of the package that any user can import: the checkout may lie where other
+    users cannot reach it (under /root, or in pytest's 0700 folders)."""
+    root = Path(tempfile.mkdtemp(prefix="vbtest-pkg-"))
+    try:
+        shutil.copytree(
+            Path(package_init).parent,
+            root / "virtbackup",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        for path in (root, *root.rglob("*")):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_missing_permission_is_one_line_exit_2(tmp_path: Path, readable_by_all: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to run as another user")
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LC_ALL": "C.UTF-8"}
-    probe = subprocess.run(
-        [*nobody, sys.executable, "-c", "import virtbackup"],
-        check=False,
-        capture_output=True,
-        env=env,
-    )
-    if probe.returncode != 0:
-        unavailable("an unprivileged user", "nobody cannot import virtbackup from this checkout")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "LC_ALL": "C.UTF-8",
+        "PYTHONPATH": str(readable_by_all),
+    }
+    # The test's interpreter if that user may run it (a virtualenv inside an unreachable
+    # checkout is not), else the system's, which has the packages as Debian installs them.
+    for python in (sys.executable, "/usr/bin/python3"):
+        probe = subprocess.run(
+            [*nobody, python, "-c", "import virtbackup.cli.main"],
+            check=False,
+            capture_output=True,
+            env=env,
+        )
+        if probe.returncode == 0:
+            break
+    else:
+        unavailable("an unprivileged user", f"nobody cannot import virtbackup: {probe.stderr!r}")
     result = subprocess.run(
-        [*nobody, sys.executable, "-m", "virtbackup", "list"],
+        [*nobody, python, "-m", "virtbackup", *NO_HOST_CONFIG, "list"],
         check=False,
         capture_output=True,
         text=True,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from harness.cli import virtbackup
+from harness.cli import NO_HOST_CONFIG, virtbackup
 from harness.guest import TinyGuestFactory
 from harness.guestfs import HANG, fake_qemu, processes_running
 from harness.images import build_fs_image
@@ -99,6 +99,7 @@ def test_interactive_copy_mode_boots_the_same_content(
         [
             "-m",
             "virtbackup",
+            *NO_HOST_CONFIG,
             "shrink",
             "--include",
             f"{domain_factory.name('*')}",
@@ -115,7 +116,8 @@ def test_interactive_copy_mode_boots_the_same_content(
     transcript: list[str] = []
     child.logfile_read = _Collect(transcript)
     try:
-        child.expect("Domains that can be shrunk")
+        # --estimate launches the appliance first: as long as a launch may take.
+        child.expect("Domains that can be shrunk", timeout=600)
         child.expect("Shrink which")
         child.sendline(f"{other.name()} {keep.name()}")
         child.expect(re.escape(other.name()) + r"\S* \(vda")

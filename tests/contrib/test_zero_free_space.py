@@ -7,6 +7,7 @@ its fill file exists before it gets the signal, so the signal lands in mid-fill.
 
 import base64
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -96,7 +97,13 @@ def test_fills_the_share_keeps_the_reserve_and_zeroes_deleted_data(
     assert leftovers(filesystem) == []
     assert free(filesystem) >= start - MiB  # the space is back
     assert lowest >= 4 * MiB, lowest  # never below the reserve
-    assert lowest < 8 * MiB  # and it did fill what it was allowed to
+    # And it did fill what it was allowed to. From its report, not from the sampled low:
+    # the full file exists only for a moment, which a sampler on a loaded host can miss.
+    # The zeros found in place of the deleted data below show the fill was real.
+    filled = re.search(r"filled (\d+) MiB of (\d+) MiB free", result.stdout)
+    assert filled, result.stdout
+    assert int(filled[2]) - int(filled[1]) < 8, result.stdout
+    assert int(filled[2]) * MiB <= start + MiB, (result.stdout, start)
     image = filesystem.parent / "fs.img"
     subprocess.run(["umount", str(filesystem)], check=True)
     try:
@@ -250,5 +257,7 @@ def test_in_the_guest_with_busybox_interrupted_and_complete(
     assert "exit=0" in lines, out
     lowest = int(lines[-1])
     assert lowest >= 16 * 1024, out  # KiB: never below the reserve
-    assert lowest < 24 * 1024, out  # it did fill
+    # It did fill: from its report, which a sampler starved of the guest's CPU cannot miss.
+    filled = re.search(r"filled (\d+) MiB of (\d+) MiB free", out)
+    assert filled and int(filled[2]) - int(filled[1]) < 24, out
     assert guest_leftovers() == ""

@@ -116,7 +116,7 @@ def test_sigkill_mid_stream_keeps_earlier_backup(tmp_path: Path, image: Path) ->
     time.sleep(1.1)  # a new stamp
     child = subprocess.Popen([sys.executable, "-c", _SLOW_BACKUP, str(tmp_path), str(image)])
     try:
-        partial = _wait_for_partial_stream(tmp_path / "web1")
+        partial = _wait_for_partial_stream(tmp_path / "web1", child)
         child.send_signal(signal.SIGKILL)
     finally:
         child.wait()
@@ -138,12 +138,12 @@ def test_partial_of_a_live_run_is_left_alone(tmp_path: Path) -> None:
     assert not partial.path.exists()  # left without commit: removed
 
 
-def _wait_for_partial_stream(domain_dir: Path) -> Path:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+def _wait_for_partial_stream(domain_dir: Path, child: subprocess.Popen[bytes]) -> Path:
+    deadline = time.monotonic() + 120  # the child's start alone takes seconds on a loaded host
+    while time.monotonic() < deadline and child.poll() is None:
         for partial in domain_dir.glob(".*.partial"):
             stream = partial / "vda.raw.lz4"
             if stream.exists() and stream.stat().st_size > 0:
                 return partial
         time.sleep(0.05)
-    raise AssertionError("the child never started writing")
+    raise AssertionError(f"the child never started writing (exit status {child.poll()})")

@@ -33,6 +33,8 @@ from virtbackup.engine.restore import restore_backup
 from virtbackup.engine.stream_writer import WriterOptions
 from virtbackup.engine.verify import verify_backup
 
+TESTS = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
@@ -193,7 +195,7 @@ def test_killed_encrypted_backup_leaves_nothing_that_looks_complete(
     dest = tmp_path / "dest"
     dest.mkdir()
     script = (
-        "import sys; sys.path[:0] = ['tests']\n"
+        f"import sys; sys.path[:0] = [{str(TESTS)!r}]\n"
         "from pathlib import Path\n"
         "from age_helpers import KeyPair\n"
         "from test_encrypted_backup import encrypted_backup\n"
@@ -201,13 +203,17 @@ def test_killed_encrypted_backup_leaves_nothing_that_looks_complete(
         f"k = KeyPair(Path({str(keys.identity)!r}), Path({str(keys.recipients)!r}), '')\n"
         f"encrypted_backup(Path({str(dest)!r}), [disk_of(Path({str(big)!r}))], k)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["tests/engine", "tests", "."])}
+    # Absolute: pytest may run from any folder, not only the checkout's top.
+    paths = [TESTS / "engine", TESTS, TESTS.parent]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(path) for path in paths)}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list((dest / "web1").glob(".*.partial/*.age")):
+        assert child.poll() is None, "the backup ended before it was killed"
         time.sleep(0.02)
     os.killpg(child.pid, signal.SIGKILL)  # virtbackup and its age child, as systemd would
     child.wait()
+    assert list((dest / "web1").glob(".*.partial/*.age")), "killed before it wrote a stream"
     assert not [p for p in (dest / "web1").iterdir() if not p.name.startswith(".")]
     BackupStore(dest).remove_partials()
     assert not list((dest / "web1").iterdir())

@@ -161,7 +161,7 @@ def test_background_writer_stops_when_the_reading_fails() -> None:
 
     def slow(decoded: _Decoded) -> None:
         started.set()
-        writer._stopped.wait(5)  # the first write lasts until the restore has failed
+        writer._stopped.wait(120)  # the first write lasts until the restore has failed
         written.append(decoded.entry.data_offset)
 
     writer._write = slow
@@ -169,6 +169,6 @@ def test_background_writer_stops_when_the_reading_fails() -> None:
         with writer:
             for number in range(4):
                 writer.put(_decoded(number))
-            assert started.wait(5)
+            assert started.wait(120)
             raise CorruptBackup("the pipe broke")
     assert written == [0]  # the frames still queued were dropped

@@ -4,10 +4,20 @@ and the per-test state directory and backup destination it writes to."""
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
+
+# virtbackup reads /etc/virtbackup.toml when no --config is given and that file exists: a
+# host where it is installed would steer every test. Tests see only the configuration
+# they write themselves; /dev/null is an empty one.
+NO_HOST_CONFIG = ("--config", "/dev/null")
+
+
+def without_host_config(args: Sequence[str]) -> list[str]:
+    """`args`, with an empty configuration first unless they name one."""
+    return list(args) if "--config" in args else [*NO_HOST_CONFIG, *args]
 
 
 def virtbackup(
@@ -16,12 +26,13 @@ def virtbackup(
     env: Mapping[str, str] | None = None,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m virtbackup ARGS`; `state_dir` keeps journals and locks per test."""
+    """Run `python -m virtbackup ARGS`; `state_dir` keeps journals and locks per test;
+    without --config in ARGS, with an empty configuration (not the host's)."""
     environment = {**os.environ, **(env or {})}
     if state_dir is not None:
         environment["VIRTBACKUP_STATE_DIR"] = str(state_dir)
     return subprocess.run(
-        [sys.executable, "-m", "virtbackup", *args],
+        [sys.executable, "-m", "virtbackup", *without_host_config(args)],
         env=environment,
         check=False,
         capture_output=True,

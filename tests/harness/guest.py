@@ -42,6 +42,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import pytest
 
+from harness.kernel import newest_kernel, no_kernel_reason
 from harness.libvirtd import DomainFactory
 from harness.real import unavailable
 
@@ -173,14 +174,10 @@ class GuestBoot:
 
 
 def newest_kernel_version() -> str:
-    versions = sorted(
-        (p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*")),
-        # 6.1.0-10 is newer than 6.1.0-9
-        key=lambda v: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", v)],
-    )
-    if not versions:
-        raise GuestUnavailable("no /boot/vmlinuz-* (install linux-image-amd64)")
-    return versions[-1]
+    version = newest_kernel()
+    if version is None:
+        raise GuestUnavailable(no_kernel_reason())
+    return version
 
 
 def module_name(path: str) -> str:
@@ -189,7 +186,14 @@ def module_name(path: str) -> str:
 
 
 def module_load_order(moddir: Path, wanted: tuple[str, ...]) -> list[Path]:
-    """The module files of `wanted` and their dependencies, each after what it needs."""
+    """The module files of `wanted` and their dependencies, each after what it needs.
+
+    A wanted module that this kernel has built in (modules.builtin) needs no loading:
+    which drivers are modules differs between kernel versions."""
+    builtin_list = moddir / "modules.builtin"
+    builtin = set()
+    if builtin_list.exists():
+        builtin = {module_name(line) for line in builtin_list.read_text().split()}
     deps: dict[str, list[str]] = {}
     by_name: dict[str, str] = {}
     for line in (moddir / "modules.dep").read_text().splitlines():
@@ -205,6 +209,8 @@ def module_load_order(moddir: Path, wanted: tuple[str, ...]) -> list[Path]:
             order.append(module)
 
     for name in wanted:
+        if name not in by_name and name in builtin:
+            continue
         if name not in by_name:
             raise GuestUnavailable(f"kernel module {name} not in {moddir}/modules.dep")
         visit(by_name[name])
@@ -510,9 +516,10 @@ class TinyGuest:
     libvirt: Any  # the libvirt module: its constants and libvirtError
 
     def agent(
-        self, command: str, arguments: dict[str, Any] | None = None, timeout: int = 10
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: int = 30
     ) -> Any:
-        """Send one guest-agent command; returns its "return" value."""
+        """Send one guest-agent command; returns its "return" value. The agent answers at
+        once when idle; under TCG on a loaded host its reply can take seconds."""
         import libvirt_qemu
 
         request: dict[str, Any] = {"execute": command}
@@ -535,7 +542,7 @@ class TinyGuest:
                     ) from err
             time.sleep(0.3)
 
-    def exec(self, cmd: str, timeout: float = 60) -> tuple[int, str]:
+    def exec(self, cmd: str, timeout: float = 180) -> tuple[int, str]:
         """Run `cmd` with /bin/sh -c in the guest: (exit code, stdout then stderr)."""
         started = self.agent(
             "guest-exec", {"path": "/bin/sh", "arg": ["-c", cmd], "capture-output": True}
@@ -554,7 +561,7 @@ class TinyGuest:
         """Start `cmd` with /bin/sh -c in the guest without waiting; its guest pid."""
         return int(self.agent("guest-exec", {"path": "/bin/sh", "arg": ["-c", cmd]})["pid"])
 
-    def wait_state(self, state: int, timeout: float = 60) -> None:
+    def wait_state(self, state: int, timeout: float = 180) -> None:
         """Until the domain is in `state` (a VIR_DOMAIN_* state constant)."""
         deadline = time.monotonic() + timeout
         while self.dom.state()[0] != state:

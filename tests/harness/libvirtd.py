@@ -5,6 +5,7 @@ qemu runs as libvirt-qemu, so every file a domain uses lives in a per-test direc
 under /var/lib/libvirt/images, which that user can reach (pytest's tmp_path cannot).
 """
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -21,6 +22,14 @@ from harness.real import unavailable
 URI = "qemu:///system"
 IMAGES_ROOT = Path("/var/lib/libvirt/images")
 MiB = 1024 * 1024
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The usual umask, whatever the caller's: qemu (libvirt-qemu) must traverse the
+    folders and read the kernels the tests create, and with a stricter umask (077, 027 on
+    hardened hosts) every `mkdir(mode=0o755)` would lock it out. virtbackup itself sets
+    0600/0700 explicitly, which the tests check under this more permissive umask."""
+    os.umask(0o022)
 
 
 @pytest.fixture(scope="session")

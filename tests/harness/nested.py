@@ -12,7 +12,6 @@ a private configuration, so scripts call `pvcreate`, `lvcreate -s`, `mount` plai
 """
 
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.kernel import BOOT, MODULES, newest_kernel, no_kernel_reason
 from harness.real import unavailable
 
 # LVM gets a configuration folder of its own: virtme-ng hides /etc/lvm behind an empty
@@ -115,7 +115,7 @@ class NestedVM:
         self,
         script: str,
         *,
-        timeout: float = 300,
+        timeout: float = 600,  # a boot takes 20-60 s, libvirtd up to 120 s on a loaded host
         rwdirs: Sequence[Path] = (),
         libvirtd: bool = False,
     ) -> subprocess.CompletedProcess[str]:
@@ -176,11 +176,10 @@ def find_vng() -> Path | None:
     return beside if beside.exists() else None
 
 
-def newest_kernel(boot: Path = Path("/boot")) -> Path | None:
-    def version(path: Path) -> tuple[int, ...]:
-        return tuple(int(n) for n in re.findall(r"\d+", path.name))
-
-    return max(boot.glob("vmlinuz-*"), key=version, default=None)
+def newest_kernel_image(boot: Path = BOOT, modules: Path = MODULES) -> Path | None:
+    """The image of the newest kernel that has its modules (loop, dm-snapshot) too."""
+    version = newest_kernel(boot, modules)
+    return None if version is None else boot / f"vmlinuz-{version}"
 
 
 @pytest.fixture(scope="session")
@@ -188,9 +187,9 @@ def nested_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NestedVM]:
     vng = find_vng()
     if vng is None:
         unavailable("nested VM", "vng not found (pip install virtme-ng)")
-    kernel = newest_kernel()
+    kernel = newest_kernel_image()
     if kernel is None:
-        unavailable("nested VM", "no /boot/vmlinuz-* (apt-get install linux-image-amd64)")
+        unavailable("nested VM", no_kernel_reason())
     workdir = tmp_path_factory.mktemp("nested")
     vm = NestedVM(vng, kernel, workdir)
     # No probe boot up front: each boot costs 20-50 s under TCG. A host that cannot

@@ -46,7 +46,8 @@ FTP_PASSWORD_FILE = Path("/var/cache/virtbackup-tests/ftp-password")
 S3_BUCKET = "virtbackup-test"
 SSHD = Path("/usr/sbin/sshd")
 VSFTPD = Path("/usr/sbin/vsftpd")
-STARTUP_TIMEOUT = 30.0
+# Generous: moto imports boto and werkzeug, which alone takes seconds on an idle host.
+STARTUP_TIMEOUT = 120.0
 
 
 def free_port() -> int:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.nested import NestedVM, newest_kernel
+from harness.kernel import newest_kernel, no_kernel_reason
+from harness.nested import NestedVM, newest_kernel_image
 
 # A throw-away volume group: a 32 MiB origin LV with ext4 and an 8 MiB snapshot of it.
 LVM_SNAPSHOT = r"""
@@ -96,9 +97,25 @@ def test_one_boot_runs_lvm_and_libvirtd_and_returns_the_status(
     assert out["destroyed:"] == "shut off"
 
 
-def test_newest_kernel_compares_versions_as_numbers(tmp_path: Path) -> None:
-    for name in ("vmlinuz-6.1.0-9-amd64", "vmlinuz-6.1.0-56-amd64", "config-6.1.0-99-amd64"):
-        (tmp_path / name).touch()
+def test_newest_kernel_compares_versions_as_numbers_and_needs_its_modules(
+    tmp_path: Path,
+) -> None:
+    boot, modules = tmp_path / "boot", tmp_path / "modules"
+    boot.mkdir()
+    for version in ("6.1.0-9-amd64", "6.1.0-56-amd64", "6.1.0-60-amd64", "6.1.0-99-amd64"):
+        if version != "6.1.0-99-amd64":  # a config file, no image
+            (boot / f"vmlinuz-{version}").touch()
+        if version != "6.1.0-60-amd64":  # an image whose modules were removed
+            (modules / version).mkdir(parents=True)
+            (modules / version / "modules.dep").touch()
+    (boot / "config-6.1.0-99-amd64").touch()
+    (modules / "6.18.4-host").mkdir()  # the running kernel: modules, no image
 
-    assert newest_kernel(tmp_path) == tmp_path / "vmlinuz-6.1.0-56-amd64"
-    assert newest_kernel(tmp_path / "empty") is None
+    assert newest_kernel_image(boot, modules) == boot / "vmlinuz-6.1.0-56-amd64"
+    assert newest_kernel(boot, modules) == "6.1.0-56-amd64"
+    assert newest_kernel_image(tmp_path / "empty", modules) is None
+    assert "linux-image-amd64" in no_kernel_reason(tmp_path / "empty", modules)
+    (boot / "vmlinuz-6.1.0-56-amd64").unlink()
+    (boot / "vmlinuz-6.1.0-9-amd64").unlink()
+    assert newest_kernel(boot, modules) is None
+    assert "vmlinuz-6.1.0-60-amd64 has its modules" in no_kernel_reason(boot, modules)
