@@ -66,6 +66,9 @@ def ensure_dir(path: Path) -> Path:
 def ensure_state_subdir(path: Path) -> Path:
     """Create `path` (a directory of the state directory, or it) 0700 and check that it
     and everything above it are ours (see the module docstring); StateDirError if not."""
+    _check_parents(path.parent, os.geteuid(), existing_only=True)  # before creating in them
+    ensure_dir(path.parent)  # the state directory itself: 0700 when we create it
+    check_state_dir(path.parent)
     ensure_dir(path)
     check_state_dir(path)
     return path
@@ -95,15 +98,23 @@ def check_state_dir(path: Path) -> None:
             f"state directory {path} is writable by group or others",
             f"run 'chmod 0700 {path}'",
         )
+    _check_parents(path, uid)
+
+
+def _check_parents(path: Path, uid: int, existing_only: bool = False) -> None:
     real = Path(os.path.realpath(path))
     lexical = Path(os.path.abspath(path))
     for above in sorted({*real.parents, *lexical.parents}, key=lambda p: len(p.parts)):
-        _check_parent(above, uid)
+        _check_parent(above, uid, existing_only)
 
 
-def _check_parent(directory: Path, uid: int) -> None:
+def _check_parent(directory: Path, uid: int, existing_only: bool) -> None:
     try:
         info = os.stat(directory)
+    except FileNotFoundError:
+        if existing_only:
+            return
+        raise StateDirError(f"cannot use {directory}: it does not exist") from None
     except OSError as err:
         raise StateDirError(f"cannot use {directory}: {err.strerror}") from None
     if info.st_uid not in (0, uid):
