@@ -338,3 +338,29 @@ def test_all_replaces_a_planted_summary_temporary_link(
     assert stat.S_ISREG(summary.lstat().st_mode)
     assert json.loads(summary.read_text())
     assert not os.path.lexists(dest / ".virtbackup-last-run.json.tmp")
+
+
+@pytest.mark.libvirt
+def test_backup_refuses_a_bad_state_directory_before_it_starts_and_a_planted_lock_link(
+    domain_factory: DomainFactory, tmp_path: Path, dest: Path
+) -> None:
+    dom = domain_factory.create([DiskSpec("raw", size=2 * MiB)], hint="locked")
+    state = tmp_path / "state"
+    (state / "locks").mkdir(parents=True, mode=0o700)
+    os.chmod(state, 0o777)
+    result = virtbackup_in(state, "backup", dom.name(), "--dest", str(dest))
+    assert result.returncode == 2, result.stderr
+    assert one_line(result.stderr).endswith(f"run 'chmod 0700 {state}'")
+    assert list(dest.iterdir()) == []
+    os.chmod(state, 0o700)
+    decoys = outside(tmp_path)
+    lock = state / "locks" / f"domain-{dom.UUIDString()}.lock"
+    lock.symlink_to(decoys / "decoy")
+    before = tree(decoys)
+    result = virtbackup_in(state, "backup", dom.name(), "--dest", str(dest), "--json")
+    assert result.returncode == 1, result.stderr  # this domain fails, others would go on
+    (row,) = json.loads(result.stdout)["domains"]
+    assert row["result"] == "failed"
+    assert row["message"] == f"{lock} is a symbolic link: remove it: virtbackup makes its own"
+    assert tree(decoys) == before
+    assert [p for p in dest.rglob("*") if p.is_file()] == []

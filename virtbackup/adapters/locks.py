@@ -15,7 +15,12 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from virtbackup.adapters.journal import ensure_state_subdir, open_private_file
+from virtbackup.adapters.journal import (
+    ensure_state_subdir,
+    journal_dir,
+    open_private_file,
+    resolve_state_dir,
+)
 from virtbackup.core.errors import LockHeld, VirtbackupError
 
 LOCK_SUBDIR = "locks"
@@ -103,6 +108,15 @@ class FileLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def prepare_state_dir(explicit: Path | None) -> Path:
+    """The state directory with its journal/ and locks/, created and checked before a run
+    starts: one that is not ours stops the run (StateDirError, exit 2), not each domain."""
+    state_dir = resolve_state_dir(explicit)
+    ensure_state_subdir(journal_dir(state_dir))
+    ensure_state_subdir(state_dir / LOCK_SUBDIR)
+    return state_dir
 
 
 def open_lock_file(path: Path) -> int:
