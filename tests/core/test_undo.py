@@ -1,8 +1,11 @@
 """Journal records and the pure decisions of how to undo them."""
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from virtbackup.core.lvm import MountRecord
 from virtbackup.core.model import DomainState
@@ -216,3 +219,35 @@ def test_a_journal_whose_name_or_run_id_is_not_ours_is_foreign() -> None:
     assert foreign_journal(replace(OURS, run_id="R"), f"{OURS.domain_uuid}.R.json") is not None
     mount = replace(OURS, entries=(Entry(1, MountRecord(target="/home", source="/dev/x")),))
     assert "mount folder" in str(foreign_journal(mount, f"{OURS.domain_uuid}.{RUN}.json"))
+
+
+# -- the parser never trusts what it reads ----------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+FIELDS = ("format", "version", "run_id", "pid", "created", "uri", "domain", "records")
+RECORD_FIELDS = ("id", "kind", "target", "original", "original_type", "original_format")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    field=st.sampled_from(FIELDS),
+    record_field=st.sampled_from(RECORD_FIELDS + ("overlay", "was", "restart", "name", "vg")),
+    value=JSON,
+    kind=st.sampled_from(["overlay", "state", "frozen", "lvm-snapshot", "mount", "other"]),
+)
+def test_a_damaged_journal_is_a_journal_error_never_a_crash(
+    field: str, record_field: str, value: Any, kind: str
+) -> None:
+    document = journal_to_dict(JOURNAL)
+    record = {"id": 9, **record_to_dict(OVL), "kind": kind}
+    record[record_field] = value
+    document["records"].append(record)
+    for damaged in ({**document, field: value}, document, value):
+        try:
+            journal_from_dict(damaged)
+        except JournalError:
+            pass
