@@ -7,9 +7,13 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from virtbackup.adapters.journal import (
     JournalFile,
+    StateDirError,
+    ensure_state_subdir,
     list_journals,
     load_journal,
     resolve_state_dir,
@@ -110,3 +114,33 @@ def test_locks_exclude_within_one_process_and_the_host_lock_is_separate(tmp_path
             host_lock(tmp_path).acquire()
     first.release()
     assert domain_lock(tmp_path, "UU", "web").try_acquire()
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_any_bytes_in_a_journal_file_are_a_journal_error_never_a_crash(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("journal") / "x.json"
+    path.write_bytes(data)
+    try:
+        load_journal(path)
+    except JournalError:
+        pass
+
+
+def test_a_linked_state_directory_is_judged_by_what_it_points_to(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    link = tmp_path / "state"
+    link.symlink_to(real)
+    assert ensure_state_subdir(link / "locks") == link / "locks"
+    assert stat.S_IMODE((real / "locks").stat().st_mode) == 0o700
+    os.chmod(real, 0o777)
+    with pytest.raises(StateDirError) as refused:
+        ensure_state_subdir(link / "journal")
+    assert refused.value.exit_code == ExitCode.USAGE
+    assert str(refused.value) == f"state directory {link} is writable by group or others: " + (
+        f"run 'chmod 0700 {link}'"
+    )
+    assert not (real / "journal").exists()

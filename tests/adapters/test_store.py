@@ -48,7 +48,14 @@ def test_error_inside_block_removes_partial(tmp_path: Path) -> None:
     assert list((tmp_path / "web1").iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "x\0y"])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", ".virtbackup-skip-free-x", ".virtbackupweb", "a/b", "x\0y"]
+)
 def test_domain_names_that_cannot_be_directories(name: str) -> None:
     with pytest.raises(UsageError):
         check_domain_name(name)
+
+
+@pytest.mark.parametrize("name", [".web", "..web", "a.b", "virtbackup"])
+def test_hidden_libvirt_names_are_domain_directories(name: str) -> None:
+    check_domain_name(name)

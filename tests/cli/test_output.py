@@ -31,6 +31,19 @@ def test_unwritable_log_file_is_a_usage_error(tmp_path: Path) -> None:
     assert "No such file or directory" in result.stderr
 
 
+def test_a_log_file_that_is_a_link_is_refused_and_its_target_kept(tmp_path: Path) -> None:
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"precious\n")
+    log = tmp_path / "virtbackup.log"
+    log.symlink_to(decoy)
+    result = virtbackup("--log-file", str(log), "-c", "bogus:///x", "list")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"virtbackup: error: cannot open log file {log}: it is a symbolic link\n"
+    )
+    assert decoy.read_bytes() == b"precious\n"
+
+
 def test_journal_lines_carry_syslog_priorities() -> None:
     code = (
         "import logging; from virtbackup.cli.output import setup_logging;"

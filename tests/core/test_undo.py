@@ -1,7 +1,13 @@
 """Journal records and the pure decisions of how to undo them."""
 
-import pytest
+from dataclasses import replace
+from typing import Any
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from virtbackup.core.lvm import MountRecord
 from virtbackup.core.model import DomainState
 from virtbackup.core.undo import (
     DiskObservation,
@@ -14,6 +20,7 @@ from virtbackup.core.undo import (
     OverlayStep,
     StateRecord,
     StateStep,
+    foreign_journal,
     journal_from_dict,
     journal_to_dict,
     plan_overlay_undo,
@@ -158,3 +165,89 @@ def test_state_undo(
     was: DomainState, restart: bool, now: DomainState | None, step: StateStep | None
 ) -> None:
     assert plan_state_undo(StateRecord(was, restart), now) == step
+
+
+# -- is a journal ours? ---------------------------------------------------------------------
+
+RUN = "20240102T030405Z-abcdef"
+OURS = Journal(RUN, 1, "", "qemu:///system", "0f1e2d3c-aaaa-bbbb-cccc-000000000001", "web")
+
+
+def overlay_journal(original: str, overlay: str, target: str = "vda") -> Journal:
+    record = OverlayRecord(target, original, "file", "qcow2", overlay)
+    return replace(OURS, entries=(Entry(1, record),))
+
+
+@pytest.mark.parametrize(
+    ("original", "overlay", "target"),
+    [
+        ("/img/web.qcow2", f"/img/web.qcow2.virtbackup-{RUN}.qcow2", "vda"),
+        ("/dev/vg/web", f"/ovl/{OURS.domain_uuid}-sda.virtbackup-{RUN}.qcow2", "sda"),
+    ],
+)
+def test_overlays_named_and_placed_as_ours_are_ours(
+    original: str, overlay: str, target: str
+) -> None:
+    journal = overlay_journal(original, overlay, target)
+    assert foreign_journal(journal, f"{OURS.domain_uuid}.{RUN}.json") is None
+
+
+@pytest.mark.parametrize(
+    ("original", "overlay", "target"),
+    [
+        ("/img/web.qcow2", "/etc/passwd", "vda"),
+        ("/img/web.qcow2", f"/img/other.qcow2.virtbackup-{RUN}.qcow2", "vda"),
+        ("/img/web.qcow2", "/img/web.qcow2.virtbackup-20990101T000000Z-abcdef.qcow2", "vda"),
+        ("/img/../etc/web", f"/img/../etc/web.virtbackup-{RUN}.qcow2", "vda"),
+        ("img/web.qcow2", f"img/web.qcow2.virtbackup-{RUN}.qcow2", "vda"),
+        ("/img/web.qcow2", f"/ovl/{OURS.domain_uuid}-vdb.virtbackup-{RUN}.qcow2", "vda"),
+        ("/img/web.qcow2", f"/ovl/{OURS.domain_uuid}-../x.virtbackup-{RUN}.qcow2", "../x"),
+    ],
+)
+def test_overlays_of_another_name_or_place_are_foreign(
+    original: str, overlay: str, target: str
+) -> None:
+    journal = overlay_journal(original, overlay, target)
+    assert "is not named and placed" in str(
+        foreign_journal(journal, f"{OURS.domain_uuid}.{RUN}.json")
+    )
+
+
+def test_a_journal_whose_name_or_run_id_is_not_ours_is_foreign() -> None:
+    assert foreign_journal(OURS, f"{OURS.domain_uuid}.{RUN}.json") is None
+    assert foreign_journal(OURS, f"other.{RUN}.json") is not None
+    assert foreign_journal(replace(OURS, run_id="R"), f"{OURS.domain_uuid}.R.json") is not None
+    mount = replace(OURS, entries=(Entry(1, MountRecord(target="/home", source="/dev/x")),))
+    assert "mount folder" in str(foreign_journal(mount, f"{OURS.domain_uuid}.{RUN}.json"))
+
+
+# -- the parser never trusts what it reads ----------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=20,
+)
+FIELDS = ("format", "version", "run_id", "pid", "created", "uri", "domain", "records")
+RECORD_FIELDS = ("id", "kind", "target", "original", "original_type", "original_format")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    field=st.sampled_from(FIELDS),
+    record_field=st.sampled_from(RECORD_FIELDS + ("overlay", "was", "restart", "name", "vg")),
+    value=JSON,
+    kind=st.sampled_from(["overlay", "state", "frozen", "lvm-snapshot", "mount", "other"]),
+)
+def test_a_damaged_journal_is_a_journal_error_never_a_crash(
+    field: str, record_field: str, value: Any, kind: str
+) -> None:
+    document = journal_to_dict(JOURNAL)
+    record = {"id": 9, **record_to_dict(OVL), "kind": kind}
+    record[record_field] = value
+    document["records"].append(record)
+    for damaged in ({**document, field: value}, document, value):
+        try:
+            journal_from_dict(damaged)
+        except JournalError:
+            pass

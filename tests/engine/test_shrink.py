@@ -29,7 +29,15 @@ from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.errors import LockHeld
 from virtbackup.core.shrink_plan import NotEnoughSpace, ShrinkOptions
 from virtbackup.engine import shrink as shrink_engine
-from virtbackup.engine.shrink import Image, amend_compat, can_punch_holes, shrink_domains
+from virtbackup.engine.shrink import (
+    PARTIAL_SUFFIX,
+    CopyTarget,
+    Image,
+    amend_compat,
+    can_punch_holes,
+    shrink_domains,
+    write_compact,
+)
 
 MiB = 1024 * 1024
 URI = "qemu:///system"
@@ -284,3 +292,23 @@ def test_shutdown_then_a_compact_copy_replaces_the_image_and_the_guest_runs_agai
     assert guest.dom.isActive()  # started again, like the shutdown backup method
     guest.wait_agent()
     assert guest.exec("cat /mnt/data/kept") == (0, "kept\n")
+
+
+def test_a_compact_copy_never_writes_through_a_link_at_its_temporary_name(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "web.raw"
+    image.write_bytes(b"\x07" * (1024 * 1024))
+    overlay = tmp_path / "overlay.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image), str(overlay)],
+        check=True,
+    )
+    decoy = tmp_path / "decoy"
+    decoy.write_bytes(b"precious\n")
+    output = tmp_path / "web-small.raw"
+    (tmp_path / f".web-small.raw{PARTIAL_SUFFIX}").symlink_to(decoy)
+    write_compact(overlay, CopyTarget(Image("vda", str(image), "raw"), output, "raw", False), False)
+    assert decoy.read_bytes() == b"precious\n"
+    assert output.read_bytes() == image.read_bytes()
+    assert not os.path.lexists(tmp_path / f".web-small.raw{PARTIAL_SUFFIX}")

@@ -4,7 +4,9 @@ A lock is an flock(2) on a file named after what it protects. The kernel drops i
 its holder dies, whatever the way (kill -9, power loss), so a free lock also tells
 `clean` that the run which wrote a journal is gone. The holder writes its pid into the
 file for the message the next run shows. Lock files are never deleted: unlinking a lock
-file while another process waits on it would let two runs hold "the" lock.
+file while another process waits on it would let two runs hold "the" lock. A lock file is
+opened without following a symbolic link and must be a regular file of ours, in a locks/
+directory that passes the state directory's checks (adapters/journal).
 """
 
 import fcntl
@@ -13,8 +15,13 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from virtbackup.adapters.journal import FILE_MODE, ensure_dir
-from virtbackup.core.errors import LockHeld
+from virtbackup.adapters.journal import (
+    ensure_state_subdir,
+    journal_dir,
+    open_private_file,
+    resolve_state_dir,
+)
+from virtbackup.core.errors import LockHeld, VirtbackupError
 
 LOCK_SUBDIR = "locks"
 POLL_SECONDS = 0.5
@@ -36,8 +43,7 @@ class FileLock:
         """Take the lock, waiting up to `wait` seconds; LockHeld (exit 3) if it stays taken."""
         if self._fd is not None:
             raise RuntimeError(f"lock {self.path} is already held by this object")
-        ensure_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fd = open_lock_file(self.path)
         deadline = time.monotonic() + wait
         try:
             while True:
@@ -75,9 +81,11 @@ class FileLock:
     def holder_pid(self) -> int | None:
         """The pid the holder wrote, if any (it may have just died)."""
         try:
-            text = self.path.read_text().strip()
-        except OSError:
+            fd = open_private_file(self.path, os.O_RDONLY)
+        except (OSError, VirtbackupError):
             return None
+        with open(fd, "rb") as lock_file:
+            text = lock_file.read(32).strip()
         return int(text) if text.isdigit() else None
 
     def _held_error(self) -> LockHeld:
@@ -100,6 +108,21 @@ class FileLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def prepare_state_dir(explicit: Path | None) -> Path:
+    """The state directory with its journal/ and locks/, created and checked before a run
+    starts: one that is not ours stops the run (StateDirError, exit 2), not each domain."""
+    state_dir = resolve_state_dir(explicit)
+    ensure_state_subdir(journal_dir(state_dir))
+    ensure_state_subdir(state_dir / LOCK_SUBDIR)
+    return state_dir
+
+
+def open_lock_file(path: Path) -> int:
+    """A read-write descriptor of lock file `path`, created 0600 if missing."""
+    ensure_state_subdir(path.parent)
+    return open_private_file(path, os.O_RDWR | os.O_CREAT)
 
 
 def domain_lock(state_dir: Path, domain_uuid: str, domain_name: str) -> FileLock:

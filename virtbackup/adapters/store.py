@@ -11,6 +11,7 @@ backup and the `clean` command call. Files are 0600, directories 0700.
 
 import errno
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -53,6 +54,12 @@ DIR_MODE = 0o700
 MANIFEST_LIMIT = 16 * 1024 * 1024
 RECORD_LIMIT = 64 * 1024
 
+# Hidden working names of ours directly in DEST (--skip-free work directories, ...); any
+# other name, hidden ones like `.web` included, can be a domain's directory.
+RESERVED_PREFIX = ".virtbackup"
+
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class BackupInfo:
@@ -90,6 +97,11 @@ class BackupStore:
         domain_dir = self.dest / domain
         try:
             domain_dir.mkdir(mode=DIR_MODE, exist_ok=True)
+            if not _is_real_dir(domain_dir):
+                raise StoreError(
+                    f"{domain_dir} is a symbolic link or not a directory",
+                    "remove it: backups are written only into a directory of DEST itself",
+                )
             os.chmod(domain_dir, DIR_MODE)
             self.remove_partials(domain)
             base = now.astimezone(UTC).strftime(STAMP_FORMAT)
@@ -108,31 +120,61 @@ class BackupStore:
             raise store_error(err, domain_dir) from None
         raise StoreError(f"too many backups of {domain} in the second {base}")
 
-    def remove_partials(self, domain: str | None = None) -> list[Path]:
-        """Remove partial directories left by dead runs; skip those a live run holds."""
+    def remove_partials(self, domain: str | None = None, *, dry_run: bool = False) -> list[Path]:
+        """Remove partial directories left by dead runs (or, in a dry run, list them);
+        skip those a live run holds. Nothing is reached through a symbolic link: the
+        domain directory is opened without following one and each leftover is removed
+        relative to it."""
         removed = []
         for domain_dir in self._domain_dirs(domain):
-            for entry in sorted(domain_dir.iterdir()):
-                leftover = _PARTIAL.match(entry.name) or _DELETING.match(entry.name)
-                if leftover and entry.is_dir() and not _is_locked(entry):
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(entry)
-                    _fsync_dir(domain_dir)
+            try:
+                domain_fd = _open_dir_nofollow(domain_dir)
+            except OSError as err:
+                log.warning("%s skipped: %s", domain_dir, err.strerror)
+                continue
+            try:
+                for name in sorted(os.listdir(domain_fd)):
+                    if not (_PARTIAL.match(name) or _DELETING.match(name)):
+                        continue
+                    if not _is_real_dir(name, domain_fd) or _is_locked(name, domain_fd):
+                        continue
+                    removed.append(domain_dir / name)
+                    if not dry_run:
+                        shutil.rmtree(name, dir_fd=domain_fd, ignore_errors=True)
+                        os.fsync(domain_fd)
+            finally:
+                os.close(domain_fd)
         return removed
 
     def remove_backup(self, backup: Path) -> None:
         """Delete one complete backup: renamed out of sight first, so that an interrupted
         removal leaves a hidden `.deleting` directory (removed by the next run), never a
-        half-deleted backup that looks complete."""
+        half-deleted backup that looks complete. Neither the domain directory nor the
+        backup may be a symbolic link: removal never leaves DEST."""
         if not _STAMP.match(backup.name) or backup.parent.parent != self.dest:
             raise StoreError(f"{backup} is not a backup directory of {self.dest}")
-        doomed = backup.parent / f".{backup.name}.deleting"
+        doomed = f".{backup.name}.deleting"
         try:
-            os.rename(backup, doomed)
-            _fsync_dir(backup.parent)
-            shutil.rmtree(doomed)
+            domain_fd = _open_dir_nofollow(backup.parent)
+        except OSError as err:
+            linked = err.errno in (errno.ELOOP, errno.ENOTDIR)
+            why = "is a symbolic link" if linked else f"cannot be opened: {err.strerror}"
+            raise StoreError(
+                f"cannot remove backup {backup}: {backup.parent} {why}",
+                "only backups in a directory of DEST itself are removed",
+            ) from None
+        try:
+            if not _is_real_dir(backup.name, domain_fd):
+                raise StoreError(
+                    f"cannot remove backup {backup}: it is a symbolic link or not a directory"
+                )
+            os.rename(backup.name, doomed, src_dir_fd=domain_fd, dst_dir_fd=domain_fd)
+            os.fsync(domain_fd)
+            shutil.rmtree(doomed, dir_fd=domain_fd)
         except OSError as err:
             raise StoreError(f"cannot remove backup {backup}: {err.strerror}") from None
+        finally:
+            os.close(domain_fd)
 
     def list_backups(self, domain: str | None = None) -> list[BackupInfo]:
         """Complete backups, by domain name, newest first within a domain."""
@@ -151,10 +193,20 @@ class BackupStore:
         return found
 
     def _domain_dirs(self, domain: str | None) -> list[Path]:
+        """The domain directories of DEST (all, or `domain`'s): real directories only; a
+        symbolic link is skipped with a warning, since what it points to is not DEST."""
         if domain is not None:
-            path = self.dest / domain
-            return [path] if path.is_dir() else []
-        return sorted(p for p in self.dest.iterdir() if p.is_dir() and not p.name.startswith("."))
+            names = [domain]
+        else:
+            names = sorted(name for name in os.listdir(self.dest) if is_domain_dir_name(name))
+        found = []
+        for name in names:
+            path = self.dest / name
+            if os.path.islink(path):
+                log.warning("%s is a symbolic link: skipped (backups live in DEST itself)", path)
+            elif path.is_dir():
+                found.append(path)
+        return found
 
 
 class AbortUnlessCommitted:
@@ -340,18 +392,33 @@ def load_verify_record(path: Path) -> VerifyRecord | None:
 
 
 def record_verification(path: Path, record: VerifyRecord) -> None:
-    """Write verified.json atomically (the only file added to a complete backup)."""
-    temporary = path / f".{VERIFIED}.tmp"
+    """Write verified.json atomically (the only file added to a complete backup).
+
+    The backup is untrusted: the temporary file is created afresh (O_EXCL, O_NOFOLLOW)
+    relative to the backup directory, so a planted link there is never written through."""
+    temporary = f".{VERIFIED}.tmp"
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as err:
+        raise store_error(err, path / VERIFIED) from None
+    try:
+        _unlink_at(temporary, dir_fd)  # left by a killed verify, or planted
+        fd = os.open(
+            temporary,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            FILE_MODE,
+            dir_fd=dir_fd,
+        )
         with open(fd, "wb") as out:
             out.write(build_verify_record(record).encode())
             os.fsync(out.fileno())
-        os.rename(temporary, path / VERIFIED)
-        _fsync_dir(path)
+        os.rename(temporary, VERIFIED, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
     except OSError as err:
-        temporary.unlink(missing_ok=True)
+        _unlink_at(temporary, dir_fd)
         raise store_error(err, path / VERIFIED) from None
+    finally:
+        os.close(dir_fd)
 
 
 def is_stamp(name: str) -> bool:
@@ -360,8 +427,15 @@ def is_stamp(name: str) -> bool:
 
 
 def check_domain_name(domain: str) -> None:
-    if not domain or "/" in domain or "\0" in domain or domain.startswith("."):
+    """Any libvirt name can be a directory of DEST except `.`, `..` and our own hidden
+    working names there (RESERVED_PREFIX)."""
+    if not is_domain_dir_name(domain) or "/" in domain or "\0" in domain:
         raise UsageError(f"domain name {domain!r} cannot be used as a directory name")
+
+
+def is_domain_dir_name(name: str) -> bool:
+    """Whether an entry of DEST with this name may be a domain's directory."""
+    return name not in ("", ".", "..") and not name.startswith(RESERVED_PREFIX)
 
 
 def store_error(err: OSError, path: Path) -> StoreError:
@@ -375,9 +449,11 @@ def store_error(err: OSError, path: Path) -> StoreError:
     return StoreError(f"cannot write {path}: {err.strerror}")
 
 
-def _is_locked(path: Path) -> bool:
+def _is_locked(name: str | Path, dir_fd: int | None = None) -> bool:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(
+            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+        )
     except OSError:
         return True  # cannot tell: leave it alone
     try:
@@ -387,6 +463,25 @@ def _is_locked(path: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def _is_real_dir(name: str | Path, dir_fd: int | None = None) -> bool:
+    """A directory, not a symbolic link to one."""
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _open_dir_nofollow(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _unlink_at(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -140,7 +140,8 @@ def _local_zone() -> tzinfo:
 def _write_summary(path: Path, document: dict[str, object]) -> None:
     """Atomically, 0600: monitoring never reads half a file."""
     temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary.unlink(missing_ok=True)  # a killed run's, or a planted link: never written through
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with open(fd, "w", encoding="utf-8") as out:
         json.dump(document, out, indent=2, ensure_ascii=False)
         out.flush()

@@ -8,6 +8,7 @@ import click
 
 from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.adapters.locks import prepare_state_dir
 from virtbackup.adapters.store import BackupStore
 from virtbackup.cli.backup_options import (
     BackupValues,
@@ -44,6 +45,7 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
     config = load_settings(options)
     store = BackupStore(resolve_dest(values, config))
     store.check_writable()
+    prepare_state_dir(options.state_dir)
     targets = resolve_targets(values, config)
     started = datetime.now(UTC)
     outcomes = []

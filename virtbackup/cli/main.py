@@ -1,5 +1,6 @@
 """The click group, its global options, and the one switch from errors to exit codes."""
 
+import errno
 import importlib
 import logging
 import os
@@ -112,7 +113,8 @@ def cli(
     try:
         setup_logging(verbosity, log_file)
     except OSError as err:
-        raise UsageError(f"cannot open log file {log_file}: {err.strerror}") from None
+        why = "it is a symbolic link" if err.errno == errno.ELOOP else err.strerror
+        raise UsageError(f"cannot open log file {log_file}: {why}") from None
     ctx.obj = GlobalOptions(uri=uri, config=config, verbosity=verbosity, state_dir=state_dir)
 
 

@@ -54,7 +54,7 @@ class LogFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Plain timestamped lines appended to a file readable by root only."""
 
     def __init__(self, path: Path) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         super().__init__(os.fdopen(fd, "a", encoding="utf-8", buffering=1))
         self.setFormatter(logging.Formatter(PLAIN_FORMAT, TIME_FORMAT))
 

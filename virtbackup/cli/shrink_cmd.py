@@ -33,6 +33,7 @@ from rich.text import Text
 
 from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.adapters.locks import prepare_state_dir
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.list_cmd import human_size
 from virtbackup.cli.output import stderr_console
@@ -156,6 +157,7 @@ def shrink_command(
         )
     if not domains and not all_domains and not interactive:
         raise UsageError("--yes needs the domains to shrink", "name them, or pass --all")
+    prepare_state_dir(options.state_dir)
     console = stderr_console
     outcomes: list[ShrinkOutcome] = []
     with connect(options.uri) as conn:

@@ -22,6 +22,8 @@ The journal of one run and one domain is a JSON object:
 Records are undone newest first.
 """
 
+import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -30,11 +32,13 @@ from typing import Any, ClassVar
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.lvm import (
     LVM_RECORD_TYPES,
+    SNAPSHOT_PREFIX,
     LvmSnapshotRecord,
     MountRecord,
     lvm_record_from_dict,
 )
 from virtbackup.core.model import DomainState
+from virtbackup.core.overlays import OVERLAY_MARK
 
 JOURNAL_FORMAT = "virtbackup-journal"
 JOURNAL_VERSION = 1
@@ -197,6 +201,64 @@ def _text(data: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{key!r} missing or not a string")
     return value
+
+
+# -- is a journal ours? -------------------------------------------------------------------
+
+# What new_run_id (engine/session) makes, and the names a journal file gets.
+RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+_UUID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
+_TARGET = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def journal_file_name(domain_uuid: str, run_id: str) -> str:
+    return f"{domain_uuid}.{run_id}.json"
+
+
+def foreign_journal(journal: "Journal", file_name: str) -> str | None:
+    """Why a journal read from the state directory is not one a run of ours wrote (None:
+    it is). `clean` acts as root on what a journal says, so a journal is trusted only as
+    far as it describes what our runs create: an overlay named and placed as
+    core/overlays names it (the run's id in its name), an LVM mount folder of one of our
+    snapshots. A record that is not is never acted on."""
+    if not RUN_ID.match(journal.run_id) or not _UUID.match(journal.domain_uuid):
+        return f"run id {journal.run_id!r} or domain uuid {journal.domain_uuid!r} is not ours"
+    if file_name != journal_file_name(journal.domain_uuid, journal.run_id):
+        return f"its name does not match its run {journal.run_id} and domain uuid"
+    for entry in journal.entries:
+        problem = foreign_record(entry.record, journal)
+        if problem:
+            return problem
+    return None
+
+
+def foreign_record(record: "UndoRecord", journal: "Journal") -> str | None:
+    if isinstance(record, OverlayRecord):
+        return _foreign_overlay(record, journal)
+    if isinstance(record, MountRecord):
+        name = posixpath.basename(record.target)
+        if not _is_clean_absolute(record.target) or not name.startswith(SNAPSHOT_PREFIX):
+            return f"mount folder {record.target!r} is not one of our snapshots' folders"
+    return None
+
+
+def _foreign_overlay(record: OverlayRecord, journal: "Journal") -> str | None:
+    overlay = record.overlay
+    bad = f"overlay {overlay!r} is not named and placed as a run of ours names its overlays"
+    if not _TARGET.match(record.target) or record.original_type not in ("file", "block"):
+        return bad
+    if not _is_clean_absolute(overlay) or not _is_clean_absolute(record.original):
+        return bad
+    suffix = f"{OVERLAY_MARK}{journal.run_id}.qcow2"
+    next_to_image = record.original + suffix
+    in_overlay_dir = f"{journal.domain_uuid}-{record.target}{suffix}"
+    if overlay != next_to_image and posixpath.basename(overlay) != in_overlay_dir:
+        return bad
+    return None
+
+
+def _is_clean_absolute(path: str) -> bool:
+    return path.startswith("/") and posixpath.normpath(path) == path and "\0" not in path
 
 
 # -- undo decisions -----------------------------------------------------------------------

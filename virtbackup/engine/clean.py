@@ -5,7 +5,9 @@ gone (the kernel drops an flock with its holder, on kill -9 and on power loss al
 Its records are undone newest first by the same Undoer a live run uses, while this
 process holds the domain lock; each record is dropped once undone, and the journal
 file with its last record. A record that cannot be undone safely (the domain runs on
-an image that is neither its original nor our overlay, say) is reported and kept.
+an image that is neither its original nor our overlay, say) is reported and kept. A
+journal that does not describe what a run of ours creates (an overlay with another name
+or place, see core/undo.foreign_journal) is not acted on at all: reported and kept.
 
 Partial backup directories are the store's business: with `dests`, each store removes
 the ones no live run holds, and the --skip-free work directories of dead runs there go
@@ -23,7 +25,7 @@ from virtbackup.adapters.journal import JournalFile, journal_dir, list_journals,
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.steps import StepSink
-from virtbackup.core.undo import Entry, JournalError, describe
+from virtbackup.core.undo import Entry, Journal, JournalError, describe, foreign_journal
 from virtbackup.engine.lvm_undo import sweep_leftovers
 from virtbackup.engine.session import SignalGuard
 from virtbackup.engine.undo import DEFAULT_COMMIT_TIMEOUT, Undoer
@@ -61,7 +63,7 @@ def clean(
         connections: dict[str, Any] = {}
         for path in list_journals(state_dir):
             try:
-                journal = load_journal(path)
+                journal = load_our_journal(path)
             except JournalError as err:
                 result.problems.append(str(err))
                 steps.warning("-", f"{err}: left alone")
@@ -106,13 +108,22 @@ def replay_domain(
     problems: list[str] = []
     for path in list_journals(state_dir, domain_uuid):
         try:
-            journal = JournalFile(path, load_journal(path))
+            journal = JournalFile(path, load_our_journal(path))
         except JournalError as err:
             problems.append(str(err))
             continue
         steps.step(domain_name, f"finishing the undo of interrupted run {journal.journal.run_id}")
         problems += replay(journal, conn, steps)
     return problems
+
+
+def load_our_journal(path: Path) -> Journal:
+    """The journal in `path`, if it describes only what a run of ours creates."""
+    journal = load_journal(path)
+    problem = foreign_journal(journal, path.name)
+    if problem:
+        raise JournalError(f"journal {path} is not one of ours: {problem}")
+    return journal
 
 
 def replay(
@@ -191,7 +202,7 @@ def _clean_partials(dests: Sequence[Path], steps: StepSink, dry_run: bool) -> li
     found: list[Path] = []
     for dest in dests:
         if dry_run:
-            for partial in sorted(dest.glob("*/.*.partial")):
+            for partial in BackupStore(dest).remove_partials(dry_run=True):
                 steps.step(
                     partial.parent.name,
                     f"would remove partial backup {partial} (unless a running backup holds it)",

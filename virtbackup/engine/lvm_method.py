@@ -43,8 +43,9 @@ from typing import Any
 from virtbackup.adapters import hypervisor as hv
 from virtbackup.adapters import lvm
 from virtbackup.adapters.discovery import domain_facts
-from virtbackup.adapters.journal import FILE_MODE, ensure_dir, resolve_state_dir
+from virtbackup.adapters.journal import ensure_dir, resolve_state_dir
 from virtbackup.adapters.libvirt_conn import libvirt_module
+from virtbackup.adapters.locks import open_lock_file
 from virtbackup.core.config import SnapshotSize
 from virtbackup.core.consistency_errors import QuiesceFailed
 from virtbackup.core.errors import Interrupted, VirtbackupError
@@ -117,8 +118,7 @@ class LvmLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "LvmLock":
-        ensure_dir(self.lock.path.parent)
-        fd = os.open(self.lock.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        fd = open_lock_file(self.lock.path)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -39,6 +39,7 @@ from virtbackup.adapters.store import (
     BackupInfo,
     BackupStore,
     check_domain_name,
+    is_domain_dir_name,
     is_stamp,
 )
 from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup, RemoteError
@@ -142,7 +143,7 @@ class RemoteStore:
 
     def domains(self) -> list[str]:
         entries = rclone.list_entries(self.remote, self.offsite.host)
-        return sorted(e.path for e in entries if e.is_dir and not e.path.startswith("."))
+        return sorted(e.path for e in entries if e.is_dir and is_domain_dir_name(e.path))
 
     def backups_of(self, domain: str) -> RemoteBackups:
         entries = rclone.list_entries(self.remote, f"{self.offsite.host}/{domain}", recursive=True)

@@ -428,6 +428,7 @@ def write_compact(overlay: Path, target: CopyTarget, compress: bool) -> None:
         argv += ["-o", "compat=1.1"]
         if compress:
             argv.append("-c")
+    partial.unlink(missing_ok=True)  # a killed run's (or a link): qemu-img would write through
     try:
         runner.run([*argv, str(overlay), str(partial)], timeout=CONVERT_TIMEOUT)
         source = os.stat(target.image.path)
@@ -437,7 +438,7 @@ def write_compact(overlay: Path, target: CopyTarget, compress: bool) -> None:
         os.rename(partial, target.output)
         _fsync(target.output.parent)
     finally:
-        if partial.exists():
+        if os.path.lexists(partial):
             partial.unlink()
 
 

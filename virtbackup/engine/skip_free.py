@@ -135,9 +135,10 @@ def remove_leftovers(tmp_dir: Path, now: float | None = None) -> list[Path]:
     removed = []
     for entry in tmp_dir.glob(f"{TMP_PREFIX}*"):
         try:
-            if not entry.is_dir() or now - entry.stat().st_mtime < LEFTOVER_AGE:
+            info = entry.lstat()  # a symbolic link is never followed, nor removed through
+            if not stat.S_ISDIR(info.st_mode) or now - info.st_mtime < LEFTOVER_AGE:
                 continue
-            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
         try:

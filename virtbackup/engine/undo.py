@@ -8,6 +8,7 @@ in the middle of an earlier undo. A dry run only reports the plan.
 
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,11 @@ class Undoer:
         self.steps.step(self.domain_name, _overlay_text(step, record))
         dom = hv.lookup_uuid(self.conn, self.domain_uuid)
         if step == OverlayStep.DELETE:
+            # An overlay is a qcow2 file we created: anything else there is not ours.
+            if not stat.S_ISREG(os.lstat(record.overlay).st_mode):
+                raise UndoBlocked(
+                    f"{self.domain_name}: {record.overlay} is not a regular file: left alone"
+                )
             os.unlink(record.overlay)
             return
         if dom is None:
