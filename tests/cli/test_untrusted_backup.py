@@ -332,3 +332,29 @@ def test_restore_directories_are_reachable_by_qemu_under_umask_077(
     assert stat.S_IMODE((existing / "new").stat().st_mode) == 0o711
     assert stat.S_IMODE(out.stat().st_mode) == 0o711
     assert stat.S_IMODE((out / "vda.raw").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "vda.raw.lz4", "domain.xml"])
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+def test_files_of_a_backup_are_read_only_as_regular_files(
+    backup: Path, tmp_path: Path, name: str, kind: str
+) -> None:
+    """A FIFO would hang verify and restore; a link would make them read a host file."""
+    secret = tmp_path / "secret"
+    secret.write_text("not for backups\n")
+    (backup / name).unlink()
+    if kind == "fifo":
+        os.mkfifo(backup / name)
+    else:
+        (backup / name).symlink_to(secret)
+    before = tree(tmp_path)
+    out = tmp_path / "restored"
+    args = ["--define", "copy-of-web1"] if name == "domain.xml" else []
+    restored = run_cli("restore", str(backup), "--to", str(out), *args, timeout=60)
+    _assert_refused(restored, f"{backup / name}")
+    assert "not for backups" not in restored.stderr
+    assert tree(tmp_path) == before
+    if name != "domain.xml":  # verify does not read the domain XML
+        verified = run_cli("verify", str(backup), timeout=60)
+        assert verified.returncode == 1, verified.stderr
+        assert f"{backup / name}" in verified.stderr and "Traceback" not in verified.stderr

@@ -6,6 +6,8 @@ identity file. Streams of a local, unencrypted backup are read at random (parall
 restore); every other stream is read front to back from a pipe.
 """
 
+import os
+import stat
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -13,7 +15,12 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from virtbackup.adapters import age, ssh_sign
-from virtbackup.adapters.store import DOMAIN_XML, MANIFEST, record_verification
+from virtbackup.adapters.store import (
+    DOMAIN_XML,
+    MANIFEST,
+    read_regular_file,
+    record_verification,
+)
 from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup
 from virtbackup.core.backup_names import stream_file_name
 from virtbackup.core.errors import UsageError
@@ -36,6 +43,8 @@ from virtbackup.core.signature import (
 
 SEALED_MANIFEST = MANIFEST + age.AGE_SUFFIX
 SEALED_DOMAIN_XML = DOMAIN_XML + age.AGE_SUFFIX
+# What a metadata file of ours (manifest, domain XML, signature) can hold at the most.
+METADATA_LIMIT = 16 * 1024 * 1024
 
 
 class BackupFiles(Protocol):
@@ -55,13 +64,17 @@ class BackupFiles(Protocol):
 
 
 class LocalFiles:
+    """A backup directory on this host. Every file is opened without following a link
+    and only when it is a regular file: a FIFO would block the read, a link could make
+    a crafted backup read (or show) a file of the host."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.label = str(path)
 
     def read(self, name: str) -> bytes:
         try:
-            return (self.path / name).read_bytes()
+            return read_regular_file(self.path / name, METADATA_LIMIT)
         except FileNotFoundError:
             raise missing_file(self.label, name, self.path.is_dir()) from None
         except OSError as err:
@@ -69,20 +82,32 @@ class LocalFiles:
 
     def size(self, name: str) -> int | None:
         try:
-            return (self.path / name).stat().st_size
+            info = os.lstat(self.path / name)
         except FileNotFoundError:
             return None
+        except OSError as err:
+            raise CorruptBackup(f"cannot read {self.path / name}: {err.strerror}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise CorruptBackup(f"{self.path / name} is not a regular file")
+        return info.st_size
 
     @contextmanager
     def stream(self, name: str) -> Iterator[IO[bytes]]:
+        path = self.path / name
         try:
-            handle = open(self.path / name, "rb")  # noqa: SIM115 (closed below)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise CorruptBackup(f"stream file {self.path / name} is missing") from None
-        with handle:
+            raise CorruptBackup(f"stream file {path} is missing") from None
+        except OSError as err:  # ELOOP: a symbolic link
+            raise CorruptBackup(f"cannot read stream file {path}: {err.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CorruptBackup(f"stream file {path} is not a regular file")
+        with os.fdopen(fd, "rb") as handle:
             yield handle
 
     def local_path(self, name: str) -> Path | None:
+        self.size(name)  # a link, FIFO or device is refused before anyone opens it
         return self.path / name
 
     def record_verification(self, record: VerifyRecord) -> None:
