@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from harness.real import unavailable
+from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT, launch_bounded
 
 
 @pytest.fixture(scope="session")
@@ -23,11 +24,12 @@ def guestfs_module() -> Any:
 
 @pytest.fixture(scope="session")
 def guestfs_works(guestfs_module: Any) -> None:
-    """Launch the appliance once with no disks: builds it (first run) and proves it boots."""
+    """Launch the appliance once with no disks: builds it (first run) and proves it boots,
+    bounded like virtbackup's own launches (a broken KVM may hang instead of failing)."""
     g = guestfs_module.GuestFS(python_return_dict=True)
     try:
         g.add_drive_scratch(16 * 1024 * 1024)
-        g.launch()
+        launch_bounded(g, 2 * DEFAULT_LAUNCH_TIMEOUT)  # the first launch builds it too
     except RuntimeError as err:
         settings = os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "")
         unavailable("guestfs appliance", f"{err} (LIBGUESTFS_BACKEND_SETTINGS={settings!r})")
