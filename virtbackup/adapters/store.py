@@ -185,10 +185,15 @@ class BackupStore:
         found: list[BackupInfo] = []
         for domain_dir in self._domain_dirs(domain):
             stamps = sorted(
-                (p for p in domain_dir.iterdir() if _STAMP.match(p.name) and p.is_dir()),
+                (p for p in domain_dir.iterdir() if _STAMP.match(p.name) and _is_real_dir(p)),
                 key=lambda p: p.name,
                 reverse=True,
             )
+            for path in domain_dir.iterdir():
+                if _STAMP.match(path.name) and path.is_symlink():
+                    log.warning(
+                        "%s is a symbolic link: skipped (backups live in DEST itself)", path
+                    )
             found.extend(describe_backup(path) for path in stamps)
         return found
 
