@@ -8,6 +8,8 @@ from pathlib import Path
 from backup_helpers import MiB, disk_of, make_backup
 from harness.cli import virtbackup as run_cli
 
+from virtbackup.core.text import printable
+
 
 def test_listing_json_and_table(tmp_path: Path) -> None:
     image = tmp_path / "small.raw"
@@ -115,3 +117,28 @@ def test_names_and_methods_are_shown_as_text_not_markup(tmp_path: Path) -> None:
     assert table.returncode == 0, table.stderr
     assert "a[bold]b" in table.stdout and "[/oops]" in table.stdout
     assert table.stderr == ""
+
+
+def test_control_characters_in_names_never_reach_the_terminal(tmp_path: Path) -> None:
+    """A directory in DEST (or a libvirt name) may hold ESC sequences or a bidi override:
+    tables, warnings and error lines show them escaped."""
+    image = tmp_path / "small.raw"
+    image.write_bytes(b"x" * 4096)
+    dest = tmp_path / "dest"
+    name = "esc\x1b[31mRED\u202eevil"
+    make_backup(dest, [disk_of(image)], domain=name)
+    (dest / name / "20000101T000000Z").mkdir()  # not a backup: named in a warning
+
+    for args in (["backups"], ["prune", "--keep-last", "1", "--dry-run"]):
+        result = run_cli(*args, "--dest", str(dest), timeout=60)
+        assert result.returncode == 0, result.stderr
+        for output in (result.stdout, result.stderr):
+            assert "\x1b" not in output and "\u202e" not in output
+        assert "esc\\x1b[31mRED\\u202eevil" in result.stdout + result.stderr
+
+
+def test_printable_escapes_what_a_terminal_would_act_on() -> None:
+    assert printable("web-01 .ä") == "web-01 .ä"
+    assert printable("a\x1b[2Jb\u202ec\x7f\x85") == "a\\x1b[2Jb\\u202ec\\x7f\\x85"
+    assert printable("one\nfake log line") == "one\\nfake log line"
+    assert printable("cell\nwrap", keep_newlines=True) == "cell\nwrap"

@@ -261,3 +261,23 @@ def test_a_hangup_with_stdout_gone_still_exits_130_with_its_line(
     assert "Traceback" not in err and "Exception ignored" not in err
     assert snapshot_of(libvirt, dom) == before
     assert tree(dest) == [dom.name()]
+
+
+def test_a_burst_of_sigterms_still_exits_130(
+    domain_factory: DomainFactory, libvirt: Any, state_dir: Path, dest: Path
+) -> None:
+    """systemd and impatient users send more than one: the run unwinds once, and the
+    ones that arrive while it exits do not turn exit 130 into death by signal (143)."""
+    image = random_image(domain_factory.workdir / "burst.raw", 16 * MiB)
+    dom = domain_factory.create([DiskSpec("raw", image=image)], hint="burst", start=True)
+    before = snapshot_of(libvirt, dom)
+    proc = spawn(state_dir, "backup", dom.name(), "--dest", str(dest), "--bwlimit", "2M")
+    wait_for_growth(proc, f"{dom.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    while proc.poll() is None:  # until it has exited, whatever it was doing
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "virtbackup: error: interrupted by SIGTERM" in err
+    assert snapshot_of(libvirt, dom) == before

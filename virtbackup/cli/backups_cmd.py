@@ -12,6 +12,7 @@ from rich.text import Text
 
 from virtbackup.adapters.store import BackupInfo, BackupStore
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.output import text
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
 from virtbackup.cli.trust_options import allowed_signers_option
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
@@ -109,10 +110,10 @@ def backups_table(backups: list[BackupInfo], signatures: list[SignatureCheck]) -
         manifest = backup.manifest
         size = _human_size(backup.size)
         if manifest is None:  # not a readable backup: its problem says why
-            problem = Text(f"unreadable: {backup.problem}", style="yellow")
+            problem = text(f"unreadable: {backup.problem}", style="yellow")
             table.add_row(
-                Text(backup.domain),
-                Text(backup.stamp),
+                text(backup.domain),
+                text(backup.stamp),
                 "?",
                 "?",
                 size,
@@ -122,22 +123,22 @@ def backups_table(backups: list[BackupInfo], signatures: list[SignatureCheck]) -
             )
             continue
         table.add_row(
-            Text(backup.domain),
+            text(backup.domain),
             format_time(manifest.started),
-            Text(manifest.method),
-            Text(", ".join(manifest.targets)),
+            text(manifest.method),
+            text(", ".join(manifest.targets)),
             size,
             "yes" if isinstance(manifest, Sealed) else "no",
             _signature_cell(signature),
-            Text(verified_state(backup)),
+            text(verified_state(backup)),
         )
     return table
 
 
 def _signature_cell(check: SignatureCheck) -> Text:
     if check.state == SignatureState.SIGNED:
-        return Text(f"signed ({check.principal})")
-    return Text("BAD" if check.state == SignatureState.BAD else check.state.value)
+        return text(f"signed ({check.principal})")
+    return text("BAD" if check.state == SignatureState.BAD else check.state.value)
 
 
 def backup_as_json(backup: BackupInfo) -> dict[str, Any]:

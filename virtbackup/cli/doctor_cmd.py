@@ -13,11 +13,11 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.adapters.rclone import Remote
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.output import text
 from virtbackup.cli.remote_options import remote_store
 from virtbackup.core.config import Config
 from virtbackup.core.doctor import Finding, Settings, Severity, blocks_backups, diagnose
@@ -137,13 +137,13 @@ def render(findings: Sequence[Finding]) -> None:
     for f in findings:
         subject = "host" if f.domain is None else f.domain + (f" {f.disk}" if f.disk else "")
         table.add_row(
-            Text(f.severity.value, style=_STYLE[f.severity]),
-            Text(subject),
-            Text(f.text),
-            Text(f.fix or "", style="cyan"),
+            text(f.severity.value, style=_STYLE[f.severity]),
+            text(subject),
+            text(f.text),
+            text(f.fix or "", style="cyan"),
         )
     console.print(table)
     blockers = sum(f.severity == Severity.BLOCKER for f in findings)
     warnings = sum(f.severity == Severity.WARNING for f in findings)
     verdict = "backups are blocked" if blockers else "nothing blocks backups"
-    console.print(Text(f"{blockers} blockers, {warnings} warnings: {verdict}"))
+    console.print(text(f"{blockers} blockers, {warnings} warnings: {verdict}"))

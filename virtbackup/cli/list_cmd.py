@@ -16,6 +16,7 @@ from rich.text import Text
 from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.output import text
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DiskPlan, DomainPlan, PlanOptions, plan_domain
 
@@ -119,9 +120,9 @@ def _disk_json(plan: DiskPlan) -> dict[str, Any]:
 
 def render_table(console: Console, uri: str, plans: Sequence[DomainPlan]) -> None:
     if not plans:
-        console.print(Text(f"no domains on {uri}"))
+        console.print(text(f"no domains on {uri}"))
         return
-    table = Table(title=Text(f"Domains on {uri}"), title_justify="left")
+    table = Table(title=text(f"Domains on {uri}"), title_justify="left")
     table.add_column("Domain / disk", overflow="fold")
     table.add_column("State / source", overflow="fold")
     table.add_column("Method / format", no_wrap=True)
@@ -134,44 +135,44 @@ def render_table(console: Console, uri: str, plans: Sequence[DomainPlan]) -> Non
             table.add_section()
         _add_domain_rows(table, plan)
     console.print(table)
-    console.print(Text(summary_line(plans)))
+    console.print(text(summary_line(plans)))
 
 
 def _add_domain_rows(table: Table, plan: DomainPlan) -> None:
     domain = plan.domain
-    name = Text(domain.name, style="bold")
+    name = text(domain.name, style="bold")
     if not domain.persistent:
         name.append(" (transient)", style="dim")
     ok = plan.method is not None
-    method = Text(plan.method.value if plan.method else "none", style="bold" if ok else "red")
-    reason = Text(plan.reason, style="" if ok else "red")
-    empty = Text("")
-    table.add_row(name, Text(domain.state.value), method, empty, empty, empty, reason)
+    method = text(plan.method.value if plan.method else "none", style="bold" if ok else "red")
+    reason = text(plan.reason, style="" if ok else "red")
+    empty = text("")
+    table.add_row(name, text(domain.state.value), method, empty, empty, empty, reason)
     for disk_plan in plan.disks:
         disk = disk_plan.disk
-        source = Text(disk.path or disk.network or "(no source)")
+        source = text(disk.path or disk.network or "(no source)")
         source.append(f"\n{disk.device}, {disk.source_type}", style="dim")
         if disk.on_lv:
             source.append(f", on LVM {disk.lv or ''}".rstrip(), style="dim")
         for backing in disk.backing_chain:
             source.append(f"\n└ {backing}", style="dim")
         table.add_row(
-            Text(f"  {disk.target}"),
+            text(f"  {disk.target}"),
             source,
-            Text(disk.format or "-"),
-            Text(human_size(disk.virtual_size)),
-            Text(human_size(disk.allocated)),
+            text(disk.format or "-"),
+            text(human_size(disk.virtual_size)),
+            text(human_size(disk.allocated)),
             _backup_cell(disk_plan),
-            Text(disk_plan.reason, style="yellow" if disk_plan.warning else ""),
+            text(disk_plan.reason, style="yellow" if disk_plan.warning else ""),
         )
 
 
 def _backup_cell(plan: DiskPlan) -> Text:
     if plan.backup:
-        return Text("yes", style="yellow" if plan.warning else "green")
+        return text("yes", style="yellow" if plan.warning else "green")
     if plan.left_out:
-        return Text("no", style="bold red")  # the domain's backup will be incomplete
-    return Text("no", style="yellow" if plan.warning else "dim")
+        return text("no", style="bold red")  # the domain's backup will be incomplete
+    return text("no", style="yellow" if plan.warning else "dim")
 
 
 def summary_line(plans: Sequence[DomainPlan]) -> str:

@@ -137,7 +137,14 @@ def main(argv: list[str] | None = None) -> None:
         if signal.getsignal(signum) != signal.SIG_IGN:  # nohup: a hangup is to be ignored
             signal.signal(signum, _raise_interrupted)
     try:
-        code = _run(argv)
+        try:
+            code = _run(argv)
+        finally:
+            # The run is over: more signals (a burst of SIGTERMs, repeated Ctrl-C) change
+            # nothing now, and one that came during interpreter shutdown, when Python puts
+            # the default handlers back, would kill us with 143 instead of this exit code.
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
     except Interrupted:  # a second signal while the last line was being written
         code = ExitCode.INTERRUPTED
     _flush_output()

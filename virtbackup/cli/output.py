@@ -8,6 +8,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
+
+from virtbackup.core.text import printable
 
 stderr_console = Console(stderr=True)
 
@@ -24,12 +27,25 @@ _SYSLOG_PRIORITY = {
 }
 
 
+def text(value: str, style: str = "") -> Text:
+    """A table cell or line for rich: never read as markup, control characters escaped."""
+    return Text(printable(value, keep_newlines=True), style=style)
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines name domains, paths and backups' contents: control characters in them are
+    escaped so that no line can repaint the terminal or pass for another line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return printable(super().formatMessage(record))
+
+
 class JournalFormatter(logging.Formatter):
     """The journal adds its own timestamps; it wants the priority instead."""
 
     def format(self, record: logging.LogRecord) -> str:
         priority = _SYSLOG_PRIORITY.get(record.levelno, 6)
-        return f"<{priority}>{record.getMessage()}"
+        return f"<{priority}>{printable(record.getMessage())}"
 
 
 def level_for(verbosity: int) -> int:
@@ -43,10 +59,10 @@ def console_handler() -> logging.Handler:
         handler.setFormatter(JournalFormatter())
     elif sys.stderr.isatty():
         handler = RichHandler(console=stderr_console, show_path=False, markup=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(SafeFormatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(PLAIN_FORMAT, TIME_FORMAT))
+        handler.setFormatter(SafeFormatter(PLAIN_FORMAT, TIME_FORMAT))
     return handler
 
 
@@ -56,7 +72,7 @@ class LogFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         super().__init__(os.fdopen(fd, "a", encoding="utf-8", buffering=1))
-        self.setFormatter(logging.Formatter(PLAIN_FORMAT, TIME_FORMAT))
+        self.setFormatter(SafeFormatter(PLAIN_FORMAT, TIME_FORMAT))
 
 
 def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
@@ -70,7 +86,7 @@ def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
 def error_line(message: str) -> None:
     """The one line the user reads when a command fails; the log file gets it too."""
     try:
-        print(f"virtbackup: error: {message}", file=sys.stderr)
+        print(f"virtbackup: error: {printable(message)}", file=sys.stderr)
     except OSError:
         pass  # a closed pipe or a hung-up terminal: there is no one to tell but the log file
     record = logging.LogRecord("virtbackup", logging.ERROR, "", 0, message, None, None)

@@ -15,6 +15,7 @@ from rich.progress import (
 
 from virtbackup.cli.output import stderr_console
 from virtbackup.core.progress import NullProgress, ProgressSink
+from virtbackup.core.text import printable
 
 
 class RichProgressSink:
@@ -23,7 +24,7 @@ class RichProgressSink:
         self._task: TaskID | None = None
 
     def on_start(self, total: int, label: str) -> None:
-        self._task = self._progress.add_task(label, total=total)
+        self._task = self._progress.add_task(printable(label), total=total)
 
     def on_advance(self, nbytes: int) -> None:
         if self._task is not None:

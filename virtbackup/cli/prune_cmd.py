@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from virtbackup.adapters.store import BackupStore
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.output import text
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
 from virtbackup.core.errors import UsageError
 from virtbackup.core.retention import Policy
@@ -118,19 +118,19 @@ def _as_dict(result: PruneResult, dry_run: bool, where: str) -> dict[str, object
 
 def _print(results: list[PruneResult], dry_run: bool, where: str) -> None:
     title = f"retention in {where}" + (" (dry run: nothing removed)" if dry_run else "")
-    table = Table(title=Text(title))
+    table = Table(title=text(title))
     for heading in ("domain", "backup", "action", "why"):
         table.add_column(heading)
     for result in results:
-        domain = Text(result.domain)
+        domain = text(result.domain)
         for kept in result.decision.keep:
-            table.add_row(domain, Text(kept.candidate.name), "keep", Text(", ".join(kept.reasons)))
+            table.add_row(domain, text(kept.candidate.name), "keep", text(", ".join(kept.reasons)))
         for stamp in result.unreadable:
             why = result.problems.get(stamp, "manifest unreadable")
-            table.add_row(domain, Text(stamp), "leave", Text(why, style="yellow"))
+            table.add_row(domain, text(stamp), "leave", text(why, style="yellow"))
         for stamp in result.incomplete:
-            table.add_row(domain, Text(stamp), "keep", "upload not complete")
+            table.add_row(domain, text(stamp), "keep", "upload not complete")
         for gone in result.decision.remove:
             action = "would remove" if dry_run else "removed"
-            table.add_row(domain, Text(gone.name), Text(action, style="red"), "")
+            table.add_row(domain, text(gone.name), text(action, style="red"), "")
     Console(width=max(100, Console().width)).print(table)

@@ -36,7 +36,7 @@ from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.adapters.locks import prepare_state_dir
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.list_cmd import human_size
-from virtbackup.cli.output import stderr_console
+from virtbackup.cli.output import stderr_console, text
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.shrink_plan import (
@@ -50,6 +50,7 @@ from virtbackup.core.shrink_plan import (
     check_options,
     plan_shrink,
 )
+from virtbackup.core.text import printable
 from virtbackup.engine.shrink import Image, estimate_reclaimable, shrink_domain
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def estimates(
             found[plan.domain.name] = None  # a launch would cost more than it could find
             continue
         images = [Image(d.target, d.path or "", d.format or "raw") for d in plan.chosen]
-        with console.status(Text(f"estimating {plan.domain.name} (read-only look inside)")):
+        with console.status(text(f"estimating {plan.domain.name} (read-only look inside)")):
             try:
                 found[plan.domain.name] = estimate_reclaimable(images, launch_timeout)
             except VirtbackupError as err:
@@ -242,9 +243,9 @@ def pick(
     for number, plan in enumerate(candidates, 1):
         cells: list[str | Text] = [
             str(number),
-            Text(plan.domain.name),
+            text(plan.domain.name),
             plan.domain.state.value,
-            Text(", ".join(d.target for d in plan.chosen)),
+            text(", ".join(d.target for d in plan.chosen)),
             human_size(plan.virtual_size),
             human_size(plan.allocated),
         ]
@@ -263,7 +264,7 @@ def pick(
             chosen = parse_choice(answer, [p.domain.name for p in candidates])
             break
         except ValueError as err:
-            console.print(Text(str(err), style="red"))
+            console.print(text(str(err), style="red"))
     by_name = {p.domain.name: p for p in candidates}
     return [by_name[n] for n in chosen if confirm(console, by_name[n], options)]
 
@@ -312,7 +313,7 @@ class RichShrinkProgress:
         self._started: dict[str, int] = {}
 
     def begin(self, domain: str, total_steps: int) -> None:
-        self._tasks[domain] = self._progress.add_task(domain, total=total_steps, step="")
+        self._tasks[domain] = self._progress.add_task(printable(domain), total=total_steps, step="")
         self._started[domain] = 0
 
     def step(self, domain: str, text: str, total_steps: int | None = None) -> None:
@@ -321,11 +322,11 @@ class RichShrinkProgress:
             return
         done = self._started[domain]  # every step started before this one is done
         self._started[domain] += 1
-        self._progress.update(task, completed=done, total=total_steps, step=text)
+        self._progress.update(task, completed=done, total=total_steps, step=printable(text))
         log.debug("%s: %s", domain, text)
 
-    def note(self, domain: str, text: str) -> None:
-        self._progress.console.print(Text(f"  {domain}: {text}", style="dim"))
+    def note(self, domain: str, note: str) -> None:
+        self._progress.console.print(text(f"  {domain}: {note}", style="dim"))
 
     def end(self, domain: str) -> None:
         task = self._tasks.pop(domain, None)
@@ -381,23 +382,23 @@ def render_outcomes(console: Console, outcomes: Sequence[ShrinkOutcome], mode: S
     for outcome in outcomes:
         if outcome.error:
             table.add_row(
-                Text(outcome.domain, style="bold"), Text(outcome.error, style="red"), "", "", "", ""
+                text(outcome.domain, style="bold"), text(outcome.error, style="red"), "", "", "", ""
             )
             continue
-        table.add_row(Text(outcome.domain, style="bold"), "", "", "", "", f"{outcome.seconds:.0f}s")
+        table.add_row(text(outcome.domain, style="bold"), "", "", "", "", f"{outcome.seconds:.0f}s")
         for disk in outcome.disks:
             before_total += disk.before or 0
             after_total += disk.after or 0
             table.add_row(
-                Text(f"  {disk.target}"),
-                Text(disk.output or disk.path),
+                text(f"  {disk.target}"),
+                text(disk.output or disk.path),
                 human_size(disk.before),
                 human_size(disk.after),
                 _saved(disk.before, disk.after),
                 "",
             )
         for note in outcome.notes:
-            table.add_row("", Text(note, style="dim"), "", "", "", "")
+            table.add_row("", text(note, style="dim"), "", "", "", "")
     console.print(table)
     shrunk = sum(1 for o in outcomes if o.ok)
     seconds = sum(o.seconds for o in outcomes)

@@ -8,8 +8,8 @@ import click
 from rich.console import Console
 from rich.filesize import decimal
 from rich.table import Table
-from rich.text import Text
 
+from virtbackup.cli.output import text
 from virtbackup.core.summary import OutcomeRow
 from virtbackup.engine.backup_run import DomainOutcome
 
@@ -54,7 +54,7 @@ def print_summary(rows: Sequence[OutcomeRow]) -> None:
         table.add_column(heading, justify="right")
     table.add_column("result")
     for row in rows:
-        result = Text(row.result, style=_STYLE.get(row.result, ""))
+        result = text(row.result, style=_STYLE.get(row.result, ""))
         if row.result != "ok" or row.warnings:
             details = [row.message] if row.result != "ok" else []
             result.append("  " + "; ".join(details + list(row.warnings)))
@@ -67,8 +67,8 @@ def print_summary(rows: Sequence[OutcomeRow]) -> None:
         elif row.offsite == "failed":
             result.append("  NOT OFFSITE", style="bold red")
         table.add_row(
-            Text(row.domain),
-            Text(row.method or "-"),
+            text(row.domain),
+            text(row.method or "-"),
             str(row.disks) if row.disks else "-",
             decimal(row.read) if row.read else "-",
             decimal(row.stored) if row.stored else "-",
