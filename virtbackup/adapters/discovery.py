@@ -210,8 +210,12 @@ def _data_elsewhere(disk: DiskFacts) -> DiskFacts:
 
 def _qcow2_data_file(disk: DiskFacts, path: str) -> DiskFacts:
     try:
-        with open(path, "rb") as image:
-            head = image.read(HEAD_BYTES)
+        # Non-blocking: a source that is a FIFO fails here instead of hanging discovery.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            head = os.pread(fd, HEAD_BYTES, 0)
+        finally:
+            os.close(fd)
     except OSError as err:
         return replace(disk, probe_error=f"cannot read {path}: {err.strerror}")
     data_file = qcow2_references(head).data_file
