@@ -247,3 +247,38 @@ def test_loop_device_is_reported_as_block(domain_factory: DomainFactory, libvirt
     attached = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
     assert f"{disk.path}:" in attached.stdout
     assert Path(disk.path).is_block_device()
+
+
+@pytest.mark.parametrize("running", [False, True], ids=["shut-off", "running"])
+def test_images_keeping_data_in_other_files_are_found(
+    libvirt_conn: Any, domain_factory: DomainFactory, running: bool
+) -> None:
+    work = domain_factory.workdir
+    images = {"sparse.vmdk": "vmdk", "flat.vmdk": "vmdk", "old.qcow": "qcow"}
+    for name, fmt in images.items():
+        options = ["-o", "subformat=monolithicFlat"] if name == "flat.vmdk" else []
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", fmt, *options, str(work / name), "1M"], check=True
+        )
+    # libvirt labels the image it is given, not the extent the descriptor names.
+    (work / "flat-flat.vmdk").chmod(0o666)
+    devices = "".join(
+        f"""
+    <disk type='file' device='disk'><driver name='qemu' type='{fmt}'/>
+      <source file={quoteattr(str(work / name))}/><target dev='vd{"bcd"[i]}' bus='virtio'/>
+    </disk>"""
+        for i, (name, fmt) in enumerate(images.items())
+    )
+    dom = domain_factory.create(
+        [DiskSpec("qcow2")], hint="elsewhere", devices_xml=devices, start=running
+    )
+    disks = by_target(facts_of(libvirt_conn, dom))
+    assert (disks["vda"].data_elsewhere, disks["vdb"].data_elsewhere) == (None, None)
+    assert disks["vdc"].data_elsewhere == (
+        f"its vmdk image keeps its data in extent files ({work / 'flat-flat.vmdk'}): "
+        "convert it to qcow2 or raw"
+    )
+    assert disks["vdd"].data_elsewhere == (
+        "qcow images can keep data in other files, which is not checked: convert it to qcow2 or raw"
+    )
+    assert all(disks[t].probe_error is None for t in ("vda", "vdb", "vdc", "vdd"))

@@ -357,3 +357,114 @@ def test_host_files_named_inside_the_images_are_cut(
     assert result.returncode == 0, result.stderr
     disks_kept = ET.fromstring(libvirt_conn.lookupByName(kept).XMLDesc(0)).findall("devices/disk")
     assert len(disks_kept) == 2 and all(d.find("backingStore") is None for d in disks_kept)
+
+
+def _data_elsewhere_domain(domain_factory: DomainFactory) -> tuple[Any, Path, Path]:
+    """vda a raw file; vdb a vmdk descriptor naming a FLAT extent; vdc a qcow2 whose data
+    is in an external raw data file. Returns the domain and the two data files."""
+    work = domain_factory.workdir
+    raw = domain_factory.blank_image("plain.raw", "raw", 4 * MiB)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat=monolithicFlat"]
+        + [str(work / "d.vmdk"), "4M"],
+        check=True,
+    )
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o"]
+        + [f"data_file={work / 'ext.data'},data_file_raw=on", str(work / "df.qcow2"), "8M"],
+        check=True,
+    )
+    dom = domain_factory.define(f"""<domain type='qemu'>
+  <name>{domain_factory.name("elsewhere")}</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/>
+      <source file='{raw}'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='vmdk'/>
+      <source file='{work / "d.vmdk"}'/><target dev='vdb' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
+      <source file='{work / "df.qcow2"}'/><target dev='vdc' bus='virtio'/></disk>
+  </devices>
+</domain>""")
+    return dom, work / "d-flat.vmdk", work / "ext.data"
+
+
+@pytest.mark.libvirt
+def test_images_whose_data_is_in_other_files_make_the_backup_incomplete(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path
+) -> None:
+    dom, extent, data_file = _data_elsewhere_domain(domain_factory)
+    vdb_reason = (
+        f"its vmdk image keeps its data in extent files ({extent}): convert it to qcow2 or raw"
+    )
+    vdc_reason = (
+        f"its qcow2 image keeps its data in an external data file ({data_file}): "
+        "convert it to a qcow2 without one"
+    )
+    listed = virtbackup_in(state_dir, "list", dom.name(), "--json")
+    assert listed.returncode == 0, listed.stderr
+    (domain,) = json.loads(listed.stdout)["domains"]
+    disks = {d["target"]: (d["backup"], d["left_out"], d["reason"]) for d in domain["disks"]}
+    assert disks["vdb"] == (False, True, vdb_reason)
+    assert disks["vdc"] == (False, True, vdc_reason)
+    assert disks["vda"][:2] == (True, False)
+
+    result = virtbackup_in(state_dir, "backup", dom.name(), "--dest", str(dest), "--json")
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["domains"]
+    assert (row["result"], row["disks"]) == ("incomplete", 1)
+    assert row["left_out"] == [f"vdb: {vdb_reason}", f"vdc: {vdc_reason}"]
+    (backup,) = (dest / dom.name()).iterdir()
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert [d["target"] for d in manifest["disks"]] == ["vda"]
+    assert [d["target"] for d in manifest["left_out"]] == ["vdb", "vdc"]
+
+    doctor = virtbackup_in(state_dir, "doctor", dom.name(), "--no-guestfs", "--json")
+    assert doctor.returncode == 1, doctor.stderr
+    found = [f for f in json.loads(doctor.stdout)["findings"] if f["check"] == "left-out"]
+    assert sorted((f["severity"], f["disk"]) for f in found) == [
+        ("blocker", "vdb"),
+        ("blocker", "vdc"),
+    ]
+
+
+VMDK_XML = """<domain type='qemu'>
+  <name>web1</name>
+  <memory unit='MiB'>64</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='vmdk'/>
+      <source file='/var/lib/libvirt/images/web1.vmdk'/><target dev='vda' bus='virtio'/></disk>
+  </devices>
+</domain>
+"""
+
+
+@pytest.mark.libvirt
+def test_a_forged_vmdk_naming_a_host_file_is_not_attached(
+    domain_factory: DomainFactory,
+    libvirt_conn: Any,
+    defined: list[str],
+    tmp_path: Path,
+    state_dir: Path,
+) -> None:
+    victim = domain_factory.blank_image("victim.raw", "raw", MiB)
+    descriptor = tmp_path / "web1.vmdk"
+    descriptor.write_text(
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
+        f'createType="monolithicFlat"\nRW 2048 FLAT "{victim}" 0\n'
+    )
+    backup = Path(make_backup(tmp_path / "dest", [disk_of(descriptor, "vda", "vmdk")]).path)
+    (backup / "domain.xml").write_text(VMDK_XML)
+    assert virtbackup_in(state_dir, "verify", str(backup)).returncode == 0
+
+    name = _new_name(defined, "vmdk")
+    to = tmp_path / "restored"
+    result = virtbackup_in(state_dir, "restore", str(backup), "--to", str(to), "--define", name)
+    assert result.returncode == 0, result.stderr
+    assert (to / "vda.vmdk").read_bytes() == descriptor.read_bytes()
+    why = "disk vda (its vmdk image can name other host files; only raw and qcow2 are attached)"
+    assert why in result.stderr
+    xml = libvirt_conn.lookupByName(name).XMLDesc(0)
+    assert ET.fromstring(xml).findall("devices/disk") == [] and str(victim) not in xml

@@ -302,3 +302,11 @@ def test_disks_whose_data_is_missed_are_left_out_unless_excluded() -> None:
     assert [d.reason for d in excluded.disks[:1]] == ["excluded by configuration"]
     only_net = plan_domain(domain(S.SHUTOFF, net))
     assert only_net.method is None and [d.disk.target for d in only_net.left_out] == ["vda"]
+
+
+def test_an_image_with_data_in_other_files_is_left_out() -> None:
+    why = "its vmdk image keeps its data in extent files (d-flat.vmdk): convert it to qcow2 or raw"
+    flat = DiskFacts("vdc", "disk", "file", "/img/d.vmdk", "vmdk", data_elsewhere=why)
+    plan = plan_domain(domain(S.SHUTOFF, RAW, flat))
+    assert [(d.disk.target, d.reason, d.warning) for d in plan.left_out] == [("vdc", why, True)]
+    assert [d.disk.target for d in plan.backed_up] == ["vdb"]

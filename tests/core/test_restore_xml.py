@@ -400,3 +400,17 @@ def test_the_warning_shows_no_terminal_controls() -> None:
         "filesystem /x?31mred next",
         "disk vda backing file /b?[2J",
     )
+
+
+@pytest.mark.parametrize("fmt", ["vmdk", "vdi", "vhdx", "vpc", "qed", "qcow", "VMDK"])
+def test_formats_that_can_name_host_files_are_not_attached(fmt: str) -> None:
+    disks = {"vda": RestoredDisk("/restore/vda.raw", "raw"), "vdb": RestoredDisk("/r/b", fmt)}
+    new = domain_xml_for_restore(LIVE_XML, "copy", disks)
+    targets = [d.find("target").get("dev") for d in ET.fromstring(new.xml).iter("disk")]  # type: ignore[union-attr]
+    assert "vdb" not in targets and "vda" in targets
+    assert (
+        f"disk vdb (its {fmt} image can name other host files; only raw and qcow2 are attached)"
+        in new.dropped
+    )
+    kept = domain_xml_for_restore(LIVE_XML, "copy", disks, keep_host_devices=True)
+    assert "/r/b" in kept.xml and not any("vdb" in d for d in kept.dropped)

@@ -21,12 +21,18 @@ from virtbackup.adapters.libvirt_conn import is_remote, libvirt_module
 from virtbackup.adapters.lvm import LvLookup
 from virtbackup.core.diskxml import has_agent_channel, parse_disks
 from virtbackup.core.errors import CommandFailed
+from virtbackup.core.guest_only import printable
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState
 from virtbackup.core.planning import select_domains
+from virtbackup.core.qcow2_refs import HEAD_BYTES, qcow2_references
 
 log = logging.getLogger(__name__)
 
 QEMU_IMG_TIMEOUT = 60.0
+# Formats whose data qemu reads from the image's own file only (a qed, like a qcow2, may
+# name a backing file: that is the backing chain). qcow2 and vmdk are checked image by
+# image; any other format could keep data elsewhere and is not backed up.
+SINGLE_FILE_FORMATS = frozenset({"raw", "iso", "vdi", "vpc", "vhdx", "luks", "qed"})
 
 _STATE_NAMES = {
     "VIR_DOMAIN_NOSTATE": DomainState.NOSTATE,
@@ -83,6 +89,8 @@ def domain_facts(conn: Any, dom: Any) -> DomainFacts:
         disk = _resolve_volume(libvirt, conn, disk)
         if disk.probe_error is None and disk.path is not None:
             disk = _probe(libvirt, dom, disk, live=live, local=local)
+            if local and disk.probe_error is None and disk.device == "disk":
+                disk = _data_elsewhere(disk)
             if local and disk.device == "disk":
                 disk = replace(
                     disk,
@@ -180,6 +188,69 @@ def _probe_qemu_img(disk: DiskFacts) -> DiskFacts:
         allocated=allocated,
         physical=physical,
         backing_chain=backing or disk.backing_chain,
+    )
+
+
+def _data_elsewhere(disk: DiskFacts) -> DiskFacts:
+    """The disk with `data_elsewhere` set when its image keeps data in other host files
+    (copying the image file would then copy a header or a descriptor only)."""
+    fmt = disk.format or "raw"
+    if fmt in SINGLE_FILE_FORMATS or disk.path is None:
+        return disk
+    if fmt == "qcow2":
+        return _qcow2_data_file(disk, disk.path)
+    if fmt == "vmdk":
+        return _vmdk_extents(disk, disk.path)
+    return replace(
+        disk,
+        data_elsewhere=f"{fmt} images can keep data in other files, which is not checked: "
+        "convert it to qcow2 or raw",
+    )
+
+
+def _qcow2_data_file(disk: DiskFacts, path: str) -> DiskFacts:
+    try:
+        # Non-blocking: a source that is a FIFO fails here instead of hanging discovery.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            head = os.pread(fd, HEAD_BYTES, 0)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        return replace(disk, probe_error=f"cannot read {path}: {err.strerror}")
+    data_file = qcow2_references(head).data_file
+    if data_file is None:
+        return disk
+    named = f" ({printable(data_file)})" if data_file else ""
+    return replace(
+        disk,
+        data_elsewhere=f"its qcow2 image keeps its data in an external data file{named}: "
+        "convert it to a qcow2 without one",
+    )
+
+
+def _vmdk_extents(disk: DiskFacts, path: str) -> DiskFacts:
+    """A vmdk is backed up only when its one extent is the file itself (monolithicSparse);
+    a descriptor naming extent files (FLAT, split, ...) is not."""
+    argv = ["qemu-img", "info", "--output=json", "-U", "-f", "vmdk", path]
+    try:
+        info = json.loads(runner.run_text(argv, timeout=QEMU_IMG_TIMEOUT))
+        extents = info["format-specific"]["data"]["extents"]
+        names = [str(extent["filename"]) for extent in extents]
+    except CommandFailed as err:
+        return replace(disk, probe_error=f"cannot inspect {path}: {_last_line(err.stderr)}")
+    except (ValueError, TypeError, KeyError) as err:
+        return replace(disk, probe_error=f"qemu-img info {path}: unreadable output ({err})")
+    own = os.path.realpath(path)
+    elsewhere = [
+        name for name in names if os.path.realpath(os.path.join(os.path.dirname(path), name)) != own
+    ]
+    if not elsewhere and names:
+        return disk
+    where = f"extent files ({printable(', '.join(elsewhere))})" if elsewhere else "no extent"
+    return replace(
+        disk,
+        data_elsewhere=f"its vmdk image keeps its data in {where}: convert it to qcow2 or raw",
     )
 
 

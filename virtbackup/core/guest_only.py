@@ -9,8 +9,9 @@ Kept: everything that describes the virtual machine (name, memory, vcpus, cpu, c
 features, tuning, events, metadata) and these devices:
 - the restored disks (pointed at the restored files by core/restore_xml.py, which also
   cuts the backing file and drops a disk whose image names a data file, see
-  core/qcow2_refs.py; here `rawio`/`sgio` are removed); empty cdrom/floppy drives. A cdrom or
-  floppy with a medium keeps the drive but loses the medium (a host file);
+  core/qcow2_refs.py, or whose format is neither raw nor qcow2; here `rawio`/`sgio` are
+  removed); empty cdrom/floppy drives. A cdrom or floppy with a medium keeps the drive but
+  loses the medium (a host file);
 - controllers, input devices without a host source, video, sound, watchdog, memballoon,
   panic, hub, iommu, vsock, crypto, redirfilter (none of these with a host render
   node), memory modules without a host file, a TPM emulated by swtpm, rng reading

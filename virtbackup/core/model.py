@@ -48,6 +48,9 @@ class DiskFacts:
     network: str | None = None  # a network source as protocol://host:port/name
     probe_error: str | None = None  # why the image could not be resolved or inspected
     discard: str | None = None  # driver discard: 'unmap' passes guest discards to the image
+    # Why part of the image's data lives outside its file (a qcow2 external data file, a
+    # vmdk extent), or why that cannot be ruled out: copying the file alone would miss it.
+    data_elsewhere: str | None = None
 
 
 @dataclass(frozen=True)

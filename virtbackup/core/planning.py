@@ -16,8 +16,9 @@ Methods under `auto`:
 `shutdown` is never chosen by `auto`: it takes the service down.
 
 Nothing is left out silently: a disk whose data cannot be backed up (network, SCSI
-passthrough, an unsupported source type) is `left_out` unless the configuration excludes
-it by target (`exclude_disks`); the engine then reports the domain's backup incomplete.
+passthrough, an unsupported source type, an image whose data lives in other files) is
+`left_out` unless the configuration excludes it by target (`exclude_disks`); the engine
+then reports the domain's backup incomplete.
 Removable media and drives without a medium hold no data of the domain and are skipped.
 """
 
@@ -110,6 +111,8 @@ def disk_verdict(disk: DiskFacts) -> DiskPlan:
         return DiskPlan(disk, False, disk.probe_error, warning=True)
     if disk.path is None:
         return DiskPlan(disk, False, "no source: nothing to back up")
+    if disk.data_elsewhere is not None:
+        return DiskPlan(disk, False, disk.data_elsewhere, warning=True, left_out=True)
     if disk.shareable:
         return DiskPlan(
             disk,

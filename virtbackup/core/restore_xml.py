@@ -19,6 +19,10 @@ from virtbackup.core.qcow2_refs import ImageReferences
 # libvirt keeps a persistent domain in /etc/libvirt/qemu/NAME.xml, written as NAME.xml.new
 # first: a longer name cannot be defined on a filesystem with 255-byte names.
 MAX_NAME_BYTES = 255 - len(".xml.new")
+# Formats whose images name no other host file, or (qcow2) whose names are known from the
+# restored header and cut. Any other (vmdk, vdi, vhdx, vpc, qed, ...) could make qemu open
+# a host path its image names (a vmdk descriptor's extent, a backing file).
+KNOWN_REFERENCE_FORMATS = frozenset({"raw", "qcow2"})
 
 
 class RestoreXmlError(ValueError):
@@ -65,7 +69,9 @@ def domain_xml_for_restore(
     keep_host_devices: bool = False,
 ) -> NewDomainXml:
     """`disks` maps a disk target (vda) to its restored file. Other disks and host
-    resources are dropped, or kept as they are with `keep_host_devices`."""
+    resources are dropped, or kept as they are with `keep_host_devices`; so is a restored
+    disk whose image could name host files that are not known to be cut (a format other
+    than raw and qcow2, a qcow2 data file)."""
     try:
         domain = ET.fromstring(xml)
     except ET.ParseError as err:
@@ -94,6 +100,13 @@ def domain_xml_for_restore(
                 continue
             found.add(dev)
             restored = disks[dev]
+            if restored.format not in KNOWN_REFERENCE_FORMATS and not keep_host_devices:
+                devices.remove(disk)
+                dropped.append(
+                    f"disk {dev} (its {printable(restored.format)} image can name other host "
+                    "files; only raw and qcow2 are attached)"
+                )
+                continue
             data_file = restored.references.data_file
             if data_file is not None and not keep_host_devices:
                 # Its data would be read from (and written to) that host file.
