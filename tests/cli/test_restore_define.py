@@ -149,6 +149,74 @@ def test_keep_host_devices_keeps_them(
     assert "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11" not in xml  # still a new domain
 
 
+# Elements --define keeps, each with a part that reaches the host (libvirt accepts them all).
+REACHING_XML = """<domain type='qemu'>
+  <name>web1</name>
+  <memory unit='MiB'>64</memory>
+  <blkiotune><weight>500</weight>
+    <device><path>/dev/sda</path><weight>1000</weight></device></blkiotune>
+  <resource><partition>/machine/vbtest</partition></resource>
+  <os><type arch='x86_64' machine='pc'>hvm</type><smbios mode='host'/></os>
+  <seclabel type='dynamic' model='selinux'><baselabel>unconfined_t</baselabel></seclabel>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>
+      <source file='/var/lib/libvirt/images/web1.raw'/>
+      <encryption format='luks'>
+        <secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption>
+      <auth username='u'><secret type='iscsi' usage='hostsecret'/></auth>
+      <target dev='vda' bus='virtio'/><serial>S1</serial></disk>
+    <interface type='user'><source dev='eth0'/>
+      <portForward proto='tcp' address='0.0.0.0'><range start='2222' to='22'/></portForward>
+      <model type='virtio'/></interface>
+    <graphics type='vnc' port='5999' autoport='no' listen='0.0.0.0'>
+      <listen type='address' address='0.0.0.0'/></graphics>
+  </devices>
+</domain>
+"""
+
+
+@pytest.mark.libvirt
+def test_define_keeps_the_guest_view_of_kept_elements(
+    libvirt_conn: Any, defined: list[str], forged_backup: Path, tmp_path: Path, state_dir: Path
+) -> None:
+    (forged_backup / "domain.xml").write_text(REACHING_XML)
+    name = _new_name(defined, "reach")
+    to = tmp_path / "restored"
+    result = virtbackup_in(
+        state_dir, "restore", str(forged_backup), "--to", str(to), "--define", name
+    )
+    assert result.returncode == 0, result.stderr
+    xml = libvirt_conn.lookupByName(name).XMLDesc(0)
+    for host_thing in ("/dev/sda", "/machine/vbtest", "unconfined_t", "secret", "0.0.0.0", "5999"):
+        assert host_thing not in xml
+    domain = ET.fromstring(xml)
+    assert domain.findtext("blkiotune/weight") == "500"
+    assert domain.find("os/smbios") is None
+    assert domain.find("seclabel/baselabel") is None
+    (disk,) = domain.findall("devices/disk")
+    assert disk.find("encryption") is None and disk.find("auth") is None
+    assert disk.findtext("serial") == "S1" and disk.find("driver").get("cache") == "none"  # type: ignore[union-attr]
+    assert disk.find("source").get("file") == str(to / "vda.raw")  # type: ignore[union-attr]
+    (interface,) = domain.findall("devices/interface")
+    assert interface.get("type") == "user" and interface.find("portForward") is None
+    (graphics,) = domain.findall("devices/graphics")
+    assert graphics.get("autoport") == "yes" and graphics.get("port") == "-1"
+    (warning,) = [line for line in result.stderr.splitlines() if "defined without" in line]
+    assert warning.startswith(f"virtbackup: warning: {name} was defined without host resources")
+    for named in (
+        "blkiotune device /dev/sda",
+        "resource /machine/vbtest",
+        "os smbios host",
+        "seclabel baselabel unconfined_t",
+        "disk vda encryption secret 0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f",
+        "disk vda auth secret hostsecret",
+        "interface user source eth0",
+        "interface port forward 0.0.0.0 tcp",
+        "graphics vnc port 5999, listen 0.0.0.0",
+    ):
+        assert named in warning
+
+
 @pytest.mark.libvirt
 @pytest.mark.parametrize("bad_name", ["", "a/b", "two\nlines"])
 def test_a_bad_define_name_stops_before_anything_is_written(
