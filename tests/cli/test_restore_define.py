@@ -126,7 +126,7 @@ def test_define_drops_host_resources_and_names_them(
 
 
 @pytest.mark.libvirt
-def test_keep_host_devices_keeps_them(
+def test_keep_host_devices_keeps_them_but_not_other_disks(
     libvirt_conn: Any, defined: list[str], forged_backup: Path, tmp_path: Path, state_dir: Path
 ) -> None:
     name = _new_name(defined, "keep")
@@ -141,11 +141,17 @@ def test_keep_host_devices_keeps_them(
         "--keep-host-devices",
     )
     assert result.returncode == 0, result.stderr
-    assert "warning" not in result.stderr
     xml = libvirt_conn.lookupByName(name).XMLDesc(0)
     for host_thing in HOST_THINGS:
-        assert host_thing in xml
+        assert (host_thing in xml) is (host_thing not in ("/dev/vda", "10809"))
     assert "commandline" in xml
+    # Never the original's disks the backup did not restore.
+    assert [d.get("dev") for d in ET.fromstring(xml).iter("target") if d.get("dev")] == ["vda"]
+    (warning,) = [line for line in result.stderr.splitlines() if "defined without" in line]
+    assert warning == (
+        f"virtbackup: warning: {name} was defined without the original's disks the backup "
+        "did not restore: disk vdb (block /dev/vda); disk vdc (network nbd://127.0.0.1:10809/x)"
+    )
     assert "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11" not in xml  # still a new domain
 
 
@@ -425,3 +431,42 @@ def test_host_files_named_inside_the_images_are_cut(
     assert result.returncode == 0, result.stderr
     disks_kept = ET.fromstring(libvirt_conn.lookupByName(kept).XMLDesc(0)).findall("devices/disk")
     assert len(disks_kept) == 2 and all(d.find("backingStore") is None for d in disks_kept)
+
+
+@pytest.mark.libvirt
+def test_keep_host_devices_never_attaches_a_left_out_disk(
+    domain_factory: DomainFactory,
+    libvirt_conn: Any,
+    defined: list[str],
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    dom = _nbd_and_file_domain(domain_factory)
+    assert virtbackup_in(state_dir, "backup", dom.name(), "--dest", str(dest)).returncode == 1
+    (backup,) = (dest / dom.name()).iterdir()
+    assert [
+        d["target"] for d in json.loads((backup / "manifest.json").read_text())["left_out"]
+    ] == ["vda"]
+    name = _new_name(defined, "keep")
+    restore = virtbackup_in(
+        state_dir,
+        "restore",
+        str(backup),
+        "--to",
+        str(tmp_path / "r"),
+        "--define",
+        name,
+        "--keep-host-devices",
+    )
+    assert restore.returncode == 0, restore.stderr
+    xml = libvirt_conn.lookupByName(name).XMLDesc(0)
+    assert "10809" not in xml and "nbd" not in xml
+    disks = ET.fromstring(xml).findall("devices/disk")
+    assert [d.find("target").get("dev") for d in disks] == ["vdb"]  # type: ignore[union-attr]
+    assert disks[0].find("source").get("file") == str(tmp_path / "r/vdb.raw")  # type: ignore[union-attr]
+    (warning,) = [line for line in restore.stderr.splitlines() if "defined without" in line]
+    assert warning == (
+        f"virtbackup: warning: {name} was defined without the original's disks the backup "
+        "did not restore: disk vda (network nbd://127.0.0.1:10809/export)"
+    )

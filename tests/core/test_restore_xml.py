@@ -285,11 +285,17 @@ def test_the_guest_keeps_its_own_devices() -> None:
     assert devices.find("audio").attrib == {"id": "1", "type": "none"}  # type: ignore[union-attr]
 
 
-def test_keep_host_devices_keeps_them() -> None:
+def test_keep_host_devices_keeps_them_but_not_unrestored_disks() -> None:
     domain, dropped = _hostile(keep=True)
-    assert dropped == ()
+    assert dropped == (
+        "disk vdb (block /dev/vda)",
+        "disk vdc (network nbd://10.0.0.1:10809/x)",
+        "disk sda (block /dev/sg0)",
+        "disk vda (file /etc/shadow)",  # a second disk on the restored target
+    )
     text = ET.tostring(domain, encoding="unicode")
-    assert "/dev/vda" in text and "passthrough" in text and "commandline" in text
+    assert "/dev/sr0" in text and "passthrough" in text and "commandline" in text
+    assert "/dev/vda" not in text and "10809" not in text and "/dev/sg0" not in text
     assert domain.find("uuid") is None  # still a new domain
 
 

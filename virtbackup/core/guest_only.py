@@ -465,5 +465,19 @@ def _trim_graphics(graphics: ET.Element) -> list[str]:
     return [f"graphics {kind} {', '.join(named)}"] if named else []
 
 
+def drop_unrestored_disks(domain: ET.Element, restored: Collection[str]) -> list[str]:
+    """Even a domain kept as it is never gets the original's disks the backup did not
+    restore (left out, excluded, or a second disk on a restored target)."""
+    dropped: list[str] = []
+    seen: set[str] = set()
+    for devices in domain.findall("devices"):
+        for disk in devices.findall("disk"):
+            problem = _disk_problem(disk, restored, seen)
+            if problem is not None:
+                devices.remove(disk)
+                dropped.append(problem)
+    return [printable(phrase) for phrase in dropped]
+
+
 def _source_text_of(source: ET.Element) -> str:
     return next((str(v) for k, v in source.attrib.items() if k in ("file", "dev", "name")), "")
