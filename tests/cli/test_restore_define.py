@@ -126,7 +126,7 @@ def test_define_drops_host_resources_and_names_them(
 
 
 @pytest.mark.libvirt
-def test_keep_host_devices_keeps_them(
+def test_keep_host_devices_keeps_them_but_not_other_disks(
     libvirt_conn: Any, defined: list[str], forged_backup: Path, tmp_path: Path, state_dir: Path
 ) -> None:
     name = _new_name(defined, "keep")
@@ -141,12 +141,86 @@ def test_keep_host_devices_keeps_them(
         "--keep-host-devices",
     )
     assert result.returncode == 0, result.stderr
-    assert "warning" not in result.stderr
     xml = libvirt_conn.lookupByName(name).XMLDesc(0)
     for host_thing in HOST_THINGS:
-        assert host_thing in xml
+        assert (host_thing in xml) is (host_thing not in ("/dev/vda", "10809"))
     assert "commandline" in xml
+    # Never the original's disks the backup did not restore.
+    assert [d.get("dev") for d in ET.fromstring(xml).iter("target") if d.get("dev")] == ["vda"]
+    (warning,) = [line for line in result.stderr.splitlines() if "defined without" in line]
+    assert warning == (
+        f"virtbackup: warning: {name} was defined without the original's disks the backup "
+        "did not restore: disk vdb (block /dev/vda); disk vdc (network nbd://127.0.0.1:10809/x)"
+    )
     assert "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11" not in xml  # still a new domain
+
+
+# Elements --define keeps, each with a part that reaches the host (libvirt accepts them all).
+REACHING_XML = """<domain type='qemu'>
+  <name>web1</name>
+  <memory unit='MiB'>64</memory>
+  <blkiotune><weight>500</weight>
+    <device><path>/dev/sda</path><weight>1000</weight></device></blkiotune>
+  <resource><partition>/machine/vbtest</partition></resource>
+  <os><type arch='x86_64' machine='pc'>hvm</type><smbios mode='host'/></os>
+  <seclabel type='dynamic' model='selinux'><baselabel>unconfined_t</baselabel></seclabel>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/>
+      <source file='/var/lib/libvirt/images/web1.raw'/>
+      <encryption format='luks'>
+        <secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption>
+      <auth username='u'><secret type='iscsi' usage='hostsecret'/></auth>
+      <target dev='vda' bus='virtio'/><serial>S1</serial></disk>
+    <interface type='user'><source dev='eth0'/>
+      <portForward proto='tcp' address='0.0.0.0'><range start='2222' to='22'/></portForward>
+      <model type='virtio'/></interface>
+    <graphics type='vnc' port='5999' autoport='no' listen='0.0.0.0'>
+      <listen type='address' address='0.0.0.0'/></graphics>
+  </devices>
+</domain>
+"""
+
+
+@pytest.mark.libvirt
+def test_define_keeps_the_guest_view_of_kept_elements(
+    libvirt_conn: Any, defined: list[str], forged_backup: Path, tmp_path: Path, state_dir: Path
+) -> None:
+    (forged_backup / "domain.xml").write_text(REACHING_XML)
+    name = _new_name(defined, "reach")
+    to = tmp_path / "restored"
+    result = virtbackup_in(
+        state_dir, "restore", str(forged_backup), "--to", str(to), "--define", name
+    )
+    assert result.returncode == 0, result.stderr
+    xml = libvirt_conn.lookupByName(name).XMLDesc(0)
+    for host_thing in ("/dev/sda", "/machine/vbtest", "unconfined_t", "secret", "0.0.0.0", "5999"):
+        assert host_thing not in xml
+    domain = ET.fromstring(xml)
+    assert domain.findtext("blkiotune/weight") == "500"
+    assert domain.find("os/smbios") is None
+    assert domain.find("seclabel/baselabel") is None
+    (disk,) = domain.findall("devices/disk")
+    assert disk.find("encryption") is None and disk.find("auth") is None
+    assert disk.findtext("serial") == "S1" and disk.find("driver").get("cache") == "none"  # type: ignore[union-attr]
+    assert disk.find("source").get("file") == str(to / "vda.raw")  # type: ignore[union-attr]
+    (interface,) = domain.findall("devices/interface")
+    assert interface.get("type") == "user" and interface.find("portForward") is None
+    (graphics,) = domain.findall("devices/graphics")
+    assert graphics.get("autoport") == "yes" and graphics.get("port") == "-1"
+    (warning,) = [line for line in result.stderr.splitlines() if "defined without" in line]
+    assert warning.startswith(f"virtbackup: warning: {name} was defined without host resources")
+    for named in (
+        "blkiotune device /dev/sda",
+        "resource /machine/vbtest",
+        "os smbios host",
+        "seclabel baselabel unconfined_t",
+        "disk vda encryption secret 0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f",
+        "disk vda auth secret hostsecret",
+        "interface user source eth0",
+        "interface port forward 0.0.0.0 tcp",
+        "graphics vnc port 5999, listen 0.0.0.0",
+    ):
+        assert named in warning
 
 
 @pytest.mark.libvirt
@@ -468,3 +542,42 @@ def test_a_forged_vmdk_naming_a_host_file_is_not_attached(
     assert why in result.stderr
     xml = libvirt_conn.lookupByName(name).XMLDesc(0)
     assert ET.fromstring(xml).findall("devices/disk") == [] and str(victim) not in xml
+
+
+@pytest.mark.libvirt
+def test_keep_host_devices_never_attaches_a_left_out_disk(
+    domain_factory: DomainFactory,
+    libvirt_conn: Any,
+    defined: list[str],
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    dom = _nbd_and_file_domain(domain_factory)
+    assert virtbackup_in(state_dir, "backup", dom.name(), "--dest", str(dest)).returncode == 1
+    (backup,) = (dest / dom.name()).iterdir()
+    assert [
+        d["target"] for d in json.loads((backup / "manifest.json").read_text())["left_out"]
+    ] == ["vda"]
+    name = _new_name(defined, "keep")
+    restore = virtbackup_in(
+        state_dir,
+        "restore",
+        str(backup),
+        "--to",
+        str(tmp_path / "r"),
+        "--define",
+        name,
+        "--keep-host-devices",
+    )
+    assert restore.returncode == 0, restore.stderr
+    xml = libvirt_conn.lookupByName(name).XMLDesc(0)
+    assert "10809" not in xml and "nbd" not in xml
+    disks = ET.fromstring(xml).findall("devices/disk")
+    assert [d.find("target").get("dev") for d in disks] == ["vdb"]  # type: ignore[union-attr]
+    assert disks[0].find("source").get("file") == str(tmp_path / "r/vdb.raw")  # type: ignore[union-attr]
+    (warning,) = [line for line in restore.stderr.splitlines() if "defined without" in line]
+    assert warning == (
+        f"virtbackup: warning: {name} was defined without the original's disks the backup "
+        "did not restore: disk vda (network nbd://127.0.0.1:10809/export)"
+    )

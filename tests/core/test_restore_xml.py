@@ -209,6 +209,7 @@ HOSTILE_DROPPED = (
     "cdrom hdc medium /dev/sr0",
     "filesystem /",
     "hostdev",
+    "interface script /tmp/evil.sh",
     "interface rom /etc/shadow",
     "interface direct",
     "interface ethernet",
@@ -220,7 +221,7 @@ HOSTILE_DROPPED = (
     "redirdev tcp",
     "smartcard host",
     "input evdev /dev/input/event0",
-    "graphics vnc",
+    "graphics vnc socket /etc/evil.sock",
     "tpm passthrough",
     "shmem",
     "lease",
@@ -271,6 +272,7 @@ def test_the_guest_keeps_its_own_devices() -> None:
         ("redirdev", "spicevmc"),
         ("input", "tablet"),
         ("graphics", "vnc"),
+        ("graphics", "vnc"),  # its host socket dropped: on the host's default address
         ("rng", "virtio"),
         ("memballoon", "virtio"),
         ("video", ""),
@@ -283,11 +285,17 @@ def test_the_guest_keeps_its_own_devices() -> None:
     assert devices.find("audio").attrib == {"id": "1", "type": "none"}  # type: ignore[union-attr]
 
 
-def test_keep_host_devices_keeps_them() -> None:
+def test_keep_host_devices_keeps_them_but_not_unrestored_disks() -> None:
     domain, dropped = _hostile(keep=True)
-    assert dropped == ()
+    assert dropped == (
+        "disk vdb (block /dev/vda)",
+        "disk vdc (network nbd://10.0.0.1:10809/x)",
+        "disk sda (block /dev/sg0)",
+        "disk vda (file /etc/shadow)",  # a second disk on the restored target
+    )
     text = ET.tostring(domain, encoding="unicode")
-    assert "/dev/vda" in text and "passthrough" in text and "commandline" in text
+    assert "/dev/sr0" in text and "passthrough" in text and "commandline" in text
+    assert "/dev/vda" not in text and "10809" not in text and "/dev/sg0" not in text
     assert domain.find("uuid") is None  # still a new domain
 
 
@@ -414,3 +422,108 @@ def test_formats_that_can_name_host_files_are_not_attached(fmt: str) -> None:
     )
     kept = domain_xml_for_restore(LIVE_XML, "copy", disks, keep_host_devices=True)
     assert "/r/b" in kept.xml and not any("vdb" in d for d in kept.dropped)
+
+
+# Elements that stay, with parts that reach the host: each part goes and is named.
+REACHING_XML = """<domain type='qemu'>
+  <name>r</name>
+  <memory unit='MiB'>64</memory>
+  <blkiotune><weight>500</weight>
+    <device><path>/dev/sda</path><weight>1000</weight></device></blkiotune>
+  <resource><partition>/machine/host</partition></resource>
+  <os><type arch='x86_64' machine='pc'>hvm</type><smbios mode='host'/></os>
+  <launchSecurity type='tdx'><quoteGenerationService path='/run/qgs.sock'/></launchSecurity>
+  <seclabel type='dynamic' model='selinux'><baselabel>unconfined_t</baselabel></seclabel>
+  <devices>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>
+      <source file='/var/lib/libvirt/images/r.qcow2'/>
+      <encryption format='luks'>
+        <secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption>
+      <auth username='u'><secret type='ceph' usage='hostsecret'/></auth>
+      <target dev='vda' bus='virtio'/><serial>S1</serial><boot order='1'/><readonly/>
+    </disk>
+    <disk type='file' device='cdrom'><source file='/srv/x.iso'/>
+      <backingStore type='file'><source file='/etc/shadow'/></backingStore>
+      <target dev='hdc' bus='ide'/></disk>
+    <interface type='user'><source dev='eth0'/>
+      <backend tap='/dev/net/tun' vhost='/dev/vhost-net'/>
+      <portForward proto='tcp' address='0.0.0.0'><range start='22'/></portForward>
+      <model type='virtio'/></interface>
+    <graphics type='vnc' port='5999' autoport='no' listen='0.0.0.0'>
+      <listen type='address' address='0.0.0.0'/></graphics>
+    <graphics type='spice' port='-1' tlsPort='5901' autoport='no'>
+      <listen type='socket' socket='/tmp/spice.sock'/></graphics>
+    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'>
+      <listen type='address' address='127.0.0.1'/></graphics>
+    <tpm model='tpm-crb'><backend type='emulator' version='2.0'>
+      <encryption secret='6dd3e4a5-1d76-44ce-961f-f119f5aad935'/>
+      <source type='file' path='/etc/tpm-state'/></backend></tpm>
+  </devices>
+</domain>
+"""
+
+
+def test_kept_elements_lose_what_reaches_the_host() -> None:
+    restored = {"vda": RestoredDisk("/restore/vda.qcow2", "qcow2")}
+    new = domain_xml_for_restore(REACHING_XML, "r2", restored)
+    assert new.dropped == (
+        "blkiotune device /dev/sda",
+        "resource /machine/host",
+        "os smbios host",
+        "launchSecurity quoteGenerationService /run/qgs.sock",
+        "seclabel baselabel unconfined_t",
+        "disk vda encryption secret 0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f",
+        "disk vda auth secret hostsecret",
+        "cdrom hdc medium /srv/x.iso",
+        "interface user source eth0",
+        "interface backend /dev/net/tun /dev/vhost-net",
+        "interface port forward 0.0.0.0 tcp",
+        "graphics vnc port 5999, listen 0.0.0.0",
+        "graphics spice tlsPort 5901, listen /tmp/spice.sock",
+        "tpm encryption 6dd3e4a5-1d76-44ce-961f-f119f5aad935",
+        "tpm source /etc/tpm-state",
+    )
+    domain = ET.fromstring(new.xml)
+    text = ET.tostring(domain, encoding="unicode")
+    for host_thing in (
+        "/dev/sda",
+        "/machine",
+        'mode="host"',
+        "/run/",
+        "unconfined",
+        "secret",
+        "eth0",
+        "/srv/",
+        "/dev/net",
+        "0.0.0.0",
+        "5999",
+        "5901",
+        "/tmp/",
+        "/etc/",
+    ):
+        assert host_thing not in text
+    assert domain.findtext("blkiotune/weight") == "500"
+    assert domain.find("seclabel").attrib == {"type": "dynamic", "model": "selinux"}  # type: ignore[union-attr]
+    disk, cdrom = domain.findall("devices/disk")
+    assert [c.tag for c in cdrom] == ["target"]
+    assert [c.tag for c in disk] == [
+        "driver",
+        "source",
+        "backingStore",
+        "target",
+        "serial",
+        "boot",
+        "readonly",
+    ]
+    assert disk.find("driver").attrib == {"name": "qemu", "type": "qcow2", "cache": "none"}  # type: ignore[union-attr]
+    graphics = domain.findall("devices/graphics")
+    assert [g.attrib for g in graphics] == [
+        {"type": "vnc", "autoport": "yes"},
+        {"type": "spice", "autoport": "yes"},
+        {"type": "vnc", "autoport": "yes"},
+    ]
+    assert all(g.find("listen") is None for g in graphics)
+    (interface,) = domain.findall("devices/interface")
+    assert [c.tag for c in interface] == ["model"]
+    assert domain.find("devices/tpm/backend").attrib == {"type": "emulator", "version": "2.0"}  # type: ignore[union-attr]
+    assert list(domain.find("devices/tpm/backend")) == []  # type: ignore[arg-type]

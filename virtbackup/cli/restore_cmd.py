@@ -26,8 +26,8 @@ from virtbackup.engine.restore import restore_backup
 @click.option(
     "--keep-host-devices",
     is_flag=True,
-    help="With --define: keep the backup's host devices, other disks, host files and "
-    "qemu arguments instead of dropping them.",
+    help="With --define: keep the backup's host devices, host files and "
+    "qemu arguments instead of dropping them (never a disk the backup did not restore).",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @identity_option
@@ -76,7 +76,13 @@ def restore_command(
         click.echo(f"{image.target}\t{image.path}")
     if result.domain_uuid is not None:
         click.echo(f"defined domain {define} ({result.domain_uuid})")
-    if result.dropped:
+    if result.dropped and keep_host_devices:
+        click.echo(
+            f"virtbackup: warning: {define} was defined without the original's disks the "
+            f"backup did not restore: {'; '.join(result.dropped)}",
+            err=True,
+        )
+    elif result.dropped:
         click.echo(
             f"virtbackup: warning: {define} was defined without host resources the backup "
             f"did not restore: {'; '.join(result.dropped)} (--keep-host-devices keeps them)",

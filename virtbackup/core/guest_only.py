@@ -9,32 +9,41 @@ Kept: everything that describes the virtual machine (name, memory, vcpus, cpu, c
 features, tuning, events, metadata) and these devices:
 - the restored disks (pointed at the restored files by core/restore_xml.py, which also
   cuts the backing file and drops a disk whose image names a data file, see
-  core/qcow2_refs.py, or whose format is neither raw nor qcow2; here `rawio`/`sgio` are
-  removed); empty cdrom/floppy drives. A cdrom or floppy with a medium keeps the drive but
-  loses the medium (a host file);
+  core/qcow2_refs.py, or whose format is neither raw nor qcow2) and empty cdrom/floppy
+  drives, with only what describes the guest's view (DISK_CHILDREN: driver, target,
+  address, boot, readonly, serial, ...): a libvirt encryption secret or a login secret is
+  the host's and goes, as do `rawio`/`sgio`. A cdrom or floppy with a medium keeps the
+  drive but loses the medium (a host file);
 - controllers, input devices without a host source, video, sound, watchdog, memballoon,
   panic, hub, iommu, vsock, crypto, redirfilter (none of these with a host render
-  node), memory modules without a host file, a TPM emulated by swtpm, rng reading
-  /dev/urandom or /dev/random (or builtin);
+  node), memory modules without a host file, a TPM emulated by swtpm (without a host
+  secret or state location), rng reading /dev/urandom or /dev/random (or builtin);
 - network interfaces of type network, bridge and user (without host scripts, tap
-  devices or ROM files; MAC addresses are removed by the caller so libvirt makes new
-  ones);
+  devices, ROM files, port forwards or the host interface user networking binds to; MAC
+  addresses are removed by the caller so libvirt makes new ones);
 - serial, parallel, console and channel devices of type pty, null, vc, spicevmc,
   spiceport and qemu-vdagent; a unix channel to the guest (virtio, e.g. the guest agent)
   whose socket libvirt places itself;
-- vnc and spice graphics without a host socket or render node; spicevmc USB redirection;
+- vnc and spice graphics without a render node, stripped of ports, listen addresses and
+  sockets: libvirt picks a port on the host's default listen address (loopback unless
+  the host's qemu.conf says otherwise); spicevmc USB redirection;
   audio backends none, spice and dbus (any other becomes `none`, so sound devices still
   find their backend);
 - the firmware loader when it is read-only and lives under /usr/share (where
   distributions install OVMF, SeaBIOS and edk2), or chosen by `<os firmware='efi'>`;
-  boot order, boot menu, SMBIOS and BIOS settings.
+  boot order, boot menu, emulated SMBIOS and BIOS settings;
+- the block I/O weight (not per host device), a dynamic security label without its base
+  label (libvirt chooses the label); launch security without host sockets.
+CPU and NUMA pinning and cache tuning stay: they place the guest on the host's CPUs and
+memory, they grant it nothing.
 Dropped: any other disk, `<filesystem>`, `<hostdev>`, other interfaces (direct,
 hostdev, ethernet, vhostuser, vdpa, sockets), other chardevs (file, dev, pipe, unix,
 tcp, udp), chardev `<log>` files, smartcards other than spicevmc passthrough, redirdev
 other than spicevmc, `<shmem>`, `<lease>`, `<pstore>`, TPM passthrough and external,
 input passthrough, host-file memory, rng other backends, `<os>` kernel/initrd/dtb/
-cmdline/acpi tables, sysinfo fw_cfg entries read from host files, static or
-relabel='no' security labels, `<qemu:*>` and any other element this list does not know.
+cmdline/acpi tables, the host's SMBIOS tables, sysinfo fw_cfg entries read from host
+files, the cgroup partition (`<resource>`), static or relabel='no' security labels,
+`<qemu:*>` and any other element this list does not know.
 The emulator path is dropped silently: libvirt picks the host's own for the domain type.
 """
 
@@ -55,14 +64,12 @@ GUEST_ELEMENTS = frozenset(
         "currentMemory",
         "memoryBacking",
         "memtune",
-        "blkiotune",
         "vcpu",
         "vcpus",
         "iothreads",
         "iothreadids",
         "cputune",
         "numatune",
-        "resource",
         "features",
         "cpu",
         "clock",
@@ -101,6 +108,34 @@ GUEST_RNG_FILES = frozenset({"", "/dev/urandom", "/dev/random"})
 # Where libvirt puts the sockets of channels it names itself (e.g. the guest agent's).
 LIBVIRT_CHANNEL_DIR = "/var/lib/libvirt/qemu/channel/"
 CHARDEV_TAGS = ("serial", "parallel", "console", "channel")
+# Attributes that name a host file or socket.
+HOST_PATH_KEYS = ("path", "file", "socket", "dir", "dev")
+# What a restored disk or an empty drive keeps: the guest's view of it. Its source and
+# backingStore are replaced by core/restore_xml.py.
+DISK_CHILDREN = frozenset(
+    {
+        "driver",
+        "source",
+        "backingStore",
+        "target",
+        "address",
+        "boot",
+        "readonly",
+        "shareable",
+        "transient",
+        "serial",
+        "wwn",
+        "vendor",
+        "product",
+        "blockio",
+        "geometry",
+        "iotune",
+        "alias",
+    }
+)
+# Host programs and devices an interface's script or backend names.
+INTERFACE_HOST_KEYS = ("path", "tap", "vhost", "logFile")
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def keep_guest_only(domain: ET.Element, restored: Collection[str]) -> list[str]:
@@ -125,12 +160,54 @@ def _keep_element(domain: ET.Element, child: ET.Element, restored: Collection[st
         return _devices(child, restored)
     if tag == "sysinfo":
         return _sysinfo(child)
-    if tag in GUEST_ELEMENTS or (tag == "seclabel" and _default_label(child)):
-        return []
+    if tag == "blkiotune":
+        return _blkiotune(child)
+    if tag == "seclabel" and _default_label(child):
+        return _trim_seclabel(child)
+    if tag in GUEST_ELEMENTS:
+        return _host_paths(child) if tag != "metadata" else []
     domain.remove(child)
     if tag == "seclabel":
         return [f"seclabel {child.get('type', '')} relabel={child.get('relabel', 'yes')}"]
+    if tag == "resource":
+        return [f"resource {' '.join(_texts(child))}".strip()]
     return [_tag_name(tag)]
+
+
+def _texts(element: ET.Element) -> list[str]:
+    return [e.text.strip() for e in element.iter() if e.text and e.text.strip()]
+
+
+def _blkiotune(blkiotune: ET.Element) -> list[str]:
+    """The weight stays; per-device tuning names host block devices."""
+    dropped = []
+    for device in blkiotune.findall("device"):
+        blkiotune.remove(device)
+        dropped.append(f"blkiotune device {device.findtext('path', '').strip()}".strip())
+    return dropped
+
+
+def _trim_seclabel(seclabel: ET.Element) -> list[str]:
+    """libvirt's own dynamic label: it picks the label; a base label chosen by the backup
+    could be one sVirt does not confine."""
+    dropped = []
+    for child in list(seclabel):
+        seclabel.remove(child)
+        if child.tag == "baselabel":
+            dropped.append(f"seclabel baselabel {(child.text or '').strip()}".strip())
+    return dropped
+
+
+def _host_paths(element: ET.Element) -> list[str]:
+    """Take out of a kept element any part that names a host file or socket."""
+    dropped = []
+    for parent in list(element.iter()):
+        for child in list(parent):
+            where = next((child.get(k) for k in HOST_PATH_KEYS if child.get(k)), None)
+            if where is not None:
+                parent.remove(child)
+                dropped.append(f"{element.tag} {child.tag} {where}")
+    return dropped
 
 
 def _tag_name(tag: str) -> str:
@@ -150,6 +227,10 @@ def _default_label(seclabel: ET.Element) -> bool:
 def _os(os_element: ET.Element) -> list[str]:
     dropped = []
     for child in list(os_element):
+        if child.tag == "smbios" and child.get("mode") == "host":
+            os_element.remove(child)  # the host's own SMBIOS tables
+            dropped.append("os smbios host")
+            continue
         if child.tag in GUEST_OS_ELEMENTS:
             continue
         if child.tag == "nvram":
@@ -209,9 +290,8 @@ def _device_problem(device: ET.Element, restored: Collection[str], seen: set[str
     if tag in CHARDEV_TAGS:
         return _chardev_problem(device)
     if tag == "graphics":
-        hosty = any(e.get("socket") or e.get("rendernode") for e in device.iter())
-        hosty = hosty or any(e.get("type") == "socket" for e in device.iter("listen"))
-        return None if kind in ("vnc", "spice") and not hosty else f"graphics {kind}"
+        on_gpu = any(e.get("rendernode") for e in device.iter())
+        return None if kind in ("vnc", "spice") and not on_gpu else f"graphics {kind}"
     if tag == "redirdev":
         return None if kind == "spicevmc" else f"redirdev {kind}"
     if tag == "smartcard":
@@ -289,6 +369,10 @@ def _trim_device(device: ET.Element) -> list[str]:
     if device.tag == "disk":
         for key in ("rawio", "sgio"):
             device.attrib.pop(key, None)
+        dropped += _trim_disk(device)
+        if device.get("device") in ("cdrom", "floppy"):
+            for backing in device.findall("backingStore"):
+                device.remove(backing)  # the medium's, and it goes
         if device.get("device") in ("cdrom", "floppy") and device.find("source") is not None:
             device.set("type", "file")  # an empty drive of any kind is a file drive
             for source in device.findall("source"):
@@ -311,9 +395,28 @@ def _trim_device(device: ET.Element) -> list[str]:
         for child in list(device):
             if child.tag in ("script", "downscript", "backend", "target"):
                 device.remove(child)
+                paths = [v for k, v in child.attrib.items() if k in INTERFACE_HOST_KEYS]
+                if child.tag != "target" and paths:
+                    dropped.append(f"interface {child.tag} {' '.join(paths)}")
             elif child.tag == "rom" and child.get("file"):
                 device.remove(child)
                 dropped.append(f"interface rom {child.get('file')}")
+            elif child.tag == "portForward":
+                device.remove(child)
+                address = child.get("address", "")
+                dropped.append(f"interface port forward {address} {child.get('proto', '')}")
+            elif child.tag == "source" and device.get("type") == "user":
+                device.remove(child)  # the host interface user networking binds to
+                dropped.append(f"interface user source {child.get('dev', '')}".strip())
+    if device.tag == "graphics":
+        dropped += _trim_graphics(device)
+    if device.tag == "tpm":
+        for backend in device.findall("backend"):
+            for child in list(backend):
+                if child.tag in ("encryption", "source"):
+                    backend.remove(child)
+                    where = child.get("secret") or child.get("path") or ""
+                    dropped.append(f"tpm {child.tag} {where}".strip())
     if device.tag == "audio" and device.get("type", "none") not in GUEST_AUDIO:
         dropped.append(f"audio {device.get('type')}")
         audio_id = device.get("id")
@@ -324,6 +427,57 @@ def _trim_device(device: ET.Element) -> list[str]:
             device.set("id", audio_id)
         device.set("type", "none")
     return dropped
+
+
+def _trim_disk(disk: ET.Element) -> list[str]:
+    """Keep the guest's view of a disk; take out host secrets (of a libvirt-encrypted image
+    or a network disk's login) and anything else this list does not know."""
+    target = disk.find("target")
+    dev = target.get("dev", "") if target is not None else ""
+    dropped = []
+    for child in list(disk):
+        if child.tag in DISK_CHILDREN:
+            continue
+        disk.remove(child)
+        secrets = [s.get("uuid") or s.get("usage") or "" for s in child.iter("secret")]
+        named = f" secret {', '.join(secrets)}" if secrets else ""
+        dropped.append(f"disk {dev} {_tag_name(child.tag)}{named}")
+    return dropped
+
+
+def _trim_graphics(graphics: ET.Element) -> list[str]:
+    """A console on the host's default listen address (loopback unless the host's qemu.conf
+    says otherwise) and a port libvirt picks: a backup's console password may be gone."""
+    named = []
+    for key in ("port", "tlsPort", "websocket", "listen", "socket"):
+        value = graphics.attrib.pop(key, None)
+        if value and value != "-1" and value not in LOOPBACK:
+            named.append(f"{key} {value}")
+    for listen in graphics.findall("listen"):
+        kind = listen.get("type", "address")
+        if kind == "none":
+            continue
+        graphics.remove(listen)
+        where = listen.get("address") or listen.get("network") or listen.get("socket") or ""
+        if where and where not in LOOPBACK and f"listen {where}" not in named:
+            named.append(f"listen {where}")
+    graphics.set("autoport", "yes")
+    kind = graphics.get("type", "")
+    return [f"graphics {kind} {', '.join(named)}"] if named else []
+
+
+def drop_unrestored_disks(domain: ET.Element, restored: Collection[str]) -> list[str]:
+    """Even a domain kept as it is never gets the original's disks the backup did not
+    restore (left out, excluded, or a second disk on a restored target)."""
+    dropped: list[str] = []
+    seen: set[str] = set()
+    for devices in domain.findall("devices"):
+        for disk in devices.findall("disk"):
+            problem = _disk_problem(disk, restored, seen)
+            if problem is not None:
+                devices.remove(disk)
+                dropped.append(problem)
+    return [printable(phrase) for phrase in dropped]
 
 
 def _source_text_of(source: ET.Element) -> str:

@@ -5,7 +5,8 @@ and no MAC addresses (libvirt generates them, so the copy can run beside the ori
 no NVRAM path (libvirt makes one for the new name) and its backed-up disks point at the
 restored files. Everything else that reaches the host (other disks, passthrough devices,
 host files and sockets, `<qemu:commandline>`, ...) is dropped and listed, as
-core/guest_only.py specifies, unless the caller keeps host devices on purpose.
+core/guest_only.py specifies, unless the caller keeps host devices on purpose. The
+original's disks the backup does not restore are dropped either way.
 """
 
 import xml.etree.ElementTree as ET
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from virtbackup.core.errors import UsageError
-from virtbackup.core.guest_only import keep_guest_only, printable
+from virtbackup.core.guest_only import drop_unrestored_disks, keep_guest_only, printable
 from virtbackup.core.qcow2_refs import ImageReferences
 
 # libvirt keeps a persistent domain in /etc/libvirt/qemu/NAME.xml, written as NAME.xml.new
@@ -68,8 +69,8 @@ def domain_xml_for_restore(
     disks: Mapping[str, RestoredDisk],
     keep_host_devices: bool = False,
 ) -> NewDomainXml:
-    """`disks` maps a disk target (vda) to its restored file. Other disks and host
-    resources are dropped, or kept as they are with `keep_host_devices`; so is a restored
+    """`disks` maps a disk target (vda) to its restored file. Other disks are dropped;
+    host resources too, or kept as they are with `keep_host_devices`; so is a restored
     disk whose image could name host files that are not known to be cut (a format other
     than raw and qcow2, a qcow2 data file)."""
     try:
@@ -90,7 +91,10 @@ def domain_xml_for_restore(
     for interface in domain.findall("devices/interface"):
         for mac in interface.findall("mac"):
             interface.remove(mac)
-    dropped = [] if keep_host_devices else keep_guest_only(domain, set(disks))
+    if keep_host_devices:
+        dropped = drop_unrestored_disks(domain, set(disks))
+    else:
+        dropped = keep_guest_only(domain, set(disks))
     found = set()
     for devices in domain.findall("devices"):
         for disk in devices.findall("disk"):
