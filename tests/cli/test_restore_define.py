@@ -1,6 +1,7 @@
 """`restore --define` gives back the guest, not host access; a disk that is not backed up
 is never silent. Real backups, a real libvirtd, the CLI in a child process."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -74,12 +75,21 @@ def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
+def _forge_domain_xml(backup: Path, xml: str) -> None:
+    """Put `xml` in an unsigned backup as its domain XML, the manifest's record of it
+    changed to match (what anyone who can write an unsigned backup can do)."""
+    (backup / "domain.xml").write_text(xml)
+    document = json.loads((backup / "manifest.json").read_text())
+    document["domain_xml_sha256"] = hashlib.sha256(xml.encode()).hexdigest()
+    (backup / "manifest.json").write_text(json.dumps(document))
+
+
 @pytest.fixture
 def forged_backup(tmp_path: Path) -> Path:
     image = tmp_path / "web1.raw"
     image.write_bytes(os.urandom(MiB) + bytes(MiB))
     backup = Path(make_backup(tmp_path / "dest", [disk_of(image)]).path)
-    (backup / "domain.xml").write_text(FORGED_XML)
+    _forge_domain_xml(backup, FORGED_XML)
     return backup
 
 
@@ -403,7 +413,7 @@ def test_host_files_named_inside_the_images_are_cut(
         )
     disks = [disk_of(backed, "vda", "qcow2"), disk_of(data_image, "vdb", "qcow2")]
     backup = Path(make_backup(tmp_path / "dest", disks).path)
-    (backup / "domain.xml").write_text(TWO_QCOW2_XML)
+    _forge_domain_xml(backup, TWO_QCOW2_XML)
 
     name = _new_name(defined, "cut")
     to = tmp_path / "restored"

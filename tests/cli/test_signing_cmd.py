@@ -4,8 +4,11 @@ README's stock-tool command, and graphics passwords kept out of unencrypted back
 
 import json
 import shlex
+import shutil
 import subprocess
+import uuid
 from pathlib import Path
+from typing import Any
 
 from age_helpers import make_key_pair
 from harness.cli import virtbackup, virtbackup_in
@@ -170,6 +173,46 @@ def test_forged_manifest_is_bad_and_restore_writes_nothing(
     half = virtbackup_in(state_dir, "verify", str(backup2))
     assert half.returncode == 1
     assert "domain.xml has no signature, though manifest.json has one" in half.stderr
+
+
+def test_domain_xml_of_another_signed_backup_is_refused(
+    domain_factory: DomainFactory,
+    libvirt_conn: Any,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    """domain.xml and its signature copied from another backup signed by the same key:
+    the signature holds, the manifest's record of the domain XML does not."""
+    key = make_signing_key(tmp_path / "keys")
+    ours, _ = back_up(domain_factory, state_dir, dest, "ours", "--sign-key", str(key.key))
+    theirs, _ = back_up(domain_factory, state_dir, dest, "theirs", "--sign-key", str(key.key))
+    assert (ours / "domain.xml").read_bytes() != (theirs / "domain.xml").read_bytes()
+    for name in ("domain.xml", "domain.xml.sig"):
+        shutil.copyfile(theirs / name, ours / name)
+    config = signers_config(tmp_path / "vb.toml", key)
+    problem = f"{ours}/domain.xml is not the domain XML its manifest records (replaced or damaged)"
+
+    verified = virtbackup_in(state_dir, "--config", str(config), "verify", str(ours))
+    assert verified.returncode == 1
+    assert verified.stdout == ""
+    assert verified.stderr.strip().splitlines() == [f"virtbackup: error: {ours}: {problem}"]
+    assert json.loads((ours / "verified.json").read_text())["ok"] is False
+
+    before = tree(tmp_path)
+    out = tmp_path / "out"
+    name = f"vbtest-{uuid.uuid4().hex[:8]}-swapped"
+    restored = virtbackup_in(
+        state_dir, "--config", str(config), "restore", str(ours), "--to", str(out),
+        "--define", name,
+    )  # fmt: skip
+    assert restored.returncode == 1
+    assert restored.stderr.strip().splitlines() == [f"virtbackup: error: {problem}"]
+    assert tree(tmp_path) == before and not out.exists()
+    assert name not in [d.name() for d in libvirt_conn.listAllDomains()]
+    # the backup it came from is as good as it was
+    intact = virtbackup_in(state_dir, "--config", str(config), "verify", str(theirs))
+    assert intact.returncode == 0, intact.stderr
 
 
 def test_unsigned_backup_where_signatures_are_expected(

@@ -64,6 +64,19 @@ def test_left_out_disks_round_trip() -> None:
     assert "left_out" not in json.loads(build_manifest(MANIFEST))  # older readers see no change
 
 
+def test_domain_xml_digest_round_trips_and_is_strict() -> None:
+    bound = Manifest(**{**MANIFEST.__dict__, "domain_xml_sha256": "0f" * 32})
+    text = build_manifest(bound)
+    assert json.loads(text)["domain_xml_sha256"] == "0f" * 32
+    assert parse_manifest(text) == bound
+    assert parse_manifest(build_manifest(MANIFEST)).domain_xml_sha256 is None  # older backups
+    for bad in ("0F" * 32, "0f" * 31, "0f" * 33, "", "g" * 64, 7, None):
+        document = json.loads(text)
+        document["domain_xml_sha256"] = bad
+        with pytest.raises(ManifestFormatError, match="domain_xml_sha256"):
+            parse_manifest(json.dumps(document))
+
+
 def _edited(edit: dict[str, object]) -> str:
     document = json.loads(build_manifest(MANIFEST))
     document.update(edit)

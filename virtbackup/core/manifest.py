@@ -14,12 +14,16 @@ manifest.json (format_version 1)::
         "stream_format_version": 1, "chunk_size": 4194304,
         "digest_algorithm": "sha256-4MiB-chunks", "digest": "<hex, see below>"
       }],
-      "left_out": [{"target": "vdb", "reason": "network disks are not supported yet"}]
+      "left_out": [{"target": "vdb", "reason": "network disks are not supported yet"}],
+      "domain_xml_sha256": "<hex>"
     }
 
 `left_out` lists the domain's disks that are not in the backup, each with the reason
 (excluded by configuration, removable media, a disk that cannot be backed up); it is
 written only when there are any, so a manifest without it has every disk.
+`domain_xml_sha256` is the sha256 of the domain XML the backup holds (the cleartext of
+`domain.xml.age` when encrypted): it binds that file to this manifest. A manifest
+without it (an older backup) binds nothing and its domain XML is read as it is.
 
 `byte_size` is the size of the source file or device (what `lz4 -d` gives back),
 `virtual_size` what the guest sees, `stored_size` the size of the stream file.
@@ -129,6 +133,7 @@ class Manifest:
     disks: tuple[DiskRecord, ...]
     format_version: int = FORMAT_VERSION
     left_out: tuple[LeftOutDisk, ...] = ()
+    domain_xml_sha256: str | None = None  # None: an older backup, written without it
 
     @property
     def stored_size(self) -> int:
@@ -196,6 +201,8 @@ def build_manifest(manifest: Manifest) -> str:
         document["left_out"] = [
             {"target": disk.target, "reason": disk.reason} for disk in manifest.left_out
         ]
+    if manifest.domain_xml_sha256 is not None:
+        document["domain_xml_sha256"] = manifest.domain_xml_sha256
     return json.dumps(document, indent=2) + "\n"
 
 
@@ -314,7 +321,17 @@ def _parse_manifest_document(document: dict[str, Any]) -> Manifest:
         disks=records,
         format_version=version,
         left_out=_parse_left_out(document),
+        domain_xml_sha256=_parse_xml_digest(document),
     )
+
+
+def _parse_xml_digest(document: dict[str, Any]) -> str | None:
+    if "domain_xml_sha256" not in document:
+        return None
+    digest: str = _field(document, "domain_xml_sha256", str)
+    if not _HEX_DIGEST.fullmatch(digest):
+        raise ManifestFormatError("domain_xml_sha256 is not a sha256 in hex")
+    return digest
 
 
 MAX_REASON = 1024  # a left-out disk's reason: one line shown in summaries

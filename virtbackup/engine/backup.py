@@ -1,6 +1,7 @@
 """Back up a set of disks of one domain into the store (no libvirt here: the caller has
 discovered the disks and made them safe to read, e.g. shut off or snapshotted)."""
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -128,6 +129,9 @@ def back_up_disks(
                     free_space_skipped=disk.free_space_skipped,
                 )
             )
+        notes: tuple[str, ...] = ()
+        if encrypt_to is None:
+            domain_xml, notes = _cleartext_xml(domain_name, domain_xml)
         manifest = Manifest(
             tool_version=__version__,
             domain_name=domain_name,
@@ -137,12 +141,12 @@ def back_up_disks(
             method=method,
             disks=tuple(records),
             left_out=tuple(left_out),
+            # binds the domain XML stored beside it (see core/manifest.py)
+            domain_xml_sha256=hashlib.sha256(domain_xml.encode()).hexdigest(),
         )
         # The manifest is written last: a directory with a manifest is a complete one.
         metadata = _Metadata(partial, sign_with)
-        notes: tuple[str, ...] = ()
         if encrypt_to is None:
-            domain_xml, notes = _cleartext_xml(domain_name, domain_xml)
             metadata.write(DOMAIN_XML, domain_xml.encode())
             metadata.write(MANIFEST, build_manifest(manifest).encode())
         else:

@@ -6,6 +6,7 @@ identity file. Streams of a local, unencrypted backup are read at random (parall
 restore); every other stream is read front to back from a pipe.
 """
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from virtbackup.core.manifest import (
 )
 from virtbackup.core.signature import (
     MAX_SIGNATURE_SIZE,
+    SIGNATURE_SUFFIX,
     SignatureCheck,
     SignatureState,
     require_trusted,
@@ -45,6 +47,11 @@ SEALED_MANIFEST = MANIFEST + age.AGE_SUFFIX
 SEALED_DOMAIN_XML = DOMAIN_XML + age.AGE_SUFFIX
 # What a metadata file of ours (manifest, domain XML, signature) can hold at the most.
 METADATA_LIMIT = 16 * 1024 * 1024
+
+
+def read_limit(name: str) -> int:
+    """The most bytes a read of the metadata file `name` takes."""
+    return MAX_SIGNATURE_SIZE if name.endswith(SIGNATURE_SUFFIX) else METADATA_LIMIT
 
 
 class BackupFiles(Protocol):
@@ -74,7 +81,7 @@ class LocalFiles:
 
     def read(self, name: str) -> bytes:
         try:
-            return read_regular_file(self.path / name, METADATA_LIMIT)
+            return read_regular_file(self.path / name, read_limit(name))
         except FileNotFoundError:
             raise missing_file(self.label, name, self.path.is_dir()) from None
         except OSError as err:
@@ -114,6 +121,37 @@ class LocalFiles:
         record_verification(self.path, record)
 
 
+class ReadOnce:
+    """The files of a backup, each metadata file read from `files` once and kept: what
+    the signature check saw is what is parsed, decrypted and restored, however often it
+    is asked for (a remote, or whoever can write the directory, could serve different
+    bytes to a second read)."""
+
+    def __init__(self, files: BackupFiles) -> None:
+        self.files = files
+        self.label = files.label
+        self._read: dict[str, bytes] = {}
+
+    def read(self, name: str) -> bytes:
+        if name not in self._read:
+            self._read[name] = self.files.read(name)
+        return self._read[name]
+
+    def size(self, name: str) -> int | None:
+        if name in self._read:
+            return len(self._read[name])
+        return self.files.size(name)
+
+    def stream(self, name: str) -> AbstractContextManager[IO[bytes]]:
+        return self.files.stream(name)  # disk streams: checked against the manifest's digest
+
+    def local_path(self, name: str) -> Path | None:
+        return self.files.local_path(name)
+
+    def record_verification(self, record: VerifyRecord) -> None:
+        self.files.record_verification(record)
+
+
 @dataclass(frozen=True)
 class Trust:
     """Whose signatures a read accepts: with `allowed_signers` set, a backup must be
@@ -139,12 +177,21 @@ class OpenedBackup:
         return self.sealed is not None
 
     def domain_xml(self) -> str:
+        """The domain XML the backup holds; CorruptBackup when it is not the one its
+        manifest records (e.g. the domain.xml of another backup copied in)."""
         if self.sealed is None:
-            return self.files.read(DOMAIN_XML).decode(errors="replace")
-        assert self.identity is not None
-        sealed = self.files.read(SEALED_DOMAIN_XML)
-        what = f"{self.files.label}/{SEALED_DOMAIN_XML}"
-        return age.decrypt_bytes(self.identity, sealed, what).decode(errors="replace")
+            what = f"{self.files.label}/{DOMAIN_XML}"
+            xml = self.files.read(DOMAIN_XML)
+        else:
+            assert self.identity is not None
+            what = f"{self.files.label}/{SEALED_DOMAIN_XML}"
+            xml = age.decrypt_bytes(self.identity, self.files.read(SEALED_DOMAIN_XML), what)
+        expected = self.manifest.domain_xml_sha256
+        if expected is not None and hashlib.sha256(xml).hexdigest() != expected:
+            raise CorruptBackup(
+                f"{what} is not the domain XML its manifest records (replaced or damaged)"
+            )
+        return xml.decode(errors="replace")
 
     def random_access(self, disk: DiskRecord) -> Path | None:
         """The stream file, when it can be read at random (local and unencrypted)."""
@@ -172,7 +219,9 @@ def open_backup(
 ) -> OpenedBackup:
     """Check the signatures against `trust`, then read the manifest (decrypting it with
     `identity` for an encrypted backup). BadSignature or UnsignedBackup when it may not
-    be used."""
+    be used. Each metadata file is read once: the bytes checked are the bytes used."""
+    if not isinstance(files, ReadOnce):
+        files = ReadOnce(files)
     public = _parse(files.read(MANIFEST), f"{files.label}/{MANIFEST}")
     signature = check_signatures(files, trust.allowed_signers)
     expected = trust.allowed_signers is not None
@@ -226,9 +275,11 @@ def check_signatures(files: BackupFiles, allowed_signers: Path | None) -> Signat
         if (files.size(signature_name(name)) or 0) > MAX_SIGNATURE_SIZE:
             problem = f"{signature_name(name)} is too large to be a signature"
             return SignatureCheck(SignatureState.BAD, problem=problem)
-        principal = ssh_sign.signer_of(
-            allowed_signers, files.read(name), files.read(signature_name(name))
-        )
+        signature = files.read(signature_name(name))
+        if len(signature) > MAX_SIGNATURE_SIZE:
+            problem = f"{signature_name(name)} is too large to be a signature"
+            return SignatureCheck(SignatureState.BAD, problem=problem)
+        principal = ssh_sign.signer_of(allowed_signers, files.read(name), signature)
         if principal is None:
             problem = (
                 f"{name} does not match {signature_name(name)}, or no key of "

@@ -52,7 +52,7 @@ from virtbackup.core.manifest import (
     parse_verify_record,
 )
 from virtbackup.core.retention import Candidate, Decision, Kept, Policy, apply_policy
-from virtbackup.engine.backup_access import missing_file
+from virtbackup.engine.backup_access import missing_file, read_limit
 from virtbackup.engine.prune import PruneResult
 
 log = logging.getLogger(__name__)
@@ -81,10 +81,23 @@ class RemoteFiles:
         self._sizes: dict[str, int] | None = None
 
     def read(self, name: str) -> bytes:
-        if self.size(name) is None:
+        """A metadata file, at most read_limit(name) bytes of it: a remote that serves
+        more is refused, not read to the end."""
+        size = self.size(name)
+        if size is None:
             raise missing_file(self.label, name, bool(self.sizes()))
+        limit = read_limit(name)
+        what = f"{self.label}/{name}"
+        if size > limit:
+            raise CorruptBackup(f"{what} is too large to be ours ({size} bytes)")
         with rclone.download_stream(self.remote, f"{self.path}/{name}") as pipe:
-            return pipe.read()
+            data = pipe.read(limit + 1)
+            if len(data) > limit:
+                raise CorruptBackup(
+                    f"{what} is too large to be ours (the remote served more than {limit} "
+                    f"bytes, listed as {size})"
+                )
+        return data
 
     def size(self, name: str) -> int | None:
         return self.sizes().get(name)

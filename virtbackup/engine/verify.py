@@ -53,6 +53,8 @@ def verify_backup(
     else:
         signature = opened.signature
         try:
+            if opened.manifest.domain_xml_sha256 is not None:
+                opened.domain_xml()  # checks it is the one the manifest records
             for disk in opened.manifest.disks:
                 _verify_disk(opened, disk, progress, workers)
         except CorruptBackup as err:
