@@ -195,7 +195,7 @@ REACHING_XML = """<domain type='qemu'>
 def test_define_keeps_the_guest_view_of_kept_elements(
     libvirt_conn: Any, defined: list[str], forged_backup: Path, tmp_path: Path, state_dir: Path
 ) -> None:
-    (forged_backup / "domain.xml").write_text(REACHING_XML)
+    _forge_domain_xml(forged_backup, REACHING_XML)
     name = _new_name(defined, "reach")
     to = tmp_path / "restored"
     result = virtbackup_in(
@@ -540,7 +540,7 @@ def test_a_forged_vmdk_naming_a_host_file_is_not_attached(
         f'createType="monolithicFlat"\nRW 2048 FLAT "{victim}" 0\n'
     )
     backup = Path(make_backup(tmp_path / "dest", [disk_of(descriptor, "vda", "vmdk")]).path)
-    (backup / "domain.xml").write_text(VMDK_XML)
+    _forge_domain_xml(backup, VMDK_XML)
     assert virtbackup_in(state_dir, "verify", str(backup)).returncode == 0
 
     name = _new_name(defined, "vmdk")
