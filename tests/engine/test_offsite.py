@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 from backup_helpers import MiB, disk_of, make_backup, most_random_frame
 from harness.remotes import RemoteServer
+from signing_helpers import make_signing_key
 
 from virtbackup.adapters import rclone
 from virtbackup.adapters.locks import domain_lock
+from virtbackup.adapters.ssh_sign import sign
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import RemoteError
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import UsageError
-from virtbackup.core.manifest import VerifyRecord
+from virtbackup.core.manifest import DiskRecord, Manifest, VerifyRecord, build_manifest
 from virtbackup.core.model import DomainFacts, DomainState
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.retention import Policy
@@ -38,11 +40,23 @@ def store_on(remote: RemoteServer, host: str = "kvm1", only: bool = False) -> Re
     return RemoteStore(Offsite(remote.remote, host, only))
 
 
-def fake_remote_backup(store: RemoteStore, domain: str, stamp: str, complete: bool) -> None:
+UUID = "12345678-1234-1234-1234-123456789abc"
+
+
+def fake_remote_backup(
+    store: RemoteStore, domain: str, stamp: str, complete: bool, of: str | None = None
+) -> None:
+    """A remote backup of `domain` (its manifest says `of`, by default that domain) taken
+    at the time of its stamp; `complete`: with its manifest."""
     path = store.backup_path(domain, stamp)
     rclone.write_text(store.remote, f"{path}/vda.raw.lz4", "data")
     if complete:
-        rclone.write_text(store.remote, f"{path}/manifest.json", "{}")
+        when = stamp_time(stamp)
+        disk = DiskRecord(
+            "vda", "/img", "raw", 4, 4, 4, "vda.raw.lz4", 1, 4 * MiB, "sha256-4MiB-chunks", "0" * 64
+        )
+        manifest = Manifest("0.1.0", of or domain, UUID, when, when, "offline", (disk,))
+        rclone.write_text(store.remote, f"{path}/manifest.json", build_manifest(manifest))
 
 
 def test_host_names_are_checked() -> None:
@@ -171,6 +185,52 @@ def test_retention_keeps_the_newest_and_only_touches_its_host(
         rclone.read_text(mine.remote, "kvm1/web1/20250101T010000Z/manifest.json")
 
 
+def test_remote_retention_counts_only_signed_backups_of_the_domain_from_the_past(
+    sftp_remote: RemoteServer, tmp_path: Path
+) -> None:
+    """As locally: a remote backup whose manifest names another domain, or from the far
+    future, is listed with that problem and left alone; with allowed_signers, an
+    unsigned one never fills a keep slot."""
+    mine = store_on(sftp_remote)
+    key = make_signing_key(tmp_path / "keys")
+    genuine, older, newer = "20250102T010000Z", "20250101T010000Z", "20250103T010000Z"
+    for stamp in (genuine, older, newer):
+        fake_remote_backup(mine, "web1", stamp, complete=True)
+    for name in ("manifest.json", "domain.xml"):  # the genuine one: signed, as backup signs
+        path = f"{mine.backup_path('web1', genuine)}/{name}"
+        if name == "domain.xml":
+            rclone.write_text(mine.remote, path, "<domain/>")
+        data = rclone.read_text(mine.remote, path).encode()
+        rclone.write_text(mine.remote, f"{path}.sig", sign(key.key, data).decode())
+    fake_remote_backup(mine, "web1", "20250104T010000Z", complete=True, of="db1")
+    fake_remote_backup(mine, "web1", "20991231T000000Z", complete=True)
+
+    policy = Policy(keep_last=1)
+    result = prune_remote_backups(
+        mine, "web1", policy, UTC, dry_run=True, allowed_signers=key.allowed_signers
+    )
+    assert [(k.candidate.name, k.reasons) for k in result.decision.keep] == [
+        (newer, ("unsigned, no newer good backup",)),
+        (genuine, ("last 1/1",)),
+    ]
+    assert [c.name for c in result.decision.remove] == [older]
+    assert result.problems == {
+        "20991231T000000Z": "its time 2099-12-31 00:00:00 UTC is in the future",
+        "20250104T010000Z": "its manifest is of domain 'db1', not of 'web1'",
+    }
+    listed = {b.stamp: b.problem for b in mine.list_backups("web1")}
+    assert listed["20250104T010000Z"] == result.problems["20250104T010000Z"]
+    assert listed["20991231T000000Z"] == result.problems["20991231T000000Z"]
+    removed = prune_remote(mine, "web1", policy, UTC, set(), key.allowed_signers)
+    assert removed == [older]
+    assert mine.backups_of("web1").complete == [
+        "20991231T000000Z",
+        "20250104T010000Z",
+        newer,
+        genuine,
+    ]
+
+
 def test_remote_retention_never_trades_a_good_backup_for_a_failed_one(
     remote: RemoteServer,
 ) -> None:
@@ -191,7 +251,9 @@ def test_remote_retention_never_trades_a_good_backup_for_a_failed_one(
     ]
     assert prune_remote(mine, "web1", Policy(keep_last=1), UTC, keep=set()) == [stamps[0]]
     assert mine.backups_of("web1").complete == stamps[:0:-1]
-    # the fake manifests cannot be read: listed with their problem, not an error
+    # manifests that cannot be read: listed with their problem, not an error
+    for stamp in stamps[1:]:
+        rclone.write_text(mine.remote, f"{mine.backup_path('web1', stamp)}/manifest.json", "{}")
     listed = mine.list_backups("web1")
     assert [b.stamp for b in listed] == stamps[:0:-1]
     assert all("cannot be read" in (b.problem or "") for b in listed)

@@ -92,7 +92,7 @@ def signature_as_json(check: SignatureCheck) -> dict[str, Any]:
 
 def verified_state(backup: BackupInfo) -> str:
     if backup.problem is not None:
-        return "unreadable"
+        return "unreadable" if backup.manifest is None else "not counted"
     if backup.verified is None:
         return "never"
     state = "ok" if backup.verified.ok else "FAILED"
@@ -129,7 +129,9 @@ def backups_table(backups: list[BackupInfo], signatures: list[SignatureCheck]) -
             size,
             "yes" if isinstance(manifest, Sealed) else "no",
             _signature_cell(signature),
-            Text(verified_state(backup)),
+            Text(verified_state(backup))
+            if backup.problem is None  # of another domain, from the future: not counted
+            else Text(f"not counted: {backup.problem}", style="yellow"),
         )
     return table
 
