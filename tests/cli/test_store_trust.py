@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,35 @@ def test_unsigned_backup_fills_no_keep_slot_where_signatures_are_expected(
     decision = prune_dry_run(state_dir, plain, dest, domain)
     assert decision["keep"] == [{"backup": newer, "reasons": ["last 1/1"]}]
     assert decision["remove"] == [genuine.name]
+
+
+def test_nightly_retention_keeps_its_signed_backup_over_a_newer_unsigned_one(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    """`all` with keep_last = 1: an unsigned backup planted a little in the future (within
+    the margin) does not make the nightly run remove the backup it has just made."""
+    key = make_signing_key(tmp_path / "keys")
+    dom = domain_factory.create([DiskSpec("raw", size=2 * MiB)], hint="nightly")
+    config = tmp_path / "vb.toml"
+    config.write_text(
+        f'dest = "{dest}"\ninclude = ["{dom.name()}"]\nsign_key = "{key.key}"\n'
+        f'allowed_signers = "{key.allowed_signers}"\n[retention]\nkeep_last = 1\n'
+    )
+    first = virtbackup_in(state_dir, "--config", str(config), "all")
+    assert first.returncode == 0, first.stderr
+    (old,) = (dest / dom.name()).iterdir()
+    soon = datetime.now(UTC) + timedelta(hours=2)
+    planted = plant(old, old.parent, soon.strftime("%Y%m%dT%H%M%SZ"), signed=False)
+    document = json.loads((planted / "manifest.json").read_text())
+    document["started"] = document["finished"] = soon.strftime("%Y-%m-%dT%H:%M:%SZ")
+    (planted / "manifest.json").write_text(json.dumps(document))
+
+    second = virtbackup_in(state_dir, "--config", str(config), "all", "--json")
+    assert second.returncode == 0, second.stderr
+    (row,) = json.loads(second.stdout)["domains"]
+    new = Path(row["backup"])
+    assert row["pruned"] == [old.name]
+    assert sorted(p.name for p in new.parent.iterdir()) == sorted([new.name, planted.name])
 
 
 def test_backup_refuses_a_dest_others_can_write(

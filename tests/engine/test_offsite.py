@@ -1,6 +1,7 @@
 """The remote store against real servers: uploads complete only with their manifest,
 streamed backups checked before they count, retention and leftovers per host."""
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from virtbackup.engine.offsite import (
     RemoteStore,
     prune_remote,
     prune_remote_backups,
+    ship,
     stamp_time,
 )
 from virtbackup.engine.restore import restore_backup
@@ -229,6 +231,22 @@ def test_remote_retention_counts_only_signed_backups_of_the_domain_from_the_past
         newer,
         genuine,
     ]
+
+
+def test_a_backup_of_another_domain_is_not_shipped_as_this_ones(
+    sftp_remote: RemoteServer, tmp_path: Path
+) -> None:
+    image = tmp_path / "img.raw"
+    image.write_bytes(b"data" * 1000)
+    dest = tmp_path / "dest"
+    web1 = make_backup(dest, [disk_of(image)], domain="web1").path
+    (dest / "db1").mkdir()
+    shutil.copytree(web1, dest / "db1" / web1.name)  # web1's backup, planted as db1's
+    mine = store_on(sftp_remote)
+    store = BackupStore(dest)
+    assert ship(mine, store, "db1") == []
+    assert mine.backups_of("db1").complete == []
+    assert ship(mine, store, "web1") == [mine.remote.path(f"kvm1/web1/{web1.name}")]
 
 
 def test_remote_retention_never_trades_a_good_backup_for_a_failed_one(

@@ -221,11 +221,12 @@ class RemoteStore:
 
 def ship(remote: RemoteStore, store: BackupStore, domain: str) -> list[str]:
     """Upload every local backup of `domain` that is not complete on the remote, newest
-    first (the new one, then any an earlier run failed to send); their locations."""
+    first (the new one, then any an earlier run failed to send); their locations. One
+    listed with a problem (unreadable, of another domain, from the future) stays here."""
     done = set(remote.backups_of(domain).complete)
     shipped = []
     for backup in store.list_backups(domain):
-        if backup.stamp not in done and backup.manifest is not None:
+        if backup.stamp not in done and backup.manifest is not None and backup.problem is None:
             assert isinstance(backup.path, Path)
             shipped.append(remote.upload(backup.path))
             log.info("%s: copied %s offsite", domain, backup.stamp)
