@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB, disk_of, make_backup, most_random_frame
+from backup_helpers import MiB, disk_of, make_backup, manifest_at, most_random_frame
 from harness.remotes import RemoteServer
 from signing_helpers import make_signing_key
 
@@ -17,7 +17,7 @@ from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import RemoteError
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import UsageError
-from virtbackup.core.manifest import DiskRecord, Manifest, VerifyRecord, build_manifest
+from virtbackup.core.manifest import VerifyRecord
 from virtbackup.core.model import DomainFacts, DomainState
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.retention import Policy
@@ -42,9 +42,6 @@ def store_on(remote: RemoteServer, host: str = "kvm1", only: bool = False) -> Re
     return RemoteStore(Offsite(remote.remote, host, only))
 
 
-UUID = "12345678-1234-1234-1234-123456789abc"
-
-
 def fake_remote_backup(
     store: RemoteStore, domain: str, stamp: str, complete: bool, of: str | None = None
 ) -> None:
@@ -53,12 +50,8 @@ def fake_remote_backup(
     path = store.backup_path(domain, stamp)
     rclone.write_text(store.remote, f"{path}/vda.raw.lz4", "data")
     if complete:
-        when = stamp_time(stamp)
-        disk = DiskRecord(
-            "vda", "/img", "raw", 4, 4, 4, "vda.raw.lz4", 1, 4 * MiB, "sha256-4MiB-chunks", "0" * 64
-        )
-        manifest = Manifest("0.1.0", of or domain, UUID, when, when, "offline", (disk,))
-        rclone.write_text(store.remote, f"{path}/manifest.json", build_manifest(manifest))
+        manifest = manifest_at(of or domain, stamp)
+        rclone.write_text(store.remote, f"{path}/manifest.json", manifest)
 
 
 def test_host_names_are_checked() -> None:
