@@ -8,7 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from virtbackup.adapters.store import BackupStore
+from virtbackup.adapters.store import BackupStore, stamp_time
+from virtbackup.core.manifest import DiskRecord, Manifest, build_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.streamformat import FrameEntry
 from virtbackup.engine.backup import BackupResult, DiskSource, back_up_disks
@@ -139,3 +140,14 @@ def most_random_frame(stream: Path) -> FrameEntry:
     run of equal bytes, which decodes to the very same data (and is rightly not damage)."""
     entries = [e for e in read_index(stream, "vda").entries if not e.is_zero]
     return max(entries, key=lambda e: e.stored_length / e.data_length)
+
+
+def manifest_at(domain: str, stamp: str) -> str:
+    """A well-formed manifest.json of a one-disk backup of `domain` started at the time of
+    `stamp`, for a backup directory made by hand (its stream is not what it describes)."""
+    when = stamp_time(stamp)
+    disk = DiskRecord(
+        "vda", "/img", "raw", 4, 4, 4, "vda.raw.lz4", 1, 4 * MiB, "sha256-4MiB-chunks", "0" * 64
+    )
+    uuid = "12345678-1234-1234-1234-123456789abc"
+    return build_manifest(Manifest("0.1.0", domain, uuid, when, when, "offline", (disk,)))

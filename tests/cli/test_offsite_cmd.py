@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from age_helpers import make_key_pair
+from backup_helpers import manifest_at
 from harness.cli import virtbackup, virtbackup_in
 from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
@@ -302,7 +303,8 @@ def test_prune_remote_applies_retention_to_this_hosts_complete_copies(
         base = f"{host}/{domain}/{stamp}"
         rclone.write_text(sftp_remote.remote, f"{base}/vda.raw.lz4", "data")
         if complete:
-            rclone.write_text(sftp_remote.remote, f"{base}/manifest.json", "{}")
+            manifest = manifest_at(domain, stamp)
+            rclone.write_text(sftp_remote.remote, f"{base}/manifest.json", manifest)
 
     stamps = ["20250101T010000Z", "20250102T010000Z", "20250103T010000Z"]
     for stamp in stamps:

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from virtbackup.core.retention import Candidate, Policy, apply_policy
+from virtbackup.core.retention import Candidate, Policy, apply_policy, placement_problem
 
 BERLIN_SUMMER = timezone(timedelta(hours=2))
 
@@ -144,3 +144,25 @@ def test_the_newest_and_the_newest_good_always_stay(marks: str) -> None:
         assert f"d{len(marks) - 1}" in kept
         if "g" in marks:
             assert f"d{marks.rindex('g')}" in kept
+
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("manifest_domain", "times", "problem"),
+    [
+        ("web1", [NOW], None),
+        ("web1", [NOW + timedelta(hours=23)], None),  # a clock a little ahead: fine
+        ("db1", [NOW], "its manifest is of domain 'db1', not of 'web1'"),
+        (
+            "web1",
+            [NOW, NOW + timedelta(days=1, seconds=1)],
+            "its time 2026-03-02 12:00:01 UTC is in the future",
+        ),
+    ],
+)
+def test_placement_problem(
+    manifest_domain: str, times: list[datetime], problem: str | None
+) -> None:
+    assert placement_problem("web1", manifest_domain, times, NOW) == problem

@@ -1,15 +1,18 @@
 """The remote store against real servers: uploads complete only with their manifest,
 streamed backups checked before they count, retention and leftovers per host."""
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB, disk_of, make_backup, most_random_frame
+from backup_helpers import MiB, disk_of, make_backup, manifest_at, most_random_frame
 from harness.remotes import RemoteServer
+from signing_helpers import make_signing_key
 
 from virtbackup.adapters import rclone
 from virtbackup.adapters.locks import domain_lock
+from virtbackup.adapters.ssh_sign import sign
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import RemoteError
 from virtbackup.core.config import DomainSettings
@@ -25,6 +28,7 @@ from virtbackup.engine.offsite import (
     RemoteStore,
     prune_remote,
     prune_remote_backups,
+    ship,
     stamp_time,
 )
 from virtbackup.engine.restore import restore_backup
@@ -38,11 +42,16 @@ def store_on(remote: RemoteServer, host: str = "kvm1", only: bool = False) -> Re
     return RemoteStore(Offsite(remote.remote, host, only))
 
 
-def fake_remote_backup(store: RemoteStore, domain: str, stamp: str, complete: bool) -> None:
+def fake_remote_backup(
+    store: RemoteStore, domain: str, stamp: str, complete: bool, of: str | None = None
+) -> None:
+    """A remote backup of `domain` (its manifest says `of`, by default that domain) taken
+    at the time of its stamp; `complete`: with its manifest."""
     path = store.backup_path(domain, stamp)
     rclone.write_text(store.remote, f"{path}/vda.raw.lz4", "data")
     if complete:
-        rclone.write_text(store.remote, f"{path}/manifest.json", "{}")
+        manifest = manifest_at(of or domain, stamp)
+        rclone.write_text(store.remote, f"{path}/manifest.json", manifest)
 
 
 def test_host_names_are_checked() -> None:
@@ -171,6 +180,68 @@ def test_retention_keeps_the_newest_and_only_touches_its_host(
         rclone.read_text(mine.remote, "kvm1/web1/20250101T010000Z/manifest.json")
 
 
+def test_remote_retention_counts_only_signed_backups_of_the_domain_from_the_past(
+    sftp_remote: RemoteServer, tmp_path: Path
+) -> None:
+    """As locally: a remote backup whose manifest names another domain, or from the far
+    future, is listed with that problem and left alone; with allowed_signers, an
+    unsigned one never fills a keep slot."""
+    mine = store_on(sftp_remote)
+    key = make_signing_key(tmp_path / "keys")
+    genuine, older, newer = "20250102T010000Z", "20250101T010000Z", "20250103T010000Z"
+    for stamp in (genuine, older, newer):
+        fake_remote_backup(mine, "web1", stamp, complete=True)
+    for name in ("manifest.json", "domain.xml"):  # the genuine one: signed, as backup signs
+        path = f"{mine.backup_path('web1', genuine)}/{name}"
+        if name == "domain.xml":
+            rclone.write_text(mine.remote, path, "<domain/>")
+        data = rclone.read_text(mine.remote, path).encode()
+        rclone.write_text(mine.remote, f"{path}.sig", sign(key.key, data).decode())
+    fake_remote_backup(mine, "web1", "20250104T010000Z", complete=True, of="db1")
+    fake_remote_backup(mine, "web1", "20991231T000000Z", complete=True)
+
+    policy = Policy(keep_last=1)
+    result = prune_remote_backups(
+        mine, "web1", policy, UTC, dry_run=True, allowed_signers=key.allowed_signers
+    )
+    assert [(k.candidate.name, k.reasons) for k in result.decision.keep] == [
+        (newer, ("unsigned, no newer good backup",)),
+        (genuine, ("last 1/1",)),
+    ]
+    assert [c.name for c in result.decision.remove] == [older]
+    assert result.problems == {
+        "20991231T000000Z": "its time 2099-12-31 00:00:00 UTC is in the future",
+        "20250104T010000Z": "its manifest is of domain 'db1', not of 'web1'",
+    }
+    listed = {b.stamp: b.problem for b in mine.list_backups("web1")}
+    assert listed["20250104T010000Z"] == result.problems["20250104T010000Z"]
+    assert listed["20991231T000000Z"] == result.problems["20991231T000000Z"]
+    removed = prune_remote(mine, "web1", policy, UTC, set(), key.allowed_signers)
+    assert removed == [older]
+    assert mine.backups_of("web1").complete == [
+        "20991231T000000Z",
+        "20250104T010000Z",
+        newer,
+        genuine,
+    ]
+
+
+def test_a_backup_of_another_domain_is_not_shipped_as_this_ones(
+    sftp_remote: RemoteServer, tmp_path: Path
+) -> None:
+    image = tmp_path / "img.raw"
+    image.write_bytes(b"data" * 1000)
+    dest = tmp_path / "dest"
+    web1 = make_backup(dest, [disk_of(image)], domain="web1").path
+    (dest / "db1").mkdir()
+    shutil.copytree(web1, dest / "db1" / web1.name)  # web1's backup, planted as db1's
+    mine = store_on(sftp_remote)
+    store = BackupStore(dest)
+    assert ship(mine, store, "db1") == []
+    assert mine.backups_of("db1").complete == []
+    assert ship(mine, store, "web1") == [mine.remote.path(f"kvm1/web1/{web1.name}")]
+
+
 def test_remote_retention_never_trades_a_good_backup_for_a_failed_one(
     remote: RemoteServer,
 ) -> None:
@@ -191,7 +262,9 @@ def test_remote_retention_never_trades_a_good_backup_for_a_failed_one(
     ]
     assert prune_remote(mine, "web1", Policy(keep_last=1), UTC, keep=set()) == [stamps[0]]
     assert mine.backups_of("web1").complete == stamps[:0:-1]
-    # the fake manifests cannot be read: listed with their problem, not an error
+    # manifests that cannot be read: listed with their problem, not an error
+    for stamp in stamps[1:]:
+        rclone.write_text(mine.remote, f"{mine.backup_path('web1', stamp)}/manifest.json", "{}")
     listed = mine.list_backups("web1")
     assert [b.stamp for b in listed] == stamps[:0:-1]
     assert all("cannot be read" in (b.problem or "") for b in listed)

@@ -122,11 +122,17 @@ def _check_parent(directory: Path, uid: int, existing_only: bool) -> None:
             f"{directory}, above the state directory, is owned by uid {info.st_uid}",
             f"run 'chown root {directory}' or choose another state directory",
         )
-    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+    if others_can_replace(info):
         raise StateDirError(
             f"{directory}, above the state directory, is writable by group or others",
             f"run 'chmod go-w {directory}' or choose another state directory",
         )
+
+
+def others_can_replace(info: os.stat_result) -> bool:
+    """Whether users other than the owner can rename or delete what is in the directory
+    `info` describes: it is writable by group or others and not sticky (as /tmp is)."""
+    return bool(info.st_mode & 0o022) and not info.st_mode & stat.S_ISVTX
 
 
 def _user(uid: int) -> str:

@@ -7,6 +7,12 @@ directory is renamed into place. An earlier backup is never opened for writing (
 `verified.json` is added by verify). A partial directory whose lock is free belongs to a
 run that died (SIGKILL, power loss) and is removed by `remove_partials`, which the next
 backup and the `clean` command call. Files are 0600, directories 0700.
+
+Others must not be able to change what is written: a DEST that group or others may write
+(without the sticky bit of /tmp) and a domain directory not owned by us are refused
+before a backup starts. A listed backup whose manifest names another domain, or whose
+time lies in the future, is listed with that problem (core/retention.placement_problem)
+and left alone by retention.
 """
 
 import errno
@@ -22,11 +28,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from virtbackup.adapters.journal import others_can_replace
 from virtbackup.core.backup_errors import (
     BackupNotFound,
     CorruptBackup,
     DestinationFull,
     StoreError,
+    UnsafeDestination,
 )
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import (
@@ -38,6 +46,7 @@ from virtbackup.core.manifest import (
     parse_any_manifest,
     parse_verify_record,
 )
+from virtbackup.core.retention import placement_problem
 
 MANIFEST = "manifest.json"
 DOMAIN_XML = "domain.xml"
@@ -89,6 +98,29 @@ class BackupStore:
             raise StoreError(f"backup destination {self.dest} is on a read-only filesystem")
         if not os.access(self.dest, os.W_OK | os.X_OK):
             raise StoreError(f"backup destination {self.dest} is not writable")
+        if others_can_replace(os.stat(self.dest)):
+            raise UnsafeDestination(
+                f"backup destination {self.dest} is writable by group or others",
+                f"run 'chmod go-w {self.dest}', or 'chmod +t {self.dest}' to share it as /tmp is",
+            )
+
+    def check_domain_dir(self, domain: str) -> None:
+        """Refuse (UnsafeDestination, exit 2) a domain directory owned by another user:
+        its owner could chmod it back, swap stamps or plant backups in it."""
+        domain_dir = self.dest / domain
+        try:
+            info = os.lstat(domain_dir)
+        except FileNotFoundError:
+            return  # created by us, 0700
+        except OSError as err:
+            raise store_error(err, domain_dir) from None
+        uid = os.geteuid()
+        if stat.S_ISDIR(info.st_mode) and info.st_uid != uid:
+            owner = "root" if uid == 0 else str(uid)
+            raise UnsafeDestination(
+                f"{domain_dir} is owned by uid {info.st_uid}, not by us",
+                f"remove it, or run 'chown {owner} {domain_dir}' if what it holds is ours",
+            )
 
     def begin(self, domain: str, now: datetime) -> "PartialBackup":
         """Create the partial directory of a new backup of `domain` started at `now`."""
@@ -102,6 +134,7 @@ class BackupStore:
                     f"{domain_dir} is a symbolic link or not a directory",
                     "remove it: backups are written only into a directory of DEST itself",
                 )
+            self.check_domain_dir(domain)
             os.chmod(domain_dir, DIR_MODE)
             self.remove_partials(domain)
             base = now.astimezone(UTC).strftime(STAMP_FORMAT)
@@ -176,8 +209,12 @@ class BackupStore:
         finally:
             os.close(domain_fd)
 
-    def list_backups(self, domain: str | None = None) -> list[BackupInfo]:
-        """Complete backups, by domain name, newest first within a domain."""
+    def list_backups(
+        self, domain: str | None = None, now: datetime | None = None
+    ) -> list[BackupInfo]:
+        """Complete backups, by domain name, newest first within a domain (`now`, the
+        time a backup may not be later than: the clock's by default)."""
+        now = now or datetime.now(UTC)
         if not self.dest.is_dir():
             raise StoreError(f"backup destination {self.dest} does not exist")
         if domain is not None and not (self.dest / domain).is_dir():
@@ -194,7 +231,7 @@ class BackupStore:
                     log.warning(
                         "%s is a symbolic link: skipped (backups live in DEST itself)", path
                     )
-            found.extend(describe_backup(path) for path in stamps)
+            found.extend(describe_backup(path, now) for path in stamps)
         return found
 
     def _domain_dirs(self, domain: str | None) -> list[Path]:
@@ -296,15 +333,18 @@ class PartialBackup(AbortUnlessCommitted):
         os.close(self._lock_fd)
 
 
-def describe_backup(path: Path) -> BackupInfo:
+def describe_backup(path: Path, now: datetime) -> BackupInfo:
     """Read what `backups` shows about one backup directory; never raises on bad content:
-    a directory that is not a readable backup is described with its problem."""
+    a directory that is not a readable backup, or not one of its domain's (another
+    domain's, from the future), is described with its problem."""
     manifest: Manifest | Sealed | None = None
     problem = None
     try:
         manifest = load_manifest(path)
     except (BackupNotFound, CorruptBackup) as err:
         problem = str(err)
+    else:
+        problem = backup_placement(path.parent.name, path.name, manifest, now)
     return BackupInfo(
         domain=path.parent.name,
         stamp=path.name,
@@ -424,6 +464,23 @@ def record_verification(path: Path, record: VerifyRecord) -> None:
         raise store_error(err, path / VERIFIED) from None
     finally:
         os.close(dir_fd)
+
+
+def backup_placement(
+    domain: str, stamp: str, manifest: Manifest | Sealed, now: datetime
+) -> str | None:
+    """Why the readable backup `stamp` in the directory of `domain` is not a backup of
+    that domain it may count as (core/retention.placement_problem), or None."""
+    try:
+        times = [stamp_time(stamp), manifest.started]
+    except ValueError:
+        return f"its name {stamp} is not a valid time"
+    return placement_problem(domain, manifest.domain_name, times, now)
+
+
+def stamp_time(stamp: str) -> datetime:
+    """The UTC time a backup's directory name tells."""
+    return datetime.strptime(stamp.split("-")[0], STAMP_FORMAT).replace(tzinfo=UTC)
 
 
 def is_stamp(name: str) -> bool:

@@ -81,6 +81,8 @@ def all_command(
             domains = discover(
                 conn, include=include or config.include, exclude=exclude or config.exclude
             )
+            for domain in domains:
+                store.check_domain_dir(domain.name)  # before any domain is touched
 
             with progress_sink(options.verbosity if not values.as_json else -1) as progress:
                 reports = run_all(
@@ -93,6 +95,7 @@ def all_command(
                     steps,
                     _local_zone(),
                     sources={Method.LVM: SharedLvmSnapshots(run)},
+                    allowed_signers=config.allowed_signers,
                 )
     except RunInterrupted as stop:  # the domain at hand is back: summary, then exit 130
         reports, interrupted = stop.reports, stop

@@ -53,6 +53,8 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
     with connect(options.uri) as conn, ExitStack() as run:
         sources = {Method.LVM: SharedLvmSnapshots(run)}
         facts = discover(conn, names=domains)
+        for domain in facts:
+            store.check_domain_dir(domain.name)  # before any domain is touched
         with progress_sink(options.verbosity if not values.as_json else -1) as progress:
             for index, domain in enumerate(facts):
                 try:

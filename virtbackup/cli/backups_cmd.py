@@ -93,7 +93,7 @@ def signature_as_json(check: SignatureCheck) -> dict[str, Any]:
 
 def verified_state(backup: BackupInfo) -> str:
     if backup.problem is not None:
-        return "unreadable"
+        return "unreadable" if backup.manifest is None else "not counted"
     if backup.verified is None:
         return "never"
     state = "ok" if backup.verified.ok else "FAILED"
@@ -130,7 +130,9 @@ def backups_table(backups: list[BackupInfo], signatures: list[SignatureCheck]) -
             size,
             "yes" if isinstance(manifest, Sealed) else "no",
             _signature_cell(signature),
-            text(verified_state(backup)),
+            text(verified_state(backup))
+            if backup.problem is None  # of another domain, from the future: not counted
+            else text(f"not counted: {backup.problem}", style="yellow"),
         )
     return table
 

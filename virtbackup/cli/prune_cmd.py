@@ -13,6 +13,7 @@ from virtbackup.adapters.store import BackupStore
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.output import text
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
+from virtbackup.cli.trust_options import allowed_signers_option
 from virtbackup.core.errors import UsageError
 from virtbackup.core.retention import Policy
 from virtbackup.engine.offsite import prune_remote_backups
@@ -36,6 +37,7 @@ KEEP_OPTIONS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decisions as JSON.")
 @remote_options
+@allowed_signers_option
 @pass_globals
 def prune_command(
     options: GlobalOptions,
@@ -47,6 +49,7 @@ def prune_command(
     remote: bool,
     remote_location: str | None,
     host: str | None,
+    allowed_signers: Path | None,
     **keep: int | None,
 ) -> None:
     """Remove old backups by a retention policy; never the newest complete one.
@@ -58,8 +61,13 @@ def prune_command(
     With --remote the policy applies to the complete offsite copies of this host (or
     --host) instead, by the time in their names; uploads that are not complete are
     left to `virtbackup all`, which knows which of them are still to be resumed.
+
+    With allowed_signers, a backup without a good signature by one of its keys never
+    counts towards a --keep-* rule (like one whose verification failed).
     """
+    signers = allowed_signers
     config = load_settings(options)
+    signers = signers or config.allowed_signers
     given = Policy(**{name: value or 0 for name, value in keep.items()})
 
     def policy_of(domain: str) -> Policy:
@@ -77,7 +85,9 @@ def prune_command(
     if offsite is not None:
         policies = {name: policy_of(name) for name in domains or offsite.domains()}
         results = [
-            prune_remote_backups(offsite, name, policy, tz, dry_run=dry_run)
+            prune_remote_backups(
+                offsite, name, policy, tz, dry_run=dry_run, allowed_signers=signers
+            )
             for name, policy in policies.items()
         ]
         where = offsite.remote.path(offsite.offsite.host)
@@ -91,7 +101,7 @@ def prune_command(
         names = domains or sorted({b.domain for b in store.list_backups()})
         policies = {name: policy_of(name) for name in names}  # all known before any removal
         results = [
-            prune_domain(store, name, policy, tz, dry_run=dry_run)
+            prune_domain(store, name, policy, tz, dry_run=dry_run, allowed_signers=signers)
             for name, policy in policies.items()
         ]
         where = str(dest)

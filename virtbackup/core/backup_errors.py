@@ -1,14 +1,19 @@
 """Errors of the data path: the store, the disk streams, restore and verify.
 
 All exit with status 1 (FAILED): a broken or missing backup, a destination that cannot
-be written, a digest that does not match.
+be written, a digest that does not match; except UnsafeDestination (2, a setup to fix).
 """
 
-from virtbackup.core.errors import VirtbackupError
+from virtbackup.core.errors import UsageError, VirtbackupError
 
 
 class StoreError(VirtbackupError):
     """The backup destination cannot be used (missing, read-only, not a directory)."""
+
+
+class UnsafeDestination(UsageError):
+    """DEST or a domain directory in it can be changed by others: backups written there
+    could be swapped, removed or planted (exit 2, the fix is a chown or chmod)."""
 
 
 class DestinationFull(StoreError):

@@ -6,8 +6,9 @@ that have a backup at all. A backup is kept when any rule keeps it, and every ke
 says why. The newest backup is always kept, whatever the policy, so retention can never
 leave a domain without its latest backup.
 
-A backup known to be bad (its last verification FAILED) never fills a keep slot: the
-rules count only the others, so `keep_last = 1` keeps the newest backup that is not known
+A backup known to be bad (its last verification FAILED, or, where signatures are
+expected, its signature is missing or bad) never fills a keep slot: the rules count only
+the others, so `keep_last = 1` keeps the newest backup that is not known
 bad, whatever failed after it, and that backup is always kept ("newest" or, with failed
 ones after it, "newest not failed"). A failed backup is kept while no newer backup is
 good (it may still be the best copy there is, and it is the newest one), and removed once
@@ -19,7 +20,7 @@ as an admin reads "daily"); weeks are ISO weeks.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,12 @@ class Policy:
 @dataclass(frozen=True)
 class Candidate:
     """A complete backup as retention sees it: a name, when it was taken (aware), and
-    whether its last verification failed."""
+    whether it is known bad (`flaw` says why: a failed verification, a bad signature)."""
 
     name: str
     time: datetime
     failed: bool = False
+    flaw: str = "failed verification"
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,6 @@ PERIODS: list[tuple[str, str, PeriodKey]] = [
     ("keep_monthly", "monthly", lambda t: (t.year, t.month)),
     ("keep_yearly", "yearly", lambda t: (t.year,)),
 ]
-
-
-FAILED_KEPT = "failed verification, no newer good backup"
 
 
 def apply_policy(candidates: Sequence[Candidate], policy: Policy, tz: tzinfo) -> Decision:
@@ -97,8 +96,28 @@ def apply_policy(candidates: Sequence[Candidate], policy: Policy, tz: tzinfo) ->
     for candidate in ordered:
         if not candidate.failed:
             break  # older failed backups have a newer good one: they go
-        reasons[candidate.name].append(FAILED_KEPT)
+        reasons[candidate.name].append(f"{candidate.flaw}, no newer good backup")
 
     keep = [Kept(c, tuple(reasons[c.name])) for c in ordered if reasons[c.name]]
     remove = [c for c in ordered if not reasons[c.name]]
     return Decision(keep=keep, remove=remove)
+
+
+# How far in the future a backup's time may lie (clocks of hosts that share a store
+# drift, a time zone is set wrong for a day) before it is taken for a planted one.
+FUTURE_MARGIN = timedelta(days=1)
+
+
+def placement_problem(
+    directory: str, manifest_domain: str, times: Sequence[datetime], now: datetime
+) -> str | None:
+    """Why a readable backup in DEST/<directory>/ cannot count as a backup of that domain,
+    or None. Its manifest must name that domain (a backup of another one copied there is
+    not a backup of it), and neither its stamp nor its manifest may lie in the future
+    (a planted far-future stamp would otherwise be "the newest" forever)."""
+    if manifest_domain != directory:
+        return f"its manifest is of domain {manifest_domain!r}, not of {directory!r}"
+    latest = max(times)
+    if latest > now + FUTURE_MARGIN:
+        return f"its time {latest:%Y-%m-%d %H:%M:%S %Z} is in the future"
+    return None

@@ -71,14 +71,27 @@ def run_all(
     steps: StepSink,
     tz: tzinfo,
     sources: Mapping[Method, ImageSource] | None = None,
+    allowed_signers: Path | None = None,
 ) -> list[DomainReport]:
     """Each domain's report, in order. A signal ends the run: RunInterrupted then holds
-    the reports so far and marks the domain at hand and those not reached interrupted."""
+    the reports so far and marks the domain at hand and those not reached interrupted.
+    With `allowed_signers`, retention counts only backups signed by one of them."""
     reports: list[DomainReport] = []
     for index, facts in enumerate(domains):
         try:
             reports.append(
-                _one_domain(conn, facts, store, options_for, hooks, progress, steps, tz, sources)
+                _one_domain(
+                    conn,
+                    facts,
+                    store,
+                    options_for,
+                    hooks,
+                    progress,
+                    steps,
+                    tz,
+                    sources,
+                    allowed_signers,
+                )
             )
         except Interrupted as err:
             names = [f.name for f in domains[index:]]
@@ -105,6 +118,7 @@ def _one_domain(
     steps: StepSink,
     tz: tzinfo,
     sources: Mapping[Method, ImageSource] | None,
+    allowed_signers: Path | None = None,
 ) -> DomainReport:
     plan_options, run_options, settings = options_for(facts)
     plan = plan_domain(facts, plan_options)
@@ -123,7 +137,9 @@ def _one_domain(
     pruned: tuple[str, ...] = ()
     if outcome.result == Result.OK and not settings.retention.is_empty():
         try:
-            pruning = prune_domain(store, facts.name, settings.retention, tz)
+            pruning = prune_domain(
+                store, facts.name, settings.retention, tz, allowed_signers=allowed_signers
+            )
             pruned = pruning.removed
             left = tuple(f"left alone by retention: {why}" for why in pruning.problems.values())
             outcome = replace(outcome, warnings=outcome.warnings + left)
@@ -135,7 +151,13 @@ def _one_domain(
     if outcome.result == Result.OK and run_options.offsite is not None:
         try:
             pruned_remote = prune_offsite(
-                run_options.offsite, facts, settings, tz, store, run_options.state_dir
+                run_options.offsite,
+                facts,
+                settings,
+                tz,
+                store,
+                run_options.state_dir,
+                allowed_signers,
             )
         except Interrupted:
             raise  # SIGINT/SIGTERM end the run, not just this domain
@@ -160,6 +182,7 @@ def prune_offsite(
     tz: tzinfo,
     store: BackupStore,
     state_dir: Path | None,
+    allowed_signers: Path | None = None,
 ) -> tuple[str, ...]:
     """Retention on the remote for one domain, under the domain's lock: a `backup DOMAIN`
     started by hand meanwhile may be uploading, and its files would look like the
@@ -172,7 +195,8 @@ def prune_offsite(
     with lock:
         # Local backups not yet complete on the remote are uploads to resume, not leftovers.
         pending = set() if remote.offsite.only else _local_stamps(store, facts.name)
-        return tuple(prune_remote(remote, facts.name, settings.retention, tz, pending))
+        retention = settings.retention
+        return tuple(prune_remote(remote, facts.name, retention, tz, pending, allowed_signers))
 
 
 def _local_stamps(store: BackupStore, domain: str) -> set[str]:

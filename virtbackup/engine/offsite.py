@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import IO
@@ -38,9 +38,11 @@ from virtbackup.adapters.store import (
     AbortUnlessCommitted,
     BackupInfo,
     BackupStore,
+    backup_placement,
     check_domain_name,
     is_domain_dir_name,
     is_stamp,
+    stamp_time,
 )
 from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup, RemoteError
 from virtbackup.core.errors import Interrupted, UsageError, VirtbackupError
@@ -51,9 +53,9 @@ from virtbackup.core.manifest import (
     parse_any_manifest,
     parse_verify_record,
 )
-from virtbackup.core.retention import Candidate, Decision, Kept, Policy, apply_policy
+from virtbackup.core.retention import Decision, Kept, Policy, apply_policy
 from virtbackup.engine.backup_access import missing_file, read_limit
-from virtbackup.engine.prune import PruneResult
+from virtbackup.engine.prune import PruneResult, candidate_of
 
 log = logging.getLogger(__name__)
 
@@ -168,16 +170,21 @@ class RemoteStore:
         incomplete = sorted(stamps - complete, reverse=True)
         return RemoteBackups(done, incomplete, frozenset(recorded & complete))
 
-    def list_backups(self, domain: str | None = None) -> list[BackupInfo]:
+    def list_backups(
+        self, domain: str | None = None, now: datetime | None = None
+    ) -> list[BackupInfo]:
         """Complete remote backups of this host, by domain, newest first (reads each
-        public manifest: the key is never needed to list)."""
+        public manifest: the key is never needed to list). As locally, one whose manifest
+        names another domain or whose time lies in the future is listed with that
+        problem."""
+        now = now or datetime.now(UTC)
         found = []
         for name in [domain] if domain else self.domains():
             for stamp in self.backups_of(name).complete:
-                found.append(self._describe(name, stamp))
+                found.append(self.describe(name, stamp, now))
         return found
 
-    def _describe(self, domain: str, stamp: str) -> BackupInfo:
+    def describe(self, domain: str, stamp: str, now: datetime) -> BackupInfo:
         files = self.files(domain, stamp)
         manifest, problem = None, None
         try:
@@ -193,6 +200,8 @@ class RemoteStore:
             UnicodeDecodeError,
         ) as err:
             problem = f"manifest {files.label}/{MANIFEST} cannot be read: {err}"
+        if manifest is not None:
+            problem = backup_placement(domain, stamp, manifest, now)
         sizes = files.sizes()
         size = sum(n for name, n in sizes.items() if name != VERIFIED)
         return BackupInfo(domain, stamp, files.label, manifest, problem, size, files.verification())
@@ -225,11 +234,12 @@ class RemoteStore:
 
 def ship(remote: RemoteStore, store: BackupStore, domain: str) -> list[str]:
     """Upload every local backup of `domain` that is not complete on the remote, newest
-    first (the new one, then any an earlier run failed to send); their locations."""
+    first (the new one, then any an earlier run failed to send); their locations. One
+    listed with a problem (unreadable, of another domain, from the future) stays here."""
     done = set(remote.backups_of(domain).complete)
     shipped = []
     for backup in store.list_backups(domain):
-        if backup.stamp not in done and backup.manifest is not None:
+        if backup.stamp not in done and backup.manifest is not None and backup.problem is None:
             assert isinstance(backup.path, Path)
             shipped.append(remote.upload(backup.path))
             log.info("%s: copied %s offsite", domain, backup.stamp)
@@ -237,12 +247,17 @@ def ship(remote: RemoteStore, store: BackupStore, domain: str) -> list[str]:
 
 
 def prune_remote(
-    remote: RemoteStore, domain: str, policy: Policy, tz: tzinfo, keep: set[str]
+    remote: RemoteStore,
+    domain: str,
+    policy: Policy,
+    tz: tzinfo,
+    keep: set[str],
+    allowed_signers: Path | None = None,
 ) -> list[str]:
     """Apply `policy` to the complete remote backups of `domain` (the newest is always
     kept) and remove leftovers of interrupted uploads that are not in `keep` (the stamps
     still to be uploaded from the local store). The stamps removed."""
-    result = prune_remote_backups(remote, domain, policy, tz)
+    result = prune_remote_backups(remote, domain, policy, tz, allowed_signers=allowed_signers)
     doomed = [stamp for stamp in result.incomplete if stamp not in keep]
     for stamp in doomed:
         remote.remove(domain, stamp)
@@ -251,16 +266,32 @@ def prune_remote(
 
 
 def prune_remote_backups(
-    remote: RemoteStore, domain: str, policy: Policy, tz: tzinfo, *, dry_run: bool = False
+    remote: RemoteStore,
+    domain: str,
+    policy: Policy,
+    tz: tzinfo,
+    *,
+    dry_run: bool = False,
+    allowed_signers: Path | None = None,
 ) -> PruneResult:
-    """Retention on the complete remote backups of `domain` (the newest is always kept;
-    the time of a backup is its stamp's; a backup whose remote verification FAILED never
-    fills a keep slot). Interrupted uploads are not touched here."""
+    """Retention on the complete remote backups of `domain`, as on the local store (the
+    newest is always kept; one not readable, of another domain or from the future is
+    left alone; one whose remote verification FAILED, or without a good signature where
+    `allowed_signers` expects one, never fills a keep slot); the time of a backup is its
+    stamp's. Interrupted uploads are not touched here."""
     backups = remote.backups_of(domain)
-    candidates = [
-        Candidate(stamp, stamp_time(stamp), failed=_failed(remote, domain, stamp, backups))
-        for stamp in backups.complete
-    ]
+    now = datetime.now(UTC)
+    candidates = []
+    problems = {}
+    for stamp in backups.complete:
+        info = remote.describe(domain, stamp, now)
+        if info.manifest is None or info.problem is not None:
+            problems[stamp] = info.problem or "unreadable"
+            log.warning("%s: %s; left alone by retention", domain, problems[stamp])
+            continue
+        files = remote.files(domain, stamp)
+        candidate = candidate_of(info, files, allowed_signers)
+        candidates.append(replace(candidate, time=stamp_time(stamp)))
     decision = (
         Decision(keep=[Kept(c, ("no policy",)) for c in candidates])
         if policy.is_empty()
@@ -272,19 +303,10 @@ def prune_remote_backups(
             remote.remove(domain, candidate.name)
             log.info("%s: removed remote backup %s (retention)", domain, candidate.name)
             removed.append(candidate.name)
-    return PruneResult(domain, decision, (), tuple(removed), tuple(backups.incomplete))
-
-
-def _failed(remote: RemoteStore, domain: str, stamp: str, backups: RemoteBackups) -> bool:
-    """Whether the last `verify --remote` of this remote backup found it damaged."""
-    if stamp not in backups.with_record:
-        return False
-    record = remote.files(domain, stamp).verification()
-    return record is not None and not record.ok
-
-
-def stamp_time(stamp: str) -> datetime:
-    return datetime.strptime(stamp.split("-")[0], STAMP_FORMAT).replace(tzinfo=UTC)
+    unreadable = tuple(problems)
+    return PruneResult(
+        domain, decision, unreadable, tuple(removed), tuple(backups.incomplete), problems
+    )
 
 
 class RemotePartial(AbortUnlessCommitted):

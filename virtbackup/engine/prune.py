@@ -4,9 +4,11 @@ Only complete backups with a readable manifest are candidates; partial directori
 anything the store does not recognise are never touched. A stamp directory that is not a
 readable backup (no manifest, a damaged one, a FIFO in its place, ...) is left alone and
 reported with its problem: we cannot tell its age or what it holds, and it does not stop
-the others from being pruned. A backup whose last verification FAILED is a candidate
-known to be bad: it never fills a keep slot (core/retention says how it is kept or
-removed). The policy itself is core/retention.
+the others from being pruned. So is a backup that is not one of its domain's (its
+manifest names another domain, or its time lies in the future). A backup whose last
+verification FAILED is a candidate known to be bad: it never fills a keep slot
+(core/retention says how it is kept or removed); so is, with `allowed_signers` given, a
+backup whose signature is missing or bad. The policy itself is core/retention.
 """
 
 import logging
@@ -15,7 +17,10 @@ from datetime import tzinfo
 from pathlib import Path
 
 from virtbackup.adapters.store import BackupInfo, BackupStore
+from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.retention import Candidate, Decision, Policy, apply_policy
+from virtbackup.core.signature import SignatureState
+from virtbackup.engine.backup_access import BackupFiles, LocalFiles, check_signatures
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +35,46 @@ class PruneResult:
     problems: dict[str, str] = field(default_factory=dict)  # unreadable stamp: why
 
 
-def candidate_of(backup: BackupInfo) -> Candidate:
+def candidate_of(
+    backup: BackupInfo, files: BackupFiles, allowed_signers: Path | None = None
+) -> Candidate:
+    """A readable backup as retention sees it; with `allowed_signers`, one without a
+    good signature by them is known bad, as one whose verification failed."""
     assert backup.manifest is not None, "only readable backups are candidates"
-    failed = backup.verified is not None and not backup.verified.ok
-    return Candidate(backup.stamp, backup.manifest.started, failed=failed)
+    when = backup.manifest.started
+    if backup.verified is not None and not backup.verified.ok:
+        return Candidate(backup.stamp, when, failed=True)
+    if allowed_signers is not None:
+        try:
+            check = check_signatures(files, allowed_signers)
+        except (CorruptBackup, RemoteError) as err:
+            return Candidate(backup.stamp, when, failed=True, flaw=f"BAD signature ({err.message})")
+        if check.state != SignatureState.SIGNED:
+            return Candidate(backup.stamp, when, failed=True, flaw=check.describe())
+    return Candidate(backup.stamp, when)
 
 
 def prune_domain(
-    store: BackupStore, domain: str, policy: Policy, tz: tzinfo, *, dry_run: bool = False
+    store: BackupStore,
+    domain: str,
+    policy: Policy,
+    tz: tzinfo,
+    *,
+    dry_run: bool = False,
+    allowed_signers: Path | None = None,
 ) -> PruneResult:
     backups = store.list_backups(domain)
     by_stamp: dict[str, BackupInfo] = {b.stamp: b for b in backups}
-    candidates = [candidate_of(b) for b in backups if b.manifest is not None]
-    problems = {b.stamp: b.problem or "unreadable" for b in backups if b.manifest is None}
+    candidates = [
+        candidate_of(b, LocalFiles(Path(b.path)), allowed_signers)
+        for b in backups
+        if b.manifest is not None and b.problem is None
+    ]
+    problems = {
+        b.stamp: b.problem or "unreadable"
+        for b in backups
+        if b.manifest is None or b.problem is not None
+    }
     for problem in problems.values():
         log.warning("%s: %s; left alone by retention", domain, problem)
     decision = apply_policy(candidates, policy, tz)
