@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from virtbackup.core.lvm import MountRecord
+from virtbackup.core.lvm import RUN_JOURNAL_UUID, MountRecord
 from virtbackup.core.model import DomainState
 from virtbackup.core.undo import (
     DiskObservation,
@@ -251,3 +251,11 @@ def test_a_damaged_journal_is_a_journal_error_never_a_crash(
             journal_from_dict(damaged)
         except JournalError:
             pass
+
+
+def test_the_lvm_methods_run_journal_is_ours() -> None:
+    """The LVM method journals a run's snapshots under a pseudo domain, not a uuid."""
+    mount = MountRecord(target="/run/virtbackup/lvm/vbsnap-abc", source="/dev/vbvg/vbsnap-abc")
+    run_wide = replace(OURS, domain_uuid=RUN_JOURNAL_UUID, entries=(Entry(1, mount),))
+    assert foreign_journal(run_wide, f"{RUN_JOURNAL_UUID}.{RUN}.json") is None
+    assert foreign_journal(replace(run_wide, domain_uuid="lvm-other"), f"lvm-other.{RUN}.json")

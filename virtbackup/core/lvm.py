@@ -20,6 +20,8 @@ from virtbackup.core.config import SnapshotSize
 from virtbackup.core.errors import UsageError, VirtbackupError
 
 SNAPSHOT_PREFIX = "vbsnap-"
+# The journal of a run-wide set of snapshots is kept under this pseudo domain uuid.
+RUN_JOURNAL_UUID = "lvm-snapshots"
 MAX_LV_NAME = 127  # LVM's limit for an LV name
 WARN_PERCENT = 80.0  # a snapshot this full gets a warning while it is read
 

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.lvm import (
     LVM_RECORD_TYPES,
+    RUN_JOURNAL_UUID,
     SNAPSHOT_PREFIX,
     LvmSnapshotRecord,
     MountRecord,
@@ -221,7 +222,8 @@ def foreign_journal(journal: "Journal", file_name: str) -> str | None:
     far as it describes what our runs create: an overlay named and placed as
     core/overlays names it (the run's id in its name), an LVM mount folder of one of our
     snapshots. A record that is not is never acted on."""
-    if not RUN_ID.match(journal.run_id) or not _UUID.match(journal.domain_uuid):
+    run_wide = journal.domain_uuid == RUN_JOURNAL_UUID  # the LVM method's snapshots of a run
+    if not RUN_ID.match(journal.run_id) or not (run_wide or _UUID.match(journal.domain_uuid)):
         return f"run id {journal.run_id!r} or domain uuid {journal.domain_uuid!r} is not ours"
     if file_name != journal_file_name(journal.domain_uuid, journal.run_id):
         return f"its name does not match its run {journal.run_id} and domain uuid"

@@ -50,6 +50,7 @@ from virtbackup.core.config import SnapshotSize
 from virtbackup.core.consistency_errors import QuiesceFailed
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.lvm import (
+    RUN_JOURNAL_UUID,
     UNSUPPORTED_FILESYSTEMS,
     WARN_PERCENT,
     DiskOnLv,
@@ -87,8 +88,6 @@ from virtbackup.engine.session import Session
 
 log = logging.getLogger(__name__)
 
-# The journal of a run-wide set of snapshots is kept under this pseudo domain.
-RUN_JOURNAL_UUID = "lvm-snapshots"
 RUN_JOURNAL_NAME = "LVM snapshots"
 
 
