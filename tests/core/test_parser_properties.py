@@ -6,17 +6,17 @@ the parser returns a value that keeps the format's rules or raises its own error
 import hashlib
 import json
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from manifest_samples import DISK
+from manifest_samples import MANIFEST as ONE_DISK
 
 from virtbackup.adapters.journal import load_journal
 from virtbackup.core.backup_names import is_disk_target, is_plain_name, stream_file_name
 from virtbackup.core.manifest import (
-    DiskRecord,
     Manifest,
     ManifestFormatError,
     Sealed,
@@ -51,27 +51,8 @@ from virtbackup.core.undo import (
     journal_to_dict,
 )
 
-DISK = DiskRecord(
-    target="vda",
-    source="/var/lib/libvirt/images/web1.qcow2",
-    format="qcow2",
-    virtual_size=20 << 30,
-    byte_size=3 << 30,
-    stored_size=1 << 30,
-    file="vda.qcow2.lz4",
-    stream_format_version=1,
-    chunk_size=4 << 20,
-    digest_algorithm="sha256-4MiB-chunks",
-    digest="ab" * 32,
-)
-MANIFEST = Manifest(
-    tool_version="0.1.0",
-    domain_name="web1",
-    domain_uuid="6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11",
-    started=datetime(2025, 1, 25, 18, 30, tzinfo=UTC),
-    finished=datetime(2025, 1, 25, 18, 31, 12, tzinfo=UTC),
-    method="offline",
-    disks=(DISK, replace(DISK, target="sdb", format="raw", file="sdb.raw.lz4")),
+MANIFEST = replace(
+    ONE_DISK, disks=(DISK, replace(DISK, target="sdb", format="raw", file="sdb.raw.lz4"))
 )
 SEALED = Sealed(
     tool_version="0.1.0",
