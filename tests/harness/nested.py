@@ -18,6 +18,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,24 +74,31 @@ EOF
 mount --bind /run/nested-qemu.conf /etc/libvirt/qemu.conf
 virtlogd -d
 libvirtd -d
-for _ in $(seq 120); do  # seconds; libvirtd takes 4 s on an idle host
-    virsh -c qemu:///system version >/dev/null 2>&1 && break
+# libvirtd takes 4-25 s on an idle host (the first connection probes qemu); a call that
+# never returns must not hold the boot, so each one has a bound.
+for _ in $(seq 60); do
+    timeout 60 virsh -c qemu:///system version >/dev/null 2>&1 && break
     sleep 1
 done
-virsh -c qemu:///system version >/dev/null
+timeout 60 virsh -c qemu:///system version >/dev/null
 """
 
 # The script's exit status goes to a file: vng's own status cannot tell a failing script
-# from a guest that never ran it. The prelude's chatter goes to prelude.log, so the
-# result carries only the script's output; a prelude failure leaves no status file.
+# from a guest that never ran it. The prelude's chatter and a timestamped trace of its
+# commands go to prelude.log, so the result carries only the script's output; a prelude
+# failure leaves no status file. `progress` says how far a guest got (booted, script),
+# so a run that never ends says whether the boot, the prelude or the script hung.
 MAIN = r"""
 cd "$NESTED_RUN"
 exec 3>&1 4>&2 >prelude.log 2>&1
-set -e
+echo "booted $(date +%s)" > progress
+PS4='+ $(date +%T) '
+set -ex
 trap 'echo "prelude failed: $BASH_COMMAND" >&2' ERR
 {prelude}
 trap - ERR
-set +e
+set +ex
+echo "script $(date +%s)" >> progress
 exec 1>&3 2>&4 3>&- 4>&-
 export PATH={bindir}:"$PATH"
 bash ./script.sh
@@ -110,6 +119,9 @@ class NestedVM:
     workdir: Path
     # Room for libvirtd, a small qemu domain and virtbackup's buffers at the same time.
     memory: str = "2G"
+    # Seconds a guest may take to boot and run the prelude: 20-60 s idle, a few minutes
+    # on a loaded host (TCG). Past it, the boot is taken for hung and tried once more.
+    boot_bound: float = 420
 
     def run(
         self,
@@ -125,7 +137,24 @@ class NestedVM:
         $NESTED_RUN), for scratch files such as loop-backed PVs; `rwdirs` shares more
         host folders read-write at the same paths. The test env's bin folder (with
         `virtbackup`) comes first on PATH.
+
+        A guest that has not begun the script after `boot_bound` seconds is killed and
+        booted once more (with a warning): under TCG a boot or libvirtd's start-up has
+        been seen to hang for good, rarely, before any of the test ran. `timeout` bounds
+        each boot, script included.
         """
+        try:
+            return self._boot(script, timeout, rwdirs, libvirtd)
+        except _NoScript as first:
+            warnings.warn(f"nested VM booted again: {first}", stacklevel=2)
+            try:
+                return self._boot(script, timeout, rwdirs, libvirtd)
+            except _NoScript as second:
+                raise NestedVMError(f"{second}\n(the boot before failed too:\n{first})") from None
+
+    def _boot(
+        self, script: str, timeout: float, rwdirs: Sequence[Path], libvirtd: bool
+    ) -> subprocess.CompletedProcess[str]:
         rundir = Path(tempfile.mkdtemp(prefix="run-", dir=self.workdir))
         (rundir / "script.sh").write_text(script)
         prelude = LVM_PRELUDE + (LIBVIRTD_PRELUDE if libvirtd else "")
@@ -149,22 +178,56 @@ class NestedVM:
             env=env,
             start_new_session=True,
         )
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise NestedVMError(f"no result after {timeout} s: {argv}") from None
-        status = rundir / "status"
-        if not status.exists():
-            log = rundir / "prelude.log"
-            prelude_log = log.read_text() if log.exists() else "(none)"
+        started = time.monotonic()
+        while True:
+            try:
+                # communicate may be called again after a timeout without losing output
+                stdout, stderr = proc.communicate(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                waited = time.monotonic() - started
+                began = _script_began(rundir)
+                if waited < timeout and (began or waited < self.boot_bound):
+                    continue
+                os.killpg(proc.pid, signal.SIGKILL)
+                stdout, stderr = proc.communicate()
+                report = _guest_report(rundir, stdout, stderr)
+                if not began:
+                    raise _NoScript(f"no script after {waited:.0f} s: {argv}\n{report}") from None
+                raise NestedVMError(f"no result after {timeout} s: {argv}\n{report}") from None
+        if not (rundir / "status").exists():
             raise NestedVMError(
                 f"vng exited {proc.returncode} before the script finished\n"
-                f"--- stdout\n{stdout}--- stderr\n{stderr}--- prelude.log\n{prelude_log}"
+                + _guest_report(rundir, stdout, stderr)
             )
-        returncode = int(status.read_text())
+        returncode = int((rundir / "status").read_text())
         return subprocess.CompletedProcess(argv, returncode, stdout, stderr)
+
+
+class _NoScript(NestedVMError):
+    """The guest hung in its boot or prelude: nothing of the script ran."""
+
+
+def _script_began(rundir: Path) -> bool:
+    progress = rundir / "progress"
+    return progress.exists() and "script" in progress.read_text()
+
+
+def _tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:]) + "\n"
+
+
+def _guest_report(rundir: Path, stdout: str, stderr: str) -> str:
+    """How far a guest got and the end of what it printed, for a run that failed."""
+
+    def file(name: str) -> str:
+        path = rundir / name
+        return _tail(path.read_text(errors="replace")) if path.exists() else "(none)\n"
+
+    return (
+        f"--- progress\n{file('progress')}--- prelude.log\n{file('prelude.log')}"
+        f"--- stdout\n{_tail(stdout)}--- stderr\n{_tail(stderr)}"
+    )
 
 
 def find_vng() -> Path | None:

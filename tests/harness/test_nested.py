@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.kernel import newest_kernel, no_kernel_reason
-from harness.nested import NestedVM, newest_kernel_image
+from harness.nested import NestedVM, NestedVMError, newest_kernel_image
 
 # A throw-away volume group: a 32 MiB origin LV with ext4 and an 8 MiB snapshot of it.
 LVM_SNAPSHOT = r"""
@@ -119,3 +119,53 @@ def test_newest_kernel_compares_versions_as_numbers_and_needs_its_modules(
     (boot / "vmlinuz-6.1.0-9-amd64").unlink()
     assert newest_kernel(boot, modules) is None
     assert "vmlinuz-6.1.0-60-amd64 has its modules" in no_kernel_reason(boot, modules)
+
+
+# A stand-in for vng: it finds main.sh's folder in its arguments and acts out one of the
+# ways a guest ends, counting its boots in the folder it was given.
+FAKE_VNG = r"""#!/bin/bash
+last=${@: -1}; main=${last#bash }; run=$(dirname "$main")
+count={count}; echo boot >> "$count"
+boots=$(wc -l < "$count")
+case "{mode}" in
+hang-once) [ "$boots" = 1 ] && { echo "booted 0" > "$run/progress"; exec sleep 600; } ;;
+hang-always) echo "booted 0" > "$run/progress"; exec sleep 600 ;;
+hang-in-script) echo "script 0" > "$run/progress"; exec sleep 600 ;;
+esac
+echo "script 0" > "$run/progress"; echo guest-out; echo 0 > "$run/status"
+"""
+
+
+def fake_vm(tmp_path: Path, mode: str) -> tuple[NestedVM, Path]:
+    count = tmp_path / "boots"
+    vng = tmp_path / "vng"
+    vng.write_text(FAKE_VNG.replace("{count}", str(count)).replace("{mode}", mode))
+    vng.chmod(0o755)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    return NestedVM(vng, tmp_path / "vmlinuz", workdir, boot_bound=3), count
+
+
+def test_a_boot_that_hangs_before_the_script_is_tried_once_more(tmp_path: Path) -> None:
+    vm, count = fake_vm(tmp_path, "hang-once")
+    with pytest.warns(UserWarning, match="booted again: no script after"):
+        result = vm.run("true", timeout=60)
+    assert result.returncode == 0 and result.stdout == "guest-out\n"
+    assert count.read_text().count("boot") == 2
+
+
+def test_a_boot_that_always_hangs_fails_with_how_far_it_got(tmp_path: Path) -> None:
+    vm, count = fake_vm(tmp_path, "hang-always")
+    with pytest.warns(UserWarning), pytest.raises(NestedVMError) as failed:
+        vm.run("true", timeout=60)
+    assert count.read_text().count("boot") == 2
+    assert "--- progress\nbooted 0" in str(failed.value)
+    assert "the boot before failed too" in str(failed.value)
+
+
+def test_a_script_that_hangs_is_not_run_twice(tmp_path: Path) -> None:
+    vm, count = fake_vm(tmp_path, "hang-in-script")
+    with pytest.raises(NestedVMError, match="no result after 8 s") as failed:
+        vm.run("true", timeout=8)
+    assert count.read_text().count("boot") == 1
+    assert "--- progress\nscript 0" in str(failed.value)
