@@ -55,8 +55,8 @@ import sys
 from pathlib import Path
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.progress import NullProgress
-from virtbackup.engine.backup import DiskSource, back_up_disks
-from virtbackup.engine.stream_writer import WriterOptions
+from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks
+from virtbackup.engine.datapath.stream_writer import WriterOptions
 dest, source, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 with open(source, "rb") as f:
     size = f.seek(0, 2)

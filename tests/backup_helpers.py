@@ -12,9 +12,9 @@ from virtbackup.adapters.store import BackupStore, stamp_time
 from virtbackup.core.manifest import DiskRecord, Manifest, build_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.streamformat import FrameEntry
-from virtbackup.engine.backup import BackupResult, DiskSource, back_up_disks
-from virtbackup.engine.stream_reader import read_index, restore_stream
-from virtbackup.engine.stream_writer import StreamResult, WriterOptions, write_stream
+from virtbackup.engine.datapath.disk_backup import BackupResult, DiskSource, back_up_disks
+from virtbackup.engine.datapath.stream_reader import read_index, restore_stream
+from virtbackup.engine.datapath.stream_writer import StreamResult, WriterOptions, write_stream
 
 MiB = 1024 * 1024
 

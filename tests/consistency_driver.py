@@ -16,7 +16,7 @@ from pathlib import Path
 from virtbackup.adapters import hypervisor
 from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.core.model import Method
-from virtbackup.engine.consistency import ConsistencyOptions, stable_images
+from virtbackup.engine.methods.stable_images import ConsistencyOptions, stable_images
 
 
 def reached(marker: Path, stage: str) -> None:

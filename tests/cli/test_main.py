@@ -94,4 +94,6 @@ def test_running_one_command_imports_no_other_command() -> None:
     assert "virtbackup.cli.shrink_cmd" in others
     assert loaded.isdisjoint(others)
     # nor the backup engine (libvirt, consistency methods, the stream writer)
-    assert loaded.isdisjoint({"virtbackup.engine.backup_run", "virtbackup.engine.stream_writer"})
+    assert loaded.isdisjoint(
+        {"virtbackup.engine.runs.domain_backup", "virtbackup.engine.datapath.stream_writer"}
+    )

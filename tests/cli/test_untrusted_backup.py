@@ -30,8 +30,8 @@ from virtbackup.core.streamformat import (
     pack_header,
     unpack_header,
 )
-from virtbackup.engine.backup import back_up_disks
-from virtbackup.engine.stream_writer import WriterOptions
+from virtbackup.engine.datapath.disk_backup import back_up_disks
+from virtbackup.engine.datapath.stream_writer import WriterOptions
 
 Tree = dict[str, tuple[int, int, int]]
 

@@ -18,8 +18,8 @@ from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import DiskBackupFailed, StoreError
 from virtbackup.core.errors import ExitCode
 from virtbackup.core.progress import NullProgress
-from virtbackup.engine.backup import DiskSource
-from virtbackup.engine.verify import verify_backup
+from virtbackup.engine.datapath.disk_backup import DiskSource
+from virtbackup.engine.datapath.verify import verify_backup
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +102,8 @@ import sys
 from pathlib import Path
 from virtbackup.adapters.store import BackupStore
 from virtbackup.core.progress import NullProgress
-from virtbackup.engine.backup import DiskSource, back_up_disks
-from virtbackup.engine.stream_writer import WriterOptions
+from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks
+from virtbackup.engine.datapath.stream_writer import WriterOptions
 dest, image = Path(sys.argv[1]), Path(sys.argv[2])
 disk = DiskSource("vda", image, "raw", image.stat().st_size)
 back_up_disks(BackupStore(dest), "web1", "u", "<domain/>", "offline", [disk], NullProgress(),

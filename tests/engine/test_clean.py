@@ -21,7 +21,7 @@ from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.journal import list_journals
 from virtbackup.core.model import Method
-from virtbackup.engine.consistency import stable_images
+from virtbackup.engine.methods.stable_images import stable_images
 
 pytestmark = pytest.mark.libvirt
 

@@ -18,9 +18,9 @@ from virtbackup.core.errors import Interrupted
 from virtbackup.core.model import DomainState
 from virtbackup.core.steps import LogSteps
 from virtbackup.core.undo import FrozenRecord, Journal, StateRecord, UndoRecord
-from virtbackup.engine.clean import clean
-from virtbackup.engine.session import new_run_id
-from virtbackup.engine.undo import Undoer
+from virtbackup.engine.runs.clean import clean
+from virtbackup.engine.runs.session import new_run_id
+from virtbackup.engine.runs.undo import Undoer
 
 UUID = "0b6c7e2a-52d4-4f5e-9a57-1c3d2b9e8f10"
 

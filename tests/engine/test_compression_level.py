@@ -6,7 +6,7 @@ from pathlib import Path
 from backup_helpers import MiB
 
 from virtbackup.core.progress import NullProgress
-from virtbackup.engine.stream_writer import WriterOptions, write_stream
+from virtbackup.engine.datapath.stream_writer import WriterOptions, write_stream
 
 
 def stream(source: Path, out: Path, level: int) -> int:

@@ -28,10 +28,10 @@ from virtbackup.core.backup_errors import DiskBackupFailed
 from virtbackup.core.errors import UsageError, VirtbackupError
 from virtbackup.core.manifest import parse_manifest
 from virtbackup.core.progress import NullProgress
-from virtbackup.engine.backup import BackupResult, DiskSource, back_up_disks
-from virtbackup.engine.restore import restore_backup
-from virtbackup.engine.stream_writer import WriterOptions
-from virtbackup.engine.verify import verify_backup
+from virtbackup.engine.datapath.disk_backup import BackupResult, DiskSource, back_up_disks
+from virtbackup.engine.datapath.restore import restore_backup
+from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.datapath.verify import verify_backup
 
 TESTS = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
-from virtbackup.engine.frames import (
+from virtbackup.engine.datapath.frames import (
     MAX_BLOCK,
     FrameError,
     _lz4_decompress_safe,
@@ -20,7 +20,7 @@ from virtbackup.engine.frames import (
     is_zero_frame,
     zero_chunk,
 )
-from virtbackup.engine.stream_writer import encode_chunk
+from virtbackup.engine.datapath.stream_writer import encode_chunk
 
 MiB = 1 << 20
 
@@ -86,7 +86,7 @@ def test_decode_from_a_writable_buffer_goes_through_liblz4(
         calls.append(args)
         return real(*args)
 
-    monkeypatch.setattr("virtbackup.engine.frames._lz4_decompress_safe", lambda: counting)
+    monkeypatch.setattr("virtbackup.engine.datapath.frames._lz4_decompress_safe", lambda: counting)
     out = memoryview(bytearray(len(data) + 10))
     out[len(data) :] = b"\x01" * 10
     decode_frame_into(memoryview(bytearray(_frame(data))), len(data), out)

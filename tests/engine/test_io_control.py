@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from harness.real import unavailable
 
-from virtbackup.engine import io_control
-from virtbackup.engine.io_control import WriteBehind, reuse_freed_memory, set_direct
+from virtbackup.engine.datapath import io_control
+from virtbackup.engine.datapath.io_control import WriteBehind, reuse_freed_memory, set_direct
 
 
 def test_write_behind_kicks_every_step_and_rereleases_the_lag(

@@ -6,7 +6,7 @@ from virtbackup.adapters import lvm
 from virtbackup.core.lvm import LogicalVolume, SnapshotOverflow
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.steps import RecordingSteps
-from virtbackup.engine.lvm_method import OverflowWatch, Snapshot, _GuardedProgress
+from virtbackup.engine.methods.lvm import OverflowWatch, Snapshot, _GuardedProgress
 
 MiB = 1 << 20
 

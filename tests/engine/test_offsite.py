@@ -21,9 +21,12 @@ from virtbackup.core.manifest import VerifyRecord
 from virtbackup.core.model import DomainFacts, DomainState
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.retention import Policy
-from virtbackup.engine.backup import back_up_disks
-from virtbackup.engine.nightly import prune_offsite
-from virtbackup.engine.offsite import (
+from virtbackup.engine.datapath.disk_backup import back_up_disks
+from virtbackup.engine.datapath.restore import restore_backup
+from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.datapath.verify import verify_backup
+from virtbackup.engine.runs.all_domains import prune_offsite
+from virtbackup.engine.stores.offsite import (
     Offsite,
     RemoteStore,
     prune_remote,
@@ -31,9 +34,6 @@ from virtbackup.engine.offsite import (
     ship,
     stamp_time,
 )
-from virtbackup.engine.restore import restore_backup
-from virtbackup.engine.stream_writer import WriterOptions
-from virtbackup.engine.verify import verify_backup
 
 UTC_ZONE = UTC
 

@@ -22,11 +22,11 @@ from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.manifest import VerifyRecord, parse_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.signature import BadSignature
-from virtbackup.engine.backup import back_up_disks
-from virtbackup.engine.backup_access import LocalFiles, Trust, open_backup
-from virtbackup.engine.offsite import Offsite, RemoteStore
-from virtbackup.engine.stream_writer import WriterOptions
-from virtbackup.engine.verify import verify_backup
+from virtbackup.engine.datapath.disk_backup import back_up_disks
+from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.datapath.verify import verify_backup
+from virtbackup.engine.stores.backup_access import LocalFiles, Trust, open_backup
+from virtbackup.engine.stores.offsite import Offsite, RemoteStore
 
 OTHER_XML = DOMAIN_XML.replace("web1", "db7").replace("type='raw'", "type='qcow2'")
 

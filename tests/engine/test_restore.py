@@ -11,7 +11,7 @@ from backup_helpers import MiB, disk_of, make_backup
 
 from virtbackup.core.errors import UsageError
 from virtbackup.core.progress import NullProgress
-from virtbackup.engine.restore import restore_backup
+from virtbackup.engine.datapath.restore import restore_backup
 
 
 @pytest.mark.libvirt

@@ -12,7 +12,7 @@ from virtbackup.core.errors import Interrupted, LockHeld
 from virtbackup.core.model import DomainState
 from virtbackup.core.steps import RecordingSteps
 from virtbackup.core.undo import FrozenRecord, StateRecord
-from virtbackup.engine.session import Session, new_run_id
+from virtbackup.engine.runs.session import Session, new_run_id
 
 STATE = StateRecord(DomainState.RUNNING, restart=True)
 

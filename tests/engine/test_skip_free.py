@@ -24,9 +24,11 @@ from harness.guestfs import HANG, fake_qemu, processes_running
 from harness.images import BuiltImage, allocated_bytes, build_fs_image, read_file_from_ext4
 from harness.libvirtd import IMAGES_ROOT, DiskSpec, DomainFactory
 
+from virtbackup.adapters.workdirs import PREFIX as TMP_PREFIX
+from virtbackup.adapters.workdirs import remove_leftovers
 from virtbackup.core.manifest import parse_manifest
-from virtbackup.engine.consistency import StableImage
-from virtbackup.engine.skip_free import TMP_PREFIX, eligibility, remove_leftovers
+from virtbackup.engine.methods.skip_free import eligibility
+from virtbackup.engine.methods.stable_images import StableImage
 
 MiB = 1024 * 1024
 GARBAGE = 24 * MiB  # random, so it does not compress away in the plain backup

@@ -12,8 +12,8 @@ from harness.images import allocated_bytes
 from harness.real import unavailable
 
 from virtbackup.core.backup_errors import CorruptBackup
-from virtbackup.engine import io_control, stream_reader
-from virtbackup.engine.stream_reader import (
+from virtbackup.engine.datapath import io_control, stream_reader
+from virtbackup.engine.datapath.stream_reader import (
     SPARSE_BLOCK,
     _data_runs,
     _FrameDecoder,

@@ -19,8 +19,8 @@ from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.manifest import DiskRecord
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.streamformat import FrameEntry
-from virtbackup.engine.stream_reader import read_index, verify_stream
-from virtbackup.engine.stream_sequential import (
+from virtbackup.engine.datapath.stream_reader import read_index, verify_stream
+from virtbackup.engine.datapath.stream_sequential import (
     _BackgroundWriter,
     _Decoded,
     restore_sequential,

@@ -13,6 +13,12 @@ from pathlib import Path
 
 from virtbackup.adapters import runner
 from virtbackup.adapters.bindings import import_guestfs
+from virtbackup.adapters.guestfs_ops import (
+    LaunchTimedOut,
+    launch_bounded,
+    launch_error,
+    launch_timeout_error,
+)
 from virtbackup.core.errors import CommandFailed, MissingComponent
 
 log = logging.getLogger(__name__)
@@ -119,13 +125,6 @@ def dest_problem(dest: Path) -> str | None:
 def guestfs_appliance(launch_timeout: float) -> Probe:
     """Launch the libguestfs appliance on a 1 MiB scratch disk (10-20 s under TCG):
     True when it boots, else the one-line reason and fix from the shrink adapter."""
-    from virtbackup.adapters.guestfs_ops import (
-        LaunchTimedOut,
-        launch_bounded,
-        launch_error,
-        launch_timeout_error,
-    )
-
     try:
         guestfs = import_guestfs()
     except MissingComponent as err:

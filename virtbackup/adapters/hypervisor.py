@@ -1,7 +1,7 @@
 """Thin libvirt operations the consistency layer needs: state, overlays, commit, shutdown.
 
 Each function does one libvirt call (or one wait on one) and turns libvirt's errors
-into ours; the decisions live in engine/consistency and core/undo.
+into ours; the decisions live in engine/methods/stable_images and core/undo.
 """
 
 import logging

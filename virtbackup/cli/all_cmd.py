@@ -30,10 +30,10 @@ from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions
 from virtbackup.core.steps import LogSteps
 from virtbackup.core.summary import summary_document
-from virtbackup.engine.backup_run import BackupRunOptions, exit_code
-from virtbackup.engine.clean import clean
-from virtbackup.engine.lvm_method import SharedLvmSnapshots
-from virtbackup.engine.nightly import Hooks, OptionsFor, RunInterrupted, run_all
+from virtbackup.engine.methods.lvm import SharedLvmSnapshots
+from virtbackup.engine.runs.all_domains import Hooks, OptionsFor, RunInterrupted, run_all
+from virtbackup.engine.runs.clean import clean
+from virtbackup.engine.runs.domain_backup import BackupRunOptions, exit_code
 
 SUMMARY_FILE = "virtbackup-last-run.json"
 

@@ -25,8 +25,8 @@ from virtbackup.core.model import Method
 from virtbackup.core.planning import plan_domain
 from virtbackup.core.steps import LogSteps
 from virtbackup.core.summary import summary_document
-from virtbackup.engine.backup_run import back_up_domain, exit_code, interrupted_outcomes
-from virtbackup.engine.lvm_method import SharedLvmSnapshots
+from virtbackup.engine.methods.lvm import SharedLvmSnapshots
+from virtbackup.engine.runs.domain_backup import back_up_domain, exit_code, interrupted_outcomes
 
 
 @click.command("backup")

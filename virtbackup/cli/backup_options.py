@@ -28,14 +28,11 @@ from virtbackup.core.config import (
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import Method
 from virtbackup.core.planning import PlanOptions
-from virtbackup.engine.backup_run import BackupRunOptions
-from virtbackup.engine.consistency import ConsistencyOptions, Quiesce
-from virtbackup.engine.lvm_method import register as register_lvm_method
-from virtbackup.engine.offsite import RemoteStore
-from virtbackup.engine.skip_free import SkipFree
-from virtbackup.engine.stream_writer import WriterOptions
-
-register_lvm_method()  # --method lvm
+from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.methods.skip_free import SkipFree
+from virtbackup.engine.methods.stable_images import ConsistencyOptions, Quiesce
+from virtbackup.engine.runs.domain_backup import BackupRunOptions
+from virtbackup.engine.stores.offsite import RemoteStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import Manifest, Sealed, format_time
 from virtbackup.core.signature import SignatureCheck, SignatureState
-from virtbackup.engine.backup_access import BackupFiles, LocalFiles, check_signatures
-from virtbackup.engine.offsite import RemoteStore
+from virtbackup.engine.stores.backup_access import BackupFiles, LocalFiles, check_signatures
+from virtbackup.engine.stores.offsite import RemoteStore
 
 
 @click.command("backups")

@@ -10,7 +10,7 @@ from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.core.errors import ExitCode
 from virtbackup.core.steps import RecordingSteps
-from virtbackup.engine.clean import clean
+from virtbackup.engine.runs.clean import clean
 
 
 class _EchoSteps(RecordingSteps):

@@ -16,8 +16,8 @@ from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_
 from virtbackup.cli.trust_options import allowed_signers_option
 from virtbackup.core.errors import UsageError
 from virtbackup.core.retention import Policy
-from virtbackup.engine.offsite import prune_remote_backups
-from virtbackup.engine.prune import PruneResult, prune_domain
+from virtbackup.engine.stores.offsite import prune_remote_backups
+from virtbackup.engine.stores.prune import PruneResult, prune_domain
 
 KEEP_OPTIONS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
 

@@ -16,7 +16,7 @@ from virtbackup.cli.remote_options import (
 from virtbackup.cli.trust_options import resolve_trust, trust_options
 from virtbackup.core.errors import UsageError
 from virtbackup.core.signature import SignatureState
-from virtbackup.engine.restore import restore_backup
+from virtbackup.engine.datapath.restore import restore_backup
 
 
 @click.command("restore")

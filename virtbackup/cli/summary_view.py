@@ -11,7 +11,7 @@ from rich.table import Table
 
 from virtbackup.cli.output import text
 from virtbackup.core.summary import OutcomeRow
-from virtbackup.engine.backup_run import DomainOutcome
+from virtbackup.engine.runs.domain_backup import DomainOutcome
 
 _STYLE = {
     "ok": "green",

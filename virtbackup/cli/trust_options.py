@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from virtbackup.core.config import Config
-from virtbackup.engine.backup_access import Trust
+from virtbackup.engine.stores.backup_access import Trust
 
 F = TypeVar("F", bound=Callable[..., Any])
 

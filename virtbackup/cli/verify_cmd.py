@@ -16,7 +16,7 @@ from virtbackup.cli.remote_options import (
 from virtbackup.cli.trust_options import resolve_trust, trust_options
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
 from virtbackup.core.signature import SignatureState
-from virtbackup.engine.verify import VerifyOutcome, verify_backup
+from virtbackup.engine.datapath.verify import VerifyOutcome, verify_backup
 
 
 @click.command("verify")

@@ -2,7 +2,7 @@
 names and mount options, whether a snapshot overflowed, and the undo records.
 
 adapters/lvm runs the tools (JSON output, `--units b --nosuffix`) and hands the text to
-the parsers here; engine/lvm_method acts on the decisions. Nothing here does I/O.
+the parsers here; engine/methods/lvm acts on the decisions. Nothing here does I/O.
 
 Snapshots virtbackup makes are named `vbsnap-<origin>-<run id>`: the prefix tells a
 leftover of an earlier run (kill -9, power loss) from anything an admin made, so the

@@ -206,7 +206,7 @@ def _text(data: Mapping[str, Any], key: str) -> str:
 
 # -- is a journal ours? -------------------------------------------------------------------
 
-# What new_run_id (engine/session) makes, and the names a journal file gets.
+# What new_run_id (engine/runs/session) makes, and the names a journal file gets.
 RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 _UUID = re.compile(r"^[0-9a-fA-F-]{1,64}$")
 _TARGET = re.compile(r"^[A-Za-z0-9_-]{1,32}$")

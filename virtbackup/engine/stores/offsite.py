@@ -54,8 +54,8 @@ from virtbackup.core.manifest import (
     parse_verify_record,
 )
 from virtbackup.core.retention import Decision, Kept, Policy, apply_policy
-from virtbackup.engine.backup_access import missing_file, read_limit
-from virtbackup.engine.prune import PruneResult, candidate_of
+from virtbackup.engine.stores.backup_access import missing_file, read_limit
+from virtbackup.engine.stores.prune import PruneResult, candidate_of
 
 log = logging.getLogger(__name__)
 

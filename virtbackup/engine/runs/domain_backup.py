@@ -24,12 +24,13 @@ from virtbackup.core.model import Method
 from virtbackup.core.planning import EXCLUDED_REASON, NO_DISK_REASON, DomainPlan
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.backup import BackupTarget, DiskSource, back_up_disks
-from virtbackup.engine.consistency import ConsistencyOptions, StableImages, stable_images
-from virtbackup.engine.offsite import RemoteStore, ship
-from virtbackup.engine.skip_free import SkipFree, compacted
-from virtbackup.engine.stream_writer import WriterOptions
-from virtbackup.engine.trim import trim_before_backup
+from virtbackup.engine.datapath.disk_backup import BackupTarget, DiskSource, back_up_disks
+from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.methods.lvm import lvm_stable_images
+from virtbackup.engine.methods.skip_free import SkipFree, compacted
+from virtbackup.engine.methods.stable_images import ConsistencyOptions, StableImages, stable_images
+from virtbackup.engine.methods.trim import trim_before_backup
+from virtbackup.engine.stores.offsite import RemoteStore, ship
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,13 @@ class BackupRunOptions:
 EXCLUDE_HINT = 'back it up elsewhere, or leave it out by name (exclude_disks = ["TARGET"])'
 
 
-# Where a method other than the libvirt ones reads its images from; the LVM method
-# registers itself here so that this module needs no LVM knowledge.
 ImageSource = Callable[..., AbstractContextManager[StableImages]]
-EXTRA_METHODS: dict[Method, ImageSource] = {}
+
+
+def image_source(method: Method) -> ImageSource:
+    """Where a method reads its images from: LVM snapshots, or libvirt (snapshot,
+    shutdown, offline)."""
+    return lvm_stable_images if method is Method.LVM else stable_images
 
 
 def back_up_domain(
@@ -120,7 +124,7 @@ def back_up_domain(
     if options.trim:
         trim = trim_before_backup(conn, plan, steps)
         warnings, reclaimed = warnings + trim.warnings, trim.reclaimed
-    source = (sources or {}).get(plan.method) or EXTRA_METHODS.get(plan.method, stable_images)
+    source = (sources or {}).get(plan.method) or image_source(plan.method)
     # --remote-only: the streams go to the remote store instead of DEST
     streamed = options.offsite is not None and options.offsite.offsite.only
     target: BackupTarget = options.offsite if options.offsite and streamed else store

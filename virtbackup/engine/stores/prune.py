@@ -20,7 +20,7 @@ from virtbackup.adapters.store import BackupInfo, BackupStore
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.retention import Candidate, Decision, Policy, apply_policy
 from virtbackup.core.signature import SignatureState
-from virtbackup.engine.backup_access import BackupFiles, LocalFiles, check_signatures
+from virtbackup.engine.stores.backup_access import BackupFiles, LocalFiles, check_signatures
 
 log = logging.getLogger(__name__)
 

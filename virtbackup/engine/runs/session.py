@@ -22,29 +22,26 @@ must not strand a domain half-way between its overlay and its image. They take e
 import logging
 import os
 import secrets
-import signal
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any, TypeVar
 
 from virtbackup.adapters.journal import JournalFile
 from virtbackup.adapters.locks import FileLock, domain_lock
-from virtbackup.adapters.terminal import detach_hung_up_terminal
 from virtbackup.core.consistency_errors import LeftoversRemain, UndoIncomplete
-from virtbackup.core.errors import Interrupted
 from virtbackup.core.steps import LogSteps, StepSink
 from virtbackup.core.undo import Journal, UndoRecord, describe
-from virtbackup.engine.undo import DEFAULT_COMMIT_TIMEOUT, Undoer
+from virtbackup.engine.runs.replay import replay_domain
+from virtbackup.engine.runs.signals import SignalGuard
+from virtbackup.engine.runs.undo import DEFAULT_COMMIT_TIMEOUT, Undoer
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -186,8 +183,6 @@ class Session:
             )
 
     def _replay_leftovers(self) -> None:
-        from virtbackup.engine.clean import replay_domain  # clean builds on sessions' undo
-
         problems = replay_domain(
             self.state_dir, self.conn, self.domain_uuid, self.domain_name, self.steps
         )
@@ -197,55 +192,3 @@ class Session:
                 f"yet ({'; '.join(problems)})",
                 "fix the cause, then run 'virtbackup clean'",
             )
-
-
-class SignalGuard:
-    """SIGINT/SIGTERM/SIGHUP raise Interrupted, except inside `held()`, where they wait."""
-
-    def __init__(self) -> None:
-        self._previous: dict[int, Any] = {}
-        self._depth = 0
-        self._pending: int | None = None
-
-    def _active(self) -> bool:
-        return threading.current_thread() is threading.main_thread()
-
-    def install(self) -> None:
-        if not self._active():
-            return
-        for signum in SIGNALS:
-            if signal.getsignal(signum) == signal.SIG_IGN:
-                continue  # e.g. SIGHUP under nohup: the user wants the run to go on
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGHUP:
-            detach_hung_up_terminal()  # before anything is logged
-        if self._depth:
-            self._pending = signum
-            log.warning(
-                "%s received: finishing the current step first", signal.Signals(signum).name
-            )
-            return
-        raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-
-    def raise_pending(self, unwinding: bool) -> None:
-        """Raise the held-back signal now, unless an exception is already on its way."""
-        if self._depth or self._pending is None:
-            return
-        signum, self._pending = self._pending, None
-        if not unwinding:
-            raise Interrupted(f"interrupted by {signal.Signals(signum).name}")

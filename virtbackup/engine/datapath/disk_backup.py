@@ -29,7 +29,7 @@ from virtbackup.core.progress import ProgressSink
 from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
-from virtbackup.engine.stream_writer import WriterOptions, write_stream
+from virtbackup.engine.datapath.stream_writer import WriterOptions, write_stream
 
 log = logging.getLogger(__name__)
 

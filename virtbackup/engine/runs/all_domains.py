@@ -29,7 +29,7 @@ from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions, plan_domain
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.backup_run import (
+from virtbackup.engine.runs.domain_backup import (
     BackupRunOptions,
     DomainOutcome,
     ImageSource,
@@ -37,8 +37,8 @@ from virtbackup.engine.backup_run import (
     back_up_domain,
     interrupted_outcomes,
 )
-from virtbackup.engine.offsite import RemoteStore, prune_remote
-from virtbackup.engine.prune import prune_domain
+from virtbackup.engine.stores.offsite import RemoteStore, prune_remote
+from virtbackup.engine.stores.prune import prune_domain
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from virtbackup.core.undo import (
     plan_overlay_undo,
     plan_state_undo,
 )
-from virtbackup.engine.lvm_undo import undo_lvm_record
+from virtbackup.engine.methods.lvm_undo import undo_lvm_record
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ check again when each disk's stream ends, which is before the backup is committe
 backup is never kept from an invalidated snapshot. The backup of the domain then fails
 with SnapshotOverflow, and the snapshot is removed all the same.
 
-Every snapshot and mount is journalled before it is made (engine/session), so a kill -9
+Every snapshot and mount is journalled before it is made (engine/runs/session), so a kill -9
 leaves nothing that `virtbackup clean` (or the next run) does not remove. Leftovers
 without a journal are recognised by their `vbsnap-` name and the mount folder and swept
 by the first run that finds no other run holding LVM snapshots (a shared flock).
@@ -72,7 +72,8 @@ from virtbackup.core.overlays import agent_connected
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import FrozenRecord
-from virtbackup.engine.consistency import (
+from virtbackup.engine.methods.lvm_undo import DEFAULT_MOUNT_ROOT, lvm_lock, sweep_leftovers
+from virtbackup.engine.methods.stable_images import (
     Consistency,
     ConsistencyOptions,
     Quiesce,
@@ -83,8 +84,7 @@ from virtbackup.engine.consistency import (
     select_disks,
     session_images,
 )
-from virtbackup.engine.lvm_undo import DEFAULT_MOUNT_ROOT, lvm_lock, sweep_leftovers
-from virtbackup.engine.session import Session
+from virtbackup.engine.runs.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -594,10 +594,3 @@ class SharedLvmSnapshots:
             run_id=run_id,
             snapshots=self._snapshots,
         )
-
-
-def register() -> None:
-    """Make `--method lvm` of backup and all use this module."""
-    from virtbackup.engine.backup_run import EXTRA_METHODS
-
-    EXTRA_METHODS[Method.LVM] = lvm_stable_images

@@ -23,7 +23,7 @@ stable: nothing writes to it. How depends on the method:
   again on exit whenever it was running before, also when the backup failed.
 - offline: the domain is shut off; its images are read as they are.
 
-Every change is journalled first (engine/session), so `virtbackup clean` finishes the
+Every change is journalled first (engine/runs/session), so `virtbackup clean` finishes the
 undo after a kill -9 or a power loss.
 
 Backing chains: the image read is the disk's top image (for a qcow2 with a backing
@@ -63,7 +63,7 @@ from virtbackup.core.planning import UnknownDomain
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import FrozenRecord, OverlayRecord, StateRecord
-from virtbackup.engine.session import Session
+from virtbackup.engine.runs.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,14 @@ from virtbackup.core.restore_xml import (
     domain_xml_for_restore,
 )
 from virtbackup.core.signature import SignatureCheck, SignatureState
-from virtbackup.engine.backup_access import (
+from virtbackup.engine.datapath.stream_reader import (
+    StreamIndex,
+    check_index_matches,
+    read_index,
+    restore_stream,
+)
+from virtbackup.engine.datapath.stream_sequential import restore_sequential
+from virtbackup.engine.stores.backup_access import (
     NO_SIGNERS,
     BackupFiles,
     LocalFiles,
@@ -29,13 +36,6 @@ from virtbackup.engine.backup_access import (
     Trust,
     open_backup,
 )
-from virtbackup.engine.stream_reader import (
-    StreamIndex,
-    check_index_matches,
-    read_index,
-    restore_stream,
-)
-from virtbackup.engine.stream_sequential import restore_sequential
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,9 @@ from virtbackup.core.backup_errors import CorruptBackup, RemoteError, StoreError
 from virtbackup.core.manifest import DiskRecord, VerifyRecord
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.signature import BadSignature, SignatureCheck, SignatureState
-from virtbackup.engine.backup_access import (
+from virtbackup.engine.datapath.stream_reader import check_index_matches, read_index, verify_stream
+from virtbackup.engine.datapath.stream_sequential import verify_sequential
+from virtbackup.engine.stores.backup_access import (
     NO_SIGNERS,
     BackupFiles,
     LocalFiles,
@@ -18,8 +20,6 @@ from virtbackup.engine.backup_access import (
     Trust,
     open_backup,
 )
-from virtbackup.engine.stream_reader import check_index_matches, read_index, verify_stream
-from virtbackup.engine.stream_sequential import verify_sequential
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,10 @@ Block devices, images with a backing file, other formats, too little temporary s
 an appliance that cannot start fall back to the plain stream of that disk, with a warning.
 """
 
-import fcntl
 import logging
 import os
 import shutil
 import stat
-import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -38,23 +35,20 @@ from pathlib import Path
 
 from virtbackup.adapters import runner
 from virtbackup.adapters.guestfs_ops import Drive, open_appliance
+from virtbackup.adapters.workdirs import held_workdir, remove_leftovers
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.shrink_plan import ShrinkOptions
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.backup import DiskSource
-from virtbackup.engine.consistency import StableImage, StableImages
+from virtbackup.engine.datapath.disk_backup import DiskSource
+from virtbackup.engine.methods.stable_images import StableImage, StableImages
 from virtbackup.engine.shrink import CONVERT_TIMEOUT, allocated_bytes, reclaim, throwaway_overlay
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("raw", "qcow2")
-TMP_PREFIX = ".virtbackup-skip-free-"
 # Room an overlay takes beyond the data it holds (metadata, the zeroes of a filesystem
 # that cannot trim are not counted: they are rare and qemu keeps them as zero clusters).
 OVERLAY_ROOM = 64 * 1024 * 1024
-# A run holds a lock on its directory; one that is unlocked and older than this was left
-# by a killed run (the age keeps a run that has not locked its new directory yet safe).
-LEFTOVER_AGE = 60.0
 
 
 @dataclass(frozen=True)
@@ -118,39 +112,9 @@ def compacted(
         yield CompactedDisks(tuple(sources), tuple(warnings))
         return
     remove_leftovers(options.tmp_dir)
-    workdir = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=options.tmp_dir))
-    lock = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with held_workdir(options.tmp_dir) as workdir:
         copies = _compact(domain, chosen, workdir, steps, warnings, options.appliance_timeout)
         yield CompactedDisks(tuple(_swapped(source, copies) for source in sources), tuple(warnings))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        os.close(lock)
-
-
-def remove_leftovers(tmp_dir: Path, now: float | None = None) -> list[Path]:
-    """Remove the temporary directories of killed runs in `tmp_dir`; those removed."""
-    now = time.time() if now is None else now
-    removed = []
-    for entry in tmp_dir.glob(f"{TMP_PREFIX}*"):
-        try:
-            info = entry.lstat()  # a symbolic link is never followed, nor removed through
-            if not stat.S_ISDIR(info.st_mode) or now - info.st_mtime < LEFTOVER_AGE:
-                continue
-            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # a live run's
-        finally:
-            os.close(fd)
-        log.info("removing %s, left by an interrupted --skip-free backup", entry)
-        shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
-    return removed
 
 
 def _swapped(source: DiskSource, copies: dict[str, Path]) -> DiskSource:

@@ -1,7 +1,7 @@
 """Undo LVM snapshots and mounts, from what is observed now; sweep leftovers by name.
 
 The same functions undo a record at the end of a run and in `virtbackup clean` (through
-engine/undo's Undoer), so each one looks first: a mount that is gone, or a snapshot that
+engine/runs/undo's Undoer), so each one looks first: a mount that is gone, or a snapshot that
 was already removed, is simply done. `sweep_leftovers` finds what a run that died
 between its change and its journal write could leave (or what a lost journal names):
 mounts below the private mount folder and snapshots named `vbsnap-...`; it runs only

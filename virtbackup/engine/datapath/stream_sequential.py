@@ -35,7 +35,7 @@ from virtbackup.core.streamformat import (
     parse_index_content,
     zero_digest,
 )
-from virtbackup.engine.frames import (
+from virtbackup.engine.datapath.frames import (
     MAX_BLOCK,
     Buffer,
     FrameError,
@@ -43,8 +43,8 @@ from virtbackup.engine.frames import (
     frame_header,
     is_zero_frame,
 )
-from virtbackup.engine.io_control import WriteBehind, drop_cached, reuse_freed_memory
-from virtbackup.engine.stream_reader import map_bounded, write_sparse
+from virtbackup.engine.datapath.io_control import WriteBehind, drop_cached, reuse_freed_memory
+from virtbackup.engine.datapath.stream_reader import map_bounded, write_sparse
 
 _WORD = struct.Struct("<I")
 _STORED = 0x8000_0000  # LZ4 frame block flag: stored uncompressed

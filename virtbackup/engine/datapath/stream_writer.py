@@ -52,8 +52,8 @@ from virtbackup.core.streamformat import (
     pack_entry,
     pack_header,
 )
-from virtbackup.engine.frames import Buffer, EncodedChunk, encode_frame, zero_chunk, zeros
-from virtbackup.engine.io_control import (
+from virtbackup.engine.datapath.frames import Buffer, EncodedChunk, encode_frame, zero_chunk, zeros
+from virtbackup.engine.datapath.io_control import (
     Throttle,
     WriteBehind,
     drop_cached,

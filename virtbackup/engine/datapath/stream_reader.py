@@ -37,7 +37,7 @@ from virtbackup.core.streamformat import (
     parse_index_content,
     zero_digest,
 )
-from virtbackup.engine.frames import (
+from virtbackup.engine.datapath.frames import (
     Buffer,
     FrameError,
     decode_frame_into,
@@ -45,7 +45,7 @@ from virtbackup.engine.frames import (
     max_frame_size,
     zeros,
 )
-from virtbackup.engine.io_control import (
+from virtbackup.engine.datapath.io_control import (
     DIRECT_ALIGN,
     WriteBehind,
     drop_cached,
