@@ -1,0 +1,1 @@
+"""Bytes in and out: frame streams written and read, restore and verify."""

@@ -1,0 +1,1 @@
+"""One run over domains: sessions and their undo journal, stop signals, clean."""

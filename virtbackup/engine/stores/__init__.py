@@ -1,0 +1,1 @@
+"""Where backups live: listing, opening, copying offsite and pruning them."""
