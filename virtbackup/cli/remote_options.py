@@ -12,8 +12,8 @@ import click
 from virtbackup.adapters.rclone import Remote
 from virtbackup.core.config import Config, RemoteSettings
 from virtbackup.core.errors import UsageError
-from virtbackup.engine.stores.backup_access import BackupFiles
-from virtbackup.engine.stores.offsite import Offsite, RemoteStore
+from virtbackup.engine.stores.remote import Offsite, RemoteStore
+from virtbackup.engine.stores.store import BackupFiles
 
 F = TypeVar("F", bound=Callable[..., Any])
 
