@@ -1,9 +1,9 @@
 """Open a complete backup for restore and verify, wherever it is and however it is stored.
 
-A backup's files are in a local directory or on an rclone remote (BackupFiles); an
-encrypted backup's manifest, domain XML and streams are decrypted through `age` with the
-identity file. Streams of a local, unencrypted backup are read at random (parallel
-restore); every other stream is read front to back from a pipe.
+A backup's files come from any store (store.BackupFiles); an encrypted backup's
+manifest, domain XML and streams are decrypted through `age` with the identity file.
+Streams of a local, unencrypted backup are read at random (parallel restore); every
+other stream is read front to back from a pipe.
 """
 
 import hashlib
