@@ -26,7 +26,7 @@ from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.datapath.verify import verify_backup
 from virtbackup.engine.runs.all_domains import prune_offsite
 from virtbackup.engine.stores.local import LocalStore
-from virtbackup.engine.stores.remote import Offsite, RemoteStore, ship
+from virtbackup.engine.stores.remote import RemoteStore, ship
 from virtbackup.engine.stores.retention import prune_domain
 from virtbackup.engine.stores.store import stamp_time
 
@@ -34,7 +34,7 @@ UTC_ZONE = UTC
 
 
 def store_on(remote: RemoteServer, host: str = "kvm1", only: bool = False) -> RemoteStore:
-    return RemoteStore(Offsite(remote.remote, host, only))
+    return RemoteStore(remote.remote, host, only)
 
 
 def prune_remote(
@@ -65,7 +65,7 @@ def fake_remote_backup(
 def test_host_names_are_checked() -> None:
     for bad in ("", "a/b", ".hidden"):
         with pytest.raises(UsageError, match="cannot name a directory"):
-            Offsite(rclone.Remote("x:"), bad)
+            RemoteStore(rclone.Remote("x:"), bad)
     assert stamp_time("20250125T183000Z-2") == datetime(2025, 1, 25, 18, 30, tzinfo=UTC)
 
 

@@ -26,7 +26,7 @@ from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.datapath.verify import verify_backup
 from virtbackup.engine.stores.backup_access import Trust, open_backup
 from virtbackup.engine.stores.local import LocalFiles, LocalStore
-from virtbackup.engine.stores.remote import Offsite, RemoteStore
+from virtbackup.engine.stores.remote import RemoteStore
 
 OTHER_XML = DOMAIN_XML.replace("web1", "db7").replace("type='raw'", "type='qcow2'")
 
@@ -235,7 +235,7 @@ def remote_backup(
     sftp_remote: RemoteServer, tmp_path: Path, image: Path, signing: SigningKey
 ) -> tuple[RemoteStore, str, Path]:
     local = signed_backup(tmp_path / "dest", image, signing)
-    store = RemoteStore(Offsite(sftp_remote.remote, "kvm1"))
+    store = RemoteStore(sftp_remote.remote, "kvm1")
     store.upload(local)
     served = sftp_remote.local_path(f"kvm1/web1/{local.name}")
     assert served is not None

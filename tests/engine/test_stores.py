@@ -12,7 +12,7 @@ from harness.remotes import RemoteServer
 
 from virtbackup.core.retention import Policy
 from virtbackup.engine.stores.local import LocalStore
-from virtbackup.engine.stores.remote import Offsite, RemoteStore
+from virtbackup.engine.stores.remote import RemoteStore
 from virtbackup.engine.stores.retention import prune_domain
 from virtbackup.engine.stores.store import MANIFEST, Store
 
@@ -26,7 +26,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield LocalStore(tmp_path / "dest")
     else:
         server: RemoteServer = request.getfixturevalue("sftp_remote")
-        yield RemoteStore(Offsite(server.remote, "kvm1"))
+        yield RemoteStore(server.remote, "kvm1")
 
 
 def write_backup(store: Store, now: datetime, started: str) -> str:

@@ -194,7 +194,7 @@ def prune_offsite(
         return ()
     with lock:
         # Local backups not yet complete on the remote are uploads to resume, not leftovers.
-        pending = set() if remote.offsite.only else _local_stamps(store, facts.name)
+        pending = set() if remote.only else _local_stamps(store, facts.name)
         pruned = prune_domain(
             remote, facts.name, settings.retention, tz, allowed_signers=allowed_signers
         )

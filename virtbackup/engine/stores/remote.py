@@ -53,17 +53,6 @@ log = logging.getLogger(__name__)
 _COPY_BUFFER = 1 << 20
 
 
-@dataclass(frozen=True)
-class Offsite:
-    remote: rclone.Remote
-    host: str  # the namespace of this host on the remote
-    only: bool = False  # stream to the remote, keep no local copy
-
-    def __post_init__(self) -> None:
-        if not self.host or "/" in self.host or self.host.startswith("."):
-            raise UsageError(f"host name {self.host!r} cannot name a directory on the remote")
-
-
 class RemoteFiles:
     """The files of one backup directory on the remote, for restore and verify."""
 
@@ -126,13 +115,16 @@ class RemoteBackups:
 class RemoteStore:
     """This host's backups on an rclone remote."""
 
-    def __init__(self, offsite: Offsite) -> None:
-        self.offsite = offsite
-        self.remote = offsite.remote
-        self.label = offsite.remote.path(offsite.host)
+    def __init__(self, remote: rclone.Remote, host: str, only: bool = False) -> None:
+        if not host or "/" in host or host.startswith("."):
+            raise UsageError(f"host name {host!r} cannot name a directory on the remote")
+        self.remote = remote
+        self.host = host  # the namespace of this host on the remote
+        self.only = only  # stream to the remote, keep no local copy
+        self.label = remote.path(host)
 
     def backup_path(self, domain: str, stamp: str) -> str:
-        return f"{self.offsite.host}/{domain}/{stamp}"
+        return f"{self.host}/{domain}/{stamp}"
 
     def files(self, domain: str, stamp: str) -> RemoteFiles:
         check_domain_name(domain)
@@ -140,11 +132,11 @@ class RemoteStore:
         return RemoteFiles(self.remote, self.backup_path(domain, stamp))
 
     def domains(self) -> list[str]:
-        entries = rclone.list_entries(self.remote, self.offsite.host)
+        entries = rclone.list_entries(self.remote, self.host)
         return sorted(e.path for e in entries if e.is_dir and is_domain_dir_name(e.path))
 
     def backups_of(self, domain: str) -> RemoteBackups:
-        entries = rclone.list_entries(self.remote, f"{self.offsite.host}/{domain}", recursive=True)
+        entries = rclone.list_entries(self.remote, f"{self.host}/{domain}", recursive=True)
         stamps = {e.path for e in entries if e.is_dir and is_stamp(e.path)}
         files = [e.path.split("/") for e in entries if not e.is_dir]
         complete = {parts[0] for parts in files if parts[1:] == [MANIFEST]}
