@@ -10,6 +10,7 @@ import pytest
 from backup_helpers import manifest_at
 from harness.remotes import RemoteServer
 
+from virtbackup.core.manifest import VerifyRecord
 from virtbackup.core.retention import Policy
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.remote import RemoteStore
@@ -51,6 +52,13 @@ def test_a_backup_appears_whole_on_commit_and_goes_whole(store: Store) -> None:
     files = store.files("web1", listed.stamp)
     assert files.read(MANIFEST).decode() == manifest_at("web1", "20250102T010000Z")
     assert files.size("vda.raw.lz4") == 4
+    assert listed.verified is None
+
+    # the verification record is listed with the backup, not counted in its size
+    files.record_verification(VerifyRecord(JAN_2, False, "damaged", "t"))
+    (again,) = store.list_backups("web1")
+    assert again.verified == VerifyRecord(JAN_2, False, "damaged", "t")
+    assert again.size == listed.size
 
     # a second backup in the same second gets the next stamp
     write_backup(store, JAN_2, "20250102T010000Z")

@@ -375,12 +375,13 @@ def _claim(domain_dir: Path, stamp: str) -> bool:
 
 
 def _size_of_files(path: Path) -> int:
-    """Bytes of the regular files directly in `path` (links, FIFOs, devices: not counted)."""
+    """Bytes of the regular files directly in `path` but the verification record (links,
+    FIFOs, devices: not counted)."""
     total = 0
     try:
         with os.scandir(path) as entries:
             for entry in entries:
-                if entry.is_file(follow_symlinks=False):
+                if entry.is_file(follow_symlinks=False) and entry.name != VERIFIED:
                     total += entry.stat(follow_symlinks=False).st_size
     except OSError:
         pass  # listed with what could be read; the manifest check names the problem

@@ -61,7 +61,7 @@ class BackupInfo:
     path: Path | str  # a directory, or a location on a remote
     manifest: Manifest | Sealed | None  # Sealed: encrypted; None: cannot be read
     problem: str | None  # why it is not a readable backup (no manifest, damaged, ...)
-    size: int  # bytes of the backup's files
+    size: int  # bytes of the backup's files, its verification record not counted
     verified: VerifyRecord | None
 
 
