@@ -109,7 +109,6 @@ class RemoteFiles:
 class RemoteBackups:
     complete: list[str]  # stamps, newest first
     incomplete: list[str]  # stamps of interrupted uploads
-    with_record: frozenset[str] = frozenset()  # complete stamps with a verified.json
 
 
 class RemoteStore:
@@ -140,10 +139,9 @@ class RemoteStore:
         stamps = {e.path for e in entries if e.is_dir and is_stamp(e.path)}
         files = [e.path.split("/") for e in entries if not e.is_dir]
         complete = {parts[0] for parts in files if parts[1:] == [MANIFEST]}
-        recorded = {parts[0] for parts in files if parts[1:] == [VERIFIED]}
         done = sorted(stamps & complete, reverse=True)
         incomplete = sorted(stamps - complete, reverse=True)
-        return RemoteBackups(done, incomplete, frozenset(recorded & complete))
+        return RemoteBackups(done, incomplete)
 
     def list_backups(
         self, domain: str | None = None, now: datetime | None = None
@@ -156,10 +154,10 @@ class RemoteStore:
         found = []
         for name in [domain] if domain else self.domains():
             for stamp in self.backups_of(name).complete:
-                found.append(self.describe(name, stamp, now))
+                found.append(self._describe(name, stamp, now))
         return found
 
-    def describe(self, domain: str, stamp: str, now: datetime) -> BackupInfo:
+    def _describe(self, domain: str, stamp: str, now: datetime) -> BackupInfo:
         files = self.files(domain, stamp)
         size = sum(n for name, n in files.sizes().items() if name != VERIFIED)
         return describe_backup(domain, stamp, files, files.label, size, now)
