@@ -116,9 +116,9 @@ class LocalStore:
             os.chmod(domain_dir, DIR_MODE)
             self.remove_partials(domain)
             stamp = allocate_stamp(domain, now, lambda stamp: _claim(domain_dir, stamp))
+            return LocalPartial(domain_dir / f".{stamp}.partial", domain_dir / stamp)
         except OSError as err:
             raise store_error(err, domain_dir) from None
-        return LocalPartial(domain_dir / f".{stamp}.partial", domain_dir / stamp)
 
     def remove_partials(self, domain: str | None = None, *, dry_run: bool = False) -> list[Path]:
         """Remove partial directories left by dead runs (or, in a dry run, list them);
