@@ -10,6 +10,7 @@ import pytest
 from backup_helpers import manifest_at
 from harness.remotes import RemoteServer
 
+from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import VerifyRecord
 from virtbackup.core.retention import Policy
 from virtbackup.engine.stores.local import LocalStore
@@ -93,3 +94,15 @@ def test_retention_counts_by_the_start_in_the_manifest(store: Store) -> None:
     write_backup(store, datetime(2025, 1, 3, 1, tzinfo=UTC), "20250103T010000Z")
     assert prune_domain(store, "web1", Policy(), UTC).removed == ()
     assert len(store.list_backups("web1")) == 2
+
+
+@pytest.mark.parametrize(
+    ("domain", "stamp"), [("web1", ".."), ("web1", "x/../.."), ("..", "20250102T010000Z")]
+)
+def test_names_outside_the_store_are_refused(store: Store, domain: str, stamp: str) -> None:
+    write_backup(store, JAN_2, "20250102T010000Z")
+    with pytest.raises(UsageError):
+        store.remove(domain, stamp)
+    with pytest.raises(UsageError):
+        store.files(domain, stamp)
+    assert [b.stamp for b in store.list_backups("web1")] == ["20250102T010000Z"]
