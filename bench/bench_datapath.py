@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BACKUP_CHILD = """
 import sys
 from pathlib import Path
-from virtbackup.adapters.store import BackupStore
+from virtbackup.engine.stores.local import LocalStore
 from virtbackup.core.progress import NullProgress
 from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks
 from virtbackup.engine.datapath.stream_writer import WriterOptions
@@ -62,7 +62,7 @@ with open(source, "rb") as f:
     size = f.seek(0, 2)
 disk = DiskSource("vda", source, "raw", size)
 back_up_disks(
-    BackupStore(dest), "bench", "00000000-0000-0000-0000-000000000000", "<domain/>",
+    LocalStore(dest), "bench", "00000000-0000-0000-0000-000000000000", "<domain/>",
     "offline", [disk], NullProgress(), WriterOptions(workers=workers))
 """
 

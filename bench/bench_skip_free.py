@@ -29,13 +29,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from datapath_images import allocated, reference_qcow2, reference_raw  # noqa: E402
 
-from virtbackup.adapters.store import BackupStore  # noqa: E402
 from virtbackup.core.model import Method  # noqa: E402
 from virtbackup.core.progress import NullProgress  # noqa: E402
 from virtbackup.core.steps import LogSteps  # noqa: E402
 from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks  # noqa: E402
 from virtbackup.engine.methods.skip_free import SkipFree, compacted  # noqa: E402
 from virtbackup.engine.methods.stable_images import Consistency, StableImage, StableImages  # noqa: E402
+from virtbackup.engine.stores.local import LocalStore  # noqa: E402
 
 MiB = 1 << 20
 
@@ -67,7 +67,7 @@ def timed(what: Callable[[], int]) -> tuple[int, float]:
 
 def back_up(dest: Path, source: DiskSource) -> int:
     result = back_up_disks(
-        BackupStore(dest), "bench", "0" * 32, "<domain/>", "offline", [source], NullProgress()
+        LocalStore(dest), "bench", "0" * 32, "<domain/>", "offline", [source], NullProgress()
     )
     stored = result.manifest.stored_size
     shutil.rmtree(result.path)

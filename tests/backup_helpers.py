@@ -8,13 +8,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from virtbackup.adapters.store import BackupStore, stamp_time
 from virtbackup.core.manifest import DiskRecord, Manifest, build_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.streamformat import FrameEntry
 from virtbackup.engine.datapath.disk_backup import BackupResult, DiskSource, back_up_disks
 from virtbackup.engine.datapath.stream_reader import read_index, restore_stream
 from virtbackup.engine.datapath.stream_writer import StreamResult, WriterOptions, write_stream
+from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.store import stamp_time
 
 MiB = 1024 * 1024
 
@@ -51,7 +52,7 @@ def make_backup(
 ) -> BackupResult:
     dest.mkdir(exist_ok=True)
     return back_up_disks(
-        BackupStore(dest),
+        LocalStore(dest),
         domain,
         "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11",
         DOMAIN_XML,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from backup_helpers import disk_of, make_backup
 
-from virtbackup.adapters.store import BackupStore
+from virtbackup.engine.stores.local import LocalStore
 
 
 def virtbackup(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,7 +50,7 @@ def test_dry_run_removes_nothing_then_prune_keeps_the_policy(tmp_path: Path) -> 
     assert dry.returncode == 0, dry.stderr
     (decision,) = json.loads(dry.stdout)
     assert decision["remove"] == stamps[2::-1]
-    assert len(BackupStore(dest).list_backups("web1")) == 5
+    assert len(LocalStore(dest).list_backups("web1")) == 5
 
     done = virtbackup("prune", "--dest", str(dest), "web1", "--keep-last", "2")
     assert done.returncode == 0, done.stderr
@@ -68,7 +68,7 @@ def test_the_newest_backup_survives_any_policy(tmp_path: Path) -> None:
     assert "no retention policy for web1" in result.stderr
     result = virtbackup("prune", "--dest", str(dest), "--keep-yearly", "1")
     assert result.returncode == 0, result.stderr
-    assert [b.stamp for b in BackupStore(dest).list_backups("web1")] == [stamps[-1]]
+    assert [b.stamp for b in LocalStore(dest).list_backups("web1")] == [stamps[-1]]
 
 
 def test_unreadable_manifest_is_kept(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_a_domain_without_a_policy_stops_prune_before_anything_is_removed(
     )
     assert result.returncode == 2
     assert "no retention policy for www" in result.stderr
-    assert len(BackupStore(dest).list_backups("web1")) == 3
+    assert len(LocalStore(dest).list_backups("web1")) == 3
 
 
 def tree(root: Path) -> list[str]:

@@ -19,7 +19,6 @@ from harness.cli import virtbackup as run_cli
 from harness.images import build_fs_image
 
 from virtbackup.adapters import age
-from virtbackup.adapters.store import BackupStore
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.streamformat import (
     INDEX_BODY_DIGEST_SIZE,
@@ -32,6 +31,7 @@ from virtbackup.core.streamformat import (
 )
 from virtbackup.engine.datapath.disk_backup import back_up_disks
 from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.stores.local import LocalStore
 
 Tree = dict[str, tuple[int, int, int]]
 
@@ -202,7 +202,7 @@ def sealed_backup(tmp_path: Path, image: Path, keys: KeyPair) -> Path:
     dest = tmp_path / "dest"
     dest.mkdir()
     result = back_up_disks(
-        BackupStore(dest),
+        LocalStore(dest),
         "web1",
         "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11",
         DOMAIN_XML,

@@ -14,12 +14,12 @@ import pytest
 from backup_helpers import MiB, digest_by_coreutils, disk_of, make_backup, small_filesystem
 from harness.images import build_fs_image
 
-from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import DiskBackupFailed, StoreError
 from virtbackup.core.errors import ExitCode
 from virtbackup.core.progress import NullProgress
 from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.datapath.verify import verify_backup
+from virtbackup.engine.stores.local import LocalStore
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_full_destination(image: Path, tmp_path: Path) -> None:
 
 def test_missing_and_read_only_destination(tmp_path: Path, image: Path) -> None:
     with pytest.raises(StoreError, match="does not exist: create it or choose another --dest"):
-        BackupStore(tmp_path / "nowhere").begin("web1", datetime.now(UTC))
+        LocalStore(tmp_path / "nowhere").begin("web1", datetime.now(UTC))
     with small_filesystem(4 * MiB) as dest:
         subprocess.run(["mount", "-o", "remount,ro", str(dest)], check=True)
         with pytest.raises(StoreError, match="read-only filesystem") as caught:
@@ -100,13 +100,13 @@ def test_missing_and_read_only_destination(tmp_path: Path, image: Path) -> None:
 _SLOW_BACKUP = """
 import sys
 from pathlib import Path
-from virtbackup.adapters.store import BackupStore
+from virtbackup.engine.stores.local import LocalStore
 from virtbackup.core.progress import NullProgress
 from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks
 from virtbackup.engine.datapath.stream_writer import WriterOptions
 dest, image = Path(sys.argv[1]), Path(sys.argv[2])
 disk = DiskSource("vda", image, "raw", image.stat().st_size)
-back_up_disks(BackupStore(dest), "web1", "u", "<domain/>", "offline", [disk], NullProgress(),
+back_up_disks(LocalStore(dest), "web1", "u", "<domain/>", "offline", [disk], NullProgress(),
               WriterOptions(chunk_size=1 << 20, bwlimit=1 << 20))
 """
 
@@ -121,7 +121,7 @@ def test_sigkill_mid_stream_keeps_earlier_backup(tmp_path: Path, image: Path) ->
     finally:
         child.wait()
     assert partial.exists()
-    store = BackupStore(tmp_path)
+    store = LocalStore(tmp_path)
     assert [b.path for b in store.list_backups("web1")] == [earlier.path]
     assert verify_backup(earlier.path, NullProgress()).ok
     # the next run (or `clean`) removes what the dead run left
@@ -131,7 +131,7 @@ def test_sigkill_mid_stream_keeps_earlier_backup(tmp_path: Path, image: Path) ->
 
 
 def test_partial_of_a_live_run_is_left_alone(tmp_path: Path) -> None:
-    store = BackupStore(tmp_path)
+    store = LocalStore(tmp_path)
     with store.begin("web1", datetime.now(UTC)) as partial:
         assert store.remove_partials() == []
         assert partial.path.exists()

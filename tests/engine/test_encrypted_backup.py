@@ -23,7 +23,6 @@ from backup_helpers import (
 from harness.images import build_fs_image
 
 from virtbackup.adapters import age
-from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import DiskBackupFailed
 from virtbackup.core.errors import UsageError, VirtbackupError
 from virtbackup.core.manifest import parse_manifest
@@ -32,6 +31,7 @@ from virtbackup.engine.datapath.disk_backup import BackupResult, DiskSource, bac
 from virtbackup.engine.datapath.restore import restore_backup
 from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.datapath.verify import verify_backup
+from virtbackup.engine.stores.local import LocalStore
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def encrypted_backup(dest: Path, disks: list[DiskSource], keys: KeyPair) -> BackupResult:
     dest.mkdir(exist_ok=True)
     return back_up_disks(
-        BackupStore(dest),
+        LocalStore(dest),
         "web1",
         "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11",
         DOMAIN_XML,
@@ -215,5 +215,5 @@ def test_killed_encrypted_backup_leaves_nothing_that_looks_complete(
     child.wait()
     assert list((dest / "web1").glob(".*.partial/*.age")), "killed before it wrote a stream"
     assert not [p for p in (dest / "web1").iterdir() if not p.name.startswith(".")]
-    BackupStore(dest).remove_partials()
+    LocalStore(dest).remove_partials()
     assert not list((dest / "web1").iterdir())

@@ -13,7 +13,6 @@ from signing_helpers import make_signing_key
 from virtbackup.adapters import rclone
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.adapters.ssh_sign import sign
-from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import RemoteError
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import UsageError
@@ -26,20 +25,29 @@ from virtbackup.engine.datapath.restore import restore_backup
 from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.datapath.verify import verify_backup
 from virtbackup.engine.runs.all_domains import prune_offsite
-from virtbackup.engine.stores.offsite import (
-    Offsite,
-    RemoteStore,
-    prune_remote,
-    prune_remote_backups,
-    ship,
-    stamp_time,
-)
+from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.remote import RemoteStore, ship
+from virtbackup.engine.stores.retention import prune_domain
+from virtbackup.engine.stores.store import stamp_time
 
 UTC_ZONE = UTC
 
 
 def store_on(remote: RemoteServer, host: str = "kvm1", only: bool = False) -> RemoteStore:
-    return RemoteStore(Offsite(remote.remote, host, only))
+    return RemoteStore(remote.remote, host, only)
+
+
+def prune_remote(
+    store: RemoteStore,
+    domain: str,
+    policy: Policy,
+    keep: set[str],
+    allowed_signers: Path | None = None,
+) -> list[str]:
+    """Retention on the remote as `all` applies it: the policy, then the leftovers of
+    interrupted uploads not in `keep`; the stamps removed."""
+    result = prune_domain(store, domain, policy, UTC, allowed_signers=allowed_signers)
+    return [*result.removed, *store.remove_leftovers(domain, keep)]
 
 
 def fake_remote_backup(
@@ -57,7 +65,7 @@ def fake_remote_backup(
 def test_host_names_are_checked() -> None:
     for bad in ("", "a/b", ".hidden"):
         with pytest.raises(UsageError, match="cannot name a directory"):
-            Offsite(rclone.Remote("x:"), bad)
+            RemoteStore(rclone.Remote("x:"), bad)
     assert stamp_time("20250125T183000Z-2") == datetime(2025, 1, 25, 18, 30, tzinfo=UTC)
 
 
@@ -141,7 +149,7 @@ def test_remote_retention_waits_while_the_domain_is_in_use(
     fake_remote_backup(remote, "web1", "20250102T010000Z", complete=False)  # uploading
     facts = DomainFacts("web1", "8c3f0a52-0000-4000-8000-000000000001", DomainState.SHUTOFF, True)
     settings = DomainSettings(retention=Policy(keep_last=1))
-    local, state = BackupStore(tmp_path), tmp_path / "state"
+    local, state = LocalStore(tmp_path), tmp_path / "state"
 
     held = domain_lock(state, facts.uuid, facts.name)
     held.acquire()
@@ -164,11 +172,11 @@ def test_retention_keeps_the_newest_and_only_touches_its_host(
     fake_remote_backup(mine, "web1", "20241231T010000Z", complete=False)  # leftover
     fake_remote_backup(mine, "web1", "20250104T010000Z", complete=False)  # still to upload
 
-    removed = prune_remote(mine, "web1", Policy(), UTC, keep={"20250104T010000Z"})
+    removed = prune_remote(mine, "web1", Policy(), keep={"20250104T010000Z"})
     assert removed == ["20241231T010000Z"]  # no policy: only the leftover goes
-    removed = prune_remote(mine, "web1", Policy(keep_daily=2), UTC, keep={"20250104T010000Z"})
+    removed = prune_remote(mine, "web1", Policy(keep_daily=2), keep={"20250104T010000Z"})
     assert removed == ["20250101T010000Z"]
-    removed = prune_remote(mine, "web1", Policy(keep_last=1), UTC, keep=set())
+    removed = prune_remote(mine, "web1", Policy(keep_last=1), keep=set())
     assert sorted(removed) == ["20250102T010000Z", "20250104T010000Z"]
     assert mine.backups_of("web1").complete == ["20250103T010000Z"]  # the newest stays
     assert theirs.backups_of("web1").complete == [
@@ -201,7 +209,7 @@ def test_remote_retention_counts_only_signed_backups_of_the_domain_from_the_past
     fake_remote_backup(mine, "web1", "20991231T000000Z", complete=True)
 
     policy = Policy(keep_last=1)
-    result = prune_remote_backups(
+    result = prune_domain(
         mine, "web1", policy, UTC, dry_run=True, allowed_signers=key.allowed_signers
     )
     assert [(k.candidate.name, k.reasons) for k in result.decision.keep] == [
@@ -216,7 +224,7 @@ def test_remote_retention_counts_only_signed_backups_of_the_domain_from_the_past
     listed = {b.stamp: b.problem for b in mine.list_backups("web1")}
     assert listed["20250104T010000Z"] == result.problems["20250104T010000Z"]
     assert listed["20991231T000000Z"] == result.problems["20991231T000000Z"]
-    removed = prune_remote(mine, "web1", policy, UTC, set(), key.allowed_signers)
+    removed = prune_remote(mine, "web1", policy, set(), key.allowed_signers)
     assert removed == [older]
     assert mine.backups_of("web1").complete == [
         "20991231T000000Z",
@@ -236,7 +244,7 @@ def test_a_backup_of_another_domain_is_not_shipped_as_this_ones(
     (dest / "db1").mkdir()
     shutil.copytree(web1, dest / "db1" / web1.name)  # web1's backup, planted as db1's
     mine = store_on(sftp_remote)
-    store = BackupStore(dest)
+    store = LocalStore(dest)
     assert ship(mine, store, "db1") == []
     assert mine.backups_of("db1").complete == []
     assert ship(mine, store, "web1") == [mine.remote.path(f"kvm1/web1/{web1.name}")]
@@ -255,16 +263,16 @@ def test_remote_retention_never_trades_a_good_backup_for_a_failed_one(
     mine.files("web1", stamps[2]).record_verification(VerifyRecord(when, False, "damaged", "t"))
     mine.files("web1", stamps[1]).record_verification(VerifyRecord(when, True, None, "t"))
 
-    result = prune_remote_backups(mine, "web1", Policy(keep_last=1), UTC, dry_run=True)
+    result = prune_domain(mine, "web1", Policy(keep_last=1), UTC, dry_run=True)
     assert [(k.candidate.name, k.reasons) for k in result.decision.keep] == [
         (stamps[2], ("failed verification, no newer good backup",)),
         (stamps[1], ("last 1/1",)),
     ]
-    assert prune_remote(mine, "web1", Policy(keep_last=1), UTC, keep=set()) == [stamps[0]]
+    assert prune_remote(mine, "web1", Policy(keep_last=1), keep=set()) == [stamps[0]]
     assert mine.backups_of("web1").complete == stamps[:0:-1]
     # manifests that cannot be read: listed with their problem, not an error
     for stamp in stamps[1:]:
         rclone.write_text(mine.remote, f"{mine.backup_path('web1', stamp)}/manifest.json", "{}")
     listed = mine.list_backups("web1")
     assert [b.stamp for b in listed] == stamps[:0:-1]
-    assert all("cannot be read" in (b.problem or "") for b in listed)
+    assert all("manifest.json is corrupt" in (b.problem or "") for b in listed)

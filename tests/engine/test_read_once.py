@@ -17,7 +17,6 @@ from harness.remotes import RemoteServer
 from signing_helpers import SigningKey, make_signing_key
 
 from virtbackup.adapters import age
-from virtbackup.adapters.store import BackupStore
 from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.manifest import VerifyRecord, parse_manifest
 from virtbackup.core.progress import NullProgress
@@ -25,8 +24,9 @@ from virtbackup.core.signature import BadSignature
 from virtbackup.engine.datapath.disk_backup import back_up_disks
 from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.datapath.verify import verify_backup
-from virtbackup.engine.stores.backup_access import LocalFiles, Trust, open_backup
-from virtbackup.engine.stores.offsite import Offsite, RemoteStore
+from virtbackup.engine.stores.backup_access import Trust, open_backup
+from virtbackup.engine.stores.local import LocalFiles, LocalStore
+from virtbackup.engine.stores.remote import RemoteStore
 
 OTHER_XML = DOMAIN_XML.replace("web1", "db7").replace("type='raw'", "type='qcow2'")
 
@@ -89,7 +89,7 @@ def signed_backup(
 ) -> Path:
     dest.mkdir(exist_ok=True)
     return back_up_disks(
-        BackupStore(dest),
+        LocalStore(dest),
         domain,
         "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11",
         xml,
@@ -218,7 +218,7 @@ def test_a_manifest_without_the_xml_digest_reads_as_before(tmp_path: Path, image
     dest = tmp_path / "dest"
     dest.mkdir()
     backup = back_up_disks(
-        BackupStore(dest), "web1", "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11", DOMAIN_XML,
+        LocalStore(dest), "web1", "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11", DOMAIN_XML,
         "offline", [disk_of(image)], NullProgress(), WriterOptions(chunk_size=MiB),
     ).path  # fmt: skip
     document = json.loads((backup / "manifest.json").read_text())
@@ -235,7 +235,7 @@ def remote_backup(
     sftp_remote: RemoteServer, tmp_path: Path, image: Path, signing: SigningKey
 ) -> tuple[RemoteStore, str, Path]:
     local = signed_backup(tmp_path / "dest", image, signing)
-    store = RemoteStore(Offsite(sftp_remote.remote, "kvm1"))
+    store = RemoteStore(sftp_remote.remote, "kvm1")
     store.upload(local)
     served = sftp_remote.local_path(f"kvm1/web1/{local.name}")
     assert served is not None

@@ -13,7 +13,6 @@ from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.adapters.locks import host_lock
-from virtbackup.adapters.store import BackupStore
 from virtbackup.cli.backup_options import (
     BackupValues,
     Targets,
@@ -34,6 +33,7 @@ from virtbackup.engine.methods.lvm import SharedLvmSnapshots
 from virtbackup.engine.runs.all_domains import Hooks, OptionsFor, RunInterrupted, run_all
 from virtbackup.engine.runs.clean import clean
 from virtbackup.engine.runs.domain_backup import BackupRunOptions, exit_code
+from virtbackup.engine.stores.local import LocalStore
 
 SUMMARY_FILE = "virtbackup-last-run.json"
 
@@ -66,7 +66,7 @@ def all_command(
     """
     values = BackupValues(**given)  # type: ignore[arg-type]
     config = load_settings(options)
-    store = BackupStore(resolve_dest(values, config))
+    store = LocalStore(resolve_dest(values, config))
     store.check_writable()
     targets = resolve_targets(values, config)
     state_dir = resolve_state_dir(options.state_dir)

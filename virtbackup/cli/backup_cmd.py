@@ -9,7 +9,6 @@ import click
 from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.adapters.locks import prepare_state_dir
-from virtbackup.adapters.store import BackupStore
 from virtbackup.cli.backup_options import (
     BackupValues,
     backup_options,
@@ -27,6 +26,7 @@ from virtbackup.core.steps import LogSteps
 from virtbackup.core.summary import summary_document
 from virtbackup.engine.methods.lvm import SharedLvmSnapshots
 from virtbackup.engine.runs.domain_backup import back_up_domain, exit_code, interrupted_outcomes
+from virtbackup.engine.stores.local import LocalStore
 
 
 @click.command("backup")
@@ -43,7 +43,7 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
     """
     values = BackupValues(**given)  # type: ignore[arg-type]
     config = load_settings(options)
-    store = BackupStore(resolve_dest(values, config))
+    store = LocalStore(resolve_dest(values, config))
     store.check_writable()
     prepare_state_dir(options.state_dir)
     targets = resolve_targets(values, config)

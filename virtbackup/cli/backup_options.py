@@ -32,7 +32,7 @@ from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.methods.skip_free import SkipFree
 from virtbackup.engine.methods.stable_images import ConsistencyOptions, Quiesce
 from virtbackup.engine.runs.domain_backup import BackupRunOptions
-from virtbackup.engine.stores.offsite import RemoteStore
+from virtbackup.engine.stores.remote import RemoteStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)

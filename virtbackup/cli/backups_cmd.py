@@ -10,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from virtbackup.adapters.store import BackupInfo, BackupStore
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.output import text
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
@@ -19,8 +18,9 @@ from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import Manifest, Sealed, format_time
 from virtbackup.core.signature import SignatureCheck, SignatureState
-from virtbackup.engine.stores.backup_access import BackupFiles, LocalFiles, check_signatures
-from virtbackup.engine.stores.offsite import RemoteStore
+from virtbackup.engine.stores.backup_access import check_signatures
+from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.store import BackupInfo, Store
 
 
 @click.command("backups")
@@ -49,22 +49,23 @@ def backups_command(
     config = load_settings(options)
     signers = allowed_signers or config.allowed_signers
     offsite = remote_store(chosen_remote(remote, remote_location), host, config)
+    store: Store
     if offsite is not None:
-        where = offsite.remote.path(offsite.offsite.host)
-        backups = offsite.list_backups(domain)
+        store = offsite
     else:
         dest = dest or config.dest
         if dest is None:
             raise UsageError("no backup destination", "give --dest DIR or --remote")
-        where, backups = str(dest), BackupStore(dest).list_backups(domain)
-    signatures = [signature_of(backup, offsite, signers) for backup in backups]
+        store = LocalStore(dest)
+    backups = store.list_backups(domain)
+    signatures = [signature_of(backup, store, signers) for backup in backups]
     if as_json:
         key = "remote" if offsite is not None else "dest"
         listed = [
             {**backup_as_json(b), "signature": signature_as_json(check)}
             for b, check in zip(backups, signatures, strict=True)
         ]
-        click.echo(json.dumps({key: where, "backups": listed}, indent=2))
+        click.echo(json.dumps({key: store.label, "backups": listed}, indent=2))
     else:
         console = Console()
         if not console.is_terminal:  # a pipe or a log: lines long enough to hold a problem
@@ -72,17 +73,9 @@ def backups_command(
         console.print(backups_table(backups, signatures))
 
 
-def signature_of(
-    backup: BackupInfo, offsite: RemoteStore | None, allowed_signers: Path | None
-) -> SignatureCheck:
-    files: BackupFiles
-    if offsite is not None:
-        files = offsite.files(backup.domain, backup.stamp)
-    else:
-        assert isinstance(backup.path, Path)
-        files = LocalFiles(backup.path)
+def signature_of(backup: BackupInfo, store: Store, allowed_signers: Path | None) -> SignatureCheck:
     try:
-        return check_signatures(files, allowed_signers)
+        return check_signatures(store.files(backup.domain, backup.stamp), allowed_signers)
     except (CorruptBackup, RemoteError) as err:
         return SignatureCheck(SignatureState.BAD, problem=err.message)
 

@@ -2,6 +2,7 @@
 with --remote on this host's offsite copies instead."""
 
 import json
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -9,15 +10,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from virtbackup.adapters.store import BackupStore
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.output import text
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
 from virtbackup.cli.trust_options import allowed_signers_option
 from virtbackup.core.errors import UsageError
 from virtbackup.core.retention import Policy
-from virtbackup.engine.stores.offsite import prune_remote_backups
-from virtbackup.engine.stores.prune import PruneResult, prune_domain
+from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.retention import PruneResult, prune_domain
 
 KEEP_OPTIONS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
 
@@ -59,8 +59,8 @@ def prune_command(
     weeks, months and years are counted in the host's local time zone.
 
     With --remote the policy applies to the complete offsite copies of this host (or
-    --host) instead, by the time in their names; uploads that are not complete are
-    left to `virtbackup all`, which knows which of them are still to be resumed.
+    --host) instead; uploads that are not complete are left to `virtbackup all`, which
+    knows which of them are still to be resumed.
 
     With allowed_signers, a backup without a good signature by one of its keys never
     counts towards a --keep-* rule (like one whose verification failed).
@@ -85,26 +85,27 @@ def prune_command(
     if offsite is not None:
         policies = {name: policy_of(name) for name in domains or offsite.domains()}
         results = [
-            prune_remote_backups(
-                offsite, name, policy, tz, dry_run=dry_run, allowed_signers=signers
+            replace(
+                prune_domain(offsite, name, policy, tz, dry_run=dry_run, allowed_signers=signers),
+                incomplete=tuple(offsite.backups_of(name).incomplete),
             )
             for name, policy in policies.items()
         ]
-        where = offsite.remote.path(offsite.offsite.host)
+        where = offsite.label
     else:
         dest = dest or config.dest
         if dest is None:
             raise UsageError(
                 "no backup destination", "give --dest DIR or set dest in the config file"
             )
-        store = BackupStore(dest)
+        store = LocalStore(dest)
         names = domains or sorted({b.domain for b in store.list_backups()})
         policies = {name: policy_of(name) for name in names}  # all known before any removal
         results = [
             prune_domain(store, name, policy, tz, dry_run=dry_run, allowed_signers=signers)
             for name, policy in policies.items()
         ]
-        where = str(dest)
+        where = store.label
     if as_json:
         click.echo(json.dumps([_as_dict(r, dry_run, where) for r in results], indent=2))
     else:

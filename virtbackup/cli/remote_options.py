@@ -12,8 +12,8 @@ import click
 from virtbackup.adapters.rclone import Remote
 from virtbackup.core.config import Config, RemoteSettings
 from virtbackup.core.errors import UsageError
-from virtbackup.engine.stores.backup_access import BackupFiles
-from virtbackup.engine.stores.offsite import Offsite, RemoteStore
+from virtbackup.engine.stores.remote import RemoteStore
+from virtbackup.engine.stores.store import BackupFiles
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,7 +73,7 @@ def remote_store(
         bwlimit=bwlimit or settings.bwlimit,
         retries=settings.retries,
     )
-    return RemoteStore(Offsite(remote, host or settings.host or socket.gethostname(), only))
+    return RemoteStore(remote, host or settings.host or socket.gethostname(), only)
 
 
 identity_option = click.option(

@@ -8,11 +8,10 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO
 
 from virtbackup import __version__
 from virtbackup.adapters import age, ssh_sign
-from virtbackup.adapters.store import DOMAIN_XML, MANIFEST
 from virtbackup.core import backup_names
 from virtbackup.core.backup_errors import DiskBackupFailed
 from virtbackup.core.errors import VirtbackupError
@@ -30,6 +29,7 @@ from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
 from virtbackup.engine.datapath.stream_writer import WriterOptions, write_stream
+from virtbackup.engine.stores.store import DOMAIN_XML, MANIFEST, Partial, Store
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +55,8 @@ def stream_file_name(disk: DiskSource, encrypted: bool = False) -> str:
     return backup_names.stream_file_name(disk.target, disk.format, encrypted)
 
 
-class PartialSink(Protocol):
-    """A backup being written: PartialBackup (local) or offsite.RemotePartial."""
-
-    def __enter__(self) -> Any: ...
-
-    def __exit__(self, kind: Any, error: Any, trace: Any) -> None: ...
-
-    def create(self, name: str) -> AbstractContextManager[IO[bytes]]: ...
-
-    def write_text(self, name: str, text: str) -> None: ...
-
-    def write_bytes(self, name: str, data: bytes) -> None: ...
-
-    def size_of(self, name: str) -> int: ...
-
-    def commit(self) -> Path | str: ...
-
-
-class BackupTarget(Protocol):
-    def begin(self, domain: str, now: datetime) -> PartialSink: ...
-
-
 def back_up_disks(
-    store: BackupTarget,
+    store: Store,
     domain_name: str,
     domain_uuid: str,
     domain_xml: str,
@@ -183,7 +161,7 @@ class _Metadata:
     """Writes the metadata files of a backup, each with its signature first when the
     backup is signed (so the manifest, the last file, is still written last)."""
 
-    def __init__(self, partial: PartialSink, sign_with: Path | None) -> None:
+    def __init__(self, partial: Partial, sign_with: Path | None) -> None:
         self.partial = partial
         self.sign_with = sign_with
 

@@ -28,14 +28,9 @@ from virtbackup.engine.datapath.stream_reader import (
     restore_stream,
 )
 from virtbackup.engine.datapath.stream_sequential import restore_sequential
-from virtbackup.engine.stores.backup_access import (
-    NO_SIGNERS,
-    BackupFiles,
-    LocalFiles,
-    OpenedBackup,
-    Trust,
-    open_backup,
-)
+from virtbackup.engine.stores.backup_access import NO_SIGNERS, OpenedBackup, Trust, open_backup
+from virtbackup.engine.stores.local import LocalFiles
+from virtbackup.engine.stores.store import BackupFiles
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,9 @@ from virtbackup.core.progress import ProgressSink
 from virtbackup.core.signature import BadSignature, SignatureCheck, SignatureState
 from virtbackup.engine.datapath.stream_reader import check_index_matches, read_index, verify_stream
 from virtbackup.engine.datapath.stream_sequential import verify_sequential
-from virtbackup.engine.stores.backup_access import (
-    NO_SIGNERS,
-    BackupFiles,
-    LocalFiles,
-    OpenedBackup,
-    Trust,
-    open_backup,
-)
+from virtbackup.engine.stores.backup_access import NO_SIGNERS, OpenedBackup, Trust, open_backup
+from virtbackup.engine.stores.local import LocalFiles
+from virtbackup.engine.stores.store import BackupFiles
 
 
 @dataclass(frozen=True)

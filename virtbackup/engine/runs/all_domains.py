@@ -22,7 +22,6 @@ from typing import Any
 from virtbackup.adapters import runner
 from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.adapters.locks import domain_lock
-from virtbackup.adapters.store import BackupStore
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.model import DomainFacts, Method
@@ -37,8 +36,9 @@ from virtbackup.engine.runs.domain_backup import (
     back_up_domain,
     interrupted_outcomes,
 )
-from virtbackup.engine.stores.offsite import RemoteStore, prune_remote
-from virtbackup.engine.stores.prune import prune_domain
+from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.remote import RemoteStore
+from virtbackup.engine.stores.retention import prune_domain
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ OptionsFor = Callable[[DomainFacts], tuple[PlanOptions, BackupRunOptions, Domain
 def run_all(
     conn: Any,
     domains: Sequence[DomainFacts],
-    store: BackupStore,
+    store: LocalStore,
     options_for: OptionsFor,
     hooks: Hooks,
     progress: ProgressSink,
@@ -111,7 +111,7 @@ class RunInterrupted(Interrupted):
 def _one_domain(
     conn: Any,
     facts: DomainFacts,
-    store: BackupStore,
+    store: LocalStore,
     options_for: OptionsFor,
     hooks: Hooks,
     progress: ProgressSink,
@@ -180,7 +180,7 @@ def prune_offsite(
     facts: DomainFacts,
     settings: DomainSettings,
     tz: tzinfo,
-    store: BackupStore,
+    store: LocalStore,
     state_dir: Path | None,
     allowed_signers: Path | None = None,
 ) -> tuple[str, ...]:
@@ -194,12 +194,14 @@ def prune_offsite(
         return ()
     with lock:
         # Local backups not yet complete on the remote are uploads to resume, not leftovers.
-        pending = set() if remote.offsite.only else _local_stamps(store, facts.name)
-        retention = settings.retention
-        return tuple(prune_remote(remote, facts.name, retention, tz, pending, allowed_signers))
+        pending = set() if remote.only else _local_stamps(store, facts.name)
+        pruned = prune_domain(
+            remote, facts.name, settings.retention, tz, allowed_signers=allowed_signers
+        )
+        return (*pruned.removed, *remote.remove_leftovers(facts.name, pending))
 
 
-def _local_stamps(store: BackupStore, domain: str) -> set[str]:
+def _local_stamps(store: LocalStore, domain: str) -> set[str]:
     return {backup.stamp for backup in store.list_backups(domain)}
 
 

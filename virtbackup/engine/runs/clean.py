@@ -22,7 +22,6 @@ from typing import Any
 
 from virtbackup.adapters.journal import JournalFile, journal_dir, list_journals
 from virtbackup.adapters.locks import domain_lock
-from virtbackup.adapters.store import BackupStore
 from virtbackup.adapters.workdirs import leftover_workdirs, remove_leftovers
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.steps import StepSink
@@ -30,6 +29,7 @@ from virtbackup.core.undo import JournalError
 from virtbackup.engine.methods.lvm_undo import sweep_leftovers
 from virtbackup.engine.runs.replay import load_our_journal, replay
 from virtbackup.engine.runs.undo import DEFAULT_COMMIT_TIMEOUT
+from virtbackup.engine.stores.local import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _clean_partials(dests: Sequence[Path], steps: StepSink, dry_run: bool) -> li
     found: list[Path] = []
     for dest in dests:
         if dry_run:
-            for partial in BackupStore(dest).remove_partials(dry_run=True):
+            for partial in LocalStore(dest).remove_partials(dry_run=True):
                 steps.step(
                     partial.parent.name,
                     f"would remove partial backup {partial} (unless a running backup holds it)",
@@ -134,7 +134,7 @@ def _clean_partials(dests: Sequence[Path], steps: StepSink, dry_run: bool) -> li
                 )
                 found.append(workdir)
             continue
-        for partial in BackupStore(dest).remove_partials():
+        for partial in LocalStore(dest).remove_partials():
             steps.step(partial.parent.name, f"removed partial backup {partial}")
             found.append(partial)
         for workdir in remove_leftovers(dest):

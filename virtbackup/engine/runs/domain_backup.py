@@ -17,20 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from virtbackup.adapters.age import Recipients
-from virtbackup.adapters.store import BackupStore
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
 from virtbackup.core.manifest import LeftOutDisk
 from virtbackup.core.model import Method
 from virtbackup.core.planning import EXCLUDED_REASON, NO_DISK_REASON, DomainPlan
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.datapath.disk_backup import BackupTarget, DiskSource, back_up_disks
+from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks
 from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.methods.lvm import lvm_stable_images
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
 from virtbackup.engine.methods.stable_images import ConsistencyOptions, StableImages, stable_images
 from virtbackup.engine.methods.trim import trim_before_backup
-from virtbackup.engine.stores.offsite import RemoteStore, ship
+from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.remote import RemoteStore, ship
+from virtbackup.engine.stores.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def image_source(method: Method) -> ImageSource:
 def back_up_domain(
     conn: Any,
     plan: DomainPlan,
-    store: BackupStore,
+    store: LocalStore,
     options: BackupRunOptions,
     progress: ProgressSink,
     steps: StepSink,
@@ -126,8 +127,8 @@ def back_up_domain(
         warnings, reclaimed = warnings + trim.warnings, trim.reclaimed
     source = (sources or {}).get(plan.method) or image_source(plan.method)
     # --remote-only: the streams go to the remote store instead of DEST
-    streamed = options.offsite is not None and options.offsite.offsite.only
-    target: BackupTarget = options.offsite if options.offsite and streamed else store
+    streamed = options.offsite is not None and options.offsite.only
+    target: Store = options.offsite if options.offsite and streamed else store
     try:
         with (
             source(

@@ -1,124 +1,41 @@
 """Open a complete backup for restore and verify, wherever it is and however it is stored.
 
-A backup's files are in a local directory or on an rclone remote (BackupFiles); an
-encrypted backup's manifest, domain XML and streams are decrypted through `age` with the
-identity file. Streams of a local, unencrypted backup are read at random (parallel
-restore); every other stream is read front to back from a pipe.
+A backup's files come from any store (store.BackupFiles); an encrypted backup's
+manifest, domain XML and streams are decrypted through `age` with the identity file.
+Streams of a local, unencrypted backup are read at random (parallel restore); every
+other stream is read front to back from a pipe.
 """
 
 import hashlib
-import os
-import stat
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 from virtbackup.adapters import age, ssh_sign
-from virtbackup.adapters.store import (
-    DOMAIN_XML,
-    MANIFEST,
-    read_regular_file,
-    record_verification,
-)
-from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup
+from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.backup_names import stream_file_name
 from virtbackup.core.errors import UsageError
-from virtbackup.core.manifest import (
-    DiskRecord,
-    Manifest,
-    ManifestFormatError,
-    Sealed,
-    VerifyRecord,
-    parse_any_manifest,
-)
+from virtbackup.core.manifest import DiskRecord, Manifest, Sealed, VerifyRecord
 from virtbackup.core.signature import (
     MAX_SIGNATURE_SIZE,
-    SIGNATURE_SUFFIX,
     SignatureCheck,
     SignatureState,
     require_trusted,
     signature_name,
     signed_names,
 )
+from virtbackup.engine.stores.store import (
+    DOMAIN_XML,
+    MANIFEST,
+    BackupFiles,
+    parse_manifest,
+    read_manifest,
+)
 
 SEALED_MANIFEST = MANIFEST + age.AGE_SUFFIX
 SEALED_DOMAIN_XML = DOMAIN_XML + age.AGE_SUFFIX
-# What a metadata file of ours (manifest, domain XML, signature) can hold at the most.
-METADATA_LIMIT = 16 * 1024 * 1024
-
-
-def read_limit(name: str) -> int:
-    """The most bytes a read of the metadata file `name` takes."""
-    return MAX_SIGNATURE_SIZE if name.endswith(SIGNATURE_SUFFIX) else METADATA_LIMIT
-
-
-class BackupFiles(Protocol):
-    """The files of one backup directory."""
-
-    label: str  # where it is, for messages
-
-    def read(self, name: str) -> bytes: ...
-
-    def size(self, name: str) -> int | None: ...  # None: missing
-
-    def stream(self, name: str) -> AbstractContextManager[IO[bytes]]: ...
-
-    def local_path(self, name: str) -> Path | None: ...  # None: not on this host
-
-    def record_verification(self, record: VerifyRecord) -> None: ...  # verified.json
-
-
-class LocalFiles:
-    """A backup directory on this host. Every file is opened without following a link
-    and only when it is a regular file: a FIFO would block the read, a link could make
-    a crafted backup read (or show) a file of the host."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.label = str(path)
-
-    def read(self, name: str) -> bytes:
-        try:
-            return read_regular_file(self.path / name, read_limit(name))
-        except FileNotFoundError:
-            raise missing_file(self.label, name, self.path.is_dir()) from None
-        except OSError as err:
-            raise CorruptBackup(f"cannot read {self.path / name}: {err.strerror}") from None
-
-    def size(self, name: str) -> int | None:
-        try:
-            info = os.lstat(self.path / name)
-        except FileNotFoundError:
-            return None
-        except OSError as err:
-            raise CorruptBackup(f"cannot read {self.path / name}: {err.strerror}") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise CorruptBackup(f"{self.path / name} is not a regular file")
-        return info.st_size
-
-    @contextmanager
-    def stream(self, name: str) -> Iterator[IO[bytes]]:
-        path = self.path / name
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise CorruptBackup(f"stream file {path} is missing") from None
-        except OSError as err:  # ELOOP: a symbolic link
-            raise CorruptBackup(f"cannot read stream file {path}: {err.strerror}") from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise CorruptBackup(f"stream file {path} is not a regular file")
-        with os.fdopen(fd, "rb") as handle:
-            yield handle
-
-    def local_path(self, name: str) -> Path | None:
-        self.size(name)  # a link, FIFO or device is refused before anyone opens it
-        return self.path / name
-
-    def record_verification(self, record: VerifyRecord) -> None:
-        record_verification(self.path, record)
 
 
 class ReadOnce:
@@ -222,7 +139,7 @@ def open_backup(
     be used. Each metadata file is read once: the bytes checked are the bytes used."""
     if not isinstance(files, ReadOnce):
         files = ReadOnce(files)
-    public = _parse(files.read(MANIFEST), f"{files.label}/{MANIFEST}")
+    public = read_manifest(files)
     signature = check_signatures(files, trust.allowed_signers)
     expected = trust.allowed_signers is not None
     require_trusted(signature, files.label, expected, trust.allow_unsigned)
@@ -243,7 +160,7 @@ def open_backup(
             err.message,
             f"give the age identity of one of its recipients: {', '.join(public.recipients)}",
         ) from None
-    manifest = _parse(clear, what)
+    manifest = parse_manifest(clear, what)
     if not isinstance(manifest, Manifest) or manifest.domain_name != public.domain_name:
         raise CorruptBackup(f"{what} does not belong to the backup it is in")
     _check_stream_names(manifest, True, what)
@@ -302,22 +219,3 @@ def _check_stream_names(manifest: Manifest, encrypted: bool, what: str) -> None:
             raise CorruptBackup(
                 f"manifest {what} is corrupt: disks[{number}].file {disk.file!r} is not {expected}"
             )
-
-
-def _parse(text: bytes, what: str) -> Manifest | Sealed:
-    try:
-        return parse_any_manifest(text.decode())
-    except UnicodeDecodeError:
-        raise CorruptBackup(f"manifest {what} is not UTF-8 text") from None
-    except ManifestFormatError as err:
-        raise CorruptBackup(f"manifest {what} is corrupt: {err}") from None
-
-
-def missing_file(label: str, name: str, directory_exists: bool) -> Exception:
-    if not directory_exists:
-        return BackupNotFound(
-            f"backup {label} does not exist", "list backups with 'virtbackup backups'"
-        )
-    if name == MANIFEST:
-        return BackupNotFound(f"{label} is not a backup (it has no {MANIFEST})")
-    return CorruptBackup(f"{label}: {name} is missing")

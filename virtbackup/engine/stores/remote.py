@@ -1,4 +1,4 @@
-"""Offsite copies on an rclone remote.
+"""The remote store: offsite copies on an rclone remote.
 
 Layout: REMOTE/<host>/<domain>/<UTC stamp>/ with the same files as the local backup
 (a local verified.json stays local: `verify --remote` writes the remote one). Every host
@@ -21,56 +21,36 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, tzinfo
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 from virtbackup.adapters import rclone
-from virtbackup.adapters.store import (
+from virtbackup.core.backup_errors import CorruptBackup, RemoteError
+from virtbackup.core.errors import Interrupted, UsageError, VirtbackupError
+from virtbackup.core.manifest import VerifyRecord, build_verify_record
+from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.store import (
     MANIFEST,
-    MANIFEST_LIMIT,
-    RECORD_LIMIT,
-    STAMP_FORMAT,
     VERIFIED,
     AbortUnlessCommitted,
     BackupInfo,
-    BackupStore,
-    backup_placement,
+    allocate_stamp,
     check_domain_name,
+    check_stamp,
+    describe_backup,
     is_domain_dir_name,
     is_stamp,
-    stamp_time,
+    missing_file,
+    read_limit,
 )
-from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup, RemoteError
-from virtbackup.core.errors import Interrupted, UsageError, VirtbackupError
-from virtbackup.core.manifest import (
-    ManifestFormatError,
-    VerifyRecord,
-    build_verify_record,
-    parse_any_manifest,
-    parse_verify_record,
-)
-from virtbackup.core.retention import Decision, Kept, Policy, apply_policy
-from virtbackup.engine.stores.backup_access import missing_file, read_limit
-from virtbackup.engine.stores.prune import PruneResult, candidate_of
 
 log = logging.getLogger(__name__)
 
 _COPY_BUFFER = 1 << 20
-
-
-@dataclass(frozen=True)
-class Offsite:
-    remote: rclone.Remote
-    host: str  # the namespace of this host on the remote
-    only: bool = False  # stream to the remote, keep no local copy
-
-    def __post_init__(self) -> None:
-        if not self.host or "/" in self.host or self.host.startswith("."):
-            raise UsageError(f"host name {self.host!r} cannot name a directory on the remote")
 
 
 class RemoteFiles:
@@ -117,16 +97,6 @@ class RemoteFiles:
         (a local verify says nothing of the remote copy, so upload never sends it)."""
         rclone.write_text(self.remote, f"{self.path}/{VERIFIED}", build_verify_record(record))
 
-    def verification(self) -> VerifyRecord | None:
-        """The last `verify --remote` of this backup; None: never, or unreadable."""
-        size = self.size(VERIFIED)
-        if size is None or size > RECORD_LIMIT:
-            return None
-        try:
-            return parse_verify_record(self.read(VERIFIED).decode())
-        except (RemoteError, CorruptBackup, ManifestFormatError, UnicodeDecodeError):
-            return None  # (not Interrupted: a signal still ends the listing)
-
     def sizes(self) -> dict[str, int]:
         """Each file of the backup directory and its size (listed once)."""
         if self._sizes is None:
@@ -139,36 +109,39 @@ class RemoteFiles:
 class RemoteBackups:
     complete: list[str]  # stamps, newest first
     incomplete: list[str]  # stamps of interrupted uploads
-    with_record: frozenset[str] = frozenset()  # complete stamps with a verified.json
 
 
 class RemoteStore:
-    def __init__(self, offsite: Offsite) -> None:
-        self.offsite = offsite
-        self.remote = offsite.remote
+    """This host's backups on an rclone remote."""
+
+    def __init__(self, remote: rclone.Remote, host: str, only: bool = False) -> None:
+        if not host or "/" in host or host.startswith("."):
+            raise UsageError(f"host name {host!r} cannot name a directory on the remote")
+        self.remote = remote
+        self.host = host  # the namespace of this host on the remote
+        self.only = only  # stream to the remote, keep no local copy
+        self.label = remote.path(host)
 
     def backup_path(self, domain: str, stamp: str) -> str:
-        return f"{self.offsite.host}/{domain}/{stamp}"
+        return f"{self.host}/{domain}/{stamp}"
 
     def files(self, domain: str, stamp: str) -> RemoteFiles:
         check_domain_name(domain)
-        if not is_stamp(stamp):
-            raise UsageError(f"{stamp!r} is not a backup stamp like 20250125T183000Z")
+        check_stamp(stamp)
         return RemoteFiles(self.remote, self.backup_path(domain, stamp))
 
     def domains(self) -> list[str]:
-        entries = rclone.list_entries(self.remote, self.offsite.host)
+        entries = rclone.list_entries(self.remote, self.host)
         return sorted(e.path for e in entries if e.is_dir and is_domain_dir_name(e.path))
 
     def backups_of(self, domain: str) -> RemoteBackups:
-        entries = rclone.list_entries(self.remote, f"{self.offsite.host}/{domain}", recursive=True)
+        entries = rclone.list_entries(self.remote, f"{self.host}/{domain}", recursive=True)
         stamps = {e.path for e in entries if e.is_dir and is_stamp(e.path)}
         files = [e.path.split("/") for e in entries if not e.is_dir]
         complete = {parts[0] for parts in files if parts[1:] == [MANIFEST]}
-        recorded = {parts[0] for parts in files if parts[1:] == [VERIFIED]}
         done = sorted(stamps & complete, reverse=True)
         incomplete = sorted(stamps - complete, reverse=True)
-        return RemoteBackups(done, incomplete, frozenset(recorded & complete))
+        return RemoteBackups(done, incomplete)
 
     def list_backups(
         self, domain: str | None = None, now: datetime | None = None
@@ -181,30 +154,13 @@ class RemoteStore:
         found = []
         for name in [domain] if domain else self.domains():
             for stamp in self.backups_of(name).complete:
-                found.append(self.describe(name, stamp, now))
+                found.append(self._describe(name, stamp, now))
         return found
 
-    def describe(self, domain: str, stamp: str, now: datetime) -> BackupInfo:
+    def _describe(self, domain: str, stamp: str, now: datetime) -> BackupInfo:
         files = self.files(domain, stamp)
-        manifest, problem = None, None
-        try:
-            size = files.size(MANIFEST)
-            if size is not None and size > MANIFEST_LIMIT:
-                raise CorruptBackup(f"it is too large to be ours ({size} bytes)")
-            manifest = parse_any_manifest(files.read(MANIFEST).decode())
-        except (
-            BackupNotFound,
-            CorruptBackup,
-            RemoteError,
-            ManifestFormatError,
-            UnicodeDecodeError,
-        ) as err:
-            problem = f"manifest {files.label}/{MANIFEST} cannot be read: {err}"
-        if manifest is not None:
-            problem = backup_placement(domain, stamp, manifest, now)
-        sizes = files.sizes()
-        size = sum(n for name, n in sizes.items() if name != VERIFIED)
-        return BackupInfo(domain, stamp, files.label, manifest, problem, size, files.verification())
+        size = sum(n for name, n in files.sizes().items() if name != VERIFIED)
+        return describe_backup(domain, stamp, files, files.label, size, now)
 
     def upload(self, backup: Path) -> str:
         """Copy a complete local backup; its manifest goes last, once the rest is checked.
@@ -217,22 +173,28 @@ class RemoteStore:
         return self.remote.path(target)
 
     def remove(self, domain: str, stamp: str) -> None:
+        check_domain_name(domain)
+        check_stamp(stamp)
         rclone.purge(self.remote, self.backup_path(domain, stamp))
+
+    def remove_leftovers(self, domain: str, keep: Collection[str]) -> list[str]:
+        """Remove what interrupted uploads of `domain` left, except those in `keep` (the
+        stamps still to be uploaded from the local store); the stamps removed."""
+        doomed = [stamp for stamp in self.backups_of(domain).incomplete if stamp not in keep]
+        for stamp in doomed:
+            self.remove(domain, stamp)
+            log.info("%s: removed the remote leftover %s of an interrupted upload", domain, stamp)
+        return doomed
 
     def begin(self, domain: str, now: datetime) -> "RemotePartial":
         """A new backup streamed straight to the remote (--remote-only)."""
         check_domain_name(domain)
-        stamp = now.astimezone(UTC).strftime(STAMP_FORMAT)
         existing = self.backups_of(domain)
         taken = set(existing.complete) | set(existing.incomplete)
-        for number in range(1, 1000):
-            candidate = stamp if number == 1 else f"{stamp}-{number}"
-            if candidate not in taken:
-                return RemotePartial(self, domain, candidate)
-        raise RemoteError(f"too many backups of {domain} in the second {stamp}")
+        return RemotePartial(self, domain, allocate_stamp(domain, now, lambda s: s not in taken))
 
 
-def ship(remote: RemoteStore, store: BackupStore, domain: str) -> list[str]:
+def ship(remote: RemoteStore, store: LocalStore, domain: str) -> list[str]:
     """Upload every local backup of `domain` that is not complete on the remote, newest
     first (the new one, then any an earlier run failed to send); their locations. One
     listed with a problem (unreadable, of another domain, from the future) stays here."""
@@ -244,69 +206,6 @@ def ship(remote: RemoteStore, store: BackupStore, domain: str) -> list[str]:
             shipped.append(remote.upload(backup.path))
             log.info("%s: copied %s offsite", domain, backup.stamp)
     return shipped
-
-
-def prune_remote(
-    remote: RemoteStore,
-    domain: str,
-    policy: Policy,
-    tz: tzinfo,
-    keep: set[str],
-    allowed_signers: Path | None = None,
-) -> list[str]:
-    """Apply `policy` to the complete remote backups of `domain` (the newest is always
-    kept) and remove leftovers of interrupted uploads that are not in `keep` (the stamps
-    still to be uploaded from the local store). The stamps removed."""
-    result = prune_remote_backups(remote, domain, policy, tz, allowed_signers=allowed_signers)
-    doomed = [stamp for stamp in result.incomplete if stamp not in keep]
-    for stamp in doomed:
-        remote.remove(domain, stamp)
-        log.info("%s: removed the remote leftover %s of an interrupted upload", domain, stamp)
-    return [*result.removed, *doomed]
-
-
-def prune_remote_backups(
-    remote: RemoteStore,
-    domain: str,
-    policy: Policy,
-    tz: tzinfo,
-    *,
-    dry_run: bool = False,
-    allowed_signers: Path | None = None,
-) -> PruneResult:
-    """Retention on the complete remote backups of `domain`, as on the local store (the
-    newest is always kept; one not readable, of another domain or from the future is
-    left alone; one whose remote verification FAILED, or without a good signature where
-    `allowed_signers` expects one, never fills a keep slot); the time of a backup is its
-    stamp's. Interrupted uploads are not touched here."""
-    backups = remote.backups_of(domain)
-    now = datetime.now(UTC)
-    candidates = []
-    problems = {}
-    for stamp in backups.complete:
-        info = remote.describe(domain, stamp, now)
-        if info.manifest is None or info.problem is not None:
-            problems[stamp] = info.problem or "unreadable"
-            log.warning("%s: %s; left alone by retention", domain, problems[stamp])
-            continue
-        files = remote.files(domain, stamp)
-        candidate = candidate_of(info, files, allowed_signers)
-        candidates.append(replace(candidate, time=stamp_time(stamp)))
-    decision = (
-        Decision(keep=[Kept(c, ("no policy",)) for c in candidates])
-        if policy.is_empty()
-        else apply_policy(candidates, policy, tz)
-    )
-    removed = []
-    if not dry_run:
-        for candidate in decision.remove:
-            remote.remove(domain, candidate.name)
-            log.info("%s: removed remote backup %s (retention)", domain, candidate.name)
-            removed.append(candidate.name)
-    unreadable = tuple(problems)
-    return PruneResult(
-        domain, decision, unreadable, tuple(removed), tuple(backups.incomplete), problems
-    )
 
 
 class RemotePartial(AbortUnlessCommitted):

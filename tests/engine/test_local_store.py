@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from virtbackup.adapters.store import BackupStore, check_domain_name
 from virtbackup.core.errors import UsageError
+from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.store import check_domain_name
 
 NOW = datetime(2025, 1, 25, 18, 30, 0, tzinfo=UTC)
 
 
 def test_commit_renames_synced_partial_into_place(tmp_path: Path) -> None:
-    store = BackupStore(tmp_path)
+    store = LocalStore(tmp_path)
     with store.begin("web1", NOW) as partial:
         assert partial.path.name == ".20250125T183000Z.partial"
         with partial.create("vda.raw.lz4") as out:
@@ -26,7 +27,7 @@ def test_commit_renames_synced_partial_into_place(tmp_path: Path) -> None:
 
 
 def test_same_second_gets_a_suffix(tmp_path: Path) -> None:
-    store = BackupStore(tmp_path)
+    store = LocalStore(tmp_path)
     with store.begin("web1", NOW) as first:
         first.commit()
     with store.begin("web1", NOW) as second:
@@ -35,13 +36,13 @@ def test_same_second_gets_a_suffix(tmp_path: Path) -> None:
 
 def test_existing_domain_dir_is_made_private(tmp_path: Path) -> None:
     (tmp_path / "web1").mkdir(mode=0o755)
-    with BackupStore(tmp_path).begin("web1", NOW):
+    with LocalStore(tmp_path).begin("web1", NOW):
         pass
     assert stat.S_IMODE((tmp_path / "web1").stat().st_mode) == 0o700
 
 
 def test_error_inside_block_removes_partial(tmp_path: Path) -> None:
-    store = BackupStore(tmp_path)
+    store = LocalStore(tmp_path)
     with pytest.raises(RuntimeError), store.begin("web1", NOW) as partial:
         raise RuntimeError("disk failed")
     assert not partial.path.exists()

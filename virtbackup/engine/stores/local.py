@@ -1,5 +1,4 @@
-"""The backup store on disk: DEST/<domain>/<UTC stamp>/ with manifest.json, domain.xml and
-one stream per disk.
+"""The local store: DEST/<domain>/<UTC stamp>/ on a filesystem of this host.
 
 A backup is written into the hidden DEST/<domain>/.<stamp>.partial, whose directory is
 flock'ed while the writing process lives; files and directories are fsynced, then the
@@ -10,9 +9,9 @@ backup and the `clean` command call. Files are 0600, directories 0700.
 
 Others must not be able to change what is written: a DEST that group or others may write
 (without the sticky bit of /tmp) and a domain directory not owned by us are refused
-before a backup starts. A listed backup whose manifest names another domain, or whose
-time lies in the future, is listed with that problem (core/retention.placement_problem)
-and left alone by retention.
+before a backup starts. What is read from a backup is untrusted: every file is opened
+without following a link and only when it is a regular file (a FIFO would block the
+read, a link could make a crafted backup read, or show, a file of the host).
 """
 
 import errno
@@ -22,70 +21,49 @@ import os
 import re
 import shutil
 import stat
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from typing import IO
 
 from virtbackup.adapters.journal import others_can_replace
 from virtbackup.core.backup_errors import (
-    BackupNotFound,
     CorruptBackup,
     DestinationFull,
     StoreError,
     UnsafeDestination,
 )
-from virtbackup.core.errors import UsageError
-from virtbackup.core.manifest import (
-    Manifest,
-    ManifestFormatError,
-    Sealed,
-    VerifyRecord,
-    build_verify_record,
-    parse_any_manifest,
-    parse_verify_record,
+from virtbackup.core.manifest import VerifyRecord, build_verify_record
+from virtbackup.engine.stores.store import (
+    VERIFIED,
+    AbortUnlessCommitted,
+    BackupInfo,
+    allocate_stamp,
+    check_domain_name,
+    check_stamp,
+    describe_backup,
+    is_domain_dir_name,
+    is_stamp,
+    missing_file,
+    read_limit,
 )
-from virtbackup.core.retention import placement_problem
 
-MANIFEST = "manifest.json"
-DOMAIN_XML = "domain.xml"
-VERIFIED = "verified.json"
-STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-_STAMP = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
 _PARTIAL = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.partial$")
 # A backup being removed by retention: renamed first, so it never looks complete.
 _DELETING = re.compile(r"^\.(\d{8}T\d{6}Z(-\d+)?)\.deleting$")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
-# Bounds on what listing reads: far above any manifest or record we write (a manifest is
-# a few KiB per disk), small enough that a planted giant file costs nothing.
-MANIFEST_LIMIT = 16 * 1024 * 1024
-RECORD_LIMIT = 64 * 1024
-
-# Hidden working names of ours directly in DEST (--skip-free work directories, ...); any
-# other name, hidden ones like `.web` included, can be a domain's directory.
-RESERVED_PREFIX = ".virtbackup"
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class BackupInfo:
-    """One complete backup directory as `backups` lists it."""
+class LocalStore:
+    """Backups in the directory DEST of this host."""
 
-    domain: str
-    stamp: str
-    path: Path | str  # a directory, or a location on a remote
-    manifest: Manifest | Sealed | None  # Sealed: encrypted; None: cannot be read
-    problem: str | None  # why it is not a readable backup (no manifest, damaged, ...)
-    size: int  # bytes of all files in the directory
-    verified: VerifyRecord | None
-
-
-class BackupStore:
     def __init__(self, dest: Path) -> None:
         self.dest = dest
+        self.label = str(dest)
 
     def check_writable(self) -> None:
         """Raise a one-line StoreError unless backups can be written under DEST."""
@@ -122,7 +100,7 @@ class BackupStore:
                 f"remove it, or run 'chown {owner} {domain_dir}' if what it holds is ours",
             )
 
-    def begin(self, domain: str, now: datetime) -> "PartialBackup":
+    def begin(self, domain: str, now: datetime) -> "LocalPartial":
         """Create the partial directory of a new backup of `domain` started at `now`."""
         self.check_writable()
         check_domain_name(domain)
@@ -137,21 +115,10 @@ class BackupStore:
             self.check_domain_dir(domain)
             os.chmod(domain_dir, DIR_MODE)
             self.remove_partials(domain)
-            base = now.astimezone(UTC).strftime(STAMP_FORMAT)
-            for number in range(1, 1000):
-                stamp = base if number == 1 else f"{base}-{number}"
-                final = domain_dir / stamp
-                partial = domain_dir / f".{stamp}.partial"
-                if final.exists():
-                    continue
-                try:
-                    partial.mkdir(mode=DIR_MODE)
-                except FileExistsError:
-                    continue  # another run started in the same second
-                return PartialBackup(partial, final)
+            stamp = allocate_stamp(domain, now, lambda stamp: _claim(domain_dir, stamp))
+            return LocalPartial(domain_dir / f".{stamp}.partial", domain_dir / stamp)
         except OSError as err:
             raise store_error(err, domain_dir) from None
-        raise StoreError(f"too many backups of {domain} in the second {base}")
 
     def remove_partials(self, domain: str | None = None, *, dry_run: bool = False) -> list[Path]:
         """Remove partial directories left by dead runs (or, in a dry run, list them);
@@ -179,13 +146,14 @@ class BackupStore:
                 os.close(domain_fd)
         return removed
 
-    def remove_backup(self, backup: Path) -> None:
+    def remove(self, domain: str, stamp: str) -> None:
         """Delete one complete backup: renamed out of sight first, so that an interrupted
         removal leaves a hidden `.deleting` directory (removed by the next run), never a
         half-deleted backup that looks complete. Neither the domain directory nor the
         backup may be a symbolic link: removal never leaves DEST."""
-        if not _STAMP.match(backup.name) or backup.parent.parent != self.dest:
-            raise StoreError(f"{backup} is not a backup directory of {self.dest}")
+        check_domain_name(domain)
+        check_stamp(stamp)
+        backup = self.dest / domain / stamp
         doomed = f".{backup.name}.deleting"
         try:
             domain_fd = _open_dir_nofollow(backup.parent)
@@ -222,17 +190,25 @@ class BackupStore:
         found: list[BackupInfo] = []
         for domain_dir in self._domain_dirs(domain):
             stamps = sorted(
-                (p for p in domain_dir.iterdir() if _STAMP.match(p.name) and _is_real_dir(p)),
+                (p for p in domain_dir.iterdir() if is_stamp(p.name) and _is_real_dir(p)),
                 key=lambda p: p.name,
                 reverse=True,
             )
             for path in domain_dir.iterdir():
-                if _STAMP.match(path.name) and path.is_symlink():
+                if is_stamp(path.name) and path.is_symlink():
                     log.warning(
                         "%s is a symbolic link: skipped (backups live in DEST itself)", path
                     )
-            found.extend(describe_backup(path, now) for path in stamps)
+            for path in stamps:
+                files = LocalFiles(path)
+                size = _size_of_files(path)
+                found.append(describe_backup(domain_dir.name, path.name, files, path, size, now))
         return found
+
+    def files(self, domain: str, stamp: str) -> "LocalFiles":
+        check_domain_name(domain)
+        check_stamp(stamp)
+        return LocalFiles(self.dest / domain / stamp)
 
     def _domain_dirs(self, domain: str | None) -> list[Path]:
         """The domain directories of DEST (all, or `domain`'s): real directories only; a
@@ -251,29 +227,7 @@ class BackupStore:
         return found
 
 
-class AbortUnlessCommitted:
-    """A backup being written, used as a context manager: leaving the block without
-    commit (an error, Ctrl-C, SIGTERM) aborts it."""
-
-    committed = False
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        if not self.committed:
-            self.abort()
-
-    def abort(self) -> None:
-        raise NotImplementedError
-
-
-class PartialBackup(AbortUnlessCommitted):
+class LocalPartial(AbortUnlessCommitted):
     """The directory a backup is written into; `commit` renames it into place.
 
     Used as a context manager: leaving the block without commit (an error, Ctrl-C,
@@ -333,59 +287,105 @@ class PartialBackup(AbortUnlessCommitted):
         os.close(self._lock_fd)
 
 
-def describe_backup(path: Path, now: datetime) -> BackupInfo:
-    """Read what `backups` shows about one backup directory; never raises on bad content:
-    a directory that is not a readable backup, or not one of its domain's (another
-    domain's, from the future), is described with its problem."""
-    manifest: Manifest | Sealed | None = None
-    problem = None
+class LocalFiles:
+    """A backup directory on this host, read as untrusted (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.label = str(path)
+
+    def read(self, name: str) -> bytes:
+        try:
+            return read_regular_file(self.path / name, read_limit(name))
+        except FileNotFoundError:
+            raise missing_file(self.label, name, self.path.is_dir()) from None
+        except OSError as err:
+            raise CorruptBackup(f"cannot read {self.path / name}: {err.strerror}") from None
+
+    def size(self, name: str) -> int | None:
+        try:
+            info = os.lstat(self.path / name)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise CorruptBackup(f"cannot read {self.path / name}: {err.strerror}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise CorruptBackup(f"{self.path / name} is not a regular file")
+        return info.st_size
+
+    @contextmanager
+    def stream(self, name: str) -> Iterator[IO[bytes]]:
+        path = self.path / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise CorruptBackup(f"stream file {path} is missing") from None
+        except OSError as err:  # ELOOP: a symbolic link
+            raise CorruptBackup(f"cannot read stream file {path}: {err.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CorruptBackup(f"stream file {path} is not a regular file")
+        with os.fdopen(fd, "rb") as handle:
+            yield handle
+
+    def local_path(self, name: str) -> Path | None:
+        self.size(name)  # a link, FIFO or device is refused before anyone opens it
+        return self.path / name
+
+    def record_verification(self, record: VerifyRecord) -> None:
+        """Write verified.json atomically (the only file added to a complete backup).
+
+        The temporary file is created afresh (O_EXCL, O_NOFOLLOW) relative to the backup
+        directory, so a planted link there is never written through."""
+        temporary = f".{VERIFIED}.tmp"
+        try:
+            dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as err:
+            raise store_error(err, self.path / VERIFIED) from None
+        try:
+            _unlink_at(temporary, dir_fd)  # left by a killed verify, or planted
+            fd = os.open(
+                temporary,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                FILE_MODE,
+                dir_fd=dir_fd,
+            )
+            with open(fd, "wb") as out:
+                out.write(build_verify_record(record).encode())
+                os.fsync(out.fileno())
+            os.rename(temporary, VERIFIED, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        except OSError as err:
+            _unlink_at(temporary, dir_fd)
+            raise store_error(err, self.path / VERIFIED) from None
+        finally:
+            os.close(dir_fd)
+
+
+def _claim(domain_dir: Path, stamp: str) -> bool:
+    """Create the partial directory of backup `stamp`, unless that backup exists or
+    another run started in the same second took the stamp."""
+    if (domain_dir / stamp).exists():
+        return False
     try:
-        manifest = load_manifest(path)
-    except (BackupNotFound, CorruptBackup) as err:
-        problem = str(err)
-    else:
-        problem = backup_placement(path.parent.name, path.name, manifest, now)
-    return BackupInfo(
-        domain=path.parent.name,
-        stamp=path.name,
-        path=path,
-        manifest=manifest,
-        problem=problem,
-        size=_size_of_files(path),
-        verified=load_verify_record(path),
-    )
+        (domain_dir / f".{stamp}.partial").mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _size_of_files(path: Path) -> int:
-    """Bytes of the regular files directly in `path` (links, FIFOs, devices: not counted)."""
+    """Bytes of the regular files directly in `path` but the verification record (links,
+    FIFOs, devices: not counted)."""
     total = 0
     try:
         with os.scandir(path) as entries:
             for entry in entries:
-                if entry.is_file(follow_symlinks=False):
+                if entry.is_file(follow_symlinks=False) and entry.name != VERIFIED:
                     total += entry.stat(follow_symlinks=False).st_size
     except OSError:
         pass  # listed with what could be read; the manifest check names the problem
     return total
-
-
-def load_manifest(path: Path) -> Manifest | Sealed:
-    """The manifest of backup directory `path` (the public one if it is encrypted);
-    BackupNotFound or CorruptBackup if bad."""
-    if not path.is_dir():
-        raise BackupNotFound(
-            f"backup {path} does not exist", "list backups with 'virtbackup backups --dest DIR'"
-        )
-    try:
-        text = read_regular_file(path / MANIFEST, MANIFEST_LIMIT).decode()
-    except FileNotFoundError:
-        raise BackupNotFound(f"{path} is not a backup (it has no {MANIFEST})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CorruptBackup(f"cannot read {path / MANIFEST}: {err}") from None
-    try:
-        return parse_any_manifest(text)
-    except ManifestFormatError as err:
-        raise CorruptBackup(f"manifest {path / MANIFEST} is corrupt: {err}") from None
 
 
 def read_regular_file(path: Path, limit: int) -> bytes:
@@ -427,77 +427,6 @@ def _file_kind(mode: int) -> str | None:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     return "a special file"
-
-
-def load_verify_record(path: Path) -> VerifyRecord | None:
-    try:
-        return parse_verify_record(read_regular_file(path / VERIFIED, RECORD_LIMIT).decode())
-    except (OSError, UnicodeDecodeError, ManifestFormatError, CorruptBackup):
-        return None  # never verified, or a record we cannot read: treat as not verified
-
-
-def record_verification(path: Path, record: VerifyRecord) -> None:
-    """Write verified.json atomically (the only file added to a complete backup).
-
-    The backup is untrusted: the temporary file is created afresh (O_EXCL, O_NOFOLLOW)
-    relative to the backup directory, so a planted link there is never written through."""
-    temporary = f".{VERIFIED}.tmp"
-    try:
-        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as err:
-        raise store_error(err, path / VERIFIED) from None
-    try:
-        _unlink_at(temporary, dir_fd)  # left by a killed verify, or planted
-        fd = os.open(
-            temporary,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            FILE_MODE,
-            dir_fd=dir_fd,
-        )
-        with open(fd, "wb") as out:
-            out.write(build_verify_record(record).encode())
-            os.fsync(out.fileno())
-        os.rename(temporary, VERIFIED, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        os.fsync(dir_fd)
-    except OSError as err:
-        _unlink_at(temporary, dir_fd)
-        raise store_error(err, path / VERIFIED) from None
-    finally:
-        os.close(dir_fd)
-
-
-def backup_placement(
-    domain: str, stamp: str, manifest: Manifest | Sealed, now: datetime
-) -> str | None:
-    """Why the readable backup `stamp` in the directory of `domain` is not a backup of
-    that domain it may count as (core/retention.placement_problem), or None."""
-    try:
-        times = [stamp_time(stamp), manifest.started]
-    except ValueError:
-        return f"its name {stamp} is not a valid time"
-    return placement_problem(domain, manifest.domain_name, times, now)
-
-
-def stamp_time(stamp: str) -> datetime:
-    """The UTC time a backup's directory name tells."""
-    return datetime.strptime(stamp.split("-")[0], STAMP_FORMAT).replace(tzinfo=UTC)
-
-
-def is_stamp(name: str) -> bool:
-    """Whether `name` is the directory name of a complete backup."""
-    return bool(_STAMP.match(name))
-
-
-def check_domain_name(domain: str) -> None:
-    """Any libvirt name can be a directory of DEST except `.`, `..` and our own hidden
-    working names there (RESERVED_PREFIX)."""
-    if not is_domain_dir_name(domain) or "/" in domain or "\0" in domain:
-        raise UsageError(f"domain name {domain!r} cannot be used as a directory name")
-
-
-def is_domain_dir_name(name: str) -> bool:
-    """Whether an entry of DEST with this name may be a domain's directory."""
-    return name not in ("", ".", "..") and not name.startswith(RESERVED_PREFIX)
 
 
 def store_error(err: OSError, path: Path) -> StoreError:
