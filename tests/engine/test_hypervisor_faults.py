@@ -6,7 +6,7 @@ What is checked is what the user gets: the undo ran (or was kept for clean) and 
 error is one line.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,16 @@ def on(hypervisor: Hypervisor) -> Iterator[Hypervisor]:
     yield hypervisor
 
 
+def window(
+    hypervisor: Hypervisor, name: str, state_dir: Path, targets: Sequence[str] = ("vda",)
+) -> list[str]:
+    """Open and close a snapshot window; the targets it showed (none when it did not open)."""
+    shown: list[str] = []
+    with stable_images(hypervisor, name, Method.SNAPSHOT, targets, state_dir=state_dir) as opened:
+        shown += [image.target for image in opened.images]
+    return shown
+
+
 def test_a_snapshot_reported_failed_after_it_was_made_is_merged_back(
     domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path
 ) -> None:
@@ -75,10 +85,7 @@ def test_a_snapshot_reported_failed_after_it_was_made_is_merged_back(
     before = snapshot_of(libvirt, dom)
     faulty = FaultyHypervisor(hypervisor, MadeThenFailed)
     with pytest.raises(SnapshotFailed) as caught:
-        with stable_images(
-            faulty, dom.name(), Method.SNAPSHOT, ["vda", "vdb"], state_dir=state_dir
-        ):
-            pytest.fail("the window must not open")
+        window(faulty, dom.name(), state_dir, ["vda", "vdb"])
     assert str(caught.value) == f"cannot create the overlays of {dom.name()}: thaw failed"
     assert snapshot_of(libvirt, dom) == before
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
@@ -95,10 +102,8 @@ def test_a_merge_that_fails_is_kept_for_clean_which_finishes_it(
 
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     before = snapshot_of(libvirt, dom)
-    faulty = FaultyHypervisor(hypervisor, CommitRefused)
     with pytest.raises(UndoIncomplete) as caught:
-        with stable_images(faulty, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
-            pass
+        window(FaultyHypervisor(hypervisor, CommitRefused), dom.name(), state_dir)
     message = str(caught.value)
     assert "\n" not in message and caught.value.exit_code == ExitCode.FAILED
     assert f"cannot start merging the overlay of {dom.name()} vda: busy" in message
@@ -145,10 +150,8 @@ def test_a_failing_libvirt_call_is_one_line_and_changes_nothing(
 
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     before = snapshot_of(libvirt, dom)
-    faulty = FaultyHypervisor(hypervisor, Unreadable)
     with pytest.raises(HypervisorError) as caught:
-        with stable_images(faulty, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
-            pytest.fail("the window must not open")
+        window(FaultyHypervisor(hypervisor, Unreadable), dom.name(), state_dir)
     assert str(caught.value) == f"cannot read the definition of {dom.name()}: connection reset"
     assert caught.value.exit_code == ExitCode.FAILED
     assert snapshot_of(libvirt, dom) == before
