@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from virtbackup.adapters import hypervisor
-from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.adapters.hypervisor.connection import connect
+from virtbackup.adapters.hypervisor.domain import Domain
 from virtbackup.core.model import Method
 from virtbackup.engine.methods.stable_images import ConsistencyOptions, stable_images
 
@@ -28,16 +28,16 @@ def reached(marker: Path, stage: str) -> None:
 def main() -> None:
     state_dir, domain, method, stage, marker = sys.argv[1:6]
     marker_path = Path(marker)
-    real_pivot = hypervisor.pivot_when_ready
+    real_pivot = Domain.pivot_when_ready
 
-    def pivot_then_stop(dom: object, target: str, timeout: float) -> None:
+    def pivot_then_stop(dom: Domain, target: str, timeout: float) -> None:
         if stage == "commit":
             reached(marker_path, stage)
         real_pivot(dom, target, timeout)
         if stage == "pivot":
             reached(marker_path, stage)
 
-    hypervisor.pivot_when_ready = pivot_then_stop  # type: ignore[assignment]
+    Domain.pivot_when_ready = pivot_then_stop  # type: ignore[method-assign]
     options = ConsistencyOptions(shutdown_timeout=2, force_off=True, overlay_min_free=0)
     with connect("qemu:///system") as conn:
         with stable_images(

@@ -6,7 +6,9 @@
     cli       the commands: everything
 
 No cycle, no import inside a function to dodge one, and the bindings of libvirt and
-libguestfs, click and rich are each imported only where their boundary is.
+libguestfs, click and rich are each imported only where their boundary is. The raw
+libvirt handles stay inside the hypervisor adapter: the rest of the package reaches
+libvirt through its Hypervisor and Domain only.
 """
 
 import ast
@@ -19,9 +21,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "virtbackup"
 LAYERS = {"core": 0, "adapters": 1, "engine": 2, "cli": 3}
 # Outside packages and the only modules that may import them.
 BOUNDARIES = {
-    "libvirt": {"virtbackup.adapters.bindings"},
-    "libvirt_qemu": {"virtbackup.adapters.bindings"},
-    "guestfs": {"virtbackup.adapters.bindings"},
+    "libvirt": {"virtbackup.adapters.hypervisor.bindings"},
+    "libvirt_qemu": {"virtbackup.adapters.hypervisor.bindings"},
+    "guestfs": {"virtbackup.adapters.guestfs_ops"},
     "click": "virtbackup.cli",  # a whole layer
     "rich": "virtbackup.cli",
 }
@@ -129,7 +131,7 @@ def test_the_source_is_read_whole() -> None:
     found = all_imports()
     pairs = {(i.importer, i.target) for i in found}
     assert ("virtbackup.cli.main", "virtbackup.cli.output") in pairs
-    assert ("virtbackup.adapters.bindings", "libvirt") in pairs
+    assert ("virtbackup.adapters.hypervisor.bindings", "libvirt") in pairs
     assert len(ours(found)) > 200
 
 
@@ -170,6 +172,22 @@ def test_outside_packages_are_imported_only_at_their_boundary(outside: str) -> N
             if isinstance(allowed, set)
             else not i.importer.startswith(allowed)
         )
+    ]
+    assert wrong == []
+
+
+HYPERVISOR = "virtbackup.adapters.hypervisor"
+# What the rest of the package may import of the hypervisor adapter.
+HYPERVISOR_FACES = {f"{HYPERVISOR}.connection", f"{HYPERVISOR}.domain"}
+
+
+def test_libvirt_is_reached_through_the_hypervisor_objects_only() -> None:
+    wrong = [
+        f"{i.importer}:{i.line} imports {i.target}"
+        for i in ours(all_imports())
+        if i.target.startswith(HYPERVISOR + ".")
+        and not i.importer.startswith(HYPERVISOR + ".")
+        and i.target not in HYPERVISOR_FACES
     ]
     assert wrong == []
 

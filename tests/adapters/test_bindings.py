@@ -7,20 +7,21 @@ from types import ModuleType
 
 import pytest
 
-from virtbackup.adapters import bindings
+from virtbackup.adapters.guestfs_ops import import_guestfs
+from virtbackup.adapters.hypervisor.bindings import import_libvirt
 from virtbackup.core.errors import ExitCode, MissingComponent
 
 
 def test_bindings_import_on_this_host() -> None:
-    assert hasattr(bindings.import_libvirt(), "openReadOnly")
-    assert hasattr(bindings.import_guestfs(), "GuestFS")
+    assert hasattr(import_libvirt(), "openReadOnly")
+    assert hasattr(import_guestfs(), "GuestFS")
 
 
 @pytest.mark.parametrize(
     ("module", "loader", "package"),
     [
-        ("guestfs", bindings.import_guestfs, "python3-guestfs"),
-        ("libvirt", bindings.import_libvirt, "python3-libvirt"),
+        ("guestfs", import_guestfs, "python3-guestfs"),
+        ("libvirt", import_libvirt, "python3-libvirt"),
     ],
 )
 def test_missing_binding_names_the_package(

@@ -9,7 +9,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 from harness.libvirtd import DiskSpec, DomainFactory
 
-from virtbackup.adapters.discovery import discover, domain_facts, list_domain_names
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState
 from virtbackup.core.planning import UnknownDomain, plan_domain
 
@@ -66,7 +66,7 @@ def dir_pool(libvirt_conn: Any, domain_factory: DomainFactory) -> Iterator[DirPo
 
 
 def facts_of(conn: Any, dom: Any) -> DomainFacts:
-    [facts] = discover(conn, [dom.name()])
+    [facts] = Hypervisor(conn).discover([dom.name()])
     return facts
 
 
@@ -180,7 +180,7 @@ def test_transient_domain(libvirt_conn: Any, domain_factory: DomainFactory) -> N
     facts = facts_of(libvirt_conn, dom)
     assert (facts.state, facts.persistent) == (DomainState.RUNNING, False)
     assert facts.disks[0].virtual_size == 16 * MiB
-    assert dom.name() in list_domain_names(libvirt_conn)
+    assert dom.name() in Hypervisor(libvirt_conn).domain_names()
 
 
 def test_unreadable_sources_are_recorded_not_raised(
@@ -213,7 +213,7 @@ def test_names_and_paths_with_spaces_and_unicode(
     name = f"vbtest-{domain_factory.tag} Größe ü 2"
     image = domain_factory.blank_image("Platte spaß é.qcow2", "qcow2", 4 * MiB)
     dom = domain_factory.create([DiskSpec("qcow2", image=image)], name=name)
-    [facts] = discover(libvirt_conn, [name])
+    [facts] = Hypervisor(libvirt_conn).discover([name])
     assert facts.name == name == dom.name()
     assert facts.disks[0].path == str(image)
     assert facts.disks[0].virtual_size == 4 * MiB
@@ -224,19 +224,22 @@ def test_selection_by_glob_and_unknown_names(
 ) -> None:
     first = domain_factory.create([DiskSpec("raw", size=MiB)], hint="alpha")
     second = domain_factory.create([DiskSpec("raw", size=MiB)], hint="beta")
-    found = discover(libvirt_conn, include=[f"vbtest-{domain_factory.tag}-*"])
+    found = Hypervisor(libvirt_conn).discover(include=[f"vbtest-{domain_factory.tag}-*"])
     assert [f.name for f in found] == sorted([first.name(), second.name()])
-    found = discover(libvirt_conn, include=[f"vbtest-{domain_factory.tag}-*"], exclude=["*beta"])
+    found = Hypervisor(libvirt_conn).discover(
+        include=[f"vbtest-{domain_factory.tag}-*"], exclude=["*beta"]
+    )
     assert [f.name for f in found] == [first.name()]
     with pytest.raises(UnknownDomain, match=f"did you mean '{first.name()}'"):
-        discover(libvirt_conn, [first.name() + "x"])
+        Hypervisor(libvirt_conn).discover([first.name() + "x"])
 
 
 def test_domain_facts_of_a_looked_up_domain(
     libvirt_conn: Any, domain_factory: DomainFactory
 ) -> None:
     dom = domain_factory.create([DiskSpec("raw", size=MiB)], hint="direct")
-    facts = domain_facts(libvirt_conn, dom)
+    hypervisor = Hypervisor(libvirt_conn)
+    facts = hypervisor.facts(hypervisor.domain(dom.name()))
     assert facts.name == dom.name() and facts.disks[0].virtual_size == MiB
 
 

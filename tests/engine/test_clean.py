@@ -19,6 +19,7 @@ from consistency_helpers import MiB, guest_write, overlays_in, read_raw, snapsho
 from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import list_journals
 from virtbackup.core.model import Method
 from virtbackup.engine.methods.stable_images import stable_images
@@ -174,7 +175,7 @@ def test_kill_9_after_shutdown_then_clean_starts_the_domain(
 
 
 def test_a_live_run_is_left_alone_and_the_next_run_finishes_a_dead_one(
-    domain_factory: DomainFactory, libvirt_conn: Any, libvirt: Any, state_dir: Path
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path
 ) -> None:
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     before = snapshot_of(libvirt, dom)
@@ -190,7 +191,7 @@ def test_a_live_run_is_left_alone_and_the_next_run_finishes_a_dead_one(
 
     # The next run on the domain undoes the dead one's changes before its own.
     with stable_images(
-        libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
+        hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
     ) as window:
         assert len(overlays_in(domain_factory.workdir)) == 1  # only its own
         assert window.images[0].path == Path(before["live"][0][2])

@@ -21,6 +21,7 @@ from consistency_helpers import (
 )
 from harness.libvirtd import DiskSpec, DomainFactory
 
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import list_journals
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.consistency_errors import (
@@ -48,7 +49,7 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 def test_snapshot_of_a_running_domain_ends_on_its_original_chain(
-    domain_factory: DomainFactory, libvirt_conn: Any, libvirt: Any, state_dir: Path
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path
 ) -> None:
     dom = domain_factory.create(
         [DiskSpec("raw"), DiskSpec("qcow2"), DiskSpec("chain"), DiskSpec("empty-cdrom")],
@@ -63,7 +64,7 @@ def test_snapshot_of_a_running_domain_ends_on_its_original_chain(
     steps = RecordingSteps()
 
     with stable_images(
-        libvirt_conn,
+        hypervisor,
         dom.name(),
         Method.SNAPSHOT,
         ["vda", "vdb", "vdc"],
@@ -107,13 +108,13 @@ def test_snapshot_of_a_running_domain_ends_on_its_original_chain(
 
 
 def test_a_paused_domain_stays_paused(
-    domain_factory: DomainFactory, libvirt_conn: Any, libvirt: Any, state_dir: Path
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path
 ) -> None:
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     dom.suspend()
     before = snapshot_of(libvirt, dom)
     with stable_images(
-        libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
+        hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
     ) as window:
         assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
         assert window.consistency == Consistency.CRASH
@@ -124,12 +125,12 @@ def test_a_paused_domain_stays_paused(
 
 
 def test_an_error_inside_the_window_still_merges_back(
-    domain_factory: DomainFactory, libvirt_conn: Any, libvirt: Any, state_dir: Path
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path
 ) -> None:
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     before = snapshot_of(libvirt, dom)
     with pytest.raises(KeyboardInterrupt):
-        with stable_images(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
+        with stable_images(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
             raise KeyboardInterrupt
     assert snapshot_of(libvirt, dom) == before
     assert overlays_in(domain_factory.workdir) == []
@@ -137,14 +138,14 @@ def test_an_error_inside_the_window_still_merges_back(
 
 
 def test_quiesce_required_without_agent_fails_before_any_change(
-    domain_factory: DomainFactory, libvirt_conn: Any, libvirt: Any, state_dir: Path
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path
 ) -> None:
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     before = snapshot_of(libvirt, dom)
     options = ConsistencyOptions(quiesce=Quiesce.REQUIRE)
     with pytest.raises(Exception, match="cannot freeze the filesystems"):
         with stable_images(
-            libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
+            hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
         ):
             pytest.fail("the window must not open")
     assert snapshot_of(libvirt, dom) == before
@@ -153,13 +154,13 @@ def test_quiesce_required_without_agent_fails_before_any_change(
 
 
 def test_a_second_run_on_the_same_domain_gets_lock_held(
-    domain_factory: DomainFactory, libvirt_conn: Any, state_dir: Path
+    domain_factory: DomainFactory, hypervisor: Hypervisor, state_dir: Path
 ) -> None:
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
-    with stable_images(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
+    with stable_images(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
         with pytest.raises(LockHeld) as caught:
             with stable_images(
-                libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
+                hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
             ):
                 pytest.fail("two runs on one domain")
         assert caught.value.exit_code == 3
@@ -199,7 +200,7 @@ def fill(directory: Path) -> None:
 @pytest.mark.parametrize("min_free", [512 * MiB, 0], ids=["checked-first", "libvirt-fails"])
 def test_a_full_overlay_directory_is_a_clear_error_and_changes_nothing(
     domain_factory: DomainFactory,
-    libvirt_conn: Any,
+    hypervisor: Hypervisor,
     libvirt: Any,
     state_dir: Path,
     tiny_fs: Path,
@@ -212,7 +213,7 @@ def test_a_full_overlay_directory_is_a_clear_error_and_changes_nothing(
     expected = OverlaySpaceError if min_free else SnapshotFailed
     with pytest.raises(expected) as caught:
         with stable_images(
-            libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
+            hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
         ):
             pytest.fail("the window must not open")
     message = str(caught.value)
@@ -226,17 +227,21 @@ def test_a_full_overlay_directory_is_a_clear_error_and_changes_nothing(
 
 
 def test_block_device_disk_needs_an_overlay_directory(
-    domain_factory: DomainFactory, libvirt_conn: Any, libvirt: Any, state_dir: Path, tmp_path: Path
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    libvirt: Any,
+    state_dir: Path,
+    tmp_path: Path,
 ) -> None:
     dom = domain_factory.create([DiskSpec("block")], start=True)
     before = snapshot_of(libvirt, dom)
     with pytest.raises(Exception, match="overlay directory"):
-        with stable_images(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
+        with stable_images(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
             pass
     options = ConsistencyOptions(overlay_dir=domain_factory.workdir, overlay_min_free=0)
     device = Path(before["live"][0][2])
     with stable_images(
-        libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
+        hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
     ) as window:
         assert window.images[0].path == device
         assert len(overlays_in(domain_factory.workdir)) == 1
@@ -248,14 +253,14 @@ def test_block_device_disk_needs_an_overlay_directory(
 
 
 def test_shutdown_timeout_aborts_and_leaves_the_domain_running(
-    domain_factory: DomainFactory, libvirt_conn: Any, libvirt: Any, state_dir: Path
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path
 ) -> None:
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)  # the BIOS ignores ACPI
     before = snapshot_of(libvirt, dom)
     options = ConsistencyOptions(shutdown_timeout=3)
     with pytest.raises(ShutdownTimeout, match="did not shut down within 3s"):
         with stable_images(
-            libvirt_conn, dom.name(), Method.SHUTDOWN, ["vda"], options, state_dir=state_dir
+            hypervisor, dom.name(), Method.SHUTDOWN, ["vda"], options, state_dir=state_dir
         ):
             pytest.fail("the window must not open")
     assert snapshot_of(libvirt, dom) == before
@@ -264,14 +269,14 @@ def test_shutdown_timeout_aborts_and_leaves_the_domain_running(
 
 
 def test_shutdown_force_off_backs_up_offline_and_restarts_even_on_failure(
-    domain_factory: DomainFactory, libvirt_conn: Any, libvirt: Any, state_dir: Path
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path
 ) -> None:
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     before = snapshot_of(libvirt, dom)
     options = ConsistencyOptions(shutdown_timeout=2, force_off=True)
     with pytest.raises(RuntimeError, match="the data path failed"):
         with stable_images(
-            libvirt_conn, dom.name(), Method.SHUTDOWN, ["vda"], options, state_dir=state_dir
+            hypervisor, dom.name(), Method.SHUTDOWN, ["vda"], options, state_dir=state_dir
         ) as window:
             assert window.consistency == Consistency.OFFLINE
             assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
@@ -282,20 +287,20 @@ def test_shutdown_force_off_backs_up_offline_and_restarts_even_on_failure(
 
 
 def test_shutdown_refuses_paused_and_offline_reads_shut_off_domains(
-    domain_factory: DomainFactory, libvirt_conn: Any, libvirt: Any, state_dir: Path
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path
 ) -> None:
     paused = domain_factory.create([DiskSpec("qcow2")], hint="paused", start=True)
     paused.suspend()
     with pytest.raises(ShutdownRefused, match="paused"):
         with stable_images(
-            libvirt_conn, paused.name(), Method.SHUTDOWN, ["vda"], state_dir=state_dir
+            hypervisor, paused.name(), Method.SHUTDOWN, ["vda"], state_dir=state_dir
         ):
             pass
     assert paused.state()[0] == libvirt.VIR_DOMAIN_PAUSED
 
     off = domain_factory.create([DiskSpec("qcow2")], hint="off")
     for method in (Method.SNAPSHOT, Method.SHUTDOWN, Method.OFFLINE):
-        with stable_images(libvirt_conn, off.name(), method, ["vda"], state_dir=state_dir) as w:
+        with stable_images(hypervisor, off.name(), method, ["vda"], state_dir=state_dir) as w:
             assert w.method == Method.OFFLINE and w.consistency == Consistency.OFFLINE
             assert w.images[0].path.exists()
         assert off.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF

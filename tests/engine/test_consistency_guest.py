@@ -21,6 +21,7 @@ from harness.guest import (
     read_file_from_disk,
 )
 
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import list_journals
 from virtbackup.core.model import Method
 from virtbackup.core.steps import RecordingSteps
@@ -40,7 +41,7 @@ def copy_sparse(source: Path, target: Path) -> Path:
 
 
 def test_quiesced_snapshot_freezes_and_thaws_through_the_agent(
-    tiny_guest: TinyGuestFactory, libvirt_conn: Any, libvirt: Any, tmp_path: Path
+    tiny_guest: TinyGuestFactory, hypervisor: Hypervisor, libvirt: Any, tmp_path: Path
 ) -> None:
     guest = tiny_guest("raw", discard=False)
     name = guest.dom.name()
@@ -52,7 +53,7 @@ def test_quiesced_snapshot_freezes_and_thaws_through_the_agent(
     steps = RecordingSteps()
 
     with stable_images(
-        libvirt_conn, name, Method.SNAPSHOT, ["vda"], state_dir=state_dir, steps=steps
+        hypervisor, name, Method.SNAPSHOT, ["vda"], state_dir=state_dir, steps=steps
     ) as window:
         assert window.consistency == Consistency.QUIESCED
         assert guest.agent("guest-fsfreeze-status") == "thawed"  # thawed at once
@@ -72,7 +73,7 @@ def test_quiesced_snapshot_freezes_and_thaws_through_the_agent(
 
     # The same guest without quiescing: the image is only crash-consistent.
     with stable_images(
-        libvirt_conn,
+        hypervisor,
         name,
         Method.SNAPSHOT,
         ["vda"],
@@ -91,7 +92,7 @@ def test_quiesced_snapshot_freezes_and_thaws_through_the_agent(
 
 
 def test_shutdown_method_shuts_down_gracefully_and_restarts(
-    tiny_guest: TinyGuestFactory, libvirt_conn: Any, libvirt: Any, tmp_path: Path
+    tiny_guest: TinyGuestFactory, hypervisor: Hypervisor, libvirt: Any, tmp_path: Path
 ) -> None:
     guest = tiny_guest("qcow2")
     before = snapshot_of(libvirt, guest.dom)
@@ -101,7 +102,7 @@ def test_shutdown_method_shuts_down_gracefully_and_restarts(
     options = ConsistencyOptions(shutdown_timeout=180)
 
     with stable_images(
-        libvirt_conn,
+        hypervisor,
         guest.dom.name(),
         Method.SHUTDOWN,
         ["vda"],
@@ -147,7 +148,7 @@ def small_overlay_fs(tmp_path: Path) -> Any:
 
 def test_an_overlay_filling_up_pauses_the_guest_and_the_run_brings_it_back(
     tiny_guest: TinyGuestFactory,
-    libvirt_conn: Any,
+    hypervisor: Hypervisor,
     libvirt: Any,
     tmp_path: Path,
     small_overlay_fs: Path,
@@ -156,7 +157,7 @@ def test_an_overlay_filling_up_pauses_the_guest_and_the_run_brings_it_back(
     before = snapshot_of(libvirt, guest.dom)
     options = ConsistencyOptions(overlay_dir=small_overlay_fs, overlay_min_free=0)
     with stable_images(
-        libvirt_conn,
+        hypervisor,
         guest.dom.name(),
         Method.SNAPSHOT,
         ["vda"],

@@ -24,7 +24,7 @@ from shrink_helpers import (
     sparse_copy,
 )
 
-from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.errors import LockHeld
 from virtbackup.core.shrink_plan import NotEnoughSpace, ShrinkOptions
@@ -256,7 +256,7 @@ def test_copy_mode_checks_free_space_first(
     out.mkdir()
     options = ShrinkOptions(to_dir=out, tmp_dir=small_tmpfs)
     with connect(URI) as conn:
-        (facts,) = shrink_engine.discover(conn, [dom.name()])
+        (facts,) = conn.discover([dom.name()])
         with pytest.raises(NotEnoughSpace, match=r"not enough free space in .*small.*--tmp DIR"):
             shrink_engine.shrink_domain(conn, facts, options, Recorder(), state_dir=tmp_path)
     assert list(out.iterdir()) == []

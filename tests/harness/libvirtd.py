@@ -18,6 +18,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 
 from harness.real import unavailable
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 
 URI = "qemu:///system"
 IMAGES_ROOT = Path("/var/lib/libvirt/images")
@@ -52,6 +53,12 @@ def libvirt_conn(libvirt: Any) -> Iterator[Any]:
         unavailable("libvirtd", f"{URI}: {err}")
     yield conn
     conn.close()
+
+
+@pytest.fixture(scope="session")
+def hypervisor(libvirt_conn: Any) -> Hypervisor:
+    """virtbackup's own boundary over the suite's connection."""
+    return Hypervisor(libvirt_conn)
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,23 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-from virtbackup.adapters.bindings import import_guestfs
-from virtbackup.core.errors import UsageError, VirtbackupError
+from virtbackup.core.errors import UsageError, VirtbackupError, missing_binding
 
 log = logging.getLogger(__name__)
+
+
+def import_guestfs() -> ModuleType:
+    """The libguestfs bindings (python3-guestfs), imported when first needed."""
+    try:
+        import guestfs
+    except ImportError as err:
+        raise missing_binding("libguestfs", "python3-guestfs", err) from None
+    module: ModuleType = guestfs
+    return module
+
 
 # Our temporary LV in a guest volume group; a leftover of a killed run is removed.
 TEMP_LV_PREFIX = "virtbackup_shrink_"

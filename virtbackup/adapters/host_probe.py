@@ -2,31 +2,23 @@
 filesystems, the libguestfs appliance. Each answers a question or says why it cannot.
 """
 
-import ctypes
-import errno
-import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtbackup.adapters import runner
-from virtbackup.adapters.bindings import import_guestfs
+from virtbackup.adapters import images, runner
 from virtbackup.adapters.guestfs_ops import (
     LaunchTimedOut,
+    import_guestfs,
     launch_bounded,
     launch_error,
     launch_timeout_error,
 )
+from virtbackup.adapters.images import UnreadableInfo, image_info
 from virtbackup.core.errors import CommandFailed, MissingComponent
 
 log = logging.getLogger(__name__)
-
-QEMU_IMG_TIMEOUT = 60.0
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-PROBE_BYTES = 8192
 
 
 @dataclass(frozen=True)
@@ -48,57 +40,21 @@ def program(name: str) -> str | None:
 def qcow2_compat(path: str) -> Probe:
     """The compat level of a qcow2 image: "0.10" (version 2) or "1.1" (version 3).
 
-    -U: the image may be open in a running qemu; only its header is read.
+    Shared (-U): the image may be open in a running qemu; only its header is read.
     """
-    argv = ["qemu-img", "info", "--output=json", "-U", "-f", "qcow2", path]
     try:
-        data = json.loads(runner.run_text(argv, timeout=QEMU_IMG_TIMEOUT))
-    except (CommandFailed, MissingComponent) as err:
+        info = image_info(path, "qcow2", force_share=True)
+    except (CommandFailed, MissingComponent, UnreadableInfo) as err:
         return Probe(None, str(err))
-    except ValueError as err:
-        return Probe(None, f"qemu-img info {path}: unreadable output ({err})")
-    compat = data.get("format-specific", {}).get("data", {}).get("compat")
-    return Probe(str(compat) if compat else None)
+    return Probe(info.compat)
 
 
 def punches_holes(directory: Path) -> Probe:
-    """Whether the filesystem holding `directory` frees blocks on fallocate(PUNCH_HOLE):
-    what a discard from the guest becomes in a file image. Without it (NFS before 4.2,
-    many FUSE filesystems) trims inside the guest free nothing on the host.
-
-    Tried on an unnamed O_TMPFILE file in `directory` (nothing is left even if we are
-    killed); a filesystem without O_TMPFILE gets a named one, removed at once.
-    """
+    """Whether the filesystem holding `directory` frees the blocks of a punched hole."""
     try:
-        fd = _scratch_file(directory)
+        return Probe(images.punches_holes(directory))
     except OSError as err:
         return Probe(None, f"cannot try in {directory}: {err.strerror}")
-    try:
-        os.write(fd, b"\xff" * PROBE_BYTES)
-        libc = ctypes.CDLL(None, use_errno=True)
-        fallocate = libc.fallocate
-        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-        if fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 4096) == 0:
-            return Probe(True)
-        code = ctypes.get_errno()
-        if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            return Probe(False)
-        return Probe(None, f"fallocate in {directory}: {os.strerror(code)}")
-    except OSError as err:
-        return Probe(None, f"cannot try in {directory}: {err.strerror}")
-    finally:
-        os.close(fd)
-
-
-def _scratch_file(directory: Path) -> int:
-    try:
-        return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
-    except OSError as err:
-        if err.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise
-    fd, name = tempfile.mkstemp(prefix=".virtbackup-doctor-", dir=directory)
-    os.unlink(name)
-    return fd
 
 
 def free_bytes(path: Path) -> Probe:

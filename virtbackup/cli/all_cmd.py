@@ -9,9 +9,8 @@ from pathlib import Path
 
 import click
 
-from virtbackup.adapters.discovery import discover
+from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.journal import resolve_state_dir
-from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.adapters.locks import host_lock
 from virtbackup.cli.backup_options import (
     BackupValues,
@@ -78,8 +77,8 @@ def all_command(
     try:
         clean(state_dir, connect, steps, dests=[store.dest])
         with connect(options.uri) as conn, ExitStack() as run:
-            domains = discover(
-                conn, include=include or config.include, exclude=exclude or config.exclude
+            domains = conn.discover(
+                include=include or config.include, exclude=exclude or config.exclude
             )
             for domain in domains:
                 store.check_domain_dir(domain.name)  # before any domain is touched

@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 import click
 
-from virtbackup.adapters.discovery import discover
-from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.locks import prepare_state_dir
 from virtbackup.cli.backup_options import (
     BackupValues,
@@ -52,7 +51,7 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
     stop: Interrupted | None = None
     with connect(options.uri) as conn, ExitStack() as run:
         sources = {Method.LVM: SharedLvmSnapshots(run)}
-        facts = discover(conn, names=domains)
+        facts = conn.discover(names=domains)
         for domain in facts:
             store.check_domain_dir(domain.name)  # before any domain is touched
         with progress_sink(options.verbosity if not values.as_json else -1) as progress:

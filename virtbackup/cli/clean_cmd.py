@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
+from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.journal import resolve_state_dir
-from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.core.errors import ExitCode
 from virtbackup.core.steps import RecordingSteps

@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.rclone import Remote
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.output import text

@@ -13,8 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from virtbackup.adapters.discovery import discover
-from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.cli.output import text
 from virtbackup.core.model import Method
@@ -47,8 +46,8 @@ def list_command(
 ) -> None:
     """Show domains, their disks, and whether and how each would be backed up."""
     plan_options = PlanOptions(method=Method(method))
-    with connect(options.uri, readonly=True) as conn:
-        facts = discover(conn, domains, include, exclude)
+    with connect(options.uri, readonly=True) as hypervisor:
+        facts = hypervisor.discover(domains, include, exclude)
     plans = [plan_domain(domain, plan_options) for domain in facts]
     if as_json:
         click.echo(json.dumps(list_document(options.uri, plans), indent=2, ensure_ascii=False))

@@ -31,8 +31,7 @@ from rich.prompt import Confirm, Prompt
 from rich.table import Table
 from rich.text import Text
 
-from virtbackup.adapters.discovery import discover
-from virtbackup.adapters.libvirt_conn import connect
+from virtbackup.adapters.hypervisor.connection import Hypervisor, connect
 from virtbackup.adapters.locks import prepare_state_dir
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.list_cmd import human_size
@@ -161,8 +160,8 @@ def shrink_command(
     prepare_state_dir(options.state_dir)
     console = stderr_console
     outcomes: list[ShrinkOutcome] = []
-    with connect(options.uri) as conn:
-        facts = discover(conn, domains, include, exclude)
+    with connect(options.uri) as hypervisor:
+        facts = hypervisor.discover(domains, include, exclude)
         plans = [plan_shrink(f, shrink_options) for f in facts]
         if not domains and not all_domains:
             eligible = [p for p in plans if p.eligible]
@@ -175,7 +174,9 @@ def shrink_command(
                 plans = [p for p in plans if not p.eligible or confirm(console, p, shrink_options)]
         with progress_view(options.verbosity, as_json) as progress:
             for plan in plans:
-                outcomes.append(shrink_one(conn, plan.domain, shrink_options, progress, options))
+                outcomes.append(
+                    shrink_one(hypervisor, plan.domain, shrink_options, progress, options)
+                )
     if as_json:
         click.echo(json.dumps([outcome_json(o) for o in outcomes], indent=2))
     else:
@@ -184,13 +185,15 @@ def shrink_command(
 
 
 def shrink_one(
-    conn: Any,
+    hypervisor: Hypervisor,
     facts: DomainFacts,
     shrink_options: ShrinkOptions,
     progress: ShrinkProgress,
     options: GlobalOptions,
 ) -> ShrinkOutcome:
-    outcome = shrink_domain(conn, facts, shrink_options, progress, state_dir=options.state_dir)
+    outcome = shrink_domain(
+        hypervisor, facts, shrink_options, progress, state_dir=options.state_dir
+    )
     if outcome.error:
         log.error("%s", outcome.error)
     return outcome

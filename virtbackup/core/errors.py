@@ -43,6 +43,20 @@ class MissingComponent(UsageError):
     """A program or library virtbackup needs is not installed."""
 
 
+def missing_binding(library: str, package: str, err: ImportError) -> MissingComponent:
+    """The distribution's Python bindings of `library` cannot be imported.
+
+    They are C extensions shipped by Debian for its /usr/bin/python3, imported only by
+    the commands that need them, so that `--help` and the pure core work without them.
+    """
+    return MissingComponent(
+        f"the {library} Python bindings cannot be imported ({err})",
+        f"apt-get install {package}, then install it and run virtbackup from a virtualenv "
+        "made from /usr/bin/python3 with --system-site-packages (contrib/setup-host.sh "
+        "does both)",
+    )
+
+
 class NotImplementedYet(UsageError):
     """A command of the command tree whose implementation has not landed yet."""
 

@@ -10,13 +10,10 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from virtbackup.adapters import age, host_probe, hypervisor, rclone, ssh_sign
-from virtbackup.adapters.discovery import discover
-from virtbackup.adapters.guest_agent import silent_reason
+from virtbackup.adapters import age, host_probe, rclone, ssh_sign
 from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT
-from virtbackup.adapters.libvirt_conn import ConnectFailed, libvirt_module
+from virtbackup.adapters.hypervisor.connection import ConnectFailed, Hypervisor
 from virtbackup.adapters.lvm import find_lv
 from virtbackup.adapters.rclone import Remote
 from virtbackup.core.doctor import (
@@ -40,7 +37,7 @@ log = logging.getLogger(__name__)
 # (program, Debian package): what backups, restores with stock tools and LVM need.
 PROGRAMS = (("qemu-img", "qemu-utils"), ("lz4", "lz4"), ("lvcreate", "lvm2"))
 
-Connector = Callable[[str], AbstractContextManager[Any]]
+Connector = Callable[[str], AbstractContextManager[Hypervisor]]
 OptionsFor = Callable[[DomainFacts], PlanOptions]
 
 
@@ -72,10 +69,10 @@ def examine(
     libvirt_error = None
     checks: list[DomainCheck] = []
     try:
-        with connect(uri) as conn:
-            for facts in discover(conn, names=names):
+        with connect(uri) as hypervisor:
+            for facts in hypervisor.discover(names=names):
                 plan = plan_domain(facts, options_for(facts))
-                checks.append(_domain_check(conn, plan, overlay_dir))
+                checks.append(_domain_check(hypervisor, plan, overlay_dir))
     except ConnectFailed as err:
         libvirt_error = err.message
     host = HostFacts(
@@ -138,40 +135,40 @@ def _dest_facts(dest: Path) -> DestFacts:
 # -- one domain ---------------------------------------------------------------------------
 
 
-def _domain_check(conn: Any, plan: DomainPlan, overlay_dir: Path | None) -> DomainCheck:
+def _domain_check(
+    hypervisor: Hypervisor, plan: DomainPlan, overlay_dir: Path | None
+) -> DomainCheck:
     facts = plan.domain
-    agent, detail = _agent(conn, facts)
+    agent, detail = _agent(hypervisor, facts)
     backed_up = {d.disk.target for d in plan.backed_up}
     disks = tuple(
         _disk_check(disk, disk.target in backed_up, plan, overlay_dir) for disk in facts.disks
     )
-    return DomainCheck(plan, agent, detail, disks, _xml_secrets(conn, facts))
+    return DomainCheck(plan, agent, detail, disks, _xml_secrets(hypervisor, facts))
 
 
-def _xml_secrets(conn: Any, facts: DomainFacts) -> tuple[str, ...]:
+def _xml_secrets(hypervisor: Hypervisor, facts: DomainFacts) -> tuple[str, ...]:
     """The secrets in the definition a backup would store (the secure XML)."""
-    libvirt = libvirt_module()
     try:
-        xml = hypervisor.config_xml(conn.lookupByName(facts.name))
+        xml = hypervisor.domain(facts.name).config_xml()
         return secrets_in(xml) if xml is not None else ()
-    except (libvirt.libvirtError, SecretsError) as err:
+    except (VirtbackupError, SecretsError) as err:
         log.info("cannot read the XML of %s: %s", facts.name, err)
         return ()
 
 
-def _agent(conn: Any, facts: DomainFacts) -> tuple[AgentState, str | None]:
+def _agent(hypervisor: Hypervisor, facts: DomainFacts) -> tuple[AgentState, str | None]:
     if not facts.has_agent_channel:
         return AgentState.NO_CHANNEL, None
     if facts.state != DomainState.RUNNING:
         return AgentState.NOT_RUNNING, None
-    libvirt = libvirt_module()
     try:
-        dom = conn.lookupByName(facts.name)
-        if not agent_connected(dom.XMLDesc(0)):
+        dom = hypervisor.domain(facts.name)
+        if not agent_connected(dom.live_xml()):
             return AgentState.DISCONNECTED, None
-        reason = silent_reason(dom)
-    except libvirt.libvirtError as err:
-        return AgentState.SILENT, str(err.get_error_message() or err)
+        reason = dom.agent_silence()
+    except VirtbackupError as err:
+        return AgentState.SILENT, err.message
     return (AgentState.ANSWERING, None) if reason is None else (AgentState.SILENT, reason)
 
 

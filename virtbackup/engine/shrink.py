@@ -1,6 +1,6 @@
 """`virtbackup shrink`: make the images of stopped domains as small as they can be.
 
-    outcomes = shrink_domains(conn, ["web1"], ShrinkOptions(), progress)
+    outcomes = shrink_domains(hypervisor, ["web1"], ShrinkOptions(), progress)
 
 In place (default), in one libguestfs appliance holding every disk of the domain (so a
 volume group spanning disks is whole), drives writable with discard passed down to the
@@ -31,9 +31,6 @@ mode refuses images on a filesystem that cannot punch holes, since trimming woul
 nothing there.
 """
 
-import ctypes
-import errno
-import json
 import logging
 import os
 import shutil
@@ -44,12 +41,12 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from virtbackup.adapters import hypervisor as hv
 from virtbackup.adapters import runner
-from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.guestfs_ops import Appliance, Drive, open_appliance
+from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.adapters.hypervisor.domain import Domain
+from virtbackup.adapters.images import allocated_bytes, image_info, punches_holes
 from virtbackup.core.errors import (
     CommandFailed,
     Interrupted,
@@ -79,10 +76,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TMP = Path("/var/tmp")
 PARTIAL_SUFFIX = ".virtbackup-partial"
-QEMU_IMG_INFO_TIMEOUT = 60.0
 CONVERT_TIMEOUT = 24 * 3600.0
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
 
 
 @dataclass(frozen=True)
@@ -98,53 +92,20 @@ class Image:
 # -- host-side facts ---------------------------------------------------------------------
 
 
-def allocated_bytes(path: str) -> int | None:
-    """What the image occupies on the host (st_blocks); None for a block device."""
-    st = os.stat(path)
-    return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else None
-
-
 def qcow2_compat(path: str) -> tuple[str | None, bool]:
     """The compat level of a qcow2 image ("0.10", "1.1"), and whether it has a backing
-    file (it is an overlay)."""
-    out = runner.run_text(
-        ["qemu-img", "info", "--output=json", "-f", "qcow2", path], timeout=QEMU_IMG_INFO_TIMEOUT
-    )
-    data = json.loads(out)
-    compat = data.get("format-specific", {}).get("data", {}).get("compat")
-    return (str(compat) if compat else None), bool(data.get("backing-filename"))
-
-
-def virtual_size(path: str, fmt: str) -> int:
-    out = runner.run_text(
-        ["qemu-img", "info", "--output=json", "-f", fmt, path], timeout=QEMU_IMG_INFO_TIMEOUT
-    )
-    return int(json.loads(out)["virtual-size"])
+    file (it is an overlay). Not shared: the domain is off, qemu-img takes the lock."""
+    info = image_info(path, "qcow2", force_share=False)
+    return info.compat, info.backing_file is not None
 
 
 def can_punch_holes(directory: Path) -> bool:
-    """Whether the filesystem holding `directory` frees blocks on fallocate(PUNCH_HOLE).
-
-    Without it (NFS before 4.2, some FUSE filesystems) a discard inside the guest frees
-    nothing on the host.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    fallocate = libc.fallocate
-    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-    fd, name = tempfile.mkstemp(prefix=".virtbackup-punch-", dir=directory)
+    """Whether discards free blocks there; one that cannot be told counts as no."""
     try:
-        os.write(fd, b"\xff" * 8192)
-        os.fsync(fd)
-        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-        if fallocate(fd, mode, 0, 4096) == 0:
-            return True
-        code = ctypes.get_errno()
-        if code not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            log.debug("punch-hole probe in %s: %s", directory, os.strerror(code))
+        return punches_holes(directory)
+    except OSError as err:
+        log.debug("punch-hole probe in %s: %s", directory, err)
         return False
-    finally:
-        os.close(fd)
-        os.unlink(name)
 
 
 # -- the work inside the appliance ------------------------------------------------------------
@@ -338,7 +299,7 @@ def check_space(targets: Sequence[CopyTarget], tmp_dir: Path) -> None:
     needs: dict[int, int] = {}
     where: dict[int, Path] = {}
     for target in targets:
-        size = target.image.virtual_size or virtual_size(target.image.path, target.image.format)
+        size = target.image.virtual_size or _virtual_size(target.image)
         dev = os.stat(tmp_dir).st_dev
         needs[dev] = needs.get(dev, 0) + size
         where.setdefault(dev, tmp_dir)
@@ -363,8 +324,8 @@ def shrink_copy(
     options: ShrinkOptions,
     progress: ShrinkProgress,
     domain: str,
-    dom: Any | None = None,
-    conn: Any | None = None,
+    dom: Domain | None = None,
+    hypervisor: Hypervisor | None = None,
 ) -> tuple[list[DiskOutcome], list[str]]:
     """Compact copies of `images` through throw-away overlays (see the module doc)."""
     tmp_dir = options.tmp_dir or DEFAULT_TMP
@@ -409,9 +370,9 @@ def shrink_copy(
                     str(target.output),
                 )
             )
-            if not target.replaces and options.to_dir is None and dom is not None:
-                hv.redefine_disk(
-                    conn, dom, target.image.target, "file", str(target.output), target.format
+            if not target.replaces and options.to_dir is None and dom and hypervisor:
+                hypervisor.redefine_disk(
+                    dom, target.image.target, "file", str(target.output), target.format
                 )
                 notes.append(
                     f"{target.image.target}: the domain now uses {target.output}; the "
@@ -467,7 +428,7 @@ class _StepsToProgress:
 
 
 def shrink_domain(
-    conn: Any,
+    hypervisor: Hypervisor,
     facts: DomainFacts,
     options: ShrinkOptions,
     progress: ShrinkProgress,
@@ -489,7 +450,7 @@ def shrink_domain(
     progress.begin(facts.name, 3)
     try:
         with stable_images(
-            conn, facts.name, method, targets, consistency, state_dir=state_dir, steps=steps
+            hypervisor, facts.name, method, targets, consistency, state_dir=state_dir, steps=steps
         ) as window:
             images = [Image(i.target, str(i.path), i.format, i.virtual_size) for i in window.images]
             if options.mode is ShrinkMode.IN_PLACE:
@@ -497,8 +458,8 @@ def shrink_domain(
                 disks, more = shrink_in_place(images, options, progress, facts.name)
             else:
                 # Any compat level: discards land in our own compat=1.1 overlay.
-                dom = conn.lookupByName(facts.name)
-                disks, more = shrink_copy(images, options, progress, facts.name, dom, conn)
+                dom = hypervisor.domain(facts.name)
+                disks, more = shrink_copy(images, options, progress, facts.name, dom, hypervisor)
             notes += more
     except (UsageError, Interrupted, LockHeld):
         # The same for every domain (appliance setup, space, options), or exit 3.
@@ -519,7 +480,7 @@ def _failed(name: str, started: float, notes: list[str], error: str) -> ShrinkOu
 
 
 def shrink_domains(
-    conn: Any,
+    hypervisor: Hypervisor,
     names: Sequence[str],
     options: ShrinkOptions,
     progress: ShrinkProgress,
@@ -529,9 +490,13 @@ def shrink_domains(
     """Shrink each named domain in turn; one that is refused or fails does not stop the
     others. UnknownDomain (exit 2) before anything is done when a name does not exist."""
     outcomes = []
-    for facts in discover(conn, names):
-        outcomes.append(shrink_domain(conn, facts, options, progress, state_dir=state_dir))
+    for facts in hypervisor.discover(names):
+        outcomes.append(shrink_domain(hypervisor, facts, options, progress, state_dir=state_dir))
     return outcomes
+
+
+def _virtual_size(image: Image) -> int:
+    return image_info(image.path, image.format, force_share=False).virtual_size
 
 
 def _size(nbytes: int) -> str:

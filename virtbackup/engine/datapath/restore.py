@@ -7,9 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtbackup.adapters import domain_define
+from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.core import backup_names
 from virtbackup.core.backup_errors import CorruptBackup, RestoreTargetExists, StoreError
+from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import DiskRecord, Manifest
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.qcow2_refs import HEAD_BYTES, ImageReferences, qcow2_references
@@ -101,7 +102,7 @@ def restore_backup(
         domain_xml = opened.domain_xml()
         blank = {disk.target: RestoredDisk(str(path), disk.format) for disk, path in restored}
         _new_domain(opened, domain_xml, define_as, blank, keep_host_devices)  # fails early
-        domain_define.ensure_name_free(uri, define_as)
+        _ensure_name_free(uri, define_as)
     _make_dir(to_dir)
     images = []
     dir_fd = _open_dir(to_dir)
@@ -120,8 +121,18 @@ def restore_backup(
         for disk, path in restored
     }
     new = _new_domain(opened, domain_xml, define_as, final, keep_host_devices)
-    uuid = domain_define.define_domain(uri, new.xml)
+    with connect(uri) as hypervisor:
+        uuid = hypervisor.define(new.xml)
     return RestoreResult(manifest, tuple(images), uuid, opened.signature, new.dropped)
+
+
+def _ensure_name_free(uri: str, name: str) -> None:
+    """UsageError if a domain called `name` exists; checked before restoring anything."""
+    with connect(uri) as hypervisor:
+        if hypervisor.exists(name):
+            raise UsageError(
+                f"a domain named {name} already exists", "choose another --define NAME"
+            )
 
 
 def _new_domain(

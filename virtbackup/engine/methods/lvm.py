@@ -38,13 +38,11 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
-from virtbackup.adapters import hypervisor as hv
 from virtbackup.adapters import lvm
-from virtbackup.adapters.discovery import domain_facts
+from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.adapters.hypervisor.domain import AgentError, Domain
 from virtbackup.adapters.journal import ensure_dir, resolve_state_dir
-from virtbackup.adapters.libvirt_conn import libvirt_module
 from virtbackup.adapters.locks import open_lock_file
 from virtbackup.core.config import SnapshotSize
 from virtbackup.core.consistency_errors import QuiesceFailed
@@ -80,7 +78,6 @@ from virtbackup.engine.methods.stable_images import (
     StableImage,
     StableImages,
     domain_session,
-    lookup_name,
     select_disks,
     session_images,
 )
@@ -246,7 +243,7 @@ def lvm_snapshots_in(session: Session, options: LvmOptions) -> Iterator[LvmSnaps
 
 @contextmanager
 def lvm_run(
-    conn: Any,
+    conn: Hypervisor,
     options: LvmOptions,
     *,
     state_dir: Path | None = None,
@@ -258,7 +255,7 @@ def lvm_run(
     with Session(
         resolve_state_dir(state_dir),
         conn,
-        str(conn.getURI()),
+        conn.uri,
         RUN_JOURNAL_UUID,
         RUN_JOURNAL_NAME,
         steps=steps,
@@ -401,18 +398,18 @@ def locate_disks(name: str, disks: Sequence[DiskFacts]) -> list[DiskOnLv]:
 @contextmanager
 def lvm_images(
     session: Session,
-    dom: Any,
+    dom: Domain,
     targets: Sequence[str],
     options: LvmOptions,
     snapshots: LvmSnapshots,
 ) -> Iterator[LvmImages]:
     """The images of `targets` inside LVM snapshots, for the `with` block."""
-    facts = domain_facts(session.conn, dom)
+    facts = session.hypervisor.facts(dom)
     disks = select_disks(facts, targets)
-    definition = hv.config_xml(dom) or hv.live_xml(dom)
+    definition = dom.config_xml() or dom.live_xml()
     places = locate_disks(facts.name, disks)
     running = facts.state == DomainState.RUNNING
-    agent = running and agent_connected(hv.live_xml(dom))
+    agent = running and agent_connected(dom.live_xml())
     want_freeze = options.quiesce != Quiesce.NEVER and agent
     if options.quiesce == Quiesce.REQUIRE and not agent:
         why = "it is not running" if not running else "no guest agent is connected"
@@ -487,7 +484,7 @@ def lvm_images(
 
 def _take_snapshots(
     session: Session,
-    dom: Any,
+    dom: Domain,
     uuid: str,
     name: str,
     want_freeze: bool,
@@ -498,22 +495,21 @@ def _take_snapshots(
 ) -> bool:
     """Snapshot the `missing` LVs, frozen when asked and possible; whether it was frozen."""
     if want_freeze:
-        libvirt = libvirt_module()
         try:
             with session.scope():  # thawed as soon as the snapshots exist, whatever happens
                 session.register(FrozenRecord())
-                count = hv.freeze(dom)
+                count = dom.freeze()
                 session.steps.step(name, f"froze {count} guest filesystem(s)")
                 for full_name, origin in missing.items():
                     chosen[full_name] = snapshots.create(origin, uuid, frozen=True)
             return True
-        except libvirt.libvirtError as err:
+        except AgentError as err:
             if options.quiesce == Quiesce.REQUIRE:
                 raise QuiesceFailed(
-                    f"cannot freeze the filesystems of {name}: {hv.message(err)}"
+                    f"cannot freeze the filesystems of {name}: {err.reason}"
                 ) from None
             session.steps.warning(
-                name, f"cannot freeze the guest's filesystems ({hv.message(err)}): crash-consistent"
+                name, f"cannot freeze the guest's filesystems ({err.reason}): crash-consistent"
             )
     for full_name, origin in missing.items():
         if full_name not in chosen:
@@ -526,7 +522,7 @@ def _take_snapshots(
 
 @contextmanager
 def lvm_stable_images(
-    conn: Any,
+    conn: Hypervisor,
     domain_name: str,
     method: Method,
     targets: Sequence[str],
@@ -542,9 +538,9 @@ def lvm_stable_images(
     LvmImages, and remove what was made. A shut-off domain is read directly."""
     options = options or ConsistencyOptions()
     settings = lvm_options(options)
-    dom = lookup_name(conn, domain_name)
+    dom = conn.domain(domain_name)
     with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
-        if hv.state(dom) == DomainState.SHUTOFF:
+        if dom.state() == DomainState.SHUTOFF:
             with session_images(session, dom, Method.OFFLINE, targets, options) as window:
                 yield window
         elif snapshots is not None:
@@ -568,7 +564,7 @@ class SharedLvmSnapshots:
 
     def __call__(
         self,
-        conn: Any,
+        conn: Hypervisor,
         domain_name: str,
         method: Method,
         targets: Sequence[str],

@@ -35,13 +35,14 @@ from pathlib import Path
 
 from virtbackup.adapters import runner
 from virtbackup.adapters.guestfs_ops import Drive, open_appliance
+from virtbackup.adapters.images import allocated_bytes
 from virtbackup.adapters.workdirs import held_workdir, remove_leftovers
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.shrink_plan import ShrinkOptions
 from virtbackup.core.steps import StepSink
 from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.methods.stable_images import StableImage, StableImages
-from virtbackup.engine.shrink import CONVERT_TIMEOUT, allocated_bytes, reclaim, throwaway_overlay
+from virtbackup.engine.shrink import CONVERT_TIMEOUT, reclaim, throwaway_overlay
 
 log = logging.getLogger(__name__)
 

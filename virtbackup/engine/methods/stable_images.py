@@ -39,12 +39,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-from virtbackup.adapters import hypervisor as hv
-from virtbackup.adapters.discovery import domain_facts
+from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.adapters.hypervisor.domain import Domain
 from virtbackup.adapters.journal import resolve_state_dir
-from virtbackup.adapters.libvirt_conn import libvirt_module
 from virtbackup.core.config import SnapshotSize
 from virtbackup.core.consistency_errors import (
     ConsistencyError,
@@ -59,7 +57,6 @@ from virtbackup.core.consistency_errors import (
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.overlays import agent_connected, overlay_path, snapshot_xml
-from virtbackup.core.planning import UnknownDomain
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import FrozenRecord, OverlayRecord, StateRecord
@@ -122,7 +119,7 @@ class StableImages:
 
 @contextmanager
 def stable_images(
-    conn: Any,
+    conn: Hypervisor,
     domain_name: str,
     method: Method,
     targets: Sequence[str],
@@ -144,15 +141,15 @@ def stable_images(
     block's own exception passes through.
     """
     options = options or ConsistencyOptions()
-    dom = lookup_name(conn, domain_name)
+    dom = conn.domain(domain_name)
     with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
         with session_images(session, dom, method, targets, options) as window:
             yield window
 
 
 def domain_session(
-    conn: Any,
-    dom: Any,
+    conn: Hypervisor,
+    dom: Domain,
     options: ConsistencyOptions,
     state_dir: Path | None,
     steps: StepSink | None,
@@ -162,9 +159,9 @@ def domain_session(
     return Session(
         resolve_state_dir(state_dir),
         conn,
-        str(conn.getURI()),
-        str(dom.UUIDString()),
-        str(dom.name()),
+        conn.uri,
+        dom.uuid,
+        dom.name,
         steps=steps,
         run_id=run_id,
         commit_timeout=options.commit_timeout,
@@ -174,15 +171,15 @@ def domain_session(
 @contextmanager
 def session_images(
     session: Session,
-    dom: Any,
+    dom: Domain,
     method: Method,
     targets: Sequence[str],
     options: ConsistencyOptions,
 ) -> Iterator[StableImages]:
     """stable_images inside a session the caller opened for this domain."""
-    facts = domain_facts(session.conn, dom)
+    facts = session.hypervisor.facts(dom)
     disks = select_disks(facts, targets)
-    definition = hv.config_xml(dom) or hv.live_xml(dom)
+    definition = dom.config_xml() or dom.live_xml()
     if facts.state == DomainState.SHUTOFF or method == Method.OFFLINE:
         with _offline(session, dom, facts, disks, definition) as window:
             yield window
@@ -194,18 +191,6 @@ def session_images(
             yield window
     else:
         raise UsageError(f"method {method} is not handled by the consistency layer")
-
-
-def lookup_name(conn: Any, name: str) -> Any:
-    libvirt = libvirt_module()
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            raise UnknownDomain(
-                f"unknown domain {name!r}", "'virtbackup list' shows the domains of the host"
-            ) from None
-        raise
 
 
 def select_disks(facts: DomainFacts, targets: Sequence[str]) -> list[DiskFacts]:
@@ -242,7 +227,7 @@ def _images(disks: Sequence[DiskFacts]) -> tuple[StableImage, ...]:
 
 @contextmanager
 def _offline(
-    session: Session, dom: Any, facts: DomainFacts, disks: list[DiskFacts], definition: str
+    session: Session, dom: Domain, facts: DomainFacts, disks: list[DiskFacts], definition: str
 ) -> Iterator[StableImages]:
     if facts.state != DomainState.SHUTOFF:
         raise ConsistencyError(
@@ -255,8 +240,8 @@ def _offline(
     _check_still_off(dom, facts.name)
 
 
-def _check_still_off(dom: Any, name: str) -> None:
-    if hv.is_active(dom):
+def _check_still_off(dom: Domain, name: str) -> None:
+    if dom.is_active():
         raise ConsistencyLost(
             f"{name} was started while its images were being read: this backup may be inconsistent",
             "run the backup again",
@@ -269,7 +254,7 @@ def _check_still_off(dom: Any, name: str) -> None:
 @contextmanager
 def _snapshot(
     session: Session,
-    dom: Any,
+    dom: Domain,
     facts: DomainFacts,
     disks: list[DiskFacts],
     definition: str,
@@ -366,10 +351,10 @@ def check_overlay_space(domain: str, overlays: Sequence[Path], min_free: int) ->
 
 
 def _create_overlays(
-    session: Session, dom: Any, facts: DomainFacts, xml: str, quiesce: Quiesce
+    session: Session, dom: Domain, facts: DomainFacts, xml: str, quiesce: Quiesce
 ) -> Consistency:
     steps = session.steps
-    agent = facts.state == DomainState.RUNNING and agent_connected(hv.live_xml(dom))
+    agent = facts.state == DomainState.RUNNING and agent_connected(dom.live_xml())
     if quiesce != Quiesce.NEVER and not agent:
         why = (
             "it is paused"
@@ -383,7 +368,7 @@ def _create_overlays(
         try:
             with session.scope():  # the thaw is undone (run) however the snapshot ends
                 session.register(FrozenRecord())
-                hv.create_overlays(dom, xml, quiesce=True)
+                dom.create_overlays(xml, quiesce=True)
             return Consistency.QUIESCED
         except SnapshotFailed as err:
             if quiesce == Quiesce.REQUIRE:
@@ -393,14 +378,14 @@ def _create_overlays(
             steps.warning(
                 facts.name, f"quiesced snapshot failed ({err}): taking a crash-consistent one"
             )
-    hv.create_overlays(dom, xml, quiesce=False)
+    dom.create_overlays(xml, quiesce=False)
     return Consistency.CRASH
 
 
-def _check_on_overlays(dom: Any, name: str, records: Sequence[OverlayRecord]) -> None:
+def _check_on_overlays(dom: Domain, name: str, records: Sequence[OverlayRecord]) -> None:
     """libvirt says the snapshot is made: make sure every disk really writes to our overlay
     (the original is then a read-only backing file and safe to read)."""
-    disks = hv.disks_of(hv.live_xml(dom))
+    disks = dom.live_disks()
     for record in records:
         disk = disks.get(record.target)
         if (
@@ -420,7 +405,7 @@ def _check_on_overlays(dom: Any, name: str, records: Sequence[OverlayRecord]) ->
 @contextmanager
 def _shutdown(
     session: Session,
-    dom: Any,
+    dom: Domain,
     facts: DomainFacts,
     disks: list[DiskFacts],
     definition: str,
@@ -448,28 +433,28 @@ def _shutdown(
         _check_still_off(dom, facts.name)
 
 
-def _shut_down(steps: StepSink, dom: Any, name: str, options: ConsistencyOptions) -> None:
+def _shut_down(steps: StepSink, dom: Domain, name: str, options: ConsistencyOptions) -> None:
     """Shut the guest down gracefully within the timeout, or force it off, or fail."""
     off = {DomainState.SHUTOFF}
     timeout = options.shutdown_timeout
-    agent = agent_connected(hv.live_xml(dom))
+    agent = agent_connected(dom.live_xml())
     steps.step(name, "shutting down (ACPI power button)")
-    asked = hv.request_shutdown(dom, "acpi")
+    asked = dom.request_shutdown("acpi")
     # With an agent as a second way, the ACPI button gets half the time.
     first = timeout / 2 if agent else timeout
-    if asked and hv.wait_state(dom, off, first):
+    if asked and dom.wait_state(off, first):
         steps.step(name, "shut off")
         return
     if agent:
         steps.step(name, "no reaction to the power button: shutting down through the guest agent")
-        if hv.request_shutdown(dom, "agent") and hv.wait_state(dom, off, timeout - first):
+        if dom.request_shutdown("agent") and dom.wait_state(off, timeout - first):
             steps.step(name, "shut off")
             return
-    if hv.state(dom) in off:
+    if dom.state() in off:
         return
     if options.force_off:
         steps.warning(name, f"did not shut down within {timeout:.0f}s: forcing it off")
-        hv.destroy(dom)
+        dom.destroy()
         return
     raise ShutdownTimeout(
         f"{name} did not shut down within {timeout:.0f}s; the backup was not made",

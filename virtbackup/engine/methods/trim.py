@@ -8,15 +8,12 @@ note, and a trim that fails never fails the backup.
 """
 
 import logging
-import os
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from virtbackup.adapters import hypervisor as hv
-from virtbackup.adapters.guest_agent import fstrim
-from virtbackup.adapters.libvirt_conn import libvirt_module
+from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.adapters.hypervisor.domain import disks_of
+from virtbackup.adapters.images import allocated_bytes
 from virtbackup.core.diskxml import has_agent_channel
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.model import DiskFacts
@@ -37,28 +34,27 @@ class TrimOutcome:
     warnings: tuple[str, ...] = ()
 
 
-def trim_before_backup(conn: Any, plan: DomainPlan, steps: StepSink) -> TrimOutcome:
+def trim_before_backup(hypervisor: Hypervisor, plan: DomainPlan, steps: StepSink) -> TrimOutcome:
     """Trim the guest of `plan` if it runs, has an agent and passes discards to the host."""
     name = plan.domain.name
-    libvirt = libvirt_module()
     try:
-        return _trim(conn, plan, steps)
+        return _trim(hypervisor, plan, steps)
     except Interrupted:
         raise
-    except (VirtbackupError, libvirt.libvirtError) as err:
+    except VirtbackupError as err:
         warning = f"trim failed, backing up untrimmed: {err}"
         steps.warning(name, warning)
         return TrimOutcome(False, warnings=(warning,))
 
 
-def _trim(conn: Any, plan: DomainPlan, steps: StepSink) -> TrimOutcome:
+def _trim(hypervisor: Hypervisor, plan: DomainPlan, steps: StepSink) -> TrimOutcome:
     name = plan.domain.name
-    dom = conn.lookupByName(name)
-    xml = hv.live_xml(dom)
-    live = hv.disks_of(xml)
+    dom = hypervisor.domain(name)
+    xml = dom.live_xml()
+    live = disks_of(xml)
     targets = [d.disk.target for d in plan.backed_up]
     disks = [live.get(target, d.disk) for target, d in zip(targets, plan.backed_up, strict=True)]
-    decision = plan_trim(name, hv.state(dom), has_agent_channel(xml), agent_connected(xml), disks)
+    decision = plan_trim(name, dom.state(), has_agent_channel(xml), agent_connected(xml), disks)
     for warning in decision.warnings:
         steps.warning(name, warning)
     if not decision.trim:
@@ -67,7 +63,7 @@ def _trim(conn: Any, plan: DomainPlan, steps: StepSink) -> TrimOutcome:
         return TrimOutcome(False, warnings=decision.warnings)
     before = _allocations(disks)
     steps.step(name, "trimming the guest filesystems through the guest agent")
-    fstrim(dom)
+    dom.fstrim()
     after = _allocations(disks)
     measured = [t for t in before if t in after]
     if not measured:
@@ -88,10 +84,10 @@ def _allocations(disks: Sequence[DiskFacts]) -> dict[str, int]:
         if disk.path is None:
             continue
         try:
-            st = os.stat(disk.path)
+            held = allocated_bytes(disk.path)
         except OSError as err:
             log.debug("cannot stat %s: %s", disk.path, err)
             continue
-        if stat.S_ISREG(st.st_mode):
-            sizes[disk.target] = st.st_blocks * 512
+        if held is not None:
+            sizes[disk.target] = held
     return sizes

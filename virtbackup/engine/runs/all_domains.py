@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import tzinfo
 from pathlib import Path
-from typing import Any
 
 from virtbackup.adapters import runner
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.config import DomainSettings
@@ -62,7 +62,7 @@ OptionsFor = Callable[[DomainFacts], tuple[PlanOptions, BackupRunOptions, Domain
 
 
 def run_all(
-    conn: Any,
+    conn: Hypervisor,
     domains: Sequence[DomainFacts],
     store: LocalStore,
     options_for: OptionsFor,
@@ -109,7 +109,7 @@ class RunInterrupted(Interrupted):
 
 
 def _one_domain(
-    conn: Any,
+    conn: Hypervisor,
     facts: DomainFacts,
     store: LocalStore,
     options_for: OptionsFor,

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import JournalFile, journal_dir, list_journals
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.adapters.workdirs import leftover_workdirs, remove_leftovers
@@ -33,7 +33,7 @@ from virtbackup.engine.stores.local import LocalStore
 
 log = logging.getLogger(__name__)
 
-Connect = Callable[[str], AbstractContextManager[Any]]
+Connect = Callable[[str], AbstractContextManager[Hypervisor]]
 
 
 @dataclass
@@ -61,7 +61,7 @@ def clean(
     """Undo what dead runs left: every journal in `state_dir`, partials under `dests`."""
     result = CleanResult()
     with ExitStack() as stack:
-        connections: dict[str, Any] = {}
+        connections: dict[str, Hypervisor] = {}
         for path in list_journals(state_dir):
             try:
                 journal = load_our_journal(path)

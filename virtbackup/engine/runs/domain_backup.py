@@ -14,9 +14,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from virtbackup.adapters.age import Recipients
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
 from virtbackup.core.manifest import LeftOutDisk
 from virtbackup.core.model import Method
@@ -88,7 +88,7 @@ def image_source(method: Method) -> ImageSource:
 
 
 def back_up_domain(
-    conn: Any,
+    conn: Hypervisor,
     plan: DomainPlan,
     store: LocalStore,
     options: BackupRunOptions,

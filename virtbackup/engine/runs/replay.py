@@ -10,8 +10,8 @@ last record. A journal that does not describe what a run of ours creates is not 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import JournalFile, list_journals, load_journal
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.steps import StepSink
@@ -21,7 +21,7 @@ from virtbackup.engine.runs.undo import DEFAULT_COMMIT_TIMEOUT, Undoer
 
 
 def replay_domain(
-    state_dir: Path, conn: Any, domain_uuid: str, domain_name: str, steps: StepSink
+    state_dir: Path, hypervisor: Hypervisor, domain_uuid: str, domain_name: str, steps: StepSink
 ) -> list[str]:
     """Undo every leftover journal of one domain; the caller holds its lock."""
     problems: list[str] = []
@@ -32,7 +32,7 @@ def replay_domain(
             problems.append(str(err))
             continue
         steps.step(domain_name, f"finishing the undo of interrupted run {journal.journal.run_id}")
-        problems += replay(journal, conn, steps)
+        problems += replay(journal, hypervisor, steps)
     return problems
 
 
@@ -47,7 +47,7 @@ def load_our_journal(path: Path) -> Journal:
 
 def replay(
     journal: JournalFile,
-    conn: Any,
+    hypervisor: Hypervisor,
     steps: StepSink,
     *,
     dry_run: bool = False,
@@ -55,7 +55,9 @@ def replay(
 ) -> list[str]:
     """Undo a dead run's journal, newest record first; what could not be undone."""
     header = journal.journal
-    undoer = Undoer(conn, header.domain_uuid, header.domain_name, steps, commit_timeout, dry_run)
+    undoer = Undoer(
+        hypervisor, header.domain_uuid, header.domain_name, steps, commit_timeout, dry_run
+    )
     problems = []
     with _signals_wait_per_undo() as guard:
         for entry in header.undo_order():
@@ -91,7 +93,7 @@ def _undo_one(
     except VirtbackupError as err:
         steps.warning(name, f"cannot undo {describe(entry.record)}: {err}")
         return str(err)
-    except Exception as err:  # libvirtError, OSError: report, keep the record, go on
+    except Exception as err:  # OSError and the like: report, keep the record, go on
         message = f"{name}: cannot undo {describe(entry.record)}: {err}"
         steps.warning(name, message)
         return message

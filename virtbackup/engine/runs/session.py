@@ -1,6 +1,6 @@
 """The undo stack of one run on one domain, written ahead to a journal on disk.
 
-    with Session(state_dir, conn, uri, uuid, name) as session:
+    with Session(state_dir, hypervisor, uri, uuid, name) as session:
         session.change(OverlayRecord(...), do=create_overlay, undo=merge_back)
         ...
 
@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import JournalFile
 from virtbackup.adapters.locks import FileLock, domain_lock
 from virtbackup.core.consistency_errors import LeftoversRemain, UndoIncomplete
@@ -61,7 +62,7 @@ class Session:
     def __init__(
         self,
         state_dir: Path,
-        conn: Any,
+        hypervisor: Hypervisor,
         uri: str,
         domain_uuid: str,
         domain_name: str,
@@ -72,13 +73,13 @@ class Session:
         finish_leftovers: bool = True,
     ) -> None:
         self.state_dir = state_dir
-        self.conn = conn
+        self.hypervisor = hypervisor
         self.uri = uri
         self.domain_uuid = domain_uuid
         self.domain_name = domain_name
         self.steps: StepSink = steps or LogSteps()
         self.run_id = run_id or new_run_id()
-        self.undoer = Undoer(conn, domain_uuid, domain_name, self.steps, commit_timeout)
+        self.undoer = Undoer(hypervisor, domain_uuid, domain_name, self.steps, commit_timeout)
         self._finish_leftovers = finish_leftovers
         self._lock: FileLock = domain_lock(state_dir, domain_uuid, domain_name)
         self._journal: JournalFile | None = None
@@ -184,7 +185,7 @@ class Session:
 
     def _replay_leftovers(self) -> None:
         problems = replay_domain(
-            self.state_dir, self.conn, self.domain_uuid, self.domain_name, self.steps
+            self.state_dir, self.hypervisor, self.domain_uuid, self.domain_name, self.steps
         )
         if problems:
             raise LeftoversRemain(

@@ -10,10 +10,10 @@ import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any
 
-from virtbackup.adapters import hypervisor as hv
-from virtbackup.adapters.libvirt_conn import libvirt_module
+from virtbackup.adapters import images
+from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.adapters.hypervisor.domain import AgentError
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.lvm import LVM_RECORD_TYPES
 from virtbackup.core.model import DomainState
@@ -44,7 +44,7 @@ class UndoBlocked(VirtbackupError):
 
 @dataclass
 class Undoer:
-    conn: Any
+    hypervisor: Hypervisor
     domain_uuid: str
     domain_name: str
     steps: StepSink
@@ -66,16 +66,18 @@ class Undoer:
 
     def observe(self, record: OverlayRecord) -> DiskObservation:
         exists = os.path.lexists(record.overlay)
-        dom = hv.lookup_uuid(self.conn, self.domain_uuid)
+        dom = self.hypervisor.find(self.domain_uuid)
         if dom is None:
             return DiskObservation(domain_exists=False, overlay_exists=exists)
-        active = hv.is_active(dom)
+        active = dom.is_active()
+        live = dom.live_disks().get(record.target) if active else None
+        defined = (dom.config_disks() or {}).get(record.target)
         return DiskObservation(
             domain_exists=True,
             active=active,
-            live_source=hv.disk_source(hv.live_xml(dom), record.target) if active else None,
-            job=hv.block_job_active(dom, record.target) if active else False,
-            config_source=hv.disk_source(hv.config_xml(dom), record.target),
+            live_source=live.path if live else None,
+            job=dom.block_job_active(record.target) if active else False,
+            config_source=defined.path if defined else None,
             overlay_exists=exists,
         )
 
@@ -102,7 +104,7 @@ class Undoer:
 
     def _overlay_step(self, step: OverlayStep, record: OverlayRecord) -> None:
         self.steps.step(self.domain_name, _overlay_text(step, record))
-        dom = hv.lookup_uuid(self.conn, self.domain_uuid)
+        dom = self.hypervisor.find(self.domain_uuid)
         if step == OverlayStep.DELETE:
             # An overlay is a qcow2 file we created: anything else there is not ours.
             if not stat.S_ISREG(os.lstat(record.overlay).st_mode):
@@ -114,15 +116,14 @@ class Undoer:
         if dom is None:
             return  # gone meanwhile: the next round plans again
         if step == OverlayStep.COMMIT_PIVOT:
-            hv.start_active_commit(dom, record.target)
-            hv.pivot_when_ready(dom, record.target, self.commit_timeout)
+            dom.start_active_commit(record.target)
+            dom.pivot_when_ready(record.target, self.commit_timeout)
         elif step == OverlayStep.FINISH_JOB:
-            hv.pivot_when_ready(dom, record.target, self.commit_timeout)
+            dom.pivot_when_ready(record.target, self.commit_timeout)
         elif step == OverlayStep.COMMIT_OFFLINE:
-            hv.qemu_img_commit(record.overlay)
+            images.commit(record.overlay)
         elif step == OverlayStep.REDEFINE:
-            hv.redefine_disk(
-                self.conn,
+            self.hypervisor.redefine_disk(
                 dom,
                 record.target,
                 record.original_type,
@@ -133,19 +134,18 @@ class Undoer:
     # -- freeze and run state ------------------------------------------------------------
 
     def _thaw(self) -> None:
-        dom = hv.lookup_uuid(self.conn, self.domain_uuid)
-        if dom is None or hv.state(dom) != DomainState.RUNNING:
+        dom = self.hypervisor.find(self.domain_uuid)
+        if dom is None or dom.state() != DomainState.RUNNING:
             return  # a guest that does not run has no frozen filesystems to thaw
         if self.dry_run:
             self.steps.step(self.domain_name, "would thaw the guest's filesystems")
             return
-        libvirt = libvirt_module()
         try:
-            thawed = hv.thaw(dom)
-        except libvirt.libvirtError as err:
+            thawed = dom.thaw()
+        except AgentError as err:
             self.steps.warning(
                 self.domain_name,
-                f"cannot ask the guest agent to thaw the filesystems ({hv.message(err)}); "
+                f"cannot ask the guest agent to thaw the filesystems ({err.reason}); "
                 "if the guest hangs, run 'virsh domfsthaw' once its agent answers",
             )
             return
@@ -153,8 +153,8 @@ class Undoer:
             self.steps.step(self.domain_name, f"thawed {thawed} guest filesystem(s)")
 
     def _restore_state(self, record: StateRecord) -> None:
-        dom = hv.lookup_uuid(self.conn, self.domain_uuid)
-        now = hv.state(dom) if dom is not None else None
+        dom = self.hypervisor.find(self.domain_uuid)
+        now = dom.state() if dom is not None else None
         if dom is None and record.restart:
             self.steps.warning(self.domain_name, "the domain is gone: it cannot be started")
         step = plan_state_undo(record, now)
@@ -170,9 +170,9 @@ class Undoer:
             return
         self.steps.step(self.domain_name, text)
         if step == StateStep.RESUME:
-            hv.resume(dom)
+            dom.resume()
         else:
-            hv.start(dom, paused=step == StateStep.START_PAUSED)
+            dom.start(paused=step == StateStep.START_PAUSED)
 
 
 def _overlay_text(step: OverlayStep, record: OverlayRecord) -> str:

@@ -4,18 +4,24 @@ from typing import Any
 
 import pytest
 
-from virtbackup.adapters.libvirt_conn import ConnectFailed, connect, connect_error, is_remote
+from virtbackup.adapters.hypervisor.bindings import HypervisorError
+from virtbackup.adapters.hypervisor.connection import (
+    ConnectFailed,
+    connect,
+    connect_error,
+    is_remote,
+)
 
 pytestmark = pytest.mark.libvirt
 
 
 def test_connect_and_close(libvirt_conn: Any, libvirt: Any) -> None:
-    with connect("qemu:///system") as conn:
-        assert conn.getURI() == "qemu:///system"
-    with connect("qemu:///system", readonly=True) as conn:
-        assert conn.listAllDomains(0) is not None
-    with pytest.raises(libvirt.libvirtError, match="invalid connection"):
-        conn.isAlive()  # closed on leaving the block
+    with connect("qemu:///system") as hypervisor:
+        assert hypervisor.uri == "qemu:///system"
+    with connect("qemu:///system", readonly=True) as hypervisor:
+        assert hypervisor.domain_names() is not None
+    with pytest.raises(HypervisorError, match="invalid connection"):
+        hypervisor.domain_names()  # closed on leaving the block
 
 
 @pytest.mark.parametrize(

@@ -8,81 +8,39 @@ disk (a missing image, an inactive pool) is recorded in `probe_error`; it never 
 the discovery of the other disks and domains.
 """
 
-import json
-import logging
 import os
-import stat
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from virtbackup.adapters import runner
-from virtbackup.adapters.libvirt_conn import is_remote, libvirt_module
+from virtbackup.adapters.hypervisor.bindings import message
+from virtbackup.adapters.hypervisor.domain import domain_state
+from virtbackup.adapters.images import (
+    UnreadableInfo,
+    allocated_bytes,
+    host_size,
+    image_info,
+    is_block_device,
+)
 from virtbackup.adapters.lvm import LvLookup
 from virtbackup.core.diskxml import has_agent_channel, parse_disks
 from virtbackup.core.errors import CommandFailed
 from virtbackup.core.guest_only import printable
-from virtbackup.core.model import DiskFacts, DomainFacts, DomainState
-from virtbackup.core.planning import select_domains
+from virtbackup.core.model import DiskFacts, DomainFacts
 from virtbackup.core.qcow2_refs import HEAD_BYTES, qcow2_references
 
-log = logging.getLogger(__name__)
-
-QEMU_IMG_TIMEOUT = 60.0
 # Formats whose data qemu reads from the image's own file only (a qed, like a qcow2, may
 # name a backing file: that is the backing chain). qcow2 and vmdk are checked image by
 # image; any other format could keep data elsewhere and is not backed up.
 SINGLE_FILE_FORMATS = frozenset({"raw", "iso", "vdi", "vpc", "vhdx", "luks", "qed"})
 
-_STATE_NAMES = {
-    "VIR_DOMAIN_NOSTATE": DomainState.NOSTATE,
-    "VIR_DOMAIN_RUNNING": DomainState.RUNNING,
-    "VIR_DOMAIN_BLOCKED": DomainState.BLOCKED,
-    "VIR_DOMAIN_PAUSED": DomainState.PAUSED,
-    "VIR_DOMAIN_SHUTDOWN": DomainState.SHUTDOWN,
-    "VIR_DOMAIN_SHUTOFF": DomainState.SHUTOFF,
-    "VIR_DOMAIN_CRASHED": DomainState.CRASHED,
-    "VIR_DOMAIN_PMSUSPENDED": DomainState.PMSUSPENDED,
-}
 
-
-def list_domain_names(conn: Any) -> list[str]:
-    """Every domain libvirt knows: persistent and transient, active and inactive."""
-    return sorted(dom.name() for dom in conn.listAllDomains(0))
-
-
-def discover(
-    conn: Any,
-    names: Sequence[str] = (),
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-) -> list[DomainFacts]:
-    """Facts about the selected domains (all when `names` is empty), in selection order.
-
-    Raises UnknownDomain (exit 2) when a name does not exist, with its close matches. A
-    domain that disappears while we look is left out.
-    """
-    libvirt = libvirt_module()
-    selected = select_domains(list_domain_names(conn), names, include, exclude)
-    facts = []
-    for name in selected:
-        try:
-            dom = conn.lookupByName(name)
-            facts.append(domain_facts(conn, dom))
-        except libvirt.libvirtError as err:
-            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
-            log.warning("domain %s disappeared during discovery", name)
-    return facts
-
-
-def domain_facts(conn: Any, dom: Any) -> DomainFacts:
-    """What virtbackup needs to know about one domain and each of its disks."""
-    libvirt = libvirt_module()
+def domain_facts(libvirt: Any, conn: Any, dom: Any, *, local: bool) -> DomainFacts:
+    """What virtbackup needs to know about one domain and each of its disks; `local`
+    when its images are on this host. libvirt's errors pass through: the Hypervisor
+    turns them into ours."""
     state = domain_state(libvirt, dom.state()[0])
     xml = dom.XMLDesc(0)
     live = dom.isActive() == 1
-    local = not is_remote(conn.getURI())
     disks = []
     lv_lookup = LvLookup()  # one `lvs` for all disks, run only when a disk needs it
     for disk in parse_disks(xml):
@@ -108,13 +66,6 @@ def domain_facts(conn: Any, dom: Any) -> DomainFacts:
     )
 
 
-def domain_state(libvirt: Any, code: int) -> DomainState:
-    for constant, state in _STATE_NAMES.items():
-        if getattr(libvirt, constant) == code:
-            return state
-    return DomainState.NOSTATE
-
-
 def _resolve_volume(libvirt: Any, conn: Any, disk: DiskFacts) -> DiskFacts:
     """A type='volume' disk gets the path of its volume, or a probe_error saying why not."""
     if disk.source_type != "volume" or disk.volume is None:
@@ -125,7 +76,7 @@ def _resolve_volume(libvirt: Any, conn: Any, disk: DiskFacts) -> DiskFacts:
             return replace(disk, probe_error=f"storage pool {disk.pool!r} is not active")
         path = pool.storageVolLookupByName(disk.volume).path()
     except libvirt.libvirtError as err:
-        return replace(disk, probe_error=f"volume {disk.pool}/{disk.volume}: {_message(err)}")
+        return replace(disk, probe_error=f"volume {disk.pool}/{disk.volume}: {message(err)}")
     return replace(disk, path=path)
 
 
@@ -138,56 +89,45 @@ def _probe(libvirt: Any, dom: Any, disk: DiskFacts, *, live: bool, local: bool) 
     except libvirt.libvirtError as err:
         if local:
             return _probe_qemu_img(disk)
-        return replace(disk, probe_error=f"cannot inspect {disk.path}: {_message(err)}")
+        return replace(disk, probe_error=f"cannot inspect {disk.path}: {message(err)}")
     if local and disk.path is not None:
         # libvirt reports qemu's highest written offset; what the file holds on the host
         # is what a user compares with the backup, as qemu-img does offline.
-        allocation = _file_allocation(disk.path, allocation)
-    block = disk.source_type == "block" or (local and _is_block_device(disk.path or ""))
+        allocation = _host_allocation(disk.path, allocation)
+    block = disk.source_type == "block" or (local and is_block_device(disk.path or ""))
     if not allocation and block:
         allocation = physical  # a block device occupies all of its size
     return replace(disk, virtual_size=capacity, allocated=allocation, physical=physical)
 
 
-def _file_allocation(path: str, fallback: int) -> int:
+def _host_allocation(path: str, fallback: int) -> int:
     try:
-        st = os.stat(path)
+        held = allocated_bytes(path)
     except OSError:
         return fallback
-    return st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else fallback
+    return fallback if held is None else held
 
 
 def _probe_qemu_img(disk: DiskFacts) -> DiskFacts:
     """qemu-img info of an image, shared with a qemu that may hold it (-U)."""
     if disk.path is None:
         return disk
-    argv = ["qemu-img", "info", "--output=json", "--backing-chain", "-U"]
-    if disk.format:
-        argv += ["-f", disk.format]
     try:
-        out = runner.run_text([*argv, disk.path], timeout=QEMU_IMG_TIMEOUT)
-        chain = json.loads(out)
+        info = image_info(disk.path, disk.format, force_share=True, backing_chain=True)
     except CommandFailed as err:
         return replace(disk, probe_error=f"cannot inspect {disk.path}: {_last_line(err.stderr)}")
-    except (ValueError, TypeError) as err:
-        return replace(disk, probe_error=f"qemu-img info {disk.path}: unreadable output ({err})")
-    if isinstance(chain, dict):
-        chain = [chain]
-    top = chain[0]
-    allocated = top.get("actual-size")
-    physical = _host_size(disk.path)
-    if _is_block_device(disk.path) and not allocated:
+    except UnreadableInfo as err:
+        return replace(disk, probe_error=str(err))
+    allocated = info.actual_size
+    physical = host_size(disk.path)
+    if is_block_device(disk.path) and not allocated:
         allocated = physical  # a block device occupies all of its size
-    backing = tuple(
-        entry.get("full-backing-filename") or below.get("filename", "?")
-        for entry, below in zip(chain, chain[1:], strict=False)
-    )
     return replace(
         disk,
-        virtual_size=top.get("virtual-size"),
+        virtual_size=info.virtual_size,
         allocated=allocated,
         physical=physical,
-        backing_chain=backing or disk.backing_chain,
+        backing_chain=info.backing_chain or disk.backing_chain,
     )
 
 
@@ -232,15 +172,12 @@ def _qcow2_data_file(disk: DiskFacts, path: str) -> DiskFacts:
 def _vmdk_extents(disk: DiskFacts, path: str) -> DiskFacts:
     """A vmdk is backed up only when its one extent is the file itself (monolithicSparse);
     a descriptor naming extent files (FLAT, split, ...) is not."""
-    argv = ["qemu-img", "info", "--output=json", "-U", "-f", "vmdk", path]
     try:
-        info = json.loads(runner.run_text(argv, timeout=QEMU_IMG_TIMEOUT))
-        extents = info["format-specific"]["data"]["extents"]
-        names = [str(extent["filename"]) for extent in extents]
+        names = image_info(path, "vmdk", force_share=True).extents
     except CommandFailed as err:
         return replace(disk, probe_error=f"cannot inspect {path}: {_last_line(err.stderr)}")
-    except (ValueError, TypeError, KeyError) as err:
-        return replace(disk, probe_error=f"qemu-img info {path}: unreadable output ({err})")
+    except UnreadableInfo as err:
+        return replace(disk, probe_error=str(err))
     own = os.path.realpath(path)
     elsewhere = [
         name for name in names if os.path.realpath(os.path.join(os.path.dirname(path), name)) != own
@@ -252,28 +189,6 @@ def _vmdk_extents(disk: DiskFacts, path: str) -> DiskFacts:
         disk,
         data_elsewhere=f"its vmdk image keeps its data in {where}: convert it to qcow2 or raw",
     )
-
-
-def _host_size(path: str) -> int | None:
-    """Bytes of the file, or of the block device, on the host."""
-    try:
-        if not _is_block_device(path):
-            return os.stat(path).st_size
-        with open(path, "rb") as device:
-            return device.seek(0, os.SEEK_END)
-    except OSError:
-        return None
-
-
-def _is_block_device(path: str) -> bool:
-    try:
-        return stat.S_ISBLK(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _message(err: Any) -> str:
-    return str(err.get_error_message() or err).strip()
 
 
 def _last_line(text: str) -> str:
