@@ -72,12 +72,12 @@ from virtbackup.core.overlays import agent_connected
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import FrozenRecord
+from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.methods.lvm_undo import DEFAULT_MOUNT_ROOT, lvm_lock, sweep_leftovers
 from virtbackup.engine.methods.stable_images import (
     Consistency,
     ConsistencyOptions,
     Quiesce,
-    StableImage,
     StableImages,
     domain_session,
     lookup_name,
@@ -450,11 +450,11 @@ def lvm_images(
         else:
             path = Path(snapshot.lv.path)
         images.append(
-            StableImage(
+            DiskSource(
                 target=disk.target,
                 path=path,
                 format=disk.format or "raw",
-                virtual_size=disk.virtual_size,
+                virtual_size=disk.virtual_size or 0,
                 backing_chain=disk.backing_chain,
             )
         )

@@ -63,6 +63,7 @@ from virtbackup.core.planning import UnknownDomain
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import FrozenRecord, OverlayRecord, StateRecord
+from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.runs.session import Session
 
 log = logging.getLogger(__name__)
@@ -94,22 +95,13 @@ class ConsistencyOptions:
 
 
 @dataclass(frozen=True)
-class StableImage:
-    target: str  # vda
-    path: Path  # what to read, byte for byte: the disk's top image (file or device)
-    format: str  # raw, qcow2, ... of `path`
-    virtual_size: int | None  # bytes the guest sees
-    backing_chain: tuple[str, ...]  # images below `path`, top first (not in `path`'s bytes)
-
-
-@dataclass(frozen=True)
 class StableImages:
     domain_name: str
     domain_uuid: str
     method: Method  # snapshot, shutdown or offline (what was done, a shut-off domain is offline)
     consistency: Consistency
     definition_xml: str  # the domain's definition before anything was changed (domain.xml)
-    images: tuple[StableImage, ...]
+    images: tuple[DiskSource, ...]  # what to read, byte for byte: each disk's top image
 
     def guard(self, progress: ProgressSink) -> ProgressSink:
         """The sink to give the data path; a method may watch the streams through it
@@ -224,13 +216,13 @@ def select_disks(facts: DomainFacts, targets: Sequence[str]) -> list[DiskFacts]:
     return chosen
 
 
-def _images(disks: Sequence[DiskFacts]) -> tuple[StableImage, ...]:
+def _images(disks: Sequence[DiskFacts]) -> tuple[DiskSource, ...]:
     return tuple(
-        StableImage(
+        DiskSource(
             target=disk.target,
             path=Path(disk.path or ""),
             format=disk.format or "raw",
-            virtual_size=disk.virtual_size,
+            virtual_size=disk.virtual_size or 0,
             backing_chain=disk.backing_chain,
         )
         for disk in disks

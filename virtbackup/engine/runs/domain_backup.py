@@ -24,7 +24,7 @@ from virtbackup.core.model import Method
 from virtbackup.core.planning import EXCLUDED_REASON, NO_DISK_REASON, DomainPlan
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.datapath.disk_backup import BackupTarget, DiskSource, back_up_disks
+from virtbackup.engine.datapath.disk_backup import BackupTarget, back_up_disks
 from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.methods.lvm import lvm_stable_images
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
@@ -139,7 +139,7 @@ def back_up_domain(
                 state_dir=options.state_dir,
                 steps=steps,
             ) as window,
-            compacted(window, _disk_sources(window), options.skip_free, steps) as compact,
+            compacted(window, options.skip_free, steps) as compact,
         ):
             result = back_up_disks(
                 target,
@@ -203,18 +203,6 @@ def back_up_domain(
             offsite="failed",
         )
     return replace(outcome, offsite="copied")
-
-
-def _disk_sources(window: StableImages) -> list[DiskSource]:
-    return [
-        DiskSource(
-            target=image.target,
-            path=image.path,
-            format=image.format,
-            virtual_size=image.virtual_size or 0,
-        )
-        for image in window.images
-    ]
 
 
 NOT_STARTED = "not started: the run was interrupted"
