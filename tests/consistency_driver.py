@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from consistency_helpers import planned
+
 from virtbackup.adapters import hypervisor
 from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.core.model import Method
@@ -41,7 +43,7 @@ def main() -> None:
     options = ConsistencyOptions(shutdown_timeout=2, force_off=True, overlay_min_free=0)
     with connect("qemu:///system") as conn:
         with stable_images(
-            conn, domain, Method(method), ["vda"], options, state_dir=Path(state_dir)
+            conn, planned(conn, domain, Method(method), ["vda"]), options, state_dir=Path(state_dir)
         ) as window:
             if stage == "window":
                 reached(marker_path, stage)

@@ -310,3 +310,13 @@ def test_an_image_with_data_in_other_files_is_left_out() -> None:
     plan = plan_domain(domain(S.SHUTOFF, RAW, flat))
     assert [(d.disk.target, d.reason, d.warning) for d in plan.left_out] == [("vdc", why, True)]
     assert [d.disk.target for d in plan.backed_up] == ["vdb"]
+
+
+def test_an_unreadable_disk_fails_the_backup_unless_excluded() -> None:
+    gone = replace(QCOW2, target="vdb", probe_error="cannot inspect /img/b.qcow2: gone")
+    plan = plan_domain(domain(S.RUNNING, QCOW2, gone))
+    assert [d.disk.target for d in plan.unreadable] == ["vdb"]
+    assert plan.unreadable[0].reason == "cannot inspect /img/b.qcow2: gone"
+    assert plan.method == M.SNAPSHOT  # what the readable disks would get, shown by list
+    excluded = plan_domain(domain(S.RUNNING, QCOW2, gone), PlanOptions(exclude_disks=("vdb",)))
+    assert excluded.unreadable == ()

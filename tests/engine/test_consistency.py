@@ -15,6 +15,7 @@ from consistency_helpers import (
     MiB,
     guest_write,
     overlays_in,
+    planned,
     read_raw,
     sha256,
     snapshot_of,
@@ -24,8 +25,8 @@ from harness.libvirtd import DiskSpec, DomainFactory
 from virtbackup.adapters.journal import list_journals
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.consistency_errors import (
+    DomainChanged,
     OverlaySpaceError,
-    ShutdownRefused,
     ShutdownTimeout,
     SnapshotFailed,
 )
@@ -64,9 +65,7 @@ def test_snapshot_of_a_running_domain_ends_on_its_original_chain(
 
     with stable_images(
         libvirt_conn,
-        dom.name(),
-        Method.SNAPSHOT,
-        ["vda", "vdb", "vdc"],
+        planned(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda", "vdb", "vdc"]),
         state_dir=state_dir,
         steps=steps,
     ) as window:
@@ -113,7 +112,9 @@ def test_a_paused_domain_stays_paused(
     dom.suspend()
     before = snapshot_of(libvirt, dom)
     with stable_images(
-        libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
+        libvirt_conn,
+        planned(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"]),
+        state_dir=state_dir,
     ) as window:
         assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
         assert window.consistency == Consistency.CRASH
@@ -129,7 +130,11 @@ def test_an_error_inside_the_window_still_merges_back(
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     before = snapshot_of(libvirt, dom)
     with pytest.raises(KeyboardInterrupt):
-        with stable_images(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
+        with stable_images(
+            libvirt_conn,
+            planned(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"]),
+            state_dir=state_dir,
+        ):
             raise KeyboardInterrupt
     assert snapshot_of(libvirt, dom) == before
     assert overlays_in(domain_factory.workdir) == []
@@ -144,7 +149,10 @@ def test_quiesce_required_without_agent_fails_before_any_change(
     options = ConsistencyOptions(quiesce=Quiesce.REQUIRE)
     with pytest.raises(Exception, match="cannot freeze the filesystems"):
         with stable_images(
-            libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
+            libvirt_conn,
+            planned(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"]),
+            options,
+            state_dir=state_dir,
         ):
             pytest.fail("the window must not open")
     assert snapshot_of(libvirt, dom) == before
@@ -156,10 +164,16 @@ def test_a_second_run_on_the_same_domain_gets_lock_held(
     domain_factory: DomainFactory, libvirt_conn: Any, state_dir: Path
 ) -> None:
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
-    with stable_images(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
+    with stable_images(
+        libvirt_conn,
+        planned(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"]),
+        state_dir=state_dir,
+    ):
         with pytest.raises(LockHeld) as caught:
             with stable_images(
-                libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
+                libvirt_conn,
+                planned(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"]),
+                state_dir=state_dir,
             ):
                 pytest.fail("two runs on one domain")
         assert caught.value.exit_code == 3
@@ -212,7 +226,10 @@ def test_a_full_overlay_directory_is_a_clear_error_and_changes_nothing(
     expected = OverlaySpaceError if min_free else SnapshotFailed
     with pytest.raises(expected) as caught:
         with stable_images(
-            libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
+            libvirt_conn,
+            planned(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"]),
+            options,
+            state_dir=state_dir,
         ):
             pytest.fail("the window must not open")
     message = str(caught.value)
@@ -231,12 +248,19 @@ def test_block_device_disk_needs_an_overlay_directory(
     dom = domain_factory.create([DiskSpec("block")], start=True)
     before = snapshot_of(libvirt, dom)
     with pytest.raises(Exception, match="overlay directory"):
-        with stable_images(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
+        with stable_images(
+            libvirt_conn,
+            planned(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"]),
+            state_dir=state_dir,
+        ):
             pass
     options = ConsistencyOptions(overlay_dir=domain_factory.workdir, overlay_min_free=0)
     device = Path(before["live"][0][2])
     with stable_images(
-        libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
+        libvirt_conn,
+        planned(libvirt_conn, dom.name(), Method.SNAPSHOT, ["vda"]),
+        options,
+        state_dir=state_dir,
     ) as window:
         assert window.images[0].path == device
         assert len(overlays_in(domain_factory.workdir)) == 1
@@ -255,7 +279,10 @@ def test_shutdown_timeout_aborts_and_leaves_the_domain_running(
     options = ConsistencyOptions(shutdown_timeout=3)
     with pytest.raises(ShutdownTimeout, match="did not shut down within 3s"):
         with stable_images(
-            libvirt_conn, dom.name(), Method.SHUTDOWN, ["vda"], options, state_dir=state_dir
+            libvirt_conn,
+            planned(libvirt_conn, dom.name(), Method.SHUTDOWN, ["vda"]),
+            options,
+            state_dir=state_dir,
         ):
             pytest.fail("the window must not open")
     assert snapshot_of(libvirt, dom) == before
@@ -271,7 +298,10 @@ def test_shutdown_force_off_backs_up_offline_and_restarts_even_on_failure(
     options = ConsistencyOptions(shutdown_timeout=2, force_off=True)
     with pytest.raises(RuntimeError, match="the data path failed"):
         with stable_images(
-            libvirt_conn, dom.name(), Method.SHUTDOWN, ["vda"], options, state_dir=state_dir
+            libvirt_conn,
+            planned(libvirt_conn, dom.name(), Method.SHUTDOWN, ["vda"]),
+            options,
+            state_dir=state_dir,
         ) as window:
             assert window.consistency == Consistency.OFFLINE
             assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
@@ -286,16 +316,36 @@ def test_shutdown_refuses_paused_and_offline_reads_shut_off_domains(
 ) -> None:
     paused = domain_factory.create([DiskSpec("qcow2")], hint="paused", start=True)
     paused.suspend()
-    with pytest.raises(ShutdownRefused, match="paused"):
-        with stable_images(
-            libvirt_conn, paused.name(), Method.SHUTDOWN, ["vda"], state_dir=state_dir
-        ):
-            pass
+    refused = planned(libvirt_conn, paused.name(), Method.SHUTDOWN, ["vda"])
+    assert refused.method is None and "paused" in refused.reason
     assert paused.state()[0] == libvirt.VIR_DOMAIN_PAUSED
 
     off = domain_factory.create([DiskSpec("qcow2")], hint="off")
     for method in (Method.SNAPSHOT, Method.SHUTDOWN, Method.OFFLINE):
-        with stable_images(libvirt_conn, off.name(), method, ["vda"], state_dir=state_dir) as w:
+        with stable_images(
+            libvirt_conn, planned(libvirt_conn, off.name(), method, ["vda"]), state_dir=state_dir
+        ) as w:
             assert w.method == Method.OFFLINE and w.consistency == Consistency.OFFLINE
             assert w.images[0].path.exists()
         assert off.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+
+
+def test_a_domain_no_longer_as_planned_is_left_alone(
+    domain_factory: DomainFactory, libvirt_conn: Any, libvirt: Any, state_dir: Path
+) -> None:
+    dom = domain_factory.create([DiskSpec("qcow2")])
+    plan = planned(libvirt_conn, dom.name(), Method.AUTO, ["vda"])
+    assert plan.method == Method.OFFLINE
+    dom.create()  # started between planning and the backup: no longer safe to read directly
+    before = snapshot_of(libvirt, dom)
+    with pytest.raises(DomainChanged, match="run the backup again|shut off"):
+        with stable_images(libvirt_conn, plan, state_dir=state_dir):
+            pytest.fail("the window must not open")
+    assert snapshot_of(libvirt, dom) == before
+    assert list_journals(state_dir) == []
+
+    dom.destroy()
+    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    with pytest.raises(DomainChanged, match="no longer exists"):
+        with stable_images(libvirt_conn, plan, state_dir=state_dir):
+            pytest.fail("the window must not open")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consistency_helpers import overlays_in, snapshot_of
+from consistency_helpers import overlays_in, planned, snapshot_of
 from harness.guest import (
     GUEST_MOUNT,
     TinyGuestFactory,
@@ -52,7 +52,10 @@ def test_quiesced_snapshot_freezes_and_thaws_through_the_agent(
     steps = RecordingSteps()
 
     with stable_images(
-        libvirt_conn, name, Method.SNAPSHOT, ["vda"], state_dir=state_dir, steps=steps
+        libvirt_conn,
+        planned(libvirt_conn, name, Method.SNAPSHOT, ["vda"]),
+        state_dir=state_dir,
+        steps=steps,
     ) as window:
         assert window.consistency == Consistency.QUIESCED
         assert guest.agent("guest-fsfreeze-status") == "thawed"  # thawed at once
@@ -73,9 +76,7 @@ def test_quiesced_snapshot_freezes_and_thaws_through_the_agent(
     # The same guest without quiescing: the image is only crash-consistent.
     with stable_images(
         libvirt_conn,
-        name,
-        Method.SNAPSHOT,
-        ["vda"],
+        planned(libvirt_conn, name, Method.SNAPSHOT, ["vda"]),
         ConsistencyOptions(quiesce=Quiesce.NEVER),
         state_dir=state_dir,
     ) as window:
@@ -102,9 +103,7 @@ def test_shutdown_method_shuts_down_gracefully_and_restarts(
 
     with stable_images(
         libvirt_conn,
-        guest.dom.name(),
-        Method.SHUTDOWN,
-        ["vda"],
+        planned(libvirt_conn, guest.dom.name(), Method.SHUTDOWN, ["vda"]),
         options,
         state_dir=tmp_path / "state",
         steps=steps,
@@ -157,9 +156,7 @@ def test_an_overlay_filling_up_pauses_the_guest_and_the_run_brings_it_back(
     options = ConsistencyOptions(overlay_dir=small_overlay_fs, overlay_min_free=0)
     with stable_images(
         libvirt_conn,
-        guest.dom.name(),
-        Method.SNAPSHOT,
-        ["vda"],
+        planned(libvirt_conn, guest.dom.name(), Method.SNAPSHOT, ["vda"]),
         options,
         state_dir=tmp_path / "state",
     ):

@@ -57,7 +57,7 @@ from virtbackup.core.errors import (
     UsageError,
     VirtbackupError,
 )
-from virtbackup.core.model import DomainFacts, Method
+from virtbackup.core.model import DomainFacts
 from virtbackup.core.shrink_plan import (
     DiskOutcome,
     NotEnoughSpace,
@@ -482,14 +482,12 @@ def shrink_domain(
     if not plan.eligible:
         return ShrinkOutcome(facts.name, error=f"{facts.name}: not shrunk: {plan.reason}")
     steps: StepSink = _StepsToProgress(progress)
-    method = Method.SHUTDOWN if plan.needs_shutdown else Method.OFFLINE
     consistency = ConsistencyOptions(shutdown_timeout=options.shutdown_timeout)
-    targets = [disk.target for disk in plan.chosen]
     notes = [f"{d.disk.target}: {d.reason}" for d in plan.disks if not d.shrink]
     progress.begin(facts.name, 3)
     try:
         with stable_images(
-            conn, facts.name, method, targets, consistency, state_dir=state_dir, steps=steps
+            conn, plan.images_plan, consistency, state_dir=state_dir, steps=steps
         ) as window:
             images = [Image(i.target, str(i.path), i.format, i.virtual_size) for i in window.images]
             if options.mode is ShrinkMode.IN_PLACE:

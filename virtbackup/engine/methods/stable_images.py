@@ -1,6 +1,6 @@
 """Make a domain's images safe to read, and put everything back afterwards.
 
-    with stable_images(conn, "web1", Method.SNAPSHOT, ["vda"], options) as window:
+    with stable_images(conn, plan, options) as window:    # plan: core/planning
         for image in window.images:
             stream(image.path)           # the data path reads the file byte for byte
 
@@ -23,6 +23,10 @@ stable: nothing writes to it. How depends on the method:
   again on exit whenever it was running before, also when the backup failed.
 - offline: the domain is shut off; its images are read as they are.
 
+Which method, which disks and whether the domain's state allows it are the plan's
+decisions (core/planning); a source acts on them, re-checking under the domain's lock
+only that the domain is still as planned.
+
 Every change is journalled first (engine/runs/session), so `virtbackup clean` finishes the
 undo after a kill -9 or a power loss.
 
@@ -35,23 +39,21 @@ overlay is merged into the top image only, never further down.
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from virtbackup.adapters import hypervisor as hv
 from virtbackup.adapters.discovery import domain_facts
 from virtbackup.adapters.journal import resolve_state_dir
-from virtbackup.adapters.libvirt_conn import libvirt_module
 from virtbackup.core.config import SnapshotSize
 from virtbackup.core.consistency_errors import (
-    ConsistencyError,
     ConsistencyLost,
+    DomainChanged,
     OverlaySpaceError,
     QuiesceFailed,
-    ShutdownRefused,
     ShutdownTimeout,
     SnapshotFailed,
     UnsupportedDisk,
@@ -59,7 +61,7 @@ from virtbackup.core.consistency_errors import (
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.overlays import agent_connected, overlay_path, snapshot_xml
-from virtbackup.core.planning import UnknownDomain
+from virtbackup.core.planning import DomainPlan
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import FrozenRecord, OverlayRecord, StateRecord
@@ -109,37 +111,64 @@ class StableImages:
         return progress
 
 
-# -- the one call of the backup glue --------------------------------------------------------
+# -- the image sources -------------------------------------------------------------------
+
+
+class ImageSource(Protocol):
+    """Where a method reads a planned domain's images from, for the `with` block: the
+    domain locked, its disks `plan.backed_up` stable, everything put back on the way out.
+    `stable_images` (snapshot, shutdown, offline) and the LVM method's source implement
+    it; skip-free (methods/skip_free) works on the window of any of them."""
+
+    def __call__(
+        self,
+        conn: Any,
+        plan: DomainPlan,
+        options: ConsistencyOptions | None = None,
+        *,
+        state_dir: Path | None = None,
+        steps: StepSink | None = None,
+        run_id: str | None = None,
+    ) -> AbstractContextManager[StableImages]: ...
 
 
 @contextmanager
 def stable_images(
     conn: Any,
-    domain_name: str,
-    method: Method,
-    targets: Sequence[str],
+    plan: DomainPlan,
     options: ConsistencyOptions | None = None,
     *,
     state_dir: Path | None = None,
     steps: StepSink | None = None,
     run_id: str | None = None,
 ) -> Iterator[StableImages]:
-    """Lock the domain, finish what a dead run left on it, make the disks `targets`
-    stable by `method` (snapshot, shutdown or offline) for the `with` block, and undo it
-    all on the way out, whatever the way out.
+    """Lock the domain, finish what a dead run left on it, make the disks the plan backs
+    up stable by its method (snapshot, shutdown or offline) for the `with` block, and
+    undo it all on the way out, whatever the way out.
 
-    Raises before the block: UnknownDomain, LockHeld (exit 3), LeftoversRemain,
-    UnsupportedDisk, OverlaySpaceError, SnapshotFailed, QuiesceFailed, ShutdownRefused,
-    ShutdownTimeout (all leave the domain as it was). On the way out: UndoIncomplete
-    when something could not be undone (the journal keeps it for `virtbackup clean`),
-    ConsistencyLost when a shut-off domain was started while being read; otherwise the
-    block's own exception passes through.
+    Raises before the block: DomainChanged, LockHeld (exit 3), LeftoversRemain,
+    UnsupportedDisk, OverlaySpaceError, SnapshotFailed, QuiesceFailed, ShutdownTimeout
+    (all leave the domain as it was). On the way out: UndoIncomplete when something
+    could not be undone (the journal keeps it for `virtbackup clean`), ConsistencyLost
+    when a shut-off domain was started while being read; otherwise the block's own
+    exception passes through.
     """
     options = options or ConsistencyOptions()
-    dom = lookup_name(conn, domain_name)
+    dom = planned_domain(conn, plan)
     with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
-        with session_images(session, dom, method, targets, options) as window:
-            yield window
+        facts, disks = as_planned(session.conn, dom, plan)
+        definition = hv.config_xml(dom) or hv.live_xml(dom)
+        if plan.method is Method.OFFLINE:
+            with _offline(dom, facts, disks, definition) as window:
+                yield window
+        elif plan.method is Method.SNAPSHOT:
+            with _snapshot(session, dom, facts, disks, definition, options) as window:
+                yield window
+        elif plan.method is Method.SHUTDOWN:
+            with _shutdown(session, dom, facts, disks, definition, options) as window:
+                yield window
+        else:
+            raise UsageError(f"method {plan.method} is not handled by the consistency layer")
 
 
 def domain_session(
@@ -163,57 +192,41 @@ def domain_session(
     )
 
 
-@contextmanager
-def session_images(
-    session: Session,
-    dom: Any,
-    method: Method,
-    targets: Sequence[str],
-    options: ConsistencyOptions,
-) -> Iterator[StableImages]:
-    """stable_images inside a session the caller opened for this domain."""
-    facts = domain_facts(session.conn, dom)
-    disks = select_disks(facts, targets)
-    definition = hv.config_xml(dom) or hv.live_xml(dom)
-    if facts.state == DomainState.SHUTOFF or method == Method.OFFLINE:
-        with _offline(session, dom, facts, disks, definition) as window:
-            yield window
-    elif method == Method.SNAPSHOT:
-        with _snapshot(session, dom, facts, disks, definition, options) as window:
-            yield window
-    elif method == Method.SHUTDOWN:
-        with _shutdown(session, dom, facts, disks, definition, options) as window:
-            yield window
-    else:
-        raise UsageError(f"method {method} is not handled by the consistency layer")
+def planned_domain(conn: Any, plan: DomainPlan) -> Any:
+    """The planned domain, by uuid: a domain defined anew under the same name since is
+    another domain."""
+    dom = hv.lookup_uuid(conn, plan.domain.uuid)
+    if dom is None:
+        raise DomainChanged(f"{plan.domain.name} no longer exists", "nothing of it was backed up")
+    return dom
 
 
-def lookup_name(conn: Any, name: str) -> Any:
-    libvirt = libvirt_module()
-    try:
-        return conn.lookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            raise UnknownDomain(
-                f"unknown domain {name!r}", "'virtbackup list' shows the domains of the host"
-            ) from None
-        raise
-
-
-def select_disks(facts: DomainFacts, targets: Sequence[str]) -> list[DiskFacts]:
-    by_target = {disk.target: disk for disk in facts.disks}
-    chosen = []
-    for target in targets:
-        disk = by_target.get(target)
-        if disk is None:
-            raise UnsupportedDisk(f"{facts.name} has no disk {target!r}")
-        if disk.path is None or disk.source_type not in ("file", "block", "volume"):
-            raise UnsupportedDisk(
-                f"{facts.name} {target}: a {disk.source_type} disk has no local image to read",
-                "leave it out of the backup",
+def as_planned(conn: Any, dom: Any, plan: DomainPlan) -> tuple[DomainFacts, list[DiskFacts]]:
+    """The domain and the disks to read as they are now, under its lock, once a dead
+    run's changes are undone. The plan was made from what discovery saw before the lock:
+    a state that changed since (started, stopped, paused) would have the method act on
+    a domain it was not chosen for, so the run stops. A disk's image may have changed
+    since (a dead run's overlay merged back just now): the image read is the current one.
+    """
+    facts = domain_facts(conn, dom)
+    name = plan.domain.name
+    if facts.state is not plan.domain.state:
+        raise DomainChanged(
+            f"{name} was {plan.domain.state} when the backup was planned and is now "
+            f"{facts.state}: nothing of it was changed",
+            "run the backup again",
+        )
+    now = {disk.target: disk for disk in facts.disks}
+    disks = []
+    for planned in plan.backed_up:
+        disk = now.get(planned.disk.target)
+        if disk is None or disk.path is None or disk.source_type != planned.disk.source_type:
+            raise DomainChanged(
+                f"{name} {planned.disk.target} is not the disk the backup was planned for",
+                "run the backup again",
             )
-        chosen.append(disk)
-    return chosen
+        disks.append(disk)
+    return facts, disks
 
 
 def _images(disks: Sequence[DiskFacts]) -> tuple[DiskSource, ...]:
@@ -234,13 +247,8 @@ def _images(disks: Sequence[DiskFacts]) -> tuple[DiskSource, ...]:
 
 @contextmanager
 def _offline(
-    session: Session, dom: Any, facts: DomainFacts, disks: list[DiskFacts], definition: str
+    dom: Any, facts: DomainFacts, disks: list[DiskFacts], definition: str
 ) -> Iterator[StableImages]:
-    if facts.state != DomainState.SHUTOFF:
-        raise ConsistencyError(
-            f"{facts.name} is {facts.state.value}: the offline method reads shut-off domains only",
-            "use --method snapshot or shutdown",
-        )
     yield StableImages(
         facts.name, facts.uuid, Method.OFFLINE, Consistency.OFFLINE, definition, _images(disks)
     )
@@ -267,11 +275,6 @@ def _snapshot(
     definition: str,
     options: ConsistencyOptions,
 ) -> Iterator[StableImages]:
-    if facts.state not in (DomainState.RUNNING, DomainState.PAUSED):
-        raise ConsistencyError(
-            f"{facts.name} is {facts.state.value}: it cannot be snapshotted now",
-            "try again when it runs or is shut off",
-        )
     records = [_overlay_record(session, facts, disk, options) for disk in disks]
     check_overlay_space(facts.name, [Path(r.overlay) for r in records], options.overlay_min_free)
     xml = snapshot_xml(
@@ -418,18 +421,6 @@ def _shutdown(
     definition: str,
     options: ConsistencyOptions,
 ) -> Iterator[StableImages]:
-    if facts.state == DomainState.PAUSED:
-        raise ShutdownRefused(
-            f"{facts.name} is paused: a paused guest cannot shut down",
-            "resume it first, or use --method snapshot (it stays paused)",
-        )
-    if not facts.persistent:
-        raise ShutdownRefused(
-            f"{facts.name} is transient: once shut down it could not be started again",
-            "use --method snapshot",
-        )
-    if facts.state != DomainState.RUNNING:
-        raise ConsistencyError(f"{facts.name} is {facts.state.value}: it cannot be shut down now")
     with session.scope():
         # Registered before asking: a guest that goes off while we wait is started again.
         session.register(StateRecord(was=DomainState.RUNNING, restart=True))
