@@ -34,8 +34,8 @@ from virtbackup.core.model import Method  # noqa: E402
 from virtbackup.core.progress import NullProgress  # noqa: E402
 from virtbackup.core.steps import LogSteps  # noqa: E402
 from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks  # noqa: E402
+from virtbackup.engine.methods.image_source import Consistency, StableImages  # noqa: E402
 from virtbackup.engine.methods.skip_free import SkipFree, compacted  # noqa: E402
-from virtbackup.engine.methods.stable_images import Consistency, StableImages  # noqa: E402
 
 MiB = 1 << 20
 

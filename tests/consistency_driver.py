@@ -18,7 +18,8 @@ from consistency_helpers import planned
 from virtbackup.adapters import hypervisor
 from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.core.model import Method
-from virtbackup.engine.methods.stable_images import ConsistencyOptions, stable_images
+from virtbackup.engine.methods.image_source import ConsistencyOptions
+from virtbackup.engine.methods.stable_images import stable_images
 
 
 def reached(marker: Path, stage: str) -> None:

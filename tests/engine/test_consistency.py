@@ -33,12 +33,8 @@ from virtbackup.core.consistency_errors import (
 from virtbackup.core.errors import LockHeld
 from virtbackup.core.model import Method
 from virtbackup.core.steps import RecordingSteps
-from virtbackup.engine.methods.stable_images import (
-    Consistency,
-    ConsistencyOptions,
-    Quiesce,
-    stable_images,
-)
+from virtbackup.engine.methods.image_source import Consistency, ConsistencyOptions, Quiesce
+from virtbackup.engine.methods.stable_images import stable_images
 
 pytestmark = pytest.mark.libvirt
 

@@ -24,12 +24,8 @@ from harness.guest import (
 from virtbackup.adapters.journal import list_journals
 from virtbackup.core.model import Method
 from virtbackup.core.steps import RecordingSteps
-from virtbackup.engine.methods.stable_images import (
-    Consistency,
-    ConsistencyOptions,
-    Quiesce,
-    stable_images,
-)
+from virtbackup.engine.methods.image_source import Consistency, ConsistencyOptions, Quiesce
+from virtbackup.engine.methods.stable_images import stable_images
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 

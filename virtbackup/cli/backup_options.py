@@ -29,8 +29,8 @@ from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions, plan_domain
 from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.methods.image_source import ConsistencyOptions, Quiesce
 from virtbackup.engine.methods.skip_free import SkipFree
-from virtbackup.engine.methods.stable_images import ConsistencyOptions, Quiesce
 from virtbackup.engine.runs.domain_backup import BackupRunOptions, DomainJob
 from virtbackup.engine.stores.offsite import RemoteStore
 

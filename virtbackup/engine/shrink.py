@@ -73,7 +73,8 @@ from virtbackup.core.shrink_plan import (
     vg_ignored,
 )
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.methods.stable_images import ConsistencyOptions, stable_images
+from virtbackup.engine.methods.image_source import ConsistencyOptions
+from virtbackup.engine.methods.stable_images import stable_images
 
 log = logging.getLogger(__name__)
 

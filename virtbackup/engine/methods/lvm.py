@@ -73,8 +73,7 @@ from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import FrozenRecord
 from virtbackup.engine.datapath.disk_backup import DiskSource
-from virtbackup.engine.methods.lvm_undo import DEFAULT_MOUNT_ROOT, lvm_lock, sweep_leftovers
-from virtbackup.engine.methods.stable_images import (
+from virtbackup.engine.methods.image_source import (
     Consistency,
     ConsistencyOptions,
     Quiesce,
@@ -83,6 +82,7 @@ from virtbackup.engine.methods.stable_images import (
     domain_session,
     planned_domain,
 )
+from virtbackup.engine.methods.lvm_undo import DEFAULT_MOUNT_ROOT, lvm_lock, sweep_leftovers
 from virtbackup.engine.runs.session import Session
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.shrink_plan import ShrinkOptions
 from virtbackup.core.steps import StepSink
 from virtbackup.engine.datapath.disk_backup import DiskSource
-from virtbackup.engine.methods.stable_images import StableImages
+from virtbackup.engine.methods.image_source import StableImages
 from virtbackup.engine.shrink import CONVERT_TIMEOUT, allocated_bytes, reclaim, throwaway_overlay
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.methods.stable_images import ImageSource
+from virtbackup.engine.methods.image_source import ImageSource
 from virtbackup.engine.runs.domain_backup import DomainJob, DomainOutcome, Result, back_up_domain
 from virtbackup.engine.stores.offsite import RemoteStore, prune_remote
 from virtbackup.engine.stores.prune import prune_domain

@@ -30,9 +30,10 @@ from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.engine.datapath.disk_backup import BackupTarget, back_up_disks
 from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.methods.image_source import ConsistencyOptions, ImageSource
 from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
-from virtbackup.engine.methods.stable_images import ConsistencyOptions, ImageSource, stable_images
+from virtbackup.engine.methods.stable_images import stable_images
 from virtbackup.engine.methods.trim import trim_before_backup
 from virtbackup.engine.stores.offsite import RemoteStore, ship
 
