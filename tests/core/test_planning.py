@@ -320,3 +320,14 @@ def test_an_unreadable_disk_fails_the_backup_unless_excluded() -> None:
     assert plan.method == M.SNAPSHOT  # what the readable disks would get, shown by list
     excluded = plan_domain(domain(S.RUNNING, QCOW2, gone), PlanOptions(exclude_disks=("vdb",)))
     assert excluded.unreadable == ()
+
+
+def test_a_domain_whose_every_data_disk_is_left_out_is_incomplete_not_skipped() -> None:
+    lun = DiskFacts("sda", "lun", "block", "/dev/sdz", "raw")
+    only_lun = plan_domain(domain(S.RUNNING, lun))
+    assert only_lun.method is None and only_lun.nothing_but_left_out
+    crashed = plan_domain(domain(S.CRASHED, QCOW2, lun))
+    assert crashed.method is None and not crashed.nothing_but_left_out  # skipped: its state
+    excluded = plan_domain(domain(S.RUNNING, QCOW2, lun), PlanOptions(exclude_disks=("vda",)))
+    assert [d.disk.target for d in excluded.excluded] == ["vda"]
+    assert excluded.nothing_but_left_out

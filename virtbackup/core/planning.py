@@ -62,6 +62,7 @@ class DiskPlan:
     # a disk whose image cannot be read now (gone, its pool inactive): the domain's backup
     # fails rather than miss it, and the next run tries again
     unreadable: bool = False
+    excluded: bool = False  # left out by target in the configuration (exclude_disks)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,16 @@ class DomainPlan:
     @property
     def warnings(self) -> tuple[DiskPlan, ...]:
         return tuple(d for d in self.disks if d.warning)
+
+    @property
+    def excluded(self) -> tuple[DiskPlan, ...]:
+        return tuple(d for d in self.disks if d.excluded)
+
+    @property
+    def nothing_but_left_out(self) -> bool:
+        """No disk can be backed up and some hold data the backup would miss: the
+        domain's backup is incomplete, not merely skipped."""
+        return self.method is None and self.reason == NO_DISK_REASON and bool(self.left_out)
 
     @property
     def unreadable(self) -> tuple[DiskPlan, ...]:
@@ -158,7 +169,7 @@ def plan_domain(facts: DomainFacts, options: PlanOptions | None = None) -> Domai
     """The method for one domain and the fate of each of its disks, with reasons."""
     options = options or PlanOptions()
     verdicts = [
-        DiskPlan(disk, False, EXCLUDED_REASON)
+        DiskPlan(disk, False, EXCLUDED_REASON, excluded=True)
         if disk.target in options.exclude_disks
         else disk_verdict(disk)
         for disk in facts.disks

@@ -25,7 +25,7 @@ from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
 from virtbackup.core.manifest import LeftOutDisk
 from virtbackup.core.model import Method
-from virtbackup.core.planning import EXCLUDED_REASON, NO_DISK_REASON, DomainPlan
+from virtbackup.core.planning import DomainPlan
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.engine.datapath.disk_backup import BackupTarget, back_up_disks
@@ -114,11 +114,11 @@ def back_up_domain(
     warnings = tuple(f"{d.disk.target}: {d.reason}" for d in plan.warnings)
     method = plan.method.value if plan.method else None
     left_out = tuple(f"{d.disk.target}: {d.reason}" for d in plan.left_out)
-    excluded = tuple(d.disk.target for d in plan.disks if d.reason == EXCLUDED_REASON)
+    excluded = tuple(d.disk.target for d in plan.excluded)
     if plan.unreadable:
         problem = "; ".join(f"{d.disk.target}: {d.reason}" for d in plan.unreadable)
         return DomainOutcome(name, Result.FAILED, problem, method, warnings=warnings)
-    if plan.method is None and left_out and plan.reason == NO_DISK_REASON:
+    if plan.nothing_but_left_out:
         message = f"nothing backed up: {'; '.join(left_out)}; {EXCLUDE_HINT}"
         return DomainOutcome(
             name, Result.INCOMPLETE, message, None, warnings=warnings, left_out=left_out
