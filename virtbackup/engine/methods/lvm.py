@@ -521,7 +521,7 @@ def _take_snapshots(
 
 
 class LvmSource:
-    """The lvm method's image source (an ImageSource, see methods/stable_images): lock
+    """The lvm method's image source (an ImageSource, see methods/image_source): lock
     the domain, finish what a dead run left, snapshot the LVs under the disks the plan
     backs up, yield an LvmImages, and remove what was made.
 
