@@ -33,8 +33,8 @@ from virtbackup.core.model import Method  # noqa: E402
 from virtbackup.core.progress import NullProgress  # noqa: E402
 from virtbackup.core.steps import LogSteps  # noqa: E402
 from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks  # noqa: E402
+from virtbackup.engine.methods.image_source import Consistency, StableImages  # noqa: E402
 from virtbackup.engine.methods.skip_free import SkipFree, compacted  # noqa: E402
-from virtbackup.engine.methods.stable_images import Consistency, StableImage, StableImages  # noqa: E402
 from virtbackup.engine.stores.local import LocalStore  # noqa: E402
 
 MiB = 1 << 20
@@ -93,11 +93,10 @@ def skip_free_backup(dest: Path, image: Path, fmt: str, size: int) -> tuple[int,
         Method.OFFLINE,
         Consistency.OFFLINE,
         "<domain/>",
-        (StableImage("vda", image, fmt, size, ()),),
+        (DiskSource("vda", image, fmt, size),),
     )
-    plain = DiskSource("vda", image, fmt, size)
     steps = TimedSteps()
-    with compacted(window, [plain], SkipFree(dest), steps) as disks:
+    with compacted(window, SkipFree(dest), steps) as disks:
         (source,) = disks.sources
         assert source.free_space_skipped, disks.warnings
         steps.step("bench", f"streaming the copy ({allocated(source.path) / MiB:.0f} MiB)")

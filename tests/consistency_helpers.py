@@ -2,10 +2,14 @@
 
 import hashlib
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.diskxml import parse_disks
+from virtbackup.core.model import Method
+from virtbackup.core.planning import DomainPlan, PlanOptions, plan_domain
 
 MiB = 1024 * 1024
 
@@ -65,3 +69,13 @@ def read_raw(path: Path, offset: int, length: int) -> bytes:
 
 def qemu_img_check(path: Path) -> None:
     subprocess.run(["qemu-img", "check", "-q", str(path)], check=True)
+
+
+def planned(
+    hypervisor: Hypervisor, name: str, method: Method, targets: Sequence[str]
+) -> DomainPlan:
+    """The plan `backup --method METHOD` makes for the domain `name` as it is now, with
+    every disk but `targets` left out by configuration."""
+    facts = hypervisor.facts(hypervisor.domain(name))
+    others = tuple(d.target for d in facts.disks if d.target not in targets)
+    return plan_domain(facts, PlanOptions(method=method, exclude_disks=others))

@@ -310,3 +310,24 @@ def test_an_image_with_data_in_other_files_is_left_out() -> None:
     plan = plan_domain(domain(S.SHUTOFF, RAW, flat))
     assert [(d.disk.target, d.reason, d.warning) for d in plan.left_out] == [("vdc", why, True)]
     assert [d.disk.target for d in plan.backed_up] == ["vdb"]
+
+
+def test_an_unreadable_disk_fails_the_backup_unless_excluded() -> None:
+    gone = replace(QCOW2, target="vdb", probe_error="cannot inspect /img/b.qcow2: gone")
+    plan = plan_domain(domain(S.RUNNING, QCOW2, gone))
+    assert [d.disk.target for d in plan.unreadable] == ["vdb"]
+    assert plan.unreadable[0].reason == "cannot inspect /img/b.qcow2: gone"
+    assert plan.method == M.SNAPSHOT  # what the readable disks would get, shown by list
+    excluded = plan_domain(domain(S.RUNNING, QCOW2, gone), PlanOptions(exclude_disks=("vdb",)))
+    assert excluded.unreadable == ()
+
+
+def test_a_domain_whose_every_data_disk_is_left_out_is_incomplete_not_skipped() -> None:
+    lun = DiskFacts("sda", "lun", "block", "/dev/sdz", "raw")
+    only_lun = plan_domain(domain(S.RUNNING, lun))
+    assert only_lun.method is None and only_lun.nothing_but_left_out
+    crashed = plan_domain(domain(S.CRASHED, QCOW2, lun))
+    assert crashed.method is None and not crashed.nothing_but_left_out  # skipped: its state
+    excluded = plan_domain(domain(S.RUNNING, QCOW2, lun), PlanOptions(exclude_disks=("vda",)))
+    assert [d.disk.target for d in excluded.excluded] == ["vda"]
+    assert excluded.nothing_but_left_out

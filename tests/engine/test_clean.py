@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consistency_helpers import MiB, guest_write, overlays_in, read_raw, snapshot_of
+from consistency_helpers import MiB, guest_write, overlays_in, planned, read_raw, snapshot_of
 from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 
@@ -191,7 +191,9 @@ def test_a_live_run_is_left_alone_and_the_next_run_finishes_a_dead_one(
 
     # The next run on the domain undoes the dead one's changes before its own.
     with stable_images(
-        hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
+        hypervisor,
+        planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
+        state_dir=state_dir,
     ) as window:
         assert len(overlays_in(domain_factory.workdir)) == 1  # only its own
         assert window.images[0].path == Path(before["live"][0][2])

@@ -15,6 +15,7 @@ from consistency_helpers import (
     MiB,
     guest_write,
     overlays_in,
+    planned,
     read_raw,
     sha256,
     snapshot_of,
@@ -25,20 +26,16 @@ from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import list_journals
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.consistency_errors import (
+    DomainChanged,
     OverlaySpaceError,
-    ShutdownRefused,
     ShutdownTimeout,
     SnapshotFailed,
 )
 from virtbackup.core.errors import LockHeld
 from virtbackup.core.model import Method
 from virtbackup.core.steps import RecordingSteps
-from virtbackup.engine.methods.stable_images import (
-    Consistency,
-    ConsistencyOptions,
-    Quiesce,
-    stable_images,
-)
+from virtbackup.engine.methods.image_source import Consistency, ConsistencyOptions, Quiesce
+from virtbackup.engine.methods.stable_images import stable_images
 
 pytestmark = pytest.mark.libvirt
 
@@ -65,9 +62,7 @@ def test_snapshot_of_a_running_domain_ends_on_its_original_chain(
 
     with stable_images(
         hypervisor,
-        dom.name(),
-        Method.SNAPSHOT,
-        ["vda", "vdb", "vdc"],
+        planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda", "vdb", "vdc"]),
         state_dir=state_dir,
         steps=steps,
     ) as window:
@@ -114,7 +109,9 @@ def test_a_paused_domain_stays_paused(
     dom.suspend()
     before = snapshot_of(libvirt, dom)
     with stable_images(
-        hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
+        hypervisor,
+        planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
+        state_dir=state_dir,
     ) as window:
         assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
         assert window.consistency == Consistency.CRASH
@@ -130,7 +127,11 @@ def test_an_error_inside_the_window_still_merges_back(
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     before = snapshot_of(libvirt, dom)
     with pytest.raises(KeyboardInterrupt):
-        with stable_images(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
+        with stable_images(
+            hypervisor,
+            planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
+            state_dir=state_dir,
+        ):
             raise KeyboardInterrupt
     assert snapshot_of(libvirt, dom) == before
     assert overlays_in(domain_factory.workdir) == []
@@ -145,7 +146,10 @@ def test_quiesce_required_without_agent_fails_before_any_change(
     options = ConsistencyOptions(quiesce=Quiesce.REQUIRE)
     with pytest.raises(Exception, match="cannot freeze the filesystems"):
         with stable_images(
-            hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
+            hypervisor,
+            planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
+            options,
+            state_dir=state_dir,
         ):
             pytest.fail("the window must not open")
     assert snapshot_of(libvirt, dom) == before
@@ -157,10 +161,16 @@ def test_a_second_run_on_the_same_domain_gets_lock_held(
     domain_factory: DomainFactory, hypervisor: Hypervisor, state_dir: Path
 ) -> None:
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
-    with stable_images(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
+    with stable_images(
+        hypervisor,
+        planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
+        state_dir=state_dir,
+    ):
         with pytest.raises(LockHeld) as caught:
             with stable_images(
-                hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir
+                hypervisor,
+                planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
+                state_dir=state_dir,
             ):
                 pytest.fail("two runs on one domain")
         assert caught.value.exit_code == 3
@@ -213,7 +223,10 @@ def test_a_full_overlay_directory_is_a_clear_error_and_changes_nothing(
     expected = OverlaySpaceError if min_free else SnapshotFailed
     with pytest.raises(expected) as caught:
         with stable_images(
-            hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
+            hypervisor,
+            planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
+            options,
+            state_dir=state_dir,
         ):
             pytest.fail("the window must not open")
     message = str(caught.value)
@@ -227,21 +240,24 @@ def test_a_full_overlay_directory_is_a_clear_error_and_changes_nothing(
 
 
 def test_block_device_disk_needs_an_overlay_directory(
-    domain_factory: DomainFactory,
-    hypervisor: Hypervisor,
-    libvirt: Any,
-    state_dir: Path,
-    tmp_path: Path,
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path, tmp_path: Path
 ) -> None:
     dom = domain_factory.create([DiskSpec("block")], start=True)
     before = snapshot_of(libvirt, dom)
     with pytest.raises(Exception, match="overlay directory"):
-        with stable_images(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], state_dir=state_dir):
+        with stable_images(
+            hypervisor,
+            planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
+            state_dir=state_dir,
+        ):
             pass
     options = ConsistencyOptions(overlay_dir=domain_factory.workdir, overlay_min_free=0)
     device = Path(before["live"][0][2])
     with stable_images(
-        hypervisor, dom.name(), Method.SNAPSHOT, ["vda"], options, state_dir=state_dir
+        hypervisor,
+        planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
+        options,
+        state_dir=state_dir,
     ) as window:
         assert window.images[0].path == device
         assert len(overlays_in(domain_factory.workdir)) == 1
@@ -260,7 +276,10 @@ def test_shutdown_timeout_aborts_and_leaves_the_domain_running(
     options = ConsistencyOptions(shutdown_timeout=3)
     with pytest.raises(ShutdownTimeout, match="did not shut down within 3s"):
         with stable_images(
-            hypervisor, dom.name(), Method.SHUTDOWN, ["vda"], options, state_dir=state_dir
+            hypervisor,
+            planned(hypervisor, dom.name(), Method.SHUTDOWN, ["vda"]),
+            options,
+            state_dir=state_dir,
         ):
             pytest.fail("the window must not open")
     assert snapshot_of(libvirt, dom) == before
@@ -276,7 +295,10 @@ def test_shutdown_force_off_backs_up_offline_and_restarts_even_on_failure(
     options = ConsistencyOptions(shutdown_timeout=2, force_off=True)
     with pytest.raises(RuntimeError, match="the data path failed"):
         with stable_images(
-            hypervisor, dom.name(), Method.SHUTDOWN, ["vda"], options, state_dir=state_dir
+            hypervisor,
+            planned(hypervisor, dom.name(), Method.SHUTDOWN, ["vda"]),
+            options,
+            state_dir=state_dir,
         ) as window:
             assert window.consistency == Consistency.OFFLINE
             assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
@@ -291,16 +313,36 @@ def test_shutdown_refuses_paused_and_offline_reads_shut_off_domains(
 ) -> None:
     paused = domain_factory.create([DiskSpec("qcow2")], hint="paused", start=True)
     paused.suspend()
-    with pytest.raises(ShutdownRefused, match="paused"):
-        with stable_images(
-            hypervisor, paused.name(), Method.SHUTDOWN, ["vda"], state_dir=state_dir
-        ):
-            pass
+    refused = planned(hypervisor, paused.name(), Method.SHUTDOWN, ["vda"])
+    assert refused.method is None and "paused" in refused.reason
     assert paused.state()[0] == libvirt.VIR_DOMAIN_PAUSED
 
     off = domain_factory.create([DiskSpec("qcow2")], hint="off")
     for method in (Method.SNAPSHOT, Method.SHUTDOWN, Method.OFFLINE):
-        with stable_images(hypervisor, off.name(), method, ["vda"], state_dir=state_dir) as w:
+        with stable_images(
+            hypervisor, planned(hypervisor, off.name(), method, ["vda"]), state_dir=state_dir
+        ) as w:
             assert w.method == Method.OFFLINE and w.consistency == Consistency.OFFLINE
             assert w.images[0].path.exists()
         assert off.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+
+
+def test_a_domain_no_longer_as_planned_is_left_alone(
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path
+) -> None:
+    dom = domain_factory.create([DiskSpec("qcow2")])
+    plan = planned(hypervisor, dom.name(), Method.AUTO, ["vda"])
+    assert plan.method == Method.OFFLINE
+    dom.create()  # started between planning and the backup: no longer safe to read directly
+    before = snapshot_of(libvirt, dom)
+    with pytest.raises(DomainChanged, match="run the backup again|shut off"):
+        with stable_images(hypervisor, plan, state_dir=state_dir):
+            pytest.fail("the window must not open")
+    assert snapshot_of(libvirt, dom) == before
+    assert list_journals(state_dir) == []
+
+    dom.destroy()
+    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    with pytest.raises(DomainChanged, match="no longer exists"):
+        with stable_images(hypervisor, plan, state_dir=state_dir):
+            pytest.fail("the window must not open")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consistency_helpers import overlays_in, snapshot_of
+from consistency_helpers import overlays_in, planned, snapshot_of
 from harness.guest import (
     GUEST_MOUNT,
     TinyGuestFactory,
@@ -25,12 +25,8 @@ from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import list_journals
 from virtbackup.core.model import Method
 from virtbackup.core.steps import RecordingSteps
-from virtbackup.engine.methods.stable_images import (
-    Consistency,
-    ConsistencyOptions,
-    Quiesce,
-    stable_images,
-)
+from virtbackup.engine.methods.image_source import Consistency, ConsistencyOptions, Quiesce
+from virtbackup.engine.methods.stable_images import stable_images
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
 
@@ -53,7 +49,10 @@ def test_quiesced_snapshot_freezes_and_thaws_through_the_agent(
     steps = RecordingSteps()
 
     with stable_images(
-        hypervisor, name, Method.SNAPSHOT, ["vda"], state_dir=state_dir, steps=steps
+        hypervisor,
+        planned(hypervisor, name, Method.SNAPSHOT, ["vda"]),
+        state_dir=state_dir,
+        steps=steps,
     ) as window:
         assert window.consistency == Consistency.QUIESCED
         assert guest.agent("guest-fsfreeze-status") == "thawed"  # thawed at once
@@ -74,9 +73,7 @@ def test_quiesced_snapshot_freezes_and_thaws_through_the_agent(
     # The same guest without quiescing: the image is only crash-consistent.
     with stable_images(
         hypervisor,
-        name,
-        Method.SNAPSHOT,
-        ["vda"],
+        planned(hypervisor, name, Method.SNAPSHOT, ["vda"]),
         ConsistencyOptions(quiesce=Quiesce.NEVER),
         state_dir=state_dir,
     ) as window:
@@ -103,9 +100,7 @@ def test_shutdown_method_shuts_down_gracefully_and_restarts(
 
     with stable_images(
         hypervisor,
-        guest.dom.name(),
-        Method.SHUTDOWN,
-        ["vda"],
+        planned(hypervisor, guest.dom.name(), Method.SHUTDOWN, ["vda"]),
         options,
         state_dir=tmp_path / "state",
         steps=steps,
@@ -158,9 +153,7 @@ def test_an_overlay_filling_up_pauses_the_guest_and_the_run_brings_it_back(
     options = ConsistencyOptions(overlay_dir=small_overlay_fs, overlay_min_free=0)
     with stable_images(
         hypervisor,
-        guest.dom.name(),
-        Method.SNAPSHOT,
-        ["vda"],
+        planned(hypervisor, guest.dom.name(), Method.SNAPSHOT, ["vda"]),
         options,
         state_dir=tmp_path / "state",
     ):

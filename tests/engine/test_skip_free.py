@@ -27,8 +27,8 @@ from harness.libvirtd import IMAGES_ROOT, DiskSpec, DomainFactory
 from virtbackup.adapters.workdirs import PREFIX as TMP_PREFIX
 from virtbackup.adapters.workdirs import remove_leftovers
 from virtbackup.core.manifest import parse_manifest
+from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.methods.skip_free import eligibility
-from virtbackup.engine.methods.stable_images import StableImage
 
 MiB = 1024 * 1024
 GARBAGE = 24 * MiB  # random, so it does not compress away in the plain backup
@@ -232,11 +232,9 @@ def test_hanging_appliance_falls_back_to_a_full_backup(
 def test_eligibility(tmp_path: Path, fmt: str, chain: tuple[str, ...], reason: str | None) -> None:
     image = tmp_path / "disk"
     image.write_bytes(b"")
-    found = eligibility(StableImage("vda", image, fmt, 0, chain))
+    found = eligibility(DiskSource("vda", image, fmt, 0, chain))
     assert (found is None) if reason is None else (found is not None and reason in found)
-    assert "block device" in (
-        eligibility(StableImage("vda", Path("/dev/null"), "raw", 0, ())) or ""
-    )
+    assert "block device" in (eligibility(DiskSource("vda", Path("/dev/null"), "raw", 0, ())) or "")
 
 
 def test_leftovers_of_killed_runs_are_removed(tmp_path: Path) -> None:

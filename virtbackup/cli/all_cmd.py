@@ -2,37 +2,29 @@
 
 import json
 import os
-import socket
-from contextlib import ExitStack
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 import click
 
-from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.journal import resolve_state_dir
+from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.locks import host_lock
+from virtbackup.engine.stores.local import LocalStore
 from virtbackup.cli.backup_options import (
     BackupValues,
-    Targets,
     backup_options,
-    domain_options,
+    domain_jobs,
     resolve_dest,
     resolve_targets,
 )
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.progress_view import progress_sink
-from virtbackup.cli.summary_view import print_json, print_summary, to_row
-from virtbackup.core.config import Config, DomainSettings
-from virtbackup.core.model import DomainFacts, Method
-from virtbackup.core.planning import PlanOptions
+from virtbackup.cli.summary_view import show_summary, summarise
 from virtbackup.core.steps import LogSteps
-from virtbackup.core.summary import summary_document
-from virtbackup.engine.methods.lvm import SharedLvmSnapshots
-from virtbackup.engine.runs.all_domains import Hooks, OptionsFor, RunInterrupted, run_all
+from virtbackup.engine.runs.all_domains import AllExtras, Hooks
 from virtbackup.engine.runs.clean import clean
-from virtbackup.engine.runs.domain_backup import BackupRunOptions, exit_code
-from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.runs.domain_loop import RunInterrupted, run_domains
 
 SUMMARY_FILE = "virtbackup-last-run.json"
 
@@ -71,66 +63,28 @@ def all_command(
     state_dir = resolve_state_dir(options.state_dir)
     started = datetime.now(UTC)
     steps = LogSteps()
+    extras = AllExtras(
+        Hooks(config.hooks_before, config.hooks_after), _local_zone(), config.allowed_signers
+    )
     lock = host_lock(state_dir)
     lock.acquire(wait=float("inf") if wait else 0.0)
-    interrupted: RunInterrupted | None = None
+    stop: RunInterrupted | None = None
     try:
         clean(state_dir, connect, steps, dests=[store.dest])
-        with connect(options.uri) as conn, ExitStack() as run:
+        with connect(options.uri) as conn:
             domains = conn.discover(
                 include=include or config.include, exclude=exclude or config.exclude
             )
-            for domain in domains:
-                store.check_domain_dir(domain.name)  # before any domain is touched
-
+            jobs = domain_jobs(values, config, options, targets, domains)
             with progress_sink(options.verbosity if not values.as_json else -1) as progress:
-                reports = run_all(
-                    conn,
-                    domains,
-                    store,
-                    _options_for(values, config, options, targets),
-                    Hooks(config.hooks_before, config.hooks_after),
-                    progress,
-                    steps,
-                    _local_zone(),
-                    sources={Method.LVM: SharedLvmSnapshots(run)},
-                    allowed_signers=config.allowed_signers,
-                )
-    except RunInterrupted as stop:  # the domain at hand is back: summary, then exit 130
-        reports, interrupted = stop.reports, stop
+                reports = run_domains(conn, jobs, store, progress, steps, extras)
+    except RunInterrupted as err:  # the domain at hand is back: summary, then exit 130
+        reports, stop = err.reports, err
     finally:
         lock.release()
-    code = exit_code([r.outcome for r in reports])
-    rows = [to_row(r.outcome, r.pruned, r.pruned_remote) for r in reports]
-    document = summary_document(
-        rows,
-        host=socket.gethostname(),
-        dest=str(store.dest),
-        started=started,
-        finished=datetime.now(UTC),
-        exit_code=code,
-    )
-    _write_summary(store.dest / SUMMARY_FILE, document)
-    try:
-        if values.as_json:
-            print_json(document)
-        elif options.verbosity >= 0:
-            print_summary(rows)
-    finally:
-        if interrupted is not None:
-            raise interrupted  # even when the terminal is gone (OSError)
-    return int(code)
-
-
-def _options_for(
-    values: BackupValues, config: Config, globals_: GlobalOptions, targets: Targets
-) -> OptionsFor:
-    def options_for(facts: DomainFacts) -> tuple[PlanOptions, BackupRunOptions, DomainSettings]:
-        settings = config.for_domain(facts.name)
-        plan, run = domain_options(values, config, settings, globals_, targets)
-        return plan, run, settings
-
-    return options_for
+    summary = summarise(reports, store.dest, started)
+    _write_summary(store.dest / SUMMARY_FILE, summary.document)
+    return show_summary(summary, values.as_json, options.verbosity, stop)
 
 
 def _local_zone() -> tzinfo:

@@ -1,31 +1,24 @@
 """`virtbackup backup DOMAIN... --dest DIR`: back up the named domains now."""
 
-import socket
-from contextlib import ExitStack
 from datetime import UTC, datetime
 
 import click
 
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.locks import prepare_state_dir
+from virtbackup.engine.stores.local import LocalStore
 from virtbackup.cli.backup_options import (
     BackupValues,
     backup_options,
-    domain_options,
+    domain_jobs,
     resolve_dest,
     resolve_targets,
 )
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.progress_view import progress_sink
-from virtbackup.cli.summary_view import print_json, print_summary, to_row
-from virtbackup.core.errors import Interrupted
-from virtbackup.core.model import Method
-from virtbackup.core.planning import plan_domain
+from virtbackup.cli.summary_view import show_summary, summarise
 from virtbackup.core.steps import LogSteps
-from virtbackup.core.summary import summary_document
-from virtbackup.engine.methods.lvm import SharedLvmSnapshots
-from virtbackup.engine.runs.domain_backup import back_up_domain, exit_code, interrupted_outcomes
-from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.runs.domain_loop import RunInterrupted, run_domains
 
 
 @click.command("backup")
@@ -47,46 +40,13 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
     prepare_state_dir(options.state_dir)
     targets = resolve_targets(values, config)
     started = datetime.now(UTC)
-    outcomes = []
-    stop: Interrupted | None = None
-    with connect(options.uri) as conn, ExitStack() as run:
-        sources = {Method.LVM: SharedLvmSnapshots(run)}
-        facts = conn.discover(names=domains)
-        for domain in facts:
-            store.check_domain_dir(domain.name)  # before any domain is touched
+    stop: RunInterrupted | None = None
+    with connect(options.uri) as conn:
+        jobs = domain_jobs(values, config, options, targets, conn.discover(names=domains))
         with progress_sink(options.verbosity if not values.as_json else -1) as progress:
-            for index, domain in enumerate(facts):
-                try:
-                    plan_options, run_options = domain_options(
-                        values, config, config.for_domain(domain.name), options, targets
-                    )
-                    plan = plan_domain(domain, plan_options)
-                    outcomes.append(
-                        back_up_domain(
-                            conn, plan, store, run_options, progress, LogSteps(), sources=sources
-                        )
-                    )
-                except Interrupted as err:  # the domain is back; no other one is touched
-                    outcomes += interrupted_outcomes([d.name for d in facts[index:]], err)
-                    stop = err
-                    break
-    code = exit_code(outcomes)
-    rows = [to_row(outcome) for outcome in outcomes]
-    try:
-        if values.as_json:
-            print_json(
-                summary_document(
-                    rows,
-                    host=socket.gethostname(),
-                    dest=str(store.dest),
-                    started=started,
-                    finished=datetime.now(UTC),
-                    exit_code=code,
-                )
-            )
-        elif options.verbosity >= 0:
-            print_summary(rows)
-    finally:
-        if stop is not None:
-            raise stop  # exit 130 with its one line, even when the terminal is gone
-    return int(code)
+            try:
+                reports = run_domains(conn, jobs, store, progress, LogSteps())
+            except RunInterrupted as err:  # the domain at hand is back: summary, then exit 130
+                reports, stop = err.reports, err
+    summary = summarise(reports, store.dest, started)
+    return show_summary(summary, values.as_json, options.verbosity, stop)

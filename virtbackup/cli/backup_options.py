@@ -4,7 +4,7 @@ The command line wins over the file's per-domain settings, which win over its de
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,12 +26,12 @@ from virtbackup.core.config import (
     parse_snapshot_size,
 )
 from virtbackup.core.errors import UsageError
-from virtbackup.core.model import Method
-from virtbackup.core.planning import PlanOptions
+from virtbackup.core.model import DomainFacts, Method
+from virtbackup.core.planning import PlanOptions, plan_domain
 from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.methods.image_source import ConsistencyOptions, Quiesce
 from virtbackup.engine.methods.skip_free import SkipFree
-from virtbackup.engine.methods.stable_images import ConsistencyOptions, Quiesce
-from virtbackup.engine.runs.domain_backup import BackupRunOptions
+from virtbackup.engine.runs.domain_backup import BackupRunOptions, DomainJob
 from virtbackup.engine.stores.remote import RemoteStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -243,12 +243,29 @@ def resolve_dest(values: BackupValues, config: Config) -> Path:
     return dest
 
 
-def domain_options(
+def domain_jobs(
+    values: BackupValues,
+    config: Config,
+    globals_: GlobalOptions,
+    targets: Targets,
+    domains: Sequence[DomainFacts],
+) -> list[DomainJob]:
+    """Each domain's plan and how to back it up, from the options, the configuration
+    and what discovery found."""
+    jobs = []
+    for facts in domains:
+        settings = config.for_domain(facts.name)
+        plan_options, run_options = _domain_options(values, config, settings, globals_, targets)
+        jobs.append(DomainJob(plan_domain(facts, plan_options), run_options, settings))
+    return jobs
+
+
+def _domain_options(
     values: BackupValues,
     config: Config,
     settings: DomainSettings,
     globals_: GlobalOptions,
-    targets: Targets = Targets(None, None),
+    targets: Targets,
 ) -> tuple[PlanOptions, BackupRunOptions]:
     method = Method(values.method) if values.method else settings.method
     consistency = ConsistencyOptions(

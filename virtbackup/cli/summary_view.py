@@ -1,7 +1,11 @@
 """The summary table at the end of `backup` and `all`."""
 
 import json
+import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -10,8 +14,10 @@ from rich.filesize import decimal
 from rich.table import Table
 
 from virtbackup.cli.output import text
-from virtbackup.core.summary import OutcomeRow
-from virtbackup.engine.runs.domain_backup import DomainOutcome
+from virtbackup.core.errors import ExitCode, Interrupted
+from virtbackup.core.summary import OutcomeRow, summary_document
+from virtbackup.engine.runs.all_domains import DomainReport
+from virtbackup.engine.runs.domain_backup import DomainOutcome, exit_code
 
 _STYLE = {
     "ok": "green",
@@ -21,6 +27,43 @@ _STYLE = {
     "skipped": "dim",
     "interrupted": "bold red",
 }
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    code: ExitCode
+    rows: list[OutcomeRow]
+    document: dict[str, Any]  # what --json prints and `all` keeps in DEST
+
+
+def summarise(reports: Sequence[DomainReport], dest: Path, started: datetime) -> RunSummary:
+    code = exit_code([report.outcome for report in reports])
+    rows = [to_row(r.outcome, r.pruned, r.pruned_remote) for r in reports]
+    document = summary_document(
+        rows,
+        host=socket.gethostname(),
+        dest=str(dest),
+        started=started,
+        finished=datetime.now(UTC),
+        exit_code=code,
+    )
+    return RunSummary(code, rows, document)
+
+
+def show_summary(
+    summary: RunSummary, as_json: bool, verbosity: int, stop: Interrupted | None
+) -> int:
+    """Print the summary and return the exit code; a signal that ended the run is
+    raised afterwards (exit 130 with its one line), even when the terminal is gone."""
+    try:
+        if as_json:
+            print_json(summary.document)
+        elif verbosity >= 0:
+            print_summary(summary.rows)
+    finally:
+        if stop is not None:
+            raise stop
+    return int(summary.code)
 
 
 def to_row(

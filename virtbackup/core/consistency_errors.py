@@ -36,8 +36,8 @@ class ShutdownTimeout(ConsistencyError):
     """The guest did not shut down in time and forcing it off was not asked for."""
 
 
-class ShutdownRefused(UsageError):
-    """The shutdown method cannot be used for this domain (paused, transient)."""
+class DomainChanged(ConsistencyError):
+    """The domain is not as planned any more (gone, started, stopped, a disk replaced)."""
 
 
 class ConsistencyLost(VirtbackupError):

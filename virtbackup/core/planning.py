@@ -18,7 +18,8 @@ Methods under `auto`:
 Nothing is left out silently: a disk whose data cannot be backed up (network, SCSI
 passthrough, an unsupported source type, an image whose data lives in other files) is
 `left_out` unless the configuration excludes it by target (`exclude_disks`); the engine
-then reports the domain's backup incomplete.
+then reports the domain's backup incomplete. A disk whose image cannot be read now is
+`unreadable`: the domain's backup fails (unless the disk is excluded).
 Removable media and drives without a medium hold no data of the domain and are skipped.
 """
 
@@ -58,6 +59,10 @@ class DiskPlan:
     warning: bool = False  # the user should look: a risk, or a disk that cannot be read
     # data the backup misses: a disk that cannot be backed up and is not excluded by name
     left_out: bool = False
+    # a disk whose image cannot be read now (gone, its pool inactive): the domain's backup
+    # fails rather than miss it, and the next run tries again
+    unreadable: bool = False
+    excluded: bool = False  # left out by target in the configuration (exclude_disks)
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,20 @@ class DomainPlan:
     @property
     def warnings(self) -> tuple[DiskPlan, ...]:
         return tuple(d for d in self.disks if d.warning)
+
+    @property
+    def excluded(self) -> tuple[DiskPlan, ...]:
+        return tuple(d for d in self.disks if d.excluded)
+
+    @property
+    def nothing_but_left_out(self) -> bool:
+        """No disk can be backed up and some hold data the backup would miss: the
+        domain's backup is incomplete, not merely skipped."""
+        return self.method is None and self.reason == NO_DISK_REASON and bool(self.left_out)
+
+    @property
+    def unreadable(self) -> tuple[DiskPlan, ...]:
+        return tuple(d for d in self.disks if d.unreadable)
 
     @property
     def left_out(self) -> tuple[DiskPlan, ...]:
@@ -108,7 +127,7 @@ def disk_verdict(disk: DiskFacts) -> DiskPlan:
             disk, False, f"{disk.source_type} disks are not supported", warning=True, left_out=True
         )
     if disk.probe_error is not None:
-        return DiskPlan(disk, False, disk.probe_error, warning=True)
+        return DiskPlan(disk, False, disk.probe_error, warning=True, unreadable=True)
     if disk.path is None:
         return DiskPlan(disk, False, "no source: nothing to back up")
     if disk.data_elsewhere is not None:
@@ -150,7 +169,7 @@ def plan_domain(facts: DomainFacts, options: PlanOptions | None = None) -> Domai
     """The method for one domain and the fate of each of its disks, with reasons."""
     options = options or PlanOptions()
     verdicts = [
-        DiskPlan(disk, False, EXCLUDED_REASON)
+        DiskPlan(disk, False, EXCLUDED_REASON, excluded=True)
         if disk.target in options.exclude_disks
         else disk_verdict(disk)
         for disk in facts.disks

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Protocol
 
 from virtbackup.core.errors import UsageError, VirtbackupError
-from virtbackup.core.model import DiskFacts, DomainFacts, DomainState
-from virtbackup.core.planning import SHUTDOWN_STATES
+from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
+from virtbackup.core.planning import SHUTDOWN_STATES, DiskPlan, DomainPlan
 
 # Formats whose holes and discards we know how to reclaim in place.
 IN_PLACE_FORMATS = frozenset({"raw", "qcow2"})
@@ -106,6 +106,14 @@ class DomainShrink:
     @property
     def allocated(self) -> int:
         return sum(d.allocated or 0 for d in self.chosen)
+
+    @property
+    def images_plan(self) -> DomainPlan:
+        """The images shrink reads and writes as a plan of the consistency layer: the
+        chosen disks, shut off for the work (shut down first when it runs)."""
+        method = Method.SHUTDOWN if self.needs_shutdown else Method.OFFLINE
+        disks = tuple(DiskPlan(d.disk, d.shrink, d.reason) for d in self.disks)
+        return DomainPlan(self.domain, method if self.eligible else None, self.reason, disks)
 
     @property
     def virtual_size(self) -> int:

@@ -70,7 +70,8 @@ from virtbackup.core.shrink_plan import (
     vg_ignored,
 )
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.methods.stable_images import ConsistencyOptions, stable_images
+from virtbackup.engine.methods.image_source import ConsistencyOptions
+from virtbackup.engine.methods.stable_images import stable_images
 
 log = logging.getLogger(__name__)
 
@@ -443,14 +444,12 @@ def shrink_domain(
     if not plan.eligible:
         return ShrinkOutcome(facts.name, error=f"{facts.name}: not shrunk: {plan.reason}")
     steps: StepSink = _StepsToProgress(progress)
-    method = Method.SHUTDOWN if plan.needs_shutdown else Method.OFFLINE
     consistency = ConsistencyOptions(shutdown_timeout=options.shutdown_timeout)
-    targets = [disk.target for disk in plan.chosen]
     notes = [f"{d.disk.target}: {d.reason}" for d in plan.disks if not d.shrink]
     progress.begin(facts.name, 3)
     try:
         with stable_images(
-            hypervisor, facts.name, method, targets, consistency, state_dir=state_dir, steps=steps
+            hypervisor, plan.images_plan, consistency, state_dir=state_dir, steps=steps
         ) as window:
             images = [Image(i.target, str(i.path), i.format, i.virtual_size) for i in window.images]
             if options.mode is ShrinkMode.IN_PLACE:

@@ -39,7 +39,8 @@ class DiskSource:
     target: str  # vda
     path: Path  # image file or block device to read
     format: str  # raw, qcow2, ...
-    virtual_size: int  # bytes the guest sees
+    virtual_size: int  # bytes the guest sees; 0 when unknown
+    backing_chain: tuple[str, ...] = ()  # images below `path`, top first (not in its bytes)
     origin: Path | None = None  # the disk's image when `path` is a copy of it (--skip-free)
     free_space_skipped: bool = False  # `path` holds the guest's used blocks only
 

@@ -1,6 +1,6 @@
 """The `lvm` method: read a running domain's images from LVM snapshots (the seed's Variant 1).
 
-    with lvm_stable_images(conn, "web1", Method.LVM, ["vda"], options) as window:
+    with LvmSource()(conn, plan, options) as window:    # plan: core/planning
         progress = window.guard(progress)    # stops a stream from an overflowed snapshot
         for image in window.images:
             stream(image.path)               # inside the snapshot's read-only mount
@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -67,20 +67,21 @@ from virtbackup.core.lvm import (
 )
 from virtbackup.core.model import DiskFacts, DomainState, Method
 from virtbackup.core.overlays import agent_connected
+from virtbackup.core.planning import DomainPlan
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import FrozenRecord
-from virtbackup.engine.methods.lvm_undo import DEFAULT_MOUNT_ROOT, lvm_lock, sweep_leftovers
-from virtbackup.engine.methods.stable_images import (
+from virtbackup.engine.datapath.disk_backup import DiskSource
+from virtbackup.engine.methods.image_source import (
     Consistency,
     ConsistencyOptions,
     Quiesce,
-    StableImage,
     StableImages,
+    as_planned,
     domain_session,
-    select_disks,
-    session_images,
+    planned_domain,
 )
+from virtbackup.engine.methods.lvm_undo import DEFAULT_MOUNT_ROOT, lvm_lock, sweep_leftovers
 from virtbackup.engine.runs.session import Session
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def lvm_run(
     steps: StepSink | None = None,
     run_id: str | None = None,
 ) -> Iterator[LvmSnapshots]:
-    """Snapshots shared by every domain of a run (pass it as `snapshots=`), journalled
+    """Snapshots shared by every domain of a run (see LvmSource), journalled
     under a pseudo domain of their own and removed when the run ends."""
     with Session(
         resolve_state_dir(state_dir),
@@ -399,13 +400,12 @@ def locate_disks(name: str, disks: Sequence[DiskFacts]) -> list[DiskOnLv]:
 def lvm_images(
     session: Session,
     dom: Domain,
-    targets: Sequence[str],
+    plan: DomainPlan,
     options: LvmOptions,
     snapshots: LvmSnapshots,
 ) -> Iterator[LvmImages]:
-    """The images of `targets` inside LVM snapshots, for the `with` block."""
-    facts = session.hypervisor.facts(dom)
-    disks = select_disks(facts, targets)
+    """The images of the disks `plan` backs up inside LVM snapshots, for the `with` block."""
+    facts, disks = as_planned(session.hypervisor, dom, plan)
     definition = dom.config_xml() or dom.live_xml()
     places = locate_disks(facts.name, disks)
     running = facts.state == DomainState.RUNNING
@@ -435,8 +435,6 @@ def lvm_images(
             "(install and start qemu-guest-agent in the guest)",
         )
     consistency = Consistency.QUIESCED if frozen else Consistency.CRASH
-    if facts.state == DomainState.SHUTOFF:
-        consistency = Consistency.OFFLINE
 
     images = []
     for disk, place in zip(disks, places, strict=True):
@@ -447,11 +445,11 @@ def lvm_images(
         else:
             path = Path(snapshot.lv.path)
         images.append(
-            StableImage(
+            DiskSource(
                 target=disk.target,
                 path=path,
                 format=disk.format or "raw",
-                virtual_size=disk.virtual_size,
+                virtual_size=disk.virtual_size or 0,
                 backing_chain=disk.backing_chain,
             )
         )
@@ -517,76 +515,47 @@ def _take_snapshots(
     return False
 
 
-# -- the entry point of the backup glue ---------------------------------------------------------
+# -- the image source -----------------------------------------------------------------------
 
 
-@contextmanager
-def lvm_stable_images(
-    conn: Hypervisor,
-    domain_name: str,
-    method: Method,
-    targets: Sequence[str],
-    options: ConsistencyOptions | None = None,
-    *,
-    state_dir: Path | None = None,
-    steps: StepSink | None = None,
-    run_id: str | None = None,
-    snapshots: LvmSnapshots | None = None,
-) -> Iterator[StableImages]:
-    """stable_images for the lvm method: lock the domain, finish what a dead run left,
-    snapshot (or reuse the run's snapshots of) the LVs under `targets`, yield an
-    LvmImages, and remove what was made. A shut-off domain is read directly."""
-    options = options or ConsistencyOptions()
-    settings = lvm_options(options)
-    dom = conn.domain(domain_name)
-    with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
-        if dom.state() == DomainState.SHUTOFF:
-            with session_images(session, dom, Method.OFFLINE, targets, options) as window:
-                yield window
-        elif snapshots is not None:
-            with lvm_images(session, dom, targets, settings, snapshots) as window:
-                yield window
-        else:
-            with lvm_snapshots_in(session, settings) as own:
-                with lvm_images(session, dom, targets, settings, own) as window:
-                    yield window
+class LvmSource:
+    """The lvm method's image source (an ImageSource, see methods/image_source): lock
+    the domain, finish what a dead run left, snapshot the LVs under the disks the plan
+    backs up, yield an LvmImages, and remove what was made.
 
+    With a run's `stack`, the snapshots are shared by the domains of the run: the first
+    domain on an LV creates its snapshot, later domains on that LV reuse it (as the
+    seed's one snapshot of the whole volume did), and all are removed when `stack`
+    closes at the end of the run; the snapshot size and quiesce mode are those of the
+    domain that opens the run. Without one, each domain's snapshots are its own."""
 
-class SharedLvmSnapshots:
-    """The lvm image source of one `backup`/`all` run: the first domain on an LV creates
-    its snapshot, later domains on that LV reuse it (as the seed's one snapshot of the
-    whole volume did), and all are removed when `stack` closes at the end of the run.
-    The snapshot size and quiesce mode are those of the domain that opens the run."""
-
-    def __init__(self, stack: ExitStack) -> None:
+    def __init__(self, stack: ExitStack | None = None) -> None:
         self._stack = stack
-        self._snapshots: LvmSnapshots | None = None
+        self._shared: LvmSnapshots | None = None
 
+    @contextmanager
     def __call__(
         self,
         conn: Hypervisor,
-        domain_name: str,
-        method: Method,
-        targets: Sequence[str],
+        plan: DomainPlan,
         options: ConsistencyOptions | None = None,
         *,
         state_dir: Path | None = None,
         steps: StepSink | None = None,
         run_id: str | None = None,
-    ) -> AbstractContextManager[StableImages]:
-        if self._snapshots is None:
-            settings = lvm_options(options or ConsistencyOptions())
-            self._snapshots = self._stack.enter_context(
+    ) -> Iterator[StableImages]:
+        options = options or ConsistencyOptions()
+        settings = lvm_options(options)
+        if self._stack is not None and self._shared is None:
+            self._shared = self._stack.enter_context(
                 lvm_run(conn, settings, state_dir=state_dir, steps=steps)
             )
-        return lvm_stable_images(
-            conn,
-            domain_name,
-            method,
-            targets,
-            options,
-            state_dir=state_dir,
-            steps=steps,
-            run_id=run_id,
-            snapshots=self._snapshots,
-        )
+        dom = planned_domain(conn, plan)
+        with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
+            if self._shared is not None:
+                with lvm_images(session, dom, plan, settings, self._shared) as window:
+                    yield window
+            else:
+                with lvm_snapshots_in(session, settings) as own:
+                    with lvm_images(session, dom, plan, settings, own) as window:
+                        yield window

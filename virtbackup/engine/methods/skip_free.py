@@ -1,6 +1,6 @@
 """`--skip-free`: back up what the guest's filesystems use, not the garbage they freed.
 
-    with compacted(window, sources, SkipFree(tmp_dir), steps) as disks:
+    with compacted(window, SkipFree(tmp_dir), steps) as disks:
         back_up_disks(..., disks.sources, ...)     # disks.warnings: what fell back
 
 Inside the stable-images window (nothing writes to the images), for every file disk in
@@ -41,7 +41,7 @@ from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.shrink_plan import ShrinkOptions
 from virtbackup.core.steps import StepSink
 from virtbackup.engine.datapath.disk_backup import DiskSource
-from virtbackup.engine.methods.stable_images import StableImage, StableImages
+from virtbackup.engine.methods.image_source import StableImages
 from virtbackup.engine.shrink import CONVERT_TIMEOUT, reclaim, throwaway_overlay
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class CompactedDisks:
     warnings: tuple[str, ...]  # disks that fell back to the plain stream, and why
 
 
-def eligibility(image: StableImage) -> str | None:
+def eligibility(image: DiskSource) -> str | None:
     """Why `image` cannot have its free space skipped, or None when it can."""
     if image.format not in FORMATS:
         return f"format {image.format} is not supported (raw and qcow2 are)"
@@ -84,18 +84,18 @@ def eligibility(image: StableImage) -> str | None:
 @contextmanager
 def compacted(
     window: StableImages,
-    sources: Sequence[DiskSource],
     options: SkipFree | None,
     steps: StepSink,
 ) -> Iterator[CompactedDisks]:
     """The disks to stream: compacted temporary copies where possible (see module doc).
-    With `options` None nothing is done and `sources` come back as they are."""
+    With `options` None nothing is done and the window's images come back as they are."""
+    sources = window.images
     if options is None:
-        yield CompactedDisks(tuple(sources), ())
+        yield CompactedDisks(sources, ())
         return
     domain = window.domain_name
     warnings: list[str] = []
-    chosen: list[StableImage] = []
+    chosen: list[DiskSource] = []
     for image in window.images:
         reason = eligibility(image)
         if reason:
@@ -110,7 +110,7 @@ def compacted(
     for warning in warnings:
         steps.warning(domain, warning)
     if not chosen:
-        yield CompactedDisks(tuple(sources), tuple(warnings))
+        yield CompactedDisks(sources, tuple(warnings))
         return
     remove_leftovers(options.tmp_dir)
     with held_workdir(options.tmp_dir) as workdir:
@@ -125,7 +125,7 @@ def _swapped(source: DiskSource, copies: dict[str, Path]) -> DiskSource:
     return replace(source, path=copy, origin=source.path, free_space_skipped=True)
 
 
-def _space_problem(images: Sequence[StableImage], tmp_dir: Path) -> str | None:
+def _space_problem(images: Sequence[DiskSource], tmp_dir: Path) -> str | None:
     """Worst case: each copy as large as its image's allocated bytes, plus the overlays."""
     need = sum((allocated_bytes(str(i.path)) or 0) + OVERLAY_ROOM for i in images)
     try:
@@ -142,7 +142,7 @@ def _space_problem(images: Sequence[StableImage], tmp_dir: Path) -> str | None:
 
 def _compact(
     domain: str,
-    images: Sequence[StableImage],
+    images: Sequence[DiskSource],
     workdir: Path,
     steps: StepSink,
     warnings: list[str],

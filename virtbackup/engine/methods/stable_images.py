@@ -1,6 +1,7 @@
-"""Make a domain's images safe to read, and put everything back afterwards.
+"""The snapshot, shutdown and offline image sources (see methods/image_source): make a
+domain's images safe to read, and put everything back afterwards.
 
-    with stable_images(conn, "web1", Method.SNAPSHOT, ["vda"], options) as window:
+    with stable_images(conn, plan, options) as window:    # plan: core/planning
         for image in window.images:
             stream(image.path)           # the data path reads the file byte for byte
 
@@ -23,6 +24,10 @@ stable: nothing writes to it. How depends on the method:
   again on exit whenever it was running before, also when the backup failed.
 - offline: the domain is shut off; its images are read as they are.
 
+Which method, which disks and whether the domain's state allows it are the plan's
+decisions (core/planning); a source acts on them, re-checking under the domain's lock
+only that the domain is still as planned.
+
 Every change is journalled first (engine/runs/session), so `virtbackup clean` finishes the
 undo after a kill -9 or a power loss.
 
@@ -36,20 +41,14 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.hypervisor.domain import Domain
-from virtbackup.adapters.journal import resolve_state_dir
-from virtbackup.core.config import SnapshotSize
 from virtbackup.core.consistency_errors import (
-    ConsistencyError,
     ConsistencyLost,
     OverlaySpaceError,
     QuiesceFailed,
-    ShutdownRefused,
     ShutdownTimeout,
     SnapshotFailed,
     UnsupportedDisk,
@@ -57,165 +56,74 @@ from virtbackup.core.consistency_errors import (
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.overlays import agent_connected, overlay_path, snapshot_xml
-from virtbackup.core.progress import ProgressSink
+from virtbackup.core.planning import DomainPlan
 from virtbackup.core.steps import StepSink
 from virtbackup.core.undo import FrozenRecord, OverlayRecord, StateRecord
+from virtbackup.engine.datapath.disk_backup import DiskSource
+from virtbackup.engine.methods.image_source import (
+    Consistency,
+    ConsistencyOptions,
+    MiB,
+    Quiesce,
+    StableImages,
+    as_planned,
+    domain_session,
+    planned_domain,
+    read_offline,
+)
 from virtbackup.engine.runs.session import Session
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-
-
-class Quiesce(StrEnum):
-    AUTO = "auto"  # freeze through the guest agent when one answers, else crash-consistent
-    REQUIRE = "require"  # fail when the guest cannot be frozen
-    NEVER = "never"  # crash-consistent always
-
-
-class Consistency(StrEnum):
-    QUIESCED = "quiesced"  # filesystems frozen through the guest agent for the snapshot
-    CRASH = "crash-consistent"  # as if the power had been cut at the snapshot
-    OFFLINE = "offline"  # the domain was shut off
-
-
-@dataclass(frozen=True)
-class ConsistencyOptions:
-    overlay_dir: Path | None = None  # None: each overlay next to its image
-    overlay_min_free: int = 512 * MiB  # free space an overlay's filesystem needs per overlay
-    quiesce: Quiesce = Quiesce.AUTO
-    commit_timeout: float = 3600.0  # per disk, to merge an overlay back
-    shutdown_timeout: float = 300.0
-    force_off: bool = False  # power the domain off when it does not shut down in time
-    snapshot_size: SnapshotSize = SnapshotSize(percent=10.0)  # lvm: copy-on-write room per LV
-
-
-@dataclass(frozen=True)
-class StableImage:
-    target: str  # vda
-    path: Path  # what to read, byte for byte: the disk's top image (file or device)
-    format: str  # raw, qcow2, ... of `path`
-    virtual_size: int | None  # bytes the guest sees
-    backing_chain: tuple[str, ...]  # images below `path`, top first (not in `path`'s bytes)
-
-
-@dataclass(frozen=True)
-class StableImages:
-    domain_name: str
-    domain_uuid: str
-    method: Method  # snapshot, shutdown or offline (what was done, a shut-off domain is offline)
-    consistency: Consistency
-    definition_xml: str  # the domain's definition before anything was changed (domain.xml)
-    images: tuple[StableImage, ...]
-
-    def guard(self, progress: ProgressSink) -> ProgressSink:
-        """The sink to give the data path; a method may watch the streams through it
-        (lvm: stop at once, and before the commit, when a snapshot overflowed)."""
-        return progress
-
-
-# -- the one call of the backup glue --------------------------------------------------------
+# -- snapshot, shutdown, offline ---------------------------------------------------------
 
 
 @contextmanager
 def stable_images(
     conn: Hypervisor,
-    domain_name: str,
-    method: Method,
-    targets: Sequence[str],
+    plan: DomainPlan,
     options: ConsistencyOptions | None = None,
     *,
     state_dir: Path | None = None,
     steps: StepSink | None = None,
     run_id: str | None = None,
 ) -> Iterator[StableImages]:
-    """Lock the domain, finish what a dead run left on it, make the disks `targets`
-    stable by `method` (snapshot, shutdown or offline) for the `with` block, and undo it
-    all on the way out, whatever the way out.
+    """Lock the domain, finish what a dead run left on it, make the disks the plan backs
+    up stable by its method (snapshot, shutdown or offline) for the `with` block, and
+    undo it all on the way out, whatever the way out.
 
-    Raises before the block: UnknownDomain, LockHeld (exit 3), LeftoversRemain,
-    UnsupportedDisk, OverlaySpaceError, SnapshotFailed, QuiesceFailed, ShutdownRefused,
-    ShutdownTimeout (all leave the domain as it was). On the way out: UndoIncomplete
-    when something could not be undone (the journal keeps it for `virtbackup clean`),
-    ConsistencyLost when a shut-off domain was started while being read; otherwise the
-    block's own exception passes through.
+    Raises before the block: DomainChanged, LockHeld (exit 3), LeftoversRemain,
+    UnsupportedDisk, OverlaySpaceError, SnapshotFailed, QuiesceFailed, ShutdownTimeout
+    (all leave the domain as it was). On the way out: UndoIncomplete when something
+    could not be undone (the journal keeps it for `virtbackup clean`), ConsistencyLost
+    when a shut-off domain was started while being read; otherwise the block's own
+    exception passes through.
     """
     options = options or ConsistencyOptions()
-    dom = conn.domain(domain_name)
+    dom = planned_domain(conn, plan)
     with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
-        with session_images(session, dom, method, targets, options) as window:
-            yield window
+        facts, disks = as_planned(session.conn, dom, plan)
+        definition = dom.config_xml() or dom.live_xml()
+        if read_offline(plan, facts):
+            with _offline(dom, facts, disks, definition) as window:
+                yield window
+        elif plan.method is Method.SNAPSHOT:
+            with _snapshot(session, dom, facts, disks, definition, options) as window:
+                yield window
+        elif plan.method is Method.SHUTDOWN:
+            with _shutdown(session, dom, facts, disks, definition, options) as window:
+                yield window
+        else:
+            raise UsageError(f"method {plan.method} is not handled by the consistency layer")
 
 
-def domain_session(
-    conn: Hypervisor,
-    dom: Domain,
-    options: ConsistencyOptions,
-    state_dir: Path | None,
-    steps: StepSink | None,
-    run_id: str | None,
-) -> Session:
-    """The session of one domain: its lock, its journal, its undo stack."""
-    return Session(
-        resolve_state_dir(state_dir),
-        conn,
-        conn.uri,
-        dom.uuid,
-        dom.name,
-        steps=steps,
-        run_id=run_id,
-        commit_timeout=options.commit_timeout,
-    )
-
-
-@contextmanager
-def session_images(
-    session: Session,
-    dom: Domain,
-    method: Method,
-    targets: Sequence[str],
-    options: ConsistencyOptions,
-) -> Iterator[StableImages]:
-    """stable_images inside a session the caller opened for this domain."""
-    facts = session.hypervisor.facts(dom)
-    disks = select_disks(facts, targets)
-    definition = dom.config_xml() or dom.live_xml()
-    if facts.state == DomainState.SHUTOFF or method == Method.OFFLINE:
-        with _offline(session, dom, facts, disks, definition) as window:
-            yield window
-    elif method == Method.SNAPSHOT:
-        with _snapshot(session, dom, facts, disks, definition, options) as window:
-            yield window
-    elif method == Method.SHUTDOWN:
-        with _shutdown(session, dom, facts, disks, definition, options) as window:
-            yield window
-    else:
-        raise UsageError(f"method {method} is not handled by the consistency layer")
-
-
-def select_disks(facts: DomainFacts, targets: Sequence[str]) -> list[DiskFacts]:
-    by_target = {disk.target: disk for disk in facts.disks}
-    chosen = []
-    for target in targets:
-        disk = by_target.get(target)
-        if disk is None:
-            raise UnsupportedDisk(f"{facts.name} has no disk {target!r}")
-        if disk.path is None or disk.source_type not in ("file", "block", "volume"):
-            raise UnsupportedDisk(
-                f"{facts.name} {target}: a {disk.source_type} disk has no local image to read",
-                "leave it out of the backup",
-            )
-        chosen.append(disk)
-    return chosen
-
-
-def _images(disks: Sequence[DiskFacts]) -> tuple[StableImage, ...]:
+def _images(disks: Sequence[DiskFacts]) -> tuple[DiskSource, ...]:
     return tuple(
-        StableImage(
+        DiskSource(
             target=disk.target,
             path=Path(disk.path or ""),
             format=disk.format or "raw",
-            virtual_size=disk.virtual_size,
+            virtual_size=disk.virtual_size or 0,
             backing_chain=disk.backing_chain,
         )
         for disk in disks
@@ -227,13 +135,8 @@ def _images(disks: Sequence[DiskFacts]) -> tuple[StableImage, ...]:
 
 @contextmanager
 def _offline(
-    session: Session, dom: Domain, facts: DomainFacts, disks: list[DiskFacts], definition: str
+    dom: Domain, facts: DomainFacts, disks: list[DiskFacts], definition: str
 ) -> Iterator[StableImages]:
-    if facts.state != DomainState.SHUTOFF:
-        raise ConsistencyError(
-            f"{facts.name} is {facts.state.value}: the offline method reads shut-off domains only",
-            "use --method snapshot or shutdown",
-        )
     yield StableImages(
         facts.name, facts.uuid, Method.OFFLINE, Consistency.OFFLINE, definition, _images(disks)
     )
@@ -260,11 +163,6 @@ def _snapshot(
     definition: str,
     options: ConsistencyOptions,
 ) -> Iterator[StableImages]:
-    if facts.state not in (DomainState.RUNNING, DomainState.PAUSED):
-        raise ConsistencyError(
-            f"{facts.name} is {facts.state.value}: it cannot be snapshotted now",
-            "try again when it runs or is shut off",
-        )
     records = [_overlay_record(session, facts, disk, options) for disk in disks]
     check_overlay_space(facts.name, [Path(r.overlay) for r in records], options.overlay_min_free)
     xml = snapshot_xml(
@@ -411,18 +309,6 @@ def _shutdown(
     definition: str,
     options: ConsistencyOptions,
 ) -> Iterator[StableImages]:
-    if facts.state == DomainState.PAUSED:
-        raise ShutdownRefused(
-            f"{facts.name} is paused: a paused guest cannot shut down",
-            "resume it first, or use --method snapshot (it stays paused)",
-        )
-    if not facts.persistent:
-        raise ShutdownRefused(
-            f"{facts.name} is transient: once shut down it could not be started again",
-            "use --method snapshot",
-        )
-    if facts.state != DomainState.RUNNING:
-        raise ConsistencyError(f"{facts.name} is {facts.state.value}: it cannot be shut down now")
     with session.scope():
         # Registered before asking: a guest that goes off while we wait is started again.
         session.register(StateRecord(was=DomainState.RUNNING, restart=True))

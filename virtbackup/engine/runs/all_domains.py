@@ -1,5 +1,6 @@
-"""`virtbackup all`: every selected domain, one after another, each with its hooks and
-retention. A failure of one domain is its outcome; the next domain is still done.
+"""What `virtbackup all` adds around each domain's backup (runs/domain_loop runs the
+domains): its hooks and retention. A failure of one domain is its outcome; the next
+domain is still done.
 
 Per domain:  before hook -> backup -> retention (only after a complete new backup;
              on the remote under the domain's lock) -> after hook (always, told the result)
@@ -13,7 +14,6 @@ skips the domain's backup and fails it; a failing after hook fails the domain to
 
 import logging
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import tzinfo
 from pathlib import Path
@@ -24,18 +24,11 @@ from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import Interrupted, VirtbackupError
-from virtbackup.core.model import DomainFacts, Method
-from virtbackup.core.planning import PlanOptions, plan_domain
+from virtbackup.core.model import DomainFacts
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.runs.domain_backup import (
-    BackupRunOptions,
-    DomainOutcome,
-    ImageSource,
-    Result,
-    back_up_domain,
-    interrupted_outcomes,
-)
+from virtbackup.engine.methods.image_source import ImageSource
+from virtbackup.engine.runs.domain_backup import DomainJob, DomainOutcome, Result, back_up_domain
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.remote import RemoteStore
 from virtbackup.engine.stores.retention import prune_domain
@@ -58,81 +51,38 @@ class DomainReport:
     pruned_remote: tuple[str, ...] = ()  # removed from the remote (retention, leftovers)
 
 
-OptionsFor = Callable[[DomainFacts], tuple[PlanOptions, BackupRunOptions, DomainSettings]]
+@dataclass(frozen=True)
+class AllExtras:
+    """What `all` adds around each domain's backup."""
+
+    hooks: Hooks
+    tz: tzinfo  # retention's calendar days
+    allowed_signers: Path | None = None  # retention counts only backups signed by one
 
 
-def run_all(
+def back_up_with_extras(
     conn: Hypervisor,
-    domains: Sequence[DomainFacts],
+    job: DomainJob,
     store: LocalStore,
-    options_for: OptionsFor,
-    hooks: Hooks,
+    extras: AllExtras,
     progress: ProgressSink,
     steps: StepSink,
-    tz: tzinfo,
-    sources: Mapping[Method, ImageSource] | None = None,
-    allowed_signers: Path | None = None,
-) -> list[DomainReport]:
-    """Each domain's report, in order. A signal ends the run: RunInterrupted then holds
-    the reports so far and marks the domain at hand and those not reached interrupted.
-    With `allowed_signers`, retention counts only backups signed by one of them."""
-    reports: list[DomainReport] = []
-    for index, facts in enumerate(domains):
-        try:
-            reports.append(
-                _one_domain(
-                    conn,
-                    facts,
-                    store,
-                    options_for,
-                    hooks,
-                    progress,
-                    steps,
-                    tz,
-                    sources,
-                    allowed_signers,
-                )
-            )
-        except Interrupted as err:
-            names = [f.name for f in domains[index:]]
-            reports += [DomainReport(o) for o in interrupted_outcomes(names, err)]
-            raise RunInterrupted(err, reports) from err
-    return reports
-
-
-class RunInterrupted(Interrupted):
-    """A signal ended `all`; `reports` covers every selected domain."""
-
-    def __init__(self, cause: Interrupted, reports: list[DomainReport]) -> None:
-        super().__init__(cause.message, cause.hint)
-        self.reports = reports
-
-
-def _one_domain(
-    conn: Hypervisor,
-    facts: DomainFacts,
-    store: LocalStore,
-    options_for: OptionsFor,
-    hooks: Hooks,
-    progress: ProgressSink,
-    steps: StepSink,
-    tz: tzinfo,
-    sources: Mapping[Method, ImageSource] | None,
-    allowed_signers: Path | None = None,
+    lvm: ImageSource,
 ) -> DomainReport:
-    plan_options, run_options, settings = options_for(facts)
-    plan = plan_domain(facts, plan_options)
+    """One domain of `all`: before hook, backup, retention, after hook."""
+    plan, run_options, settings = job.plan, job.options, job.settings
+    facts, tz, allowed_signers = plan.domain, extras.tz, extras.allowed_signers
     method = plan.method.value if plan.method else "none"
     env = {
         "VIRTBACKUP_DOMAIN": facts.name,
         "VIRTBACKUP_DEST": str(store.dest),
         "VIRTBACKUP_METHOD": method,
     }
-    problem = _hook(hooks.before, {**env, "VIRTBACKUP_PHASE": "before"})
+    problem = _hook(extras.hooks.before, {**env, "VIRTBACKUP_PHASE": "before"})
     if problem:
         outcome = DomainOutcome(facts.name, Result.FAILED, f"before hook failed: {problem}", method)
     else:
-        outcome = back_up_domain(conn, plan, store, run_options, progress, steps, sources=sources)
+        outcome = back_up_domain(conn, plan, store, run_options, progress, steps, lvm)
 
     pruned: tuple[str, ...] = ()
     if outcome.result == Result.OK and not settings.retention.is_empty():
@@ -169,7 +119,7 @@ def _one_domain(
     after_env = {**env, "VIRTBACKUP_PHASE": "after", "VIRTBACKUP_RESULT": outcome.result.value}
     if outcome.backup is not None:
         after_env["VIRTBACKUP_BACKUP"] = str(outcome.backup)
-    problem = _hook(hooks.after, after_env)
+    problem = _hook(extras.hooks.after, after_env)
     if problem:
         outcome = replace(outcome, result=Result.FAILED, message=f"after hook failed: {problem}")
     return DomainReport(outcome, pruned, pruned_remote)

@@ -1,7 +1,11 @@
-"""Back up whole domains: a plan goes through the consistency layer into the data path.
+"""Back up one domain: its plan goes through the method's image source into the data path.
 
-    plan (core/planning) -> stable_images (lock, snapshot/shutdown/offline, undo)
+    plan (core/planning) -> image source of plan.method (lock, re-check, snapshot/LVM/
+                            shutdown/offline, undo) -> skip-free (optional)
                          -> back_up_disks (streams into the store) -> DomainOutcome
+
+The plan has decided everything about the domain and its disks (method, state,
+unreadable, left out); this module acts on it. runs/domain_loop runs the domains.
 
 One domain's failure is its outcome, never an exception that stops the others; only an
 interruption (SIGINT, SIGTERM, SIGHUP) ends the run, after the domain at hand is put back.
@@ -9,25 +13,26 @@ interruption (SIGINT, SIGTERM, SIGHUP) ends the run, after the domain at hand is
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
 from virtbackup.adapters.age import Recipients
 from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
 from virtbackup.core.manifest import LeftOutDisk
 from virtbackup.core.model import Method
-from virtbackup.core.planning import EXCLUDED_REASON, NO_DISK_REASON, DomainPlan
+from virtbackup.core.planning import DomainPlan
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
-from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks
+from virtbackup.engine.datapath.disk_backup import back_up_disks
 from virtbackup.engine.datapath.stream_writer import WriterOptions
-from virtbackup.engine.methods.lvm import lvm_stable_images
+from virtbackup.engine.methods.image_source import ConsistencyOptions, ImageSource
+from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
-from virtbackup.engine.methods.stable_images import ConsistencyOptions, StableImages, stable_images
+from virtbackup.engine.methods.stable_images import stable_images
 from virtbackup.engine.methods.trim import trim_before_backup
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.remote import RemoteStore, ship
@@ -78,13 +83,19 @@ class BackupRunOptions:
 EXCLUDE_HINT = 'back it up elsewhere, or leave it out by name (exclude_disks = ["TARGET"])'
 
 
-ImageSource = Callable[..., AbstractContextManager[StableImages]]
+@dataclass(frozen=True)
+class DomainJob:
+    """One domain of a run: its plan, how to back it up, and its settings (retention)."""
+
+    plan: DomainPlan
+    options: BackupRunOptions
+    settings: DomainSettings = field(default_factory=DomainSettings)
 
 
-def image_source(method: Method) -> ImageSource:
-    """Where a method reads its images from: LVM snapshots, or libvirt (snapshot,
-    shutdown, offline)."""
-    return lvm_stable_images if method is Method.LVM else stable_images
+def image_source(method: Method, lvm: ImageSource) -> ImageSource:
+    """Where a method reads its images from: the run's LVM snapshots, or libvirt
+    (snapshot, shutdown, offline)."""
+    return lvm if method is Method.LVM else stable_images
 
 
 def back_up_domain(
@@ -94,38 +105,35 @@ def back_up_domain(
     options: BackupRunOptions,
     progress: ProgressSink,
     steps: StepSink,
+    lvm: ImageSource | None = None,
     clock: Callable[[], float] = time.monotonic,
-    sources: Mapping[Method, ImageSource] | None = None,
 ) -> DomainOutcome:
-    """`sources` overrides where a method's images come from for this run (e.g. LVM
-    snapshots shared by every domain of a run)."""
+    """Run one domain's plan. `lvm` is the run's LVM source (snapshots shared by the
+    domains of a run); without it the domain takes its own."""
     name = plan.domain.name
     started = clock()
     warnings = tuple(f"{d.disk.target}: {d.reason}" for d in plan.warnings)
     method = plan.method.value if plan.method else None
     left_out = tuple(f"{d.disk.target}: {d.reason}" for d in plan.left_out)
-    excluded = tuple(d.disk.target for d in plan.disks if d.reason == EXCLUDED_REASON)
-    unreadable = [d for d in plan.disks if d.disk.probe_error and d.disk.device == "disk"]
-    if unreadable:
-        # A disk we cannot read is a failure, not a skip: the backup would miss data.
-        problem = "; ".join(f"{d.disk.target}: {d.disk.probe_error}" for d in unreadable)
+    excluded = tuple(d.disk.target for d in plan.excluded)
+    if plan.unreadable:
+        problem = "; ".join(f"{d.disk.target}: {d.reason}" for d in plan.unreadable)
         return DomainOutcome(name, Result.FAILED, problem, method, warnings=warnings)
-    if plan.method is None and left_out and plan.reason == NO_DISK_REASON:
+    if plan.nothing_but_left_out:
         message = f"nothing backed up: {'; '.join(left_out)}; {EXCLUDE_HINT}"
         return DomainOutcome(
             name, Result.INCOMPLETE, message, None, warnings=warnings, left_out=left_out
         )
     if plan.method is None:
         return DomainOutcome(name, Result.SKIPPED, plan.reason, warnings=warnings)
-    targets = [d.disk.target for d in plan.backed_up]
-    if not targets:
+    if not plan.backed_up:
         return DomainOutcome(name, Result.SKIPPED, "no disk to back up", warnings=warnings)
 
     reclaimed = None
     if options.trim:
         trim = trim_before_backup(conn, plan, steps)
         warnings, reclaimed = warnings + trim.warnings, trim.reclaimed
-    source = (sources or {}).get(plan.method) or image_source(plan.method)
+    source = image_source(plan.method, lvm or LvmSource())
     # --remote-only: the streams go to the remote store instead of DEST
     streamed = options.offsite is not None and options.offsite.only
     target: Store = options.offsite if options.offsite and streamed else store
@@ -133,14 +141,12 @@ def back_up_domain(
         with (
             source(
                 conn,
-                name,
-                plan.method,
-                targets,
+                plan,
                 options.consistency,
                 state_dir=options.state_dir,
                 steps=steps,
             ) as window,
-            compacted(window, _disk_sources(window), options.skip_free, steps) as compact,
+            compacted(window, options.skip_free, steps) as compact,
         ):
             result = back_up_disks(
                 target,
@@ -204,18 +210,6 @@ def back_up_domain(
             offsite="failed",
         )
     return replace(outcome, offsite="copied")
-
-
-def _disk_sources(window: StableImages) -> list[DiskSource]:
-    return [
-        DiskSource(
-            target=image.target,
-            path=image.path,
-            format=image.format,
-            virtual_size=image.virtual_size or 0,
-        )
-        for image in window.images
-    ]
 
 
 NOT_STARTED = "not started: the run was interrupted"

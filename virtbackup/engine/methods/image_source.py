@@ -1,0 +1,160 @@
+"""What every method's image source is: the ImageSource protocol, its options and the
+window it yields, and the steps every source takes before it changes anything.
+
+    with source(conn, plan, options) as window:      # plan: core/planning
+        for image in window.images:
+            stream(image.path)
+
+Sources: methods/stable_images (snapshot, shutdown, offline) and methods/lvm (LVM
+snapshots); methods/skip_free works on the window of any of them. Each source looks the
+planned domain up by uuid, takes its session (lock, journal, undo stack; a dead run's
+changes undone first) and then checks that the domain is still as planned.
+"""
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.adapters.hypervisor.domain import Domain
+from virtbackup.adapters.journal import resolve_state_dir
+from virtbackup.core.config import SnapshotSize
+from virtbackup.core.consistency_errors import DomainChanged
+from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
+from virtbackup.core.planning import DomainPlan
+from virtbackup.core.progress import ProgressSink
+from virtbackup.core.steps import StepSink
+from virtbackup.engine.datapath.disk_backup import DiskSource
+from virtbackup.engine.runs.session import Session
+
+MiB = 1024 * 1024
+
+
+class Quiesce(StrEnum):
+    AUTO = "auto"  # freeze through the guest agent when one answers, else crash-consistent
+    REQUIRE = "require"  # fail when the guest cannot be frozen
+    NEVER = "never"  # crash-consistent always
+
+
+class Consistency(StrEnum):
+    QUIESCED = "quiesced"  # filesystems frozen through the guest agent for the snapshot
+    CRASH = "crash-consistent"  # as if the power had been cut at the snapshot
+    OFFLINE = "offline"  # the domain was shut off
+
+
+@dataclass(frozen=True)
+class ConsistencyOptions:
+    overlay_dir: Path | None = None  # None: each overlay next to its image
+    overlay_min_free: int = 512 * MiB  # free space an overlay's filesystem needs per overlay
+    quiesce: Quiesce = Quiesce.AUTO
+    commit_timeout: float = 3600.0  # per disk, to merge an overlay back
+    shutdown_timeout: float = 300.0
+    force_off: bool = False  # power the domain off when it does not shut down in time
+    snapshot_size: SnapshotSize = SnapshotSize(percent=10.0)  # lvm: copy-on-write room per LV
+
+
+@dataclass(frozen=True)
+class StableImages:
+    domain_name: str
+    domain_uuid: str
+    method: Method  # the plan's method: what was done
+    consistency: Consistency
+    definition_xml: str  # the domain's definition before anything was changed (domain.xml)
+    images: tuple[DiskSource, ...]  # what to read, byte for byte: each disk's top image
+
+    def guard(self, progress: ProgressSink) -> ProgressSink:
+        """The sink to give the data path; a method may watch the streams through it
+        (lvm: stop at once, and before the commit, when a snapshot overflowed)."""
+        return progress
+
+
+class ImageSource(Protocol):
+    """Where a method reads a planned domain's images from, for the `with` block: the
+    domain locked, its disks `plan.backed_up` stable, everything put back on the way out.
+    `stable_images` (snapshot, shutdown, offline) and the LVM method's source implement
+    it; skip-free (methods/skip_free) works on the window of any of them."""
+
+    def __call__(
+        self,
+        conn: Hypervisor,
+        plan: DomainPlan,
+        options: ConsistencyOptions | None = None,
+        *,
+        state_dir: Path | None = None,
+        steps: StepSink | None = None,
+        run_id: str | None = None,
+    ) -> AbstractContextManager[StableImages]: ...
+
+
+def domain_session(
+    conn: Hypervisor,
+    dom: Domain,
+    options: ConsistencyOptions,
+    state_dir: Path | None,
+    steps: StepSink | None,
+    run_id: str | None,
+) -> Session:
+    """The session of one domain: its lock, its journal, its undo stack."""
+    return Session(
+        resolve_state_dir(state_dir),
+        conn,
+        conn.uri,
+        dom.uuid,
+        dom.name,
+        steps=steps,
+        run_id=run_id,
+        commit_timeout=options.commit_timeout,
+    )
+
+
+def planned_domain(conn: Hypervisor, plan: DomainPlan) -> Domain:
+    """The planned domain, by uuid: a domain defined anew under the same name since is
+    another domain."""
+    dom = conn.find(plan.domain.uuid)
+    if dom is None:
+        raise DomainChanged(f"{plan.domain.name} no longer exists", "nothing of it was backed up")
+    return dom
+
+
+def as_planned(
+    conn: Hypervisor, dom: Domain, plan: DomainPlan
+) -> tuple[DomainFacts, list[DiskFacts]]:
+    """The domain and the disks to read as they are now, under its lock, once a dead
+    run's changes are undone. The plan was made from what discovery saw before the lock:
+    a state that changed since (started, paused) would have the method act on a domain
+    it was not chosen for, so the run stops. One change is safe and common in a long
+    nightly run: a running domain that has shut off since is read as it is, offline
+    (see read_offline). A disk's image may have changed since (a dead run's overlay
+    merged back just now): the image read is the current one.
+    """
+    facts = conn.facts(dom)
+    name = plan.domain.name
+    if facts.state is not plan.domain.state and not read_offline(plan, facts):
+        raise DomainChanged(
+            f"{name} was {plan.domain.state} when the backup was planned and is now "
+            f"{facts.state}: nothing of it was changed",
+            "run the backup again",
+        )
+    now = {disk.target: disk for disk in facts.disks}
+    disks = []
+    for planned in plan.backed_up:
+        disk = now.get(planned.disk.target)
+        if disk is None or disk.path is None or disk.source_type != planned.disk.source_type:
+            raise DomainChanged(
+                f"{name} {planned.disk.target} is not the disk the backup was planned for",
+                "run the backup again",
+            )
+        disks.append(disk)
+    return facts, disks
+
+
+def read_offline(plan: DomainPlan, now: DomainFacts) -> bool:
+    """Whether the images are read directly: the domain is shut off now (nothing writes
+    to its images), planned so or planned for a snapshot or a shutdown."""
+    return now.state is DomainState.SHUTOFF and plan.method in (
+        Method.OFFLINE,
+        Method.SNAPSHOT,
+        Method.SHUTDOWN,
+    )
