@@ -240,7 +240,11 @@ def test_a_full_overlay_directory_is_a_clear_error_and_changes_nothing(
 
 
 def test_block_device_disk_needs_an_overlay_directory(
-    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, state_dir: Path, tmp_path: Path
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    libvirt: Any,
+    state_dir: Path,
+    tmp_path: Path,
 ) -> None:
     dom = domain_factory.create([DiskSpec("block")], start=True)
     before = snapshot_of(libvirt, dom)

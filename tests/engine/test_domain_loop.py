@@ -9,7 +9,6 @@ import pytest
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
-from virtbackup.engine.stores.local import LocalStore
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.model import DomainState
 from virtbackup.core.planning import plan_domain
@@ -19,6 +18,7 @@ from virtbackup.core.steps import RecordingSteps
 from virtbackup.engine.runs.all_domains import AllExtras, Hooks
 from virtbackup.engine.runs.domain_backup import BackupRunOptions, DomainJob, Result
 from virtbackup.engine.runs.domain_loop import run_domains
+from virtbackup.engine.stores.local import LocalStore
 
 pytestmark = pytest.mark.libvirt
 
@@ -28,7 +28,10 @@ def jobs_for(
 ) -> list[DomainJob]:
     settings = DomainSettings(retention=Policy(keep_last=keep_last))
     options = BackupRunOptions(state_dir=state_dir)
-    return [DomainJob(plan_domain(hypervisor.facts(hypervisor.domain(dom.name()))), options, settings) for dom in doms]
+    return [
+        DomainJob(plan_domain(hypervisor.facts(hypervisor.domain(dom.name()))), options, settings)
+        for dom in doms
+    ]
 
 
 def test_each_domain_acts_on_its_plan_in_order(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consistency_helpers import overlays_in, snapshot_of
+from consistency_helpers import overlays_in, planned, snapshot_of
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.hypervisor.bindings import HypervisorError
@@ -25,11 +25,8 @@ from virtbackup.core.errors import ExitCode
 from virtbackup.core.model import Method
 from virtbackup.core.steps import RecordingSteps
 from virtbackup.core.undo import FrozenRecord
-from virtbackup.engine.methods.stable_images import (
-    ConsistencyOptions,
-    domain_session,
-    stable_images,
-)
+from virtbackup.engine.methods.image_source import ConsistencyOptions, domain_session
+from virtbackup.engine.methods.stable_images import stable_images
 from virtbackup.engine.runs.clean import clean
 
 pytestmark = pytest.mark.libvirt
@@ -66,7 +63,8 @@ def window(
 ) -> list[str]:
     """Open and close a snapshot window; the targets it showed (none when it did not open)."""
     shown: list[str] = []
-    with stable_images(hypervisor, name, Method.SNAPSHOT, targets, state_dir=state_dir) as opened:
+    plan = planned(hypervisor, name, Method.SNAPSHOT, targets)
+    with stable_images(hypervisor, plan, state_dir=state_dir) as opened:
         shown += [image.target for image in opened.images]
     return shown
 

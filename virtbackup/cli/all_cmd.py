@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
-from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.adapters.hypervisor.connection import connect
+from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.adapters.locks import host_lock
-from virtbackup.engine.stores.local import LocalStore
 from virtbackup.cli.backup_options import (
     BackupValues,
     backup_options,
@@ -25,6 +24,7 @@ from virtbackup.core.steps import LogSteps
 from virtbackup.engine.runs.all_domains import AllExtras, Hooks
 from virtbackup.engine.runs.clean import clean
 from virtbackup.engine.runs.domain_loop import RunInterrupted, run_domains
+from virtbackup.engine.stores.local import LocalStore
 
 SUMMARY_FILE = "virtbackup-last-run.json"
 

@@ -6,7 +6,6 @@ import click
 
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.locks import prepare_state_dir
-from virtbackup.engine.stores.local import LocalStore
 from virtbackup.cli.backup_options import (
     BackupValues,
     backup_options,
@@ -19,6 +18,7 @@ from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.summary_view import show_summary, summarise
 from virtbackup.core.steps import LogSteps
 from virtbackup.engine.runs.domain_loop import RunInterrupted, run_domains
+from virtbackup.engine.stores.local import LocalStore
 
 
 @click.command("backup")

@@ -54,7 +54,7 @@ from virtbackup.core.errors import (
     UsageError,
     VirtbackupError,
 )
-from virtbackup.core.model import DomainFacts, Method
+from virtbackup.core.model import DomainFacts
 from virtbackup.core.shrink_plan import (
     DiskOutcome,
     NotEnoughSpace,

@@ -102,7 +102,7 @@ def stable_images(
     options = options or ConsistencyOptions()
     dom = planned_domain(conn, plan)
     with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
-        facts, disks = as_planned(session.conn, dom, plan)
+        facts, disks = as_planned(session.hypervisor, dom, plan)
         definition = dom.config_xml() or dom.live_xml()
         if read_offline(plan, facts):
             with _offline(dom, facts, disks, definition) as window:

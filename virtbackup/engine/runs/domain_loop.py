@@ -10,16 +10,15 @@ carries a report for every domain, those not reached included.
 
 from collections.abc import Sequence
 from contextlib import ExitStack
-from typing import Any
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
-from virtbackup.engine.stores.local import LocalStore
 from virtbackup.core.errors import Interrupted
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.steps import StepSink
 from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.runs.all_domains import AllExtras, DomainReport, back_up_with_extras
 from virtbackup.engine.runs.domain_backup import DomainJob, back_up_domain, interrupted_outcomes
+from virtbackup.engine.stores.local import LocalStore
 
 
 class RunInterrupted(Interrupted):
