@@ -23,7 +23,7 @@ from harness.guest import (
 
 from virtbackup.adapters.journal import list_journals
 from virtbackup.core.model import Method
-from virtbackup.core.steps import RecordingSteps
+from virtbackup.core.progress import RecordingSteps
 from virtbackup.engine.methods.stable_images import (
     Consistency,
     ConsistencyOptions,

@@ -28,7 +28,7 @@ from virtbackup.cli.summary_view import print_json, print_summary, to_row
 from virtbackup.core.config import Config, DomainSettings
 from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions
-from virtbackup.core.steps import LogSteps
+from virtbackup.core.progress import LogSteps
 from virtbackup.core.summary import summary_document
 from virtbackup.engine.methods.lvm import SharedLvmSnapshots
 from virtbackup.engine.runs.all_domains import Hooks, OptionsFor, RunInterrupted, run_all

@@ -23,7 +23,7 @@ from virtbackup.cli.summary_view import print_json, print_summary, to_row
 from virtbackup.core.errors import Interrupted
 from virtbackup.core.model import Method
 from virtbackup.core.planning import plan_domain
-from virtbackup.core.steps import LogSteps
+from virtbackup.core.progress import LogSteps
 from virtbackup.core.summary import summary_document
 from virtbackup.engine.methods.lvm import SharedLvmSnapshots
 from virtbackup.engine.runs.domain_backup import back_up_domain, exit_code, interrupted_outcomes

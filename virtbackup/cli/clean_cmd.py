@@ -9,7 +9,7 @@ from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.core.errors import ExitCode
-from virtbackup.core.steps import RecordingSteps
+from virtbackup.core.progress import RecordingSteps
 from virtbackup.engine.runs.clean import clean
 
 

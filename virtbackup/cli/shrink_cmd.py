@@ -10,23 +10,13 @@ and too little space for copy mode; 3 another run holds a domain's lock.
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.prompt import Confirm, Prompt
 from rich.table import Table
 from rich.text import Text
@@ -37,20 +27,19 @@ from virtbackup.adapters.locks import prepare_state_dir
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.list_cmd import human_size
 from virtbackup.cli.output import stderr_console, text
+from virtbackup.cli.progress_view import stage_sink
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
 from virtbackup.core.model import DomainFacts
+from virtbackup.core.progress import StageSink
 from virtbackup.core.shrink_plan import (
     COPY_FORMATS,
     DomainShrink,
-    NullShrinkProgress,
     ShrinkMode,
     ShrinkOptions,
     ShrinkOutcome,
-    ShrinkProgress,
     check_options,
     plan_shrink,
 )
-from virtbackup.core.text import printable
 from virtbackup.engine.shrink import Image, estimate_reclaimable, shrink_domain
 
 log = logging.getLogger(__name__)
@@ -173,7 +162,7 @@ def shrink_command(
                 plans = [p for p in plans if p.eligible]
             if interactive:  # refusals are not asked about: they are reported
                 plans = [p for p in plans if not p.eligible or confirm(console, p, shrink_options)]
-        with progress_view(options.verbosity, as_json) as progress:
+        with stage_sink(options.verbosity, as_json) as progress:
             for plan in plans:
                 outcomes.append(shrink_one(conn, plan.domain, shrink_options, progress, options))
     if as_json:
@@ -187,7 +176,7 @@ def shrink_one(
     conn: Any,
     facts: DomainFacts,
     shrink_options: ShrinkOptions,
-    progress: ShrinkProgress,
+    progress: StageSink,
     options: GlobalOptions,
 ) -> ShrinkOutcome:
     outcome = shrink_domain(conn, facts, shrink_options, progress, state_dir=options.state_dir)
@@ -299,71 +288,6 @@ def confirm(console: Console, plan: DomainShrink, options: ShrinkOptions) -> boo
         f"allocated) {how}?"
     )
     return Confirm.ask(question, console=console, default=False)
-
-
-# -- progress -------------------------------------------------------------------------------
-
-
-class RichShrinkProgress:
-    """One line per domain: spinner, current step, steps done, time."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._tasks: dict[str, TaskID] = {}
-        self._started: dict[str, int] = {}
-
-    def begin(self, domain: str, total_steps: int) -> None:
-        self._tasks[domain] = self._progress.add_task(printable(domain), total=total_steps, step="")
-        self._started[domain] = 0
-
-    def step(self, domain: str, text: str, total_steps: int | None = None) -> None:
-        task = self._tasks.get(domain)
-        if task is None:
-            return
-        done = self._started[domain]  # every step started before this one is done
-        self._started[domain] += 1
-        self._progress.update(task, completed=done, total=total_steps, step=printable(text))
-        log.debug("%s: %s", domain, text)
-
-    def note(self, domain: str, note: str) -> None:
-        self._progress.console.print(text(f"  {domain}: {note}", style="dim"))
-
-    def end(self, domain: str) -> None:
-        task = self._tasks.pop(domain, None)
-        if task is not None:
-            done = self._started.pop(domain, 0)
-            self._progress.update(task, completed=done, total=done, step="done")
-            self._progress.stop_task(task)
-
-
-class LogShrinkProgress(NullShrinkProgress):
-    """Cron and journald: each step and note as a log line."""
-
-    def step(self, domain: str, text: str, total_steps: int | None = None) -> None:
-        log.info("%s: %s", domain, text)
-
-    def note(self, domain: str, text: str) -> None:
-        log.info("%s: %s", domain, text)
-
-
-@contextmanager
-def progress_view(verbosity: int, as_json: bool) -> Iterator[ShrinkProgress]:
-    if verbosity < 0 or as_json:
-        yield NullShrinkProgress()
-        return
-    if not stderr_console.is_terminal:
-        yield LogShrinkProgress()
-        return
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}", style="bold", markup=False),  # a domain name
-        BarColumn(bar_width=20),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[step]}", markup=False),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=stderr_console, transient=False) as progress:
-        yield RichShrinkProgress(progress)
 
 
 # -- results --------------------------------------------------------------------------------

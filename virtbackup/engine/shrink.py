@@ -58,13 +58,13 @@ from virtbackup.core.errors import (
     VirtbackupError,
 )
 from virtbackup.core.model import DomainFacts, Method
+from virtbackup.core.progress import StageSink
 from virtbackup.core.shrink_plan import (
     DiskOutcome,
     NotEnoughSpace,
     ShrinkMode,
     ShrinkOptions,
     ShrinkOutcome,
-    ShrinkProgress,
     ShrinkRefused,
     compat_problem,
     guest_name,
@@ -72,7 +72,6 @@ from virtbackup.core.shrink_plan import (
     plan_shrink,
     vg_ignored,
 )
-from virtbackup.core.steps import StepSink
 from virtbackup.engine.methods.stable_images import ConsistencyOptions, stable_images
 
 log = logging.getLogger(__name__)
@@ -154,7 +153,7 @@ def reclaim(
     app: Appliance,
     targets: Sequence[str],
     options: ShrinkOptions,
-    progress: ShrinkProgress,
+    progress: StageSink,
     domain: str,
     *,
     zero_fallback: bool = False,
@@ -179,7 +178,7 @@ def reclaim(
             notes.append(f"{name}: read-only LV, left alone")
             continue
         if kind == "swap":
-            progress.step(domain, f"discarding swap {name}", total)
+            progress.stage(domain, f"discarding swap {name}", total)
             reason = app.discard_swap(dev)
         elif kind == "unknown":
             notes.append(f"{name}: no filesystem found, left alone")
@@ -188,7 +187,7 @@ def reclaim(
             notes.append(f"{name}: encrypted ({kind}), cannot be trimmed")
             continue
         else:
-            progress.step(domain, f"trimming {name} ({kind})", total)
+            progress.stage(domain, f"trimming {name} ({kind})", total)
             reason = app.trim(dev, zero_fallback=zero_fallback)
         if reason:
             notes.append(f"{name}: {reason}")
@@ -196,11 +195,11 @@ def reclaim(
         if vg_ignored(vg, options.ignore):
             notes.append(f"volume group {vg}: ignored (--ignore)")
             continue
-        progress.step(domain, f"reclaiming free space of volume group {vg}", total)
+        progress.stage(domain, f"reclaiming free space of volume group {vg}", total)
         reason = app.reclaim_vg_free(vg)
         if reason:
             notes.append(f"volume group {vg}: {reason}")
-    progress.step(domain, "flushing and stopping the appliance", total)
+    progress.stage(domain, "flushing and stopping the appliance", total)
     return notes
 
 
@@ -237,13 +236,13 @@ def estimate_reclaimable(images: Sequence[Image], launch_timeout: float) -> int 
 
 
 def shrink_in_place(
-    images: Sequence[Image], options: ShrinkOptions, progress: ShrinkProgress, domain: str
+    images: Sequence[Image], options: ShrinkOptions, progress: StageSink, domain: str
 ) -> tuple[list[DiskOutcome], list[str]]:
     """Shrink images in place (the domain must not run); outcomes per disk, and notes."""
     before = {image.target: allocated_bytes(image.path) for image in images}
     drives = [Drive(image.path, image.format) for image in images]
     targets = [image.target for image in images]
-    progress.step(domain, "launching the appliance", 2)
+    progress.stage(domain, "launching the appliance", 2)
     with open_appliance(drives, discard="enable", launch_timeout=options.appliance_timeout) as app:
         notes = reclaim(app, targets, options, progress, domain)
     outcomes = [
@@ -361,7 +360,7 @@ def check_space(targets: Sequence[CopyTarget], tmp_dir: Path) -> None:
 def shrink_copy(
     images: Sequence[Image],
     options: ShrinkOptions,
-    progress: ShrinkProgress,
+    progress: StageSink,
     domain: str,
     dom: Any | None = None,
     conn: Any | None = None,
@@ -384,7 +383,7 @@ def shrink_copy(
             overlay = throwaway_overlay(image.target, image.path, image.format, workdir)
             overlays.append(overlay)
         drives = [Drive(str(overlay), "qcow2") for overlay in overlays]
-        progress.step(domain, "launching the appliance", total)
+        progress.stage(domain, "launching the appliance", total)
         with open_appliance(
             drives, discard="besteffort", launch_timeout=options.appliance_timeout
         ) as app:
@@ -398,7 +397,7 @@ def shrink_copy(
                 steps_after=len(images),
             )
         for target, overlay in zip(targets, overlays, strict=True):
-            progress.step(domain, f"writing {target.image.target} to {target.output}")
+            progress.stage(domain, f"writing {target.image.target} to {target.output}")
             write_compact(overlay, target, options.compress)
             outcomes.append(
                 DiskOutcome(
@@ -453,24 +452,11 @@ def _fsync(path: Path) -> None:
 # -- domains -------------------------------------------------------------------------------
 
 
-class _StepsToProgress:
-    """The consistency layer's step reports (shutdown, restart) as shrink notes."""
-
-    def __init__(self, progress: ShrinkProgress) -> None:
-        self.progress = progress
-
-    def step(self, domain: str, text: str) -> None:
-        self.progress.note(domain, text)
-
-    def warning(self, domain: str, text: str) -> None:
-        self.progress.note(domain, f"warning: {text}")
-
-
 def shrink_domain(
     conn: Any,
     facts: DomainFacts,
     options: ShrinkOptions,
-    progress: ShrinkProgress,
+    progress: StageSink,
     *,
     state_dir: Path | None = None,
 ) -> ShrinkOutcome:
@@ -481,7 +467,6 @@ def shrink_domain(
     plan = plan_shrink(facts, options)
     if not plan.eligible:
         return ShrinkOutcome(facts.name, error=f"{facts.name}: not shrunk: {plan.reason}")
-    steps: StepSink = _StepsToProgress(progress)
     method = Method.SHUTDOWN if plan.needs_shutdown else Method.OFFLINE
     consistency = ConsistencyOptions(shutdown_timeout=options.shutdown_timeout)
     targets = [disk.target for disk in plan.chosen]
@@ -489,7 +474,7 @@ def shrink_domain(
     progress.begin(facts.name, 3)
     try:
         with stable_images(
-            conn, facts.name, method, targets, consistency, state_dir=state_dir, steps=steps
+            conn, facts.name, method, targets, consistency, state_dir=state_dir, steps=progress
         ) as window:
             images = [Image(i.target, str(i.path), i.format, i.virtual_size) for i in window.images]
             if options.mode is ShrinkMode.IN_PLACE:
@@ -522,7 +507,7 @@ def shrink_domains(
     conn: Any,
     names: Sequence[str],
     options: ShrinkOptions,
-    progress: ShrinkProgress,
+    progress: StageSink,
     *,
     state_dir: Path | None = None,
 ) -> list[ShrinkOutcome]:

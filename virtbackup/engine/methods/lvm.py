@@ -69,8 +69,7 @@ from virtbackup.core.lvm import (
 )
 from virtbackup.core.model import DiskFacts, DomainState, Method
 from virtbackup.core.overlays import agent_connected
-from virtbackup.core.progress import ProgressSink
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.core.undo import FrozenRecord
 from virtbackup.engine.methods.lvm_undo import DEFAULT_MOUNT_ROOT, lvm_lock, sweep_leftovers
 from virtbackup.engine.methods.stable_images import (

@@ -60,8 +60,7 @@ from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.overlays import agent_connected, overlay_path, snapshot_xml
 from virtbackup.core.planning import UnknownDomain
-from virtbackup.core.progress import ProgressSink
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.core.undo import FrozenRecord, OverlayRecord, StateRecord
 from virtbackup.engine.runs.session import Session
 

@@ -22,7 +22,7 @@ from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.model import DiskFacts
 from virtbackup.core.overlays import agent_connected
 from virtbackup.core.planning import DomainPlan
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import StepSink
 from virtbackup.core.trim import plan_trim
 
 log = logging.getLogger(__name__)

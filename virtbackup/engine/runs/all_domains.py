@@ -27,8 +27,7 @@ from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions, plan_domain
-from virtbackup.core.progress import ProgressSink
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.engine.runs.domain_backup import (
     BackupRunOptions,
     DomainOutcome,

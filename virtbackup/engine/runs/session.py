@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from virtbackup.adapters.journal import JournalFile
 from virtbackup.adapters.locks import FileLock, domain_lock
 from virtbackup.core.consistency_errors import LeftoversRemain, UndoIncomplete
-from virtbackup.core.steps import LogSteps, StepSink
+from virtbackup.core.progress import LogSteps, StepSink
 from virtbackup.core.undo import Journal, UndoRecord, describe
 from virtbackup.engine.runs.replay import replay_domain
 from virtbackup.engine.runs.signals import SignalGuard

@@ -17,7 +17,7 @@ from virtbackup.adapters.libvirt_conn import libvirt_module
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.lvm import LVM_RECORD_TYPES
 from virtbackup.core.model import DomainState
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import StepSink
 from virtbackup.core.undo import (
     DiskObservation,
     FrozenRecord,
