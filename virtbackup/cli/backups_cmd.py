@@ -19,6 +19,7 @@ from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import Manifest, Sealed, format_time
 from virtbackup.core.signature import SignatureCheck, SignatureState
+from virtbackup.core.sizes import human_size
 from virtbackup.engine.stores.backup_access import BackupFiles, LocalFiles, check_signatures
 from virtbackup.engine.stores.offsite import RemoteStore
 
@@ -108,7 +109,7 @@ def backups_table(backups: list[BackupInfo], signatures: list[SignatureCheck]) -
     )
     for backup, signature in zip(backups, signatures, strict=True):
         manifest = backup.manifest
-        size = _human_size(backup.size)
+        size = human_size(backup.size)
         if manifest is None:  # not a readable backup: its problem says why
             problem = text(f"unreadable: {backup.problem}", style="yellow")
             table.add_row(
@@ -179,12 +180,3 @@ def backup_as_json(backup: BackupInfo) -> dict[str, Any]:
             "problem": verified.problem,
         },
     }
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

@@ -19,6 +19,7 @@ from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.cli.output import text
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DiskPlan, DomainPlan, PlanOptions, plan_domain
+from virtbackup.core.sizes import human_size
 
 LIST_SCHEMA_VERSION = 1
 METHOD_CHOICES = [m.value for m in Method]
@@ -183,14 +184,3 @@ def summary_line(plans: Sequence[DomainPlan]) -> str:
         f"{domains} of {len(plans)} domains, {len(disks)} disks would be backed up "
         f"({human_size(used)} allocated)"
     )
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # not reached

@@ -25,7 +25,6 @@ from virtbackup.adapters.discovery import discover
 from virtbackup.adapters.libvirt_conn import connect
 from virtbackup.adapters.locks import prepare_state_dir
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
-from virtbackup.cli.list_cmd import human_size
 from virtbackup.cli.output import stderr_console, text
 from virtbackup.cli.progress_view import stage_sink
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
@@ -40,6 +39,7 @@ from virtbackup.core.shrink_plan import (
     check_options,
     plan_shrink,
 )
+from virtbackup.core.sizes import human_size
 from virtbackup.engine.shrink import Image, estimate_reclaimable, shrink_domain
 
 log = logging.getLogger(__name__)

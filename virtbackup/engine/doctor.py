@@ -215,4 +215,8 @@ def _volume_group(disk: DiskFacts) -> VolumeGroupFacts | None:
     except VirtbackupError as err:
         log.info("cannot look at %s: %s", disk.lv, err)
         return None
-    return None if lv is None else VolumeGroupFacts(lv.vg, lv.name, lv.size, lv.vg_free)
+    return (
+        None
+        if lv is None
+        else VolumeGroupFacts(lv.vg, lv.name, lv.size, lv.vg_free, lv.extent_size)
+    )

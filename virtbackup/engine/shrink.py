@@ -72,6 +72,7 @@ from virtbackup.core.shrink_plan import (
     plan_shrink,
     vg_ignored,
 )
+from virtbackup.core.sizes import human_size
 from virtbackup.engine.methods.stable_images import ConsistencyOptions, stable_images
 
 log = logging.getLogger(__name__)
@@ -349,9 +350,9 @@ def check_space(targets: Sequence[CopyTarget], tmp_dir: Path) -> None:
         free = shutil.disk_usage(where[dev]).free
         if free < need:
             raise NotEnoughSpace(
-                f"not enough free space in {where[dev]} for copy mode: up to {_size(need)} "
+                f"not enough free space in {where[dev]} for copy mode: up to {human_size(need)} "
                 f"needed (overlays up to the disks' virtual size, new images up to their "
-                f"allocated size), {_size(free)} free",
+                f"allocated size), {human_size(free)} free",
                 "free some space, put the overlays elsewhere with --tmp DIR, or write the "
                 "copies elsewhere with --to DIR",
             )
@@ -517,15 +518,6 @@ def shrink_domains(
     for facts in discover(conn, names):
         outcomes.append(shrink_domain(conn, facts, options, progress, state_dir=state_dir))
     return outcomes
-
-
-def _size(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{nbytes} B"
 
 
 def throwaway_overlay(target: str, image: str | Path, fmt: str, workdir: Path) -> Path:
