@@ -32,9 +32,9 @@ from virtbackup.adapters.journal import others_can_replace
 from virtbackup.core.backup_errors import (
     BackupNotFound,
     CorruptBackup,
-    DestinationFull,
     StoreError,
     UnsafeDestination,
+    write_error,
 )
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import (
@@ -113,7 +113,7 @@ class BackupStore:
         except FileNotFoundError:
             return  # created by us, 0700
         except OSError as err:
-            raise store_error(err, domain_dir) from None
+            raise write_error(err, domain_dir) from None
         uid = os.geteuid()
         if stat.S_ISDIR(info.st_mode) and info.st_uid != uid:
             owner = "root" if uid == 0 else str(uid)
@@ -150,7 +150,7 @@ class BackupStore:
                     continue  # another run started in the same second
                 return PartialBackup(partial, final)
         except OSError as err:
-            raise store_error(err, domain_dir) from None
+            raise write_error(err, domain_dir) from None
         raise StoreError(f"too many backups of {domain} in the second {base}")
 
     def remove_partials(self, domain: str | None = None, *, dry_run: bool = False) -> list[Path]:
@@ -295,7 +295,7 @@ class PartialBackup(AbortUnlessCommitted):
                 self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
             )
         except OSError as err:
-            raise store_error(err, self.path / name) from None
+            raise write_error(err, self.path / name) from None
         return open(fd, "wb", buffering=0)
 
     def write_text(self, name: str, text: str) -> None:
@@ -307,7 +307,7 @@ class PartialBackup(AbortUnlessCommitted):
                 out.write(data)
                 os.fsync(out.fileno())
             except OSError as err:
-                raise store_error(err, self.path / name) from None
+                raise write_error(err, self.path / name) from None
 
     def size_of(self, name: str) -> int:
         """Bytes of a file written into the backup (once closed)."""
@@ -323,7 +323,7 @@ class PartialBackup(AbortUnlessCommitted):
             os.rename(self.path, self.final)
             _fsync_dir(self.final.parent)
         except OSError as err:
-            raise store_error(err, self.path) from None
+            raise write_error(err, self.path) from None
         self.committed = True
         os.close(self._lock_fd)
         return self.final
@@ -445,7 +445,7 @@ def record_verification(path: Path, record: VerifyRecord) -> None:
     try:
         dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
-        raise store_error(err, path / VERIFIED) from None
+        raise write_error(err, path / VERIFIED) from None
     try:
         _unlink_at(temporary, dir_fd)  # left by a killed verify, or planted
         fd = os.open(
@@ -461,7 +461,7 @@ def record_verification(path: Path, record: VerifyRecord) -> None:
         os.fsync(dir_fd)
     except OSError as err:
         _unlink_at(temporary, dir_fd)
-        raise store_error(err, path / VERIFIED) from None
+        raise write_error(err, path / VERIFIED) from None
     finally:
         os.close(dir_fd)
 
@@ -498,17 +498,6 @@ def check_domain_name(domain: str) -> None:
 def is_domain_dir_name(name: str) -> bool:
     """Whether an entry of DEST with this name may be a domain's directory."""
     return name not in ("", ".", "..") and not name.startswith(RESERVED_PREFIX)
-
-
-def store_error(err: OSError, path: Path) -> StoreError:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DestinationFull(
-            f"no space left on the backup destination while writing {path}",
-            "free space there or choose another --dest",
-        )
-    if err.errno == errno.EROFS:
-        return StoreError(f"cannot write {path}: the filesystem is read-only")
-    return StoreError(f"cannot write {path}: {err.strerror}")
 
 
 def _is_locked(name: str | Path, dir_fd: int | None = None) -> bool:
