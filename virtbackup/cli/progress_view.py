@@ -18,8 +18,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from virtbackup.cli.output import stderr_console
-from virtbackup.cli.output import text as cell
+from virtbackup.cli.console import stderr_console
+from virtbackup.cli.console import text as cell
 from virtbackup.core.progress import NullProgress, ProgressSink, StageSink
 from virtbackup.core.text import printable
 

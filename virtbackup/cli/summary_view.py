@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.filesize import decimal
 from rich.table import Table
 
-from virtbackup.cli.output import text
+from virtbackup.cli.console import text
 from virtbackup.core.summary import OutcomeRow
 from virtbackup.engine.runs.domain_backup import DomainOutcome
 
