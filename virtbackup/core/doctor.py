@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from virtbackup.core.config import SnapshotSize
+from virtbackup.core.diskxml import AGENT_CHANNEL
 from virtbackup.core.lvm import snapshot_bytes
 from virtbackup.core.model import DiskFacts, Method
-from virtbackup.core.overlays import AGENT_CHANNEL
 from virtbackup.core.planning import LIVE_STATES, DomainPlan
 from virtbackup.core.sizes import human_size
 from virtbackup.core.trim import DISCARD_PASSTHROUGH

@@ -19,6 +19,7 @@ from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT
 from virtbackup.adapters.libvirt_conn import ConnectFailed, libvirt_module
 from virtbackup.adapters.lvm import find_lv
 from virtbackup.adapters.rclone import Remote
+from virtbackup.core.diskxml import agent_connected
 from virtbackup.core.doctor import (
     AgentState,
     DestFacts,
@@ -31,7 +32,6 @@ from virtbackup.core.doctor import (
 )
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
-from virtbackup.core.overlays import agent_connected
 from virtbackup.core.planning import DomainPlan, PlanOptions, plan_domain
 from virtbackup.core.xml_secrets import SecretsError, secrets_in
 

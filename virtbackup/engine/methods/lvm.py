@@ -48,6 +48,7 @@ from virtbackup.adapters.libvirt_conn import libvirt_module
 from virtbackup.adapters.locks import open_lock_file
 from virtbackup.core.config import SnapshotSize
 from virtbackup.core.consistency_errors import QuiesceFailed
+from virtbackup.core.diskxml import agent_connected
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.lvm import (
     RUN_JOURNAL_UUID,
@@ -67,7 +68,6 @@ from virtbackup.core.lvm import (
     snapshot_name,
 )
 from virtbackup.core.model import DiskFacts, DomainState, Method
-from virtbackup.core.overlays import agent_connected
 from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.core.sizes import human_size
 from virtbackup.core.undo import FrozenRecord

@@ -56,9 +56,10 @@ from virtbackup.core.consistency_errors import (
     SnapshotFailed,
     UnsupportedDisk,
 )
+from virtbackup.core.diskxml import agent_connected
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
-from virtbackup.core.overlays import agent_connected, overlay_path, snapshot_xml
+from virtbackup.core.overlays import overlay_path, snapshot_xml
 from virtbackup.core.planning import UnknownDomain
 from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.core.sizes import human_size

@@ -17,10 +17,9 @@ from typing import Any
 from virtbackup.adapters import hypervisor as hv
 from virtbackup.adapters.guest_agent import fstrim
 from virtbackup.adapters.libvirt_conn import libvirt_module
-from virtbackup.core.diskxml import has_agent_channel
+from virtbackup.core.diskxml import agent_connected, has_agent_channel
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.model import DiskFacts
-from virtbackup.core.overlays import agent_connected
 from virtbackup.core.planning import DomainPlan
 from virtbackup.core.progress import StepSink
 from virtbackup.core.trim import plan_trim
