@@ -16,11 +16,11 @@ from virtbackup.adapters.locks import host_lock
 from virtbackup.adapters.store import BackupStore
 from virtbackup.cli.backup_options import (
     BackupValues,
-    Targets,
+    Safekeeping,
     backup_options,
     domain_options,
     resolve_dest,
-    resolve_targets,
+    resolve_safekeeping,
 )
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.progress_view import progress_sink
@@ -68,7 +68,7 @@ def all_command(
     config = load_settings(options)
     store = BackupStore(resolve_dest(values, config))
     store.check_writable()
-    targets = resolve_targets(values, config)
+    safekeeping = resolve_safekeeping(values, config)
     state_dir = resolve_state_dir(options.state_dir)
     started = datetime.now(UTC)
     steps = LogSteps()
@@ -89,7 +89,7 @@ def all_command(
                     conn,
                     domains,
                     store,
-                    _options_for(values, config, options, targets),
+                    _options_for(values, config, options, safekeeping),
                     Hooks(config.hooks_before, config.hooks_after),
                     progress,
                     steps,
@@ -124,11 +124,11 @@ def all_command(
 
 
 def _options_for(
-    values: BackupValues, config: Config, globals_: GlobalOptions, targets: Targets
+    values: BackupValues, config: Config, globals_: GlobalOptions, safekeeping: Safekeeping
 ) -> OptionsFor:
     def options_for(facts: DomainFacts) -> tuple[PlanOptions, BackupRunOptions, DomainSettings]:
         settings = config.for_domain(facts.name)
-        plan, run = domain_options(values, config, settings, globals_, targets)
+        plan, run = domain_options(values, config, settings, globals_, safekeeping)
         return plan, run, settings
 
     return options_for

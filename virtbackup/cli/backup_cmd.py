@@ -15,7 +15,7 @@ from virtbackup.cli.backup_options import (
     backup_options,
     domain_options,
     resolve_dest,
-    resolve_targets,
+    resolve_safekeeping,
 )
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.progress_view import progress_sink
@@ -46,7 +46,7 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
     store = BackupStore(resolve_dest(values, config))
     store.check_writable()
     prepare_state_dir(options.state_dir)
-    targets = resolve_targets(values, config)
+    safekeeping = resolve_safekeeping(values, config)
     started = datetime.now(UTC)
     outcomes = []
     stop: Interrupted | None = None
@@ -59,7 +59,7 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
             for index, domain in enumerate(facts):
                 try:
                     plan_options, run_options = domain_options(
-                        values, config, config.for_domain(domain.name), options, targets
+                        values, config, config.for_domain(domain.name), options, safekeeping
                     )
                     plan = plan_domain(domain, plan_options)
                     outcomes.append(

@@ -47,7 +47,7 @@ def backups_command(
     signers = allowed_signers or config.allowed_signers
     offsite = remote_store(chosen_remote(remote, remote_location), host, config)
     if offsite is not None:
-        where = offsite.remote.path(offsite.offsite.host)
+        where = offsite.remote.path(offsite.settings.host)
         backups = offsite.list_backups(domain)
     else:
         dest = dest or config.dest

@@ -88,7 +88,7 @@ def prune_command(
             )
             for name, policy in policies.items()
         ]
-        where = offsite.remote.path(offsite.offsite.host)
+        where = offsite.remote.path(offsite.settings.host)
     else:
         dest = dest or config.dest
         if dest is None:

@@ -193,7 +193,7 @@ def prune_offsite(
         return ()
     with lock:
         # Local backups not yet complete on the remote are uploads to resume, not leftovers.
-        pending = set() if remote.offsite.only else _local_stamps(store, facts.name)
+        pending = set() if remote.settings.only else _local_stamps(store, facts.name)
         retention = settings.retention
         return tuple(prune_remote(remote, facts.name, retention, tz, pending, allowed_signers))
 

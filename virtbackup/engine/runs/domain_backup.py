@@ -125,7 +125,7 @@ def back_up_domain(
         warnings, reclaimed = warnings + trim.warnings, trim.reclaimed
     source = (sources or {}).get(plan.method) or image_source(plan.method)
     # --remote-only: the streams go to the remote store instead of DEST
-    streamed = options.offsite is not None and options.offsite.offsite.only
+    streamed = options.offsite is not None and options.offsite.settings.only
     target: BackupTarget = options.offsite if options.offsite and streamed else store
     try:
         with (

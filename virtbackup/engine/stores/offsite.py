@@ -143,12 +143,12 @@ class RemoteBackups:
 
 
 class RemoteStore:
-    def __init__(self, offsite: Offsite) -> None:
-        self.offsite = offsite
-        self.remote = offsite.remote
+    def __init__(self, settings: Offsite) -> None:
+        self.settings = settings
+        self.remote = settings.remote
 
     def backup_path(self, domain: str, stamp: str) -> str:
-        return f"{self.offsite.host}/{domain}/{stamp}"
+        return f"{self.settings.host}/{domain}/{stamp}"
 
     def files(self, domain: str, stamp: str) -> RemoteFiles:
         check_domain_name(domain)
@@ -157,11 +157,11 @@ class RemoteStore:
         return RemoteFiles(self.remote, self.backup_path(domain, stamp))
 
     def domains(self) -> list[str]:
-        entries = rclone.list_entries(self.remote, self.offsite.host)
+        entries = rclone.list_entries(self.remote, self.settings.host)
         return sorted(e.path for e in entries if e.is_dir and is_domain_dir_name(e.path))
 
     def backups_of(self, domain: str) -> RemoteBackups:
-        entries = rclone.list_entries(self.remote, f"{self.offsite.host}/{domain}", recursive=True)
+        entries = rclone.list_entries(self.remote, f"{self.settings.host}/{domain}", recursive=True)
         stamps = {e.path for e in entries if e.is_dir and is_stamp(e.path)}
         files = [e.path.split("/") for e in entries if not e.is_dir]
         complete = {parts[0] for parts in files if parts[1:] == [MANIFEST]}
