@@ -1,10 +1,12 @@
 """The CLI's printers of the engine's progress: byte bars for disks, a bar of stages per
-domain (shrink); drawn on a terminal, logged or silent otherwise."""
+domain (shrink), drawn on a terminal, logged or silent otherwise; and the steps of
+`clean` as lines."""
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import click
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -20,7 +22,7 @@ from rich.progress import (
 
 from virtbackup.cli.console import stderr_console
 from virtbackup.cli.console import text as cell
-from virtbackup.core.progress import NullProgress, ProgressSink, StageSink
+from virtbackup.core.progress import NullProgress, ProgressSink, RecordingSteps, StageSink
 from virtbackup.core.text import printable
 
 log = logging.getLogger(__name__)
@@ -132,3 +134,21 @@ def stage_sink(verbosity: int, as_json: bool) -> Iterator[StageSink]:
     )
     with Progress(*columns, console=stderr_console, transient=False) as progress:
         yield StageBars(progress)
+
+
+class EchoSteps(RecordingSteps):
+    """Prints each step as it happens (a commit may take long) and keeps them for --json."""
+
+    def __init__(self, echo: bool) -> None:
+        super().__init__()
+        self.echo = echo
+
+    def step(self, domain: str, text: str) -> None:
+        super().step(domain, text)
+        if self.echo:
+            click.echo(f"{domain}: {text}")
+
+    def warning(self, domain: str, text: str) -> None:
+        super().warning(domain, text)
+        if self.echo:
+            click.echo(f"virtbackup: warning: {domain}: {text}", err=True)
