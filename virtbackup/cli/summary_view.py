@@ -5,11 +5,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.filesize import decimal
 from rich.table import Table
 
-from virtbackup.cli.console import text
+from virtbackup.cli.console import stdout_console, text
 from virtbackup.core.summary import OutcomeRow
 from virtbackup.engine.runs.domain_backup import DomainOutcome
 
@@ -76,7 +75,7 @@ def print_summary(rows: Sequence[OutcomeRow]) -> None:
             f"{row.seconds:.1f}s" if row.seconds else "-",
             result,
         )
-    Console(width=max(120, Console().width)).print(table)
+    stdout_console(120, also_on_terminal=True).print(table)
 
 
 def print_json(document: dict[str, Any]) -> None:
