@@ -158,18 +158,18 @@ def reclaim(
     domain: str,
     *,
     zero_fallback: bool = False,
-    steps_after: int = 0,
+    stages_after: int = 0,
 ) -> list[str]:
     """Trim every filesystem, discard swap, reclaim VG free space; the notes to show.
 
-    `steps_after`: how many steps the caller still has once the appliance is stopped.
+    `stages_after`: how many stages the caller still has once the appliance is stopped.
     """
     notes: list[str] = []
     filesystems = app.filesystems()
     read_only = app.read_only_lvs()
     vgs = app.volume_groups()
-    # The launch was step 1; the final flush is the last.
-    total = 2 + len(filesystems) + len(vgs) + steps_after
+    # The launch was stage 1; the final flush is the last.
+    total = 2 + len(filesystems) + len(vgs) + stages_after
     for dev, kind in filesystems.items():
         name = guest_name(dev, targets)
         if is_ignored(dev, targets, options.ignore):
@@ -395,7 +395,7 @@ def shrink_copy(
                 progress,
                 domain,
                 zero_fallback=True,
-                steps_after=len(images),
+                stages_after=len(images),
             )
         for target, overlay in zip(targets, overlays, strict=True):
             progress.stage(domain, f"writing {target.image.target} to {target.output}")
