@@ -32,11 +32,12 @@ GiB = 1 << 30
 
 SHRINK_CHILD = """
 import sys
-from virtbackup.core.shrink_plan import NullShrinkProgress, ShrinkOptions
+from virtbackup.core.progress import NullProgress
+from virtbackup.core.shrink_plan import ShrinkOptions
 from virtbackup.engine.shrink import Image, shrink_in_place
 images = [Image(f"vd{chr(97 + i)}", path, fmt) for i, (path, fmt) in
           enumerate(zip(sys.argv[1::2], sys.argv[2::2]))]
-shrink_in_place(images, ShrinkOptions(), NullShrinkProgress(), "bench")
+shrink_in_place(images, ShrinkOptions(), NullProgress(), "bench")
 """
 
 

@@ -30,8 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from datapath_images import allocated, reference_qcow2, reference_raw  # noqa: E402
 
 from virtbackup.core.model import Method  # noqa: E402
-from virtbackup.core.progress import NullProgress  # noqa: E402
-from virtbackup.core.steps import LogSteps  # noqa: E402
+from virtbackup.core.progress import LogSteps, NullProgress  # noqa: E402
 from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks  # noqa: E402
 from virtbackup.engine.methods.image_source import Consistency, StableImages  # noqa: E402
 from virtbackup.engine.methods.skip_free import SkipFree, compacted  # noqa: E402
@@ -78,6 +77,7 @@ class TimedSteps(LogSteps):
     """Prints each step with the time since the previous one."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.last = time.monotonic()
 
     def step(self, domain: str, text: str) -> None:

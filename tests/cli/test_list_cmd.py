@@ -16,7 +16,6 @@ from harness.libvirtd import DiskSpec, DomainFactory
 from harness.real import unavailable
 
 from virtbackup import __file__ as package_init
-from virtbackup.cli.list_cmd import human_size
 
 MiB = 1024 * 1024
 
@@ -201,19 +200,3 @@ def test_missing_permission_is_one_line_exit_2(tmp_path: Path, readable_by_all: 
     assert result.stderr.startswith("virtbackup: error: cannot connect to qemu:///system: ")
     assert "access denied" in result.stderr or "Permission denied" in result.stderr
     assert result.stderr.count("\n") == 1
-
-
-@pytest.mark.parametrize(
-    ("size", "text"),
-    [
-        (None, "-"),
-        (0, "0 B"),
-        (1023, "1023 B"),
-        (1024, "1.0 KiB"),
-        (16 * MiB, "16.0 MiB"),
-        (3 * 1024**4, "3.0 TiB"),
-        (5 * 1024**5, "5120.0 TiB"),
-    ],
-)
-def test_human_size(size: int | None, text: str) -> None:
-    assert human_size(size) == text

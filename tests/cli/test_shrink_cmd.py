@@ -16,7 +16,7 @@ from harness.guestfs import HANG, fake_qemu, processes_running
 from harness.images import build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 
-from virtbackup.cli.shrink_cmd import parse_choice
+from virtbackup.cli.shrink_view import parse_choice
 
 MiB = 1024 * 1024
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from virtbackup.core.diskxml import DiskXmlError, has_agent_channel, parse_disks
+from virtbackup.core.diskxml import DiskXmlError, agent_connected, has_agent_channel, parse_disks
 
 
 def domain(devices: str) -> str:
@@ -125,6 +125,14 @@ def test_agent_channel() -> None:
     assert not has_agent_channel(
         domain("<channel type='pty'><target type='virtio' name='x'/></channel>")
     )
+
+
+def test_agent_connected_needs_the_connected_state() -> None:
+    channel = """<channel type='unix'>
+      <target type='virtio' name='org.qemu.guest_agent.0' state='connected'/></channel>"""
+    assert agent_connected(domain(channel))
+    assert not agent_connected(domain(channel.replace("'connected'", "'disconnected'")))
+    assert not agent_connected("<domain><devices/></domain>")
 
 
 def test_broken_xml_is_one_clear_error() -> None:

@@ -246,7 +246,7 @@ def test_too_little_room_for_the_overlay_blocks() -> None:
 def test_volume_group_free_space_for_lvm_snapshots(
     vg_free: int, method: Method, severity: Severity | None
 ) -> None:
-    lv = VolumeGroupFacts("vg0", "vms", 20 * GiB, vg_free)
+    lv = VolumeGroupFacts("vg0", "vms", 20 * GiB, vg_free, 4 * MiB)
     settings = Settings(snapshot_size=SnapshotSize(percent=10.0))
     findings = domain_findings(check(method=method, volume_group=lv), settings)
     found = by_check(findings, "lvm")
@@ -254,7 +254,7 @@ def test_volume_group_free_space_for_lvm_snapshots(
 
 
 def test_volume_group_check_uses_the_domains_own_snapshot_size() -> None:
-    lv = VolumeGroupFacts("vg0", "vms", 20 * GiB, 3 * GiB)
+    lv = VolumeGroupFacts("vg0", "vms", 20 * GiB, 3 * GiB, 4 * MiB)
     domain = check(method=Method.LVM, volume_group=lv)
     name = domain.plan.domain.name
     roomy = Settings(snapshot_size=SnapshotSize(percent=10.0))  # wants 2 GiB: fits
@@ -264,6 +264,16 @@ def test_volume_group_check_uses_the_domains_own_snapshot_size() -> None:
     assert finding.severity == Severity.BLOCKER and "wants 4.0 GiB" in finding.text
     other = replace(roomy, snapshot_sizes={"another": SnapshotSize(percent=20.0)})
     assert by_check(domain_findings(domain, other), "lvm") == []
+
+
+def test_volume_group_check_wants_what_the_lvm_method_creates() -> None:
+    # 10 % of 1000 MiB is 100 MiB; the method makes it whole 32 MiB extents: 128 MiB.
+    lv = VolumeGroupFacts("vg0", "vms", 1000 * MiB, 110 * MiB, 32 * MiB)
+    settings = Settings(snapshot_size=SnapshotSize(percent=10.0))
+    (finding,) = by_check(
+        domain_findings(check(method=Method.LVM, volume_group=lv), settings), "lvm"
+    )
+    assert finding.severity == Severity.BLOCKER and "wants 128.0 MiB" in finding.text
 
 
 def test_encryption_and_remote_findings() -> None:

@@ -126,7 +126,7 @@ def test_devices_resolve_to_lvs_by_major_minor() -> None:
 )
 def test_snapshot_bytes(size: SnapshotSize, expected: int) -> None:
     origin = parse_lvs(LVS_JSON)[0]  # 48 MiB, 4 MiB extents
-    assert snapshot_bytes(size, origin) == expected
+    assert snapshot_bytes(size, origin.size, origin.extent_size) == expected
 
 
 def test_check_fits_names_the_vg_and_the_way_out() -> None:

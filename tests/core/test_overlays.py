@@ -5,7 +5,6 @@ from pathlib import PurePath
 
 from virtbackup.core.diskxml import parse_disks
 from virtbackup.core.overlays import (
-    agent_connected,
     overlay_path,
     rewrite_disk_source,
     snapshot_xml,
@@ -54,9 +53,3 @@ def test_rewrite_points_a_disk_back_to_its_original() -> None:
         ("vdb", "block", "/dev/vg/lv", "raw", ()),
     ]
     assert rewrite_disk_source(DOMAIN, "vdz", "file", "/x", "raw") is None
-
-
-def test_agent_connected_needs_the_connected_state() -> None:
-    assert agent_connected(DOMAIN)
-    assert not agent_connected(DOMAIN.replace(" state='connected'", " state='disconnected'"))
-    assert not agent_connected("<domain><devices/></domain>")

@@ -16,7 +16,7 @@ from virtbackup.adapters.journal import JournalFile, list_journals, load_journal
 from virtbackup.cli.main import main
 from virtbackup.core.errors import Interrupted
 from virtbackup.core.model import DomainState
-from virtbackup.core.steps import LogSteps
+from virtbackup.core.progress import LogSteps
 from virtbackup.core.undo import FrozenRecord, Journal, StateRecord, UndoRecord
 from virtbackup.engine.runs.clean import clean
 from virtbackup.engine.runs.session import new_run_id

@@ -33,7 +33,7 @@ from virtbackup.core.consistency_errors import (
 )
 from virtbackup.core.errors import LockHeld
 from virtbackup.core.model import Method
-from virtbackup.core.steps import RecordingSteps
+from virtbackup.core.progress import RecordingSteps
 from virtbackup.engine.methods.image_source import Consistency, ConsistencyOptions, Quiesce
 from virtbackup.engine.methods.stable_images import stable_images
 

@@ -24,7 +24,7 @@ from harness.guest import (
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import list_journals
 from virtbackup.core.model import Method
-from virtbackup.core.steps import RecordingSteps
+from virtbackup.core.progress import RecordingSteps
 from virtbackup.engine.methods.image_source import Consistency, ConsistencyOptions, Quiesce
 from virtbackup.engine.methods.stable_images import stable_images
 

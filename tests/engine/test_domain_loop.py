@@ -12,9 +12,8 @@ from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.model import DomainState
 from virtbackup.core.planning import plan_domain
-from virtbackup.core.progress import NullProgress
+from virtbackup.core.progress import NullProgress, RecordingSteps
 from virtbackup.core.retention import Policy
-from virtbackup.core.steps import RecordingSteps
 from virtbackup.engine.runs.all_domains import AllExtras, Hooks
 from virtbackup.engine.runs.domain_backup import BackupRunOptions, DomainJob, Result
 from virtbackup.engine.runs.domain_loop import run_domains

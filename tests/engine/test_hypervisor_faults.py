@@ -23,7 +23,7 @@ from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.consistency_errors import CommitFailed, SnapshotFailed, UndoIncomplete
 from virtbackup.core.errors import ExitCode
 from virtbackup.core.model import Method
-from virtbackup.core.steps import RecordingSteps
+from virtbackup.core.progress import RecordingSteps
 from virtbackup.core.undo import FrozenRecord
 from virtbackup.engine.methods.image_source import ConsistencyOptions, domain_session
 from virtbackup.engine.methods.stable_images import stable_images

@@ -4,8 +4,7 @@ import pytest
 
 from virtbackup.adapters import lvm
 from virtbackup.core.lvm import LogicalVolume, SnapshotOverflow
-from virtbackup.core.progress import NullProgress
-from virtbackup.core.steps import RecordingSteps
+from virtbackup.core.progress import NullProgress, RecordingSteps
 from virtbackup.engine.methods.lvm import OverflowWatch, Snapshot, _GuardedProgress
 
 MiB = 1 << 20

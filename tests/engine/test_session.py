@@ -10,7 +10,7 @@ from virtbackup.adapters.journal import list_journals, load_journal
 from virtbackup.core.consistency_errors import UndoIncomplete
 from virtbackup.core.errors import Interrupted, LockHeld
 from virtbackup.core.model import DomainState
-from virtbackup.core.steps import RecordingSteps
+from virtbackup.core.progress import RecordingSteps
 from virtbackup.core.undo import FrozenRecord, StateRecord
 from virtbackup.engine.runs.session import Session, new_run_id
 

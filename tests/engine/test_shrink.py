@@ -27,6 +27,7 @@ from shrink_helpers import (
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.errors import LockHeld
+from virtbackup.core.progress import RecordingSteps
 from virtbackup.core.shrink_plan import NotEnoughSpace, ShrinkOptions
 from virtbackup.engine import shrink as shrink_engine
 from virtbackup.engine.shrink import (
@@ -43,19 +44,18 @@ MiB = 1024 * 1024
 URI = "qemu:///system"
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.steps: list[str] = []
-        self.notes: list[str] = []
+class Recorder(RecordingSteps):
+    """Keeps the stages of the shrink, and the steps and warnings of the methods."""
 
-    def begin(self, domain: str, total_steps: int) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages: list[str] = []
+
+    def begin(self, domain: str, total_stages: int) -> None:
         pass
 
-    def step(self, domain: str, text: str, total_steps: int | None = None) -> None:
-        self.steps.append(text)
-
-    def note(self, domain: str, text: str) -> None:
-        self.notes.append(text)
+    def stage(self, domain: str, text: str, total_stages: int | None = None) -> None:
+        self.stages.append(text)
 
     def end(self, domain: str) -> None:
         pass
@@ -130,7 +130,7 @@ def test_in_place_matches_virt_sparsify_and_keeps_every_file(
         assert result.after < result.before / 3, result
         # "Same resulting size as virt-sparsify --in-place": within 10 %.
         assert result.after <= allocated(reference) * 1.10, (result, allocated(reference))
-    assert progress.steps[0] == "launching the appliance"
+    assert progress.stages[0] == "launching the appliance"
     for expected in (
         "trimming vda1 (ext4)",
         "discarding swap vda2",
@@ -140,7 +140,7 @@ def test_in_place_matches_virt_sparsify_and_keeps_every_file(
         "reclaiming free space of volume group vga",
         "reclaiming free space of volume group vgb",
     ):
-        assert expected in progress.steps
+        assert expected in progress.stages
     assert "/dev/vga/ro: read-only LV, left alone" in outcome.notes
 
     checks = check_disks(guestfs_module, [raw, qcow2], tmp_path)
@@ -177,7 +177,7 @@ def test_running_and_paused_domains_are_refused(
             conn, [paused.name()], ShrinkOptions(shutdown=True), progress, state_dir=tmp_path
         )
     assert again.error is not None and "paused" in again.error
-    assert progress.steps == []
+    assert progress.stages == []
     assert running.isActive() and paused.info()[0] == 3  # VIR_DOMAIN_PAUSED: untouched
 
 
@@ -209,7 +209,7 @@ def test_qcow2_compat_0_10_overlay_is_refused_with_the_fix(
     assert outcome.error is not None
     assert "compat=0.10 overlay" in outcome.error and "qemu-img amend" in outcome.error
     assert "--amend-compat" in outcome.error and "--to DIR" in outcome.error
-    assert progress.steps == []
+    assert progress.stages == []
     # What --amend-compat does before the appliance starts.
     notes = amend_compat([Image("vda", str(image), "qcow2")])
     assert notes == ["vda: qcow2 compat upgraded from 0.10 to 1.1"]
@@ -233,7 +233,7 @@ def test_image_on_a_filesystem_without_hole_punching_is_refused(
     outcome, progress = shrink(dom.name(), ShrinkOptions(), tmp_path)
     assert outcome.error is not None and "cannot punch holes" in outcome.error
     assert "copy mode" in outcome.error
-    assert progress.steps == []
+    assert progress.stages == []
 
 
 @pytest.fixture
@@ -281,8 +281,9 @@ def test_shutdown_then_a_compact_copy_replaces_the_image_and_the_guest_runs_agai
     options = ShrinkOptions(shutdown=True, shutdown_timeout=120, convert="qcow2", tmp_dir=tmp_path)
     outcome, progress = shrink(guest.dom.name(), options, tmp_path / "state")
     assert outcome.ok, outcome.error
-    assert "shutting down (ACPI power button)" in progress.notes
-    assert "start the domain again" in progress.notes
+    steps = [text for _, text in progress.steps]
+    assert "shutting down (ACPI power button)" in steps
+    assert "start the domain again" in steps
     (disk,) = outcome.disks
     assert disk.output == str(guest.disk) == disk.path  # same name, same format: replaced
     assert os.stat(guest.disk).st_ino != inode  # a new file, renamed into place

@@ -3,6 +3,7 @@ appliance (a fake handle records the calls; the real one is in test_shrink.py)."
 
 from typing import Any
 
+from virtbackup.core.progress import NullProgress
 from virtbackup.core.shrink_plan import ShrinkOptions
 from virtbackup.engine.shrink import reclaim
 
@@ -37,21 +38,12 @@ class FakeAppliance:
         return "no free space to reclaim (Insufficient free extents)" if vg == "full" else None
 
 
-class Steps:
+class Stages(NullProgress):
     def __init__(self) -> None:
-        self.steps: list[tuple[str, int | None]] = []
+        self.stages: list[tuple[str, int | None]] = []
 
-    def begin(self, domain: str, total_steps: int) -> None:
-        pass
-
-    def step(self, domain: str, text: str, total_steps: int | None = None) -> None:
-        self.steps.append((text, total_steps))
-
-    def note(self, domain: str, text: str) -> None:
-        pass
-
-    def end(self, domain: str) -> None:
-        pass
+    def stage(self, domain: str, text: str, total_stages: int | None = None) -> None:
+        self.stages.append((text, total_stages))
 
 
 def test_every_kind_of_filesystem_and_volume_group() -> None:
@@ -71,9 +63,9 @@ def test_every_kind_of_filesystem_and_volume_group() -> None:
         {"/dev/vg0/old"},
     )
     app.trim_result["/dev/sdb2"] = "cannot be mounted (wrong fs type)"
-    steps = Steps()
+    stages = Stages()
     options = ShrinkOptions(ignore=("vg1/keep", "vg2"))
-    notes = reclaim(app, ["vda", "vdb"], options, steps, "web1")  # type: ignore[arg-type]
+    notes = reclaim(app, ["vda", "vdb"], options, stages, "web1")  # type: ignore[arg-type]
     assert app.calls == [
         ("trim", ("/dev/sda1", False)),
         ("swap", "/dev/sda2"),
@@ -93,7 +85,7 @@ def test_every_kind_of_filesystem_and_volume_group() -> None:
         "volume group full: no free space to reclaim (Insufficient free extents)",
         "volume group vg2: ignored (--ignore)",
     ]
-    texts = [text for text, _ in steps.steps]
+    texts = [text for text, _ in stages.stages]
     assert texts == [
         "trimming vda1 (ext4)",
         "discarding swap vda2",
@@ -105,10 +97,10 @@ def test_every_kind_of_filesystem_and_volume_group() -> None:
         "reclaiming free space of volume group vg1",
         "flushing and stopping the appliance",
     ]
-    assert {total for _, total in steps.steps} == {2 + 9 + 4}
+    assert {total for _, total in stages.stages} == {2 + 9 + 4}
 
 
 def test_copy_mode_falls_back_to_zeroing() -> None:
     app = FakeAppliance({"/dev/sda1": "ext4"}, [], set())
-    reclaim(app, ["vda"], ShrinkOptions(), Steps(), "d", zero_fallback=True)  # type: ignore[arg-type]
+    reclaim(app, ["vda"], ShrinkOptions(), Stages(), "d", zero_fallback=True)  # type: ignore[arg-type]
     assert app.calls == [("trim", ("/dev/sda1", True))]

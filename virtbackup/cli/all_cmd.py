@@ -15,12 +15,12 @@ from virtbackup.cli.backup_options import (
     backup_options,
     domain_jobs,
     resolve_dest,
-    resolve_targets,
+    resolve_safekeeping,
 )
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.summary_view import show_summary, summarise
-from virtbackup.core.steps import LogSteps
+from virtbackup.core.progress import LogSteps
 from virtbackup.engine.runs.all_domains import AllExtras, Hooks
 from virtbackup.engine.runs.clean import clean
 from virtbackup.engine.runs.domain_loop import RunInterrupted, run_domains
@@ -59,7 +59,7 @@ def all_command(
     config = load_settings(options)
     store = LocalStore(resolve_dest(values, config))
     store.check_writable()
-    targets = resolve_targets(values, config)
+    safekeeping = resolve_safekeeping(values, config)
     state_dir = resolve_state_dir(options.state_dir)
     started = datetime.now(UTC)
     steps = LogSteps()
@@ -75,7 +75,7 @@ def all_command(
             domains = conn.discover(
                 include=include or config.include, exclude=exclude or config.exclude
             )
-            jobs = domain_jobs(values, config, options, targets, domains)
+            jobs = domain_jobs(values, config, options, safekeeping, domains)
             with progress_sink(options.verbosity if not values.as_json else -1) as progress:
                 reports = run_domains(conn, jobs, store, progress, steps, extras)
     except RunInterrupted as err:  # the domain at hand is back: summary, then exit 130

@@ -11,12 +11,12 @@ from virtbackup.cli.backup_options import (
     backup_options,
     domain_jobs,
     resolve_dest,
-    resolve_targets,
+    resolve_safekeeping,
 )
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.summary_view import show_summary, summarise
-from virtbackup.core.steps import LogSteps
+from virtbackup.core.progress import LogSteps
 from virtbackup.engine.runs.domain_loop import RunInterrupted, run_domains
 from virtbackup.engine.stores.local import LocalStore
 
@@ -38,11 +38,11 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
     store = LocalStore(resolve_dest(values, config))
     store.check_writable()
     prepare_state_dir(options.state_dir)
-    targets = resolve_targets(values, config)
+    safekeeping = resolve_safekeeping(values, config)
     started = datetime.now(UTC)
     stop: RunInterrupted | None = None
     with connect(options.uri) as conn:
-        jobs = domain_jobs(values, config, options, targets, conn.discover(names=domains))
+        jobs = domain_jobs(values, config, options, safekeeping, conn.discover(names=domains))
         with progress_sink(options.verbosity if not values.as_json else -1) as progress:
             try:
                 reports = run_domains(conn, jobs, store, progress, LogSteps())

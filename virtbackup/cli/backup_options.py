@@ -198,16 +198,16 @@ class BackupValues:
 
 
 @dataclass(frozen=True)
-class Targets:
-    """Where backups go besides DEST and how they are sealed: checked once per run,
-    before any domain is touched."""
+class Safekeeping:
+    """How backups are kept safe besides DEST: encrypted to, signed with, copied offsite;
+    checked once per run, before any domain is touched."""
 
     encrypt_to: Recipients | None
     offsite: RemoteStore | None
     sign_with: Path | None = None
 
 
-def resolve_targets(values: BackupValues, config: Config) -> Targets:
+def resolve_safekeeping(values: BackupValues, config: Config) -> Safekeeping:
     recipients_file = values.encrypt or config.encrypt
     encrypt_to = read_recipients(recipients_file) if recipients_file else None
     sign_with = values.sign_key or config.sign_key
@@ -218,7 +218,7 @@ def resolve_targets(values: BackupValues, config: Config) -> Targets:
     if location is None:
         if values.remote_only:
             raise UsageError("--remote-only needs a remote", "give --remote NAME:PATH")
-        return Targets(encrypt_to, None, sign_with)
+        return Safekeeping(encrypt_to, None, sign_with)
     configured_only = settings.only if settings else False
     only = configured_only if values.remote_only is None else values.remote_only
     offsite = remote_store(location, None, config, only=only, bwlimit=values.remote_bwlimit)
@@ -233,7 +233,7 @@ def resolve_targets(values: BackupValues, config: Config) -> Targets:
         # Local backups are still worth making: each domain's upload then fails and is
         # marked, and the next run sends what is missing.
         log.warning("the remote cannot be reached now: %s", err)
-    return Targets(encrypt_to, offsite, sign_with)
+    return Safekeeping(encrypt_to, offsite, sign_with)
 
 
 def resolve_dest(values: BackupValues, config: Config) -> Path:
@@ -247,7 +247,7 @@ def domain_jobs(
     values: BackupValues,
     config: Config,
     globals_: GlobalOptions,
-    targets: Targets,
+    safekeeping: Safekeeping,
     domains: Sequence[DomainFacts],
 ) -> list[DomainJob]:
     """Each domain's plan and how to back it up, from the options, the configuration
@@ -255,7 +255,7 @@ def domain_jobs(
     jobs = []
     for facts in domains:
         settings = config.for_domain(facts.name)
-        plan_options, run_options = _domain_options(values, config, settings, globals_, targets)
+        plan_options, run_options = _domain_options(values, config, settings, globals_, safekeeping)
         jobs.append(DomainJob(plan_domain(facts, plan_options), run_options, settings))
     return jobs
 
@@ -265,7 +265,7 @@ def _domain_options(
     config: Config,
     settings: DomainSettings,
     globals_: GlobalOptions,
-    targets: Targets,
+    safekeeping: Safekeeping,
 ) -> tuple[PlanOptions, BackupRunOptions]:
     method = Method(values.method) if values.method else settings.method
     consistency = ConsistencyOptions(
@@ -293,7 +293,7 @@ def _domain_options(
         globals_.state_dir,
         trim=trim,
         skip_free=skip_free,
-        encrypt_to=targets.encrypt_to,
-        sign_with=targets.sign_with,
-        offsite=targets.offsite,
+        encrypt_to=safekeeping.encrypt_to,
+        sign_with=safekeeping.sign_with,
+        offsite=safekeeping.offsite,
     )

@@ -6,12 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
+from virtbackup.cli.backups_view import print_backups
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
-from virtbackup.cli.output import text
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
 from virtbackup.cli.trust_options import allowed_signers_option
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
@@ -67,10 +64,7 @@ def backups_command(
         ]
         click.echo(json.dumps({key: store.label, "backups": listed}, indent=2))
     else:
-        console = Console()
-        if not console.is_terminal:  # a pipe or a log: lines long enough to hold a problem
-            console = Console(width=max(console.width, 200))
-        console.print(backups_table(backups, signatures))
+        print_backups(backups, signatures)
 
 
 def signature_of(backup: BackupInfo, store: Store, allowed_signers: Path | None) -> SignatureCheck:
@@ -82,58 +76,6 @@ def signature_of(backup: BackupInfo, store: Store, allowed_signers: Path | None)
 
 def signature_as_json(check: SignatureCheck) -> dict[str, Any]:
     return {"state": check.state.value, "principal": check.principal, "problem": check.problem}
-
-
-def verified_state(backup: BackupInfo) -> str:
-    if backup.problem is not None:
-        return "unreadable" if backup.manifest is None else "not counted"
-    if backup.verified is None:
-        return "never"
-    state = "ok" if backup.verified.ok else "FAILED"
-    return f"{state} {format_time(backup.verified.verified_at)}"
-
-
-def backups_table(backups: list[BackupInfo], signatures: list[SignatureCheck]) -> Table:
-    """Every value comes from the backups (names, methods, problems, principals): shown
-    as text, never read as rich markup."""
-    table = Table(
-        "domain", "date (UTC)", "method", "disks", "size", "encrypted", "signature", "verified"
-    )
-    for backup, signature in zip(backups, signatures, strict=True):
-        manifest = backup.manifest
-        size = _human_size(backup.size)
-        if manifest is None:  # not a readable backup: its problem says why
-            problem = text(f"unreadable: {backup.problem}", style="yellow")
-            table.add_row(
-                text(backup.domain),
-                text(backup.stamp),
-                "?",
-                "?",
-                size,
-                "?",
-                "?",
-                problem,
-            )
-            continue
-        table.add_row(
-            text(backup.domain),
-            format_time(manifest.started),
-            text(manifest.method),
-            text(", ".join(manifest.targets)),
-            size,
-            "yes" if isinstance(manifest, Sealed) else "no",
-            _signature_cell(signature),
-            text(verified_state(backup))
-            if backup.problem is None  # of another domain, from the future: not counted
-            else text(f"not counted: {backup.problem}", style="yellow"),
-        )
-    return table
-
-
-def _signature_cell(check: SignatureCheck) -> Text:
-    if check.state == SignatureState.SIGNED:
-        return text(f"signed ({check.principal})")
-    return text("BAD" if check.state == SignatureState.BAD else check.state.value)
 
 
 def backup_as_json(backup: BackupInfo) -> dict[str, Any]:
@@ -172,12 +114,3 @@ def backup_as_json(backup: BackupInfo) -> dict[str, Any]:
             "problem": verified.problem,
         },
     }
-
-
-def _human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

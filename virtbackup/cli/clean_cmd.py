@@ -8,27 +8,9 @@ import click
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.progress_view import EchoSteps
 from virtbackup.core.errors import ExitCode
-from virtbackup.core.steps import RecordingSteps
 from virtbackup.engine.runs.clean import clean
-
-
-class _EchoSteps(RecordingSteps):
-    """Prints each step as it happens (a commit may take long) and keeps them for --json."""
-
-    def __init__(self, echo: bool) -> None:
-        super().__init__()
-        self.echo = echo
-
-    def step(self, domain: str, text: str) -> None:
-        super().step(domain, text)
-        if self.echo:
-            click.echo(f"{domain}: {text}")
-
-    def warning(self, domain: str, text: str) -> None:
-        super().warning(domain, text)
-        if self.echo:
-            click.echo(f"virtbackup: warning: {domain}: {text}", err=True)
 
 
 @click.command("clean")
@@ -53,7 +35,7 @@ def clean_command(
     --active --pivot, or qemu-img commit when it is shut off), the overlay deleted,
     the guest thawed, and a domain the run shut down or qemu paused started or resumed.
     """
-    steps = _EchoSteps(echo=not as_json)
+    steps = EchoSteps(echo=not as_json)
     state_dir = resolve_state_dir(options.state_dir)
     result = clean(state_dir, connect, steps, dry_run=dry_run, dests=list(dests))
     if as_json:

@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.rclone import Remote
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
-from virtbackup.cli.output import text
+from virtbackup.cli.doctor_view import render
 from virtbackup.cli.remote_options import remote_store
 from virtbackup.core.config import Config
 from virtbackup.core.doctor import Finding, Settings, Severity, blocks_backups, diagnose
@@ -27,7 +25,6 @@ from virtbackup.core.planning import PlanOptions
 from virtbackup.engine.doctor import OptionsFor, examine
 
 DOCTOR_SCHEMA_VERSION = 1
-_STYLE = {Severity.INFO: "green", Severity.WARNING: "yellow", Severity.BLOCKER: "bold red"}
 
 
 @click.command("doctor")
@@ -123,27 +120,3 @@ def doctor_document(uri: str, findings: Sequence[Finding]) -> dict[str, Any]:
             for f in findings
         ],
     }
-
-
-def render(findings: Sequence[Finding]) -> None:
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 160))
-    table = Table(title="virtbackup doctor", title_justify="left", show_lines=True)
-    table.add_column("", no_wrap=True)
-    table.add_column("Subject", no_wrap=True)
-    table.add_column("Finding", overflow="fold", ratio=3)
-    table.add_column("Fix", overflow="fold", ratio=3)
-    for f in findings:
-        subject = "host" if f.domain is None else f.domain + (f" {f.disk}" if f.disk else "")
-        table.add_row(
-            text(f.severity.value, style=_STYLE[f.severity]),
-            text(subject),
-            text(f.text),
-            text(f.fix or "", style="cyan"),
-        )
-    console.print(table)
-    blockers = sum(f.severity == Severity.BLOCKER for f in findings)
-    warnings = sum(f.severity == Severity.WARNING for f in findings)
-    verdict = "backups are blocked" if blockers else "nothing blocks backups"
-    console.print(text(f"{blockers} blockers, {warnings} warnings: {verdict}"))

@@ -9,13 +9,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.cli.context import GlobalOptions, pass_globals
-from virtbackup.cli.output import text
+from virtbackup.cli.list_view import render_table
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DiskPlan, DomainPlan, PlanOptions, plan_domain
 
@@ -52,15 +49,7 @@ def list_command(
     if as_json:
         click.echo(json.dumps(list_document(options.uri, plans), indent=2, ensure_ascii=False))
     else:
-        render_table(_stdout_console(), options.uri, plans)
-
-
-def _stdout_console() -> Console:
-    console = Console()
-    if not console.is_terminal:
-        # Mail from cron and redirected output: wide lines beat paths folded at 80.
-        console = Console(width=max(console.width, 160))
-    return console
+        render_table(options.uri, plans)
 
 
 # -- JSON --------------------------------------------------------------------------------
@@ -112,84 +101,3 @@ def _disk_json(plan: DiskPlan) -> dict[str, Any]:
         "warning": plan.warning,
         "left_out": plan.left_out,
     }
-
-
-# -- table -------------------------------------------------------------------------------
-
-
-def render_table(console: Console, uri: str, plans: Sequence[DomainPlan]) -> None:
-    if not plans:
-        console.print(text(f"no domains on {uri}"))
-        return
-    table = Table(title=text(f"Domains on {uri}"), title_justify="left")
-    table.add_column("Domain / disk", overflow="fold")
-    table.add_column("State / source", overflow="fold")
-    table.add_column("Method / format", no_wrap=True)
-    table.add_column("Size", justify="right", no_wrap=True)
-    table.add_column("Used", justify="right", no_wrap=True)
-    table.add_column("Backup", no_wrap=True)
-    table.add_column("Reason", overflow="fold", ratio=1)
-    for index, plan in enumerate(plans):
-        if index:
-            table.add_section()
-        _add_domain_rows(table, plan)
-    console.print(table)
-    console.print(text(summary_line(plans)))
-
-
-def _add_domain_rows(table: Table, plan: DomainPlan) -> None:
-    domain = plan.domain
-    name = text(domain.name, style="bold")
-    if not domain.persistent:
-        name.append(" (transient)", style="dim")
-    ok = plan.method is not None
-    method = text(plan.method.value if plan.method else "none", style="bold" if ok else "red")
-    reason = text(plan.reason, style="" if ok else "red")
-    empty = text("")
-    table.add_row(name, text(domain.state.value), method, empty, empty, empty, reason)
-    for disk_plan in plan.disks:
-        disk = disk_plan.disk
-        source = text(disk.path or disk.network or "(no source)")
-        source.append(f"\n{disk.device}, {disk.source_type}", style="dim")
-        if disk.on_lv:
-            source.append(f", on LVM {disk.lv or ''}".rstrip(), style="dim")
-        for backing in disk.backing_chain:
-            source.append(f"\n└ {backing}", style="dim")
-        table.add_row(
-            text(f"  {disk.target}"),
-            source,
-            text(disk.format or "-"),
-            text(human_size(disk.virtual_size)),
-            text(human_size(disk.allocated)),
-            _backup_cell(disk_plan),
-            text(disk_plan.reason, style="yellow" if disk_plan.warning else ""),
-        )
-
-
-def _backup_cell(plan: DiskPlan) -> Text:
-    if plan.backup:
-        return text("yes", style="yellow" if plan.warning else "green")
-    if plan.left_out:
-        return text("no", style="bold red")  # the domain's backup will be incomplete
-    return text("no", style="yellow" if plan.warning else "dim")
-
-
-def summary_line(plans: Sequence[DomainPlan]) -> str:
-    domains = sum(1 for plan in plans if plan.method is not None)
-    disks = [d.disk for plan in plans for d in plan.backed_up]
-    used = sum(d.allocated or 0 for d in disks)
-    return (
-        f"{domains} of {len(plans)} domains, {len(disks)} disks would be backed up "
-        f"({human_size(used)} allocated)"
-    )
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"  # not reached

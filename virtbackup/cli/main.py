@@ -15,8 +15,8 @@ import click
 
 from virtbackup import __version__
 from virtbackup.adapters.terminal import detach_hung_up_terminal, note_terminals
+from virtbackup.cli.console import error_line, setup_logging
 from virtbackup.cli.context import DEFAULT_CONFIG, DEFAULT_URI, GlobalOptions
-from virtbackup.cli.output import error_line, setup_logging
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
 
 log = logging.getLogger(__name__)

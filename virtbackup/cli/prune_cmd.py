@@ -7,11 +7,9 @@ from datetime import datetime
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
-from virtbackup.cli.output import text
+from virtbackup.cli.prune_view import print_decisions
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
 from virtbackup.cli.trust_options import allowed_signers_option
 from virtbackup.core.errors import UsageError
@@ -109,7 +107,7 @@ def prune_command(
     if as_json:
         click.echo(json.dumps([_as_dict(r, dry_run, where) for r in results], indent=2))
     else:
-        _print(results, dry_run, where)
+        print_decisions(results, dry_run, where)
 
 
 def _as_dict(result: PruneResult, dry_run: bool, where: str) -> dict[str, object]:
@@ -125,23 +123,3 @@ def _as_dict(result: PruneResult, dry_run: bool, where: str) -> dict[str, object
         "problems": dict(result.problems),
         "incomplete_kept": list(result.incomplete),
     }
-
-
-def _print(results: list[PruneResult], dry_run: bool, where: str) -> None:
-    title = f"retention in {where}" + (" (dry run: nothing removed)" if dry_run else "")
-    table = Table(title=text(title))
-    for heading in ("domain", "backup", "action", "why"):
-        table.add_column(heading)
-    for result in results:
-        domain = text(result.domain)
-        for kept in result.decision.keep:
-            table.add_row(domain, text(kept.candidate.name), "keep", text(", ".join(kept.reasons)))
-        for stamp in result.unreadable:
-            why = result.problems.get(stamp, "manifest unreadable")
-            table.add_row(domain, text(stamp), "leave", text(why, style="yellow"))
-        for stamp in result.incomplete:
-            table.add_row(domain, text(stamp), "keep", "upload not complete")
-        for gone in result.decision.remove:
-            action = "would remove" if dry_run else "removed"
-            table.add_row(domain, text(gone.name), text(action, style="red"), "")
-    Console(width=max(100, Console().width)).print(table)

@@ -10,46 +10,29 @@ and too little space for copy mode; 3 another run holds a domain's lock.
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.prompt import Confirm, Prompt
-from rich.table import Table
-from rich.text import Text
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor, connect
 from virtbackup.adapters.locks import prepare_state_dir
+from virtbackup.cli.console import stderr_console, text
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
-from virtbackup.cli.list_cmd import human_size
-from virtbackup.cli.output import stderr_console, text
+from virtbackup.cli.progress_view import stage_sink
+from virtbackup.cli.shrink_view import confirm, pick, render_outcomes
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
 from virtbackup.core.model import DomainFacts
+from virtbackup.core.progress import StageSink
 from virtbackup.core.shrink_plan import (
     COPY_FORMATS,
     DomainShrink,
-    NullShrinkProgress,
-    ShrinkMode,
     ShrinkOptions,
     ShrinkOutcome,
-    ShrinkProgress,
     check_options,
     plan_shrink,
 )
-from virtbackup.core.text import printable
 from virtbackup.engine.shrink import Image, estimate_reclaimable, shrink_domain
 
 log = logging.getLogger(__name__)
@@ -158,21 +141,20 @@ def shrink_command(
     if not domains and not all_domains and not interactive:
         raise UsageError("--yes needs the domains to shrink", "name them, or pass --all")
     prepare_state_dir(options.state_dir)
-    console = stderr_console
     outcomes: list[ShrinkOutcome] = []
     with connect(options.uri) as hypervisor:
         facts = hypervisor.discover(domains, include, exclude)
         plans = [plan_shrink(f, shrink_options) for f in facts]
         if not domains and not all_domains:
             eligible = [p for p in plans if p.eligible]
-            found = estimates(console, eligible, estimate, shrink_options.appliance_timeout)
-            plans = pick(console, eligible, shrink_options, found)
+            found = estimates(eligible, estimate, shrink_options.appliance_timeout)
+            plans = pick(eligible, shrink_options, found)
         else:
             if not domains:  # --all: what can be shrunk now
                 plans = [p for p in plans if p.eligible]
             if interactive:  # refusals are not asked about: they are reported
-                plans = [p for p in plans if not p.eligible or confirm(console, p, shrink_options)]
-        with progress_view(options.verbosity, as_json) as progress:
+                plans = [p for p in plans if not p.eligible or confirm(p, shrink_options)]
+        with stage_sink(options.verbosity, as_json) as progress:
             for plan in plans:
                 outcomes.append(
                     shrink_one(hypervisor, plan.domain, shrink_options, progress, options)
@@ -180,7 +162,7 @@ def shrink_command(
     if as_json:
         click.echo(json.dumps([outcome_json(o) for o in outcomes], indent=2))
     else:
-        render_outcomes(Console(), outcomes, shrink_options.mode)
+        render_outcomes(outcomes, shrink_options.mode)
     return ExitCode.OK if all(o.ok for o in outcomes) else ExitCode.FAILED
 
 
@@ -188,7 +170,7 @@ def shrink_one(
     hypervisor: Hypervisor,
     facts: DomainFacts,
     shrink_options: ShrinkOptions,
-    progress: ShrinkProgress,
+    progress: StageSink,
     options: GlobalOptions,
 ) -> ShrinkOutcome:
     outcome = shrink_domain(
@@ -199,11 +181,11 @@ def shrink_one(
     return outcome
 
 
-# -- asking ---------------------------------------------------------------------------------
+# -- estimates ------------------------------------------------------------------------------
 
 
 def estimates(
-    console: Console, candidates: Sequence[DomainShrink], wanted: bool, launch_timeout: float
+    candidates: Sequence[DomainShrink], wanted: bool, launch_timeout: float
 ) -> dict[str, int | None]:
     """Reclaimable bytes per domain, when asked for (one read-only appliance each)."""
     found: dict[str, int | None] = {}
@@ -214,7 +196,7 @@ def estimates(
             found[plan.domain.name] = None  # a launch would cost more than it could find
             continue
         images = [Image(d.target, d.path or "", d.format or "raw") for d in plan.chosen]
-        with console.status(text(f"estimating {plan.domain.name} (read-only look inside)")):
+        with stderr_console.status(text(f"estimating {plan.domain.name} (read-only look inside)")):
             try:
                 found[plan.domain.name] = estimate_reclaimable(images, launch_timeout)
             except VirtbackupError as err:
@@ -225,199 +207,7 @@ def estimates(
     return found
 
 
-def pick(
-    console: Console,
-    candidates: Sequence[DomainShrink],
-    options: ShrinkOptions,
-    estimated: dict[str, int | None] | None = None,
-) -> list[DomainShrink]:
-    """List the domains that can be shrunk, ask which, confirm each."""
-    estimated = estimated or {}
-    if not candidates:
-        console.print("no domain can be shrunk now (only shut-off domains; see --shutdown)")
-        return []
-    table = Table(title="Domains that can be shrunk", title_justify="left")
-    for heading, justify in (("#", "right"), ("domain", "left"), ("state", "left")):
-        table.add_column(heading, justify=justify)  # type: ignore[arg-type]
-    for heading in ("disks", "virtual", "allocated"):
-        table.add_column(heading, justify="right")
-    if estimated:
-        table.add_column("reclaimable (est.)", justify="right")
-    for number, plan in enumerate(candidates, 1):
-        cells: list[str | Text] = [
-            str(number),
-            text(plan.domain.name),
-            plan.domain.state.value,
-            text(", ".join(d.target for d in plan.chosen)),
-            human_size(plan.virtual_size),
-            human_size(plan.allocated),
-        ]
-        if estimated:
-            cells.append(human_size(estimated.get(plan.domain.name)))
-        table.add_row(*cells)
-    console.print(table)
-    while True:
-        answer = Prompt.ask(
-            "Shrink which? numbers or names (1,3 or web1), 'all', or empty to quit",
-            console=console,
-            default="",
-            show_default=False,
-        )
-        try:
-            chosen = parse_choice(answer, [p.domain.name for p in candidates])
-            break
-        except ValueError as err:
-            console.print(text(str(err), style="red"))
-    by_name = {p.domain.name: p for p in candidates}
-    return [by_name[n] for n in chosen if confirm(console, by_name[n], options)]
-
-
-def parse_choice(answer: str, names: Sequence[str]) -> list[str]:
-    """'1,3', '2 web1', 'all', '' -> the chosen names, in the order given."""
-    answer = answer.strip()
-    if not answer:
-        return []
-    if answer.lower() == "all":
-        return list(names)
-    chosen: list[str] = []
-    for word in answer.replace(",", " ").split():
-        if word.isdigit() and 1 <= int(word) <= len(names):
-            name = names[int(word) - 1]
-        elif word in names:
-            name = word
-        else:
-            raise ValueError(f"{word!r} is not in the list")
-        if name not in chosen:
-            chosen.append(name)
-    return chosen
-
-
-def confirm(console: Console, plan: DomainShrink, options: ShrinkOptions) -> bool:
-    how = "in place" if options.mode is ShrinkMode.IN_PLACE else "into a compact copy"
-    if plan.needs_shutdown:
-        how += ", shutting it down first and starting it again after"
-    disks = escape(", ".join(d.target for d in plan.chosen))
-    question = (
-        f"Shrink [bold]{escape(plan.domain.name)}[/] ({disks}, {human_size(plan.allocated)} "
-        f"allocated) {how}?"
-    )
-    return Confirm.ask(question, console=console, default=False)
-
-
-# -- progress -------------------------------------------------------------------------------
-
-
-class RichShrinkProgress:
-    """One line per domain: spinner, current step, steps done, time."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._tasks: dict[str, TaskID] = {}
-        self._started: dict[str, int] = {}
-
-    def begin(self, domain: str, total_steps: int) -> None:
-        self._tasks[domain] = self._progress.add_task(printable(domain), total=total_steps, step="")
-        self._started[domain] = 0
-
-    def step(self, domain: str, text: str, total_steps: int | None = None) -> None:
-        task = self._tasks.get(domain)
-        if task is None:
-            return
-        done = self._started[domain]  # every step started before this one is done
-        self._started[domain] += 1
-        self._progress.update(task, completed=done, total=total_steps, step=printable(text))
-        log.debug("%s: %s", domain, text)
-
-    def note(self, domain: str, note: str) -> None:
-        self._progress.console.print(text(f"  {domain}: {note}", style="dim"))
-
-    def end(self, domain: str) -> None:
-        task = self._tasks.pop(domain, None)
-        if task is not None:
-            done = self._started.pop(domain, 0)
-            self._progress.update(task, completed=done, total=done, step="done")
-            self._progress.stop_task(task)
-
-
-class LogShrinkProgress(NullShrinkProgress):
-    """Cron and journald: each step and note as a log line."""
-
-    def step(self, domain: str, text: str, total_steps: int | None = None) -> None:
-        log.info("%s: %s", domain, text)
-
-    def note(self, domain: str, text: str) -> None:
-        log.info("%s: %s", domain, text)
-
-
-@contextmanager
-def progress_view(verbosity: int, as_json: bool) -> Iterator[ShrinkProgress]:
-    if verbosity < 0 or as_json:
-        yield NullShrinkProgress()
-        return
-    if not stderr_console.is_terminal:
-        yield LogShrinkProgress()
-        return
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}", style="bold", markup=False),  # a domain name
-        BarColumn(bar_width=20),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[step]}", markup=False),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=stderr_console, transient=False) as progress:
-        yield RichShrinkProgress(progress)
-
-
-# -- results --------------------------------------------------------------------------------
-
-
-def render_outcomes(console: Console, outcomes: Sequence[ShrinkOutcome], mode: ShrinkMode) -> None:
-    if not outcomes:
-        console.print("nothing shrunk")
-        return
-    table = Table(title=f"virtbackup shrink ({mode.value})", title_justify="left")
-    table.add_column("domain / disk")
-    table.add_column("image", overflow="fold")
-    for heading in ("before", "after", "saved", "time"):
-        table.add_column(heading, justify="right", no_wrap=True)
-    before_total = after_total = 0
-    for outcome in outcomes:
-        if outcome.error:
-            table.add_row(
-                text(outcome.domain, style="bold"), text(outcome.error, style="red"), "", "", "", ""
-            )
-            continue
-        table.add_row(text(outcome.domain, style="bold"), "", "", "", "", f"{outcome.seconds:.0f}s")
-        for disk in outcome.disks:
-            before_total += disk.before or 0
-            after_total += disk.after or 0
-            table.add_row(
-                text(f"  {disk.target}"),
-                text(disk.output or disk.path),
-                human_size(disk.before),
-                human_size(disk.after),
-                _saved(disk.before, disk.after),
-                "",
-            )
-        for note in outcome.notes:
-            table.add_row("", text(note, style="dim"), "", "", "", "")
-    console.print(table)
-    shrunk = sum(1 for o in outcomes if o.ok)
-    seconds = sum(o.seconds for o in outcomes)
-    console.print(
-        f"{shrunk} of {len(outcomes)} domains shrunk: {human_size(before_total)} -> "
-        f"{human_size(after_total)} allocated ({_saved(before_total, after_total)} saved) "
-        f"in {seconds:.0f}s"
-    )
-
-
-def _saved(before: int | None, after: int | None) -> str:
-    if before is None or after is None:
-        return "-"
-    saved = before - after
-    percent = f" ({100 * saved / before:.0f}%)" if before else ""
-    return f"{human_size(saved)}{percent}"
+# -- JSON -----------------------------------------------------------------------------------
 
 
 def outcome_json(outcome: ShrinkOutcome) -> dict[str, Any]:

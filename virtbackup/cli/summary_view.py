@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.filesize import decimal
 from rich.table import Table
 
-from virtbackup.cli.output import text
+from virtbackup.cli.console import stdout_console, text
 from virtbackup.core.errors import ExitCode, Interrupted
 from virtbackup.core.summary import OutcomeRow, summary_document
 from virtbackup.engine.runs.all_domains import DomainReport
@@ -119,7 +118,7 @@ def print_summary(rows: Sequence[OutcomeRow]) -> None:
             f"{row.seconds:.1f}s" if row.seconds else "-",
             result,
         )
-    Console(width=max(120, Console().width)).print(table)
+    stdout_console(120, also_on_terminal=True).print(table)
 
 
 def print_json(document: dict[str, Any]) -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
+from virtbackup.cli.console import error_line
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
-from virtbackup.cli.output import error_line
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.remote_options import (
     chosen_remote,

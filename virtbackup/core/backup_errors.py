@@ -4,6 +4,8 @@ All exit with status 1 (FAILED): a broken or missing backup, a destination that 
 be written, a digest that does not match; except UnsafeDestination (2, a setup to fix).
 """
 
+import errno
+
 from virtbackup.core.errors import UsageError, VirtbackupError
 
 
@@ -47,3 +49,19 @@ class OutputClosed(StoreError):
 
 class RemoteError(StoreError):
     """An rclone remote cannot be reached, written or read, or holds a bad copy."""
+
+
+def write_error(err: OSError, name: object, full: StoreError | None = None) -> StoreError:
+    """What a failed write of `name` means: a full filesystem or quota (`full`; by default
+    the backup destination's), a read-only filesystem, a pipe whose reader went away, or
+    the system's own words."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return full or DestinationFull(
+            f"no space left on the backup destination while writing {name}",
+            "free space there or choose another --dest",
+        )
+    if err.errno == errno.EROFS:
+        return StoreError(f"cannot write {name}: the filesystem is read-only")
+    if err.errno == errno.EPIPE:
+        return OutputClosed(f"cannot write {name}: its reader is gone")
+    return StoreError(f"cannot write {name}: {err.strerror}")

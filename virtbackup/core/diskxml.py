@@ -1,4 +1,5 @@
-"""Read the disks of a libvirt domain XML for discovery: pure, tested without libvirt.
+"""Read a libvirt domain XML: its disks, and its guest agent channel (configured, and in
+the live XML whether the agent is connected). Pure, tested without libvirt.
 
 The live XML of a running domain carries each disk's backing chain as nested
 `<backingStore>` elements (an empty one ends the chain); the inactive XML usually has
@@ -10,6 +11,8 @@ import xml.etree.ElementTree as ET
 
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.model import DiskFacts
+
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 
 class DiskXmlError(VirtbackupError):
@@ -26,7 +29,16 @@ def has_agent_channel(xml: str) -> bool:
     """Whether the domain has a qemu guest agent channel (freeze/thaw, fstrim)."""
     root = _parse(xml)
     for target in root.iterfind("./devices/channel/target"):
-        if target.get("name") == "org.qemu.guest_agent.0":
+        if target.get("name") == AGENT_CHANNEL:
+            return True
+    return False
+
+
+def agent_connected(live_xml: str) -> bool:
+    """Whether a guest agent is connected to its channel (qemu-ga runs in the guest)."""
+    root = _parse(live_xml)
+    for target in root.iterfind("./devices/channel/target"):
+        if target.get("name") == AGENT_CHANNEL and target.get("state") == "connected":
             return True
     return False
 

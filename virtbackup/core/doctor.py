@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from virtbackup.core.config import SnapshotSize
+from virtbackup.core.diskxml import AGENT_CHANNEL
+from virtbackup.core.lvm import snapshot_bytes
 from virtbackup.core.model import DiskFacts, Method
-from virtbackup.core.overlays import AGENT_CHANNEL
 from virtbackup.core.planning import LIVE_STATES, DomainPlan
+from virtbackup.core.sizes import human_size
 from virtbackup.core.trim import DISCARD_PASSTHROUGH
 
 MiB = 1024 * 1024
-GiB = 1024 * MiB
 
 AGENT_CHANNEL_XML = f"<channel type='unix'><target type='virtio' name='{AGENT_CHANNEL}'/></channel>"
 INSTALL_AGENT = (
@@ -112,6 +113,7 @@ class VolumeGroupFacts:
     lv: str
     lv_size: int
     vg_free: int
+    extent_size: int  # bytes per extent: a snapshot is a whole number of them
 
 
 @dataclass(frozen=True)
@@ -330,8 +332,8 @@ def _dest_findings(dest: DestFacts | None, expected: int) -> list[Finding]:
             Finding(
                 Severity.WARNING,
                 "dest",
-                f"{size(dest.free)} free in {dest.path}, the disks to back up occupy "
-                f"{size(expected)}: the backup may not fit (lz4 usually makes it smaller)",
+                f"{human_size(dest.free)} free in {dest.path}, the disks to back up occupy "
+                f"{human_size(expected)}: the backup may not fit (lz4 usually makes it smaller)",
                 "free space there, prune old backups (virtbackup prune), or choose another "
                 "destination; old backups are kept until the new one is complete",
             )
@@ -340,7 +342,7 @@ def _dest_findings(dest: DestFacts | None, expected: int) -> list[Finding]:
         Finding(
             Severity.INFO,
             "dest",
-            f"{size(dest.free)} free in {dest.path}, at most {size(expected)} needed",
+            f"{human_size(dest.free)} free in {dest.path}, at most {human_size(expected)} needed",
         )
     ]
 
@@ -583,8 +585,8 @@ def _snapshot_findings(check: DomainCheck, disk: DiskCheck, settings: Settings) 
             where = settings.overlay_dir or f"the directory of {facts.path}"
             return blocker(
                 "snapshot",
-                f"only {size(disk.overlay_free)} free in {where} for the snapshot overlay, "
-                f"{size(settings.overlay_min_free)} wanted",
+                f"only {human_size(disk.overlay_free)} free in {where} for the snapshot overlay, "
+                f"{human_size(settings.overlay_min_free)} wanted",
                 "free space there or set overlay_dir to a directory with room",
             )
     vg = disk.volume_group
@@ -600,15 +602,17 @@ def _snapshot_findings(check: DomainCheck, disk: DiskCheck, settings: Settings) 
             )
         ]
     if vg is not None:
-        need = snapshot_bytes(settings.snapshot_size_of(check.plan.domain.name), vg.lv_size)
+        need = snapshot_bytes(
+            settings.snapshot_size_of(check.plan.domain.name), vg.lv_size, vg.extent_size
+        )
         if vg.vg_free < need:
             severity = Severity.BLOCKER if plan.method == Method.LVM else Severity.WARNING
             return [
                 Finding(
                     severity,
                     "lvm",
-                    f"volume group {vg.vg} has {size(vg.vg_free)} free, an LVM snapshot of "
-                    f"{vg.lv} wants {size(need)}",
+                    f"volume group {vg.vg} has {human_size(vg.vg_free)} free, an LVM snapshot of "
+                    f"{vg.lv} wants {human_size(need)}",
                     f"add a physical volume (vgextend {vg.vg} /dev/NEW), shrink another LV, "
                     "or lower snapshot_size",
                     name,
@@ -616,15 +620,3 @@ def _snapshot_findings(check: DomainCheck, disk: DiskCheck, settings: Settings) 
                 )
             ]
     return []
-
-
-def snapshot_bytes(wanted: SnapshotSize, lv_size: int) -> int:
-    if wanted.bytes is not None:
-        return wanted.bytes
-    return int(lv_size * (wanted.percent or 0.0) / 100)
-
-
-def size(nbytes: int) -> str:
-    if nbytes < GiB:
-        return f"{nbytes / MiB:.1f} MiB"
-    return f"{nbytes / GiB:.1f} GiB"

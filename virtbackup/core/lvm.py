@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from virtbackup.core.config import SnapshotSize
 from virtbackup.core.errors import UsageError, VirtbackupError
+from virtbackup.core.sizes import human_size
 
 SNAPSHOT_PREFIX = "vbsnap-"
 # The journal of a run-wide set of snapshots is kept under this pseudo domain uuid.
@@ -207,16 +208,16 @@ def path_inside(real_path: str, mount: Mount) -> str:
 # -- decisions ------------------------------------------------------------------------------
 
 
-def snapshot_bytes(size: SnapshotSize, origin: LogicalVolume) -> int:
-    """The copy-on-write size to give a snapshot of `origin`: the share or the fixed size
-    asked for, in whole extents, at least one extent, and no more than the origin needs
-    (LVM cuts a bigger one down itself)."""
-    extent = max(origin.extent_size, 512)
+def snapshot_bytes(size: SnapshotSize, origin_size: int, extent_size: int) -> int:
+    """The copy-on-write size to give a snapshot of an LV of `origin_size` bytes: the share
+    or the fixed size asked for, in whole extents, at least one extent, and no more than
+    the origin needs (LVM cuts a bigger one down itself)."""
+    extent = max(extent_size, 512)
     if size.bytes is not None:
         wanted = size.bytes
     else:
-        wanted = math.ceil(origin.size * (size.percent or 0.0) / 100.0)
-    wanted = min(wanted, origin.size + extent)
+        wanted = math.ceil(origin_size * (size.percent or 0.0) / 100.0)
+    wanted = min(wanted, origin_size + extent)
     return max(1, math.ceil(wanted / extent)) * extent
 
 
@@ -224,8 +225,8 @@ def check_fits(origin: LogicalVolume, need: int, free: int) -> None:
     """Raise SnapshotSpaceError unless `need` bytes are free in the origin's VG."""
     if need > free:
         raise SnapshotSpaceError(
-            f"volume group {origin.vg} has {human(free)} free, the snapshot of "
-            f"{origin.full_name} needs {human(need)}",
+            f"volume group {origin.vg} has {human_size(free)} free, the snapshot of "
+            f"{origin.full_name} needs {human_size(need)}",
             "free extents in the volume group (vgextend, lvreduce) or choose a smaller "
             "snapshot size (--snapshot-size, snapshot_size)",
         )
@@ -269,15 +270,6 @@ def overflow_problem(snapshot: LogicalVolume | None) -> str | None:
     if snapshot.snap_percent is not None and snapshot.snap_percent >= 100.0:
         return "overflowed (100 % of its copy-on-write space used)"
     return None
-
-
-def human(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{nbytes} B"  # not reached
 
 
 # -- undo records (the journal format is in core/undo) -------------------------------------

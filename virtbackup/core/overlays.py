@@ -13,7 +13,6 @@ from pathlib import PurePath
 from virtbackup.core.diskxml import DiskXmlError
 
 OVERLAY_MARK = ".virtbackup-"
-AGENT_CHANNEL = "org.qemu.guest_agent.0"
 
 
 def overlay_path(
@@ -73,15 +72,3 @@ def rewrite_disk_source(
         disk.insert(list(disk).index(driver) + 1, source)
         return ET.tostring(root, encoding="unicode")
     return None
-
-
-def agent_connected(live_xml: str) -> bool:
-    """Whether a guest agent is connected to its channel (qemu-ga runs in the guest)."""
-    try:
-        root = ET.fromstring(live_xml)
-    except ET.ParseError as err:
-        raise DiskXmlError(f"cannot parse the domain XML: {err}") from None
-    for target in root.iterfind("./devices/channel/target"):
-        if target.get("name") == AGENT_CHANNEL and target.get("state") == "connected":
-            return True
-    return False

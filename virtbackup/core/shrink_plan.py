@@ -12,7 +12,7 @@ Two modes:
   `qemu-img convert` writes a new compact image.
 
 Also here: the names a user may give to `--ignore` and how they match what the appliance
-sees, the results, and the small interface the engine reports progress through.
+sees, and the results.
 """
 
 import re
@@ -20,7 +20,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
 
 from virtbackup.core.errors import UsageError, VirtbackupError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
@@ -265,40 +264,3 @@ class ShrinkOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-# -- progress -------------------------------------------------------------------------------
-
-
-class ShrinkProgress(Protocol):
-    """What the engine tells its caller while it shrinks; the CLI draws it.
-
-    fstrim reports no progress of its own, so progress is counted in steps: the
-    appliance launch, each filesystem, each volume group, each conversion.
-    """
-
-    def begin(self, domain: str, total_steps: int) -> None:
-        """Work on `domain` starts with about `total_steps` steps."""
-
-    def step(self, domain: str, text: str, total_steps: int | None = None) -> None:
-        """The next step starts (the previous one is done); the total may be revised."""
-
-    def note(self, domain: str, text: str) -> None:
-        """Something skipped or worth knowing."""
-
-    def end(self, domain: str) -> None:
-        """Work on `domain` ended (done or failed)."""
-
-
-class NullShrinkProgress:
-    def begin(self, domain: str, total_steps: int) -> None:
-        pass
-
-    def step(self, domain: str, text: str, total_steps: int | None = None) -> None:
-        pass
-
-    def note(self, domain: str, text: str) -> None:
-        pass
-
-    def end(self, domain: str) -> None:
-        pass

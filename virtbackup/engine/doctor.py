@@ -16,6 +16,7 @@ from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT
 from virtbackup.adapters.hypervisor.connection import ConnectFailed, Hypervisor
 from virtbackup.adapters.lvm import find_lv
 from virtbackup.adapters.rclone import Remote
+from virtbackup.core.diskxml import agent_connected
 from virtbackup.core.doctor import (
     AgentState,
     DestFacts,
@@ -28,7 +29,6 @@ from virtbackup.core.doctor import (
 )
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
-from virtbackup.core.overlays import agent_connected
 from virtbackup.core.planning import DomainPlan, PlanOptions, plan_domain
 from virtbackup.core.xml_secrets import SecretsError, secrets_in
 
@@ -212,4 +212,8 @@ def _volume_group(disk: DiskFacts) -> VolumeGroupFacts | None:
     except VirtbackupError as err:
         log.info("cannot look at %s: %s", disk.lv, err)
         return None
-    return None if lv is None else VolumeGroupFacts(lv.vg, lv.name, lv.size, lv.vg_free)
+    return (
+        None
+        if lv is None
+        else VolumeGroupFacts(lv.vg, lv.name, lv.size, lv.vg_free, lv.extent_size)
+    )

@@ -55,13 +55,13 @@ from virtbackup.core.errors import (
     VirtbackupError,
 )
 from virtbackup.core.model import DomainFacts
+from virtbackup.core.progress import StageSink
 from virtbackup.core.shrink_plan import (
     DiskOutcome,
     NotEnoughSpace,
     ShrinkMode,
     ShrinkOptions,
     ShrinkOutcome,
-    ShrinkProgress,
     ShrinkRefused,
     compat_problem,
     guest_name,
@@ -69,7 +69,7 @@ from virtbackup.core.shrink_plan import (
     plan_shrink,
     vg_ignored,
 )
-from virtbackup.core.steps import StepSink
+from virtbackup.core.sizes import human_size
 from virtbackup.engine.methods.image_source import ConsistencyOptions
 from virtbackup.engine.methods.stable_images import stable_images
 
@@ -116,22 +116,22 @@ def reclaim(
     app: Appliance,
     targets: Sequence[str],
     options: ShrinkOptions,
-    progress: ShrinkProgress,
+    progress: StageSink,
     domain: str,
     *,
     zero_fallback: bool = False,
-    steps_after: int = 0,
+    stages_after: int = 0,
 ) -> list[str]:
     """Trim every filesystem, discard swap, reclaim VG free space; the notes to show.
 
-    `steps_after`: how many steps the caller still has once the appliance is stopped.
+    `stages_after`: how many stages the caller still has once the appliance is stopped.
     """
     notes: list[str] = []
     filesystems = app.filesystems()
     read_only = app.read_only_lvs()
     vgs = app.volume_groups()
-    # The launch was step 1; the final flush is the last.
-    total = 2 + len(filesystems) + len(vgs) + steps_after
+    # The launch was stage 1; the final flush is the last.
+    total = 2 + len(filesystems) + len(vgs) + stages_after
     for dev, kind in filesystems.items():
         name = guest_name(dev, targets)
         if is_ignored(dev, targets, options.ignore):
@@ -141,7 +141,7 @@ def reclaim(
             notes.append(f"{name}: read-only LV, left alone")
             continue
         if kind == "swap":
-            progress.step(domain, f"discarding swap {name}", total)
+            progress.stage(domain, f"discarding swap {name}", total)
             reason = app.discard_swap(dev)
         elif kind == "unknown":
             notes.append(f"{name}: no filesystem found, left alone")
@@ -150,7 +150,7 @@ def reclaim(
             notes.append(f"{name}: encrypted ({kind}), cannot be trimmed")
             continue
         else:
-            progress.step(domain, f"trimming {name} ({kind})", total)
+            progress.stage(domain, f"trimming {name} ({kind})", total)
             reason = app.trim(dev, zero_fallback=zero_fallback)
         if reason:
             notes.append(f"{name}: {reason}")
@@ -158,11 +158,11 @@ def reclaim(
         if vg_ignored(vg, options.ignore):
             notes.append(f"volume group {vg}: ignored (--ignore)")
             continue
-        progress.step(domain, f"reclaiming free space of volume group {vg}", total)
+        progress.stage(domain, f"reclaiming free space of volume group {vg}", total)
         reason = app.reclaim_vg_free(vg)
         if reason:
             notes.append(f"volume group {vg}: {reason}")
-    progress.step(domain, "flushing and stopping the appliance", total)
+    progress.stage(domain, "flushing and stopping the appliance", total)
     return notes
 
 
@@ -199,13 +199,13 @@ def estimate_reclaimable(images: Sequence[Image], launch_timeout: float) -> int 
 
 
 def shrink_in_place(
-    images: Sequence[Image], options: ShrinkOptions, progress: ShrinkProgress, domain: str
+    images: Sequence[Image], options: ShrinkOptions, progress: StageSink, domain: str
 ) -> tuple[list[DiskOutcome], list[str]]:
     """Shrink images in place (the domain must not run); outcomes per disk, and notes."""
     before = {image.target: allocated_bytes(image.path) for image in images}
     drives = [Drive(image.path, image.format) for image in images]
     targets = [image.target for image in images]
-    progress.step(domain, "launching the appliance", 2)
+    progress.stage(domain, "launching the appliance", 2)
     with open_appliance(drives, discard="enable", launch_timeout=options.appliance_timeout) as app:
         notes = reclaim(app, targets, options, progress, domain)
     outcomes = [
@@ -312,9 +312,9 @@ def check_space(targets: Sequence[CopyTarget], tmp_dir: Path) -> None:
         free = shutil.disk_usage(where[dev]).free
         if free < need:
             raise NotEnoughSpace(
-                f"not enough free space in {where[dev]} for copy mode: up to {_size(need)} "
+                f"not enough free space in {where[dev]} for copy mode: up to {human_size(need)} "
                 f"needed (overlays up to the disks' virtual size, new images up to their "
-                f"allocated size), {_size(free)} free",
+                f"allocated size), {human_size(free)} free",
                 "free some space, put the overlays elsewhere with --tmp DIR, or write the "
                 "copies elsewhere with --to DIR",
             )
@@ -323,7 +323,7 @@ def check_space(targets: Sequence[CopyTarget], tmp_dir: Path) -> None:
 def shrink_copy(
     images: Sequence[Image],
     options: ShrinkOptions,
-    progress: ShrinkProgress,
+    progress: StageSink,
     domain: str,
     dom: Domain | None = None,
     hypervisor: Hypervisor | None = None,
@@ -346,7 +346,7 @@ def shrink_copy(
             overlay = throwaway_overlay(image.target, image.path, image.format, workdir)
             overlays.append(overlay)
         drives = [Drive(str(overlay), "qcow2") for overlay in overlays]
-        progress.step(domain, "launching the appliance", total)
+        progress.stage(domain, "launching the appliance", total)
         with open_appliance(
             drives, discard="besteffort", launch_timeout=options.appliance_timeout
         ) as app:
@@ -357,10 +357,10 @@ def shrink_copy(
                 progress,
                 domain,
                 zero_fallback=True,
-                steps_after=len(images),
+                stages_after=len(images),
             )
         for target, overlay in zip(targets, overlays, strict=True):
-            progress.step(domain, f"writing {target.image.target} to {target.output}")
+            progress.stage(domain, f"writing {target.image.target} to {target.output}")
             write_compact(overlay, target, options.compress)
             outcomes.append(
                 DiskOutcome(
@@ -415,24 +415,11 @@ def _fsync(path: Path) -> None:
 # -- domains -------------------------------------------------------------------------------
 
 
-class _StepsToProgress:
-    """The consistency layer's step reports (shutdown, restart) as shrink notes."""
-
-    def __init__(self, progress: ShrinkProgress) -> None:
-        self.progress = progress
-
-    def step(self, domain: str, text: str) -> None:
-        self.progress.note(domain, text)
-
-    def warning(self, domain: str, text: str) -> None:
-        self.progress.note(domain, f"warning: {text}")
-
-
 def shrink_domain(
     hypervisor: Hypervisor,
     facts: DomainFacts,
     options: ShrinkOptions,
-    progress: ShrinkProgress,
+    progress: StageSink,
     *,
     state_dir: Path | None = None,
 ) -> ShrinkOutcome:
@@ -443,13 +430,12 @@ def shrink_domain(
     plan = plan_shrink(facts, options)
     if not plan.eligible:
         return ShrinkOutcome(facts.name, error=f"{facts.name}: not shrunk: {plan.reason}")
-    steps: StepSink = _StepsToProgress(progress)
     consistency = ConsistencyOptions(shutdown_timeout=options.shutdown_timeout)
     notes = [f"{d.disk.target}: {d.reason}" for d in plan.disks if not d.shrink]
     progress.begin(facts.name, 3)
     try:
         with stable_images(
-            hypervisor, plan.images_plan, consistency, state_dir=state_dir, steps=steps
+            hypervisor, plan.images_plan, consistency, state_dir=state_dir, steps=progress
         ) as window:
             images = [Image(i.target, str(i.path), i.format, i.virtual_size) for i in window.images]
             if options.mode is ShrinkMode.IN_PLACE:
@@ -482,7 +468,7 @@ def shrink_domains(
     hypervisor: Hypervisor,
     names: Sequence[str],
     options: ShrinkOptions,
-    progress: ShrinkProgress,
+    progress: StageSink,
     *,
     state_dir: Path | None = None,
 ) -> list[ShrinkOutcome]:
@@ -496,15 +482,6 @@ def shrink_domains(
 
 def _virtual_size(image: Image) -> int:
     return image_info(image.path, image.format, force_share=False).virtual_size
-
-
-def _size(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{nbytes} B"
 
 
 def throwaway_overlay(target: str, image: str | Path, fmt: str, workdir: Path) -> Path:

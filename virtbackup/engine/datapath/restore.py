@@ -1,7 +1,6 @@
 """Restore the disks of a backup as sparse, byte-identical files, and optionally define a
 new domain on them."""
 
-import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -9,7 +8,13 @@ from pathlib import Path
 
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.core import backup_names
-from virtbackup.core.backup_errors import CorruptBackup, RestoreTargetExists, StoreError
+from virtbackup.core.backup_errors import (
+    CorruptBackup,
+    DestinationFull,
+    RestoreTargetExists,
+    StoreError,
+    write_error,
+)
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import DiskRecord, Manifest
 from virtbackup.core.progress import ProgressSink
@@ -281,6 +286,7 @@ def _open_dir(to_dir: Path) -> int:
 
 
 def _target_error(err: OSError, path: Path) -> StoreError:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreError(f"no space left while restoring {path}", "free space or use another --to")
-    return StoreError(f"cannot write {path}: {err.strerror}")
+    full = DestinationFull(
+        f"no space left while restoring {path}", "free space or use another --to"
+    )
+    return write_error(err, path, full)

@@ -31,10 +31,8 @@ from typing import IO
 
 from virtbackup.adapters.file_label import file_label
 from virtbackup.core.backup_errors import (
-    DestinationFull,
-    OutputClosed,
     SourceError,
-    StoreError,
+    write_error,
 )
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.streamformat import (
@@ -348,7 +346,7 @@ class _Writer:
                 if written:
                     views[0] = views[0][written:]
         except OSError as err:
-            raise _destination_error(err, self.out) from None
+            raise write_error(err, file_label(self.out)) from None
         self.write_behind.written(self.position)
 
     def _sync(self) -> None:
@@ -359,7 +357,7 @@ class _Writer:
         try:
             os.fdatasync(self.out_fd)
         except OSError as err:
-            raise _destination_error(err, self.out) from None
+            raise write_error(err, file_label(self.out)) from None
         drop_cached(self.out_fd, 0, 0)
 
     def _write_index(self, entries: IO[bytes], whole_digest: bytes) -> None:
@@ -394,15 +392,3 @@ def _drain(items: "queue.Queue[object]") -> None:
             items.get_nowait()
         except queue.Empty:
             return
-
-
-def _destination_error(err: OSError, out: IO[bytes]) -> StoreError:
-    name = file_label(out)
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DestinationFull(
-            f"no space left on the backup destination while writing {name}",
-            "free space there or choose another --dest",
-        )
-    if err.errno == errno.EPIPE:
-        return OutputClosed(f"cannot write {name}: its reader is gone")
-    return StoreError(f"cannot write {name}: {err.strerror}")

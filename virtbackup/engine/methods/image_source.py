@@ -24,8 +24,7 @@ from virtbackup.core.config import SnapshotSize
 from virtbackup.core.consistency_errors import DomainChanged
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.planning import DomainPlan
-from virtbackup.core.progress import ProgressSink
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.runs.session import Session
 

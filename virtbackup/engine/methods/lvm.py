@@ -46,6 +46,7 @@ from virtbackup.adapters.journal import ensure_dir, resolve_state_dir
 from virtbackup.adapters.locks import open_lock_file
 from virtbackup.core.config import SnapshotSize
 from virtbackup.core.consistency_errors import QuiesceFailed
+from virtbackup.core.diskxml import agent_connected
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.lvm import (
     RUN_JOURNAL_UUID,
@@ -59,17 +60,15 @@ from virtbackup.core.lvm import (
     NotOnLvm,
     SnapshotOverflow,
     check_fits,
-    human,
     mount_options,
     overflow_problem,
     snapshot_bytes,
     snapshot_name,
 )
 from virtbackup.core.model import DiskFacts, DomainState, Method
-from virtbackup.core.overlays import agent_connected
 from virtbackup.core.planning import DomainPlan
-from virtbackup.core.progress import ProgressSink
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import ProgressSink, StepSink
+from virtbackup.core.sizes import human_size
 from virtbackup.core.undo import FrozenRecord
 from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.methods.image_source import (
@@ -184,13 +183,14 @@ class LvmSnapshots:
     def create(self, origin: LogicalVolume, domain_uuid: str, frozen: bool) -> Snapshot:
         taken = self._by_origin.setdefault(origin.full_name, [])
         name = snapshot_name(origin.name, self.session.run_id, len(taken) + 1)
-        size = snapshot_bytes(self.options.snapshot_size, origin)
+        size = snapshot_bytes(self.options.snapshot_size, origin.size, origin.extent_size)
         fresh = lvm.find_lv(origin.full_name) or origin  # the VG's free space right now
         check_fits(origin, size, fresh.vg_free)
         record = LvmSnapshotRecord(vg=origin.vg, name=name, origin=origin.name)
         who = self.session.domain_name
         self.session.steps.step(
-            who, f"create LVM snapshot {origin.vg}/{name} of {origin.full_name} ({human(size)})"
+            who,
+            f"create LVM snapshot {origin.vg}/{name} of {origin.full_name} ({human_size(size)})",
         )
         self.session.change(record, lambda: lvm.create_snapshot(origin, name, size))
         lv = lvm.find_lv(f"{origin.vg}/{name}")
@@ -311,7 +311,7 @@ class OverflowWatch:
             if problem is not None:
                 self.problem = self.problem or (
                     f"LVM snapshot {snapshot.lv.full_name} of {snapshot.origin.full_name} "
-                    f"({human(snapshot.size)}) {problem} during the backup"
+                    f"({human_size(snapshot.size)}) {problem} during the backup"
                 )
                 return self.problem
             percent = now.snap_percent if now else None

@@ -22,7 +22,7 @@ from virtbackup.core.lvm import (
     MountRecord,
     is_ours,
 )
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import StepSink
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from virtbackup.adapters.guestfs_ops import Drive, open_appliance
 from virtbackup.adapters.images import allocated_bytes
 from virtbackup.adapters.workdirs import held_workdir, remove_leftovers
 from virtbackup.core.errors import Interrupted, VirtbackupError
+from virtbackup.core.progress import LogSteps, StepSink
 from virtbackup.core.shrink_plan import ShrinkOptions
-from virtbackup.core.steps import StepSink
 from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.methods.image_source import StableImages
 from virtbackup.engine.shrink import CONVERT_TIMEOUT, reclaim, throwaway_overlay
@@ -163,7 +163,7 @@ def _compact(
                 app,
                 [image.target for image in images],
                 ShrinkOptions(),
-                _Silent(),
+                LogSteps(prefix="--skip-free: "),  # the backup reports its own steps
                 domain,
                 zero_fallback=True,
             )
@@ -188,19 +188,3 @@ def _compact(
         overlay.unlink()  # its room is free for the next disk's copy
         copies[image.target] = copy
     return copies
-
-
-class _Silent:
-    """shrink's step reports are not ours to show: the backup reports its own steps."""
-
-    def begin(self, domain: str, total_steps: int) -> None:
-        pass
-
-    def step(self, domain: str, text: str, total_steps: int | None = None) -> None:
-        log.debug("%s: --skip-free: %s", domain, text)
-
-    def note(self, domain: str, text: str) -> None:
-        log.info("%s: --skip-free: %s", domain, text)
-
-    def end(self, domain: str) -> None:
-        pass

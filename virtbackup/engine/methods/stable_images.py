@@ -53,17 +53,18 @@ from virtbackup.core.consistency_errors import (
     SnapshotFailed,
     UnsupportedDisk,
 )
+from virtbackup.core.diskxml import agent_connected
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
-from virtbackup.core.overlays import agent_connected, overlay_path, snapshot_xml
+from virtbackup.core.overlays import overlay_path, snapshot_xml
 from virtbackup.core.planning import DomainPlan
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import StepSink
+from virtbackup.core.sizes import human_size
 from virtbackup.core.undo import FrozenRecord, OverlayRecord, StateRecord
 from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.methods.image_source import (
     Consistency,
     ConsistencyOptions,
-    MiB,
     Quiesce,
     StableImages,
     as_planned,
@@ -241,8 +242,8 @@ def check_overlay_space(domain: str, overlays: Sequence[Path], min_free: int) ->
         free = st.f_bavail * st.f_frsize
         if free < need:
             raise OverlaySpaceError(
-                f"only {_size(free)} free in {directory} for the overlays of {domain}, "
-                f"{_size(need)} wanted",
+                f"only {human_size(free)} free in {directory} for the overlays of {domain}, "
+                f"{human_size(need)} wanted",
                 "free space there or choose an overlay directory with room "
                 "(the guest's writes during the backup go there)",
             )
@@ -346,7 +347,3 @@ def _shut_down(steps: StepSink, dom: Domain, name: str, options: ConsistencyOpti
         f"{name} did not shut down within {timeout:.0f}s; the backup was not made",
         "allow more time (shutdown timeout) or let virtbackup force it off",
     )
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / MiB:.1f} MiB" if nbytes < 1024 * MiB else f"{nbytes / (1024 * MiB):.1f} GiB"

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.hypervisor.domain import disks_of
 from virtbackup.adapters.images import allocated_bytes
-from virtbackup.core.diskxml import has_agent_channel
+from virtbackup.core.diskxml import agent_connected, has_agent_channel
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.model import DiskFacts
-from virtbackup.core.overlays import agent_connected
 from virtbackup.core.planning import DomainPlan
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import StepSink
 from virtbackup.core.trim import plan_trim
 
 log = logging.getLogger(__name__)

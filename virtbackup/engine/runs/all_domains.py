@@ -25,8 +25,7 @@ from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.model import DomainFacts
-from virtbackup.core.progress import ProgressSink
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.engine.methods.image_source import ImageSource
 from virtbackup.engine.runs.domain_backup import DomainJob, DomainOutcome, Result, back_up_domain
 from virtbackup.engine.stores.local import LocalStore

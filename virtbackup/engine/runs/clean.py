@@ -24,7 +24,7 @@ from virtbackup.adapters.journal import JournalFile, journal_dir, list_journals
 from virtbackup.adapters.locks import domain_lock
 from virtbackup.adapters.workdirs import leftover_workdirs, remove_leftovers
 from virtbackup.core.errors import VirtbackupError
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import StepSink
 from virtbackup.core.undo import JournalError
 from virtbackup.engine.methods.lvm_undo import sweep_leftovers
 from virtbackup.engine.runs.replay import load_our_journal, replay

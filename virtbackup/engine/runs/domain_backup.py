@@ -25,8 +25,7 @@ from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupEr
 from virtbackup.core.manifest import LeftOutDisk
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DomainPlan
-from virtbackup.core.progress import ProgressSink
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.engine.datapath.disk_backup import back_up_disks
 from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.methods.image_source import ConsistencyOptions, ImageSource

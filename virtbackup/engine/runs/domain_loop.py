@@ -13,8 +13,7 @@ from contextlib import ExitStack
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.errors import Interrupted
-from virtbackup.core.progress import ProgressSink
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.runs.all_domains import AllExtras, DomainReport, back_up_with_extras
 from virtbackup.engine.runs.domain_backup import DomainJob, back_up_domain, interrupted_outcomes

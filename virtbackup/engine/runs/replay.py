@@ -14,7 +14,7 @@ from pathlib import Path
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import JournalFile, list_journals, load_journal
 from virtbackup.core.errors import VirtbackupError
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import StepSink
 from virtbackup.core.undo import Entry, Journal, JournalError, describe, foreign_journal
 from virtbackup.engine.runs.signals import SignalGuard
 from virtbackup.engine.runs.undo import DEFAULT_COMMIT_TIMEOUT, Undoer

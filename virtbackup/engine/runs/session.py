@@ -34,7 +34,7 @@ from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import JournalFile
 from virtbackup.adapters.locks import FileLock, domain_lock
 from virtbackup.core.consistency_errors import LeftoversRemain, UndoIncomplete
-from virtbackup.core.steps import LogSteps, StepSink
+from virtbackup.core.progress import LogSteps, StepSink
 from virtbackup.core.undo import Journal, UndoRecord, describe
 from virtbackup.engine.runs.replay import replay_domain
 from virtbackup.engine.runs.signals import SignalGuard

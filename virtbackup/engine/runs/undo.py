@@ -17,7 +17,7 @@ from virtbackup.adapters.hypervisor.domain import AgentError
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.lvm import LVM_RECORD_TYPES
 from virtbackup.core.model import DomainState
-from virtbackup.core.steps import StepSink
+from virtbackup.core.progress import StepSink
 from virtbackup.core.undo import (
     DiskObservation,
     FrozenRecord,

@@ -30,9 +30,9 @@ from typing import IO
 from virtbackup.adapters.journal import others_can_replace
 from virtbackup.core.backup_errors import (
     CorruptBackup,
-    DestinationFull,
     StoreError,
     UnsafeDestination,
+    write_error,
 )
 from virtbackup.core.manifest import VerifyRecord, build_verify_record
 from virtbackup.engine.stores.store import (
@@ -91,7 +91,7 @@ class LocalStore:
         except FileNotFoundError:
             return  # created by us, 0700
         except OSError as err:
-            raise store_error(err, domain_dir) from None
+            raise write_error(err, domain_dir) from None
         uid = os.geteuid()
         if stat.S_ISDIR(info.st_mode) and info.st_uid != uid:
             owner = "root" if uid == 0 else str(uid)
@@ -118,7 +118,7 @@ class LocalStore:
             stamp = allocate_stamp(domain, now, lambda stamp: _claim(domain_dir, stamp))
             return LocalPartial(domain_dir / f".{stamp}.partial", domain_dir / stamp)
         except OSError as err:
-            raise store_error(err, domain_dir) from None
+            raise write_error(err, domain_dir) from None
 
     def remove_partials(self, domain: str | None = None, *, dry_run: bool = False) -> list[Path]:
         """Remove partial directories left by dead runs (or, in a dry run, list them);
@@ -249,7 +249,7 @@ class LocalPartial(AbortUnlessCommitted):
                 self.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE
             )
         except OSError as err:
-            raise store_error(err, self.path / name) from None
+            raise write_error(err, self.path / name) from None
         return open(fd, "wb", buffering=0)
 
     def write_text(self, name: str, text: str) -> None:
@@ -261,7 +261,7 @@ class LocalPartial(AbortUnlessCommitted):
                 out.write(data)
                 os.fsync(out.fileno())
             except OSError as err:
-                raise store_error(err, self.path / name) from None
+                raise write_error(err, self.path / name) from None
 
     def size_of(self, name: str) -> int:
         """Bytes of a file written into the backup (once closed)."""
@@ -277,7 +277,7 @@ class LocalPartial(AbortUnlessCommitted):
             os.rename(self.path, self.final)
             _fsync_dir(self.final.parent)
         except OSError as err:
-            raise store_error(err, self.path) from None
+            raise write_error(err, self.path) from None
         self.committed = True
         os.close(self._lock_fd)
         return self.final
@@ -341,7 +341,7 @@ class LocalFiles:
         try:
             dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as err:
-            raise store_error(err, self.path / VERIFIED) from None
+            raise write_error(err, self.path / VERIFIED) from None
         try:
             _unlink_at(temporary, dir_fd)  # left by a killed verify, or planted
             fd = os.open(
@@ -357,7 +357,7 @@ class LocalFiles:
             os.fsync(dir_fd)
         except OSError as err:
             _unlink_at(temporary, dir_fd)
-            raise store_error(err, self.path / VERIFIED) from None
+            raise write_error(err, self.path / VERIFIED) from None
         finally:
             os.close(dir_fd)
 
@@ -427,17 +427,6 @@ def _file_kind(mode: int) -> str | None:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     return "a special file"
-
-
-def store_error(err: OSError, path: Path) -> StoreError:
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DestinationFull(
-            f"no space left on the backup destination while writing {path}",
-            "free space there or choose another --dest",
-        )
-    if err.errno == errno.EROFS:
-        return StoreError(f"cannot write {path}: the filesystem is read-only")
-    return StoreError(f"cannot write {path}: {err.strerror}")
 
 
 def _is_locked(name: str | Path, dir_fd: int | None = None) -> bool:

@@ -1,5 +1,6 @@
-"""Logging setup: rich on a terminal, plain timestamped lines otherwise (cron, log files),
-and syslog priority prefixes when stderr goes to the systemd journal."""
+"""Where the CLI writes: the consoles of standard output and error, and the log handlers
+(rich on a terminal, plain timestamped lines otherwise: cron, log files; syslog priority
+prefixes when stderr goes to the systemd journal). The view modules draw on these."""
 
 import logging
 import os
@@ -13,6 +14,16 @@ from rich.text import Text
 from virtbackup.core.text import printable
 
 stderr_console = Console(stderr=True)
+
+
+def stdout_console(min_width: int = 0, *, also_on_terminal: bool = False) -> Console:
+    """Standard output. Mail from cron and redirected output get lines `min_width` wide at
+    least (wide lines beat paths folded at 80); a terminal too when asked."""
+    console = Console()
+    if min_width and (also_on_terminal or not console.is_terminal):
+        return Console(width=max(console.width, min_width))
+    return console
+
 
 PLAIN_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"

@@ -46,7 +46,7 @@ def test_a_log_file_that_is_a_link_is_refused_and_its_target_kept(tmp_path: Path
 
 def test_journal_lines_carry_syslog_priorities() -> None:
     code = (
-        "import logging; from virtbackup.cli.output import setup_logging;"
+        "import logging; from virtbackup.cli.console import setup_logging;"
         "setup_logging(1); logging.getLogger('x').warning('careful');"
         "logging.getLogger('x').debug('detail')"
     )
@@ -62,7 +62,7 @@ def test_journal_lines_carry_syslog_priorities() -> None:
 
 def test_plain_lines_when_not_a_terminal() -> None:
     code = (
-        "import logging; from virtbackup.cli.output import setup_logging;"
+        "import logging; from virtbackup.cli.console import setup_logging;"
         "setup_logging(0); logging.getLogger('x').info('hello'); logging.getLogger('x').debug('no')"
     )
     env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
