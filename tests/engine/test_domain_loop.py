@@ -10,8 +10,8 @@ from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.config import DomainSettings
-from virtbackup.core.model import DomainState
-from virtbackup.core.planning import plan_domain
+from virtbackup.core.model import DomainState, Method
+from virtbackup.core.planning import PlanOptions, plan_domain
 from virtbackup.core.progress import NullProgress, RecordingSteps
 from virtbackup.core.retention import Policy
 from virtbackup.engine.runs.all_domains import AllExtras, Hooks
@@ -87,3 +87,31 @@ def test_all_adds_hooks_and_retention_around_each_backup(
     assert [b.stamp for b in store.list_backups(dom.name())] == [
         Path(str(reports[1].outcome.backup)).name
     ]
+
+
+def test_each_domain_is_planned_again_at_its_turn(
+    domain_factory: DomainFactory, hypervisor: Hypervisor, libvirt: Any, tmp_path: Path
+) -> None:
+    # Planned while shut off, started before its turn (a nightly run takes hours): it is
+    # backed up with a snapshot and keeps running, instead of failing as "changed".
+    dom = domain_factory.create([DiskSpec("qcow2")], hint="started")
+    planned_off = plan_domain(hypervisor.facts(hypervisor.domain(dom.name())), PlanOptions())
+    assert planned_off.method == Method.OFFLINE
+    job = DomainJob(
+        planned_off, BackupRunOptions(state_dir=tmp_path / "state"), plan_options=PlanOptions()
+    )
+    dom.create()
+    store = LocalStore(tmp_path / "dest")
+    store.dest.mkdir()
+
+    reports = run_domains(hypervisor, [job], store, NullProgress(), RecordingSteps())
+
+    assert (reports[0].outcome.result, reports[0].outcome.method) == (Result.OK, "snapshot")
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    # Without plan_options the plan stands as made: the method sees the change and stops.
+    dom.destroy()
+    dom.create()
+    stale = replace(job, plan_options=None)
+    reports = run_domains(hypervisor, [stale], store, NullProgress(), RecordingSteps())
+    assert reports[0].outcome.result == Result.FAILED
+    assert "run the backup again" in reports[0].outcome.message

@@ -256,7 +256,8 @@ def domain_jobs(
     for facts in domains:
         settings = config.for_domain(facts.name)
         plan_options, run_options = _domain_options(values, config, settings, globals_, safekeeping)
-        jobs.append(DomainJob(plan_domain(facts, plan_options), run_options, settings))
+        plan = plan_domain(facts, plan_options)
+        jobs.append(DomainJob(plan, run_options, settings, plan_options))
     return jobs
 
 

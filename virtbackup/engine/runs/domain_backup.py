@@ -24,7 +24,7 @@ from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
 from virtbackup.core.manifest import LeftOutDisk
 from virtbackup.core.model import Method
-from virtbackup.core.planning import DomainPlan
+from virtbackup.core.planning import DomainPlan, PlanOptions
 from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.engine.datapath.disk_backup import back_up_disks
 from virtbackup.engine.datapath.stream_writer import WriterOptions
@@ -84,11 +84,14 @@ EXCLUDE_HINT = 'back it up elsewhere, or leave it out by name (exclude_disks = [
 
 @dataclass(frozen=True)
 class DomainJob:
-    """One domain of a run: its plan, how to back it up, and its settings (retention)."""
+    """One domain of a run: its plan, how to back it up, and its settings (retention).
+    With `plan_options`, the plan is made again when the domain's turn comes (see
+    runs/domain_loop)."""
 
     plan: DomainPlan
     options: BackupRunOptions
     settings: DomainSettings = field(default_factory=DomainSettings)
+    plan_options: PlanOptions | None = None
 
 
 def image_source(method: Method, lvm: ImageSource) -> ImageSource:
