@@ -48,7 +48,9 @@ def trim_before_backup(hypervisor: Hypervisor, plan: DomainPlan, steps: StepSink
 
 def _trim(hypervisor: Hypervisor, plan: DomainPlan, steps: StepSink) -> TrimOutcome:
     name = plan.domain.name
-    dom = hypervisor.domain(name)
+    dom = hypervisor.find(plan.domain.uuid)  # the planned domain, not a namesake
+    if dom is None:
+        return TrimOutcome(False)  # gone: its method reports it
     xml = dom.live_xml()
     live = disks_of(xml)
     targets = [d.disk.target for d in plan.backed_up]
