@@ -132,27 +132,17 @@ def _sweep(steps: StepSink, dry_run: bool, mount_root: Path) -> list[str]:
     leftover_devnums = {lv.devnum for lv in snapshots if lv.devnum}
     ours += [m for m in table if m.devnum in leftover_devnums and m not in ours]
     for mount in reversed(ours):  # deepest first
-        _remove(
-            steps,
-            dry_run,
-            problems,
-            f"unmount leftover {mount.target} ({mount.source})",
-            functools.partial(lvm.unmount, mount.target),
-            f"cannot unmount {mount.target}",
-        )
+        unmount = functools.partial(lvm.unmount, mount.target)
+        action = f"unmount leftover {mount.target} ({mount.source})"
+        _remove(steps, dry_run, problems, action, unmount, f"cannot unmount {mount.target}")
     if not dry_run and mount_root.is_dir():
         for folder in sorted(mount_root.iterdir(), reverse=True):
             if folder.is_dir() and not os.path.ismount(folder):
                 _remove_folder(folder)
     for lv in snapshots:
-        _remove(
-            steps,
-            dry_run,
-            problems,
-            f"remove leftover LVM snapshot {lv.full_name} of {lv.vg}/{lv.origin}",
-            functools.partial(lvm.remove_lv, lv.full_name),
-            f"cannot remove {lv.full_name}",
-        )
+        remove = functools.partial(lvm.remove_lv, lv.full_name)
+        action = f"remove leftover LVM snapshot {lv.full_name} of {lv.vg}/{lv.origin}"
+        _remove(steps, dry_run, problems, action, remove, f"cannot remove {lv.full_name}")
     return problems
 
 
