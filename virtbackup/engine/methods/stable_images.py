@@ -87,7 +87,6 @@ def stable_images(
     *,
     state_dir: Path | None = None,
     steps: StepSink | None = None,
-    run_id: str | None = None,
 ) -> Iterator[StableImages]:
     """Lock the domain, finish what a dead run left on it, make the disks the plan backs
     up stable by its method (snapshot, shutdown or offline) for the `with` block, and
@@ -102,7 +101,7 @@ def stable_images(
     """
     options = options or ConsistencyOptions()
     dom = planned_domain(conn, plan)
-    with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
+    with domain_session(conn, dom, options, state_dir, steps) as session:
         facts, disks = as_planned(session.hypervisor, dom, plan)
         definition = dom.config_xml() or dom.live_xml()
         if read_offline(plan, facts):
