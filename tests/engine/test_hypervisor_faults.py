@@ -128,9 +128,7 @@ def test_a_guest_agent_that_is_gone_does_not_stop_the_undo(
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     steps = RecordingSteps()
     domain = hypervisor.domain(dom.name())
-    with domain_session(
-        hypervisor, domain, ConsistencyOptions(), state_dir, steps, None
-    ) as session:
+    with domain_session(hypervisor, domain, ConsistencyOptions(), state_dir, steps) as session:
         session.register(FrozenRecord())
     assert list_journals(state_dir) == []
     [(name, warning)] = steps.warnings

@@ -35,36 +35,24 @@ from virtbackup.engine.runs.domain_backup import BackupRunOptions, DomainJob
 from virtbackup.engine.stores.remote import RemoteStore
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_rate(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
+def _parsed(
+    parse: Callable[[str], T],
+) -> Callable[[click.Context, click.Parameter, str | None], T | None]:
+    """A click callback: the option's value through `parse`, its ValueError a usage error."""
 
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> T | None:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
 
-def _remote_rate(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        return check_remote_rate(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
-
-
-def _snapshot_size(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> SnapshotSize | None:
-    if value is None:
-        return None
-    try:
-        return parse_snapshot_size(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
+    return callback
 
 
 OPTIONS = [
@@ -93,7 +81,7 @@ OPTIONS = [
     ),
     click.option(
         "--snapshot-size",
-        callback=_snapshot_size,
+        callback=_parsed(parse_snapshot_size),
         metavar="SIZE|N%",
         help="LVM method: copy-on-write room of each snapshot, a size or a share of the "
         "LV [default: configuration, else 10%].",
@@ -115,7 +103,7 @@ OPTIONS = [
     ),
     click.option(
         "--bwlimit",
-        callback=_rate,
+        callback=_parsed(parse_rate),
         metavar="SIZE",
         help="Read at most SIZE bytes per second (K, M, G suffixes).",
     ),
@@ -160,7 +148,7 @@ OPTIONS = [
     ),
     click.option(
         "--remote-bwlimit",
-        callback=_remote_rate,
+        callback=_parsed(check_remote_rate),
         metavar="RATE",
         help="Upload bandwidth limit, as rclone's --bwlimit (e.g. 10M; 'off': none).",
     ),

@@ -2,16 +2,21 @@
 of the configuration file), --remote-location NAME:PATH (another rclone remote; the
 other [remote] settings still apply) and --host NAME (whose namespace)."""
 
+import functools
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
 from virtbackup.adapters.rclone import Remote
+from virtbackup.cli.context import GlobalOptions, load_settings
+from virtbackup.cli.trust_options import resolve_trust, trust_options
 from virtbackup.core.config import Config, RemoteSettings
 from virtbackup.core.errors import UsageError
+from virtbackup.engine.stores.backup_access import Trust
 from virtbackup.engine.stores.remote import RemoteStore
 from virtbackup.engine.stores.store import BackupFiles
 
@@ -99,3 +104,43 @@ def resolve_backup(
             "give DOMAIN/STAMP as 'virtbackup backups --remote' lists it",
         )
     return store.files(domain, stamp)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How the commands that read backups (verify, restore) were told to reach and trust
+    them: --identity, the trust options and the remote options, as given."""
+
+    identity: Path | None
+    allowed_signers: Path | None
+    allow_unsigned: bool
+    remote: bool
+    remote_location: str | None
+    host: str | None
+
+    def settle(self, options: GlobalOptions) -> tuple[str | None, Config, Trust]:
+        """The remote asked for, the configuration and the signatures trusted."""
+        remote = chosen_remote(self.remote, self.remote_location)
+        config = load_settings(options)
+        return remote, config, resolve_trust(self.allowed_signers, self.allow_unsigned, config)
+
+
+def reading_options(command: F) -> F:
+    """--identity, the trust options and the remote options, handed to `command` as one
+    `reading` argument."""
+
+    @functools.wraps(command)
+    def with_reading(
+        *args: Any,
+        identity: Path | None,
+        allowed_signers: Path | None,
+        allow_unsigned: bool,
+        remote: bool,
+        remote_location: str | None,
+        host: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        reading = Reading(identity, allowed_signers, allow_unsigned, remote, remote_location, host)
+        return command(*args, reading=reading, **kwargs)
+
+    return cast(F, identity_option(trust_options(remote_options(with_reading))))

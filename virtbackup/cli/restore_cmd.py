@@ -5,15 +5,9 @@ from pathlib import Path
 
 import click
 
-from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
-from virtbackup.cli.remote_options import (
-    chosen_remote,
-    identity_option,
-    remote_options,
-    resolve_backup,
-)
-from virtbackup.cli.trust_options import resolve_trust, trust_options
+from virtbackup.cli.remote_options import Reading, reading_options, resolve_backup
 from virtbackup.core.errors import UsageError
 from virtbackup.core.signature import SignatureState
 from virtbackup.engine.datapath.restore import restore_backup
@@ -30,9 +24,7 @@ from virtbackup.engine.datapath.restore import restore_backup
     "qemu arguments instead of dropping them (never a disk the backup did not restore).",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
-@identity_option
-@trust_options
-@remote_options
+@reading_options
 @pass_globals
 def restore_command(
     options: GlobalOptions,
@@ -41,12 +33,7 @@ def restore_command(
     define: str | None,
     keep_host_devices: bool,
     force: bool,
-    identity: Path | None,
-    allowed_signers: Path | None,
-    allow_unsigned: bool,
-    remote: bool,
-    remote_location: str | None,
-    host: str | None,
+    reading: Reading,
 ) -> None:
     """Write a backup's disks back, sparse and byte-identical. BACKUP is a backup
     directory, or DOMAIN/STAMP on the remote with --remote (streamed, no local copy).
@@ -54,10 +41,8 @@ def restore_command(
     anything is written."""
     if keep_host_devices and define is None:
         raise UsageError("--keep-host-devices needs --define NAME")
-    remote_name = chosen_remote(remote, remote_location)
-    config = load_settings(options)
-    trust = resolve_trust(allowed_signers, allow_unsigned, config)
-    source = resolve_backup(backup, remote_name, host, config)
+    remote_name, config, trust = reading.settle(options)
+    source = resolve_backup(backup, remote_name, reading.host, config)
     with progress_sink(options.verbosity) as progress:
         result = restore_backup(
             source,
@@ -66,7 +51,7 @@ def restore_command(
             force=force,
             define_as=define,
             uri=options.uri,
-            identity=identity,
+            identity=reading.identity,
             trust=trust,
             keep_host_devices=keep_host_devices,
         )

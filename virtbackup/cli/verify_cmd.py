@@ -5,15 +5,9 @@ from pathlib import Path
 import click
 
 from virtbackup.cli.console import error_line
-from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.context import GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
-from virtbackup.cli.remote_options import (
-    chosen_remote,
-    identity_option,
-    remote_options,
-    resolve_backup,
-)
-from virtbackup.cli.trust_options import resolve_trust, trust_options
+from virtbackup.cli.remote_options import Reading, reading_options, resolve_backup
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
 from virtbackup.core.signature import SignatureState
 from virtbackup.engine.datapath.verify import VerifyOutcome, verify_backup
@@ -21,33 +15,24 @@ from virtbackup.engine.datapath.verify import VerifyOutcome, verify_backup
 
 @click.command("verify")
 @click.argument("backups", nargs=-1, required=True)
-@identity_option
-@trust_options
-@remote_options
+@reading_options
 @pass_globals
 def verify_command(
     options: GlobalOptions,
     backups: tuple[str, ...],
-    identity: Path | None,
-    allowed_signers: Path | None,
-    allow_unsigned: bool,
-    remote: bool,
-    remote_location: str | None,
-    host: str | None,
+    reading: Reading,
 ) -> int:
     """Re-read backups and check every digest and signature. With --remote, BACKUP is
     DOMAIN/STAMP on the remote, downloaded and checked as it streams (nothing is written
     locally). Exit 2 when a key or file given is wrong (e.g. an identity that cannot
     decrypt the backup), else 1 on any damage."""
-    remote_name = chosen_remote(remote, remote_location)
-    config = load_settings(options)
-    trust = resolve_trust(allowed_signers, allow_unsigned, config)
+    remote_name, config, trust = reading.settle(options)
     failed, usage = False, False
     for name in backups:
         try:
-            source = resolve_backup(name, remote_name, host, config)
+            source = resolve_backup(name, remote_name, reading.host, config)
             with progress_sink(options.verbosity) as progress:
-                outcome = verify_backup(source, progress, identity=identity, trust=trust)
+                outcome = verify_backup(source, progress, identity=reading.identity, trust=trust)
         except Interrupted:
             raise  # SIGINT/SIGTERM end the run, not just this domain
         except VirtbackupError as err:

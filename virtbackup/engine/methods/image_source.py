@@ -83,7 +83,6 @@ class ImageSource(Protocol):
         *,
         state_dir: Path | None = None,
         steps: StepSink | None = None,
-        run_id: str | None = None,
     ) -> AbstractContextManager[StableImages]: ...
 
 
@@ -93,7 +92,6 @@ def domain_session(
     options: ConsistencyOptions,
     state_dir: Path | None,
     steps: StepSink | None,
-    run_id: str | None,
 ) -> Session:
     """The session of one domain: its lock, its journal, its undo stack."""
     return Session(
@@ -103,7 +101,6 @@ def domain_session(
         dom.uuid,
         dom.name,
         steps=steps,
-        run_id=run_id,
         commit_timeout=options.commit_timeout,
     )
 

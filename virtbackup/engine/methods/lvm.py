@@ -249,7 +249,6 @@ def lvm_run(
     *,
     state_dir: Path | None = None,
     steps: StepSink | None = None,
-    run_id: str | None = None,
 ) -> Iterator[LvmSnapshots]:
     """Snapshots shared by every domain of a run (see LvmSource), journalled
     under a pseudo domain of their own and removed when the run ends."""
@@ -260,7 +259,6 @@ def lvm_run(
         RUN_JOURNAL_UUID,
         RUN_JOURNAL_NAME,
         steps=steps,
-        run_id=run_id,
     ) as session:
         with lvm_snapshots_in(session, options) as snapshots:
             yield snapshots
@@ -542,7 +540,6 @@ class LvmSource:
         *,
         state_dir: Path | None = None,
         steps: StepSink | None = None,
-        run_id: str | None = None,
     ) -> Iterator[StableImages]:
         options = options or ConsistencyOptions()
         settings = lvm_options(options)
@@ -551,7 +548,7 @@ class LvmSource:
                 lvm_run(conn, settings, state_dir=state_dir, steps=steps)
             )
         dom = planned_domain(conn, plan)
-        with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
+        with domain_session(conn, dom, options, state_dir, steps) as session:
             if self._shared is not None:
                 with lvm_images(session, dom, plan, settings, self._shared) as window:
                     yield window

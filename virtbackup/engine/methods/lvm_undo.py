@@ -9,8 +9,10 @@ while this process holds the LVM lock, so no live run's snapshot is touched.
 """
 
 import errno
+import functools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from virtbackup.adapters import lvm, runner
@@ -119,7 +121,6 @@ def sweep_leftovers(
 
 def _sweep(steps: StepSink, dry_run: bool, mount_root: Path) -> list[str]:
     problems: list[str] = []
-    who = "lvm"
     try:
         table = lvm.mounts()
         root = str(mount_root).rstrip("/") + "/"
@@ -131,32 +132,39 @@ def _sweep(steps: StepSink, dry_run: bool, mount_root: Path) -> list[str]:
     leftover_devnums = {lv.devnum for lv in snapshots if lv.devnum}
     ours += [m for m in table if m.devnum in leftover_devnums and m not in ours]
     for mount in reversed(ours):  # deepest first
+        unmount = functools.partial(lvm.unmount, mount.target)
         action = f"unmount leftover {mount.target} ({mount.source})"
-        if dry_run:
-            steps.step(who, "would " + action)
-            continue
-        steps.step(who, action)
-        try:
-            lvm.unmount(mount.target)
-        except VirtbackupError as err:
-            problems.append(f"cannot unmount {mount.target}: {err}")
-            steps.warning(who, problems[-1])
+        _remove(steps, dry_run, problems, action, unmount, f"cannot unmount {mount.target}")
     if not dry_run and mount_root.is_dir():
         for folder in sorted(mount_root.iterdir(), reverse=True):
             if folder.is_dir() and not os.path.ismount(folder):
                 _remove_folder(folder)
     for lv in snapshots:
+        remove = functools.partial(lvm.remove_lv, lv.full_name)
         action = f"remove leftover LVM snapshot {lv.full_name} of {lv.vg}/{lv.origin}"
-        if dry_run:
-            steps.step(who, "would " + action)
-            continue
-        steps.step(who, action)
-        try:
-            lvm.remove_lv(lv.full_name)
-        except VirtbackupError as err:
-            problems.append(f"cannot remove {lv.full_name}: {err}")
-            steps.warning(who, problems[-1])
+        _remove(steps, dry_run, problems, action, remove, f"cannot remove {lv.full_name}")
     return problems
+
+
+def _remove(
+    steps: StepSink,
+    dry_run: bool,
+    problems: list[str],
+    action: str,
+    remove: Callable[[], None],
+    failure: str,
+) -> None:
+    """One leftover of the sweep: said, and removed unless this is a dry run; a failure
+    is kept in `problems` and warned about, and the sweep goes on."""
+    if dry_run:
+        steps.step("lvm", "would " + action)
+        return
+    steps.step("lvm", action)
+    try:
+        remove()
+    except VirtbackupError as err:
+        problems.append(f"{failure}: {err}")
+        steps.warning("lvm", problems[-1])
 
 
 def _have_lvm() -> bool:

@@ -41,6 +41,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
@@ -87,7 +88,6 @@ def stable_images(
     *,
     state_dir: Path | None = None,
     steps: StepSink | None = None,
-    run_id: str | None = None,
 ) -> Iterator[StableImages]:
     """Lock the domain, finish what a dead run left on it, make the disks the plan backs
     up stable by its method (snapshot, shutdown or offline) for the `with` block, and
@@ -102,46 +102,54 @@ def stable_images(
     """
     options = options or ConsistencyOptions()
     dom = planned_domain(conn, plan)
-    with domain_session(conn, dom, options, state_dir, steps, run_id) as session:
+    with domain_session(conn, dom, options, state_dir, steps) as session:
         facts, disks = as_planned(session.hypervisor, dom, plan)
-        definition = dom.config_xml() or dom.live_xml()
+        found = _Found(dom, facts, disks, dom.config_xml() or dom.live_xml())
         if read_offline(plan, facts):
-            with _offline(dom, facts, disks, definition) as window:
+            with _offline(found) as window:
                 yield window
         elif plan.method is Method.SNAPSHOT:
-            with _snapshot(session, dom, facts, disks, definition, options) as window:
+            with _snapshot(session, found, options) as window:
                 yield window
         elif plan.method is Method.SHUTDOWN:
-            with _shutdown(session, dom, facts, disks, definition, options) as window:
+            with _shutdown(session, found, options) as window:
                 yield window
         else:
             raise UsageError(f"method {plan.method} is not handled by the consistency layer")
 
 
-def _images(disks: Sequence[DiskFacts]) -> tuple[DiskSource, ...]:
-    return tuple(
-        DiskSource(
-            target=disk.target,
-            path=Path(disk.path or ""),
-            format=disk.format or "raw",
-            virtual_size=disk.virtual_size or 0,
-            backing_chain=disk.backing_chain,
+@dataclass(frozen=True)
+class _Found:
+    """The planned domain under its lock as it is now, the disks to read and its
+    definition before anything is changed."""
+
+    dom: Domain
+    facts: DomainFacts
+    disks: list[DiskFacts]
+    definition: str
+
+    def window(self, method: Method, consistency: Consistency) -> StableImages:
+        images = tuple(
+            DiskSource(
+                target=disk.target,
+                path=Path(disk.path or ""),
+                format=disk.format or "raw",
+                virtual_size=disk.virtual_size or 0,
+                backing_chain=disk.backing_chain,
+            )
+            for disk in self.disks
         )
-        for disk in disks
-    )
+        name, uuid = self.facts.name, self.facts.uuid
+        return StableImages(name, uuid, method, consistency, self.definition, images)
 
 
 # -- offline -------------------------------------------------------------------------------
 
 
 @contextmanager
-def _offline(
-    dom: Domain, facts: DomainFacts, disks: list[DiskFacts], definition: str
-) -> Iterator[StableImages]:
-    yield StableImages(
-        facts.name, facts.uuid, Method.OFFLINE, Consistency.OFFLINE, definition, _images(disks)
-    )
-    _check_still_off(dom, facts.name)
+def _offline(found: _Found) -> Iterator[StableImages]:
+    yield found.window(Method.OFFLINE, Consistency.OFFLINE)
+    _check_still_off(found.dom, found.facts.name)
 
 
 def _check_still_off(dom: Domain, name: str) -> None:
@@ -157,13 +165,9 @@ def _check_still_off(dom: Domain, name: str) -> None:
 
 @contextmanager
 def _snapshot(
-    session: Session,
-    dom: Domain,
-    facts: DomainFacts,
-    disks: list[DiskFacts],
-    definition: str,
-    options: ConsistencyOptions,
+    session: Session, found: _Found, options: ConsistencyOptions
 ) -> Iterator[StableImages]:
+    dom, facts, disks = found.dom, found.facts, found.disks
     records = [_overlay_record(session, facts, disk, options) for disk in disks]
     check_overlay_space(facts.name, [Path(r.overlay) for r in records], options.overlay_min_free)
     xml = snapshot_xml(
@@ -184,9 +188,7 @@ def _snapshot(
             f"{consistency.value} snapshot: "
             + ", ".join(f"{r.target} writes go to {r.overlay}" for r in records),
         )
-        yield StableImages(
-            facts.name, facts.uuid, Method.SNAPSHOT, consistency, definition, _images(disks)
-        )
+        yield found.window(Method.SNAPSHOT, consistency)
 
 
 def _overlay_record(
@@ -303,21 +305,14 @@ def _check_on_overlays(dom: Domain, name: str, records: Sequence[OverlayRecord])
 
 @contextmanager
 def _shutdown(
-    session: Session,
-    dom: Domain,
-    facts: DomainFacts,
-    disks: list[DiskFacts],
-    definition: str,
-    options: ConsistencyOptions,
+    session: Session, found: _Found, options: ConsistencyOptions
 ) -> Iterator[StableImages]:
     with session.scope():
         # Registered before asking: a guest that goes off while we wait is started again.
         session.register(StateRecord(was=DomainState.RUNNING, restart=True))
-        _shut_down(session.steps, dom, facts.name, options)
-        yield StableImages(
-            facts.name, facts.uuid, Method.SHUTDOWN, Consistency.OFFLINE, definition, _images(disks)
-        )
-        _check_still_off(dom, facts.name)
+        _shut_down(session.steps, found.dom, found.facts.name, options)
+        yield found.window(Method.SHUTDOWN, Consistency.OFFLINE)
+        _check_still_off(found.dom, found.facts.name)
 
 
 def _shut_down(steps: StepSink, dom: Domain, name: str, options: ConsistencyOptions) -> None:
