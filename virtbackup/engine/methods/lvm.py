@@ -1,4 +1,4 @@
-"""The `lvm` method: read a running domain's images from LVM snapshots (the seed's Variant 1).
+"""The `lvm` method: read a running domain's images from read-only mounted LVM snapshots.
 
     with LvmSource()(conn, plan, options) as window:    # plan: core/planning
         progress = window.guard(progress)    # stops a stream from an overflowed snapshot
@@ -522,8 +522,8 @@ class LvmSource:
     backs up, yield an LvmImages, and remove what was made.
 
     With a run's `stack`, the snapshots are shared by the domains of the run: the first
-    domain on an LV creates its snapshot, later domains on that LV reuse it (as the
-    seed's one snapshot of the whole volume did), and all are removed when `stack`
+    domain on an LV creates its snapshot, later domains on that LV reuse it (one
+    snapshot of a volume for the whole run), and all are removed when `stack`
     closes at the end of the run; the snapshot size and quiesce mode are those of the
     domain that opens the run. Without one, each domain's snapshots are its own."""
 
