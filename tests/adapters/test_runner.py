@@ -1,11 +1,12 @@
 """Every external program runs through one function that fails in one clear line."""
 
 import logging
+import time
 
 import pytest
 
 from virtbackup.adapters import runner
-from virtbackup.core.errors import CommandFailed, ExitCode, MissingComponent
+from virtbackup.core.errors import CommandFailed, CommandTimedOut, ExitCode, MissingComponent
 
 
 def test_run_returns_output() -> None:
@@ -35,3 +36,12 @@ def test_commands_are_logged_for_verbose_mode(caplog: pytest.LogCaptureFixture) 
     with caplog.at_level(logging.DEBUG, logger="virtbackup.adapters.runner"):
         runner.run(["echo", "a b"])
     assert "run: echo 'a b'" in caplog.text
+
+
+def test_a_program_that_outlives_its_bound_is_killed_and_one_error() -> None:
+    started = time.monotonic()
+    with pytest.raises(CommandTimedOut) as caught:
+        runner.run(["sleep", "30"], timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert str(caught.value) == "sleep did not finish within 0.5 s"
+    assert isinstance(caught.value, CommandFailed)  # callers that judge failures see it

@@ -1,5 +1,6 @@
 """The one domain loop of `backup` and `all`, against the real libvirtd and real files."""
 
+import os
 from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing import Any
 import pytest
 from harness.libvirtd import DiskSpec, DomainFactory
 
+from virtbackup.adapters import images
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.model import DomainState, Method
@@ -115,3 +117,36 @@ def test_each_domain_is_planned_again_at_its_turn(
     reports = run_domains(hypervisor, [stale], store, NullProgress(), RecordingSteps())
     assert reports[0].outcome.result == Result.FAILED
     assert "run the backup again" in reports[0].outcome.message
+
+
+def test_a_disk_that_hangs_when_planned_again_fails_its_domain_only(
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # qemu-img hangs on a FIFO (or an NFS image whose server is gone) where the image
+    # was: the domain fails with one line, the domains before it keep their backups.
+    first = domain_factory.create([DiskSpec("raw")], hint="first")
+    hung = domain_factory.create([DiskSpec("raw")], hint="hung")
+    options = BackupRunOptions(state_dir=tmp_path / "state")
+    jobs = [
+        DomainJob(
+            plan_domain(hypervisor.facts(hypervisor.domain(d.name())), PlanOptions()),
+            options,
+            plan_options=PlanOptions(),
+        )
+        for d in (first, hung)
+    ]
+    image = domain_factory.workdir / "hung-disk0.raw"
+    image.unlink()
+    os.mkfifo(image)
+    monkeypatch.setattr(images, "INFO_TIMEOUT", 1.0)
+    store = LocalStore(tmp_path / "dest")
+    store.dest.mkdir()
+
+    reports = run_domains(hypervisor, jobs, store, NullProgress(), RecordingSteps())
+
+    assert [r.outcome.result for r in reports] == [Result.OK, Result.FAILED]
+    assert "qemu-img did not finish within 1 s" in reports[1].outcome.message
+    assert Path(str(reports[0].outcome.backup)).is_dir()

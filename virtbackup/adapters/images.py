@@ -51,12 +51,13 @@ def image_info(
     *,
     force_share: bool,
     backing_chain: bool = False,
-    timeout: float = INFO_TIMEOUT,
+    timeout: float | None = None,
 ) -> ImageInfo:
-    """`qemu-img info` of `path` (probing the format when `fmt` is None).
+    """`qemu-img info` of `path` (probing the format when `fmt` is None), killed after
+    `timeout` seconds (INFO_TIMEOUT by default).
 
-    Raises CommandFailed when qemu-img cannot open the image, UnreadableInfo when its
-    answer cannot be read.
+    Raises CommandFailed when qemu-img cannot open the image (CommandTimedOut when it
+    hangs on it), UnreadableInfo when its answer cannot be read.
     """
     argv = ["qemu-img", "info", "--output=json"]
     if backing_chain:
@@ -65,7 +66,7 @@ def image_info(
         argv.append("-U")
     if fmt:
         argv += ["-f", fmt]
-    out = runner.run_text([*argv, path], timeout=timeout)
+    out = runner.run_text([*argv, path], timeout=timeout or INFO_TIMEOUT)
     try:
         parsed = json.loads(out)
         chain = parsed if isinstance(parsed, list) else [parsed]

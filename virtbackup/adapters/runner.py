@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Mapping
 from typing import IO
 
-from virtbackup.core.errors import CommandFailed, MissingComponent
+from virtbackup.core.errors import CommandFailed, CommandTimedOut, MissingComponent
 
 log = logging.getLogger(__name__)
 
@@ -25,18 +25,22 @@ def run(
     timeout: float | None = None,
     env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run argv, capture stdout and stderr, raise CommandFailed on a non-zero exit.
+    """Run argv, capture stdout and stderr, raise CommandFailed on a non-zero exit and
+    CommandTimedOut (a CommandFailed) when it outlives `timeout`.
     `env` adds variables to (never replaces) our own environment."""
     require_program(argv[0])
     log.debug("run: %s", shlex.join(argv))
-    result = subprocess.run(
-        argv,
-        input=input,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **env} if env else None,
-    )
+    try:
+        result = subprocess.run(
+            argv,
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, **env} if env else None,
+        )
+    except subprocess.TimeoutExpired:  # run() has killed it
+        raise CommandTimedOut(argv, timeout or 0) from None
     if check and result.returncode != 0:
         raise CommandFailed(argv, result.returncode, result.stderr.decode(errors="replace"))
     return result

@@ -99,3 +99,14 @@ class CommandFailed(VirtbackupError):
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr
+
+
+class CommandTimedOut(CommandFailed):
+    """An external program did not finish within its bound and was killed (a hung NFS
+    image, a FIFO where an image should be)."""
+
+    def __init__(self, argv: list[str], timeout: float) -> None:
+        message = f"{argv[0]} did not finish within {timeout:g} s"
+        super().__init__(argv, -9, message)
+        self.message = message
+        self.args = (message,)
