@@ -142,3 +142,17 @@ def test_printable_escapes_what_a_terminal_would_act_on() -> None:
     assert printable("a\x1b[2Jb\u202ec\x7f\x85") == "a\\x1b[2Jb\\u202ec\\x7f\\x85"
     assert printable("one\nfake log line") == "one\\nfake log line"
     assert printable("cell\nwrap", keep_newlines=True) == "cell\nwrap"
+
+
+def test_a_domain_name_is_never_a_path_out_of_dest(tmp_path: Path) -> None:
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    dest.mkdir()
+    image = tmp_path / "small.raw"
+    image.write_bytes(b"x" * MiB)
+    make_backup(outside, [disk_of(image)])  # a backup of "web1" there
+    for name in ("../outside/web1", str(outside / "web1"), "..", "a/b"):
+        for command in (["backups"], ["prune", "--dry-run", "--keep-last", "1"]):
+            result = run_cli(*command, "--dest", str(dest), name)
+            assert result.returncode == 2, (command, name, result.stdout, result.stderr)
+            assert "cannot be used as a directory name" in result.stderr
+            assert "Traceback" not in result.stderr and "web1" not in result.stdout

@@ -182,6 +182,8 @@ class LocalStore:
     ) -> list[BackupInfo]:
         """Complete backups, by domain name, newest first within a domain (`now`, the
         time a backup may not be later than: the clock's by default)."""
+        if domain is not None:
+            check_domain_name(domain)  # a name, never a path out of the store
         now = now or datetime.now(UTC)
         if not self.dest.is_dir():
             raise StoreError(f"backup destination {self.dest} does not exist")

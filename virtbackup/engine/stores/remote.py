@@ -150,6 +150,8 @@ class RemoteStore:
         public manifest: the key is never needed to list). As locally, one whose manifest
         names another domain or whose time lies in the future is listed with that
         problem."""
+        if domain is not None:
+            check_domain_name(domain)  # a name, never a path out of the store
         now = now or datetime.now(UTC)
         found = []
         for name in [domain] if domain else self.domains():
