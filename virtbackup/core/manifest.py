@@ -32,6 +32,12 @@ without it (an older backup) binds nothing and its domain XML is read as it is.
 ``sha256-4MiB-chunks`` a user checks it with
 ``lz4 -dc vda.qcow2.lz4 | split -b 4194304 --filter=sha256sum | sha256sum``.
 
+A backup in the deduplicating repository (core/repository_format.py) has, per disk,
+``"layout": "repository"``, ``"file": "vda.qcow2.idx"`` (its index of chunks) and
+``"index_sha256"`` (the sha256 of that index file); its ``stored_size`` is what this backup
+added to DEST (the index and the chunks it was the first to store), the digest is the same
+whole-disk digest. A disk record without ``layout`` is a stream.
+
 An encrypted backup (`--encrypt`) keeps that manifest as `manifest.json.age` and beside it
 a public `manifest.json` with what listing and retention need without a key::
 
@@ -67,6 +73,7 @@ from virtbackup.core.backup_names import (
     stream_file_name,
 )
 from virtbackup.core.model import Method
+from virtbackup.core.repository_format import index_file_name
 from virtbackup.core.streamformat import (
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
@@ -90,6 +97,8 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _RECIPIENT = re.compile(r"sha256:[0-9a-f]{16}")
+LAYOUT_STREAM = "stream"
+LAYOUT_REPOSITORY = "repository"
 
 
 class ManifestFormatError(ValueError):
@@ -112,6 +121,15 @@ class DiskRecord:
     # --skip-free: the stream holds the guest's used blocks only (same files, not the
     # same image bytes); written to the manifest only when true
     free_space_skipped: bool = False
+    # "stream": `file` is the disk's stream (core/streamformat.py); "repository": `file`
+    # is its index of chunks in the repository (core/repository_format.py), bound to this
+    # manifest by `index_sha256`. Both written only for the repository layout.
+    layout: str = LAYOUT_STREAM
+    index_sha256: str | None = None
+
+    @property
+    def in_repository(self) -> bool:
+        return self.layout == LAYOUT_REPOSITORY
 
 
 @dataclass(frozen=True)
@@ -356,6 +374,8 @@ def _disk_document(disk: DiskRecord) -> dict[str, Any]:
     document = dict(disk.__dict__)
     if not disk.free_space_skipped:
         del document["free_space_skipped"]
+    if not disk.in_repository:
+        del document["layout"], document["index_sha256"]
     return document
 
 
@@ -370,11 +390,21 @@ def _parse_disk(disk: object, number: int) -> DiskRecord:
     source = _field(disk, "source", str, where)
     if not source or len(source) > MAX_PATH or "\0" in source:
         raise ManifestFormatError(f"{where}.source is not a path")
+    layout = LAYOUT_STREAM
+    index_sha256 = None
+    if "layout" in disk:
+        layout = _field(disk, "layout", str, where)
+        if layout != LAYOUT_REPOSITORY:
+            raise ManifestFormatError(f"{where}.layout {_shown(layout)} is not supported")
+        index_sha256 = _field(disk, "index_sha256", str, where)
+        if not _HEX_DIGEST.fullmatch(index_sha256):
+            raise ManifestFormatError(f"{where}.index_sha256 is not a sha256 in hex")
+        names: tuple[str, ...] = (index_file_name(target, fmt),)
+    else:
+        names = (stream_file_name(target, fmt), stream_file_name(target, fmt, True))
     name = _field(disk, "file", str, where)
-    if name not in (stream_file_name(target, fmt), stream_file_name(target, fmt, True)):
-        raise ManifestFormatError(
-            f"{where}.file {_shown(name)} is not {stream_file_name(target, fmt)}"
-        )
+    if name not in names:
+        raise ManifestFormatError(f"{where}.file {_shown(name)} is not {names[0]}")
     version = _field(disk, "stream_format_version", int, where)
     if version != STREAM_FORMAT_VERSION:
         raise ManifestFormatError(
@@ -408,6 +438,8 @@ def _parse_disk(disk: object, number: int) -> DiskRecord:
         digest_algorithm=algorithm,
         digest=digest,
         free_space_skipped=skipped,
+        layout=layout,
+        index_sha256=index_sha256,
     )
 
 

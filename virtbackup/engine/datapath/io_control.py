@@ -14,6 +14,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +119,18 @@ class Throttle:
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+
+
+def write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
+    """Write `parts` to `fd` in as few writev calls as the kernel takes; the bytes written."""
+    views = [memoryview(part) for part in parts]
+    total = 0
+    while views:
+        written = os.writev(fd, views)
+        total += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
+    return total

@@ -57,6 +57,7 @@ from virtbackup.engine.datapath.io_control import (
     drop_cached,
     reuse_freed_memory,
     set_thread_io_idle,
+    write_all,
 )
 
 _SPOOL_IN_MEMORY = 4 << 20  # index entries beyond this go to a temporary file
@@ -335,16 +336,8 @@ class _Writer:
                 yield item, item.encoded.result()
 
     def _write(self, parts: tuple[Buffer, ...]) -> None:
-        views = [memoryview(part) for part in parts]
         try:
-            while views:
-                written = os.writev(self.out_fd, views)
-                self.position += written
-                while views and written >= len(views[0]):
-                    written -= len(views[0])
-                    views.pop(0)
-                if written:
-                    views[0] = views[0][written:]
+            self.position += write_all(self.out_fd, parts)
         except OSError as err:
             raise write_error(err, file_label(self.out)) from None
         self.write_behind.written(self.position)

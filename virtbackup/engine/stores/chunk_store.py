@@ -1,0 +1,297 @@
+"""The chunks of the deduplicating repository on a filesystem (see core/repository_format).
+
+Writers and garbage collection meet here, in other processes and on other hosts that
+share DEST, and agree through the filesystem alone:
+- every chunk a writer uses gets its mtime set to now (`touch`; a new chunk is born
+  with it), and a writer is registered (`Writer`, a file in writers/ whose mtime is its
+  start and is refreshed while it runs) from before its first chunk until after its
+  index is in place;
+- garbage collection (engine/stores/gc.py) only removes a chunk whose mtime is older
+  than its own start and than the start of every live writer.
+All times are the filesystem's (a created file's mtime, `os.utime` without a time), so
+hosts whose clocks differ still agree.
+"""
+
+import errno
+import logging
+import os
+import secrets
+import socket
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from virtbackup.core.backup_errors import CorruptBackup, StoreError, write_error
+from virtbackup.core.repository_format import (
+    CHUNKS_DIR,
+    CONFIG_FILE,
+    CONFIG_LIMIT,
+    REPOSITORY_DIR,
+    WRITERS_DIR,
+    RepositoryConfig,
+    RepositoryFormatError,
+    build_config,
+    chunk_path,
+    is_chunk_name,
+    parse_config,
+)
+from virtbackup.engine.datapath.frames import Buffer
+from virtbackup.engine.datapath.io_control import write_all
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+HEARTBEAT_SECONDS = 60.0  # how often a running writer refreshes its registration
+_TEMP_PREFIX = ".tmp-"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WriterEntry:
+    name: str
+    started: float  # the filesystem's time the writer registered
+    seen: float  # the last heartbeat
+
+
+class ChunkStore:
+    """DEST/.virtbackup-repository: its description, chunks and registered writers."""
+
+    def __init__(self, dest: Path) -> None:
+        self.root = dest / REPOSITORY_DIR
+        self.chunks = self.root / CHUNKS_DIR
+        self.writers = self.root / WRITERS_DIR
+        self._config: RepositoryConfig | None = None
+
+    def exists(self) -> bool:
+        return (self.root / CONFIG_FILE).is_file()
+
+    @property
+    def config(self) -> RepositoryConfig:
+        if self._config is None:
+            self._config = self._read_config()
+        return self._config
+
+    def create(self, config: RepositoryConfig | None = None) -> RepositoryConfig:
+        """Make the repository unless it exists; its description either way."""
+        if self.exists():
+            return self.config
+        config = config or RepositoryConfig()
+        for directory in (self.root, self.chunks, self.writers):
+            try:
+                directory.mkdir(mode=DIR_MODE, exist_ok=True)
+            except OSError as err:
+                raise write_error(err, directory) from None
+        self._write_atomically(self.root, CONFIG_FILE, (build_config(config).encode(),))
+        self._config = self.config
+        return self._config
+
+    def path(self, name: str) -> Path:
+        return self.chunks / chunk_path(name)
+
+    def touch(self, name: str) -> bool:
+        """Mark the chunk as used now; False when it is not there (never written, or
+        being removed by garbage collection: the caller writes it again)."""
+        try:
+            os.utime(self.path(name), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise write_error(err, self.path(name)) from None
+        return True
+
+    def add(self, name: str, frame: tuple[Buffer, ...]) -> int:
+        """Store a chunk (its frame, in pieces) under its name; the bytes written."""
+        directory = self.path(name).parent
+        try:
+            directory.mkdir(mode=DIR_MODE, exist_ok=True)
+        except OSError as err:
+            raise write_error(err, directory) from None
+        return self._write_atomically(directory, name, frame)
+
+    def read(self, name: str, limit: int) -> bytes:
+        """A chunk's stored bytes (at most `limit`); CorruptBackup when missing, not a
+        regular file or larger."""
+        path = self.path(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise CorruptBackup(f"chunk {name} is missing from {self.chunks}") from None
+        except OSError as err:
+            raise CorruptBackup(f"cannot open chunk {path}: {err.strerror}") from None
+        with os.fdopen(fd, "rb") as chunk:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise CorruptBackup(f"chunk {path} is not a regular file")
+            data = chunk.read(limit + 1)
+        if len(data) > limit:
+            raise CorruptBackup(f"chunk {path} is larger than any chunk can be")
+        return data
+
+    def names(self) -> Iterator[tuple[str, os.stat_result]]:
+        """Every stored chunk with its status (no temporary files, nothing else)."""
+        try:
+            prefixes = sorted(os.listdir(self.chunks))
+        except FileNotFoundError:
+            return
+        for prefix in prefixes:
+            directory = self.chunks / prefix
+            try:
+                entries = os.scandir(directory)
+            except (NotADirectoryError, FileNotFoundError):
+                continue
+            with entries:
+                for entry in entries:
+                    if not (entry.name.startswith(prefix) and is_chunk_name(entry.name)):
+                        continue
+                    try:
+                        status = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(status.st_mode):
+                        yield entry.name, status
+
+    def temporary_files(self) -> Iterator[tuple[Path, os.stat_result]]:
+        """Chunks a writer began and never renamed (killed while writing)."""
+        try:
+            prefixes = sorted(os.listdir(self.chunks))
+        except FileNotFoundError:
+            return
+        for prefix in prefixes:
+            try:
+                entries = list(os.scandir(self.chunks / prefix))
+            except (NotADirectoryError, FileNotFoundError):
+                continue
+            for entry in entries:
+                if entry.name.startswith(_TEMP_PREFIX):
+                    try:
+                        yield Path(entry.path), entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+
+    def writer(self) -> "Writer":
+        return Writer(self.writers)
+
+    def live_writers(self, now: float, stale_after: float) -> list[WriterEntry]:
+        """Registered writers whose heartbeat is younger than `stale_after` seconds."""
+        found = []
+        try:
+            entries = list(os.scandir(self.writers))
+        except FileNotFoundError:
+            return []
+        for entry in entries:
+            try:
+                status = entry.stat(follow_symlinks=False)
+                with open(entry.path, "rb") as marker:
+                    started = float(marker.read(64).decode() or status.st_mtime)
+            except (OSError, ValueError):
+                continue
+            if now - status.st_mtime < stale_after:
+                found.append(WriterEntry(entry.name, started, status.st_mtime))
+        return found
+
+    def filesystem_now(self) -> float:
+        """The filesystem's current time: the mtime of a file made and removed at once."""
+        marker = self.root / f"{_TEMP_PREFIX}clock-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            try:
+                return os.fstat(fd).st_mtime
+            finally:
+                os.close(fd)
+                os.unlink(marker)
+        except OSError as err:
+            raise write_error(err, marker) from None
+
+    def _read_config(self) -> RepositoryConfig:
+        path = self.root / CONFIG_FILE
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as err:
+            raise StoreError(
+                f"cannot read the repository description {path}: {err.strerror}"
+            ) from None
+        with os.fdopen(fd, "rb") as description:
+            data = description.read(CONFIG_LIMIT + 1)
+        try:
+            if len(data) > CONFIG_LIMIT:
+                raise RepositoryFormatError("is too large")
+            return parse_config(data.decode("utf-8", errors="replace"))
+        except RepositoryFormatError as err:
+            raise CorruptBackup(f"repository description {path} {err}") from None
+
+    def _write_atomically(self, directory: Path, name: str, parts: tuple[Buffer, ...]) -> int:
+        """Write `parts` to a temporary file in `directory`, fsync it, rename it to `name`."""
+        temporary = directory / f"{_TEMP_PREFIX}{name}-{secrets.token_hex(6)}"
+        final = directory / name
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            try:
+                written = write_all(fd, parts)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, final)
+        except OSError as err:
+            _remove_quietly(temporary)
+            raise write_error(err, final) from None
+        except BaseException:
+            _remove_quietly(temporary)
+            raise
+        return written
+
+
+class Writer:
+    """A backup writing into the repository, registered in writers/ while it runs: as a
+    context manager, registered on entry (before it uses any chunk) and removed on exit
+    (after its index is in place). A thread refreshes the registration's mtime so that
+    garbage collection can tell a live writer from one that was killed."""
+
+    def __init__(self, writers: Path) -> None:
+        self.path = writers / f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.started = 0.0
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def __enter__(self) -> Self:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            try:
+                self.started = os.fstat(fd).st_mtime
+                os.write(fd, repr(self.started).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise write_error(err, self.path) from None
+        self._heartbeat = threading.Thread(target=self._beat, name="vb-writer", daemon=True)
+        self._heartbeat.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        _remove_quietly(self.path)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                os.utime(self.path)
+            except OSError as err:  # the next gc may then take us for dead: say so
+                log.warning("cannot refresh the writer registration %s: %s", self.path, err)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError as err:
+        if err.errno != errno.ENOENT:
+            log.warning("cannot remove %s: %s", path, err.strerror)
