@@ -11,9 +11,10 @@ from pathlib import Path
 from virtbackup.core.manifest import DiskRecord, Manifest, build_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.streamformat import FrameEntry
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import BackupResult, DiskSource, back_up_disks
 from virtbackup.engine.datapath.stream_reader import read_index, restore_stream
-from virtbackup.engine.datapath.stream_writer import StreamResult, WriterOptions, write_stream
+from virtbackup.engine.datapath.stream_writer import StreamResult, write_stream
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import stamp_time
 

@@ -28,7 +28,7 @@ from virtbackup.core.config import (
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions, plan_domain
-from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.methods.image_source import ConsistencyOptions, Quiesce
 from virtbackup.engine.methods.skip_free import SkipFree
 from virtbackup.engine.runs.domain_backup import BackupRunOptions, DomainJob

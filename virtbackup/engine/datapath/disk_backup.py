@@ -28,7 +28,8 @@ from virtbackup.core.progress import ProgressSink
 from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
-from virtbackup.engine.datapath.stream_writer import WriterOptions, write_stream
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
+from virtbackup.engine.datapath.stream_writer import write_stream
 from virtbackup.engine.stores.store import DOMAIN_XML, MANIFEST, Partial, Store
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,8 @@ from virtbackup.core.manifest import LeftOutDisk
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DomainPlan, PlanOptions
 from virtbackup.core.progress import ProgressSink, StepSink
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import back_up_disks
-from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.methods.image_source import ConsistencyOptions, ImageSource
 from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
