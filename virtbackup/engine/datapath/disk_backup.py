@@ -27,7 +27,7 @@ from virtbackup.core.manifest import (
     build_sealed,
 )
 from virtbackup.core.progress import ProgressSink
-from virtbackup.core.repository_format import index_file_name
+from virtbackup.core.repository_format import RepositoryConfig, index_file_name
 from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
@@ -221,7 +221,7 @@ def _repository_writer(
             "the repository layout cannot be encrypted nor written to a remote yet"
         )
     chunks = ChunkStore(store.dest)
-    config = chunks.create()
+    config = chunks.create(RepositoryConfig(chunk_size=options.chunk_size))  # on first use
     with chunks.writer():
         yield RepositoryBackup(chunks, replace(options, chunk_size=config.chunk_size))
 
