@@ -124,6 +124,8 @@ class ChunkFrames:
         try:
             return self.store.read(name, self._limit)
         except CorruptBackup as err:
+            if not os.path.lexists(self.store.path(name)):
+                raise FrameError(f"is missing from {self.store.chunks}") from None
             raise FrameError(f"cannot be read: {err.message}") from None
 
     def check_zero_chunks(self, index: StreamIndex, label: str) -> None:
