@@ -11,9 +11,7 @@ Each problem is then one line naming the chunk and every backup that uses it.
 """
 
 import hashlib
-import os
 import random
-import stat
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,12 @@ from virtbackup.engine.datapath.frames import FrameError, decode_chunk
 from virtbackup.engine.datapath.stream_reader import map_bounded
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
-from virtbackup.engine.stores.repository_backups import IndexedBackup, index_chunks, indexed_backup
+from virtbackup.engine.stores.repository_backups import (
+    IndexedBackup,
+    chunk_file_size,
+    index_chunks,
+    indexed_backup,
+)
 
 ALL_CHUNKS = 100.0
 
@@ -159,19 +162,12 @@ def _check_indexes(
     for disk in backup.indexed_disks:
         for name, _length in index_chunks(backup.files, disk, chunk_size):
             if name not in damaged and name not in missing:
-                if _is_stored(chunk_store, name):
+                if chunk_file_size(chunk_store, name) is not None:
                     continue
                 missing.add(name)
             named = users[name]
             if not named or named[-1] != backup.label:
                 named.append(backup.label)
-
-
-def _is_stored(chunk_store: ChunkStore, name: str) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(chunk_store.path(name)).st_mode)
-    except OSError:
-        return False
 
 
 def _used_by(labels: list[str]) -> str:

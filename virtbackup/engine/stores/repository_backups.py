@@ -4,6 +4,8 @@ as untrusted input against the manifest (size, `index_sha256`, the grid of the r
 """
 
 import hashlib
+import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,6 +18,7 @@ from virtbackup.core.repository_format import (
     index_size,
     parse_index_line,
 )
+from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import BackupFiles, BackupInfo
 
@@ -92,3 +95,12 @@ def index_chunks(
             raise CorruptBackup(f"{where}: the index changed size while it was read")
     if digest.hexdigest() != disk.index_sha256:
         raise CorruptBackup(f"{where}: the index is not the one its manifest records")
+
+
+def chunk_file_size(chunk_store: ChunkStore, name: str) -> int | None:
+    """Bytes of the stored chunk `name`; None when there is no such regular file."""
+    try:
+        status = os.lstat(chunk_store.path(name))
+    except OSError:
+        return None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
