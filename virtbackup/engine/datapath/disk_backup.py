@@ -32,8 +32,8 @@ from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
 from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
-from virtbackup.engine.datapath.chunk_writer import RepositoryBackup
-from virtbackup.engine.datapath.stream_writer import write_stream
+from virtbackup.engine.datapath.chunk_writer import ChunkResult, RepositoryBackup
+from virtbackup.engine.datapath.stream_writer import StreamResult, write_stream
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import DOMAIN_XML, MANIFEST, Partial, Store
@@ -148,20 +148,7 @@ def _stream_disk(
     log.info("backing up %s %s (%s) to %s", domain_name, disk.target, disk.path, name)
     with partial.create(name) as out, _sealing(out, encrypt_to) as sink:
         result = write_stream(disk.path, sink, progress, disk.target, options)
-    return DiskRecord(
-        target=disk.target,
-        source=str(disk.origin or disk.path),
-        format=disk.format,
-        virtual_size=disk.virtual_size,
-        byte_size=result.data_size,
-        stored_size=partial.size_of(name),
-        file=name,
-        stream_format_version=STREAM_FORMAT_VERSION,
-        chunk_size=options.chunk_size,
-        digest_algorithm=result.digest_name,
-        digest=result.digest,
-        free_space_skipped=disk.free_space_skipped,
-    )
+    return _disk_record(disk, name, partial.size_of(name), options.chunk_size, result)
 
 
 def _repository_disk(
@@ -186,21 +173,31 @@ def _repository_disk(
         result.bytes_added,
         result.chunks_reused,
     )
+    stored = result.index_size + result.bytes_added
+    record = _disk_record(disk, name, stored, repository.options.chunk_size, result)
+    return replace(record, layout=LAYOUT_REPOSITORY, index_sha256=result.index_sha256)
+
+
+def _disk_record(
+    disk: DiskSource,
+    name: str,
+    stored_size: int,
+    chunk_size: int,
+    result: StreamResult | ChunkResult,
+) -> DiskRecord:
     return DiskRecord(
         target=disk.target,
         source=str(disk.origin or disk.path),
         format=disk.format,
         virtual_size=disk.virtual_size,
         byte_size=result.data_size,
-        stored_size=result.index_size + result.bytes_added,
+        stored_size=stored_size,
         file=name,
         stream_format_version=STREAM_FORMAT_VERSION,
-        chunk_size=repository.options.chunk_size,
+        chunk_size=chunk_size,
         digest_algorithm=result.digest_name,
         digest=result.digest,
         free_space_skipped=disk.free_space_skipped,
-        layout=LAYOUT_REPOSITORY,
-        index_sha256=result.index_sha256,
     )
 
 

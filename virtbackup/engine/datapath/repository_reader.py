@@ -10,7 +10,6 @@ never read on restore; verify checks each zero chunk once.
 
 import hashlib
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from virtbackup.core.streamformat import (
     zero_digest,
 )
 from virtbackup.engine.datapath.frames import Buffer, FrameError, decode_frame, max_frame_size
+from virtbackup.engine.datapath.io_control import NotRegularFile, read_regular_file
 from virtbackup.engine.datapath.stream_reader import StreamIndex, verify_frames
 from virtbackup.engine.stores.backup_access import OpenedBackup
 from virtbackup.engine.stores.chunk_store import ChunkStore
@@ -124,6 +124,8 @@ class ChunkFrames:
         try:
             return self.store.read(name, self._limit)
         except CorruptBackup as err:
+            if not os.path.lexists(self.store.path(name)):
+                raise FrameError(f"is missing from {self.store.chunks}") from None
             raise FrameError(f"cannot be read: {err.message}") from None
 
     def check_zero_chunks(self, index: StreamIndex, label: str) -> None:
@@ -144,15 +146,13 @@ class ChunkFrames:
 def _read_index_file(path: Path, expected: int, what: str) -> bytes:
     """The index file's bytes, never more than its disk needs (+1 to tell a longer one)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        data = read_regular_file(path, expected)
     except FileNotFoundError:
         raise CorruptBackup(f"{what} is missing") from None
+    except NotRegularFile:
+        raise CorruptBackup(f"{what} is not a regular file") from None
     except OSError as err:
         raise CorruptBackup(f"cannot read {what}: {err.strerror}") from None
-    with os.fdopen(fd, "rb") as index:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CorruptBackup(f"{what} is not a regular file")
-        data = index.read(expected + 1)
     if len(data) != expected:
         raise CorruptBackup(
             f"{what} has {'more than ' if len(data) > expected else ''}{len(data)} bytes; "
