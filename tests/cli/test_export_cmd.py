@@ -138,7 +138,7 @@ def test_a_missing_chunk_is_named(
     os.unlink(ChunkStore(backup.path.parent.parent).path(name))
     result = run_cli("export", str(backup.path), "--to", str(tmp_path / "out"))
     assert result.returncode == 1
-    assert f"vda: chunk {name} of backup {backup.path} cannot be read" in result.stderr
+    assert f"vda: chunk {name} of backup {backup.path} is missing from" in result.stderr
     assert os.listdir(tmp_path / "out" / "web1") == []
 
 
