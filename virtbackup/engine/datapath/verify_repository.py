@@ -173,4 +173,4 @@ def _check_indexes(
 def _used_by(labels: list[str]) -> str:
     if not labels:
         return "used by no backup (remove it: a new backup would reuse it)"
-    return f"used by {', '.join(labels)}"
+    return f"used by {', '.join(sorted(labels))}"
