@@ -19,9 +19,6 @@ from harness.cli import virtbackup as run_cli
 from repository_fixture import RepositoryBackup, random_image, write_repository_backup
 
 from virtbackup.adapters import age
-from virtbackup.core.progress import NullProgress
-from virtbackup.engine.datapath.disk_backup import back_up_disks
-from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
 
@@ -90,18 +87,8 @@ def test_an_encrypted_backup_exports_decrypted_without_secrets(tmp_path: Path) -
     keys = make_key_pair(tmp_path / "keys")
     image = random_image(tmp_path / "vda.raw", 2 * MiB, seed=5)
     xml = DOMAIN_XML.replace("</devices>", "<graphics type='vnc' passwd='hunter2'/></devices>")
-    (tmp_path / "dest").mkdir()
-    source = back_up_disks(
-        LocalStore(tmp_path / "dest"),
-        "web1",
-        "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11",
-        xml,
-        "offline",
-        [disk_of(image)],
-        NullProgress(),
-        WriterOptions(chunk_size=MiB),
-        encrypt_to=age.read_recipients(keys.recipients),
-    ).path
+    recipients = age.read_recipients(keys.recipients)
+    source = make_backup(tmp_path / "dest", [disk_of(image)], xml=xml, encrypt_to=recipients).path
     without = run_cli("export", str(source), "--to", str(tmp_path / "out"))
     assert without.returncode == 2 and "is encrypted: give --identity FILE" in without.stderr
     args = ("export", str(source), "--to", str(tmp_path / "out"), "--identity", str(keys.identity))
