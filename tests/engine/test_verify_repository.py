@@ -124,6 +124,19 @@ def test_an_undecodable_chunk_and_a_planted_link(
     )
 
 
+def test_a_planted_giant_chunk_is_not_read_whole(
+    shared: tuple[Path, RepositoryBackup, RepositoryBackup],
+) -> None:
+    dest, _web1, web2 = shared
+    name = web2.chunks["vda"][3]
+    os.truncate(ChunkStore(dest).path(name), 1 << 40)  # sparse: 1 TiB that takes no space
+    check = verify_repository(dest, NullProgress())
+    assert check.problems == (
+        f"chunk {chunk_path(name)} cannot be read (chunk {ChunkStore(dest).path(name)} is "
+        f"larger than any chunk can be); used by {web2.label}",
+    )
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -184,7 +197,13 @@ def test_sample_on_the_command_line(
     assert result.stdout == (
         f"ok\t{dest}: 7 of 7 chunks read, indexes of 2 backups checked, 0 problems\n"
     )
-    for wrong in (["--sample", "0"], ["--sample", "101"], ["--all-chunks", "--sample", "5"]):
+    for wrong in (
+        ["--sample", "0"],
+        ["--sample", "101"],
+        ["--all-chunks", "--sample", "5"],
+        ["--all-chunks", "--remote"],
+        ["--all-chunks", str(dest / "web1")],
+    ):
         result = run_cli("verify", *wrong, "--dest", str(dest))
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr

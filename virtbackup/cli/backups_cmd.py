@@ -22,6 +22,7 @@ from virtbackup.engine.stores.repository_usage import (
     BackupUsage,
     RepositorySummary,
     Usage,
+    plain_usage,
     usage_of,
 )
 from virtbackup.engine.stores.store import BackupInfo, Store
@@ -96,7 +97,7 @@ def backups_command(
 
 def _usage(store: Store) -> Usage | None:
     """The usage of every backup of a local DEST (whatever DOMAIN shows: chunks are
-    shared across domains); None for a remote, where no chunk is read."""
+    shared across domains); None for a remote, which holds stream backups only."""
     if not isinstance(store, LocalStore):
         return None
     return usage_of(store, store.list_backups())
@@ -104,8 +105,8 @@ def _usage(store: Store) -> Usage | None:
 
 def _usage_of(usage: Usage | None, backup: BackupInfo) -> BackupUsage:
     if usage is None:
-        return BackupUsage(None, None)
-    return usage.backups.get((backup.domain, backup.stamp), BackupUsage(None, None))
+        return plain_usage(backup)
+    return usage.backups.get((backup.domain, backup.stamp), plain_usage(backup))
 
 
 def _show_summary(label: str, usage: Usage | None, as_json: bool) -> None:

@@ -53,6 +53,8 @@ def verify_command(
     if all_chunks or sample is not None:
         if backups or all_chunks and sample is not None:
             raise UsageError("give either BACKUP..., --all-chunks or --sample PERCENT")
+        if reading.remote or reading.remote_location or reading.identity:
+            raise UsageError("--all-chunks and --sample check the repository of a local --dest")
         return _verify_repository(options, dest, ALL_CHUNKS if sample is None else sample)
     if not backups:
         raise UsageError("nothing to verify", "give BACKUP..., --all-chunks or --sample PERCENT")

@@ -71,7 +71,7 @@ def usage_of(store: LocalStore, backups: list[BackupInfo]) -> Usage:
     unique: dict[int, int] = {}
     if chunk_store.exists():
         unique = _unique_chunk_bytes(chunk_store, [backup for _info, backup in indexed], problems)
-    usage = {(info.domain, info.stamp): _plain_usage(info) for info in backups}
+    usage = {(info.domain, info.stamp): plain_usage(info) for info in backups}
     for number, (info, _backup) in enumerate(indexed):
         frees = None if problems else info.size + unique.get(number, 0)
         key = (info.domain, info.stamp)
@@ -80,8 +80,9 @@ def usage_of(store: LocalStore, backups: list[BackupInfo]) -> Usage:
     return Usage(usage, summary, tuple(problems))
 
 
-def _plain_usage(info: BackupInfo) -> BackupUsage:
-    """A backup whose files are all it holds: removing it frees them."""
+def plain_usage(info: BackupInfo) -> BackupUsage:
+    """A backup whose files are all it holds (a stream backup, or any on a remote, which
+    has no repository): removing it frees them."""
     if isinstance(info.manifest, Manifest):
         return BackupUsage(sum(disk.byte_size for disk in info.manifest.disks), info.size)
     return BackupUsage(None, info.size)
