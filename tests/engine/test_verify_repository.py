@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB
+from backup_helpers import MiB, disk_of, make_backup
 from harness.cli import virtbackup as run_cli
 from repository_fixture import (
     RepositoryBackup,
@@ -168,8 +168,10 @@ def test_a_bad_index_is_named(
 def test_an_unreadable_manifest_is_a_problem(
     shared: tuple[Path, RepositoryBackup, RepositoryBackup],
 ) -> None:
-    dest, _web1, web2 = shared
+    dest, web1, web2 = shared
     (web2.path / "manifest.json").write_text("{")
+    stream = make_backup(dest, [disk_of(web1.path.parent.parent.parent / "web1.raw")], "db1")
+    (stream.path / "manifest.json").write_text("{")  # not the repository's concern
     check = verify_repository(dest, NullProgress())
     assert check.backups == 1
     assert len(check.problems) == 1 and check.problems[0].startswith(f"{web2.label}: manifest")

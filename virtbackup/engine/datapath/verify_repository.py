@@ -27,6 +27,7 @@ from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.repository_backups import (
     IndexedBackup,
     chunk_file_size,
+    holds_index,
     index_chunks,
     indexed_backup,
 )
@@ -73,7 +74,7 @@ def verify_repository(
     for info in store.list_backups():
         backup = indexed_backup(store, info)
         if backup is None:
-            if info.manifest is None:  # may be a repository backup: it cannot be checked
+            if info.manifest is None and holds_index(Path(info.path)):  # cannot be checked
                 problems.append(f"{info.domain}/{info.stamp}: {info.problem}")
             continue
         backups += 1

@@ -8,6 +8,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.manifest import DiskRecord, Manifest
@@ -16,6 +17,7 @@ from virtbackup.core.repository_format import (
     RepositoryFormatError,
     chunk_lengths,
     index_size,
+    is_index_file_name,
     parse_index_line,
 )
 from virtbackup.engine.stores.chunk_store import ChunkStore
@@ -52,6 +54,15 @@ def indexed_backup(store: LocalStore, backup: BackupInfo) -> IndexedBackup | Non
     return IndexedBackup(
         backup.domain, backup.stamp, store.files(backup.domain, backup.stamp), manifest
     )
+
+
+def holds_index(path: Path) -> bool:
+    """Whether a backup directory holds an index (a backup of the repository, whatever
+    its manifest says); True when it cannot be told."""
+    try:
+        return any(is_index_file_name(name) for name in os.listdir(path))
+    except OSError:
+        return True
 
 
 def index_chunks(

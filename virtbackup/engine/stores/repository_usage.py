@@ -9,19 +9,18 @@ index, an unreadable manifest beside an index) could share any chunk: then no re
 backup's figure is given, and the problem says why.
 """
 
-import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.manifest import Manifest
-from virtbackup.core.repository_format import INDEX_SUFFIX
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.repository_backups import (
     IndexedBackup,
     chunk_file_size,
+    holds_index,
     index_chunks,
     indexed_backup,
 )
@@ -66,7 +65,7 @@ def usage_of(store: LocalStore, backups: list[BackupInfo]) -> Usage:
         backup = indexed_backup(store, info)
         if backup is not None:
             indexed.append((info, backup))
-        elif info.manifest is None and _has_index(Path(info.path)):
+        elif info.manifest is None and holds_index(Path(info.path)):
             problems.append(f"{info.domain}/{info.stamp}: {info.problem}")
     unique: dict[int, int] = {}
     if chunk_store.exists():
@@ -119,11 +118,3 @@ def _summary(
         stored += status.st_size
     logical = sum(disk.byte_size for _info, backup in indexed for disk in backup.indexed_disks)
     return RepositorySummary(chunks, stored, logical, len(indexed))
-
-
-def _has_index(path: Path) -> bool:
-    try:
-        with os.scandir(path) as entries:
-            return any(entry.name.endswith(INDEX_SUFFIX) for entry in entries)
-    except OSError:
-        return False
