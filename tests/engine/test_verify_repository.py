@@ -147,11 +147,15 @@ def test_a_planted_giant_chunk_is_not_read_whole(
             "the index is not the one its manifest records",
         ),
         (
+            lambda index: index.write_bytes(b"ab/ab" + b"0" * 62 + b"\n" + index.read_bytes()[68:]),
+            "the index is not the one its manifest records",
+        ),
+        (
             lambda index: index.write_bytes((b"../../../../etc/passwd".ljust(67) + b"\n") * 6),
             "line 1 is not a chunk path",
         ),
     ],
-    ids=["missing", "truncated", "reordered", "hostile"],
+    ids=["missing", "truncated", "reordered", "unknown-chunk", "hostile"],
 )
 def test_a_bad_index_is_named(
     shared: tuple[Path, RepositoryBackup, RepositoryBackup],

@@ -159,16 +159,19 @@ def _check_indexes(
     users: dict[str, list[str]],
 ) -> None:
     """Look up every chunk the backup's indexes name; note the backup as a user of each
-    that is damaged or missing."""
+    that is damaged or missing, once its indexes have proved to be its own (a replaced
+    index is one problem, not one per chunk it names)."""
+    bad: set[str] = set()  # damaged or missing chunks this backup uses
     for disk in backup.indexed_disks:
         for name, _length in index_chunks(backup.files, disk, chunk_size):
-            if name not in damaged and name not in missing:
-                if chunk_file_size(chunk_store, name) is not None:
-                    continue
-                missing.add(name)
-            named = users[name]
-            if not named or named[-1] != backup.label:
-                named.append(backup.label)
+            if name in damaged or name in missing or name in bad:
+                bad.add(name)
+            elif chunk_file_size(chunk_store, name) is None:
+                bad.add(name)
+    for name in bad:
+        if name not in damaged:
+            missing.add(name)
+        users[name].append(backup.label)
 
 
 def _used_by(labels: list[str]) -> str:
