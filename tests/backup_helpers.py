@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from virtbackup.adapters.age import Recipients
 from virtbackup.core.manifest import LAYOUT_STREAM, DiskRecord, Manifest, build_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.streamformat import FrameEntry
@@ -54,17 +55,20 @@ def make_backup(
     domain: str = "web1",
     chunk_size: int = 1 * MiB,
     layout: str = LAYOUT_STREAM,
+    xml: str = DOMAIN_XML,
+    encrypt_to: Recipients | None = None,
 ) -> BackupResult:
     dest.mkdir(exist_ok=True)
     return back_up_disks(
         LocalStore(dest),
         domain,
         "6f1c2c64-2a53-4d3c-9a0e-7d0a4f1e2b11",
-        DOMAIN_XML,
+        xml,
         "offline",
         disks,
         NullProgress(),
         WriterOptions(chunk_size=chunk_size),
+        encrypt_to=encrypt_to,
         layout=layout,
     )
 

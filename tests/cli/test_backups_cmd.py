@@ -92,7 +92,7 @@ def test_directories_that_are_not_backups_are_listed_with_their_problem(tmp_path
     table = run_cli("backups", "--dest", str(dest), timeout=60)
     assert table.returncode == 0, table.stderr
     rows = [line.split("│") for line in table.stdout.splitlines() if line.startswith("│ ")]
-    firsts = [(r[1].strip(), r[2].strip(), r[8].strip()) for r in rows if r[1].strip()]
+    firsts = [(r[1].strip(), r[2].strip(), r[10].strip()) for r in rows if r[1].strip()]
     assert [(domain, stamp) for domain, stamp, _ in firsts[1:3]] == [
         ("db1", "20250101T000000Z"),
         ("db1", "20240101T000000Z"),

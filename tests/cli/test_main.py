@@ -17,6 +17,7 @@ COMMANDS = [
     "backups",
     "restore",
     "verify",
+    "export",
     "prune",
     "clean",
     "shrink",

@@ -7,6 +7,7 @@ from virtbackup.cli.console import stdout_console, text
 from virtbackup.core.manifest import Sealed, format_time
 from virtbackup.core.signature import SignatureCheck, SignatureState
 from virtbackup.core.sizes import human_size
+from virtbackup.engine.stores.repository_usage import BackupUsage, RepositorySummary
 from virtbackup.engine.stores.store import BackupInfo
 
 
@@ -19,15 +20,29 @@ def verified_state(backup: BackupInfo) -> str:
     return f"{state} {format_time(backup.verified.verified_at)}"
 
 
-def print_backups(backups: list[BackupInfo], signatures: list[SignatureCheck]) -> None:
+def print_backups(
+    backups: list[BackupInfo], signatures: list[SignatureCheck], usages: list[BackupUsage]
+) -> None:
     """Every value comes from the backups (names, methods, problems, principals): shown
-    as text, never read as rich markup."""
+    as text, never read as rich markup. `logical` is what its disks hold, `frees` what
+    removing it would free (its files and the chunks no other backup uses)."""
     table = Table(
-        "domain", "date (UTC)", "method", "disks", "size", "encrypted", "signature", "verified"
+        "domain",
+        "date (UTC)",
+        "method",
+        "disks",
+        "size",
+        "logical",
+        "frees",
+        "encrypted",
+        "signature",
+        "verified",
     )
-    for backup, signature in zip(backups, signatures, strict=True):
+    for backup, signature, usage in zip(backups, signatures, usages, strict=True):
         manifest = backup.manifest
         size = human_size(backup.size)
+        logical = human_size(usage.logical_size)
+        frees = human_size(usage.frees)
         if manifest is None:  # not a readable backup: its problem says why
             problem = text(f"unreadable: {backup.problem}", style="yellow")
             table.add_row(
@@ -36,6 +51,8 @@ def print_backups(backups: list[BackupInfo], signatures: list[SignatureCheck]) -
                 "?",
                 "?",
                 size,
+                logical,
+                frees,
                 "?",
                 "?",
                 problem,
@@ -47,6 +64,8 @@ def print_backups(backups: list[BackupInfo], signatures: list[SignatureCheck]) -
             text(manifest.method),
             text(", ".join(manifest.targets)),
             size,
+            logical,
+            frees,
             "yes" if isinstance(manifest, Sealed) else "no",
             _signature_cell(signature),
             text(verified_state(backup))
@@ -60,3 +79,17 @@ def _signature_cell(check: SignatureCheck) -> Text:
     if check.state == SignatureState.SIGNED:
         return text(f"signed ({check.principal})")
     return text("BAD" if check.state == SignatureState.BAD else check.state.value)
+
+
+def print_summary(dest: str, summary: RepositorySummary, exists: bool) -> None:
+    table = Table("repository", "chunks", "stored", "logical", "backups", "dedup ratio")
+    ratio = summary.dedup_ratio
+    table.add_row(
+        text(dest) if exists else text(f"{dest} (none)"),
+        str(summary.chunks),
+        human_size(summary.stored_bytes),
+        human_size(summary.logical_bytes),
+        str(summary.backups),
+        "-" if ratio is None else f"{ratio:.2f}",
+    )
+    stdout_console(200).print(table)

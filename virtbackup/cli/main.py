@@ -32,6 +32,7 @@ LAZY_COMMANDS = {
     "backups": "virtbackup.cli.backups_cmd:backups_command",
     "restore": "virtbackup.cli.restore_cmd:restore_command",
     "verify": "virtbackup.cli.verify_cmd:verify_command",
+    "export": "virtbackup.cli.export_cmd:export_command",
     "clean": "virtbackup.cli.clean_cmd:clean_command",
     "doctor": "virtbackup.cli.doctor_cmd:doctor_command",
     "shrink": "virtbackup.cli.shrink_cmd:shrink_command",

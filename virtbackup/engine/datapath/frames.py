@@ -225,18 +225,31 @@ def _lz4_decompress_safe() -> Callable[[int, int, int, int], int] | None:
     return None
 
 
+def decode_chunk(frame: Buffer, max_length: int) -> bytes:
+    """The data of one stored frame whose length is not known, only bounded (a chunk of
+    the repository: the grid's size, or less at a disk's end); FrameError if it is
+    damaged or holds more than `max_length` bytes."""
+    return _decompress_frame(frame, max_length)
+
+
 def _decode_any_frame(frame: Buffer, length: int) -> bytes:
-    """Decode a frame of another writer, never into more than `length` bytes (+1 to
-    tell a longer frame): a small crafted frame may expand to gigabytes."""
-    decompressor = lz4.frame.LZ4FrameDecompressor()
-    try:
-        data = decompressor.decompress(frame, max_length=length + 1)
-    except Exception as err:  # python-lz4 raises RuntimeError with the LZ4F code
-        raise FrameError(f"cannot be decompressed ({err})") from None
-    if len(data) > length:
-        raise FrameError(f"holds more than {length} bytes")
+    """Decode a frame of another writer, which must hold exactly `length` bytes."""
+    data = _decompress_frame(frame, length)
     if len(data) < length:
         raise FrameError(f"holds {len(data)} bytes instead of {length}")
+    return data
+
+
+def _decompress_frame(frame: Buffer, limit: int) -> bytes:
+    """Decode any valid LZ4 frame, never into more than `limit` bytes (+1 to tell a
+    longer frame): a small crafted frame may expand to gigabytes."""
+    decompressor = lz4.frame.LZ4FrameDecompressor()
+    try:
+        data = decompressor.decompress(frame, max_length=limit + 1)
+    except Exception as err:  # python-lz4 raises RuntimeError with the LZ4F code
+        raise FrameError(f"cannot be decompressed ({err})") from None
+    if len(data) > limit:
+        raise FrameError(f"holds more than {limit} bytes")
     if not decompressor.eof or decompressor.unused_data:
         raise FrameError("it does not end after its data")
     return bytes(data)

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 from virtbackup.adapters.file_label import file_label
 from virtbackup.core.backup_errors import write_error
@@ -68,7 +68,7 @@ def write_stream(
     with SourceChunks(source, options, work) as chunks:
         progress.on_start(chunks.size, label)
         try:
-            return _Writer(chunks, out, progress, options).run()
+            return _write_source(chunks, out, progress, options)
         finally:
             progress.on_done()
 
@@ -94,63 +94,57 @@ def _encode_at_level(level: int, buffer: bytearray, length: int) -> EncodedChunk
     return encode_chunk(buffer, length, level)
 
 
-class _Writer:
-    def __init__(
-        self,
-        chunks: SourceChunks[EncodedChunk],
-        out: IO[bytes],
-        progress: ProgressSink,
-        options: WriterOptions,
-    ) -> None:
-        self.chunks = chunks
-        self.size = chunks.size
+class StreamFile:
+    """A stream file being written to `out` (positioned at 0): frames in disk order,
+    then, by `finish`, the index of their entries. Used as a context manager (the
+    entries spool is dropped on leaving). Also the writer of `export`, which hands it
+    frames that are already stored."""
+
+    def __init__(self, out: IO[bytes], chunk_size: int) -> None:
         self.out = out
         self.out_fd = out.fileno()
-        self.progress = progress
-        self.options = options
+        self.chunk_size = chunk_size
         self.whole = ChunkedDigest(FRAME_DIGEST)
         self.position = 0
-        self.write_behind = WriteBehind(self.out_fd)
+        self.data_size = 0
         self.frames = 0
         self.zero_frames = 0
-
-    def run(self) -> StreamResult:
+        self.write_behind = WriteBehind(self.out_fd)
         # Spill a big index next to the stream, not to /tmp (which may be small).
-        name = getattr(self.out, "name", None)
+        name = getattr(out, "name", None)
         spool_dir = str(Path(name).parent) if isinstance(name, str) else None
-        entries = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY, dir=spool_dir)
-        self.out.flush()  # from here on the stream is written to the descriptor
-        with entries:
-            for chunk in self.chunks.results():
-                pending = chunk.result
-                encoded = zero_chunk(chunk.length) if pending is None else pending.result()
-                entry = FrameEntry(
-                    stored_offset=self.position,
-                    stored_length=encoded.size,
-                    data_offset=chunk.offset,
-                    data_length=chunk.length,
-                    is_zero=encoded.is_zero,
-                    digest=encoded.digest,
-                )
-                self.whole.add(encoded.digest)
-                self._write(encoded.parts)
-                self.chunks.done(chunk)  # written: the buffer can be refilled
-                entries.write(pack_entry(entry))
-                self.frames += 1
-                self.zero_frames += entry.is_zero
-                self.progress.on_advance(chunk.length)
-            digest = self.whole.digest()
-            self._write_index(entries, digest)
-        self._sync()
-        return StreamResult(
-            data_size=self.size,
-            stored_size=self.position,
-            digest_name=chunked_digest_name(self.options.chunk_size),
-            digest=digest.hex(),
-            frames=self.frames,
-            zero_frames=self.zero_frames,
-            bytes_read=self.chunks.bytes_read,
+        self.entries = tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY, dir=spool_dir)
+        out.flush()  # from here on the stream is written to the descriptor
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.entries.close()
+
+    def add(self, data_offset: int, data_length: int, encoded: EncodedChunk) -> None:
+        """Write the next frame (of the disk's bytes at `data_offset`)."""
+        entry = FrameEntry(
+            stored_offset=self.position,
+            stored_length=encoded.size,
+            data_offset=data_offset,
+            data_length=data_length,
+            is_zero=encoded.is_zero,
+            digest=encoded.digest,
         )
+        self.whole.add(encoded.digest)
+        self._write(encoded.parts)
+        self.entries.write(pack_entry(entry))
+        self.frames += 1
+        self.zero_frames += entry.is_zero
+        self.data_size = data_offset + data_length
+
+    def finish(self) -> str:
+        """Write the index and sync; the hex whole-disk digest of the frames."""
+        digest = self.whole.digest()
+        self._write_index(digest)
+        self._sync()
+        return digest.hex()
 
     def _write(self, parts: tuple[Buffer, ...]) -> None:
         try:
@@ -170,27 +164,54 @@ class _Writer:
             raise write_error(err, file_label(self.out)) from None
         drop_cached(self.out_fd, 0, 0)
 
-    def _write_index(self, entries: IO[bytes], whole_digest: bytes) -> None:
+    def _write_index(self, whole_digest: bytes) -> None:
         header = IndexHeader(
             version=STREAM_FORMAT_VERSION,
-            chunk_size=self.options.chunk_size,
-            data_size=self.size,
+            chunk_size=self.chunk_size,
+            data_size=self.data_size,
             frame_count=self.frames,
             frame_digest=FRAME_DIGEST,
-            whole_digest_name=chunked_digest_name(self.options.chunk_size),
+            whole_digest_name=chunked_digest_name(self.chunk_size),
             whole_digest=whole_digest,
         )
         index_offset = self.position
         body_digest = hashlib.sha256()
         packed_header = pack_header(header)
-        entries_size = entries.tell()
+        entries_size = self.entries.tell()
         content_size = len(packed_header) + entries_size + body_digest.digest_size
         content_size += INDEX_FOOTER.size
         self._write((SKIPPABLE_HEADER.pack(SKIPPABLE_MAGIC, content_size),))
         self._write((packed_header,))
         body_digest.update(packed_header)
-        entries.seek(0)
-        while block := entries.read(1 << 20):
+        self.entries.seek(0)
+        while block := self.entries.read(1 << 20):
             body_digest.update(block)
             self._write((block,))
         self._write((body_digest.digest(), INDEX_FOOTER.pack(index_offset, FOOTER_MAGIC)))
+
+
+def _write_source(
+    chunks: SourceChunks[EncodedChunk],
+    out: IO[bytes],
+    progress: ProgressSink,
+    options: WriterOptions,
+) -> StreamResult:
+    """The frames of the source's chunks, in order, as a stream file."""
+    with StreamFile(out, options.chunk_size) as stream:
+        for chunk in chunks.results():
+            pending = chunk.result
+            encoded = zero_chunk(chunk.length) if pending is None else pending.result()
+            stream.add(chunk.offset, chunk.length, encoded)
+            chunks.done(chunk)  # written: the buffer can be refilled
+            progress.on_advance(chunk.length)
+        stream.data_size = chunks.size  # (an empty source has no frame)
+        digest = stream.finish()
+    return StreamResult(
+        data_size=chunks.size,
+        stored_size=stream.position,
+        digest_name=chunked_digest_name(options.chunk_size),
+        digest=digest,
+        frames=stream.frames,
+        zero_frames=stream.zero_frames,
+        bytes_read=chunks.bytes_read,
+    )

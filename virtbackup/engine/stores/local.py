@@ -100,10 +100,14 @@ class LocalStore:
                 f"remove it, or run 'chown {owner} {domain_dir}' if what it holds is ours",
             )
 
-    def begin(self, domain: str, now: datetime) -> "LocalPartial":
-        """Create the partial directory of a new backup of `domain` started at `now`."""
+    def begin(self, domain: str, now: datetime, stamp: str | None = None) -> "LocalPartial":
+        """Create the partial directory of a new backup of `domain` started at `now`;
+        with `stamp`, of a backup that keeps that stamp (an export: StoreError when the
+        store has a backup of that stamp already)."""
         self.check_writable()
         check_domain_name(domain)
+        if stamp is not None:
+            check_stamp(stamp)
         domain_dir = self.dest / domain
         try:
             domain_dir.mkdir(mode=DIR_MODE, exist_ok=True)
@@ -115,7 +119,12 @@ class LocalStore:
             self.check_domain_dir(domain)
             os.chmod(domain_dir, DIR_MODE)
             self.remove_partials(domain)
-            stamp = allocate_stamp(domain, now, lambda stamp: _claim(domain_dir, stamp))
+            if stamp is None:
+                stamp = allocate_stamp(domain, now, lambda stamp: _claim(domain_dir, stamp))
+            elif not _claim(domain_dir, stamp):
+                raise StoreError(
+                    f"{domain_dir / stamp} exists already", "export into another directory"
+                )
             return LocalPartial(domain_dir / f".{stamp}.partial", domain_dir / stamp)
         except OSError as err:
             raise write_error(err, domain_dir) from None
