@@ -8,6 +8,7 @@ from typing import Any
 
 from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
+from harness.remotes import RemoteServer
 from plugin_output import PluginOutput, parse_plugin_output
 
 from virtbackup.core.progress import NullProgress
@@ -136,3 +137,33 @@ def test_errors_are_unknown(state_dir: Path, dest: Path) -> None:
     assert no_dest.text == "no backup destination: give --dest DIR or set dest in the config"
     offline = check(state_dir, "-c", "qemu:///nowhere", "check", "--dest", str(dest))
     assert offline.state == "UNKNOWN" and "cannot connect" in offline.text
+
+
+def test_remote_says_whether_the_newest_backup_is_offsite(
+    domain_factory: DomainFactory,
+    sftp_remote: RemoteServer,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    dom = domain_factory.create([DiskSpec("raw")], hint="offsite")
+    local = tmp_path / "local.toml"
+    local.write_text(f'dest = "{dest}"\n')
+    config = tmp_path / "virtbackup.toml"
+    config.write_text(
+        f'dest = "{dest}"\n[remote]\nlocation = "{sftp_remote.remote.location}"\n'
+        f'rclone_config = "{sftp_remote.remote.config}"\nhost = "host-a"\nretries = 1\n'
+    )
+    args = ("--config", str(config), "check", dom.name(), "--remote")
+    copied = virtbackup_in(state_dir, "--config", str(config), "backup", dom.name())
+    assert copied.returncode == 0, copied.stderr
+    present = check(state_dir, *args)
+    assert present.state == "OK" and "; offsite copy present;" in present.long_text[0]
+    local_only = virtbackup_in(state_dir, "--config", str(local), "backup", dom.name())
+    assert local_only.returncode == 0, local_only.stderr
+    missing = check(state_dir, *args)
+    assert (missing.state, missing.text) == (
+        "WARNING",
+        f"1 of 1 domains warning: {dom.name()} (no offsite copy)",
+    )
+    assert check(state_dir, "--config", str(config), "check", dom.name()).state == "OK"

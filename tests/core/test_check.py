@@ -160,7 +160,7 @@ def test_output_follows_the_plugin_guidelines() -> None:
 
 def test_all_ok_and_nothing_to_check_and_unknown() -> None:
     ok = plugin_output([judge(DomainStatus("a", newest=backup(1)), Limits(), NOW)], Limits())
-    assert parse_plugin_output(ok.text, ok.state).text == "1 domains ok"
+    assert parse_plugin_output(ok.text, ok.state).text == "1 domain ok"
     empty = plugin_output([], Limits())
     assert parse_plugin_output(empty.text, empty.state).text == "no domain to check"
     unknown = unknown_output("cannot connect\nto libvirt")

@@ -177,7 +177,7 @@ def plugin_output(verdicts: Sequence[Verdict], limits: Limits) -> PluginOutput:
     if not verdicts:
         summary = "no domain to check"
     elif state is State.OK:
-        summary = f"{len(verdicts)} domains ok"
+        summary = "1 domain ok" if len(verdicts) == 1 else f"{len(verdicts)} domains ok"
     else:
         bad = [v for v in verdicts if v.state is state]
         names = ", ".join(f"{v.name} ({v.reason})" for v in bad)
