@@ -9,22 +9,13 @@ from pathlib import Path
 
 from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_text import Samples, parse_metrics
 
 from virtbackup.core.run_record import RESULTS
 
-Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
-
 
 def read_metrics(path: Path) -> Samples:
-    """Every family with its HELP and TYPE, as name -> sorted labels -> value."""
-    found: Samples = {}
-    for family in text_string_to_metric_families(path.read_text()):
-        assert family.documentation and family.type == "gauge", family.name
-        found[family.name] = {
-            tuple(sorted(sample.labels.items())): sample.value for sample in family.samples
-        }
-    return found
+    return parse_metrics(path.read_text())
 
 
 def of(samples: Samples, name: str, domain: str) -> float:
