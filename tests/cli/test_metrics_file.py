@@ -142,3 +142,16 @@ def test_all_with_nothing_to_back_up_says_so(
 
     some = virtbackup_in(state_dir, "all", "--dest", str(dest), "--include", dom.name(), "--json")
     assert json.loads(some.stdout)["nothing_to_back_up"] is None
+
+
+def test_a_metrics_file_that_cannot_be_written_fails_the_run(
+    state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    metrics = tmp_path / "no-such-dir" / "virtbackup.prom"
+    config = write_config(tmp_path, dest, "vbtest-none-*", metrics)
+    result = virtbackup_in(state_dir, "--config", str(config), "all")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"virtbackup: error: cannot write the metrics file {metrics}: No such file or directory"
+    ]
+    assert list(tmp_path.glob("no-such-dir*")) == []

@@ -115,7 +115,7 @@ def backup(
         ),
         (
             DomainStatus("web1", newest=backup(2, offsite=False)),
-            Limits(remote=True),
+            Limits(),
             State.WARNING,
             "no offsite copy",
         ),

@@ -86,7 +86,6 @@ def _check(
         _duration("--max-age", max_age),
         None if warn_age is None else _duration("--warn-age", warn_age),
         require_verified,
-        remote,
     )
     if (problem := limits.problem()) is not None:
         raise UsageError(problem)
@@ -94,6 +93,8 @@ def _check(
     dest = dest or config.dest
     if dest is None:
         raise UsageError("no backup destination", "give --dest DIR or set dest in the config")
+    if not dest.is_dir():  # also when no domain would look into it
+        raise UsageError(f"backup destination {dest} does not exist or is not a directory")
     store = LocalStore(dest)
     offsite = remote_store("" if remote else None, None, config)
     with connect(options.uri, readonly=True) as conn:

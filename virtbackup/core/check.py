@@ -69,7 +69,6 @@ class Limits:
     max_age: int = DEFAULT_MAX_AGE  # seconds; older is CRITICAL
     warn_age: int | None = None  # seconds; older is WARNING
     require_verified: bool = False
-    remote: bool = False  # the newest backup must have its offsite copy
 
     def problem(self) -> str | None:
         if self.warn_age is not None and self.warn_age >= self.max_age:

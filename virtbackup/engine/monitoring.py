@@ -8,6 +8,7 @@ from pathlib import Path
 
 from virtbackup.adapters.atomic_file import write_atomically
 from virtbackup.core.check import DomainStatus, NewestBackup
+from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.metrics import DomainMetrics, StoreMetrics, render_metrics
 from virtbackup.core.run_record import LastAttempt
 from virtbackup.core.summary import OutcomeRow
@@ -36,6 +37,8 @@ def after_run(
         write_atomically(metrics_file, metrics_text(store).encode(), METRICS_MODE)
     except OSError as err:
         return f"cannot write the metrics file {metrics_file}: {err.strerror or err}"
+    except VirtbackupError as err:  # DEST cannot be listed (gone, unreadable)
+        return f"cannot write the metrics file {metrics_file}: {err}"
     return None
 
 
