@@ -93,7 +93,6 @@ class DomainStatus:
     excluded: bool = False
     newest: NewestBackup | None = None
     attempt: LastAttempt | None = None
-    note: str | None = None  # something the gathering could not read, said as it is
 
 
 @dataclass(frozen=True)
@@ -125,8 +124,6 @@ def judge(status: DomainStatus, limits: Limits, now: float) -> Verdict:
     attempt = status.attempt
     if attempt is not None and (newest is None or attempt.finished >= newest.finished):
         found += _attempt_findings(attempt)
-    if status.note:
-        found.append((State.WARNING, status.note))
     state = max((s for s, _ in found), default=State.OK)
     return Verdict(status.name, state, tuple(found), age)
 
@@ -182,8 +179,8 @@ def plugin_output(verdicts: Sequence[Verdict], limits: Limits) -> PluginOutput:
         names = ", ".join(f"{v.name} ({v.reason})" for v in bad)
         summary = f"{counts[state]} of {len(verdicts)} domains {state.name.lower()}: {names}"
     perfdata = [
-        perf_value("domains", len(verdicts), minimum=0),
-        *(perf_value(s.name.lower(), counts[s], minimum=0) for s in State if s is not State.OK),
+        perf_count("domains", len(verdicts)),
+        *(perf_count(s.name.lower(), counts[s]) for s in State if s is not State.OK),
         *(_age_perf(v, limits) for v in verdicts if not v.excluded),
     ]
     ordered = sorted(verdicts, key=lambda v: (-v.state, v.name))
@@ -202,9 +199,9 @@ def _age_perf(verdict: Verdict, limits: Limits) -> str:
     return f"{perf_label(verdict.name + ' age')}={value};{warn};{limits.max_age};0"
 
 
-def perf_value(label: str, value: int, *, minimum: int | None = None) -> str:
-    low = "" if minimum is None else str(minimum)
-    return f"{perf_label(label)}={value};;;{low}"
+def perf_count(label: str, value: int) -> str:
+    """A count: no thresholds, at least 0."""
+    return f"{perf_label(label)}={value};;;0"
 
 
 def perf_label(label: str) -> str:
