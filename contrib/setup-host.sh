@@ -42,10 +42,11 @@ runtime_packages=(
 # and cpio: the tiny test guest and the nested VM; xfsprogs/e2fsprogs: test images;
 # systemd, logrotate: only to check the files in contrib/ (systemd-analyze verify, logrotate -d);
 # openssh-server, vsftpd: loopback SFTP and FTP servers for the offsite copy tests (the S3
-# one, moto, comes from PyPI through tox).
+# one, moto, comes from PyPI through tox); python3-prometheus-client: its parser reads the
+# metrics file back.
 test_packages=(
     tox guestfs-tools busybox-static qemu-guest-agent cpio zstd xfsprogs e2fsprogs
-    kmod tmux systemd logrotate openssh-server vsftpd
+    kmod tmux systemd logrotate openssh-server vsftpd python3-prometheus-client
 )
 
 packages=("${runtime_packages[@]}")

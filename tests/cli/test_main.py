@@ -22,6 +22,7 @@ COMMANDS = [
     "clean",
     "shrink",
     "doctor",
+    "check",
 ]
 
 

@@ -35,6 +35,7 @@ snapshot_size = "2G"
 trim = true
 skip_free = true
 appliance_timeout = 90
+metrics_file = "/var/lib/node_exporter/textfile/virtbackup.prom"
 
 [retention]
 keep_last = 2
@@ -63,6 +64,7 @@ def test_every_key_is_read() -> None:
     assert config.hooks_before == ("/usr/local/bin/pre", "--quiet")
     assert config.hooks_after == ("/usr/local/bin/post",)
     assert config.appliance_timeout == 90
+    assert config.metrics_file == Path("/var/lib/node_exporter/textfile/virtbackup.prom")
     d = config.defaults
     assert d.method == Method.SNAPSHOT and d.shutdown_timeout == 120 and d.force_off and d.trim
     assert d.skip_free
@@ -98,6 +100,7 @@ def test_empty_file_gives_defaults() -> None:
         ("appliance_timeout = 0\n", "f.toml:1: appliance_timeout: must be at least 1 second"),
         ('workers = "2"\n', "f.toml:1: workers: expected int, got '2'"),
         ("trim = 1\n", "f.toml:1: trim: expected bool, got 1"),
+        ("metrics_file = 1\n", "f.toml:1: metrics_file: expected str, got 1"),
         ("skip_free = 'yes'\n", "f.toml:1: skip_free: expected bool, got 'yes'"),
         ("workers = true\n", "f.toml:1: workers: expected int, got True"),
         ('method = "teleport"\n', "f.toml:1: method: 'teleport' is not one of auto, snapshot"),

@@ -1,12 +1,13 @@
 """`virtbackup all`: the nightly job over every selected domain of the host."""
 
 import json
-import os
+from dataclasses import replace
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
 import click
 
+from virtbackup.adapters.atomic_file import write_atomically
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.adapters.locks import host_lock
@@ -19,7 +20,9 @@ from virtbackup.cli.backup_options import (
 )
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.progress_view import progress_sink
-from virtbackup.cli.summary_view import show_summary, summarise
+from virtbackup.cli.run_end import finish_run
+from virtbackup.cli.summary_view import summarise
+from virtbackup.core.empty_run import nothing_to_back_up
 from virtbackup.core.progress import LogSteps
 from virtbackup.engine.runs.all_domains import AllExtras, Hooks
 from virtbackup.engine.runs.clean import clean
@@ -69,12 +72,14 @@ def all_command(
     lock = host_lock(state_dir)
     lock.acquire(wait=float("inf") if wait else 0.0)
     stop: RunInterrupted | None = None
+    nothing: str | None = None
     try:
         clean(state_dir, connect, steps, dests=[store.dest])
         with connect(options.uri) as conn:
             domains = conn.discover(
                 include=include or config.include, exclude=exclude or config.exclude
             )
+            nothing = nothing_to_back_up(len(conn.domain_names()), len(domains))
             jobs = domain_jobs(values, config, options, safekeeping, domains)
             with progress_sink(options.verbosity if not values.as_json else -1) as progress:
                 reports = run_domains(conn, jobs, store, progress, steps, extras)
@@ -83,8 +88,11 @@ def all_command(
     finally:
         lock.release()
     summary = summarise(reports, store.dest, started)
+    summary = replace(summary, document={**summary.document, "nothing_to_back_up": nothing})
     _write_summary(store.dest / SUMMARY_FILE, summary.document)
-    return show_summary(summary, values.as_json, options.verbosity, stop)
+    return finish_run(
+        summary, store, config.metrics_file, values.as_json, options.verbosity, stop, nothing
+    )
 
 
 def _local_zone() -> tzinfo:
@@ -95,11 +103,4 @@ def _local_zone() -> tzinfo:
 
 def _write_summary(path: Path, document: dict[str, object]) -> None:
     """Atomically, 0600: monitoring never reads half a file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)  # a killed run's, or a planted link: never written through
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with open(fd, "w", encoding="utf-8") as out:
-        json.dump(document, out, indent=2, ensure_ascii=False)
-        out.flush()
-        os.fsync(out.fileno())
-    os.rename(temporary, path)
+    write_atomically(path, json.dumps(document, indent=2, ensure_ascii=False).encode())

@@ -15,7 +15,8 @@ from virtbackup.cli.backup_options import (
 )
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.progress_view import progress_sink
-from virtbackup.cli.summary_view import show_summary, summarise
+from virtbackup.cli.run_end import finish_run
+from virtbackup.cli.summary_view import summarise
 from virtbackup.core.progress import LogSteps
 from virtbackup.engine.runs.domain_loop import RunInterrupted, run_domains
 from virtbackup.engine.stores.local import LocalStore
@@ -49,4 +50,4 @@ def backup_command(options: GlobalOptions, /, domains: tuple[str, ...], **given:
             except RunInterrupted as err:  # the domain at hand is back: summary, then exit 130
                 reports, stop = err.reports, err
     summary = summarise(reports, store.dest, started)
-    return show_summary(summary, values.as_json, options.verbosity, stop)
+    return finish_run(summary, store, config.metrics_file, values.as_json, options.verbosity, stop)

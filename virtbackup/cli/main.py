@@ -36,6 +36,7 @@ LAZY_COMMANDS = {
     "clean": "virtbackup.cli.clean_cmd:clean_command",
     "doctor": "virtbackup.cli.doctor_cmd:doctor_command",
     "shrink": "virtbackup.cli.shrink_cmd:shrink_command",
+    "check": "virtbackup.cli.check_cmd:check_command",
 }
 
 

@@ -72,6 +72,7 @@ class Config:
     allowed_signers: Path | None = None  # whose signatures verify/restore/backups trust
     remote: RemoteSettings | None = None
     appliance_timeout: int = 300  # seconds a libguestfs appliance launch may take
+    metrics_file: Path | None = None  # Prometheus text file written after backup and all
     defaults: DomainSettings = DomainSettings()
     overrides: dict[str, DomainSettings] = field(default_factory=dict)
 
@@ -209,6 +210,7 @@ TOP_KEYS = (DOMAIN_KEYS - {"exclude_disks"}) | {
     "allowed_signers",
     "remote",
     "appliance_timeout",
+    "metrics_file",
 }
 REMOTE_KEYS = {"location", "rclone_config", "bwlimit", "retries", "only", "host"}
 RETENTION_KEYS = {f.name for f in fields(Policy)}
@@ -250,6 +252,9 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if "appliance_timeout" in data:
         timeout = reader.positive(top, data, "appliance_timeout", " second")
         config = replace(config, appliance_timeout=timeout)
+    if "metrics_file" in data:
+        metrics = Path(reader.typed(top, data, "metrics_file", str))
+        config = replace(config, metrics_file=metrics)
     if "hooks" in data:
         hooks = reader.typed(top, data, "hooks", dict)
         reader.known(("hooks",), hooks, {"before", "after"})
