@@ -70,6 +70,7 @@ class Config:
     allowed_signers: Path | None = None  # whose signatures verify/restore/backups trust
     remote: RemoteSettings | None = None
     appliance_timeout: int = 300  # seconds a libguestfs appliance launch may take
+    gc_grace: int = 300  # seconds a chunk stays after its last use (engine/stores/gc.py)
     defaults: DomainSettings = DomainSettings()
     overrides: dict[str, DomainSettings] = field(default_factory=dict)
 
@@ -206,6 +207,7 @@ TOP_KEYS = (DOMAIN_KEYS - {"exclude_disks"}) | {
     "allowed_signers",
     "remote",
     "appliance_timeout",
+    "gc_grace",
 }
 REMOTE_KEYS = {"location", "rclone_config", "bwlimit", "retries", "only", "host"}
 RETENTION_KEYS = {f.name for f in fields(Policy)}
@@ -242,6 +244,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if "appliance_timeout" in data:
         timeout = reader.positive(top, data, "appliance_timeout", " second")
         config = replace(config, appliance_timeout=timeout)
+    if "gc_grace" in data:
+        grace = reader.typed(top, data, "gc_grace", int)
+        if grace < 0:
+            raise reader.fail(top, "gc_grace", "must be 0 seconds or more")
+        config = replace(config, gc_grace=grace)
     if "hooks" in data:
         hooks = reader.typed(top, data, "hooks", dict)
         reader.known(("hooks",), hooks, {"before", "after"})
