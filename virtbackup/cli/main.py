@@ -35,6 +35,7 @@ LAZY_COMMANDS = {
     "clean": "virtbackup.cli.clean_cmd:clean_command",
     "doctor": "virtbackup.cli.doctor_cmd:doctor_command",
     "shrink": "virtbackup.cli.shrink_cmd:shrink_command",
+    "gc": "virtbackup.cli.gc_cmd:gc_command",
 }
 
 

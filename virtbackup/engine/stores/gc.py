@@ -53,7 +53,7 @@ import stat
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from virtbackup.core.backup_errors import CorruptBackup, StoreError, write_error
@@ -434,3 +434,16 @@ def _is_directory(path: Path) -> bool:
 def _hidden(chunks: ChunkStore, name: str) -> Path:
     path = chunks.path(name)
     return path.with_name(GC_HIDDEN_PREFIX + name)
+
+
+def collect_after_retention(
+    dest: Path, settings: GcSettings, pruned: Collection[Backup] = ()
+) -> GcResult | None:
+    """The gc that follows retention (`prune`, `all`); None when DEST holds no
+    repository. A dry run counts the backups retention would remove (`pruned`) as gone,
+    so that what it says would be freed includes the chunks only they use."""
+    if not has_repository(dest):
+        return None
+    if settings.dry_run:
+        settings = replace(settings, assume_removed=frozenset(pruned))
+    return collect_garbage(dest, settings)
