@@ -192,8 +192,14 @@ def test_missing_chunk_is_named_and_fails_the_run(dest: Path, config: Path) -> N
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((), "virtbackup: error: no backup destination: give --dest DIR or set dest in the config file"),
-        (("--dest", "/nonexistent"), "virtbackup: error: backup destination /nonexistent does not exist"),
+        (
+            (),
+            "virtbackup: error: no backup destination: give --dest DIR or set dest in the config file",
+        ),
+        (
+            ("--dest", "/nonexistent"),
+            "virtbackup: error: backup destination /nonexistent does not exist",
+        ),
     ],
 )
 def test_usage_errors(args: tuple[str, ...], message: str) -> None:

@@ -21,6 +21,7 @@ COMMANDS = [
     "clean",
     "shrink",
     "doctor",
+    "gc",
 ]
 
 
