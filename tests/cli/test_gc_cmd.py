@@ -108,7 +108,8 @@ def test_kill_9_of_gc_while_chunks_are_hidden(dest: Path, config: Path) -> None:
         second = virtbackup("--config", str(config), "gc", "--dest", str(dest))
         assert second.returncode == 1
         assert second.stderr.strip().splitlines() == [
-            f"virtbackup: error: another gc is running on {dest}/.virtbackup-repository: wait for it to finish"
+            f"virtbackup: error: another gc is running on {dest}/.virtbackup-repository: "
+            "wait for it to finish"
         ]
     finally:
         paused.send_signal(signal.SIGKILL)
@@ -194,7 +195,8 @@ def test_missing_chunk_is_named_and_fails_the_run(dest: Path, config: Path) -> N
     [
         (
             (),
-            "virtbackup: error: no backup destination: give --dest DIR or set dest in the config file",
+            "virtbackup: error: no backup destination: "
+            "give --dest DIR or set dest in the config file",
         ),
         (
             ("--dest", "/nonexistent"),
