@@ -8,12 +8,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from virtbackup.core.manifest import DiskRecord, Manifest, build_manifest
+from virtbackup.core.manifest import LAYOUT_STREAM, DiskRecord, Manifest, build_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.streamformat import FrameEntry
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import BackupResult, DiskSource, back_up_disks
 from virtbackup.engine.datapath.stream_reader import read_index, restore_stream
-from virtbackup.engine.datapath.stream_writer import StreamResult, WriterOptions, write_stream
+from virtbackup.engine.datapath.stream_writer import StreamResult, write_stream
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import stamp_time
 
@@ -48,7 +49,11 @@ def disk_of(path: Path, target: str = "vda", fmt: str = "raw") -> DiskSource:
 
 
 def make_backup(
-    dest: Path, disks: list[DiskSource], domain: str = "web1", chunk_size: int = 1 * MiB
+    dest: Path,
+    disks: list[DiskSource],
+    domain: str = "web1",
+    chunk_size: int = 1 * MiB,
+    layout: str = LAYOUT_STREAM,
 ) -> BackupResult:
     dest.mkdir(exist_ok=True)
     return back_up_disks(
@@ -60,6 +65,7 @@ def make_backup(
         disks,
         NullProgress(),
         WriterOptions(chunk_size=chunk_size),
+        layout=layout,
     )
 
 

@@ -29,8 +29,8 @@ from virtbackup.core.streamformat import (
     pack_header,
     unpack_header,
 )
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import back_up_disks
-from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.stores.local import LocalStore
 
 Tree = dict[str, tuple[int, int, int]]

@@ -26,6 +26,7 @@ include = ["web-*", "db*"]
 exclude = ["*-test"]
 workers = 2
 compression_level = 3
+layout = "repository"
 bwlimit = "100M"
 overlay_dir = "/var/tmp/overlays"
 shutdown_timeout = 120
@@ -57,6 +58,7 @@ def test_every_key_is_read() -> None:
     assert config.dest == Path("/srv/backup")
     assert config.include == ("web-*", "db*") and config.exclude == ("*-test",)
     assert (config.workers, config.compression_level, config.bwlimit) == (2, 3, 100 << 20)
+    assert config.layout == "repository"
     assert config.overlay_dir == Path("/var/tmp/overlays")
     assert config.hooks_before == ("/usr/local/bin/pre", "--quiet")
     assert config.hooks_after == ("/usr/local/bin/post",)
@@ -119,6 +121,7 @@ def test_gc_grace_in_seconds(text: str, grace: int) -> None:
         ),
         ('snapshot_size = "150%"\n', "f.toml:1: snapshot_size: '150%': a share must be"),
         ("compression_level = 13\n", "f.toml:1: compression_level: must be 0 to 12"),
+        ('layout = "chunks"\n', "f.toml:1: layout: 'chunks' is not one of stream, repository"),
         ('include = "web"\n', "f.toml:1: include: expected a list of strings"),
         ("\n[retention]\nkeep_dayly = 3\n", "f.toml:3: retention.keep_dayly: unknown key"),
         ("[retention]\nkeep_last = -1\n", "f.toml:2: retention.keep_last: must be 0 or more"),

@@ -103,7 +103,7 @@ from pathlib import Path
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.core.progress import NullProgress
 from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks
-from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 dest, image = Path(sys.argv[1]), Path(sys.argv[2])
 disk = DiskSource("vda", image, "raw", image.stat().st_size)
 back_up_disks(LocalStore(dest), "web1", "u", "<domain/>", "offline", [disk], NullProgress(),

@@ -6,7 +6,8 @@ from pathlib import Path
 from backup_helpers import MiB
 
 from virtbackup.core.progress import NullProgress
-from virtbackup.engine.datapath.stream_writer import WriterOptions, write_stream
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
+from virtbackup.engine.datapath.stream_writer import write_stream
 
 
 def stream(source: Path, out: Path, level: int) -> int:

@@ -27,9 +27,9 @@ from virtbackup.core.backup_errors import DiskBackupFailed
 from virtbackup.core.errors import UsageError, VirtbackupError
 from virtbackup.core.manifest import parse_manifest
 from virtbackup.core.progress import NullProgress
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import BackupResult, DiskSource, back_up_disks
 from virtbackup.engine.datapath.restore import restore_backup
-from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.datapath.verify import verify_backup
 from virtbackup.engine.stores.local import LocalStore
 

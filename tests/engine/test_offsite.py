@@ -20,9 +20,9 @@ from virtbackup.core.manifest import VerifyRecord
 from virtbackup.core.model import DomainFacts, DomainState
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.retention import Policy
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import back_up_disks
 from virtbackup.engine.datapath.restore import restore_backup
-from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.datapath.verify import verify_backup
 from virtbackup.engine.runs.all_domains import prune_offsite
 from virtbackup.engine.stores.local import LocalStore

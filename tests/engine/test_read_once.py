@@ -21,8 +21,8 @@ from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.manifest import VerifyRecord, parse_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.signature import BadSignature
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import back_up_disks
-from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.datapath.verify import verify_backup
 from virtbackup.engine.stores.backup_access import Trust, open_backup
 from virtbackup.engine.stores.local import LocalFiles, LocalStore

@@ -15,6 +15,7 @@ from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.engine.datapath import io_control, stream_reader
 from virtbackup.engine.datapath.stream_reader import (
     SPARSE_BLOCK,
+    StreamFrames,
     _data_runs,
     _FrameDecoder,
     read_index,
@@ -234,7 +235,7 @@ def test_decode_into_gives_each_frames_data(tmp_path: Path) -> None:
     assert [entry.is_zero for entry in index.entries][:3] == [False, True, False]
     out = memoryview(bytearray(MiB))
     with open(stream, "rb") as opened:
-        decoder = _FrameDecoder(index, opened.fileno(), "vda")
+        decoder = _FrameDecoder(index, StreamFrames(index, opened.fileno()), "vda")
         for entry in index.entries:
             span = data[entry.data_offset : entry.data_offset + entry.data_length]
             if decoder.decode_into(entry, out):

@@ -16,8 +16,9 @@ from backup_helpers import (
 from harness.images import allocated_bytes, build_fs_image
 
 from virtbackup.core.progress import NullProgress
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.stream_reader import read_index, verify_stream
-from virtbackup.engine.datapath.stream_writer import StreamResult, WriterOptions, write_stream
+from virtbackup.engine.datapath.stream_writer import StreamResult, write_stream
 
 
 class CountingProgress:

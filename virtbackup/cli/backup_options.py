@@ -26,9 +26,10 @@ from virtbackup.core.config import (
     parse_snapshot_size,
 )
 from virtbackup.core.errors import UsageError
+from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUTS
 from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions, plan_domain
-from virtbackup.engine.datapath.stream_writer import WriterOptions
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.methods.image_source import ConsistencyOptions, Quiesce
 from virtbackup.engine.methods.skip_free import SkipFree
 from virtbackup.engine.runs.domain_backup import BackupRunOptions, DomainJob
@@ -152,6 +153,13 @@ OPTIONS = [
         metavar="RATE",
         help="Upload bandwidth limit, as rclone's --bwlimit (e.g. 10M; 'off': none).",
     ),
+    click.option(
+        "--layout",
+        type=click.Choice(LAYOUTS),
+        help="How disks are stored: one LZ4 stream file per disk and backup, or chunks "
+        "stored once in DEST's deduplicating repository [default: `layout` of the "
+        "configuration, else stream].",
+    ),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
 ]
 
@@ -182,6 +190,7 @@ class BackupValues:
     remote: str | None
     remote_only: bool | None
     remote_bwlimit: str | None
+    layout: str | None
     as_json: bool
 
 
@@ -195,7 +204,27 @@ class Safekeeping:
     sign_with: Path | None = None
 
 
+def resolve_layout(values: BackupValues, config: Config) -> str:
+    """The layout backups are written in; the repository cannot be encrypted nor sent
+    to a remote yet (a usage error, before any domain is touched)."""
+    layout = values.layout or config.layout
+    if layout != LAYOUT_REPOSITORY:
+        return layout
+    if values.encrypt or config.encrypt:
+        raise UsageError(
+            "the repository layout cannot be encrypted yet",
+            "back up with --layout stream to encrypt, or leave encryption out",
+        )
+    if values.remote or values.remote_only or config.remote:
+        raise UsageError(
+            "the repository layout cannot be copied to a remote yet",
+            "back up with --layout stream for offsite copies, or leave the remote out",
+        )
+    return layout
+
+
 def resolve_safekeeping(values: BackupValues, config: Config) -> Safekeeping:
+    resolve_layout(values, config)
     recipients_file = values.encrypt or config.encrypt
     encrypt_to = read_recipients(recipients_file) if recipients_file else None
     sign_with = values.sign_key or config.sign_key
@@ -285,4 +314,5 @@ def _domain_options(
         encrypt_to=safekeeping.encrypt_to,
         sign_with=safekeeping.sign_with,
         offsite=safekeeping.offsite,
+        layout=resolve_layout(values, config),
     )

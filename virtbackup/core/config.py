@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from virtbackup.core.errors import ConfigError
+from virtbackup.core.manifest import LAYOUT_STREAM, LAYOUTS
 from virtbackup.core.model import Method
 from virtbackup.core.retention import Policy
 
@@ -61,6 +62,7 @@ class Config:
     exclude: tuple[str, ...] = ()
     workers: int | None = None
     compression_level: int = 0
+    layout: str = LAYOUT_STREAM  # how `backup` and `all` store disks (core/manifest.py)
     bwlimit: int | None = None
     overlay_dir: Path | None = None
     hooks_before: tuple[str, ...] = ()
@@ -198,6 +200,7 @@ TOP_KEYS = (DOMAIN_KEYS - {"exclude_disks"}) | {
     "exclude",
     "workers",
     "compression_level",
+    "layout",
     "bwlimit",
     "overlay_dir",
     "hooks",
@@ -238,6 +241,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         if not 0 <= level <= MAX_LZ4_LEVEL:
             raise reader.fail(top, "compression_level", f"must be 0 to {MAX_LZ4_LEVEL}")
         config = replace(config, compression_level=level)
+    if "layout" in data:
+        layout = reader.typed(top, data, "layout", str)
+        if layout not in LAYOUTS:
+            raise reader.fail(top, "layout", f"{layout!r} is not one of {', '.join(LAYOUTS)}")
+        config = replace(config, layout=layout)
     if "bwlimit" in data:
         limit = reader.convert(top, "bwlimit", parse_rate, reader.typed(top, data, "bwlimit", str))
         config = replace(config, bwlimit=limit)

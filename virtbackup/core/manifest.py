@@ -99,6 +99,7 @@ _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _RECIPIENT = re.compile(r"sha256:[0-9a-f]{16}")
 LAYOUT_STREAM = "stream"
 LAYOUT_REPOSITORY = "repository"
+LAYOUTS = (LAYOUT_STREAM, LAYOUT_REPOSITORY)
 
 
 class ManifestFormatError(ValueError):

@@ -3,9 +3,9 @@ discovered the disks and made them safe to read, e.g. shut off or snapshotted)."
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -16,6 +16,8 @@ from virtbackup.core import backup_names
 from virtbackup.core.backup_errors import DiskBackupFailed
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.manifest import (
+    LAYOUT_REPOSITORY,
+    LAYOUT_STREAM,
     DiskRecord,
     LeftOutDisk,
     Manifest,
@@ -25,10 +27,15 @@ from virtbackup.core.manifest import (
     build_sealed,
 )
 from virtbackup.core.progress import ProgressSink
+from virtbackup.core.repository_format import RepositoryConfig, index_file_name
 from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
-from virtbackup.engine.datapath.stream_writer import WriterOptions, write_stream
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
+from virtbackup.engine.datapath.chunk_writer import ChunkResult, RepositoryBackup
+from virtbackup.engine.datapath.stream_writer import StreamResult, write_stream
+from virtbackup.engine.stores.chunk_store import ChunkStore
+from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import DOMAIN_XML, MANIFEST, Partial, Store
 
 log = logging.getLogger(__name__)
@@ -69,45 +76,38 @@ def back_up_disks(
     encrypt_to: age.Recipients | None = None,
     sign_with: Path | None = None,
     left_out: Sequence[LeftOutDisk] = (),
+    layout: str = LAYOUT_STREAM,
 ) -> BackupResult:
     """Write one complete backup or nothing: on any failure the partial directory is
     removed and DiskBackupFailed names the domain and disk (exit status 1). With
     `encrypt_to` every file is age-encrypted as it is written (see core/manifest.py);
     with `sign_with` (an OpenSSH private key) its metadata files are signed (see
     core/signature.py). `left_out` names the domain's disks that are not in it,
-    recorded in the manifest."""
+    recorded in the manifest. `layout` says how the disks are stored: as stream files
+    (LAYOUT_STREAM) or as chunks in DEST's repository and an index per disk
+    (LAYOUT_REPOSITORY, see core/repository_format.py; made on first use)."""
     options = options or WriterOptions()
     started = clock()
     _check_targets(domain_name, disks)
-    with store.begin(domain_name, started) as partial:
+    with (
+        _repository_writer(store, layout, options, encrypt_to) as repository,
+        store.begin(domain_name, started) as partial,
+    ):
         records = []
         for disk in disks:
-            name = stream_file_name(disk, encrypt_to is not None)
-            log.info("backing up %s %s (%s) to %s", domain_name, disk.target, disk.path, name)
             try:
-                with partial.create(name) as out, _sealing(out, encrypt_to) as sink:
-                    result = write_stream(disk.path, sink, progress, disk.target, options)
+                if repository is None:
+                    record = _stream_disk(partial, domain_name, disk, progress, options, encrypt_to)
+                else:
+                    record = _repository_disk(partial, domain_name, disk, progress, repository)
             except VirtbackupError as err:
                 raise DiskBackupFailed(
                     f"backup of {domain_name} failed at disk {disk.target}: {err.message}",
                     err.hint,
                 ) from err
-            records.append(
-                DiskRecord(
-                    target=disk.target,
-                    source=str(disk.origin or disk.path),
-                    format=disk.format,
-                    virtual_size=disk.virtual_size,
-                    byte_size=result.data_size,
-                    stored_size=partial.size_of(name),
-                    file=name,
-                    stream_format_version=STREAM_FORMAT_VERSION,
-                    chunk_size=options.chunk_size,
-                    digest_algorithm=result.digest_name,
-                    digest=result.digest,
-                    free_space_skipped=disk.free_space_skipped,
-                )
-            )
+            records.append(record)
+        if repository is not None:
+            _confirm_chunks(domain_name, repository)
         notes: tuple[str, ...] = ()
         if encrypt_to is None:
             domain_xml, notes = _cleartext_xml(domain_name, domain_xml)
@@ -133,6 +133,102 @@ def back_up_disks(
         path = partial.commit()
     log.info("backup of %s complete: %s", domain_name, path)
     return BackupResult(path, manifest, notes)
+
+
+def _stream_disk(
+    partial: Partial,
+    domain_name: str,
+    disk: DiskSource,
+    progress: ProgressSink,
+    options: WriterOptions,
+    encrypt_to: age.Recipients | None,
+) -> DiskRecord:
+    """One disk as a stream file of the backup."""
+    name = stream_file_name(disk, encrypt_to is not None)
+    log.info("backing up %s %s (%s) to %s", domain_name, disk.target, disk.path, name)
+    with partial.create(name) as out, _sealing(out, encrypt_to) as sink:
+        result = write_stream(disk.path, sink, progress, disk.target, options)
+    return _disk_record(disk, name, partial.size_of(name), options.chunk_size, result)
+
+
+def _repository_disk(
+    partial: Partial,
+    domain_name: str,
+    disk: DiskSource,
+    progress: ProgressSink,
+    repository: RepositoryBackup,
+) -> DiskRecord:
+    """One disk as chunks in the repository and its index in the backup."""
+    name = index_file_name(disk.target, disk.format)
+    log.info(
+        "backing up %s %s (%s) to the repository, %s", domain_name, disk.target, disk.path, name
+    )
+    with partial.create(name) as out:
+        result = repository.write_disk(disk.path, out, progress, disk.target)
+    log.info(
+        "%s %s: %d chunks new (%d bytes), %d already stored",
+        domain_name,
+        disk.target,
+        result.chunks_new,
+        result.bytes_added,
+        result.chunks_reused,
+    )
+    stored = result.index_size + result.bytes_added
+    record = _disk_record(disk, name, stored, repository.options.chunk_size, result)
+    return replace(record, layout=LAYOUT_REPOSITORY, index_sha256=result.index_sha256)
+
+
+def _disk_record(
+    disk: DiskSource,
+    name: str,
+    stored_size: int,
+    chunk_size: int,
+    result: StreamResult | ChunkResult,
+) -> DiskRecord:
+    return DiskRecord(
+        target=disk.target,
+        source=str(disk.origin or disk.path),
+        format=disk.format,
+        virtual_size=disk.virtual_size,
+        byte_size=result.data_size,
+        stored_size=stored_size,
+        file=name,
+        stream_format_version=STREAM_FORMAT_VERSION,
+        chunk_size=chunk_size,
+        digest_algorithm=result.digest_name,
+        digest=result.digest,
+        free_space_skipped=disk.free_space_skipped,
+    )
+
+
+@contextmanager
+def _repository_writer(
+    store: Store, layout: str, options: WriterOptions, encrypt_to: age.Recipients | None
+) -> Iterator[RepositoryBackup | None]:
+    """For the repository layout, the repository of DEST (made on first use) with this
+    backup registered as its writer for as long as the block runs, which includes the
+    commit (see engine/stores/chunk_store.py); None for streams."""
+    if layout == LAYOUT_STREAM:
+        yield None
+        return
+    if layout != LAYOUT_REPOSITORY:
+        raise DiskBackupFailed(f"unknown backup layout {layout!r}")
+    if encrypt_to is not None or not isinstance(store, LocalStore):
+        raise DiskBackupFailed(
+            "the repository layout cannot be encrypted nor written to a remote yet"
+        )
+    chunks = ChunkStore(store.dest)
+    config = chunks.create(RepositoryConfig(chunk_size=options.chunk_size))  # on first use
+    with chunks.writer():
+        yield RepositoryBackup(chunks, replace(options, chunk_size=config.chunk_size))
+
+
+def _confirm_chunks(domain_name: str, repository: RepositoryBackup) -> None:
+    """The last touch of every chunk before commit (see RepositoryBackup.confirm_all)."""
+    try:
+        repository.confirm_all()
+    except VirtbackupError as err:
+        raise DiskBackupFailed(f"backup of {domain_name} failed: {err.message}") from err
 
 
 def _cleartext_xml(domain_name: str, domain_xml: str) -> tuple[str, tuple[str, ...]]:

@@ -12,9 +12,11 @@ import functools
 import logging
 import os
 import platform
+import stat
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +136,18 @@ def write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> int:
         if written:
             views[0] = views[0][written:]
     return total
+
+
+class NotRegularFile(OSError):
+    """The path names a directory, FIFO, device or socket, not a file."""
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of the regular file `path` (one more than allowed tells
+    a longer file), never through a symbolic link nor blocking on a FIFO planted in its
+    place: OSError (FileNotFoundError, NotRegularFile, ...) when it cannot be read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(f"{path} is not a regular file")
+        return file.read(limit + 1)

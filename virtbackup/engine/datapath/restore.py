@@ -27,10 +27,12 @@ from virtbackup.core.restore_xml import (
     domain_xml_for_restore,
 )
 from virtbackup.core.signature import SignatureCheck, SignatureState
+from virtbackup.engine.datapath.repository_reader import RepositoryDisk, repository_disk
 from virtbackup.engine.datapath.stream_reader import (
     StreamIndex,
     check_index_matches,
     read_index,
+    restore_frames,
     restore_stream,
 )
 from virtbackup.engine.datapath.stream_sequential import restore_sequential
@@ -168,9 +170,12 @@ def _image_references(path: Path, fmt: str) -> ImageReferences:
     return qcow2_references(head)
 
 
-def _local_index(opened: OpenedBackup, disk: DiskRecord) -> StreamIndex | None:
-    """The checked index of a stream that can be read at random, else None."""
+def _local_index(opened: OpenedBackup, disk: DiskRecord) -> StreamIndex | RepositoryDisk | None:
+    """The checked index of a stream that can be read at random, else None; for a disk
+    in the repository, its checked index of chunks."""
     path = opened.random_access(disk)
+    if disk.in_repository:
+        return repository_disk(opened, disk)
     if path is None:
         return None
     stored_size = opened.files.size(disk.file)
@@ -220,7 +225,7 @@ class _Output:
 
 def _restore_one(
     opened: OpenedBackup,
-    index: StreamIndex | None,
+    index: StreamIndex | RepositoryDisk | None,
     disk: DiskRecord,
     output: _Output,
     progress: ProgressSink,
@@ -231,7 +236,11 @@ def _restore_one(
         output.remove_temporary()  # left by an interrupted restore
         fd = output.create_temporary()
         try:
-            if index is not None:
+            if isinstance(index, RepositoryDisk):
+                digest = restore_frames(
+                    index.index, index.frames, fd, disk.target, progress, workers
+                )
+            elif index is not None:
                 digest = restore_stream(index, fd, disk.target, progress, workers)
             else:
                 with opened.disk_stream(disk) as stream:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.manifest import DiskRecord
@@ -102,25 +102,69 @@ def _read_index(fd: int, path: Path) -> StreamIndex:
     return StreamIndex(path, header, entries, index_offset)
 
 
-class _FrameDecoder:
-    """Reads, decompresses and checks one frame at a time; shared by the pool threads,
-    each of which reads frames into a buffer of its own, reused (no allocation per frame,
-    and liblz4 can decode from it straight into the caller's buffer)."""
+class FrameSource(Protocol):
+    """Where the stored frames of an index are: one stream file, or the chunks of the
+    repository. Called from the pool's threads."""
 
-    def __init__(self, index: StreamIndex, fd: int, label: str) -> None:
+    def read(self, entry: FrameEntry) -> Buffer | None:
+        """The stored frame of `entry`, or None for a zero frame (known to be the zero
+        frame of its length, with the zero digest: nothing to decode)."""
+        ...
+
+    def where(self, entry: FrameEntry) -> str:
+        """Where the frame is stored, for messages."""
+        ...
+
+
+class StreamFrames:
+    """The frames of a stream file, read at random (each pool thread into a buffer of
+    its own, reused: no allocation per frame, and liblz4 decodes from it straight into
+    the caller's buffer)."""
+
+    def __init__(self, index: StreamIndex, fd: int) -> None:
         self.index = index
         self.fd = fd
-        self.label = label
         self._largest_frame = max_frame_size(index.header.chunk_size)
+        self._local = threading.local()
+
+    def read(self, entry: FrameEntry) -> Buffer | None:
+        if entry.stored_length <= self._largest_frame:
+            frame = _thread_buffer(self._local, "stored", self._largest_frame)
+            frame = frame[: entry.stored_length]
+            got = os.preadv(self.fd, [frame], entry.stored_offset)
+        else:  # another writer's frame, larger than any of ours
+            frame = memoryview(os.pread(self.fd, entry.stored_length, entry.stored_offset))
+            got = len(frame)
+        drop_cached(self.fd, entry.stored_offset, entry.stored_length)
+        if got != entry.stored_length:
+            raise FrameError("is truncated")
+        if entry.is_zero and is_zero_frame(frame, entry.data_length):
+            # byte-identical to the frame of zeros: nothing to decompress
+            if entry.digest != zero_digest(entry.data_length, self.index.header.frame_digest):
+                raise FrameError("does not match its digest")
+            return None
+        return frame
+
+    def where(self, entry: FrameEntry) -> str:
+        return f"stored at byte {entry.stored_offset} of {self.index.path.name}"
+
+
+class _FrameDecoder:
+    """Reads, decompresses and checks one frame at a time; shared by the pool threads."""
+
+    def __init__(self, index: StreamIndex, frames: FrameSource, label: str) -> None:
+        self.index = index
+        self.frames = frames
+        self.label = label
         self._local = threading.local()
 
     def decode_into(self, entry: FrameEntry, out: memoryview) -> bool:
         """Decode the frame into `out[:entry.data_length]`; CorruptBackup unless its data
         has the digest `entry.digest`. False (and `out` undefined) for a zero frame."""
-        frame = self._read(entry)
-        if frame is None:
-            return False
         try:
+            frame = self.frames.read(entry)
+            if frame is None:
+                return False
             decode_frame_into(frame, entry.data_length, out)
         except FrameError as err:
             raise self._error(entry, str(err)) from None
@@ -128,32 +172,8 @@ class _FrameDecoder:
 
     def check(self, entry: FrameEntry) -> None:
         """Decode and check the frame as decode_into does, into a buffer of the thread."""
-        self.decode_into(entry, self._thread_buffer("decoded", self.index.header.chunk_size))
-
-    def _read(self, entry: FrameEntry) -> memoryview | None:
-        """The stored frame, or None for the prepared zero frame (checked)."""
-        if entry.stored_length <= self._largest_frame:
-            frame = self._thread_buffer("stored", self._largest_frame)[: entry.stored_length]
-            got = os.preadv(self.fd, [frame], entry.stored_offset)
-        else:  # another writer's frame, larger than any of ours
-            frame = memoryview(os.pread(self.fd, entry.stored_length, entry.stored_offset))
-            got = len(frame)
-        drop_cached(self.fd, entry.stored_offset, entry.stored_length)
-        if got != entry.stored_length:
-            raise self._error(entry, "is truncated")
-        if entry.is_zero and is_zero_frame(frame, entry.data_length):
-            # byte-identical to the frame of zeros: nothing to decompress
-            if entry.digest != zero_digest(entry.data_length, self.index.header.frame_digest):
-                raise self._error(entry, "does not match its digest")
-            return None
-        return frame
-
-    def _thread_buffer(self, name: str, size: int) -> memoryview:
-        buffer: memoryview | None = getattr(self._local, name, None)
-        if buffer is None:
-            buffer = memoryview(bytearray(size))
-            setattr(self._local, name, buffer)
-        return buffer
+        buffer = _thread_buffer(self._local, "decoded", self.index.header.chunk_size)
+        self.decode_into(entry, buffer)
 
     def _checked(self, entry: FrameEntry, data: memoryview) -> bool:
         """Whether the checked frame holds data (False: zeros, as its entry says)."""
@@ -168,8 +188,16 @@ class _FrameDecoder:
     def _error(self, entry: FrameEntry, what: str) -> CorruptBackup:
         return CorruptBackup(
             f"{self.label}: the frame for disk offset {entry.data_offset} "
-            f"(stored at byte {entry.stored_offset} of {self.index.path.name}) {what}"
+            f"({self.frames.where(entry)}) {what}"
         )
+
+
+def _thread_buffer(local: threading.local, name: str, size: int) -> memoryview:
+    buffer: memoryview | None = getattr(local, name, None)
+    if buffer is None:
+        buffer = memoryview(bytearray(size))
+        setattr(local, name, buffer)
+    return buffer
 
 
 @dataclass(frozen=True)
@@ -185,10 +213,24 @@ def restore_stream(
     progress: ProgressSink,
     workers: int = 0,
 ) -> str:
-    """Write the stream's data into `target_fd` (an empty file), sparse; return the hex
-    whole-disk digest recomputed from the checked frames. The pool threads read, decode,
-    check and scan each frame for zero blocks, into buffers of their own; the calling
-    thread writes them in order (one writer: parallel writes to one file only contend
+    """restore_frames from the stream file of `index`."""
+    with open(index.path, "rb") as stream:
+        frames = StreamFrames(index, stream.fileno())
+        return restore_frames(index, frames, target_fd, label, progress, workers)
+
+
+def restore_frames(
+    index: StreamIndex,
+    frames: FrameSource,
+    target_fd: int,
+    label: str,
+    progress: ProgressSink,
+    workers: int = 0,
+) -> str:
+    """Write the data of the frames of `index` into `target_fd` (an empty file), sparse;
+    return the hex whole-disk digest recomputed from the checked frames. The pool threads
+    read, decode, check and scan each frame for zero blocks, into buffers of their own;
+    the calling thread writes them in order (one writer: parallel writes to one file only contend
     for its lock), and syncs the file at the end. Writes go with O_DIRECT only when the
     backup is on another device than the target: on the same device they would wait
     behind the backup's reads (measured: dense restores 1.4x slower cold), while the
@@ -205,30 +247,37 @@ def restore_stream(
             buffers.give(decoded.buffer)
         target.written(entry.data_offset + entry.data_length)
 
-    with open(index.path, "rb") as stream:
-        decoder = _FrameDecoder(index, stream.fileno(), label)
+    decoder = _FrameDecoder(index, frames, label)
 
-        def decode(entry: FrameEntry) -> _Decoded | None:
-            buffer = buffers.take()
-            if decoder.decode_into(entry, memoryview(buffer)):
-                runs = _data_runs(buffer, entry.data_length)
-                if runs:
-                    return _Decoded(buffer, runs)
-            buffers.give(buffer)
-            return None
+    def decode(entry: FrameEntry) -> _Decoded | None:
+        buffer = buffers.take()
+        if decoder.decode_into(entry, memoryview(buffer)):
+            runs = _data_runs(buffer, entry.data_length)
+            if runs:
+                return _Decoded(buffer, runs)
+        buffers.give(buffer)
+        return None
 
-        digest = _each_frame_in_order(index, decode, write, label, progress, workers)
+    digest = _each_frame_in_order(index, decode, write, label, progress, workers)
     target.finish()
     return digest
 
 
 def verify_stream(index: StreamIndex, label: str, progress: ProgressSink, workers: int = 0) -> str:
-    """Check every frame and return the hex whole-disk digest recomputed from the data."""
+    """verify_frames of the stream file of `index`."""
     with open(index.path, "rb") as stream:
-        decoder = _FrameDecoder(index, stream.fileno(), label)
-        return _each_frame_in_order(
-            index, decoder.check, lambda _entry, _data: None, label, progress, workers
-        )
+        frames = StreamFrames(index, stream.fileno())
+        return verify_frames(index, frames, label, progress, workers)
+
+
+def verify_frames(
+    index: StreamIndex, frames: FrameSource, label: str, progress: ProgressSink, workers: int = 0
+) -> str:
+    """Check every frame and return the hex whole-disk digest recomputed from the data."""
+    decoder = _FrameDecoder(index, frames, label)
+    return _each_frame_in_order(
+        index, decoder.check, lambda _entry, _data: None, label, progress, workers
+    )
 
 
 def _each_frame_in_order(

@@ -10,6 +10,7 @@ from virtbackup.core.backup_errors import CorruptBackup, RemoteError, StoreError
 from virtbackup.core.manifest import DiskRecord, VerifyRecord
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.signature import BadSignature, SignatureCheck, SignatureState
+from virtbackup.engine.datapath.repository_reader import verify_repository_disk
 from virtbackup.engine.datapath.stream_reader import check_index_matches, read_index, verify_stream
 from virtbackup.engine.datapath.stream_sequential import verify_sequential
 from virtbackup.engine.stores.backup_access import NO_SIGNERS, OpenedBackup, Trust, open_backup
@@ -66,6 +67,9 @@ def verify_backup(
 def _verify_disk(
     opened: OpenedBackup, disk: DiskRecord, progress: ProgressSink, workers: int
 ) -> None:
+    if disk.in_repository:
+        verify_repository_disk(opened, disk, progress, workers)
+        return
     path = opened.random_access(disk)
     index = read_index(path, disk.target) if path is not None else None
     stored_size = opened.files.size(disk.file)

@@ -22,12 +22,12 @@ from virtbackup.adapters.age import Recipients
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
-from virtbackup.core.manifest import LeftOutDisk
+from virtbackup.core.manifest import LAYOUT_STREAM, LeftOutDisk
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DomainPlan, PlanOptions
 from virtbackup.core.progress import ProgressSink, StepSink
+from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import back_up_disks
-from virtbackup.engine.datapath.stream_writer import WriterOptions
 from virtbackup.engine.methods.image_source import ConsistencyOptions, ImageSource
 from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
@@ -77,6 +77,7 @@ class BackupRunOptions:
     encrypt_to: Recipients | None = None  # age-encrypt every file of the backup
     sign_with: Path | None = None  # OpenSSH private key that signs the metadata files
     offsite: RemoteStore | None = None  # copy (or stream, when only) to an rclone remote
+    layout: str = LAYOUT_STREAM  # stream files, or chunks in DEST's repository
 
 
 EXCLUDE_HINT = 'back it up elsewhere, or leave it out by name (exclude_disks = ["TARGET"])'
@@ -162,6 +163,7 @@ def back_up_domain(
                 encrypt_to=options.encrypt_to,
                 sign_with=options.sign_with,
                 left_out=[LeftOutDisk(d.disk.target, d.reason) for d in plan.disks if not d.backup],
+                layout=options.layout,
             )
     except LockHeld as err:
         return DomainOutcome(name, Result.LOCKED, str(err), plan.method.value, warnings=warnings)

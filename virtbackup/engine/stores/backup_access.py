@@ -18,6 +18,7 @@ from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.backup_names import stream_file_name
 from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import DiskRecord, Manifest, Sealed, VerifyRecord
+from virtbackup.core.repository_format import index_file_name
 from virtbackup.core.signature import (
     MAX_SIGNATURE_SIZE,
     SignatureCheck,
@@ -215,6 +216,8 @@ def _check_stream_names(manifest: Manifest, encrypted: bool, what: str) -> None:
     backup is encrypted (the parser allows either)."""
     for number, disk in enumerate(manifest.disks):
         expected = stream_file_name(disk.target, disk.format, encrypted)
+        if disk.in_repository:
+            expected = index_file_name(disk.target, disk.format)
         if disk.file != expected:
             raise CorruptBackup(
                 f"manifest {what} is corrupt: disks[{number}].file {disk.file!r} is not {expected}"

@@ -40,7 +40,7 @@ from virtbackup.core.repository_format import (
     parse_config,
 )
 from virtbackup.engine.datapath.frames import Buffer
-from virtbackup.engine.datapath.io_control import write_all
+from virtbackup.engine.datapath.io_control import NotRegularFile, read_regular_file, write_all
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -117,15 +117,13 @@ class ChunkStore:
         regular file or larger."""
         path = self.path(name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            data = read_regular_file(path, limit)
         except FileNotFoundError:
             raise CorruptBackup(f"chunk {name} is missing from {self.chunks}") from None
+        except NotRegularFile:
+            raise CorruptBackup(f"chunk {path} is not a regular file") from None
         except OSError as err:
             raise CorruptBackup(f"cannot open chunk {path}: {err.strerror}") from None
-        with os.fdopen(fd, "rb") as chunk:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise CorruptBackup(f"chunk {path} is not a regular file")
-            data = chunk.read(limit + 1)
         if len(data) > limit:
             raise CorruptBackup(f"chunk {path} is larger than any chunk can be")
         return data

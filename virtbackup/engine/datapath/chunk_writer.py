@@ -1,0 +1,240 @@
+"""Write one disk source into the deduplicating repository: chunks into the chunk store,
+their names into the disk's index (see core/repository_format.py).
+
+The source is read by the chunk pipeline (chunk_pipeline.py); each worker names its
+chunk and makes sure the repository holds it:
+- an all-zero chunk (read, or a hole that was not read) is the zero chunk of its
+  length: its name is known, it is never compressed nor hashed;
+- any other chunk is named by its sha256; a name this backup already used costs
+  nothing more, else it is touched (ChunkStore.touch) and only when the repository
+  lacks it compressed and added;
+- a chunk the caller declares unchanged since an earlier backup (`Unchanged`) is not
+  read: the earlier index names it, and it is touched; only if it is gone is its range
+  read after all.
+The calling thread writes the names in order to the index and folds the chunk digests
+(the names themselves) into the whole-disk digest.
+
+The garbage-collection protocol (engine/stores/chunk_store.py) asks the caller to run
+this inside a registered Writer and, before commit, to touch every name once more
+(RepositoryBackup.confirm_all).
+"""
+
+import hashlib
+import threading
+from collections.abc import Container, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import IO
+
+from virtbackup.adapters.file_label import file_label
+from virtbackup.core.backup_errors import CorruptBackup, write_error
+from virtbackup.core.progress import ProgressSink
+from virtbackup.core.repository_format import chunk_name, index_line, zero_chunk_name
+from virtbackup.core.streamformat import FRAME_DIGEST, ChunkedDigest, chunked_digest_name
+from virtbackup.engine.datapath.chunk_pipeline import Chunk, SourceChunks, WriterOptions
+from virtbackup.engine.datapath.frames import encode_frame, zero_chunk
+from virtbackup.engine.datapath.io_control import write_all
+from virtbackup.engine.datapath.stream_writer import is_zero_chunk
+from virtbackup.engine.stores.chunk_store import ChunkStore
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """What an earlier backup of the same disk says: its index (the chunk names in
+    order) and the numbers of the chunks that have not changed since."""
+
+    names: Sequence[str]
+    chunks: Container[int]
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    data_size: int  # the source's size
+    digest_name: str
+    digest: str  # hex of the chunked whole-disk digest (core/streamformat.py)
+    index_size: int  # bytes of the index
+    index_sha256: str
+    bytes_read: int  # from the source (holes and unchanged chunks are not read)
+    chunks_new: int  # chunks this disk added to the repository
+    chunks_reused: int  # chunks it found there (or added earlier in this backup)
+    bytes_added: int  # bytes of the chunks it added
+
+
+@dataclass(frozen=True)
+class _Stored:
+    name: str
+    added: int  # bytes written to the repository; 0: it was there
+
+
+_INDEX_BLOCK = 64 << 10
+_GONE = _Stored("", -1)  # an unchanged chunk that the repository no longer holds
+
+
+class RepositoryBackup:
+    """The chunks one backup uses, over all its disks.
+
+    `used` holds the digest (32 bytes) of every chunk this backup has named, so that a
+    chunk is touched once per backup and so that confirm_all can touch them all again
+    before commit. It is the only thing that grows with the disks: 262144 chunks for a
+    1 TiB disk of 4 MiB chunks, about 100 bytes each in a set (the bytes object and its
+    slot), 26 MiB at most, and far less in practice (holes share one zero chunk)."""
+
+    def __init__(self, store: ChunkStore, options: WriterOptions) -> None:
+        self.store = store
+        self.options = options
+        self.used: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def write_disk(
+        self,
+        source: Path,
+        index: IO[bytes],
+        progress: ProgressSink,
+        label: str,
+        unchanged: Unchanged | None = None,
+    ) -> ChunkResult:
+        """Back up `source` into the repository, its index into the file `index`."""
+        work = partial(_store_read_chunk, self)
+        known = None if unchanged is None else partial(_known_job, self, unchanged)
+        with SourceChunks(source, self.options, work, known) as chunks:
+            progress.on_start(chunks.size, label)
+            try:
+                return _DiskWriter(self, chunks, index, progress).run()
+            finally:
+                progress.on_done()
+
+    def confirm_all(self) -> None:
+        """Touch every chunk this backup uses once more, right before commit: a chunk
+        gone meanwhile (removed by a garbage collection that missed this backup's
+        registration) fails the backup instead of committing a backup without it."""
+        for digest in self.used:
+            name = chunk_name(digest)
+            if not self.store.touch(name):
+                raise CorruptBackup(
+                    f"chunk {name} vanished from {self.store.chunks} during the backup; "
+                    "nothing was committed"
+                )
+
+    def store_data(self, buffer: bytearray, length: int) -> _Stored:
+        """Name the chunk in `buffer[:length]` and have the repository hold it."""
+        if is_zero_chunk(buffer, length):
+            return self.store_zero(length)
+        data = memoryview(buffer)[:length]
+        digest = hashlib.new(FRAME_DIGEST, data).digest()
+        name = chunk_name(digest)
+        if not self._claim(digest) or self.store.touch(name):
+            return _Stored(name, 0)
+        parts, _size = encode_frame(data, self.options.compression_level)
+        return _Stored(name, self.store.add(name, parts))
+
+    def store_zero(self, length: int) -> _Stored:
+        name = zero_chunk_name(length)
+        if not self._claim(bytes.fromhex(name)) or self.store.touch(name):
+            return _Stored(name, 0)
+        return _Stored(name, self.store.add(name, zero_chunk(length).parts))
+
+    def reuse(self, name: str) -> _Stored:
+        """A chunk an earlier backup named: touched, or _GONE when it no longer exists
+        (claimed only once it is known to be there, so that confirm_all never looks for
+        a name the index did not get)."""
+        digest = bytes.fromhex(name)
+        with self._lock:
+            if digest in self.used:
+                return _Stored(name, 0)
+        if not self.store.touch(name):
+            return _GONE
+        with self._lock:
+            self.used.add(digest)
+        return _Stored(name, 0)
+
+    def _claim(self, digest: bytes) -> bool:
+        """Whether this is the first use of the chunk in this backup."""
+        with self._lock:
+            if digest in self.used:
+                return False
+            self.used.add(digest)
+            return True
+
+
+def _store_read_chunk(backup: RepositoryBackup, buffer: bytearray, length: int) -> _Stored:
+    return backup.store_data(buffer, length)
+
+
+def _known_job(
+    backup: RepositoryBackup, unchanged: Unchanged, number: int
+) -> partial[_Stored] | None:
+    if number not in unchanged.chunks or number >= len(unchanged.names):
+        return None
+    return partial(backup.reuse, unchanged.names[number])
+
+
+class _DiskWriter:
+    def __init__(
+        self,
+        backup: RepositoryBackup,
+        chunks: SourceChunks[_Stored],
+        index: IO[bytes],
+        progress: ProgressSink,
+    ) -> None:
+        self.backup = backup
+        self.chunks = chunks
+        self.index = index
+        self.progress = progress
+        self.whole = ChunkedDigest(FRAME_DIGEST)
+        self.index_digest = hashlib.sha256()
+        self.index_size = 0
+        self.pending = bytearray()  # index lines not yet written: written in blocks
+        self.new = 0
+        self.reused = 0
+        self.added = 0
+
+    def run(self) -> ChunkResult:
+        for chunk in self.chunks.results():
+            stored = self._stored(chunk)
+            self.chunks.done(chunk)
+            self.whole.add(bytes.fromhex(stored.name))
+            self._write_line(index_line(stored.name))
+            self.new += stored.added > 0
+            self.reused += stored.added == 0
+            self.added += stored.added
+            self.progress.on_advance(chunk.length)
+        self._sync()
+        return ChunkResult(
+            data_size=self.chunks.size,
+            digest_name=chunked_digest_name(self.backup.options.chunk_size),
+            digest=self.whole.hexdigest(),
+            index_size=self.index_size,
+            index_sha256=self.index_digest.hexdigest(),
+            bytes_read=self.chunks.bytes_read,
+            chunks_new=self.new,
+            chunks_reused=self.reused,
+            bytes_added=self.added,
+        )
+
+    def _stored(self, chunk: Chunk[_Stored]) -> _Stored:
+        if chunk.result is None:  # a hole
+            return self.backup.store_zero(chunk.length)
+        stored = chunk.result.result()
+        if stored is _GONE:  # unchanged, but no longer in the repository: read it
+            return self.chunks.read_now(chunk)
+        return stored
+
+    def _write_line(self, line: bytes) -> None:
+        self.pending += line
+        self.index_digest.update(line)
+        self.index_size += len(line)
+        if len(self.pending) >= _INDEX_BLOCK:
+            self._flush()
+
+    def _sync(self) -> None:
+        """Write out the rest of the index (the backup's commit syncs the file)."""
+        self.index.flush()  # whatever the file object holds, then our blocks after it
+        self._flush()
+
+    def _flush(self) -> None:
+        try:
+            write_all(self.index.fileno(), (self.pending,))
+        except OSError as err:
+            raise write_error(err, file_label(self.index)) from None
+        self.pending.clear()

@@ -1,0 +1,161 @@
+"""Read a disk of a backup in the repository layout: its index, restore and verify.
+
+The index (core/repository_format.py) is untrusted input: it is bound to its backup by
+the manifest's `index_sha256`, must have exactly one line per chunk of the disk and
+names nothing but chunk paths. Its chunks become the frames of an ordinary StreamIndex,
+restored and verified by the same machinery as a stream file (stream_reader.py); only
+where the frames come from differs (ChunkFrames). A zero chunk becomes a hole and is
+never read on restore; verify checks each zero chunk once.
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtbackup.core.backup_errors import CorruptBackup
+from virtbackup.core.manifest import DiskRecord
+from virtbackup.core.progress import ProgressSink
+from virtbackup.core.repository_format import (
+    RepositoryFormatError,
+    index_size,
+    parse_index,
+    zero_chunk_name,
+)
+from virtbackup.core.streamformat import (
+    FRAME_DIGEST,
+    STREAM_FORMAT_VERSION,
+    FrameEntry,
+    IndexHeader,
+    zero_digest,
+)
+from virtbackup.engine.datapath.frames import Buffer, FrameError, decode_frame, max_frame_size
+from virtbackup.engine.datapath.io_control import NotRegularFile, read_regular_file
+from virtbackup.engine.datapath.stream_reader import StreamIndex, verify_frames
+from virtbackup.engine.stores.backup_access import OpenedBackup
+from virtbackup.engine.stores.chunk_store import ChunkStore
+
+
+@dataclass(frozen=True)
+class RepositoryDisk:
+    """A disk of a repository backup, its index checked: frames to restore or verify."""
+
+    index: StreamIndex
+    frames: "ChunkFrames"
+
+
+def repository_disk(opened: OpenedBackup, disk: DiskRecord) -> RepositoryDisk:
+    """The checked index of a disk in the repository of the backup's DEST."""
+    path = opened.random_access(disk)
+    if path is None:
+        raise CorruptBackup(
+            f"{disk.target}: {opened.files.label} keeps its disks in a repository, "
+            "which can only be read where it is, unencrypted"
+        )
+    return open_repository_disk(path, disk, opened.files.label)
+
+
+def verify_repository_disk(
+    opened: OpenedBackup, disk: DiskRecord, progress: ProgressSink, workers: int = 0
+) -> None:
+    """Check a disk of a repository backup: its index, that every chunk exists, decodes
+    and has the digest its name says, and the whole-disk digest of its manifest.
+    CorruptBackup names the disk, the chunk and the backup."""
+    checked = repository_disk(opened, disk)
+    checked.frames.check_zero_chunks(checked.index, disk.target)
+    digest = verify_frames(checked.index, checked.frames, disk.target, progress, workers)
+    if digest != disk.digest:
+        raise CorruptBackup(
+            f"{disk.target}: the data's {disk.digest_algorithm} in {opened.files.label} is "
+            f"{digest}, the manifest records {disk.digest}"
+        )
+
+
+def open_repository_disk(index_path: Path, disk: DiskRecord, backup: str) -> RepositoryDisk:
+    """The checked index of `disk`, whose index file is `index_path` in the backup
+    directory DEST/<domain>/<stamp>/ (named `backup` in messages); CorruptBackup names
+    the disk and the backup when it cannot be used."""
+    store = ChunkStore(index_path.parent.parent.parent)
+    what = f"{disk.target}: {disk.file} of {backup}"
+    data = _read_index_file(index_path, index_size(disk.byte_size, disk.chunk_size), what)
+    if hashlib.sha256(data).hexdigest() != disk.index_sha256:
+        raise CorruptBackup(f"{what} is not the index its manifest records (replaced or damaged)")
+    try:
+        names = parse_index(data, disk.byte_size, disk.chunk_size)
+    except RepositoryFormatError as err:
+        raise CorruptBackup(f"{what} {err}") from None
+    entries = []
+    for number, name in enumerate(names):
+        offset = number * disk.chunk_size
+        length = min(disk.chunk_size, disk.byte_size - offset)
+        digest = bytes.fromhex(name)
+        is_zero = digest == zero_digest(length)
+        entries.append(FrameEntry(0, 0, offset, length, is_zero, digest))
+    header = IndexHeader(
+        version=STREAM_FORMAT_VERSION,
+        chunk_size=disk.chunk_size,
+        data_size=disk.byte_size,
+        frame_count=len(entries),
+        frame_digest=FRAME_DIGEST,
+        whole_digest_name=disk.digest_algorithm,
+        whole_digest=bytes.fromhex(disk.digest),
+    )
+    index = StreamIndex(index_path, header, entries, len(data))
+    return RepositoryDisk(index, ChunkFrames(store, disk.chunk_size, backup))
+
+
+class ChunkFrames:
+    """The frames of a repository index: each one chunk file of the repository."""
+
+    def __init__(self, store: ChunkStore, chunk_size: int, backup: str) -> None:
+        self.store = store
+        self.backup = backup
+        self._limit = max_frame_size(chunk_size)
+
+    def read(self, entry: FrameEntry) -> Buffer | None:
+        if entry.is_zero:
+            return None  # a hole: its chunk is checked once by check_zero_chunks
+        return self.chunk(entry.digest.hex())
+
+    def where(self, entry: FrameEntry) -> str:
+        return f"chunk {entry.digest.hex()} of backup {self.backup}"
+
+    def chunk(self, name: str) -> bytes:
+        try:
+            return self.store.read(name, self._limit)
+        except CorruptBackup as err:
+            if not os.path.lexists(self.store.path(name)):
+                raise FrameError(f"is missing from {self.store.chunks}") from None
+            raise FrameError(f"cannot be read: {err.message}") from None
+
+    def check_zero_chunks(self, index: StreamIndex, label: str) -> None:
+        """That each zero chunk the index uses is in the repository and decodes to zeros
+        (restore never reads them: they are holes)."""
+        lengths = {entry.data_length for entry in index.entries if entry.is_zero}
+        for length in sorted(lengths):
+            name = zero_chunk_name(length)
+            where = f"{label}: the zero chunk {name} of backup {self.backup}"
+            try:
+                data = decode_frame(self.chunk(name), length)
+            except FrameError as err:
+                raise CorruptBackup(f"{where} {err}") from None
+            if bytes(data) != bytes(length):
+                raise CorruptBackup(f"{where} does not hold zeros")
+
+
+def _read_index_file(path: Path, expected: int, what: str) -> bytes:
+    """The index file's bytes, never more than its disk needs (+1 to tell a longer one)."""
+    try:
+        data = read_regular_file(path, expected)
+    except FileNotFoundError:
+        raise CorruptBackup(f"{what} is missing") from None
+    except NotRegularFile:
+        raise CorruptBackup(f"{what} is not a regular file") from None
+    except OSError as err:
+        raise CorruptBackup(f"cannot read {what}: {err.strerror}") from None
+    if len(data) != expected:
+        raise CorruptBackup(
+            f"{what} has {'more than ' if len(data) > expected else ''}{len(data)} bytes; "
+            f"its disk needs {expected}"
+        )
+    return data
