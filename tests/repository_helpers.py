@@ -8,11 +8,14 @@ disk of a few hundred KiB has several chunks and tests stay fast.
 
 import hashlib
 import os
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from virtbackup.core.manifest import LAYOUT_REPOSITORY, DiskRecord, Manifest, build_manifest
 from virtbackup.core.repository_format import (
+    GC_HIDDEN_PREFIX,
     RepositoryConfig,
     chunk_lengths,
     chunk_name,
@@ -119,3 +122,20 @@ def age_chunks(store: ChunkStore, seconds: float = 3600.0) -> None:
     for name, status in list(store.names()):
         old = status.st_mtime - seconds
         os.utime(store.path(name), (old, old))
+
+
+def stored(dest: Path) -> set[str]:
+    """The names of the chunks in DEST's repository."""
+    return {name for name, _ in ChunkStore(dest).names()}
+
+
+def hidden(dest: Path) -> list[Path]:
+    """Chunks garbage collection renamed out of sight and has not decided on yet."""
+    return list(ChunkStore(dest).chunks.glob(f"*/{GC_HIDDEN_PREFIX}*"))
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

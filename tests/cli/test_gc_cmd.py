@@ -12,9 +12,16 @@ from pathlib import Path
 
 import pytest
 from harness.cli import virtbackup
-from repository_helpers import age_chunks, chunk_data, names_of, write_backup
+from repository_helpers import (
+    age_chunks,
+    chunk_data,
+    hidden,
+    names_of,
+    stored,
+    wait_for,
+    write_backup,
+)
 
-from virtbackup.core.repository_format import GC_HIDDEN_PREFIX
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.gc import PAUSE_AFTER_RENAME_ENV
 
@@ -44,14 +51,6 @@ def dest(tmp_path: Path) -> Path:
     return path
 
 
-def stored(dest: Path) -> set[str]:
-    return {name for name, _ in ChunkStore(dest).names()}
-
-
-def hidden(dest: Path) -> list[Path]:
-    return list(ChunkStore(dest).chunks.glob(f"*/{GC_HIDDEN_PREFIX}*"))
-
-
 def gc_cli(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "virtbackup", "--config", str(config), "gc", *args],
@@ -60,13 +59,6 @@ def gc_cli(config: Path, *args: str, env: dict[str, str] | None = None) -> subpr
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(condition: object, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_prune_dry_run_says_what_gc_would_free_then_prune_frees_it(

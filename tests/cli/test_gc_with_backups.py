@@ -9,12 +9,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from harness.cli import NO_HOST_CONFIG, virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
+from repository_helpers import hidden, stored, wait_for
 
 from virtbackup.core.repository_format import GC_HIDDEN_PREFIX
 from virtbackup.engine.stores.chunk_store import ChunkStore
@@ -29,21 +29,6 @@ def blocks(count: int) -> list[bytes]:
 
 def name_of(block: bytes) -> str:
     return hashlib.sha256(block).hexdigest()
-
-
-def stored(dest: Path) -> set[str]:
-    return {name for name, _ in ChunkStore(dest).names()}
-
-
-def hidden(dest: Path) -> list[Path]:
-    return list(ChunkStore(dest).chunks.glob(f"*/{GC_HIDDEN_PREFIX}*"))
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 class Scene:

@@ -14,9 +14,11 @@ import pytest
 from repository_helpers import (
     age_chunks,
     chunk_data,
+    hidden,
     make_repository,
     names_of,
     store_chunks,
+    stored,
     write_backup,
 )
 
@@ -36,14 +38,6 @@ NOW = GcSettings(grace=0, settle=0)
 SHARED = chunk_data(1) + chunk_data(2)
 OLD_IMAGE = SHARED + chunk_data(3) + chunk_data(4)  # 3 and 4 only in the old backup
 NEW_IMAGE = SHARED + chunk_data(5)
-
-
-def stored(store: ChunkStore) -> set[str]:
-    return {name for name, _ in store.names()}
-
-
-def hidden_names(store: ChunkStore) -> list[str]:
-    return [p.name for p in store.chunks.glob(f"*/{GC_HIDDEN_PREFIX}*")]
 
 
 def assert_restorable(store: ChunkStore, image: bytes) -> None:
@@ -68,12 +62,12 @@ def two_backups(tmp_path: Path) -> Path:
 def test_removes_chunks_only_removed_backups_used(two_backups: Path) -> None:
     store = ChunkStore(two_backups)
     only_old = set(names_of(OLD_IMAGE)) - set(names_of(NEW_IMAGE))
-    assert only_old <= stored(store)
+    assert only_old <= stored(store.root.parent)
     result = collect_garbage(two_backups, NOW)
-    assert stored(store) == set(names_of(NEW_IMAGE))
+    assert stored(store.root.parent) == set(names_of(NEW_IMAGE))
     assert (result.removed, result.kept, result.backups) == (2, 3, 1)
     assert result.removed_bytes > 0 and not result.missing
-    assert hidden_names(store) == []
+    assert hidden(store.root.parent) == []
     assert_restorable(store, NEW_IMAGE)
     assert collect_garbage(two_backups, NOW).removed == 0
 
@@ -84,7 +78,7 @@ def test_dry_run_changes_nothing_and_says_what_would_go(two_backups: Path) -> No
     result = collect_garbage(two_backups, GcSettings(grace=0, settle=0, dry_run=True))
     assert {name: status.st_mtime_ns for name, status in store.names()} == before
     assert (result.removed, result.kept) == (2, 3)
-    assert hidden_names(store) == []
+    assert hidden(store.root.parent) == []
 
 
 def test_dry_run_can_count_backups_as_removed(tmp_path: Path) -> None:
@@ -101,7 +95,7 @@ def test_dry_run_can_count_backups_as_removed(tmp_path: Path) -> None:
 def test_grace_keeps_recently_used_chunks(two_backups: Path) -> None:
     result = collect_garbage(two_backups, GcSettings(grace=7200, settle=0))
     assert result.removed == 0
-    assert len(stored(ChunkStore(two_backups))) == 5
+    assert len(stored(two_backups)) == 5
 
 
 def test_touch_between_stat_and_rename_keeps_the_chunk(two_backups: Path) -> None:
@@ -116,7 +110,7 @@ def test_touch_between_stat_and_rename_keeps_the_chunk(two_backups: Path) -> Non
     store = ChunkStore(two_backups)
     result = collect_garbage(two_backups, NOW, chunks=TouchedAfterStat(two_backups))
     assert result.removed == 0 and result.kept == 5
-    assert len(stored(store)) == 5 and hidden_names(store) == []
+    assert len(stored(store.root.parent)) == 5 and hidden(store.root.parent) == []
 
 
 def test_chunk_written_again_while_hidden_survives(two_backups: Path) -> None:
@@ -132,9 +126,9 @@ def test_chunk_written_again_while_hidden_survives(two_backups: Path) -> None:
     result = collect_garbage(two_backups, NOW, sleep=writer_meanwhile)
     assert seen == [False]
     assert result.removed == 2  # the hidden copy went; the rewritten one stays
-    assert names_of(image)[0] in stored(store)
+    assert names_of(image)[0] in stored(store.root.parent)
     assert_restorable(store, image)
-    assert hidden_names(store) == []
+    assert hidden(store.root.parent) == []
 
 
 def test_live_writer_older_than_gc_protects_its_chunks(tmp_path: Path) -> None:
@@ -146,7 +140,7 @@ def test_live_writer_older_than_gc_protects_its_chunks(tmp_path: Path) -> None:
         time.sleep(0.05)
         result = collect_garbage(dest, NOW)
         assert result.live_writers == 1 and result.removed == 0
-        assert stored(store) == set(names_of(OLD_IMAGE))
+        assert stored(store.root.parent) == set(names_of(OLD_IMAGE))
     time.sleep(0.05)
     assert collect_garbage(dest, NOW).removed == 4  # the backup never committed
 
@@ -162,7 +156,7 @@ def test_stale_writer_protects_nothing(tmp_path: Path) -> None:
         os.utime(writer.path, (stale, stale))
         result = collect_garbage(dest, NOW)
     assert result.live_writers == 0 and result.removed == 4
-    assert stored(store) == set()
+    assert stored(store.root.parent) == set()
 
 
 def test_leftovers_of_a_killed_gc_are_put_back_or_removed(two_backups: Path) -> None:
@@ -175,8 +169,8 @@ def test_leftovers_of_a_killed_gc_are_put_back_or_removed(two_backups: Path) -> 
         os.unlink(store.path(name))
     result = collect_garbage(two_backups, NOW)
     assert result.restored == 2 and not result.missing
-    assert hidden_names(store) == []
-    assert stored(store) == set(names_of(NEW_IMAGE))
+    assert hidden(store.root.parent) == []
+    assert stored(store.root.parent) == set(names_of(NEW_IMAGE))
     assert_restorable(store, NEW_IMAGE)
 
 
@@ -187,7 +181,7 @@ def test_damaged_index_stops_gc_before_anything_is_removed(two_backups: Path) ->
     index.write_bytes(index.read_bytes().replace(b"a", b"b", 1))
     with pytest.raises(ReferencesUnreadable, match=f"backup web1/{backup.stamp}.*vda.raw.idx"):
         collect_garbage(two_backups, NOW)
-    assert len(stored(store)) == 5
+    assert len(stored(store.root.parent)) == 5
 
 
 @pytest.mark.parametrize("damage", ["manifest", "short index", "no index"])
@@ -202,7 +196,7 @@ def test_unreadable_backup_stops_gc(two_backups: Path, damage: str) -> None:
         (path / "vda.raw.idx").unlink()
     with pytest.raises(ReferencesUnreadable, match="gc stopped before removing anything"):
         collect_garbage(two_backups, NOW)
-    assert len(stored(ChunkStore(two_backups))) == 5
+    assert len(stored(two_backups)) == 5
 
 
 def test_damaged_stream_backup_does_not_stop_gc(two_backups: Path) -> None:
@@ -234,7 +228,7 @@ def test_a_second_gc_says_one_is_running(two_backups: Path) -> None:
             collect_garbage(two_backups, NOW)
     finally:
         os.close(fd)
-    assert len(stored(store)) == 5
+    assert len(stored(store.root.parent)) == 5
 
 
 def test_old_temporary_files_go_young_ones_stay(two_backups: Path) -> None:
