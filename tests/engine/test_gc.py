@@ -267,3 +267,19 @@ def test_clean_removes_registrations_of_dead_writers_of_this_host(tmp_path: Path
     assert dead.exists()
     assert remove_dead_writers(tmp_path) == [dead.name]
     assert not dead.exists() and alive.exists() and other_host.exists()
+
+
+def test_backup_removed_while_gc_marks_is_skipped(two_backups: Path) -> None:
+    """A prune on another host removes a backup gc has listed but not read yet."""
+    other = write_backup(two_backups, "web2", {"vda": chunk_data(9)}, number=2)
+    age_chunks(ChunkStore(two_backups))
+
+    class PrunedMeanwhile(ChunkStore):
+        def touch(self, name: str) -> bool:
+            if other.exists():
+                LocalStore(two_backups).remove("web2", other.name)
+            return super().touch(name)
+
+    result = collect_garbage(two_backups, NOW, chunks=PrunedMeanwhile(two_backups))
+    assert result.backups == 2 and result.removed == 3
+    assert stored(two_backups) == set(names_of(NEW_IMAGE))

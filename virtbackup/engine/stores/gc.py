@@ -270,15 +270,21 @@ def _unreadable(backup: str, why: str) -> ReferencesUnreadable:
 def _mark(
     chunks: ChunkStore, index: IndexRef, referenced: set[str] | None, result: GcResult
 ) -> None:
-    """Touch every chunk of the index (or, in a dry run, add it to `referenced`)."""
-    for name in _index_names(index):
-        if referenced is not None:
-            referenced.add(name)
-            present = os.path.lexists(chunks.path(name))
-        else:
-            present = chunks.touch(name)
-        if not present:
-            result.note_missing(index.backup, name)
+    """Touch every chunk of the index (or, in a dry run, add it to `referenced`). A
+    backup removed meanwhile (by a prune on another host) needs none of its chunks."""
+    try:
+        for name in _index_names(index):
+            if referenced is not None:
+                referenced.add(name)
+                present = os.path.lexists(chunks.path(name))
+            else:
+                present = chunks.touch(name)
+            if not present:
+                result.note_missing(index.backup, name)
+    except ReferencesUnreadable:
+        if os.path.lexists(index.files.path):
+            raise
+        log.info("backup %s was removed while gc ran: its chunks are not marked", index.backup)
 
 
 def _index_names(index: IndexRef) -> Iterator[str]:
