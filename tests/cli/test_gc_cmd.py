@@ -206,3 +206,23 @@ def test_dest_without_repository(tmp_path: Path) -> None:
     result = virtbackup("gc", "--dest", str(tmp_path))
     assert result.returncode == 1
     assert "holds no repository" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_chunks_are_hidden_puts_them_back(
+    dest: Path, config: Path, signum: signal.Signals
+) -> None:
+    old = dest / "web1" / "20250101T000000Z"
+    for entry in old.iterdir():
+        entry.unlink()
+    old.rmdir()
+    paused = gc_cli(config, "--dest", str(dest), env={PAUSE_AFTER_RENAME_ENV: "60"})
+    try:
+        wait_for(lambda: len(hidden(dest)) == len(ONLY_OLD))
+        paused.send_signal(signum)
+        _, err = paused.communicate(timeout=30)
+    finally:
+        paused.kill()
+    assert paused.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("virtbackup: error: interrupted by SIG")
+    assert hidden(dest) == [] and ONLY_OLD <= stored(dest)

@@ -276,7 +276,8 @@ def _mark(
         for name in _index_names(index):
             if referenced is not None:
                 referenced.add(name)
-                present = os.path.lexists(chunks.path(name))
+                # hidden by a killed gc: this gc would put it back first
+                present = any(map(os.path.lexists, (chunks.path(name), _hidden(chunks, name))))
             else:
                 present = chunks.touch(name)
             if not present:
@@ -324,23 +325,37 @@ def _sweep(
     result: GcResult,
 ) -> None:
     batch: list[tuple[str, int]] = []
-    for name, status in chunks.names():
-        if status.st_mtime >= cutoff:
-            result.kept += 1
-            result.kept_bytes += status.st_size
-            continue
-        try:
-            os.rename(chunks.path(name), _hidden(chunks, name))
-        except FileNotFoundError:
-            continue  # another gc took it
-        except OSError as err:
-            raise write_error(err, chunks.path(name)) from None
-        batch.append((name, status.st_size))
-        if len(batch) >= SWEEP_BATCH:
+    try:
+        for name, status in chunks.names():
+            if status.st_mtime >= cutoff:
+                result.kept += 1
+                result.kept_bytes += status.st_size
+                continue
+            try:
+                os.rename(chunks.path(name), _hidden(chunks, name))
+            except FileNotFoundError:
+                continue  # another gc took it
+            except OSError as err:
+                raise write_error(err, chunks.path(name)) from None
+            batch.append((name, status.st_size))
+            if len(batch) >= SWEEP_BATCH:
+                _settle_and_decide(chunks, batch, cutoff, settle, sleep, result)
+                batch = []
+        if batch:
             _settle_and_decide(chunks, batch, cutoff, settle, sleep, result)
-            batch = []
-    if batch:
-        _settle_and_decide(chunks, batch, cutoff, settle, sleep, result)
+    except BaseException:  # SIGTERM, Ctrl-C, an error: leave no chunk hidden
+        _put_back(chunks, batch)
+        raise
+
+
+def _put_back(chunks: ChunkStore, batch: list[tuple[str, int]]) -> None:
+    """Rename the hidden chunks of an unfinished batch back (those decided on are gone)."""
+    for name, _ in batch:
+        try:
+            os.rename(_hidden(chunks, name), chunks.path(name))
+        except OSError as err:
+            if err.errno != errno.ENOENT:
+                log.warning("cannot put back %s: %s (the next gc does)", name, err.strerror)
 
 
 def _settle_and_decide(
