@@ -118,6 +118,7 @@ def test_unchanged_data_adds_nothing_and_compresses_nothing(
     index_bytes = chunk_count(disk.byte_size, disk.chunk_size) * 68
     assert compressed == []
     assert _chunk_files(dest) == stored
+    assert list((dest / REPOSITORY_DIR / "writers").iterdir()) == []  # deregistered
     assert disk.stored_size == index_bytes  # the index alone
     assert disk.digest == first_disk.digest
 
@@ -368,7 +369,9 @@ def test_sigkill_mid_backup_leaves_no_backup_and_the_next_succeeds(
     assert partial.exists()
     store = LocalStore(dest)
     assert store.list_backups("web1") == []
-    assert len(list((dest / REPOSITORY_DIR / "writers").iterdir())) == 1  # stale, left
+    (registration,) = (dest / REPOSITORY_DIR / "writers").iterdir()  # stale, left behind
+    started = float(registration.read_text())
+    assert all(started <= status.st_mtime for _name, status in ChunkStore(dest).names())
     assert store.remove_partials() == [partial]
     backup = make_backup(dest, [disk_of(template)], chunk_size=CHUNK, layout=REPO)
     assert [b.path for b in store.list_backups("web1")] == [backup.path]
