@@ -55,6 +55,9 @@ class RemoteSettings:
     host: str | None = None  # namespace on the remote [default: the host name]
 
 
+DEFAULT_GC_GRACE = 300  # seconds; see engine/stores/gc.py
+
+
 @dataclass(frozen=True)
 class Config:
     dest: Path | None = None
@@ -72,7 +75,7 @@ class Config:
     allowed_signers: Path | None = None  # whose signatures verify/restore/backups trust
     remote: RemoteSettings | None = None
     appliance_timeout: int = 300  # seconds a libguestfs appliance launch may take
-    gc_grace: int = 300  # seconds a chunk stays after its last use (engine/stores/gc.py)
+    gc_grace: int = DEFAULT_GC_GRACE  # seconds a chunk stays after its last use
     defaults: DomainSettings = DomainSettings()
     overrides: dict[str, DomainSettings] = field(default_factory=dict)
 
