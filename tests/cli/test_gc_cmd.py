@@ -61,6 +61,23 @@ def gc_cli(config: Path, *args: str, env: dict[str, str] | None = None) -> subpr
     )
 
 
+def gc_paused_with_chunks_hidden(dest: Path, config: Path) -> subprocess.Popen[str]:
+    """The older backup removed by hand, a gc that holds still once it has hidden the
+    chunks only that backup used."""
+    old = dest / "web1" / "20250101T000000Z"
+    for entry in old.iterdir():
+        entry.unlink()
+    old.rmdir()
+    paused = gc_cli(config, "--dest", str(dest), env={PAUSE_AFTER_RENAME_ENV: "60"})
+    try:
+        wait_for(lambda: len(hidden(dest)) == len(ONLY_OLD))
+    except BaseException:
+        paused.kill()
+        paused.communicate()
+        raise
+    return paused
+
+
 def test_prune_dry_run_says_what_gc_would_free_then_prune_frees_it(
     dest: Path, config: Path
 ) -> None:
@@ -90,13 +107,8 @@ def test_gc_json_and_nothing_to_free(dest: Path, config: Path) -> None:
 
 
 def test_kill_9_of_gc_while_chunks_are_hidden(dest: Path, config: Path) -> None:
-    old = dest / "web1" / "20250101T000000Z"
-    for entry in old.iterdir():
-        entry.unlink()
-    old.rmdir()
-    paused = gc_cli(config, "--dest", str(dest), env={PAUSE_AFTER_RENAME_ENV: "60"})
+    paused = gc_paused_with_chunks_hidden(dest, config)
     try:
-        wait_for(lambda: len(hidden(dest)) == len(ONLY_OLD))
         second = virtbackup("--config", str(config), "gc", "--dest", str(dest))
         assert second.returncode == 1
         assert second.stderr.strip().splitlines() == [
@@ -212,13 +224,8 @@ def test_dest_without_repository(tmp_path: Path) -> None:
 def test_a_signal_while_chunks_are_hidden_puts_them_back(
     dest: Path, config: Path, signum: signal.Signals
 ) -> None:
-    old = dest / "web1" / "20250101T000000Z"
-    for entry in old.iterdir():
-        entry.unlink()
-    old.rmdir()
-    paused = gc_cli(config, "--dest", str(dest), env={PAUSE_AFTER_RENAME_ENV: "60"})
+    paused = gc_paused_with_chunks_hidden(dest, config)
     try:
-        wait_for(lambda: len(hidden(dest)) == len(ONLY_OLD))
         paused.send_signal(signum)
         _, err = paused.communicate(timeout=30)
     finally:
