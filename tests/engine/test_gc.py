@@ -283,3 +283,25 @@ def test_backup_removed_while_gc_marks_is_skipped(two_backups: Path) -> None:
     result = collect_garbage(two_backups, NOW, chunks=PrunedMeanwhile(two_backups))
     assert result.backups == 2 and result.removed == 3
     assert stored(two_backups) == set(names_of(NEW_IMAGE))
+
+
+def test_nothing_is_removed_through_a_symbolic_link(two_backups: Path, tmp_path: Path) -> None:
+    """A planted chunks/ff link to a directory outside DEST, and a planted hidden name
+    that is a link: gc follows neither."""
+    store = ChunkStore(two_backups)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / ("ff" + "0" * 62)
+    victim.write_bytes(b"not a chunk")
+    os.utime(victim, (0, 0))
+    planted_dir = store.chunks / "ff"
+    if planted_dir.exists():
+        pytest.skip("a real chunk directory ff exists")
+    planted_dir.symlink_to(outside)
+    planted = store.chunks / "ab" / (GC_HIDDEN_PREFIX + "ab" + "1" * 62)
+    planted.parent.mkdir(exist_ok=True)
+    planted.symlink_to(victim)
+    collect_garbage(two_backups, NOW)
+    assert victim.read_bytes() == b"not a chunk"
+    assert not os.path.lexists(planted)
+    assert not os.path.lexists(store.chunks / "ab" / ("ab" + "1" * 62))

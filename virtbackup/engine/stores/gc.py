@@ -422,15 +422,15 @@ def _remove_temporaries(chunks: ChunkStore, cutoff: float, dry_run: bool, result
 def _restore_hidden(chunks: ChunkStore) -> int:
     """Put back the chunks a killed gc hid (dropped when the chunk was written again)."""
     restored = 0
-    for directory in _chunk_dirs(chunks):
+    for directory in chunks.prefix_dirs():
         for entry in os.listdir(directory):
             name = entry.removeprefix(GC_HIDDEN_PREFIX)
             if name == entry or not is_chunk_name(name) or not name.startswith(directory.name):
                 continue
             hidden, final = directory / entry, directory / name
             try:
-                if os.path.lexists(final):
-                    os.unlink(hidden)
+                if os.path.lexists(final) or not stat.S_ISREG(os.lstat(hidden).st_mode):
+                    os.unlink(hidden)  # written again meanwhile, or not a chunk of ours
                 else:
                     os.rename(hidden, final)
                     restored += 1
@@ -438,21 +438,6 @@ def _restore_hidden(chunks: ChunkStore) -> int:
                 if err.errno != errno.ENOENT:  # another gc of another host was quicker
                     raise write_error(err, hidden) from None
     return restored
-
-
-def _chunk_dirs(chunks: ChunkStore) -> list[Path]:
-    try:
-        names = sorted(os.listdir(chunks.chunks))
-    except FileNotFoundError:
-        return []
-    return [chunks.chunks / name for name in names if _is_directory(chunks.chunks / name)]
-
-
-def _is_directory(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return False
 
 
 def _hidden(chunks: ChunkStore, name: str) -> Path:
