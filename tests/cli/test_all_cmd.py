@@ -11,8 +11,11 @@ from typing import Any
 
 from harness.cli import NO_HOST_CONFIG, virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
+from repository_helpers import age_chunks, chunk_data, names_of, write_backup
 
 from virtbackup.adapters.locks import POLL_SECONDS, host_lock
+from virtbackup.engine.stores.chunk_store import ChunkStore
+from virtbackup.engine.stores.local import LocalStore
 
 
 def has_open(pid: int, path: Path) -> bool:
@@ -201,3 +204,33 @@ def test_a_broken_stamp_directory_does_not_fail_retention(
     listed = virtbackup_in(state_dir, "list", name)
     assert listed.returncode == 0, listed.stderr
     assert name in listed.stdout
+
+
+def test_gc_runs_once_after_retention_when_dest_holds_a_repository(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    off = domain_factory.create([DiskSpec("raw")], hint="gc")
+    dest.chmod(0o700)
+    kept = chunk_data(1) + chunk_data(2)
+    old = write_backup(dest, "repo1", {"vda": kept + chunk_data(3)}, number=0)
+    write_backup(dest, "repo1", {"vda": kept}, number=1)
+    LocalStore(dest).remove("repo1", old.name)  # as prune does
+    age_chunks(ChunkStore(dest))
+    config = write_config(
+        tmp_path / "virtbackup.toml",
+        f'dest = "{dest}"\ninclude = ["{off.name()}"]\ngc_grace = 0\n[retention]\nkeep_last = 1\n',
+    )
+    result = virtbackup_in(state_dir, "--config", str(config), "all", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["domains"][0]["result"] == "ok"
+    assert document["gc"]["removed_chunks"] == 1 and document["gc"]["kept_chunks"] == 2
+    assert {name for name, _ in ChunkStore(dest).names()} == set(names_of(kept))
+    assert json.loads((dest / "virtbackup-last-run.json").read_text())["gc"] == document["gc"]
+
+    (dest / "repo1" / f"{old.name}-2").mkdir(mode=0o700)  # no manifest: left alone
+    ((dest / "repo1" / f"{old.name}-2") / "vda.raw.idx").write_bytes(b"x")
+    failed = virtbackup_in(state_dir, "--config", str(config), "all", "--json")
+    assert failed.returncode == 1
+    assert "gc stopped before removing anything" in json.loads(failed.stdout)["gc"]["error"]
+    assert failed.stderr.strip().endswith("verify it, then repair or remove it")

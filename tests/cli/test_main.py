@@ -23,6 +23,7 @@ COMMANDS = [
     "shrink",
     "doctor",
     "check",
+    "gc",
 ]
 
 

@@ -93,11 +93,20 @@ def test_empty_file_gives_defaults() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "grace"), [("", 300), ("gc_grace = 0\n", 0), ("gc_grace = 60\n", 60)]
+)
+def test_gc_grace_in_seconds(text: str, grace: int) -> None:
+    assert parse_config(text).gc_grace == grace
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ('dest = "/x"\nworkrs = 2\n', "f.toml:2: workrs: unknown key"),
         ("workers = 0\n", "f.toml:1: workers: must be at least 1"),
         ("appliance_timeout = 0\n", "f.toml:1: appliance_timeout: must be at least 1 second"),
+        ("gc_grace = -1\n", "f.toml:1: gc_grace: must be 0 seconds or more"),
+        ('gc_grace = "5m"\n', "f.toml:1: gc_grace: expected int, got '5m'"),
         ('workers = "2"\n', "f.toml:1: workers: expected int, got '2'"),
         ("trim = 1\n", "f.toml:1: trim: expected bool, got 1"),
         ("metrics_file = 1\n", "f.toml:1: metrics_file: expected str, got 1"),

@@ -20,7 +20,8 @@ from virtbackup.engine.runs.clean import clean
     "dests",
     multiple=True,
     type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Also remove partial backups that dead runs left in DIR (repeatable).",
+    help="Also remove partial backups and repository registrations that dead runs left "
+    "in DIR (repeatable).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @pass_globals
@@ -51,11 +52,12 @@ def clean_command(
                     "warnings": [{"domain": d, "message": t} for d, t in steps.warnings],
                     "problems": result.problems,
                     "partials": [str(p) for p in result.partials],
+                    "writers": result.writers,
                 },
                 indent=2,
             )
         )
-    elif not result.journals and not result.partials and not result.busy:
+    elif not (result.journals or result.partials or result.busy or result.writers):
         click.echo("nothing to clean")
     elif dry_run and not steps.steps:
         click.echo("nothing would be done")

@@ -37,6 +37,7 @@ LAZY_COMMANDS = {
     "doctor": "virtbackup.cli.doctor_cmd:doctor_command",
     "shrink": "virtbackup.cli.shrink_cmd:shrink_command",
     "check": "virtbackup.cli.check_cmd:check_command",
+    "gc": "virtbackup.cli.gc_cmd:gc_command",
 }
 
 

@@ -9,11 +9,14 @@ from pathlib import Path
 import click
 
 from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.gc_cmd import gc_exit_code
+from virtbackup.cli.gc_view import gc_as_json, print_gc
 from virtbackup.cli.prune_view import print_decisions
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
 from virtbackup.cli.trust_options import allowed_signers_option
-from virtbackup.core.errors import UsageError
+from virtbackup.core.errors import UsageError, VirtbackupError
 from virtbackup.core.retention import Policy
+from virtbackup.engine.stores.gc import GcResult, GcSettings, collect_after_retention
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.retention import PruneResult, prune_domain
 
@@ -49,7 +52,7 @@ def prune_command(
     host: str | None,
     allowed_signers: Path | None,
     **keep: int | None,
-) -> None:
+) -> int:
     """Remove old backups by a retention policy; never the newest complete one.
 
     The --keep-* options apply to every domain named (default: every domain in DEST);
@@ -62,6 +65,10 @@ def prune_command(
 
     With allowed_signers, a backup without a good signature by one of its keys never
     counts towards a --keep-* rule (like one whose verification failed).
+
+    When DEST holds a repository, gc follows (see `virtbackup gc`); with --dry-run it
+    says what would be freed once the backups to be removed are gone, and --json then
+    prints {"retention": [...], "gc": {...}}.
     """
     signers = allowed_signers
     config = load_settings(options)
@@ -79,6 +86,8 @@ def prune_command(
 
     tz = datetime.now().astimezone().tzinfo
     assert tz is not None
+    gc: GcResult | None = None
+    gc_error: VirtbackupError | None = None
     offsite = remote_store(chosen_remote(remote, remote_location), host, config)
     if offsite is not None:
         policies = {name: policy_of(name) for name in domains or offsite.domains()}
@@ -104,10 +113,26 @@ def prune_command(
             for name, policy in policies.items()
         ]
         where = store.label
-    if as_json:
-        click.echo(json.dumps([_as_dict(r, dry_run, where) for r in results], indent=2))
+        pruned = {(r.domain, gone.name) for r in results for gone in r.decision.remove}
+        try:
+            gc = collect_after_retention(
+                dest, GcSettings(grace=config.gc_grace, dry_run=dry_run), pruned
+            )
+        except VirtbackupError as err:  # retention is done: report it, then this
+            gc_error = err
+    decisions = [_as_dict(r, dry_run, where) for r in results]
+    if as_json and (gc is not None or gc_error is not None):
+        collected = gc_as_json(gc, where, config.gc_grace) if gc else {"error": str(gc_error)}
+        click.echo(json.dumps({"retention": decisions, "gc": collected}, indent=2))
+    elif as_json:
+        click.echo(json.dumps(decisions, indent=2))
     else:
         print_decisions(results, dry_run, where)
+        if gc is not None:
+            print_gc(gc, where, config.gc_grace)
+    if gc_error is not None:
+        raise gc_error
+    return gc_exit_code(gc)
 
 
 def _as_dict(result: PruneResult, dry_run: bool, where: str) -> dict[str, object]:

@@ -55,6 +55,9 @@ class RemoteSettings:
     host: str | None = None  # namespace on the remote [default: the host name]
 
 
+DEFAULT_GC_GRACE = 300  # seconds; see engine/stores/gc.py
+
+
 @dataclass(frozen=True)
 class Config:
     dest: Path | None = None
@@ -73,6 +76,7 @@ class Config:
     remote: RemoteSettings | None = None
     appliance_timeout: int = 300  # seconds a libguestfs appliance launch may take
     metrics_file: Path | None = None  # Prometheus text file written after backup and all
+    gc_grace: int = DEFAULT_GC_GRACE  # seconds a chunk stays after its last use
     defaults: DomainSettings = DomainSettings()
     overrides: dict[str, DomainSettings] = field(default_factory=dict)
 
@@ -211,6 +215,7 @@ TOP_KEYS = (DOMAIN_KEYS - {"exclude_disks"}) | {
     "remote",
     "appliance_timeout",
     "metrics_file",
+    "gc_grace",
 }
 REMOTE_KEYS = {"location", "rclone_config", "bwlimit", "retries", "only", "host"}
 RETENTION_KEYS = {f.name for f in fields(Policy)}
@@ -255,6 +260,11 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if "metrics_file" in data:
         metrics = Path(reader.typed(top, data, "metrics_file", str))
         config = replace(config, metrics_file=metrics)
+    if "gc_grace" in data:
+        grace = reader.typed(top, data, "gc_grace", int)
+        if grace < 0:
+            raise reader.fail(top, "gc_grace", "must be 0 seconds or more")
+        config = replace(config, gc_grace=grace)
     if "hooks" in data:
         hooks = reader.typed(top, data, "hooks", dict)
         reader.known(("hooks",), hooks, {"before", "after"})

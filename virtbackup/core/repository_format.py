@@ -9,6 +9,8 @@ Layout under DEST (beside the single-stream backups, which stay as they are)::
         repository.json             what kind of repository this is (below)
         chunks/ab/ab12...ef         one chunk: one LZ4 frame, named by its digest
         writers/<id>                one per backup writing into it (see engine/stores/gc)
+        gc.lock                     flock'ed by the garbage collection of this host
+        chunks/ab/.gc-ab12...ef     a chunk garbage collection is about to remove
     DEST/<domain>/<stamp>/
         manifest.json, domain.xml   as for a stream backup (core/manifest.py)
         vda.raw.idx                 the disk's index: one chunk path per line
@@ -59,6 +61,8 @@ REPOSITORY_DIR = ".virtbackup-repository"  # starts with the stores' reserved pr
 CONFIG_FILE = "repository.json"
 CHUNKS_DIR = "chunks"
 WRITERS_DIR = "writers"
+GC_LOCK_FILE = "gc.lock"
+GC_HIDDEN_PREFIX = ".gc-"  # a chunk renamed out of sight by garbage collection
 INDEX_SUFFIX = ".idx"
 CHUNK_NAMES = "sha256"
 CONFIG_LIMIT = 64 * 1024
@@ -182,7 +186,15 @@ def parse_index(data: bytes, byte_size: int, chunk_size: int) -> list[str]:
             f"has {len(data)} bytes; a disk of {byte_size} bytes has {expected} chunks "
             f"of {LINE_SIZE} bytes each"
         )
+    return parse_index_block(data, 0)
+
+
+def parse_index_block(data: bytes, first_line: int) -> list[str]:
+    """The chunk names of whole index lines `data`, the first of them line `first_line`
+    (from 0): an index read piece by piece, so that a 1 TiB disk's needs no 18 MB read."""
+    if len(data) % LINE_SIZE:
+        raise RepositoryFormatError(f"line {first_line + len(data) // LINE_SIZE + 1} is cut")
     return [
-        parse_index_line(data[start : start + LINE_SIZE], number)
+        parse_index_line(data[start : start + LINE_SIZE], first_line + number)
         for number, start in enumerate(range(0, len(data), LINE_SIZE))
     ]

@@ -10,7 +10,8 @@ not acted on at all: reported and kept.
 
 Partial backup directories are the store's business: with `dests`, each store removes
 the ones no live run holds, and the --skip-free work directories of dead runs there go
-too.
+too, as do the repository writer registrations of this host's dead backups (so that
+gc need not wait until they are stale to remove the chunks those backups left).
 """
 
 import logging
@@ -29,6 +30,7 @@ from virtbackup.core.undo import JournalError
 from virtbackup.engine.methods.lvm_undo import sweep_leftovers
 from virtbackup.engine.runs.replay import load_our_journal, replay
 from virtbackup.engine.runs.undo import DEFAULT_COMMIT_TIMEOUT
+from virtbackup.engine.stores.gc import remove_dead_writers
 from virtbackup.engine.stores.local import LocalStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class CleanResult:
     busy: list[str] = field(default_factory=list)  # domains a live run works on
     problems: list[str] = field(default_factory=list)  # what is left, and why
     partials: list[Path] = field(default_factory=list)  # partial backups (to be) removed
+    writers: list[str] = field(default_factory=list)  # registrations of dead writers
 
     @property
     def clean(self) -> bool:
@@ -99,6 +102,11 @@ def clean(
     # is lost), found by name; skipped while a live run holds LVM snapshots.
     result.problems += sweep_leftovers(state_dir, steps, dry_run=dry_run)
     result.partials = _clean_partials(dests, steps, dry_run)
+    for dest in dests:
+        for name in remove_dead_writers(dest, dry_run=dry_run):
+            verb = "would remove" if dry_run else "removed"
+            steps.step("-", f"{verb} the repository registration of dead backup {name}")
+            result.writers.append(name)
     return result
 
 

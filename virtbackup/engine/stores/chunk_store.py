@@ -130,19 +130,14 @@ class ChunkStore:
 
     def names(self) -> Iterator[tuple[str, os.stat_result]]:
         """Every stored chunk with its status (no temporary files, nothing else)."""
-        try:
-            prefixes = sorted(os.listdir(self.chunks))
-        except FileNotFoundError:
-            return
-        for prefix in prefixes:
-            directory = self.chunks / prefix
+        for directory in self.prefix_dirs():
             try:
                 entries = os.scandir(directory)
             except (NotADirectoryError, FileNotFoundError):
                 continue
             with entries:
                 for entry in entries:
-                    if not (entry.name.startswith(prefix) and is_chunk_name(entry.name)):
+                    if not (entry.name.startswith(directory.name) and is_chunk_name(entry.name)):
                         continue
                     try:
                         status = entry.stat(follow_symlinks=False)
@@ -153,13 +148,9 @@ class ChunkStore:
 
     def temporary_files(self) -> Iterator[tuple[Path, os.stat_result]]:
         """Chunks a writer began and never renamed (killed while writing)."""
-        try:
-            prefixes = sorted(os.listdir(self.chunks))
-        except FileNotFoundError:
-            return
-        for prefix in prefixes:
+        for directory in self.prefix_dirs():
             try:
-                entries = list(os.scandir(self.chunks / prefix))
+                entries = list(os.scandir(directory))
             except (NotADirectoryError, FileNotFoundError):
                 continue
             for entry in entries:
@@ -168,6 +159,24 @@ class ChunkStore:
                         yield Path(entry.path), entry.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
+
+    def prefix_dirs(self) -> list[Path]:
+        """The directories chunks/ab/: real ones only, so that what garbage collection
+        renames and removes is never reached through a symbolic link."""
+        try:
+            if not stat.S_ISDIR(os.lstat(self.chunks).st_mode):
+                return []
+            names = sorted(os.listdir(self.chunks))
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            try:
+                if stat.S_ISDIR(os.lstat(self.chunks / name).st_mode):
+                    found.append(self.chunks / name)
+            except FileNotFoundError:
+                continue
+        return found
 
     def writer(self) -> "Writer":
         return Writer(self.writers)
