@@ -57,13 +57,6 @@ def missing_binding(library: str, package: str, err: ImportError) -> MissingComp
     )
 
 
-class NotImplementedYet(UsageError):
-    """A command of the command tree whose implementation has not landed yet."""
-
-    def __init__(self, command: str) -> None:
-        super().__init__(f"'virtbackup {command}' is not implemented yet")
-
-
 class LockHeld(VirtbackupError):
     """Another run holds the lock of the host or of a domain."""
 

@@ -48,7 +48,6 @@ referenced names instead of touching (it changes nothing).
 
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import socket
@@ -61,24 +60,20 @@ from pathlib import Path
 
 from virtbackup.core.backup_errors import CorruptBackup, StoreError, write_error
 from virtbackup.core.config import DEFAULT_GC_GRACE
+from virtbackup.core.errors import LockHeld
 from virtbackup.core.manifest import DiskRecord, Manifest
 from virtbackup.core.repository_format import (
     GC_HIDDEN_PREFIX,
     GC_LOCK_FILE,
-    LINE_SIZE,
-    RepositoryFormatError,
-    index_size,
     is_chunk_name,
-    is_index_file_name,
-    parse_index_block,
 )
 from virtbackup.engine.stores.chunk_store import FILE_MODE, HEARTBEAT_SECONDS, ChunkStore
 from virtbackup.engine.stores.local import LocalFiles, LocalStore
+from virtbackup.engine.stores.repository_backups import holds_index, index_chunks
 
 STALE_WRITER_SECONDS = 10 * HEARTBEAT_SECONDS  # ten missed heartbeats: the writer is gone
 SETTLE_SECONDS = 5.0  # beyond the attribute cache of an NFS client (3 s by default)
 SWEEP_BATCH = 65536  # chunks renamed before one pause: bounded memory, few pauses
-INDEX_BLOCK_LINES = 16384  # about 1 MiB of index read at a time
 # Test hook: seconds to wait after a batch is renamed, before the settle pause, so that a
 # test can kill gc while chunks are hidden. Not a setting.
 PAUSE_AFTER_RENAME_ENV = "VIRTBACKUP_TEST_GC_PAUSE"
@@ -89,8 +84,8 @@ log = logging.getLogger(__name__)
 Backup = tuple[str, str]  # (domain, stamp)
 
 
-class GcRunning(StoreError):
-    """Another gc of this host holds the repository's lock."""
+class GcRunning(LockHeld):
+    """Another gc of this host holds the repository's lock (exit 3, as for any lock)."""
 
 
 class ReferencesUnreadable(CorruptBackup):
@@ -246,7 +241,7 @@ def _indexes(
         label = f"{backup.domain}/{backup.stamp}"
         files = store.files(backup.domain, backup.stamp)
         if not isinstance(backup.manifest, Manifest):
-            if _holds_index(files.path):
+            if holds_index(files.path):
                 why = backup.problem if backup.manifest is None else "its manifest is encrypted"
                 raise _unreadable(label, str(why))
             continue  # no index, no chunk of ours
@@ -254,13 +249,6 @@ def _indexes(
         found += [IndexRef(label, files, disk) for disk in disks]
         result.backups += bool(disks)
     return found
-
-
-def _holds_index(path: Path) -> bool:
-    try:
-        return any(is_index_file_name(name) for name in os.listdir(path))
-    except OSError:
-        return True  # cannot tell: assume it does
 
 
 def _unreadable(backup: str, why: str) -> ReferencesUnreadable:
@@ -276,7 +264,7 @@ def _mark(
     """Touch every chunk of the index (or, in a dry run, add it to `referenced`). A
     backup removed meanwhile (by a prune on another host) needs none of its chunks."""
     try:
-        for name in _index_names(index):
+        for name in _index_names(index, chunks.config.chunk_size):
             if referenced is not None:
                 referenced.add(name)
                 # hidden by a killed gc: this gc would put it back first
@@ -291,33 +279,15 @@ def _mark(
         log.info("backup %s was removed while gc ran: its chunks are not marked", index.backup)
 
 
-def _index_names(index: IndexRef) -> Iterator[str]:
+def _index_names(index: IndexRef, chunk_size: int) -> Iterator[str]:
     """The chunk names of the index, read a block at a time and checked against the
-    manifest (size, sha256); ReferencesUnreadable when it is not the one it names."""
-    disk = index.disk
-    if not is_index_file_name(disk.file):
-        raise _unreadable(index.backup, f"{disk.file!r} is not an index name")
+    manifest; ReferencesUnreadable when it is not the one it names. A replaced index is
+    told only at its end: marking its chunks first keeps more, never less."""
     try:
-        size = index.files.size(disk.file)
-        expected = index_size(disk.byte_size, disk.chunk_size)
-        if size is None:
-            raise _unreadable(index.backup, f"its index {disk.file} is missing")
-        if size != expected:
-            why = f"its index {disk.file} has {size} bytes, not {expected}"
-            raise _unreadable(index.backup, why)
-        digest = hashlib.sha256()
-        line = 0
-        with index.files.stream(disk.file) as handle:
-            while block := handle.read(INDEX_BLOCK_LINES * LINE_SIZE):
-                digest.update(block)
-                yield from parse_index_block(block, line)
-                line += len(block) // LINE_SIZE
-    except (CorruptBackup, RepositoryFormatError, OSError) as err:
-        if isinstance(err, ReferencesUnreadable):
-            raise
-        raise _unreadable(index.backup, f"{disk.file}: {err}") from None
-    if line * LINE_SIZE != expected or digest.hexdigest() != disk.index_sha256:
-        raise _unreadable(index.backup, f"its index {disk.file} does not match its manifest")
+        for name, _length in index_chunks(index.files, index.disk, chunk_size):
+            yield name
+    except (CorruptBackup, OSError) as err:
+        raise _unreadable(index.backup, str(err)) from None
 
 
 def _sweep(

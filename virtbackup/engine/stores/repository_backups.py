@@ -18,7 +18,7 @@ from virtbackup.core.repository_format import (
     chunk_lengths,
     index_size,
     is_index_file_name,
-    parse_index_line,
+    parse_index_block,
 )
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
@@ -95,11 +95,11 @@ def index_chunks(
             if len(block) % LINE_SIZE:
                 block += index.read(LINE_SIZE - len(block) % LINE_SIZE)
             digest.update(block)
-            for start in range(0, len(block), LINE_SIZE):
-                try:
-                    name = parse_index_line(block[start : start + LINE_SIZE], number)
-                except RepositoryFormatError as err:
-                    raise CorruptBackup(f"{where}: {err}") from None
+            try:
+                names = parse_index_block(block, number)
+            except RepositoryFormatError as err:
+                raise CorruptBackup(f"{where}: {err}") from None
+            for name in names:
                 yield name, next(grid)[1]
                 number += 1
         if number * LINE_SIZE != expected or index.read(1):
