@@ -30,7 +30,7 @@ from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.chunk_writer import RepositoryBackup, Unchanged
 from virtbackup.engine.datapath.restore import restore_backup
 from virtbackup.engine.datapath.verify import verify_backup
-from virtbackup.engine.stores.chunk_store import ChunkStore
+from virtbackup.engine.stores.chunk_store import SETTLE_SECONDS, ChunkStore
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import parse_manifest
 
@@ -203,9 +203,12 @@ def test_chunk_gone_before_commit_fails_the_backup(
     dest = tmp_path / "dest"
     real_confirm = RepositoryBackup.confirm_all
 
+    waits: list[float] = []
+
     def remove_one_then_confirm(self: RepositoryBackup) -> None:
         name, _status = next(iter(self.store.names()))
         self.store.path(name).unlink()
+        self.sleep = waits.append
         real_confirm(self)
 
     monkeypatch.setattr(RepositoryBackup, "confirm_all", remove_one_then_confirm)
@@ -213,9 +216,46 @@ def test_chunk_gone_before_commit_fails_the_backup(
         make_backup(dest, [disk_of(template)], chunk_size=CHUNK, layout=REPO)
     message = failed.value.message
     assert "\n" not in message and "vanished" in message and "nothing was committed" in message
+    assert waits == [2 * SETTLE_SECONDS]  # looked for once more after gc's settle time
     assert LocalStore(dest).list_backups("web1") == []
     assert list((dest / "web1").iterdir()) == []  # the partial directory is gone
     assert list((dest / REPOSITORY_DIR / "writers").iterdir()) == []  # deregistered
+
+
+def test_chunk_hidden_by_gc_and_put_back_is_found_before_commit(
+    tmp_path: Path, template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc hid a chunk right after the writer touched it and puts it back once it sees the
+    touch: the check before commit waits for that and the backup completes, restorable."""
+    dest = tmp_path / "dest"
+    real_confirm = RepositoryBackup.confirm_all
+
+    def hide_one_then_confirm(self: RepositoryBackup) -> None:
+        name, _status = next(iter(self.store.names()))
+        os.rename(self.store.path(name), self.store.hidden_path(name))
+
+        def gc_puts_it_back(_seconds: float) -> None:
+            os.rename(self.store.hidden_path(name), self.store.path(name))
+
+        self.sleep = gc_puts_it_back
+        real_confirm(self)
+
+    monkeypatch.setattr(RepositoryBackup, "confirm_all", hide_one_then_confirm)
+    result = make_backup(dest, [disk_of(template)], chunk_size=CHUNK, layout=REPO)
+    restore_backup(Path(result.path), tmp_path / "restored", NullProgress())
+    assert (tmp_path / "restored" / "vda.raw").read_bytes() == template.read_bytes()
+
+
+def test_restore_reads_a_chunk_a_killed_gc_left_hidden(tmp_path: Path, template: Path) -> None:
+    """A gc killed between hiding a chunk and deciding on it: until the next gc puts it
+    back, restore finds the chunk under its hidden name."""
+    dest = tmp_path / "dest"
+    result = make_backup(dest, [disk_of(template)], chunk_size=CHUNK, layout=REPO)
+    store = ChunkStore(dest)
+    name = next(n for n, _status in store.names() if n != zero_chunk_name(CHUNK))
+    os.rename(store.path(name), store.hidden_path(name))
+    restore_backup(Path(result.path), tmp_path / "restored", NullProgress())
+    assert (tmp_path / "restored" / "vda.raw").read_bytes() == template.read_bytes()
 
 
 def _damage(dest: Path, backup: Path, how: str) -> str:

@@ -21,7 +21,8 @@ this inside a registered Writer and, before commit, to touch every name once mor
 
 import hashlib
 import threading
-from collections.abc import Container, Sequence
+import time
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,7 +37,7 @@ from virtbackup.engine.datapath.chunk_pipeline import Chunk, SourceChunks, Write
 from virtbackup.engine.datapath.frames import encode_frame, zero_chunk
 from virtbackup.engine.datapath.io_control import write_all
 from virtbackup.engine.datapath.stream_writer import is_zero_chunk
-from virtbackup.engine.stores.chunk_store import ChunkStore
+from virtbackup.engine.stores.chunk_store import SETTLE_SECONDS, ChunkStore
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class RepositoryBackup:
         self.store = store
         self.options = options
         self.used: set[bytes] = set()
+        self.sleep: Callable[[float], None] = time.sleep  # tests wait for nothing
         self._lock = threading.Lock()
 
     def write_disk(
@@ -107,9 +109,15 @@ class RepositoryBackup:
     def confirm_all(self) -> None:
         """Touch every chunk this backup uses once more, right before commit: a chunk
         gone meanwhile (removed by a garbage collection that missed this backup's
-        registration) fails the backup instead of committing a backup without it."""
+        registration) fails the backup instead of committing a backup without it. A
+        chunk that gc hid just after this backup's first touch is put back by that gc
+        once it sees the touch, so a missing chunk is looked for once more after gc's
+        settle time before the backup fails."""
         for digest in self.used:
             name = chunk_name(digest)
+            if self.store.touch(name):
+                continue
+            self.sleep(2 * SETTLE_SECONDS)
             if not self.store.touch(name):
                 raise CorruptBackup(
                     f"chunk {name} vanished from {self.store.chunks} during the backup; "

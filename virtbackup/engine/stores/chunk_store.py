@@ -30,6 +30,7 @@ from virtbackup.core.repository_format import (
     CHUNKS_DIR,
     CONFIG_FILE,
     CONFIG_LIMIT,
+    GC_HIDDEN_PREFIX,
     REPOSITORY_DIR,
     WRITERS_DIR,
     RepositoryConfig,
@@ -45,6 +46,9 @@ from virtbackup.engine.datapath.io_control import NotRegularFile, read_regular_f
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 HEARTBEAT_SECONDS = 60.0  # how often a running writer refreshes its registration
+# How long gc waits between hiding a chunk and deciding on it: beyond the attribute cache
+# of an NFS client (3 s by default). A chunk missing for less may be on its way back.
+SETTLE_SECONDS = 5.0
 _TEMP_PREFIX = ".tmp-"
 
 log = logging.getLogger(__name__)
@@ -119,13 +123,27 @@ class ChunkStore:
         try:
             data = read_regular_file(path, limit)
         except FileNotFoundError:
-            raise CorruptBackup(f"chunk {name} is missing from {self.chunks}") from None
+            # hidden by a gc that was killed before deciding on it: still the chunk
+            return self._read_hidden(name, limit)
         except NotRegularFile:
             raise CorruptBackup(f"chunk {path} is not a regular file") from None
         except OSError as err:
             raise CorruptBackup(f"cannot open chunk {path}: {err.strerror}") from None
         if len(data) > limit:
             raise CorruptBackup(f"chunk {path} is larger than any chunk can be")
+        return data
+
+    def hidden_path(self, name: str) -> Path:
+        """Where garbage collection hides a chunk while it decides on it."""
+        return self.path(name).with_name(GC_HIDDEN_PREFIX + name)
+
+    def _read_hidden(self, name: str, limit: int) -> bytes:
+        try:
+            data = read_regular_file(self.hidden_path(name), limit)
+        except OSError:
+            raise CorruptBackup(f"chunk {name} is missing from {self.chunks}") from None
+        if len(data) > limit:
+            raise CorruptBackup(f"chunk {self.hidden_path(name)} is larger than any chunk can be")
         return data
 
     def names(self) -> Iterator[tuple[str, os.stat_result]]:

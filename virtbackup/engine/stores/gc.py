@@ -67,12 +67,16 @@ from virtbackup.core.repository_format import (
     GC_LOCK_FILE,
     is_chunk_name,
 )
-from virtbackup.engine.stores.chunk_store import FILE_MODE, HEARTBEAT_SECONDS, ChunkStore
+from virtbackup.engine.stores.chunk_store import (
+    FILE_MODE,
+    HEARTBEAT_SECONDS,
+    SETTLE_SECONDS,
+    ChunkStore,
+)
 from virtbackup.engine.stores.local import LocalFiles, LocalStore
 from virtbackup.engine.stores.repository_backups import holds_index, index_chunks
 
 STALE_WRITER_SECONDS = 10 * HEARTBEAT_SECONDS  # ten missed heartbeats: the writer is gone
-SETTLE_SECONDS = 5.0  # beyond the attribute cache of an NFS client (3 s by default)
 SWEEP_BATCH = 65536  # chunks renamed before one pause: bounded memory, few pauses
 # Test hook: seconds to wait after a batch is renamed, before the settle pause, so that a
 # test can kill gc while chunks are hidden. Not a setting.
@@ -268,7 +272,7 @@ def _mark(
             if referenced is not None:
                 referenced.add(name)
                 # hidden by a killed gc: this gc would put it back first
-                present = any(map(os.path.lexists, (chunks.path(name), _hidden(chunks, name))))
+                present = any(map(os.path.lexists, (chunks.path(name), chunks.hidden_path(name))))
             else:
                 present = chunks.touch(name)
             if not present:
@@ -305,7 +309,7 @@ def _sweep(
                 result.kept_bytes += status.st_size
                 continue
             try:
-                os.rename(chunks.path(name), _hidden(chunks, name))
+                os.rename(chunks.path(name), chunks.hidden_path(name))
             except FileNotFoundError:
                 continue  # another gc took it
             except OSError as err:
@@ -325,7 +329,7 @@ def _put_back(chunks: ChunkStore, batch: list[tuple[str, int]]) -> None:
     """Rename the hidden chunks of an unfinished batch back (those decided on are gone)."""
     for name, _ in batch:
         try:
-            os.rename(_hidden(chunks, name), chunks.path(name))
+            os.rename(chunks.hidden_path(name), chunks.path(name))
         except OSError as err:
             if err.errno != errno.ENOENT:
                 log.warning("cannot put back %s: %s (the next gc does)", name, err.strerror)
@@ -345,7 +349,7 @@ def _settle_and_decide(
         sleep(float(pause))
     sleep(settle)
     for name, size in batch:
-        hidden = _hidden(chunks, name)
+        hidden = chunks.hidden_path(name)
         try:
             touched = os.lstat(hidden).st_mtime >= cutoff
             if touched:
@@ -408,11 +412,6 @@ def _restore_hidden(chunks: ChunkStore) -> int:
                 if err.errno != errno.ENOENT:  # another gc of another host was quicker
                     raise write_error(err, hidden) from None
     return restored
-
-
-def _hidden(chunks: ChunkStore, name: str) -> Path:
-    path = chunks.path(name)
-    return path.with_name(GC_HIDDEN_PREFIX + name)
 
 
 def collect_after_retention(
