@@ -70,7 +70,7 @@ from virtbackup.core.shrink_plan import (
     vg_ignored,
 )
 from virtbackup.core.sizes import human_size
-from virtbackup.engine.methods.image_source import ConsistencyOptions
+from virtbackup.engine.methods.image_source import ConsistencyOptions, SourceContext
 from virtbackup.engine.methods.stable_images import stable_images
 
 log = logging.getLogger(__name__)
@@ -435,7 +435,7 @@ def shrink_domain(
     progress.begin(facts.name, 3)
     try:
         with stable_images(
-            hypervisor, plan.images_plan, consistency, state_dir=state_dir, steps=progress
+            hypervisor, plan.images_plan, SourceContext(consistency, state_dir, progress)
         ) as window:
             images = [Image(i.target, str(i.path), i.format, i.virtual_size) for i in window.images]
             if options.mode is ShrinkMode.IN_PLACE:
