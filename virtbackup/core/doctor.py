@@ -10,8 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from virtbackup.core.agent_channel import AGENT_CHANNEL
 from virtbackup.core.config import SnapshotSize
-from virtbackup.core.diskxml import AGENT_CHANNEL
 from virtbackup.core.lvm import snapshot_bytes
 from virtbackup.core.model import DiskFacts, Method
 from virtbackup.core.planning import LIVE_STATES, DomainPlan

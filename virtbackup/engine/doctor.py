@@ -16,7 +16,6 @@ from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT
 from virtbackup.adapters.hypervisor.connection import ConnectFailed, Hypervisor
 from virtbackup.adapters.lvm import find_lv
 from virtbackup.adapters.rclone import Remote
-from virtbackup.core.diskxml import agent_connected
 from virtbackup.core.doctor import (
     AgentState,
     DestFacts,
@@ -164,7 +163,7 @@ def _agent(hypervisor: Hypervisor, facts: DomainFacts) -> tuple[AgentState, str 
         return AgentState.NOT_RUNNING, None
     try:
         dom = hypervisor.domain(facts.name)
-        if not agent_connected(dom.live_xml()):
+        if not dom.agent_connected():
             return AgentState.DISCONNECTED, None
         reason = dom.agent_silence()
     except VirtbackupError as err:

@@ -22,7 +22,8 @@ from virtbackup.adapters.images import (
     is_block_device,
 )
 from virtbackup.adapters.lvm import LvLookup
-from virtbackup.core.diskxml import has_agent_channel, parse_disks
+from virtbackup.core.agent_channel import has_agent_channel
+from virtbackup.core.diskxml import parse_disks
 from virtbackup.core.errors import CommandFailed
 from virtbackup.core.guest_only import printable
 from virtbackup.core.model import DiskFacts, DomainFacts

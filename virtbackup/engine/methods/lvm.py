@@ -26,7 +26,6 @@ from virtbackup.adapters import lvm
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.hypervisor.domain import AgentError, Domain
 from virtbackup.core.consistency_errors import QuiesceFailed
-from virtbackup.core.diskxml import agent_connected
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.lvm import (
     UNSUPPORTED_FILESYSTEMS,
@@ -112,7 +111,7 @@ def lvm_images(
     definition = dom.config_xml() or dom.live_xml()
     places = locate_disks(facts.name, disks)
     running = facts.state == DomainState.RUNNING
-    agent = running and agent_connected(dom.live_xml())
+    agent = running and dom.agent_connected()
     want_freeze = options.quiesce != Quiesce.NEVER and agent
     if options.quiesce == Quiesce.REQUIRE and not agent:
         why = "it is not running" if not running else "no guest agent is connected"

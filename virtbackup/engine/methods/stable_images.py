@@ -54,7 +54,6 @@ from virtbackup.core.consistency_errors import (
     SnapshotFailed,
     UnsupportedDisk,
 )
-from virtbackup.core.diskxml import agent_connected
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.overlays import overlay_path, snapshot_xml
@@ -250,7 +249,7 @@ def _create_overlays(
     session: Session, dom: Domain, facts: DomainFacts, xml: str, quiesce: Quiesce
 ) -> Consistency:
     steps = session.steps
-    agent = facts.state == DomainState.RUNNING and agent_connected(dom.live_xml())
+    agent = facts.state == DomainState.RUNNING and dom.agent_connected()
     if quiesce != Quiesce.NEVER and not agent:
         why = (
             "it is paused"
@@ -314,7 +313,7 @@ def _shut_down(steps: StepSink, dom: Domain, name: str, options: ConsistencyOpti
     """Shut the guest down gracefully within the timeout, or force it off, or fail."""
     off = {DomainState.SHUTOFF}
     timeout = options.shutdown_timeout
-    agent = agent_connected(dom.live_xml())
+    agent = dom.agent_connected()
     steps.step(name, "shutting down (ACPI power button)")
     asked = dom.request_shutdown("acpi")
     # With an agent as a second way, the ACPI button gets half the time.
