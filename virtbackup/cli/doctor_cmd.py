@@ -24,7 +24,8 @@ from virtbackup.cli.context import (
 from virtbackup.cli.doctor_view import render
 from virtbackup.cli.remote_options import remote_store
 from virtbackup.core.config import Config
-from virtbackup.core.doctor import Finding, Settings, Severity, blocks_backups, diagnose
+from virtbackup.core.doctor import blocks_backups, diagnose
+from virtbackup.core.doctor_facts import Finding, Settings, Severity
 from virtbackup.core.errors import ExitCode
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.planning import PlanOptions

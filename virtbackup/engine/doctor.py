@@ -16,7 +16,7 @@ from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT
 from virtbackup.adapters.hypervisor.connection import ConnectFailed, Hypervisor
 from virtbackup.adapters.lvm import find_lv
 from virtbackup.adapters.rclone import Remote
-from virtbackup.core.doctor import (
+from virtbackup.core.doctor_facts import (
     AgentState,
     DestFacts,
     DiskCheck,
