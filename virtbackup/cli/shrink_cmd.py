@@ -39,7 +39,8 @@ from virtbackup.core.shrink_plan import (
     check_options,
     plan_shrink,
 )
-from virtbackup.engine.shrink import Image, estimate_reclaimable, shrink_domain
+from virtbackup.engine.guest_reclaim import Image, estimate_reclaimable
+from virtbackup.engine.shrink import shrink_domain
 
 log = logging.getLogger(__name__)
 
