@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from virtbackup.adapters import age, host_probe, rclone, ssh_sign
-from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT
+from virtbackup.adapters.guestfs_launch import DEFAULT_LAUNCH_TIMEOUT
 from virtbackup.adapters.hypervisor.connection import ConnectFailed, Hypervisor
 from virtbackup.adapters.lvm import find_lv
 from virtbackup.adapters.rclone import Remote
