@@ -15,19 +15,13 @@ from virtbackup.core.sizes import human_size
 
 
 def host_findings(host: HostFacts, expected: int) -> list[Finding]:
-    found = []
-    if host.libvirt_error is not None:
-        found.append(
-            Finding(
-                Severity.BLOCKER,
-                "libvirt",
-                f"libvirtd at {host.uri} cannot be reached: {host.libvirt_error}",
-                "start it (systemctl start libvirtd, or libvirtd -d and virtlogd -d), "
-                "or check --connect",
-            )
-        )
-    else:
-        found.append(Finding(Severity.INFO, "libvirt", f"libvirtd at {host.uri} answers"))
+    found = _blocker_or_info(
+        "libvirt",
+        host.libvirt_error,
+        f"libvirtd at {host.uri} cannot be reached",
+        "start it (systemctl start libvirtd, or libvirtd -d and virtlogd -d), or check --connect",
+        f"libvirtd at {host.uri} answers",
+    )
     found += _program_findings(host.programs)
     found += _guestfs_findings(host)
     found += _dest_findings(host.dest, expected)
@@ -101,49 +95,46 @@ def _guestfs_findings(host: HostFacts) -> list[Finding]:
 
 
 def _offsite_findings(offsite: OffsiteFacts) -> list[Finding]:
-    found = []
-    if offsite.encrypt_problem is not None:
-        found.append(
-            Finding(
-                Severity.BLOCKER,
-                "encrypt",
-                f"backups cannot be encrypted: {offsite.encrypt_problem}",
-                "fix the recipients file: one age public key per line (age-keygen -y KEYFILE)",
-            )
+    encrypted = (
+        f"backups are encrypted to {offsite.recipients} key(s) of "
+        f"{offsite.recipients_file}; keep the identity off this host"
+    )
+    signed = f"backups are signed with {offsite.sign_key}"
+    answers = f"the remote {offsite.remote} answers"
+    return (
+        _blocker_or_info(
+            "encrypt",
+            offsite.encrypt_problem,
+            "backups cannot be encrypted",
+            "fix the recipients file: one age public key per line (age-keygen -y KEYFILE)",
+            encrypted if offsite.recipients_file is not None else None,
         )
-    elif offsite.recipients_file is not None:
-        found.append(
-            Finding(
-                Severity.INFO,
-                "encrypt",
-                f"backups are encrypted to {offsite.recipients} key(s) of "
-                f"{offsite.recipients_file}; keep the identity off this host",
-            )
+        + _blocker_or_info(
+            "sign",
+            offsite.sign_problem,
+            "backups cannot be signed",
+            "fix sign_key: a readable OpenSSH private key without passphrase",
+            signed if offsite.sign_key is not None else None,
         )
-    if offsite.sign_problem is not None:
-        found.append(
-            Finding(
-                Severity.BLOCKER,
-                "sign",
-                f"backups cannot be signed: {offsite.sign_problem}",
-                "fix sign_key: a readable OpenSSH private key without passphrase",
-            )
+        + _blocker_or_info(
+            "remote",
+            offsite.remote_problem,
+            f"offsite copies to {offsite.remote} fail",
+            "check the remote with 'rclone --config FILE lsd NAME:' and the [remote] "
+            "settings; local backups are still made, but each run exits 1",
+            answers if offsite.remote is not None else None,
         )
-    elif offsite.sign_key is not None:
-        found.append(Finding(Severity.INFO, "sign", f"backups are signed with {offsite.sign_key}"))
-    if offsite.remote_problem is not None:
-        found.append(
-            Finding(
-                Severity.BLOCKER,
-                "remote",
-                f"offsite copies to {offsite.remote} fail: {offsite.remote_problem}",
-                "check the remote with 'rclone --config FILE lsd NAME:' and the [remote] "
-                "settings; local backups are still made, but each run exits 1",
-            )
-        )
-    elif offsite.remote is not None:
-        found.append(Finding(Severity.INFO, "remote", f"the remote {offsite.remote} answers"))
-    return found
+    )
+
+
+def _blocker_or_info(
+    check: str, problem: str | None, blocked: str, fix: str, works: str | None
+) -> list[Finding]:
+    """A blocker saying what is `blocked` and why when there is a `problem`; else what
+    `works`, when that part is set up at all (None: nothing to say)."""
+    if problem is not None:
+        return [Finding(Severity.BLOCKER, check, f"{blocked}: {problem}", fix)]
+    return [] if works is None else [Finding(Severity.INFO, check, works)]
 
 
 def _dest_findings(dest: DestFacts | None, expected: int) -> list[Finding]:
