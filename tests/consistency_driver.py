@@ -18,7 +18,7 @@ from consistency_helpers import planned
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.hypervisor.domain import Domain
 from virtbackup.core.model import Method
-from virtbackup.engine.methods.image_source import ConsistencyOptions
+from virtbackup.engine.methods.image_source import ConsistencyOptions, SourceContext
 from virtbackup.engine.methods.stable_images import stable_images
 
 
@@ -44,7 +44,9 @@ def main() -> None:
     options = ConsistencyOptions(shutdown_timeout=2, force_off=True, overlay_min_free=0)
     with connect("qemu:///system") as conn:
         with stable_images(
-            conn, planned(conn, domain, Method(method), ["vda"]), options, state_dir=Path(state_dir)
+            conn,
+            planned(conn, domain, Method(method), ["vda"]),
+            SourceContext(options, state_dir=Path(state_dir)),
         ) as window:
             if stage == "window":
                 reached(marker_path, stage)

@@ -1,4 +1,5 @@
-"""adapters/guestfs_ops: launch errors and hangs as one line with the fix; swap headers."""
+"""adapters/guestfs_ops and guestfs_launch: launch errors and hangs as one line with the
+fix; swap headers."""
 
 import os
 import signal
@@ -9,13 +10,15 @@ from pathlib import Path
 import pytest
 from harness.guestfs import ABORT, HANG, KVM_ABORT, fake_qemu, processes_running
 
-from virtbackup.adapters.guestfs_ops import (
+from virtbackup.adapters.guestfs_launch import (
     DEFAULT_LAUNCH_TIMEOUT,
-    Drive,
     GuestfsSetupError,
     child_processes,
     launch_error,
     launch_timeout_error,
+)
+from virtbackup.adapters.guestfs_ops import (
+    Drive,
     open_appliance,
     signals_deferred,
     swap_header_size,

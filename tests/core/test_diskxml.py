@@ -2,7 +2,7 @@
 
 import pytest
 
-from virtbackup.core.diskxml import DiskXmlError, agent_connected, has_agent_channel, parse_disks
+from virtbackup.core.diskxml import DiskXmlError, parse_disks
 
 
 def domain(devices: str) -> str:
@@ -116,23 +116,6 @@ def test_other_source_types_have_no_path() -> None:
 def test_no_disks() -> None:
     assert parse_disks(domain("<interface type='network'/>")) == []
     assert parse_disks("<domain type='qemu'><name>d</name></domain>") == []
-
-
-def test_agent_channel() -> None:
-    channel = """<channel type='unix'><source mode='bind'/>
-      <target type='virtio' name='org.qemu.guest_agent.0'/></channel>"""
-    assert has_agent_channel(domain(channel))
-    assert not has_agent_channel(
-        domain("<channel type='pty'><target type='virtio' name='x'/></channel>")
-    )
-
-
-def test_agent_connected_needs_the_connected_state() -> None:
-    channel = """<channel type='unix'>
-      <target type='virtio' name='org.qemu.guest_agent.0' state='connected'/></channel>"""
-    assert agent_connected(domain(channel))
-    assert not agent_connected(domain(channel.replace("'connected'", "'disconnected'")))
-    assert not agent_connected("<domain><devices/></domain>")
 
 
 def test_broken_xml_is_one_clear_error() -> None:

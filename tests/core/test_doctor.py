@@ -5,7 +5,9 @@ from dataclasses import replace
 import pytest
 
 from virtbackup.core.config import SnapshotSize
-from virtbackup.core.doctor import (
+from virtbackup.core.doctor import blocks_backups, diagnose, expected_size
+from virtbackup.core.doctor_domain import domain_findings
+from virtbackup.core.doctor_facts import (
     AgentState,
     DestFacts,
     DiskCheck,
@@ -18,12 +20,8 @@ from virtbackup.core.doctor import (
     Severity,
     Subject,
     VolumeGroupFacts,
-    blocks_backups,
-    diagnose,
-    domain_findings,
-    expected_size,
-    host_findings,
 )
+from virtbackup.core.doctor_host import host_findings
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.planning import PlanOptions, plan_domain
 

@@ -22,6 +22,7 @@ from harness.libvirtd import DiskSpec, DomainFactory
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import list_journals
 from virtbackup.core.model import Method
+from virtbackup.engine.methods.image_source import SourceContext
 from virtbackup.engine.methods.stable_images import stable_images
 
 pytestmark = pytest.mark.libvirt
@@ -193,7 +194,7 @@ def test_a_live_run_is_left_alone_and_the_next_run_finishes_a_dead_one(
     with stable_images(
         hypervisor,
         planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
-        state_dir=state_dir,
+        SourceContext(state_dir=state_dir),
     ) as window:
         assert len(overlays_in(domain_factory.workdir)) == 1  # only its own
         assert window.images[0].path == Path(before["live"][0][2])

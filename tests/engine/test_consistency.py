@@ -34,7 +34,12 @@ from virtbackup.core.consistency_errors import (
 from virtbackup.core.errors import LockHeld
 from virtbackup.core.model import Method
 from virtbackup.core.progress import RecordingSteps
-from virtbackup.engine.methods.image_source import Consistency, ConsistencyOptions, Quiesce
+from virtbackup.engine.methods.image_source import (
+    Consistency,
+    ConsistencyOptions,
+    Quiesce,
+    SourceContext,
+)
 from virtbackup.engine.methods.stable_images import stable_images
 
 pytestmark = pytest.mark.libvirt
@@ -63,8 +68,7 @@ def test_snapshot_of_a_running_domain_ends_on_its_original_chain(
     with stable_images(
         hypervisor,
         planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda", "vdb", "vdc"]),
-        state_dir=state_dir,
-        steps=steps,
+        SourceContext(state_dir=state_dir, steps=steps),
     ) as window:
         assert window.method == Method.SNAPSHOT
         assert window.consistency == Consistency.CRASH  # no agent in the BIOS
@@ -111,7 +115,7 @@ def test_a_paused_domain_stays_paused(
     with stable_images(
         hypervisor,
         planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
-        state_dir=state_dir,
+        SourceContext(state_dir=state_dir),
     ) as window:
         assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
         assert window.consistency == Consistency.CRASH
@@ -130,7 +134,7 @@ def test_an_error_inside_the_window_still_merges_back(
         with stable_images(
             hypervisor,
             planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
-            state_dir=state_dir,
+            SourceContext(state_dir=state_dir),
         ):
             raise KeyboardInterrupt
     assert snapshot_of(libvirt, dom) == before
@@ -148,8 +152,7 @@ def test_quiesce_required_without_agent_fails_before_any_change(
         with stable_images(
             hypervisor,
             planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
-            options,
-            state_dir=state_dir,
+            SourceContext(options, state_dir=state_dir),
         ):
             pytest.fail("the window must not open")
     assert snapshot_of(libvirt, dom) == before
@@ -164,13 +167,13 @@ def test_a_second_run_on_the_same_domain_gets_lock_held(
     with stable_images(
         hypervisor,
         planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
-        state_dir=state_dir,
+        SourceContext(state_dir=state_dir),
     ):
         with pytest.raises(LockHeld) as caught:
             with stable_images(
                 hypervisor,
                 planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
-                state_dir=state_dir,
+                SourceContext(state_dir=state_dir),
             ):
                 pytest.fail("two runs on one domain")
         assert caught.value.exit_code == 3
@@ -225,8 +228,7 @@ def test_a_full_overlay_directory_is_a_clear_error_and_changes_nothing(
         with stable_images(
             hypervisor,
             planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
-            options,
-            state_dir=state_dir,
+            SourceContext(options, state_dir=state_dir),
         ):
             pytest.fail("the window must not open")
     message = str(caught.value)
@@ -252,7 +254,7 @@ def test_block_device_disk_needs_an_overlay_directory(
         with stable_images(
             hypervisor,
             planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
-            state_dir=state_dir,
+            SourceContext(state_dir=state_dir),
         ):
             pass
     options = ConsistencyOptions(overlay_dir=domain_factory.workdir, overlay_min_free=0)
@@ -260,8 +262,7 @@ def test_block_device_disk_needs_an_overlay_directory(
     with stable_images(
         hypervisor,
         planned(hypervisor, dom.name(), Method.SNAPSHOT, ["vda"]),
-        options,
-        state_dir=state_dir,
+        SourceContext(options, state_dir=state_dir),
     ) as window:
         assert window.images[0].path == device
         assert len(overlays_in(domain_factory.workdir)) == 1
@@ -282,8 +283,7 @@ def test_shutdown_timeout_aborts_and_leaves_the_domain_running(
         with stable_images(
             hypervisor,
             planned(hypervisor, dom.name(), Method.SHUTDOWN, ["vda"]),
-            options,
-            state_dir=state_dir,
+            SourceContext(options, state_dir=state_dir),
         ):
             pytest.fail("the window must not open")
     assert snapshot_of(libvirt, dom) == before
@@ -301,8 +301,7 @@ def test_shutdown_force_off_backs_up_offline_and_restarts_even_on_failure(
         with stable_images(
             hypervisor,
             planned(hypervisor, dom.name(), Method.SHUTDOWN, ["vda"]),
-            options,
-            state_dir=state_dir,
+            SourceContext(options, state_dir=state_dir),
         ) as window:
             assert window.consistency == Consistency.OFFLINE
             assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
@@ -324,7 +323,9 @@ def test_shutdown_refuses_paused_and_offline_reads_shut_off_domains(
     off = domain_factory.create([DiskSpec("qcow2")], hint="off")
     for method in (Method.SNAPSHOT, Method.SHUTDOWN, Method.OFFLINE):
         with stable_images(
-            hypervisor, planned(hypervisor, off.name(), method, ["vda"]), state_dir=state_dir
+            hypervisor,
+            planned(hypervisor, off.name(), method, ["vda"]),
+            SourceContext(state_dir=state_dir),
         ) as w:
             assert w.method == Method.OFFLINE and w.consistency == Consistency.OFFLINE
             assert w.images[0].path.exists()
@@ -340,7 +341,7 @@ def test_a_domain_no_longer_as_planned_is_left_alone(
     dom.create()  # started between planning and the backup: no longer safe to read directly
     before = snapshot_of(libvirt, dom)
     with pytest.raises(DomainChanged, match="run the backup again|shut off"):
-        with stable_images(hypervisor, plan, state_dir=state_dir):
+        with stable_images(hypervisor, plan, SourceContext(state_dir=state_dir)):
             pytest.fail("the window must not open")
     assert snapshot_of(libvirt, dom) == before
     assert list_journals(state_dir) == []
@@ -348,7 +349,7 @@ def test_a_domain_no_longer_as_planned_is_left_alone(
     dom.destroy()
     dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
     with pytest.raises(DomainChanged, match="no longer exists"):
-        with stable_images(hypervisor, plan, state_dir=state_dir):
+        with stable_images(hypervisor, plan, SourceContext(state_dir=state_dir)):
             pytest.fail("the window must not open")
 
 
@@ -366,7 +367,7 @@ def test_a_domain_shut_off_since_planning_is_read_offline(
     plan = planned(hypervisor, dom.name(), method, ["vda"])
     assert plan.method == method
     dom.destroy()
-    with stable_images(hypervisor, plan, state_dir=state_dir) as window:
+    with stable_images(hypervisor, plan, SourceContext(state_dir=state_dir)) as window:
         assert window.method == Method.OFFLINE and window.consistency == Consistency.OFFLINE
         assert not overlays_in(window.images[0].path.parent)
     assert dom.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF  # not started by the shutdown method

@@ -25,7 +25,12 @@ from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import list_journals
 from virtbackup.core.model import Method
 from virtbackup.core.progress import RecordingSteps
-from virtbackup.engine.methods.image_source import Consistency, ConsistencyOptions, Quiesce
+from virtbackup.engine.methods.image_source import (
+    Consistency,
+    ConsistencyOptions,
+    Quiesce,
+    SourceContext,
+)
 from virtbackup.engine.methods.stable_images import stable_images
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest]
@@ -51,8 +56,7 @@ def test_quiesced_snapshot_freezes_and_thaws_through_the_agent(
     with stable_images(
         hypervisor,
         planned(hypervisor, name, Method.SNAPSHOT, ["vda"]),
-        state_dir=state_dir,
-        steps=steps,
+        SourceContext(state_dir=state_dir, steps=steps),
     ) as window:
         assert window.consistency == Consistency.QUIESCED
         assert guest.agent("guest-fsfreeze-status") == "thawed"  # thawed at once
@@ -74,8 +78,7 @@ def test_quiesced_snapshot_freezes_and_thaws_through_the_agent(
     with stable_images(
         hypervisor,
         planned(hypervisor, name, Method.SNAPSHOT, ["vda"]),
-        ConsistencyOptions(quiesce=Quiesce.NEVER),
-        state_dir=state_dir,
+        SourceContext(ConsistencyOptions(quiesce=Quiesce.NEVER), state_dir=state_dir),
     ) as window:
         assert window.consistency == Consistency.CRASH
         crash = copy_sparse(window.images[0].path, tmp_path / "crash.raw")
@@ -101,9 +104,7 @@ def test_shutdown_method_shuts_down_gracefully_and_restarts(
     with stable_images(
         hypervisor,
         planned(hypervisor, guest.dom.name(), Method.SHUTDOWN, ["vda"]),
-        options,
-        state_dir=tmp_path / "state",
-        steps=steps,
+        SourceContext(options, state_dir=tmp_path / "state", steps=steps),
     ) as window:
         state, reason = guest.dom.state()
         assert state == libvirt.VIR_DOMAIN_SHUTOFF
@@ -154,8 +155,7 @@ def test_an_overlay_filling_up_pauses_the_guest_and_the_run_brings_it_back(
     with stable_images(
         hypervisor,
         planned(hypervisor, guest.dom.name(), Method.SNAPSHOT, ["vda"]),
-        options,
-        state_dir=tmp_path / "state",
+        SourceContext(options, state_dir=tmp_path / "state"),
     ):
         # More than the overlay filesystem holds: qemu stops the guest on ENOSPC.
         # (qemu writes zeros like any data: no detect-zeroes on this disk.)

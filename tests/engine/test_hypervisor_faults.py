@@ -25,9 +25,10 @@ from virtbackup.core.errors import ExitCode
 from virtbackup.core.model import Method
 from virtbackup.core.progress import RecordingSteps
 from virtbackup.core.undo import FrozenRecord
-from virtbackup.engine.methods.image_source import ConsistencyOptions, domain_session
+from virtbackup.engine.methods.image_source import SourceContext
 from virtbackup.engine.methods.stable_images import stable_images
 from virtbackup.engine.runs.clean import clean
+from virtbackup.engine.runs.session import Session
 
 pytestmark = pytest.mark.libvirt
 
@@ -64,7 +65,7 @@ def window(
     """Open and close a snapshot window; the targets it showed (none when it did not open)."""
     shown: list[str] = []
     plan = planned(hypervisor, name, Method.SNAPSHOT, targets)
-    with stable_images(hypervisor, plan, state_dir=state_dir) as opened:
+    with stable_images(hypervisor, plan, SourceContext(state_dir=state_dir)) as opened:
         shown += [image.target for image in opened.images]
     return shown
 
@@ -128,7 +129,7 @@ def test_a_guest_agent_that_is_gone_does_not_stop_the_undo(
     dom = domain_factory.create([DiskSpec("qcow2")], start=True)
     steps = RecordingSteps()
     domain = hypervisor.domain(dom.name())
-    with domain_session(hypervisor, domain, ConsistencyOptions(), state_dir, steps) as session:
+    with Session(state_dir, hypervisor, domain.uuid, domain.name, steps=steps) as session:
         session.register(FrozenRecord())
     assert list_journals(state_dir) == []
     [(name, warning)] = steps.warnings

@@ -5,7 +5,7 @@ import pytest
 from virtbackup.adapters import lvm
 from virtbackup.core.lvm import LogicalVolume, SnapshotOverflow
 from virtbackup.core.progress import NullProgress, RecordingSteps
-from virtbackup.engine.methods.lvm import OverflowWatch, Snapshot, _GuardedProgress
+from virtbackup.engine.methods.lvm_snapshots import GuardedProgress, OverflowWatch, Snapshot
 
 MiB = 1 << 20
 
@@ -65,7 +65,7 @@ def test_the_guard_stops_the_stream_and_checks_before_the_commit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     watch = watch_seeing(monkeypatch, INVALID)
-    guard = _GuardedProgress(NullProgress(), watch)
+    guard = GuardedProgress(NullProgress(), watch)
     guard.on_start(100, "vda")
     guard.on_advance(50)  # the watch thread has not looked yet
     with pytest.raises(SnapshotOverflow):

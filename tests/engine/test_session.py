@@ -3,6 +3,7 @@
 import os
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,8 +21,7 @@ STATE = StateRecord(DomainState.RUNNING, restart=True)
 def session(state_dir: Path, **kwargs: object) -> Session:
     return Session(
         state_dir,
-        None,
-        "qemu:///system",
+        SimpleNamespace(uri="qemu:///system"),  # the undos here are given; none calls libvirt
         "UU",
         "web",
         finish_leftovers=False,

@@ -30,15 +30,9 @@ from virtbackup.core.errors import LockHeld
 from virtbackup.core.progress import RecordingSteps
 from virtbackup.core.shrink_plan import NotEnoughSpace, ShrinkOptions
 from virtbackup.engine import shrink as shrink_engine
-from virtbackup.engine.shrink import (
-    PARTIAL_SUFFIX,
-    CopyTarget,
-    Image,
-    amend_compat,
-    can_punch_holes,
-    shrink_domains,
-    write_compact,
-)
+from virtbackup.engine.guest_reclaim import Image
+from virtbackup.engine.shrink import amend_compat, can_punch_holes, shrink_domains
+from virtbackup.engine.shrink_copy import PARTIAL_SUFFIX, CopyTarget, write_compact
 
 MiB = 1024 * 1024
 URI = "qemu:///system"

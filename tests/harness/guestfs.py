@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from harness.real import unavailable
-from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT, launch_bounded
+from virtbackup.adapters.guestfs_launch import DEFAULT_LAUNCH_TIMEOUT, launch_bounded
 
 
 @pytest.fixture(scope="session")

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtbackup.adapters import images, runner
-from virtbackup.adapters.guestfs_ops import (
+from virtbackup.adapters.guestfs_launch import (
     LaunchTimedOut,
-    import_guestfs,
     launch_bounded,
     launch_error,
     launch_timeout_error,
 )
+from virtbackup.adapters.guestfs_ops import import_guestfs
 from virtbackup.adapters.images import UnreadableInfo, image_info
 from virtbackup.core.errors import CommandFailed, MissingComponent
 

@@ -7,7 +7,7 @@ import click
 
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.journal import resolve_state_dir
-from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.context import EXISTING_DIRECTORY, GlobalOptions, json_option, pass_globals
 from virtbackup.cli.progress_view import EchoSteps
 from virtbackup.core.errors import ExitCode
 from virtbackup.engine.runs.clean import clean
@@ -19,11 +19,11 @@ from virtbackup.engine.runs.clean import clean
     "--dest",
     "dests",
     multiple=True,
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    type=EXISTING_DIRECTORY,
     help="Also remove partial backups and repository registrations that dead runs left "
     "in DIR (repeatable).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@json_option("what was done")
 @pass_globals
 def clean_command(
     options: GlobalOptions, dry_run: bool, dests: tuple[Path, ...], as_json: bool

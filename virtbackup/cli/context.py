@@ -1,11 +1,15 @@
 """Global options shared by every command."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from virtbackup.core.config import Config, load_config
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_CONFIG = Path("/etc/virtbackup.toml")
@@ -20,6 +24,14 @@ class GlobalOptions:
 
 
 pass_globals = click.make_pass_decorator(GlobalOptions)
+
+DIRECTORY = click.Path(file_okay=False, path_type=Path)
+EXISTING_DIRECTORY = click.Path(file_okay=False, exists=True, path_type=Path)
+
+
+def json_option(what: str) -> Callable[[F], F]:
+    """The `--json` flag of a command that prints `what`."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
 
 
 def load_settings(options: GlobalOptions) -> Config:

@@ -14,11 +14,18 @@ import click
 
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.rclone import Remote
-from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.context import (
+    DIRECTORY,
+    GlobalOptions,
+    json_option,
+    load_settings,
+    pass_globals,
+)
 from virtbackup.cli.doctor_view import render
 from virtbackup.cli.remote_options import remote_store
 from virtbackup.core.config import Config
-from virtbackup.core.doctor import Finding, Settings, Severity, blocks_backups, diagnose
+from virtbackup.core.doctor import blocks_backups, diagnose
+from virtbackup.core.doctor_facts import Finding, Settings, Severity
 from virtbackup.core.errors import ExitCode
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.planning import PlanOptions
@@ -31,7 +38,7 @@ DOCTOR_SCHEMA_VERSION = 1
 @click.argument("domains", nargs=-1)
 @click.option(
     "--dest",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIRECTORY,
     help="Check free space here [default: `dest` of the configuration file].",
 )
 @click.option(
@@ -40,7 +47,7 @@ DOCTOR_SCHEMA_VERSION = 1
     is_flag=True,
     help="Do not launch the libguestfs appliance (saves 10-20 s; shrink needs it).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@json_option("the findings")
 @pass_globals
 def doctor_command(
     options: GlobalOptions,

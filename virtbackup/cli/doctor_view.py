@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from rich.table import Table
 
 from virtbackup.cli.console import stdout_console, text
-from virtbackup.core.doctor import Finding, Severity
+from virtbackup.core.doctor_facts import Finding, Severity
 
 _STYLE = {Severity.INFO: "green", Severity.WARNING: "yellow", Severity.BLOCKER: "bold red"}
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.context import DIRECTORY, GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.remote_options import Reading, reading_options, resolve_backup
 from virtbackup.core.errors import UsageError
@@ -15,7 +15,7 @@ from virtbackup.engine.datapath.restore import restore_backup
 
 @click.command("restore")
 @click.argument("backup")
-@click.option("--to", "target", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--to", "target", required=True, type=DIRECTORY)
 @click.option("--define", metavar="NAME", help="Define a new domain NAME using the restored disks.")
 @click.option(
     "--keep-host-devices",

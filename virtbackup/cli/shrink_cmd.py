@@ -19,7 +19,13 @@ import click
 from virtbackup.adapters.hypervisor.connection import Hypervisor, connect
 from virtbackup.adapters.locks import prepare_state_dir
 from virtbackup.cli.console import stderr_console, text
-from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.context import (
+    EXISTING_DIRECTORY,
+    GlobalOptions,
+    json_option,
+    load_settings,
+    pass_globals,
+)
 from virtbackup.cli.progress_view import stage_sink
 from virtbackup.cli.shrink_view import confirm, pick, render_outcomes
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
@@ -33,7 +39,8 @@ from virtbackup.core.shrink_plan import (
     check_options,
     plan_shrink,
 )
-from virtbackup.engine.shrink import Image, estimate_reclaimable, shrink_domain
+from virtbackup.engine.guest_reclaim import Image, estimate_reclaimable
+from virtbackup.engine.shrink import shrink_domain
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +76,7 @@ MIN_ESTIMATE = 16 * 1024 * 1024
 @click.option(
     "--to",
     "to_dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    type=EXISTING_DIRECTORY,
     help="Copy mode: write compact copies into DIR (the domain is not changed).",
 )
 @click.option(
@@ -81,7 +88,7 @@ MIN_ESTIMATE = 16 * 1024 * 1024
 @click.option(
     "--tmp",
     "tmp_dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    type=EXISTING_DIRECTORY,
     help="Copy mode: directory for the overlays [default: /var/tmp].",
 )
 @click.option(
@@ -94,7 +101,7 @@ MIN_ESTIMATE = 16 * 1024 * 1024
     is_flag=True,
     help="When asking: estimate what each domain would free (a read-only look, 10-20 s each).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@json_option("the results")
 @pass_globals
 def shrink_command(
     options: GlobalOptions,

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.filesize import decimal
 from rich.table import Table
 
 from virtbackup.cli.console import stdout_console, text
 from virtbackup.core.errors import ExitCode, Interrupted
+from virtbackup.core.sizes import human_size
 from virtbackup.core.summary import OutcomeRow, summary_document
 from virtbackup.engine.runs.all_domains import DomainReport
 from virtbackup.engine.runs.domain_backup import DomainOutcome, exit_code
@@ -103,7 +103,7 @@ def print_summary(rows: Sequence[OutcomeRow]) -> None:
         if row.excluded:
             result.append(f"  excluded: {', '.join(row.excluded)}")
         if row.reclaimed is not None:
-            result.append(f"  trim freed {decimal(row.reclaimed)}")
+            result.append(f"  trim freed {human_size(row.reclaimed)}")
         if row.offsite in ("copied", "streamed"):
             result.append(f"  offsite: {row.offsite}")
         elif row.offsite == "failed":
@@ -112,8 +112,8 @@ def print_summary(rows: Sequence[OutcomeRow]) -> None:
             text(row.domain),
             text(row.method or "-"),
             str(row.disks) if row.disks else "-",
-            decimal(row.read) if row.read else "-",
-            decimal(row.stored) if row.stored else "-",
+            human_size(row.read or None),
+            human_size(row.stored or None),
             f"{row.ratio:.1f}x" if row.ratio else "-",
             f"{row.seconds:.1f}s" if row.seconds else "-",
             result,

@@ -1,5 +1,5 @@
-"""Read a libvirt domain XML: its disks, and its guest agent channel (configured, and in
-the live XML whether the agent is connected). Pure, tested without libvirt.
+"""Read a libvirt domain XML: its disks (the guest agent channel: core/agent_channel).
+Pure, tested without libvirt.
 
 The live XML of a running domain carries each disk's backing chain as nested
 `<backingStore>` elements (an empty one ends the chain); the inactive XML usually has
@@ -12,8 +12,6 @@ import xml.etree.ElementTree as ET
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.model import DiskFacts
 
-AGENT_CHANNEL = "org.qemu.guest_agent.0"
-
 
 class DiskXmlError(VirtbackupError):
     """libvirt handed us XML we cannot read (never expected from a real daemon)."""
@@ -21,29 +19,11 @@ class DiskXmlError(VirtbackupError):
 
 def parse_disks(xml: str) -> list[DiskFacts]:
     """The `<disk>` devices of a domain XML, in document order, without sizes."""
-    root = _parse(xml)
+    root = parse_domain_xml(xml)
     return [_disk(element) for element in root.iterfind("./devices/disk")]
 
 
-def has_agent_channel(xml: str) -> bool:
-    """Whether the domain has a qemu guest agent channel (freeze/thaw, fstrim)."""
-    root = _parse(xml)
-    for target in root.iterfind("./devices/channel/target"):
-        if target.get("name") == AGENT_CHANNEL:
-            return True
-    return False
-
-
-def agent_connected(live_xml: str) -> bool:
-    """Whether a guest agent is connected to its channel (qemu-ga runs in the guest)."""
-    root = _parse(live_xml)
-    for target in root.iterfind("./devices/channel/target"):
-        if target.get("name") == AGENT_CHANNEL and target.get("state") == "connected":
-            return True
-    return False
-
-
-def _parse(xml: str) -> ET.Element:
+def parse_domain_xml(xml: str) -> ET.Element:
     try:
         return ET.fromstring(xml)
     except ET.ParseError as err:

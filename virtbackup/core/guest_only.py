@@ -50,6 +50,8 @@ The emulator path is dropped silently: libvirt picks the host's own for the doma
 import xml.etree.ElementTree as ET
 from collections.abc import Collection
 
+from virtbackup.core.text import one_line
+
 # Elements of <domain> that describe the virtual machine and refer to nothing on the host.
 GUEST_ELEMENTS = frozenset(
     {
@@ -144,12 +146,7 @@ def keep_guest_only(domain: ET.Element, restored: Collection[str]) -> list[str]:
     dropped: list[str] = []
     for child in list(domain):
         dropped += _keep_element(domain, child, restored)
-    return [printable(phrase) for phrase in dropped]
-
-
-def printable(phrase: str) -> str:
-    """One line a terminal shows as it is: the backup's text may hold any character."""
-    return "".join(c if c.isprintable() else "?" for c in " ".join(phrase.split()))
+    return [one_line(phrase) for phrase in dropped]
 
 
 def _keep_element(domain: ET.Element, child: ET.Element, restored: Collection[str]) -> list[str]:
@@ -477,7 +474,7 @@ def drop_unrestored_disks(domain: ET.Element, restored: Collection[str]) -> list
             if problem is not None:
                 devices.remove(disk)
                 dropped.append(problem)
-    return [printable(phrase) for phrase in dropped]
+    return [one_line(phrase) for phrase in dropped]
 
 
 def _source_text_of(source: ET.Element) -> str:

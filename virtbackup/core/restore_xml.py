@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from virtbackup.core.errors import UsageError
-from virtbackup.core.guest_only import drop_unrestored_disks, keep_guest_only, printable
+from virtbackup.core.guest_only import drop_unrestored_disks, keep_guest_only
 from virtbackup.core.qcow2_refs import ImageReferences
+from virtbackup.core.text import one_line
 
 # libvirt keeps a persistent domain in /etc/libvirt/qemu/NAME.xml, written as NAME.xml.new
 # first: a longer name cannot be defined on a filesystem with 255-byte names.
@@ -107,7 +108,7 @@ def domain_xml_for_restore(
             if restored.format not in KNOWN_REFERENCE_FORMATS and not keep_host_devices:
                 devices.remove(disk)
                 dropped.append(
-                    f"disk {dev} (its {printable(restored.format)} image can name other host "
+                    f"disk {dev} (its {one_line(restored.format)} image can name other host "
                     "files; only raw and qcow2 are attached)"
                 )
                 continue
@@ -115,13 +116,13 @@ def domain_xml_for_restore(
             if data_file is not None and not keep_host_devices:
                 # Its data would be read from (and written to) that host file.
                 devices.remove(disk)
-                named = printable(data_file) or "(unnamed)"
+                named = one_line(data_file) or "(unnamed)"
                 dropped.append(f"disk {dev} (its image's data file {named})")
                 continue
             _point_disk_at(disk, restored, cut_backing=not keep_host_devices)
             backing = restored.references.backing_file
             if backing is not None and not keep_host_devices:
-                dropped.append(f"disk {dev} backing file {printable(backing)}")
+                dropped.append(f"disk {dev} backing file {one_line(backing)}")
     missing = sorted(set(disks) - found)
     if missing:
         raise RestoreXmlError(f"it has no disk with target {', '.join(missing)}")

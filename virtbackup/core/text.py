@@ -15,3 +15,10 @@ def printable(text: str, *, keep_newlines: bool = False) -> str:
     return "".join(
         c if c.isprintable() or (keep_newlines and c == "\n") else ascii(c)[1:-1] for c in text
     )
+
+
+def one_line(phrase: str) -> str:
+    """`phrase` as one line a terminal shows as it is, for a short description of what a
+    backup holds: whitespace runs become one space, any other character a terminal
+    would act on becomes "?"."""
+    return "".join(c if c.isprintable() else "?" for c in " ".join(phrase.split()))

@@ -12,12 +12,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from virtbackup.adapters import age, host_probe, rclone, ssh_sign
-from virtbackup.adapters.guestfs_ops import DEFAULT_LAUNCH_TIMEOUT
+from virtbackup.adapters.guestfs_launch import DEFAULT_LAUNCH_TIMEOUT
 from virtbackup.adapters.hypervisor.connection import ConnectFailed, Hypervisor
 from virtbackup.adapters.lvm import find_lv
 from virtbackup.adapters.rclone import Remote
-from virtbackup.core.diskxml import agent_connected
-from virtbackup.core.doctor import (
+from virtbackup.core.doctor_facts import (
     AgentState,
     DestFacts,
     DiskCheck,
@@ -164,7 +163,7 @@ def _agent(hypervisor: Hypervisor, facts: DomainFacts) -> tuple[AgentState, str 
         return AgentState.NOT_RUNNING, None
     try:
         dom = hypervisor.domain(facts.name)
-        if not agent_connected(dom.live_xml()):
+        if not dom.agent_connected():
             return AgentState.DISCONNECTED, None
         reason = dom.agent_silence()
     except VirtbackupError as err:

@@ -22,11 +22,12 @@ from virtbackup.adapters.images import (
     is_block_device,
 )
 from virtbackup.adapters.lvm import LvLookup
-from virtbackup.core.diskxml import has_agent_channel, parse_disks
+from virtbackup.core.agent_channel import has_agent_channel
+from virtbackup.core.diskxml import parse_disks
 from virtbackup.core.errors import CommandFailed
-from virtbackup.core.guest_only import printable
 from virtbackup.core.model import DiskFacts, DomainFacts
 from virtbackup.core.qcow2_refs import HEAD_BYTES, qcow2_references
+from virtbackup.core.text import one_line
 
 # Formats whose data qemu reads from the image's own file only (a qed, like a qcow2, may
 # name a backing file: that is the backing chain). qcow2 and vmdk are checked image by
@@ -161,7 +162,7 @@ def _qcow2_data_file(disk: DiskFacts, path: str) -> DiskFacts:
     data_file = qcow2_references(head).data_file
     if data_file is None:
         return disk
-    named = f" ({printable(data_file)})" if data_file else ""
+    named = f" ({one_line(data_file)})" if data_file else ""
     return replace(
         disk,
         data_elsewhere=f"its qcow2 image keeps its data in an external data file{named}: "
@@ -184,7 +185,7 @@ def _vmdk_extents(disk: DiskFacts, path: str) -> DiskFacts:
     ]
     if not elsewhere and names:
         return disk
-    where = f"extent files ({printable(', '.join(elsewhere))})" if elsewhere else "no extent"
+    where = f"extent files ({one_line(', '.join(elsewhere))})" if elsewhere else "no extent"
     return replace(
         disk,
         data_elsewhere=f"its vmdk image keeps its data in {where}: convert it to qcow2 or raw",

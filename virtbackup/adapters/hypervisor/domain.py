@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from virtbackup.adapters.hypervisor.bindings import HypervisorError, message
+from virtbackup.core.agent_channel import agent_connected
 from virtbackup.core.consistency_errors import CommitFailed, SnapshotFailed
 from virtbackup.core.diskxml import parse_disks
 from virtbackup.core.model import DiskFacts, DomainState
@@ -94,6 +95,10 @@ class Domain:
             return None
         flags = self._libvirt.VIR_DOMAIN_XML_INACTIVE | self._libvirt.VIR_DOMAIN_XML_SECURE
         return str(self._call("read the definition", self.handle.XMLDesc, flags))
+
+    def agent_connected(self) -> bool:
+        """Whether a guest agent is connected to the domain's channel now."""
+        return agent_connected(self.live_xml())
 
     def live_disks(self) -> dict[str, DiskFacts]:
         """The disks qemu runs on now, by target."""

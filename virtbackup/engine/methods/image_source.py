@@ -1,7 +1,8 @@
 """What every method's image source is: the ImageSource protocol, its options and the
 window it yields, and the steps every source takes before it changes anything.
 
-    with source(conn, plan, options) as window:      # plan: core/planning
+    with source(conn, plan, SourceContext(options, state_dir, steps)) as window:
+        # plan: core/planning
         for image in window.images:
             stream(image.path)
 
@@ -11,7 +12,8 @@ planned domain up by uuid, takes its session (lock, journal, undo stack; a dead 
 changes undone first) and then checks that the domain is still as planned.
 """
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -69,6 +71,20 @@ class StableImages:
         return progress
 
 
+@dataclass(frozen=True)
+class SourceContext:
+    """What every image source is given besides the domain and its plan: the method's
+    options, the state directory (journal, locks; None: the default) and the sink for
+    the steps it takes (None: the log)."""
+
+    options: ConsistencyOptions = ConsistencyOptions()
+    state_dir: Path | None = None
+    steps: StepSink | None = None
+
+
+DEFAULT_CONTEXT = SourceContext()
+
+
 class ImageSource(Protocol):
     """Where a method reads a planned domain's images from, for the `with` block: the
     domain locked, its disks `plan.backed_up` stable, everything put back on the way out.
@@ -76,42 +92,28 @@ class ImageSource(Protocol):
     it; skip-free (methods/skip_free) works on the window of any of them."""
 
     def __call__(
-        self,
-        conn: Hypervisor,
-        plan: DomainPlan,
-        options: ConsistencyOptions | None = None,
-        *,
-        state_dir: Path | None = None,
-        steps: StepSink | None = None,
+        self, conn: Hypervisor, plan: DomainPlan, context: SourceContext = DEFAULT_CONTEXT
     ) -> AbstractContextManager[StableImages]: ...
 
 
-def domain_session(
-    conn: Hypervisor,
-    dom: Domain,
-    options: ConsistencyOptions,
-    state_dir: Path | None,
-    steps: StepSink | None,
-) -> Session:
-    """The session of one domain: its lock, its journal, its undo stack."""
-    return Session(
-        resolve_state_dir(state_dir),
-        conn,
-        conn.uri,
-        dom.uuid,
-        dom.name,
-        steps=steps,
-        commit_timeout=options.commit_timeout,
-    )
-
-
-def planned_domain(conn: Hypervisor, plan: DomainPlan) -> Domain:
-    """The planned domain, by uuid: a domain defined anew under the same name since is
-    another domain."""
+@contextmanager
+def planned_domain_session(
+    conn: Hypervisor, plan: DomainPlan, context: SourceContext
+) -> Iterator[tuple[Domain, Session]]:
+    """The planned domain, by uuid (a domain defined anew under the same name since is
+    another domain), and its session: its lock, its journal, its undo stack."""
     dom = conn.find(plan.domain.uuid)
     if dom is None:
         raise DomainChanged(f"{plan.domain.name} no longer exists", "nothing of it was backed up")
-    return dom
+    with Session(
+        resolve_state_dir(context.state_dir),
+        conn,
+        dom.uuid,
+        dom.name,
+        steps=context.steps,
+        commit_timeout=context.options.commit_timeout,
+    ) as session:
+        yield dom, session
 
 
 def as_planned(

@@ -1,7 +1,7 @@
 """The snapshot, shutdown and offline image sources (see methods/image_source): make a
 domain's images safe to read, and put everything back afterwards.
 
-    with stable_images(conn, plan, options) as window:    # plan: core/planning
+    with stable_images(conn, plan, context) as window:    # plan: core/planning
         for image in window.images:
             stream(image.path)           # the data path reads the file byte for byte
 
@@ -54,7 +54,6 @@ from virtbackup.core.consistency_errors import (
     SnapshotFailed,
     UnsupportedDisk,
 )
-from virtbackup.core.diskxml import agent_connected
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.overlays import overlay_path, snapshot_xml
@@ -64,13 +63,14 @@ from virtbackup.core.sizes import human_size
 from virtbackup.core.undo import FrozenRecord, OverlayRecord, StateRecord
 from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.methods.image_source import (
+    DEFAULT_CONTEXT,
     Consistency,
     ConsistencyOptions,
     Quiesce,
+    SourceContext,
     StableImages,
     as_planned,
-    domain_session,
-    planned_domain,
+    planned_domain_session,
     read_offline,
 )
 from virtbackup.engine.runs.session import Session
@@ -82,12 +82,7 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def stable_images(
-    conn: Hypervisor,
-    plan: DomainPlan,
-    options: ConsistencyOptions | None = None,
-    *,
-    state_dir: Path | None = None,
-    steps: StepSink | None = None,
+    conn: Hypervisor, plan: DomainPlan, context: SourceContext = DEFAULT_CONTEXT
 ) -> Iterator[StableImages]:
     """Lock the domain, finish what a dead run left on it, make the disks the plan backs
     up stable by its method (snapshot, shutdown or offline) for the `with` block, and
@@ -100,9 +95,8 @@ def stable_images(
     when a shut-off domain was started while being read; otherwise the block's own
     exception passes through.
     """
-    options = options or ConsistencyOptions()
-    dom = planned_domain(conn, plan)
-    with domain_session(conn, dom, options, state_dir, steps) as session:
+    options = context.options
+    with planned_domain_session(conn, plan, context) as (dom, session):
         facts, disks = as_planned(session.hypervisor, dom, plan)
         found = _Found(dom, facts, disks, dom.config_xml() or dom.live_xml())
         if read_offline(plan, facts):
@@ -255,7 +249,7 @@ def _create_overlays(
     session: Session, dom: Domain, facts: DomainFacts, xml: str, quiesce: Quiesce
 ) -> Consistency:
     steps = session.steps
-    agent = facts.state == DomainState.RUNNING and agent_connected(dom.live_xml())
+    agent = facts.state == DomainState.RUNNING and dom.agent_connected()
     if quiesce != Quiesce.NEVER and not agent:
         why = (
             "it is paused"
@@ -319,7 +313,7 @@ def _shut_down(steps: StepSink, dom: Domain, name: str, options: ConsistencyOpti
     """Shut the guest down gracefully within the timeout, or force it off, or fail."""
     off = {DomainState.SHUTOFF}
     timeout = options.shutdown_timeout
-    agent = agent_connected(dom.live_xml())
+    agent = dom.agent_connected()
     steps.step(name, "shutting down (ACPI power button)")
     asked = dom.request_shutdown("acpi")
     # With an agent as a second way, the ACPI button gets half the time.

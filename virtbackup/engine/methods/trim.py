@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.hypervisor.domain import disks_of
 from virtbackup.adapters.images import allocated_bytes
-from virtbackup.core.diskxml import agent_connected, has_agent_channel
+from virtbackup.core.agent_channel import agent_connected, has_agent_channel
 from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.model import DiskFacts
 from virtbackup.core.planning import DomainPlan

@@ -28,7 +28,7 @@ from virtbackup.core.planning import DomainPlan, PlanOptions
 from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import back_up_disks
-from virtbackup.engine.methods.image_source import ConsistencyOptions, ImageSource
+from virtbackup.engine.methods.image_source import ConsistencyOptions, ImageSource, SourceContext
 from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
 from virtbackup.engine.methods.stable_images import stable_images
@@ -143,11 +143,7 @@ def back_up_domain(
     try:
         with (
             source(
-                conn,
-                plan,
-                options.consistency,
-                state_dir=options.state_dir,
-                steps=steps,
+                conn, plan, SourceContext(options.consistency, options.state_dir, steps)
             ) as window,
             compacted(window, options.skip_free, steps) as compact,
         ):

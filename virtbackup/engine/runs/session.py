@@ -1,6 +1,6 @@
 """The undo stack of one run on one domain, written ahead to a journal on disk.
 
-    with Session(state_dir, hypervisor, uri, uuid, name) as session:
+    with Session(state_dir, hypervisor, uuid, name) as session:
         session.change(OverlayRecord(...), do=create_overlay, undo=merge_back)
         ...
 
@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import TypeVar
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
@@ -63,7 +62,6 @@ class Session:
         self,
         state_dir: Path,
         hypervisor: Hypervisor,
-        uri: str,
         domain_uuid: str,
         domain_name: str,
         *,
@@ -74,7 +72,6 @@ class Session:
     ) -> None:
         self.state_dir = state_dir
         self.hypervisor = hypervisor
-        self.uri = uri
         self.domain_uuid = domain_uuid
         self.domain_name = domain_name
         self.steps: StepSink = steps or LogSteps()
@@ -104,18 +101,13 @@ class Session:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         try:
             self._unwind(0)
         finally:
             self._lock.release()
             self._signals.restore()
-        self._signals.raise_pending(exc is not None)
+        self._signals.raise_pending(exc_type is not None)
 
     @contextmanager
     def scope(self) -> Iterator[None]:
@@ -153,7 +145,7 @@ class Session:
                 run_id=self.run_id,
                 pid=os.getpid(),
                 created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                uri=self.uri,
+                uri=self.hypervisor.uri,  # where clean reconnects
                 domain_uuid=self.domain_uuid,
                 domain_name=self.domain_name,
             )
