@@ -28,6 +28,14 @@ from virtbackup.core.errors import Interrupted, UsageError
 
 AGE_SUFFIX = ".age"
 _NO_MATCH = "no identity matched"
+_PAYLOAD_CHUNK = 64 << 10  # age seals its payload in chunks of 64 KiB,
+_TAG_SIZE = 16  # each with a tag
+_HEADER_LIMIT = 64 << 10  # room for the header's stanzas of many recipients
+
+
+def sealed_size_limit(length: int) -> int:
+    """The most bytes `age` can make of `length` bytes: a larger file is not one."""
+    return _HEADER_LIMIT + length + (length // _PAYLOAD_CHUNK + 1) * _TAG_SIZE
 
 
 @dataclass(frozen=True)

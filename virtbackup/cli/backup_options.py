@@ -205,16 +205,11 @@ class Safekeeping:
 
 
 def resolve_layout(values: BackupValues, config: Config) -> str:
-    """The layout backups are written in; the repository cannot be encrypted nor sent
-    to a remote yet (a usage error, before any domain is touched)."""
+    """The layout backups are written in; the repository cannot be sent to a remote
+    yet (a usage error, before any domain is touched)."""
     layout = values.layout or config.layout
     if layout != LAYOUT_REPOSITORY:
         return layout
-    if values.encrypt or config.encrypt:
-        raise UsageError(
-            "the repository layout cannot be encrypted yet",
-            "back up with --layout stream to encrypt, or leave encryption out",
-        )
     if values.remote or values.remote_only or config.remote:
         raise UsageError(
             "the repository layout cannot be copied to a remote yet",

@@ -1,13 +1,15 @@
 """The deduplicating repository: chunks stored once, backups as lists of chunk names.
 
-Format version 1
-================
+Format version 2 (version 1: the same without encrypted chunks)
+==============================================================
 
 Layout under DEST (beside the single-stream backups, which stay as they are)::
 
     DEST/.virtbackup-repository/
         repository.json             what kind of repository this is (below)
         chunks/ab/ab12...ef         one chunk: one LZ4 frame, named by its digest
+        sealed-chunks/ab/ab12...ef  one chunk of the encrypted backups (below)
+        secrets/<recipients>.age    the secret naming them, encrypted to the recipients
         writers/<id>                one per backup writing into it (see engine/stores/gc)
         gc.lock                     flock'ed by the garbage collection of this host
         chunks/ab/.gc-ab12...ef     a chunk garbage collection is about to remove
@@ -35,10 +37,36 @@ Index ``<target>.<format>.idx``
     The manifest records the index's sha256 (`index_sha256`), the disk's byte size and the
     chunk size, so an index is bound to its backup and every chunk's length is known.
 
+Encrypted backups (``--encrypt``)
+    Their chunks live in ``sealed-chunks/``, a chunk directory of their own beside the
+    plain ``chunks/``; a DEST holds both kinds of backup side by side. Such a chunk is the
+    LZ4 frame above encrypted with age to the backup's recipients, and its name is
+    HMAC-SHA256(secret, sha256(uncompressed bytes)) in hex: without the repository
+    secret neither names nor contents reveal the data, and equal chunks still share one
+    name (dedup works among the backups made with one secret). The secret is 32 random
+    bytes made by the first encrypted backup. The repository holds it encrypted to the
+    recipients, as ``secrets/<id>.age`` where <id> is `recipients_id` of the
+    recipients' fingerprints (one file per set of recipients that has written backups,
+    so an old identity still opens the backups made for it); `secret_id` of the secret
+    is in repository.json, to tell a copy of it from another secret. The index of an
+    encrypted backup has the same form, its paths below ``sealed-chunks/``, and it is
+    bound to its backup by ``index_sha256`` in the encrypted manifest. Stock tools
+    restore a disk with the identity alone::
+
+        sed "s|^|DEST/.virtbackup-repository/sealed-chunks/|" vda.raw.idx \\
+            | xargs -n 1 age -d -i key.txt | lz4 -d > vda.raw
+
+    The whole-disk digest of such a disk is folded from the keyed names (so that it,
+    too, is computable from the index, and says nothing without the secret).
+
 repository.json::
 
-    {"format": "virtbackup-repository", "version": 1, "chunk_size": 4194304,
-     "chunk_names": "sha256"}
+    {"format": "virtbackup-repository", "version": 2, "chunk_size": 4194304,
+     "chunk_names": "sha256",
+     "sealed_chunks": {"chunk_names": "hmac-sha256", "secret_id": "<64 hex>"}}
+
+``sealed_chunks`` (and version 2) appear once the first encrypted backup is written; a
+repository without it is written as version 1, which older readers know.
 
 A repository is untrusted input like any backup: a reader accepts only the names this
 module builds (CHUNK_PATH), indexes no longer than their disk needs, and the versions it
@@ -46,6 +74,7 @@ knows; anything else is a damaged backup.
 """
 
 import hashlib
+import hmac
 import json
 import re
 from collections.abc import Iterator
@@ -56,10 +85,15 @@ from virtbackup.core.backup_names import is_disk_format, is_disk_target
 from virtbackup.core.streamformat import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
 REPOSITORY_FORMAT = "virtbackup-repository"
-REPOSITORY_VERSION = 1
+REPOSITORY_VERSION = 2
+PLAIN_VERSION = 1  # a repository without encrypted chunks
 REPOSITORY_DIR = ".virtbackup-repository"  # starts with the stores' reserved prefix
 CONFIG_FILE = "repository.json"
 CHUNKS_DIR = "chunks"
+SEALED_CHUNKS_DIR = "sealed-chunks"
+SECRETS_DIR = "secrets"
+SECRET_SIZE = 32
+SEALED_CHUNK_NAMES = "hmac-sha256"
 WRITERS_DIR = "writers"
 GC_LOCK_FILE = "gc.lock"
 GC_HIDDEN_PREFIX = ".gc-"  # a chunk renamed out of sight by garbage collection
@@ -80,16 +114,25 @@ class RepositoryFormatError(ValueError):
 class RepositoryConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     chunk_names: str = CHUNK_NAMES
-    version: int = REPOSITORY_VERSION
+    secret_id: str | None = None  # set once encrypted backups have chunks here
+
+    @property
+    def version(self) -> int:
+        return PLAIN_VERSION if self.secret_id is None else REPOSITORY_VERSION
 
 
 def build_config(config: RepositoryConfig) -> str:
-    document = {
+    document: dict[str, object] = {
         "format": REPOSITORY_FORMAT,
         "version": config.version,
         "chunk_size": config.chunk_size,
         "chunk_names": config.chunk_names,
     }
+    if config.secret_id is not None:
+        document["sealed_chunks"] = {
+            "chunk_names": SEALED_CHUNK_NAMES,
+            "secret_id": config.secret_id,
+        }
     return json.dumps(document, indent=2) + "\n"
 
 
@@ -101,7 +144,7 @@ def parse_config(text: str) -> RepositoryConfig:
     if not isinstance(document, dict) or document.get("format") != REPOSITORY_FORMAT:
         raise RepositoryFormatError(f"is not a {REPOSITORY_FORMAT} description")
     version = document.get("version")
-    if version != REPOSITORY_VERSION:
+    if version not in (PLAIN_VERSION, REPOSITORY_VERSION):
         raise RepositoryFormatError(
             f"has version {version!r}; this virtbackup reads version {REPOSITORY_VERSION}"
         )
@@ -111,7 +154,58 @@ def parse_config(text: str) -> RepositoryConfig:
     names = document.get("chunk_names")
     if names != CHUNK_NAMES:
         raise RepositoryFormatError(f"names chunks by {names!r}, which this version cannot read")
-    return RepositoryConfig(chunk_size=chunk_size, chunk_names=names, version=version)
+    secret = _parse_sealed(document.get("sealed_chunks")) if version > PLAIN_VERSION else None
+    return RepositoryConfig(chunk_size=chunk_size, chunk_names=names, secret_id=secret)
+
+
+def _parse_sealed(section: object) -> str:
+    """The secret id of the encrypted chunks' description."""
+    if not isinstance(section, dict) or section.get("chunk_names") != SEALED_CHUNK_NAMES:
+        raise RepositoryFormatError("does not describe its encrypted chunks")
+    secret = section.get("secret_id")
+    if not isinstance(secret, str) or not is_chunk_name(secret):
+        raise RepositoryFormatError(f"has an invalid secret_id {secret!r}")
+    return secret
+
+
+def keyed_name(secret: bytes, digest: bytes) -> str:
+    """The name of an encrypted chunk whose uncompressed bytes have the sha256 `digest`."""
+    return hmac.new(secret, digest, hashlib.sha256).hexdigest()
+
+
+def secret_id(secret: bytes) -> str:
+    """What the repository records of its secret: tells one secret from another and
+    nothing about it (a keyed digest no chunk can have: chunk digests are 32 bytes)."""
+    return hmac.new(secret, b"virtbackup repository secret", hashlib.sha256).hexdigest()
+
+
+def recipients_id(fingerprints: tuple[str, ...]) -> str:
+    """The name, below secrets/, of the secret encrypted to these recipients."""
+    joined = "\n".join(sorted(set(fingerprints)))
+    return hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+
+def secret_file(fingerprints: tuple[str, ...]) -> str:
+    return f"{SECRETS_DIR}/{recipients_id(fingerprints)}.age"
+
+
+@dataclass(frozen=True)
+class ChunkNames:
+    """How the chunks of one chunk directory are named: by their sha256 (`secret` None)
+    or by the keyed digest of it."""
+
+    secret: bytes | None = None
+
+    def of_digest(self, digest: bytes) -> str:
+        return chunk_name(digest) if self.secret is None else keyed_name(self.secret, digest)
+
+    def of_data(self, data: bytes | bytearray | memoryview) -> str:
+        return self.of_digest(hashlib.sha256(data).digest())
+
+    def zero(self, length: int) -> str:
+        """The name of the chunk of `length` zero bytes."""
+        plain = zero_chunk_name(length)
+        return plain if self.secret is None else keyed_name(self.secret, bytes.fromhex(plain))
 
 
 def chunk_name(digest: bytes) -> str:
@@ -198,3 +292,6 @@ def parse_index_block(data: bytes, first_line: int) -> list[str]:
         parse_index_line(data[start : start + LINE_SIZE], first_line + number)
         for number, start in enumerate(range(0, len(data), LINE_SIZE))
     ]
+
+
+PLAIN_NAMES = ChunkNames()  # the chunks of unencrypted backups: named by their sha256

@@ -14,6 +14,11 @@ chunk and makes sure the repository holds it:
 The calling thread writes the names in order to the index and folds the chunk digests
 (the names themselves) into the whole-disk digest.
 
+An encrypted backup (`sealed_to`: the recipients file) names chunks by the keyed digest
+of the repository secret (core/repository_format.ChunkNames) and encrypts each new
+chunk's frame with age in the worker that made it; the whole-disk digest is folded from
+the names either way, so an unchanged chunk needs its earlier name only.
+
 The garbage-collection protocol (engine/stores/chunk_store.py) asks the caller to run
 this inside a registered Writer and, before commit, to touch every name once more
 (RepositoryBackup.confirm_all).
@@ -28,13 +33,14 @@ from functools import partial
 from pathlib import Path
 from typing import IO
 
+from virtbackup.adapters import age
 from virtbackup.adapters.file_label import file_label
 from virtbackup.core.backup_errors import CorruptBackup, write_error
 from virtbackup.core.progress import ProgressSink
-from virtbackup.core.repository_format import chunk_name, index_line, zero_chunk_name
+from virtbackup.core.repository_format import PLAIN_NAMES, ChunkNames, chunk_name, index_line
 from virtbackup.core.streamformat import FRAME_DIGEST, ChunkedDigest, chunked_digest_name
 from virtbackup.engine.datapath.chunk_pipeline import Chunk, SourceChunks, WriterOptions
-from virtbackup.engine.datapath.frames import encode_frame, zero_chunk
+from virtbackup.engine.datapath.frames import Buffer, encode_frame, zero_chunk
 from virtbackup.engine.datapath.io_control import write_all
 from virtbackup.engine.datapath.stream_writer import is_zero_chunk
 from virtbackup.engine.stores.chunk_store import SETTLE_SECONDS, ChunkStore
@@ -81,9 +87,17 @@ class RepositoryBackup:
     1 TiB disk of 4 MiB chunks, about 100 bytes each in a set (the bytes object and its
     slot), 26 MiB at most, and far less in practice (holes share one zero chunk)."""
 
-    def __init__(self, store: ChunkStore, options: WriterOptions) -> None:
+    def __init__(
+        self,
+        store: ChunkStore,
+        options: WriterOptions,
+        names: ChunkNames = PLAIN_NAMES,
+        sealed_to: Path | None = None,
+    ) -> None:
         self.store = store
         self.options = options
+        self.names = names
+        self.sealed_to = sealed_to
         self.used: set[bytes] = set()
         self.sleep: Callable[[float], None] = time.sleep  # tests wait for nothing
         self._lock = threading.Lock()
@@ -129,18 +143,23 @@ class RepositoryBackup:
         if is_zero_chunk(buffer, length):
             return self.store_zero(length)
         data = memoryview(buffer)[:length]
-        digest = hashlib.new(FRAME_DIGEST, data).digest()
-        name = chunk_name(digest)
-        if not self._claim(digest) or self.store.touch(name):
-            return _Stored(name, 0)
-        parts, _size = encode_frame(data, self.options.compression_level)
-        return _Stored(name, self.store.add(name, parts))
-
-    def store_zero(self, length: int) -> _Stored:
-        name = zero_chunk_name(length)
+        name = self.names.of_data(data)
         if not self._claim(bytes.fromhex(name)) or self.store.touch(name):
             return _Stored(name, 0)
-        return _Stored(name, self.store.add(name, zero_chunk(length).parts))
+        parts, _size = encode_frame(data, self.options.compression_level)
+        return _Stored(name, self._add(name, parts))
+
+    def store_zero(self, length: int) -> _Stored:
+        name = self.names.zero(length)
+        if not self._claim(bytes.fromhex(name)) or self.store.touch(name):
+            return _Stored(name, 0)
+        return _Stored(name, self._add(name, zero_chunk(length).parts))
+
+    def _add(self, name: str, frame: tuple[Buffer, ...]) -> int:
+        if self.sealed_to is None:
+            return self.store.add(name, frame)
+        sealed = age.encrypt_bytes(self.sealed_to, b"".join(frame))
+        return self.store.add(name, (sealed,))
 
     def reuse(self, name: str) -> _Stored:
         """A chunk an earlier backup named: touched, or _GONE when it no longer exists

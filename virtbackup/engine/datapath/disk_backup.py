@@ -12,6 +12,7 @@ from typing import IO
 
 from virtbackup import __version__
 from virtbackup.adapters import age, ssh_sign
+from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.core import backup_names
 from virtbackup.core.backup_errors import DiskBackupFailed
 from virtbackup.core.errors import VirtbackupError
@@ -27,7 +28,7 @@ from virtbackup.core.manifest import (
     build_sealed,
 )
 from virtbackup.core.progress import ProgressSink
-from virtbackup.core.repository_format import RepositoryConfig, index_file_name
+from virtbackup.core.repository_format import ChunkNames, RepositoryConfig, index_file_name
 from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
@@ -36,6 +37,7 @@ from virtbackup.engine.datapath.chunk_writer import ChunkResult, RepositoryBacku
 from virtbackup.engine.datapath.stream_writer import StreamResult, write_stream
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.repository_secret import writer_secret
 from virtbackup.engine.stores.store import DOMAIN_XML, MANIFEST, Partial, Store
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ def back_up_disks(
     sign_with: Path | None = None,
     left_out: Sequence[LeftOutDisk] = (),
     layout: str = LAYOUT_STREAM,
+    state_dir: Path | None = None,
 ) -> BackupResult:
     """Write one complete backup or nothing: on any failure the partial directory is
     removed and DiskBackupFailed names the domain and disk (exit status 1). With
@@ -85,12 +88,14 @@ def back_up_disks(
     core/signature.py). `left_out` names the domain's disks that are not in it,
     recorded in the manifest. `layout` says how the disks are stored: as stream files
     (LAYOUT_STREAM) or as chunks in DEST's repository and an index per disk
-    (LAYOUT_REPOSITORY, see core/repository_format.py; made on first use)."""
+    (LAYOUT_REPOSITORY, see core/repository_format.py; made on first use). An encrypted
+    repository backup keeps the repository secret in `state_dir` (see
+    engine/stores/repository_secret.py)."""
     options = options or WriterOptions()
     started = clock()
     _check_targets(domain_name, disks)
     with (
-        _repository_writer(store, layout, options, encrypt_to) as repository,
+        _repository_writer(store, layout, options, encrypt_to, state_dir) as repository,
         store.begin(domain_name, started) as partial,
     ):
         records = []
@@ -203,24 +208,34 @@ def _disk_record(
 
 @contextmanager
 def _repository_writer(
-    store: Store, layout: str, options: WriterOptions, encrypt_to: age.Recipients | None
+    store: Store,
+    layout: str,
+    options: WriterOptions,
+    encrypt_to: age.Recipients | None,
+    state_dir: Path | None,
 ) -> Iterator[RepositoryBackup | None]:
     """For the repository layout, the repository of DEST (made on first use) with this
     backup registered as its writer for as long as the block runs, which includes the
-    commit (see engine/stores/chunk_store.py); None for streams."""
+    commit (see engine/stores/chunk_store.py); None for streams. An encrypted backup
+    writes to the encrypted chunks, named with the repository secret."""
     if layout == LAYOUT_STREAM:
         yield None
         return
     if layout != LAYOUT_REPOSITORY:
         raise DiskBackupFailed(f"unknown backup layout {layout!r}")
-    if encrypt_to is not None or not isinstance(store, LocalStore):
-        raise DiskBackupFailed(
-            "the repository layout cannot be encrypted nor written to a remote yet"
-        )
-    chunks = ChunkStore(store.dest)
+    if not isinstance(store, LocalStore):
+        raise DiskBackupFailed("the repository layout cannot be written to a remote yet")
+    chunks = ChunkStore(store.dest, sealed=encrypt_to is not None)
     config = chunks.create(RepositoryConfig(chunk_size=options.chunk_size))  # on first use
+    options = replace(options, chunk_size=config.chunk_size)
+    if encrypt_to is None:
+        with chunks.writer():
+            yield RepositoryBackup(chunks, options)
+        return
+    chunks.ensure_chunk_dir()
+    secret = writer_secret(chunks, resolve_state_dir(state_dir), encrypt_to)
     with chunks.writer():
-        yield RepositoryBackup(chunks, replace(options, chunk_size=config.chunk_size))
+        yield RepositoryBackup(chunks, options, ChunkNames(secret), encrypt_to.file)
 
 
 def _confirm_chunks(domain_name: str, repository: RepositoryBackup) -> None:

@@ -6,6 +6,10 @@ names nothing but chunk paths. Its chunks become the frames of an ordinary Strea
 restored and verified by the same machinery as a stream file (stream_reader.py); only
 where the frames come from differs (ChunkFrames). A zero chunk becomes a hole and is
 never read on restore; verify checks each zero chunk once.
+
+An encrypted backup's chunks are in the encrypted chunk directory: the identity opens the
+repository secret (engine/stores/repository_secret.py), each chunk is decrypted with age
+as it is read, and a frame's data is checked against its keyed name.
 """
 
 import hashlib
@@ -13,27 +17,29 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtbackup.adapters import age
 from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.manifest import DiskRecord
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.repository_format import (
+    PLAIN_NAMES,
+    ChunkNames,
     RepositoryFormatError,
     index_size,
     parse_index,
-    zero_chunk_name,
 )
 from virtbackup.core.streamformat import (
     FRAME_DIGEST,
     STREAM_FORMAT_VERSION,
     FrameEntry,
     IndexHeader,
-    zero_digest,
 )
 from virtbackup.engine.datapath.frames import Buffer, FrameError, decode_frame, max_frame_size
 from virtbackup.engine.datapath.io_control import NotRegularFile, read_regular_file
 from virtbackup.engine.datapath.stream_reader import StreamIndex, verify_frames
 from virtbackup.engine.stores.backup_access import OpenedBackup
 from virtbackup.engine.stores.chunk_store import ChunkStore
+from virtbackup.engine.stores.repository_secret import reader_secret
 
 
 @dataclass(frozen=True)
@@ -46,13 +52,18 @@ class RepositoryDisk:
 
 def repository_disk(opened: OpenedBackup, disk: DiskRecord) -> RepositoryDisk:
     """The checked index of a disk in the repository of the backup's DEST."""
-    path = opened.random_access(disk)
+    path = opened.files.local_path(disk.file)
     if path is None:
         raise CorruptBackup(
             f"{disk.target}: {opened.files.label} keeps its disks in a repository, "
-            "which can only be read where it is, unencrypted"
+            "which can only be read where it is"
         )
-    return open_repository_disk(path, disk, opened.files.label)
+    if opened.sealed is None:
+        return open_repository_disk(path, disk, opened.files.label)
+    assert opened.identity is not None, "open_backup requires it for an encrypted backup"
+    store = ChunkStore(_dest_of(path), sealed=True)
+    secret = reader_secret(store, opened.identity, opened.sealed.recipients)
+    return open_repository_disk(path, disk, opened.files.label, store, secret, opened.identity)
 
 
 def verify_repository_disk(
@@ -71,11 +82,24 @@ def verify_repository_disk(
         )
 
 
-def open_repository_disk(index_path: Path, disk: DiskRecord, backup: str) -> RepositoryDisk:
+def _dest_of(index_path: Path) -> Path:
+    return index_path.parent.parent.parent  # DEST/<domain>/<stamp>/<index>
+
+
+def open_repository_disk(
+    index_path: Path,
+    disk: DiskRecord,
+    backup: str,
+    store: ChunkStore | None = None,
+    secret: bytes | None = None,
+    identity: Path | None = None,
+) -> RepositoryDisk:
     """The checked index of `disk`, whose index file is `index_path` in the backup
     directory DEST/<domain>/<stamp>/ (named `backup` in messages); CorruptBackup names
-    the disk and the backup when it cannot be used."""
-    store = ChunkStore(index_path.parent.parent.parent)
+    the disk and the backup when it cannot be used. An encrypted backup's disk gives its
+    chunk store, the repository secret and the identity that decrypts its chunks."""
+    store = store or ChunkStore(_dest_of(index_path))
+    naming = ChunkNames(secret)
     what = f"{disk.target}: {disk.file} of {backup}"
     data = _read_index_file(index_path, index_size(disk.byte_size, disk.chunk_size), what)
     if hashlib.sha256(data).hexdigest() != disk.index_sha256:
@@ -88,9 +112,8 @@ def open_repository_disk(index_path: Path, disk: DiskRecord, backup: str) -> Rep
     for number, name in enumerate(names):
         offset = number * disk.chunk_size
         length = min(disk.chunk_size, disk.byte_size - offset)
-        digest = bytes.fromhex(name)
-        is_zero = digest == zero_digest(length)
-        entries.append(FrameEntry(0, 0, offset, length, is_zero, digest))
+        is_zero = name == naming.zero(length)
+        entries.append(FrameEntry(0, 0, offset, length, is_zero, bytes.fromhex(name)))
     header = IndexHeader(
         version=STREAM_FORMAT_VERSION,
         chunk_size=disk.chunk_size,
@@ -101,16 +124,29 @@ def open_repository_disk(index_path: Path, disk: DiskRecord, backup: str) -> Rep
         whole_digest=bytes.fromhex(disk.digest),
     )
     index = StreamIndex(index_path, header, entries, len(data))
-    return RepositoryDisk(index, ChunkFrames(store, disk.chunk_size, backup))
+    frames = ChunkFrames(store, disk.chunk_size, backup, naming, identity)
+    return RepositoryDisk(index, frames)
 
 
 class ChunkFrames:
-    """The frames of a repository index: each one chunk file of the repository."""
+    """The frames of a repository index: each one chunk file of the repository (of an
+    encrypted one, decrypted with `identity`)."""
 
-    def __init__(self, store: ChunkStore, chunk_size: int, backup: str) -> None:
+    def __init__(
+        self,
+        store: ChunkStore,
+        chunk_size: int,
+        backup: str,
+        names: ChunkNames = PLAIN_NAMES,
+        identity: Path | None = None,
+    ) -> None:
         self.store = store
         self.backup = backup
+        self.names = names
+        self.identity = identity
         self._limit = max_frame_size(chunk_size)
+        if identity is not None:
+            self._limit = age.sealed_size_limit(self._limit)
 
     def read(self, entry: FrameEntry) -> Buffer | None:
         if entry.is_zero:
@@ -120,20 +156,32 @@ class ChunkFrames:
     def where(self, entry: FrameEntry) -> str:
         return f"chunk {entry.digest.hex()} of backup {self.backup}"
 
+    def digest(self, data: Buffer) -> bytes:
+        return bytes.fromhex(self.names.of_data(data))
+
     def chunk(self, name: str) -> bytes:
+        """The chunk's frame (decrypted for an encrypted backup); FrameError if it
+        cannot be had."""
         try:
-            return self.store.read(name, self._limit)
+            stored = self.store.read(name, self._limit)
         except CorruptBackup as err:
             if not os.path.lexists(self.store.path(name)):
                 raise FrameError(f"is missing from {self.store.chunks}") from None
             raise FrameError(f"cannot be read: {err.message}") from None
+        if self.identity is None:
+            return stored
+        try:
+            return age.decrypt_bytes(self.identity, stored, f"chunk {name}")
+        except (age.WrongIdentity, CorruptBackup):
+            # the same identity opened the repository secret: this chunk is damaged
+            raise FrameError("cannot be decrypted (damaged)") from None
 
     def check_zero_chunks(self, index: StreamIndex, label: str) -> None:
         """That each zero chunk the index uses is in the repository and decodes to zeros
         (restore never reads them: they are holes)."""
         lengths = {entry.data_length for entry in index.entries if entry.is_zero}
         for length in sorted(lengths):
-            name = zero_chunk_name(length)
+            name = self.names.zero(length)
             where = f"{label}: the zero chunk {name} of backup {self.backup}"
             try:
                 data = decode_frame(self.chunk(name), length)

@@ -115,6 +115,10 @@ class FrameSource(Protocol):
         """Where the frame is stored, for messages."""
         ...
 
+    def digest(self, data: Buffer) -> bytes:
+        """The digest an entry records for a frame of these uncompressed bytes."""
+        ...
+
 
 class StreamFrames:
     """The frames of a stream file, read at random (each pool thread into a buffer of
@@ -148,6 +152,9 @@ class StreamFrames:
     def where(self, entry: FrameEntry) -> str:
         return f"stored at byte {entry.stored_offset} of {self.index.path.name}"
 
+    def digest(self, data: Buffer) -> bytes:
+        return hashlib.new(self.index.header.frame_digest, data).digest()
+
 
 class _FrameDecoder:
     """Reads, decompresses and checks one frame at a time; shared by the pool threads."""
@@ -177,7 +184,7 @@ class _FrameDecoder:
 
     def _checked(self, entry: FrameEntry, data: memoryview) -> bool:
         """Whether the checked frame holds data (False: zeros, as its entry says)."""
-        if hashlib.new(self.index.header.frame_digest, data).digest() != entry.digest:
+        if self.frames.digest(data) != entry.digest:
             raise self._error(entry, "does not match its digest")
         if entry.is_zero:
             if bytes(data) != zeros(len(data)):  # (a memoryview compares item by item)

@@ -160,6 +160,7 @@ def back_up_domain(
                 sign_with=options.sign_with,
                 left_out=[LeftOutDisk(d.disk.target, d.reason) for d in plan.disks if not d.backup],
                 layout=options.layout,
+                state_dir=options.state_dir,
             )
     except LockHeld as err:
         return DomainOutcome(name, Result.LOCKED, str(err), plan.method.value, warnings=warnings)

@@ -32,6 +32,7 @@ from virtbackup.core.repository_format import (
     CONFIG_LIMIT,
     GC_HIDDEN_PREFIX,
     REPOSITORY_DIR,
+    SEALED_CHUNKS_DIR,
     WRITERS_DIR,
     RepositoryConfig,
     RepositoryFormatError,
@@ -62,11 +63,14 @@ class WriterEntry:
 
 
 class ChunkStore:
-    """DEST/.virtbackup-repository: its description, chunks and registered writers."""
+    """DEST/.virtbackup-repository: its description, the chunks of one chunk directory
+    (chunks/, or sealed-chunks/ for encrypted backups) and the registered writers (of
+    both: one garbage collection looks after both)."""
 
-    def __init__(self, dest: Path) -> None:
+    def __init__(self, dest: Path, sealed: bool = False) -> None:
         self.root = dest / REPOSITORY_DIR
-        self.chunks = self.root / CHUNKS_DIR
+        self.sealed = sealed
+        self.chunks = self.root / (SEALED_CHUNKS_DIR if sealed else CHUNKS_DIR)
         self.writers = self.root / WRITERS_DIR
         self._config: RepositoryConfig | None = None
 
@@ -89,9 +93,29 @@ class ChunkStore:
                 directory.mkdir(mode=DIR_MODE, exist_ok=True)
             except OSError as err:
                 raise write_error(err, directory) from None
-        self._write_atomically(self.root, CONFIG_FILE, (build_config(config).encode(),))
+        self.write_file(self.root, CONFIG_FILE, build_config(config).encode())
         self._config = self.config
         return self._config
+
+    def ensure_chunk_dir(self) -> None:
+        """This store's chunk directory (a repository made before its first encrypted
+        backup has no sealed-chunks/ yet)."""
+        try:
+            self.chunks.mkdir(mode=DIR_MODE, exist_ok=True)
+        except OSError as err:
+            raise write_error(err, self.chunks) from None
+
+    def update_config(self, config: RepositoryConfig) -> None:
+        self.write_file(self.root, CONFIG_FILE, build_config(config).encode())
+        self._config = None
+
+    def write_file(self, directory: Path, name: str, data: bytes) -> int:
+        """A file of the repository written whole or not at all (made 0700 if missing)."""
+        try:
+            directory.mkdir(mode=DIR_MODE, exist_ok=True)
+        except OSError as err:
+            raise write_error(err, directory) from None
+        return self._write_atomically(directory, name, (data,))
 
     def path(self, name: str) -> Path:
         return self.chunks / chunk_path(name)

@@ -42,6 +42,11 @@ A backup that is not complete (a partial directory) protects its chunks only whi
 writer lives: the chunks of a killed backup go once its registration is stale
 (`stale_after`) or removed by `clean` (remove_dead_writers).
 
+The plain chunks (chunks/) and those of encrypted backups (sealed-chunks/) are collected
+alike, each from the indexes of its own backups: an encrypted backup's index names its
+chunks by keyed names, which gc reads without any key (its manifest is encrypted, its
+public manifest lists the index files).
+
 Memory stays bounded by one index block and one sweep batch; a dry run keeps the set of
 referenced names instead of touching (it changes nothing).
 """
@@ -61,11 +66,12 @@ from pathlib import Path
 from virtbackup.core.backup_errors import CorruptBackup, StoreError, write_error
 from virtbackup.core.config import DEFAULT_GC_GRACE
 from virtbackup.core.errors import LockHeld
-from virtbackup.core.manifest import DiskRecord, Manifest
+from virtbackup.core.manifest import DiskRecord, Sealed
 from virtbackup.core.repository_format import (
     GC_HIDDEN_PREFIX,
     GC_LOCK_FILE,
     is_chunk_name,
+    is_index_file_name,
 )
 from virtbackup.engine.stores.chunk_store import (
     FILE_MODE,
@@ -74,7 +80,11 @@ from virtbackup.engine.stores.chunk_store import (
     ChunkStore,
 )
 from virtbackup.engine.stores.local import LocalFiles, LocalStore
-from virtbackup.engine.stores.repository_backups import holds_index, index_chunks
+from virtbackup.engine.stores.repository_backups import (
+    holds_index,
+    index_chunks,
+    sealed_index_names,
+)
 
 STALE_WRITER_SECONDS = 10 * HEARTBEAT_SECONDS  # ten missed heartbeats: the writer is gone
 SWEEP_BATCH = 65536  # chunks renamed before one pause: bounded memory, few pauses
@@ -134,11 +144,17 @@ class GcResult:
 
 @dataclass(frozen=True)
 class IndexRef:
-    """One disk's index of one complete backup."""
+    """One disk's index of one complete backup: of a plain one (`disk` known), or of an
+    encrypted one (the index `file`, its chunks in sealed-chunks/)."""
 
     backup: str  # domain/stamp, for messages
     files: LocalFiles
-    disk: DiskRecord
+    disk: DiskRecord | None
+    file: str
+
+    @property
+    def sealed(self) -> bool:
+        return self.disk is None
 
 
 def has_repository(dest: Path) -> bool:
@@ -159,24 +175,39 @@ def collect_garbage(
         raise StoreError(f"{dest} holds no repository", "nothing to collect")
     config = chunks.config  # a repository this version cannot read is left alone
     log.debug("gc of %s (chunks of %d bytes)", chunks.root, config.chunk_size)
+    sealed = ChunkStore(dest, sealed=True)
     with _gc_lock(chunks):
         result = GcResult(settings.dry_run)
         if not settings.dry_run:
-            result.restored = _restore_hidden(chunks)
+            result.restored = _restore_hidden(chunks) + _restore_hidden(sealed)
         start = chunks.filesystem_now()
         writers = chunks.live_writers(start, settings.stale_after)
         result.live_writers = len(writers)
         cutoff = min([start, *(writer.started for writer in writers)]) - settings.grace
         indexes = _indexes(LocalStore(dest), settings.assume_removed, result)
-        referenced: set[str] | None = set() if settings.dry_run else None
-        for index in indexes:
-            _mark(chunks, index, referenced, result)
-        if referenced is None:
-            _sweep(chunks, cutoff, settings.settle, sleep, result)
-        else:
-            _count_sweep(chunks, cutoff, referenced, result)
-        _remove_temporaries(chunks, cutoff, settings.dry_run, result)
+        for store in (chunks, sealed):
+            ours = [index for index in indexes if index.sealed == store.sealed]
+            _collect(store, ours, cutoff, settings, sleep, result)
     return result
+
+
+def _collect(
+    chunks: ChunkStore,
+    indexes: list[IndexRef],
+    cutoff: float,
+    settings: GcSettings,
+    sleep: Callable[[float], None],
+    result: GcResult,
+) -> None:
+    """Mark and sweep one chunk directory."""
+    referenced: set[str] | None = set() if settings.dry_run else None
+    for index in indexes:
+        _mark(chunks, index, referenced, result)
+    if referenced is None:
+        _sweep(chunks, cutoff, settings.settle, sleep, result)
+    else:
+        _count_sweep(chunks, cutoff, referenced, result)
+    _remove_temporaries(chunks, cutoff, settings.dry_run, result)
 
 
 def remove_dead_writers(dest: Path, *, dry_run: bool = False) -> list[str]:
@@ -244,13 +275,17 @@ def _indexes(
             continue
         label = f"{backup.domain}/{backup.stamp}"
         files = store.files(backup.domain, backup.stamp)
-        if not isinstance(backup.manifest, Manifest):
+        if isinstance(backup.manifest, Sealed):
+            names = [f.file for f in backup.manifest.files if is_index_file_name(f.file)]
+            found += [IndexRef(label, files, None, name) for name in names]
+            result.backups += bool(names)
+            continue
+        if backup.manifest is None:
             if holds_index(files.path):
-                why = backup.problem if backup.manifest is None else "its manifest is encrypted"
-                raise _unreadable(label, str(why))
+                raise _unreadable(label, str(backup.problem))
             continue  # no index, no chunk of ours
         disks = [disk for disk in backup.manifest.disks if disk.in_repository]
-        found += [IndexRef(label, files, disk) for disk in disks]
+        found += [IndexRef(label, files, disk, disk.file) for disk in disks]
         result.backups += bool(disks)
     return found
 
@@ -288,8 +323,11 @@ def _index_names(index: IndexRef, chunk_size: int) -> Iterator[str]:
     manifest; ReferencesUnreadable when it is not the one it names. A replaced index is
     told only at its end: marking its chunks first keeps more, never less."""
     try:
-        for name, _length in index_chunks(index.files, index.disk, chunk_size):
-            yield name
+        if index.disk is None:
+            yield from sealed_index_names(index.files, index.file)
+        else:
+            for name, _length in index_chunks(index.files, index.disk, chunk_size):
+                yield name
     except (CorruptBackup, OSError) as err:
         raise _unreadable(index.backup, str(err)) from None
 

@@ -87,10 +87,32 @@ def index_chunks(
             f"{where}: the index has {size} bytes; a disk of {disk.byte_size} bytes "
             f"needs {expected}"
         )
-    digest = hashlib.sha256()
     grid = chunk_lengths(disk.byte_size, chunk_size)
+    for name in _index_names(files, disk.file, expected, disk.index_sha256):
+        yield name, next(grid)[1]
+
+
+def sealed_index_names(files: BackupFiles, name: str) -> Iterator[str]:
+    """The chunk names of an index of an encrypted backup, read without its key: the
+    manifest that binds it (size, `index_sha256`) is encrypted, so the index is only
+    checked to be whole lines of chunk paths."""
+    size = files.size(name)
+    if size is None:
+        raise CorruptBackup(f"{files.label}/{name}: the index is missing")
+    if size % LINE_SIZE:
+        raise CorruptBackup(f"{files.label}/{name}: the index has {size} bytes, not whole lines")
+    yield from _index_names(files, name, size, None)
+
+
+def _index_names(
+    files: BackupFiles, name: str, expected: int, index_sha256: str | None
+) -> Iterator[str]:
+    """The names of the index file `name` of `expected` bytes, a block at a time,
+    checked against `index_sha256` at the end when it is known."""
+    where = f"{files.label}/{name}"
+    digest = hashlib.sha256()
     number = 0
-    with files.stream(disk.file) as index:
+    with files.stream(name) as index:
         while block := index.read(min(_LINES_PER_READ * LINE_SIZE, expected - number * LINE_SIZE)):
             if len(block) % LINE_SIZE:
                 block += index.read(LINE_SIZE - len(block) % LINE_SIZE)
@@ -99,12 +121,11 @@ def index_chunks(
                 names = parse_index_block(block, number)
             except RepositoryFormatError as err:
                 raise CorruptBackup(f"{where}: {err}") from None
-            for name in names:
-                yield name, next(grid)[1]
-                number += 1
+            yield from names
+            number += len(names)
         if number * LINE_SIZE != expected or index.read(1):
             raise CorruptBackup(f"{where}: the index changed size while it was read")
-    if digest.hexdigest() != disk.index_sha256:
+    if index_sha256 is not None and digest.hexdigest() != index_sha256:
         raise CorruptBackup(f"{where}: the index is not the one its manifest records")
 
 
