@@ -104,10 +104,7 @@ def test_layout_from_the_configuration_and_what_it_cannot_do_yet(
     (row,) = json.loads(result.stdout)["domains"]
     assert "vda.raw.lz4" in [p.name for p in Path(row["backup"]).iterdir()]
 
-    recipients = tmp_path / "recipients"
-    recipients.write_text("age1qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq\n")
     for extra, message in (
-        (["--encrypt", str(recipients)], "the repository layout cannot be encrypted yet"),
         (["--remote", "nowhere:x"], "the repository layout cannot be copied to a remote yet"),
     ):
         for command in ("backup", "all"):

@@ -50,6 +50,10 @@ a public `manifest.json` with what listing and retention need without a key::
                 {"file": "domain.xml.age", "stored_size": 2345}, ...]
     }
 
+A disk of an encrypted backup in the repository is listed by its index (``vda.raw.idx``,
+not encrypted: it holds keyed chunk names only, see core/repository_format.py), so that
+garbage collection finds the chunks it uses without a key.
+
 verified.json, written by `verify` beside the manifest (a backup's data files are never
 changed after the rename; this record is the only file added later)::
 
@@ -73,7 +77,7 @@ from virtbackup.core.backup_names import (
     stream_file_name,
 )
 from virtbackup.core.model import Method
-from virtbackup.core.repository_format import index_file_name
+from virtbackup.core.repository_format import index_file_name, is_index_file_name
 from virtbackup.core.streamformat import (
     MAX_CHUNK_SIZE,
     MIN_CHUNK_SIZE,
@@ -311,6 +315,8 @@ def _parse_stored_file(entry: object, number: int) -> StoredFile:
             raise ManifestFormatError(f"{where}.file {_shown(name)} is not a file of a backup")
         return StoredFile(name, stored_size)
     target = _target_field(entry, where)
+    if name.startswith(f"{target}.") and is_index_file_name(name):
+        return StoredFile(name, stored_size, target)  # a disk in the repository
     fmt = name[len(target) + 1 : -len(STREAM_SUFFIX + AGE_SUFFIX)]
     if not is_disk_format(fmt) or name != stream_file_name(target, fmt, True):
         raise ManifestFormatError(

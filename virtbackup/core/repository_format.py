@@ -41,9 +41,13 @@ Encrypted backups (``--encrypt``)
     Their chunks live in ``sealed-chunks/``, a chunk directory of their own beside the
     plain ``chunks/``; a DEST holds both kinds of backup side by side. Such a chunk is the
     LZ4 frame above encrypted with age to the backup's recipients, and its name is
-    HMAC-SHA256(secret, sha256(uncompressed bytes)) in hex: without the repository
-    secret neither names nor contents reveal the data, and equal chunks still share one
-    name (dedup works among the backups made with one secret). The secret is 32 random
+    HMAC-SHA256(key, sha256(uncompressed bytes)) in hex, where the key is
+    `chunk_key` of the repository secret and the recipients: without the secret neither
+    names nor contents reveal the data, and equal chunks still share one name among the
+    backups made with one secret for one set of recipients. (A chunk is encrypted to
+    the recipients of the backup that wrote it; were names shared across recipients, a
+    backup for new recipients would reuse chunks its identity cannot open. A change of
+    recipients therefore starts new chunks; the old ones go with the old backups.) The secret is 32 random
     bytes made by the first encrypted backup. The repository holds it encrypted to the
     recipients, as ``secrets/<id>.age`` where <id> is `recipients_id` of the
     recipients' fingerprints (one file per set of recipients that has written backups,
@@ -168,9 +172,15 @@ def _parse_sealed(section: object) -> str:
     return secret
 
 
-def keyed_name(secret: bytes, digest: bytes) -> str:
+def keyed_name(key: bytes, digest: bytes) -> str:
     """The name of an encrypted chunk whose uncompressed bytes have the sha256 `digest`."""
-    return hmac.new(secret, digest, hashlib.sha256).hexdigest()
+    return hmac.new(key, digest, hashlib.sha256).hexdigest()
+
+
+def chunk_key(secret: bytes, fingerprints: tuple[str, ...]) -> bytes:
+    """The key naming the chunks encrypted to these recipients."""
+    label = f"virtbackup chunks for {recipients_id(fingerprints)}".encode()
+    return hmac.new(secret, label, hashlib.sha256).digest()
 
 
 def secret_id(secret: bytes) -> str:
@@ -191,13 +201,13 @@ def secret_file(fingerprints: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class ChunkNames:
-    """How the chunks of one chunk directory are named: by their sha256 (`secret` None)
-    or by the keyed digest of it."""
+    """How chunks are named: by their sha256 (`key` None) or by the keyed digest of it
+    (`chunk_key`)."""
 
-    secret: bytes | None = None
+    key: bytes | None = None
 
     def of_digest(self, digest: bytes) -> str:
-        return chunk_name(digest) if self.secret is None else keyed_name(self.secret, digest)
+        return chunk_name(digest) if self.key is None else keyed_name(self.key, digest)
 
     def of_data(self, data: bytes | bytearray | memoryview) -> str:
         return self.of_digest(hashlib.sha256(data).digest())
@@ -205,7 +215,7 @@ class ChunkNames:
     def zero(self, length: int) -> str:
         """The name of the chunk of `length` zero bytes."""
         plain = zero_chunk_name(length)
-        return plain if self.secret is None else keyed_name(self.secret, bytes.fromhex(plain))
+        return plain if self.key is None else keyed_name(self.key, bytes.fromhex(plain))
 
 
 def chunk_name(digest: bytes) -> str:

@@ -28,7 +28,12 @@ from virtbackup.core.manifest import (
     build_sealed,
 )
 from virtbackup.core.progress import ProgressSink
-from virtbackup.core.repository_format import ChunkNames, RepositoryConfig, index_file_name
+from virtbackup.core.repository_format import (
+    ChunkNames,
+    RepositoryConfig,
+    chunk_key,
+    index_file_name,
+)
 from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
@@ -235,7 +240,8 @@ def _repository_writer(
     chunks.ensure_chunk_dir()
     secret = writer_secret(chunks, resolve_state_dir(state_dir), encrypt_to)
     with chunks.writer():
-        yield RepositoryBackup(chunks, options, ChunkNames(secret), encrypt_to.file)
+        names = ChunkNames(chunk_key(secret, encrypt_to.fingerprints()))
+        yield RepositoryBackup(chunks, options, names, encrypt_to.file)
 
 
 def _confirm_chunks(domain_name: str, repository: RepositoryBackup) -> None:

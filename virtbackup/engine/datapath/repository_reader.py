@@ -25,6 +25,7 @@ from virtbackup.core.repository_format import (
     PLAIN_NAMES,
     ChunkNames,
     RepositoryFormatError,
+    chunk_key,
     index_size,
     parse_index,
 )
@@ -62,8 +63,9 @@ def repository_disk(opened: OpenedBackup, disk: DiskRecord) -> RepositoryDisk:
         return open_repository_disk(path, disk, opened.files.label)
     assert opened.identity is not None, "open_backup requires it for an encrypted backup"
     store = ChunkStore(_dest_of(path), sealed=True)
-    secret = reader_secret(store, opened.identity, opened.sealed.recipients)
-    return open_repository_disk(path, disk, opened.files.label, store, secret, opened.identity)
+    recipients = opened.sealed.recipients
+    key = chunk_key(reader_secret(store, opened.identity, recipients), recipients)
+    return open_repository_disk(path, disk, opened.files.label, store, key, opened.identity)
 
 
 def verify_repository_disk(
@@ -91,15 +93,15 @@ def open_repository_disk(
     disk: DiskRecord,
     backup: str,
     store: ChunkStore | None = None,
-    secret: bytes | None = None,
+    key: bytes | None = None,
     identity: Path | None = None,
 ) -> RepositoryDisk:
     """The checked index of `disk`, whose index file is `index_path` in the backup
     directory DEST/<domain>/<stamp>/ (named `backup` in messages); CorruptBackup names
     the disk and the backup when it cannot be used. An encrypted backup's disk gives its
-    chunk store, the repository secret and the identity that decrypts its chunks."""
+    chunk store, the key naming its chunks and the identity that decrypts them."""
     store = store or ChunkStore(_dest_of(index_path))
-    naming = ChunkNames(secret)
+    naming = ChunkNames(key)
     what = f"{disk.target}: {disk.file} of {backup}"
     data = _read_index_file(index_path, index_size(disk.byte_size, disk.chunk_size), what)
     if hashlib.sha256(data).hexdigest() != disk.index_sha256:
