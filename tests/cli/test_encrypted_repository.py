@@ -107,13 +107,11 @@ def test_encrypted_repository_reveals_nothing_and_restores_on_a_new_host(
 
     # the stock-tool restore the format documents, exactly
     stock = tmp_path / "stock.raw"
-    subprocess.run(
+    command = (
         f'sed "s|^|{dest}/.virtbackup-repository/sealed-chunks/|" vda.raw.idx '
-        f"| xargs -n 1 age -d -i {keys.identity} | lz4 -d > {stock}",
-        shell=True,
-        check=True,
-        cwd=second,
+        f"| xargs -n 1 age -d -i {keys.identity} | lz4 -d > {stock}"
     )
+    subprocess.run(["sh", "-c", command], check=True, cwd=second)
     subprocess.run(["cmp", str(raw.path), str(stock)], check=True)
 
     # gc keeps the chunks of both kinds; once the encrypted backups go, theirs go

@@ -47,9 +47,9 @@ Encrypted backups (``--encrypt``)
     backups made with one secret for one set of recipients. (A chunk is encrypted to
     the recipients of the backup that wrote it; were names shared across recipients, a
     backup for new recipients would reuse chunks its identity cannot open. A change of
-    recipients therefore starts new chunks; the old ones go with the old backups.) The secret is 32 random
-    bytes made by the first encrypted backup. The repository holds it encrypted to the
-    recipients, as ``secrets/<id>.age`` where <id> is `recipients_id` of the
+    recipients therefore starts new chunks; the old ones go with the old backups.)
+    The secret is 32 random bytes made by the first encrypted backup. The repository
+    holds it encrypted to the recipients, as ``secrets/<id>.age`` where <id> is `recipients_id` of the
     recipients' fingerprints (one file per set of recipients that has written backups,
     so an old identity still opens the backups made for it); `secret_id` of the secret
     is in repository.json, to tell a copy of it from another secret. The index of an
