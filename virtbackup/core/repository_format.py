@@ -49,9 +49,10 @@ Encrypted backups (``--encrypt``)
     backup for new recipients would reuse chunks its identity cannot open. A change of
     recipients therefore starts new chunks; the old ones go with the old backups.)
     The secret is 32 random bytes made by the first encrypted backup. The repository
-    holds it encrypted to the recipients, as ``secrets/<id>.age`` where <id> is `recipients_id` of the
-    recipients' fingerprints (one file per set of recipients that has written backups,
-    so an old identity still opens the backups made for it); `secret_id` of the secret
+    holds it encrypted to the recipients, as ``secrets/<id>.age`` where <id> is
+    `recipients_id` of the recipients' fingerprints (one file per set of recipients
+    that has written backups, so an old identity still opens the backups made for it);
+    `secret_id` of the secret
     is in repository.json, to tell a copy of it from another secret. The index of an
     encrypted backup has the same form, its paths below ``sealed-chunks/``, and it is
     bound to its backup by ``index_sha256`` in the encrypted manifest. Stock tools
