@@ -160,7 +160,8 @@ def test_damaged_chunk_wrong_identity_and_a_host_without_the_secret(
     assert len(list((repository / "secrets").iterdir())) == 2
     assert len(list((state_dir / "repository-secrets").iterdir())) == 1
     old_names = set((backup / "vda.raw.idx").read_text().split())
-    assert old_names.isdisjoint((renewed / "vda.raw.idx").read_text().split())
+    renewed_names = (renewed / "vda.raw.idx").read_text().split()
+    assert old_names.isdisjoint(renewed_names)
     for identity, which in ((other.identity, renewed), (keys.identity, backup)):
         result = virtbackup_in(
             tmp_path / "fresh", "verify", str(which), "--identity", str(identity)
@@ -195,3 +196,22 @@ def test_damaged_chunk_wrong_identity_and_a_host_without_the_secret(
         line = (result.stdout + result.stderr).strip().splitlines()[-1]
         assert damaged.name in line and str(backup) in line, line
         assert "Traceback" not in result.stderr
+
+    # the whole repository: without a key only what exists can be told; with one the
+    # damaged chunk is named with the backup using it (and the other identity's chunks
+    # cannot be opened by this one)
+    whole = ["verify", "--all-chunks", "--dest", str(dest)]
+    result = virtbackup_in(state_dir, *whole)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = virtbackup_in(state_dir, *whole, "--identity", str(keys.identity))
+    assert result.returncode == 1, result.stdout + result.stderr
+    (problem,) = result.stderr.strip().splitlines()
+    assert damaged.name in problem and "is damaged" in problem, problem
+    assert backup.name in problem and renewed.name not in problem, problem
+    total = len([p for p in (repository / "sealed-chunks").rglob("*") if p.is_file()])
+    assert f"{total - len(set(renewed_names))} of {total} chunks read" in result.stdout
+    damaged.unlink()
+    result = virtbackup_in(state_dir, *whole)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (problem,) = [line for line in result.stderr.splitlines() if damaged.name in line]
+    assert "is missing" in problem and backup.name in problem, problem

@@ -53,9 +53,10 @@ def verify_command(
     if all_chunks or sample is not None:
         if backups or all_chunks and sample is not None:
             raise UsageError("give either BACKUP..., --all-chunks or --sample PERCENT")
-        if reading.remote or reading.remote_location or reading.identity:
+        if reading.remote or reading.remote_location:
             raise UsageError("--all-chunks and --sample check the repository of a local --dest")
-        return _verify_repository(options, dest, ALL_CHUNKS if sample is None else sample)
+        percent = ALL_CHUNKS if sample is None else sample
+        return _verify_repository(options, dest, percent, reading.identity)
     if not backups:
         raise UsageError("nothing to verify", "give BACKUP..., --all-chunks or --sample PERCENT")
     if dest is not None:
@@ -84,12 +85,16 @@ def verify_command(
     return ExitCode.FAILED if failed else ExitCode.OK
 
 
-def _verify_repository(options: GlobalOptions, dest: Path | None, sample: float) -> int:
+def _verify_repository(
+    options: GlobalOptions, dest: Path | None, sample: float, identity: Path | None
+) -> int:
+    """The whole repository; its encrypted chunks are decrypted and checked only with
+    `identity` (without, that each one an index names exists)."""
     dest = dest or load_settings(options).dest
     if dest is None:
         raise UsageError("no backup destination", "give --dest DIR or set dest in the config file")
     with progress_sink(options.verbosity) as progress:
-        check = verify_repository(dest, progress, sample)
+        check = verify_repository(dest, progress, sample, identity=identity)
     for problem in check.problems:
         error_line(problem)
     state = "ok" if check.ok else "FAILED"

@@ -178,9 +178,9 @@ def keyed_name(key: bytes, digest: bytes) -> str:
     return hmac.new(key, digest, hashlib.sha256).hexdigest()
 
 
-def chunk_key(secret: bytes, fingerprints: tuple[str, ...]) -> bytes:
-    """The key naming the chunks encrypted to these recipients."""
-    label = f"virtbackup chunks for {recipients_id(fingerprints)}".encode()
+def chunk_key(secret: bytes, recipients: str) -> bytes:
+    """The key naming the chunks encrypted to the recipients of `recipients_id`."""
+    label = f"virtbackup chunks for {recipients}".encode()
     return hmac.new(secret, label, hashlib.sha256).digest()
 
 

@@ -33,6 +33,7 @@ from virtbackup.core.repository_format import (
     RepositoryConfig,
     chunk_key,
     index_file_name,
+    recipients_id,
 )
 from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
@@ -240,7 +241,7 @@ def _repository_writer(
     chunks.ensure_chunk_dir()
     secret = writer_secret(chunks, resolve_state_dir(state_dir), encrypt_to)
     with chunks.writer():
-        names = ChunkNames(chunk_key(secret, encrypt_to.fingerprints()))
+        names = ChunkNames(chunk_key(secret, recipients_id(encrypt_to.fingerprints())))
         yield RepositoryBackup(chunks, options, names, encrypt_to.file)
 
 

@@ -28,6 +28,7 @@ from virtbackup.core.repository_format import (
     chunk_key,
     index_size,
     parse_index,
+    recipients_id,
 )
 from virtbackup.core.streamformat import (
     FRAME_DIGEST,
@@ -64,7 +65,7 @@ def repository_disk(opened: OpenedBackup, disk: DiskRecord) -> RepositoryDisk:
     assert opened.identity is not None, "open_backup requires it for an encrypted backup"
     store = ChunkStore(_dest_of(path), sealed=True)
     recipients = opened.sealed.recipients
-    key = chunk_key(reader_secret(store, opened.identity, recipients), recipients)
+    key = chunk_key(reader_secret(store, opened.identity, recipients), recipients_id(recipients))
     return open_repository_disk(path, disk, opened.files.label, store, key, opened.identity)
 
 

@@ -60,8 +60,12 @@ def writer_secret(chunks: ChunkStore, state_dir: Path, recipients: age.Recipient
 def reader_secret(chunks: ChunkStore, identity: Path, fingerprints: tuple[str, ...]) -> bytes:
     """The secret, decrypted with `identity` from the repository's copy for the
     recipients `fingerprints` (those of the backup being read)."""
-    path = chunks.root / secret_file(fingerprints)
-    expected = chunks.config.secret_id
+    return open_secret_file(chunks, identity, chunks.root / secret_file(fingerprints))
+
+
+def open_secret_file(chunks: ChunkStore, identity: Path, path: Path) -> bytes:
+    """The secret in the repository's copy `path`, decrypted with `identity`;
+    WrongIdentity when it is not one of that copy's recipients."""
     try:
         sealed = path.read_bytes()
     except OSError as err:
@@ -70,7 +74,7 @@ def reader_secret(chunks: ChunkStore, identity: Path, fingerprints: tuple[str, .
             "chunks cannot be named"
         ) from None
     secret = age.decrypt_bytes(identity, sealed, str(path))
-    if len(secret) != SECRET_SIZE or secret_id(secret) != expected:
+    if len(secret) != SECRET_SIZE or secret_id(secret) != chunks.config.secret_id:
         raise CorruptBackup(f"{path} is not the secret of its repository (replaced or damaged)")
     return secret
 
