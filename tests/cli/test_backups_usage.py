@@ -92,6 +92,7 @@ def test_summary_in_text_and_json(
         "logical_bytes": 2 * SIZE,
         "backups": 2,
         "dedup_ratio": 2 * SIZE / stored,
+        "encrypted": {"chunks": 0, "stored_bytes": 0, "backups": 0},
     }
     text = run_cli("backups", "--dest", str(dest), "--summary")
     assert text.returncode == 0, text.stderr

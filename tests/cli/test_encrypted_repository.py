@@ -81,6 +81,19 @@ def test_encrypted_repository_reveals_nothing_and_restores_on_a_new_host(
     assert sorted((repository / "sealed-chunks").rglob("*")) == sealed
     assert (second / "vda.raw.idx").read_bytes() == (first / "vda.raw.idx").read_bytes()
 
+    # accounting without a key: what removing each frees, the encrypted chunks apart
+    listed = virtbackup_in(state_dir, "backups", "--dest", str(dest), "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {Path(b["path"]).name: b for b in json.loads(listed.stdout)["backups"]}
+    sealed_bytes = sum(p.stat().st_size for p in sealed if p.is_file())
+    own = {b: sum(p.stat().st_size for p in b.iterdir()) for b in (first, second)}
+    assert rows[first.name]["frees"] == own[first]  # every chunk is shared with `second`
+    assert rows[second.name]["frees"] == own[second]
+    summary = virtbackup_in(state_dir, "backups", "--dest", str(dest), "--summary", "--json")
+    encrypted = json.loads(summary.stdout)["repository"]["encrypted"]
+    files = [p for p in sealed if p.is_file()]
+    assert encrypted == {"chunks": len(files), "stored_bytes": sealed_bytes, "backups": 2}
+
     # nothing outside the plain backup reveals a chunk's digest nor its data
     chunk = _known_chunk(raw.path)
     digest = hashlib.sha256(chunk).hexdigest()

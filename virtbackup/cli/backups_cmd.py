@@ -134,6 +134,11 @@ def summary_as_json(summary: RepositorySummary, exists: bool) -> dict[str, Any]:
         "logical_bytes": summary.logical_bytes,
         "backups": summary.backups,
         "dedup_ratio": summary.dedup_ratio,
+        "encrypted": {  # logical bytes need a key: the ratio is of the figures above
+            "chunks": summary.encrypted_chunks,
+            "stored_bytes": summary.encrypted_bytes,
+            "backups": summary.encrypted_backups,
+        },
     }
 
 

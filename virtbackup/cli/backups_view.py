@@ -92,4 +92,13 @@ def print_summary(dest: str, summary: RepositorySummary, exists: bool) -> None:
         str(summary.backups),
         "-" if ratio is None else f"{ratio:.2f}",
     )
+    if summary.encrypted_chunks or summary.encrypted_backups:
+        table.add_row(
+            text(f"{dest} (encrypted)"),
+            str(summary.encrypted_chunks),
+            human_size(summary.encrypted_bytes),
+            "-",  # inside the encrypted manifests
+            str(summary.encrypted_backups),
+            "-",
+        )
     stdout_console(200).print(table)
