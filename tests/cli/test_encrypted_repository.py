@@ -118,6 +118,23 @@ def test_encrypted_repository_reveals_nothing_and_restores_on_a_new_host(
     verified = virtbackup_in(new_host, "verify", str(second), "--identity", str(keys.identity))
     assert verified.returncode == 0, verified.stderr
 
+    # export: a cleartext stream backup, restorable without a key
+    exported = virtbackup_in(
+        new_host,
+        "export",
+        str(second),
+        "--to",
+        str(tmp_path / "export"),
+        "--identity",
+        str(keys.identity),
+    )
+    assert exported.returncode == 0, exported.stderr
+    (copy,) = (tmp_path / "export").glob("*/*")
+    assert sorted(p.name for p in copy.iterdir()) == ["domain.xml", "manifest.json", "vda.raw.lz4"]
+    result = virtbackup_in(new_host, "restore", str(copy), "--to", str(tmp_path / "from-export"))
+    assert result.returncode == 0, result.stderr
+    subprocess.run(["cmp", str(raw.path), str(tmp_path / "from-export" / "vda.raw")], check=True)
+
     # the stock-tool restore the format documents, exactly
     stock = tmp_path / "stock.raw"
     command = (

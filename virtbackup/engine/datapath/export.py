@@ -6,7 +6,11 @@ A disk in the repository needs no recompression: a chunk is exactly the frame a 
 holds for that range (core/repository_format.py), so its stored frames are copied in
 index order and the stream's index is built from the chunk names (a chunk's name is the
 sha256 of its data, the frame digest of the stream format). A stream disk is copied as
-it is (decrypted when the backup is encrypted). Each written stream is then verified
+it is (decrypted when the backup is encrypted). An encrypted backup's chunks are
+decrypted and decoded once more to learn the sha256 their keyed names hide, so its
+export, like that of an encrypted stream backup, is a cleartext stream backup whose
+whole-disk digest is the stream format's (the source records one folded from the keyed
+names). Each written stream is then verified
 like any backup before the export is committed: an export that exists is whole and
 sound. It is written through the destination's partial directory, so an interrupted
 export leaves no complete-looking backup.
@@ -93,6 +97,8 @@ def _export_disk(
         else:
             _copy_stream(opened, disk, out, partial.path / name)
     index = read_index(partial.path / name, disk.target)
+    if disk.in_repository and opened.encrypted:  # its names were checked as it was copied
+        disk = replace(disk, digest=index.header.whole_digest.hex())
     check_index_matches(index, disk)
     if verify_stream(index, disk.target, progress, workers) != disk.digest:
         raise CorruptBackup(f"{disk.target}: the data of {opened.files.label} is not its digest")
@@ -111,23 +117,24 @@ def _copy_chunks(
 ) -> None:
     """The disk's chunks, their stored frames verbatim, as one stream file."""
     checked = repository_disk(opened, disk)
-    zero_frames: dict[int, bytes] = {}  # one read per length, however sparse the disk
+    zero_frames: dict[int, tuple[bytes, bytes]] = {}  # length -> frame, digest: read once
     progress.on_start(disk.byte_size, f"{disk.target} (copy)")
     try:
         with StreamFile(out, disk.chunk_size) as stream:
             for entry in checked.index.entries:
                 try:
                     if entry.is_zero and entry.data_length in zero_frames:
-                        frame = zero_frames[entry.data_length]
+                        frame, digest = zero_frames[entry.data_length]
                     else:
                         frame = checked.frames.chunk(entry.digest.hex())
+                        digest = checked.frames.frame_digest(entry, frame)
                 except FrameError as err:
                     raise CorruptBackup(
                         f"{disk.target}: {checked.frames.where(entry)} {err}"
                     ) from None
                 if entry.is_zero:
-                    zero_frames[entry.data_length] = frame
-                encoded = EncodedChunk((frame,), len(frame), entry.digest, entry.is_zero)
+                    zero_frames[entry.data_length] = frame, digest
+                encoded = EncodedChunk((frame,), len(frame), digest, entry.is_zero)
                 stream.add(entry.data_offset, entry.data_length, encoded)
                 progress.on_advance(entry.data_length)
             stream.data_size = disk.byte_size

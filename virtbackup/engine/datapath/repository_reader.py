@@ -162,6 +162,17 @@ class ChunkFrames:
     def digest(self, data: Buffer) -> bytes:
         return bytes.fromhex(self.names.of_data(data))
 
+    def frame_digest(self, entry: FrameEntry, frame: bytes) -> bytes:
+        """The sha256 of the data of `entry`'s frame (the frame digest of a stream):
+        its name, or for an encrypted chunk, decoded and checked against its keyed name."""
+        if self.names.key is None:
+            return entry.digest
+        data = decode_frame(frame, entry.data_length)
+        digest = hashlib.sha256(data).digest()
+        if self.names.of_digest(digest) != entry.digest.hex():
+            raise FrameError("does not match its name")
+        return digest
+
     def chunk(self, name: str) -> bytes:
         """The chunk's frame (decrypted for an encrypted backup); FrameError if it
         cannot be had."""
