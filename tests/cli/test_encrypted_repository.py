@@ -5,16 +5,20 @@ repository (no identity) can learn from it."""
 import hashlib
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from age_helpers import KeyPair, make_key_pair
-from harness.cli import virtbackup_in
+from harness.cli import NO_HOST_CONFIG, virtbackup_in
 from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
+from repository_helpers import wait_for
 
 from virtbackup.core.repository_format import REPOSITORY_DIR
+from virtbackup.engine.stores.chunk_store import ChunkStore
 
 CHUNK = 4 * MiB
 
@@ -245,3 +249,85 @@ def test_damaged_chunk_wrong_identity_and_a_host_without_the_secret(
     assert result.returncode == 1, result.stdout + result.stderr
     (problem,) = [line for line in result.stderr.splitlines() if damaged.name in line]
     assert "is missing" in problem and backup.name in problem, problem
+
+
+def test_kill_9_of_the_first_encrypted_backup_leaves_nothing_referenced_missing(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    keys = make_key_pair(tmp_path / "keys")
+    image = domain_factory.workdir / "disk.raw"
+    image.write_bytes(os.urandom(4 * CHUNK))
+    dom = domain_factory.create([DiskSpec("raw", image=image)], hint="enckill")
+    argv = [
+        *("backup", dom.name(), "--dest", str(dest), "--layout", "repository"),
+        *("--encrypt", str(keys.recipients), "--bwlimit", "2M"),
+    ]
+    environment = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
+    running = subprocess.Popen(
+        [sys.executable, "-m", "virtbackup", *NO_HOST_CONFIG, *argv],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    sealed = ChunkStore(dest, sealed=True)
+    try:
+        wait_for(lambda: any(True for _ in sealed.names()))
+    finally:
+        running.send_signal(signal.SIGKILL)
+        running.communicate()
+    assert running.returncode == -signal.SIGKILL
+    assert list(dest.glob(f"{dom.name()}/2*")) == []  # no complete backup
+    killed_chunks = {name for name, _ in sealed.names()}
+
+    # the next backup uses the secret the killed one made, and its chunks
+    time.sleep(1.1)
+    backup = _encrypted(state_dir, dest, dom.name(), keys)
+    names = set((backup / "vda.raw.idx").read_text().split())
+    assert {f"{n[:2]}/{n}" for n in killed_chunks} <= names
+    cleaned = virtbackup_in(state_dir, "clean", "--dest", str(dest))
+    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+    no_grace = tmp_path / "gc.toml"
+    no_grace.write_text("gc_grace = 0\n")
+    gc = virtbackup_in(state_dir, "--config", str(no_grace), "gc", "--dest", str(dest))
+    assert gc.returncode == 0, gc.stderr
+    for command in (
+        ["verify", str(backup)],
+        ["verify", "--all-chunks", "--dest", str(dest)],
+        ["restore", str(backup), "--to", str(tmp_path / "out")],
+    ):
+        result = virtbackup_in(tmp_path / "new-host", *command, "--identity", str(keys.identity))
+        assert result.returncode == 0, result.stdout + result.stderr
+    subprocess.run(["cmp", str(image), str(tmp_path / "out" / "vda.raw")], check=True)
+
+
+def test_two_first_encrypted_backups_at_once_make_one_secret(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    keys = make_key_pair(tmp_path / "keys")
+    domains = [domain_factory.create([DiskSpec("raw")], hint=f"encpair{n}") for n in (1, 2)]
+    environment = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
+    running = [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "virtbackup", *NO_HOST_CONFIG, "backup", dom.name()),
+                *("--dest", str(dest), "--layout", "repository"),
+                *("--encrypt", str(keys.recipients)),
+            ],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for dom in domains
+    ]
+    for process in running:
+        _out, errors = process.communicate()
+        assert process.returncode == 0, errors
+    assert len(list((dest / REPOSITORY_DIR / "secrets").iterdir())) == 1
+    assert len(list((state_dir / "repository-secrets").iterdir())) == 1
+    for dom in domains:
+        (backup,) = dest.glob(f"{dom.name()}/2*")
+        result = virtbackup_in(
+            tmp_path / "new-host", "verify", str(backup), "--identity", str(keys.identity)
+        )
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -10,6 +10,7 @@ Layout under DEST (beside the single-stream backups, which stay as they are)::
         chunks/ab/ab12...ef         one chunk: one LZ4 frame, named by its digest
         sealed-chunks/ab/ab12...ef  one chunk of the encrypted backups (below)
         secrets/<recipients>.age    the secret naming them, encrypted to the recipients
+        secret.lock                 flock'ed while the first encrypted backup makes it
         writers/<id>                one per backup writing into it (see engine/stores/gc)
         gc.lock                     flock'ed by the garbage collection of this host
         chunks/ab/.gc-ab12...ef     a chunk garbage collection is about to remove
@@ -97,6 +98,7 @@ CONFIG_FILE = "repository.json"
 CHUNKS_DIR = "chunks"
 SEALED_CHUNKS_DIR = "sealed-chunks"
 SECRETS_DIR = "secrets"
+SECRET_LOCK_FILE = "secret.lock"
 SECRET_SIZE = 32
 SEALED_CHUNK_NAMES = "hmac-sha256"
 WRITERS_DIR = "writers"

@@ -105,6 +105,10 @@ class ChunkStore:
         except OSError as err:
             raise write_error(err, self.chunks) from None
 
+    def reload_config(self) -> None:
+        """Read the description again at next use (another writer may have changed it)."""
+        self._config = None
+
     def update_config(self, config: RepositoryConfig) -> None:
         self.write_file(self.root, CONFIG_FILE, build_config(config).encode())
         self._config = None

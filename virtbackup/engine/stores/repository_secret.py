@@ -14,8 +14,11 @@ says how to put the secret in place (age -d of the repository's copy), since a s
 secret would split the chunks into two sets that never deduplicate.
 """
 
+import fcntl
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,12 +28,13 @@ from virtbackup.adapters.journal import ensure_state_subdir, open_private_file
 from virtbackup.core.backup_errors import CorruptBackup, StoreError, write_error
 from virtbackup.core.errors import UsageError
 from virtbackup.core.repository_format import (
+    SECRET_LOCK_FILE,
     SECRET_SIZE,
     SECRETS_DIR,
     secret_file,
     secret_id,
 )
-from virtbackup.engine.stores.chunk_store import ChunkStore
+from virtbackup.engine.stores.chunk_store import FILE_MODE, ChunkStore
 
 HOST_SECRETS_DIR = "repository-secrets"
 
@@ -39,8 +43,34 @@ def writer_secret(chunks: ChunkStore, state_dir: Path, recipients: age.Recipient
     """The repository's secret for a backup encrypted to `recipients`: made on first use,
     else this host's copy; the repository gets a copy encrypted to `recipients` if it has
     none yet."""
-    config = chunks.config
     host_dir = ensure_state_subdir(state_dir / HOST_SECRETS_DIR)
+    if chunks.config.secret_id is None:
+        with _making_secret(chunks):
+            return _make_secret(chunks, host_dir, recipients)
+    return _host_secret(chunks, host_dir, recipients)
+
+
+@contextmanager
+def _making_secret(chunks: ChunkStore) -> Iterator[None]:
+    """Held while a secret is made, so that two first encrypted backups (in two
+    processes, or on two hosts where the filesystem's locks reach) make one secret."""
+    path = chunks.root / SECRET_LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    except OSError as err:
+        raise write_error(err, path) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _make_secret(chunks: ChunkStore, host_dir: Path, recipients: age.Recipients) -> bytes:
+    """A new secret, unless another backup made one while this one waited for it. A
+    secrets file left by a creation that was killed is replaced (it named no chunk)."""
+    chunks.reload_config()
+    config = chunks.config
     if config.secret_id is None:
         secret = secrets.token_bytes(SECRET_SIZE)
         identifier = secret_id(secret)
@@ -51,6 +81,12 @@ def writer_secret(chunks: ChunkStore, state_dir: Path, recipients: age.Recipient
         _store_encrypted(chunks, recipients, secret)
         chunks.update_config(replace(config, secret_id=identifier))
         return secret
+    return _host_secret(chunks, host_dir, recipients)
+
+
+def _host_secret(chunks: ChunkStore, host_dir: Path, recipients: age.Recipients) -> bytes:
+    config = chunks.config
+    assert config.secret_id is not None
     secret = _read_host_copy(chunks, host_dir / config.secret_id)
     if not (chunks.root / secret_file(recipients.fingerprints())).is_file():
         _store_encrypted(chunks, recipients, secret)
