@@ -5,6 +5,7 @@ repository (no identity) can learn from it."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 from repository_helpers import wait_for
 
+from virtbackup.core import repository_format
 from virtbackup.core.repository_format import REPOSITORY_DIR
 from virtbackup.engine.stores.chunk_store import ChunkStore
 
@@ -44,6 +46,22 @@ def _known_chunk(image: Path) -> bytes:
             if chunk.count(0) != len(chunk):
                 return chunk
     raise AssertionError(f"{image} holds only zeros")
+
+
+def _readme_command(marker: str) -> str:
+    """The stock-tool command of the README whose first line holds `marker` (with its
+    continuation line), checked to be the one the format's specification shows."""
+    lines = (Path(__file__).parents[2] / "README.md").read_text().splitlines()
+    first = next(n for n, line in enumerate(lines) if marker in line and line.startswith("sed"))
+    command = "\n".join(lines[first : first + 2])
+    assert command.endswith("> vda.raw"), command
+    spec = Path(repository_format.__file__).read_text()
+
+    def words(text: str) -> list[str]:
+        return text.replace("\\", " ").split()
+
+    assert " ".join(words(command)) in " ".join(words(spec))
+    return command
 
 
 def _files_holding(root: Path, needles: list[bytes]) -> list[str]:
@@ -139,13 +157,15 @@ def test_encrypted_repository_reveals_nothing_and_restores_on_a_new_host(
     assert result.returncode == 0, result.stderr
     subprocess.run(["cmp", str(raw.path), str(tmp_path / "from-export" / "vda.raw")], check=True)
 
-    # the stock-tool restore the format documents, exactly
-    stock = tmp_path / "stock.raw"
-    command = (
-        f'sed "s|^|{dest}/.virtbackup-repository/sealed-chunks/|" vda.raw.idx '
-        f"| xargs -n 1 age -d -i {keys.identity} | lz4 -d > {stock}"
-    )
-    subprocess.run(["sh", "-c", command], check=True, cwd=second)
+    # the stock-tool restore the README and the format document, exactly (run beside a
+    # copy of the index: the backup directory stays as it is)
+    command = _readme_command("sealed-chunks/").replace("DEST", str(dest))
+    command = command.replace("KEYFILE", str(keys.identity))
+    beside = tmp_path / "stock"
+    beside.mkdir()
+    shutil.copy(second / "vda.raw.idx", beside)
+    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, cwd=beside)
+    stock = beside / "vda.raw"
     subprocess.run(["cmp", str(raw.path), str(stock)], check=True)
 
     # gc keeps the chunks of both kinds; once the encrypted backups go, theirs go

@@ -60,7 +60,7 @@ Encrypted backups (``--encrypt``)
     restore a disk with the identity alone::
 
         sed "s|^|DEST/.virtbackup-repository/sealed-chunks/|" vda.raw.idx \\
-            | xargs -n 1 age -d -i key.txt | lz4 -d > vda.raw
+            | xargs -n 1 age -d -i KEYFILE | lz4 -d > vda.raw
 
     The whole-disk digest of such a disk is folded from the keyed names (so that it,
     too, is computable from the index, and says nothing without the secret).
