@@ -206,6 +206,7 @@ def test_damaged_chunk_wrong_identity_and_a_host_without_the_secret(
     )
     assert wrong.returncode == 2, wrong.stderr
     assert "no key in identity file" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert wrong.stderr.count("\n") <= 2, wrong.stderr  # the error and its hint
 
     # recipients changed: the same secret, encrypted to the new recipients too; the new
     # backup's chunks are its own (each identity opens only the chunks made for it)

@@ -105,6 +105,14 @@ class ChunkStore:
         except OSError as err:
             raise write_error(err, self.chunks) from None
 
+    def open_lock_file(self, name: str) -> int:
+        """A descriptor of the repository's lock file `name` (made if missing), to flock."""
+        path = self.root / name
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        except OSError as err:
+            raise write_error(err, path) from None
+
     def reload_config(self) -> None:
         """Read the description again at next use (another writer may have changed it)."""
         self._config = None

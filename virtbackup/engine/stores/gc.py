@@ -74,7 +74,6 @@ from virtbackup.core.repository_format import (
     is_index_file_name,
 )
 from virtbackup.engine.stores.chunk_store import (
-    FILE_MODE,
     HEARTBEAT_SECONDS,
     SETTLE_SECONDS,
     ChunkStore,
@@ -247,11 +246,7 @@ def _process_lives(pid: int) -> bool:
 
 @contextmanager
 def _gc_lock(chunks: ChunkStore) -> Iterator[None]:
-    path = chunks.root / GC_LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-    except OSError as err:
-        raise write_error(err, path) from None
+    fd = chunks.open_lock_file(GC_LOCK_FILE)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

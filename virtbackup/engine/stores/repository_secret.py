@@ -34,7 +34,7 @@ from virtbackup.core.repository_format import (
     secret_file,
     secret_id,
 )
-from virtbackup.engine.stores.chunk_store import FILE_MODE, ChunkStore
+from virtbackup.engine.stores.chunk_store import ChunkStore
 
 HOST_SECRETS_DIR = "repository-secrets"
 
@@ -54,11 +54,7 @@ def writer_secret(chunks: ChunkStore, state_dir: Path, recipients: age.Recipient
 def _making_secret(chunks: ChunkStore) -> Iterator[None]:
     """Held while a secret is made, so that two first encrypted backups (in two
     processes, or on two hosts where the filesystem's locks reach) make one secret."""
-    path = chunks.root / SECRET_LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-    except OSError as err:
-        raise write_error(err, path) from None
+    fd = chunks.open_lock_file(SECRET_LOCK_FILE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
