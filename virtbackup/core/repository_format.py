@@ -53,11 +53,10 @@ Encrypted backups (``--encrypt``)
     holds it encrypted to the recipients, as ``secrets/<id>.age`` where <id> is
     `recipients_id` of the recipients' fingerprints (one file per set of recipients
     that has written backups, so an old identity still opens the backups made for it);
-    `secret_id` of the secret
-    is in repository.json, to tell a copy of it from another secret. The index of an
-    encrypted backup has the same form, its paths below ``sealed-chunks/``, and it is
-    bound to its backup by ``index_sha256`` in the encrypted manifest. Stock tools
-    restore a disk with the identity alone::
+    `secret_id` of the secret is in repository.json, to tell a copy of it from another
+    secret. The index of an encrypted backup has the same form, its paths below
+    ``sealed-chunks/``, and it is bound to its backup by ``index_sha256`` in the
+    encrypted manifest. Stock tools restore a disk with the identity alone::
 
         sed "s|^|DEST/.virtbackup-repository/sealed-chunks/|" vda.raw.idx \\
             | xargs -n 1 age -d -i KEYFILE | lz4 -d > vda.raw
