@@ -25,7 +25,7 @@ from virtbackup.core.check import (
 )
 from virtbackup.core.errors import UsageError, VirtbackupError
 from virtbackup.core.planning import select_domains
-from virtbackup.engine.monitoring import domain_status
+from virtbackup.engine.health.monitoring import domain_status
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import check_domain_name
 

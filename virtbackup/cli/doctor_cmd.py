@@ -29,7 +29,7 @@ from virtbackup.core.doctor_facts import Finding, Settings, Severity
 from virtbackup.core.errors import ExitCode
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.planning import PlanOptions
-from virtbackup.engine.doctor import OptionsFor, examine
+from virtbackup.engine.health.doctor import OptionsFor, examine
 
 DOCTOR_SCHEMA_VERSION = 1
 
