@@ -15,8 +15,8 @@ import click
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.rclone import Remote
 from virtbackup.cli.context import (
-    DIRECTORY,
     GlobalOptions,
+    dest_option,
     json_option,
     load_settings,
     pass_globals,
@@ -36,11 +36,7 @@ DOCTOR_SCHEMA_VERSION = 1
 
 @click.command("doctor")
 @click.argument("domains", nargs=-1)
-@click.option(
-    "--dest",
-    type=DIRECTORY,
-    help="Check free space here [default: `dest` of the configuration file].",
-)
+@dest_option("Check free space here")
 @click.option(
     "--no-guestfs",
     "skip_guestfs",

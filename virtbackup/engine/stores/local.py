@@ -47,6 +47,7 @@ from virtbackup.engine.stores.store import (
     AbortUnlessCommitted,
     BackupInfo,
     allocate_stamp,
+    check_backup_name,
     check_domain_name,
     check_stamp,
     describe_backup,
@@ -167,8 +168,7 @@ class LocalStore:
         removal leaves a hidden `.deleting` directory (removed by the next run), never a
         half-deleted backup that looks complete. Neither the domain directory nor the
         backup may be a symbolic link: removal never leaves DEST."""
-        check_domain_name(domain)
-        check_stamp(stamp)
+        check_backup_name(domain, stamp)
         backup = self.dest / domain / stamp
         doomed = f".{backup.name}.deleting"
         try:
@@ -224,8 +224,7 @@ class LocalStore:
         return found
 
     def files(self, domain: str, stamp: str) -> "LocalFiles":
-        check_domain_name(domain)
-        check_stamp(stamp)
+        check_backup_name(domain, stamp)
         return LocalFiles(self.dest / domain / stamp)
 
     def _domain_dirs(self, domain: str | None) -> list[Path]:

@@ -241,6 +241,13 @@ def check_stamp(stamp: str) -> None:
         raise UsageError(f"{stamp!r} is not a backup stamp like 20250125T183000Z")
 
 
+def check_backup_name(domain: str, stamp: str) -> None:
+    """A backup is named by its domain and stamp: names in the store, never a path out of
+    it (UsageError)."""
+    check_domain_name(domain)
+    check_stamp(stamp)
+
+
 def check_domain_name(domain: str) -> None:
     """Any libvirt name can name a domain's directory except `.`, `..` and our own hidden
     working names (RESERVED_PREFIX)."""
