@@ -134,7 +134,7 @@ def test_errors_are_unknown(state_dir: Path, dest: Path) -> None:
     missing = check(state_dir, "check", "--dest", str(dest / "gone"))
     assert missing.state == "UNKNOWN" and "does not exist" in missing.text
     no_dest = check(state_dir, "check")
-    assert no_dest.text == "no backup destination: give --dest DIR or set dest in the config"
+    assert no_dest.text == "no backup destination: give --dest DIR or set dest in the config file"
     offline = check(state_dir, "-c", "qemu:///nowhere", "check", "--dest", str(dest))
     assert offline.state == "UNKNOWN" and "cannot connect" in offline.text
 

@@ -1,4 +1,4 @@
-"""engine/shrink against the real appliance, real libvirt domains and virt-sparsify.
+"""engine/shrink/domains against the real appliance, real libvirt domains and virt-sparsify.
 
 Each appliance launch costs 15-25 s under TCG, so the in-place checks share one build
 (two disks in one launch), one shrink of a two-disk domain, one virt-sparsify run per
@@ -29,10 +29,10 @@ from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.errors import LockHeld
 from virtbackup.core.progress import RecordingSteps
 from virtbackup.core.shrink_plan import NotEnoughSpace, ShrinkOptions
-from virtbackup.engine import shrink as shrink_engine
 from virtbackup.engine.guest_reclaim import Image
-from virtbackup.engine.shrink import amend_compat, can_punch_holes, shrink_domains
-from virtbackup.engine.shrink_copy import PARTIAL_SUFFIX, CopyTarget, write_compact
+from virtbackup.engine.shrink import domains as shrink_engine
+from virtbackup.engine.shrink.copy_mode import PARTIAL_SUFFIX, CopyTarget, write_compact
+from virtbackup.engine.shrink.domains import amend_compat, can_punch_holes, shrink_domains
 
 MiB = 1024 * 1024
 URI = "qemu:///system"

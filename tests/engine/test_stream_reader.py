@@ -12,21 +12,16 @@ from harness.images import allocated_bytes
 from harness.real import unavailable
 
 from virtbackup.core.backup_errors import CorruptBackup
-from virtbackup.engine.datapath import io_control, stream_reader
-from virtbackup.engine.datapath.stream_reader import (
-    SPARSE_BLOCK,
-    StreamFrames,
-    _data_runs,
-    _FrameDecoder,
-    read_index,
-)
+from virtbackup.engine.datapath import io_control, sparse_target, stream_reader
+from virtbackup.engine.datapath.sparse_target import SPARSE_BLOCK, data_runs
+from virtbackup.engine.datapath.stream_reader import StreamFrames, _FrameDecoder, read_index
 
 MiB = 1 << 20
 BLOCK = SPARSE_BLOCK
 
 
 def _runs_block_by_block(data: bytes) -> list[tuple[int, int]]:
-    """What _data_runs must return, the slow and obvious way."""
+    """What data_runs must return, the slow and obvious way."""
     runs: list[tuple[int, int]] = []
     for at in range(0, len(data), BLOCK):
         block = data[at : at + BLOCK]
@@ -61,14 +56,14 @@ def _patterned(length: int, seed: int) -> bytes:
 @pytest.mark.parametrize("seed", range(6))
 def test_data_runs_are_the_non_zero_blocks(length: int, seed: int) -> None:
     data = _patterned(length, seed)
-    assert _data_runs(data, length) == _runs_block_by_block(data)
+    assert data_runs(data, length) == _runs_block_by_block(data)
 
 
 def test_data_runs_look_only_at_the_given_length() -> None:
     data = bytes(3 * BLOCK) + b"beyond"
-    assert _data_runs(data, 3 * BLOCK) == []
-    assert _data_runs(data, 2 * BLOCK + 10) == []
-    assert _data_runs(data, len(data)) == [(3 * BLOCK, len(data))]
+    assert data_runs(data, 3 * BLOCK) == []
+    assert data_runs(data, 2 * BLOCK + 10) == []
+    assert data_runs(data, len(data)) == [(3 * BLOCK, len(data))]
 
 
 def _mixed_source(path: Path, size: int) -> bytes:
@@ -105,8 +100,8 @@ def write_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         switched.append(on)
         return io_control.set_direct(fd, on) if mode == "direct" else False
 
-    monkeypatch.setattr(stream_reader, "set_direct", set_direct)
-    monkeypatch.setattr(stream_reader, "_on_other_device", lambda _stream, _fd: True)
+    monkeypatch.setattr(sparse_target, "set_direct", set_direct)
+    monkeypatch.setattr(stream_reader, "on_other_device", lambda _stream, _fd: True)
     return mode
 
 
@@ -156,14 +151,14 @@ def test_long_runs_go_direct_from_another_device_and_short_ones_buffered(
         writes.append((len(buffer), bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)))
         return real_pwrite(fd, buffer, offset)
 
-    monkeypatch.setattr(stream_reader.os, "pwrite", pwrite)
+    monkeypatch.setattr(sparse_target.os, "pwrite", pwrite)
     restored = tmp_path / "restored"
     assert restore_stream_file(stream, restored) == digest  # backup and target on one device
     assert restored.read_bytes() == data
     assert writes and not any(direct for _, direct in writes)
 
     writes.clear()
-    monkeypatch.setattr(stream_reader, "_on_other_device", lambda _stream, _fd: True)
+    monkeypatch.setattr(stream_reader, "on_other_device", lambda _stream, _fd: True)
     restored = tmp_path / "restored-elsewhere"
     assert restore_stream_file(stream, restored) == digest
     assert restored.read_bytes() == data
@@ -195,9 +190,9 @@ def test_direct_writes_fall_back_when_refused(
             raise OSError(errno.EINVAL, "Invalid argument")
         return real_pwrite(fd, buffer, offset)
 
-    monkeypatch.setattr(stream_reader, "set_direct", set_direct)
-    monkeypatch.setattr(stream_reader, "_on_other_device", lambda _stream, _fd: True)
-    monkeypatch.setattr(stream_reader.os, "pwrite", pwrite)
+    monkeypatch.setattr(sparse_target, "set_direct", set_direct)
+    monkeypatch.setattr(stream_reader, "on_other_device", lambda _stream, _fd: True)
+    monkeypatch.setattr(sparse_target.os, "pwrite", pwrite)
     restored = tmp_path / "restored"
     assert restore_stream_file(stream, restored) == digest
     assert len(refused) == 1  # then it stays buffered

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from virtbackup.adapters.no_follow import is_held
+
 log = logging.getLogger(__name__)
 
 PREFIX = ".virtbackup-skip-free-"
@@ -48,17 +50,12 @@ def remove_leftovers(parent: Path, now: float | None = None) -> list[Path]:
     for entry in parent.glob(f"{PREFIX}*"):
         try:
             info = entry.lstat()  # a symbolic link is never followed, nor removed through
-            if not stat.S_ISDIR(info.st_mode) or now - info.st_mtime < LEFTOVER_AGE:
-                continue
-            fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not stat.S_ISDIR(info.st_mode) or now - info.st_mtime < LEFTOVER_AGE:
+            continue
+        if is_held(entry):
             continue  # a live run's
-        finally:
-            os.close(fd)
         log.info("removing %s, left by an interrupted run", entry)
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)

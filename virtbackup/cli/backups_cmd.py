@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from virtbackup.cli.backups_view import print_backups, print_summary
-from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.context import (
+    GlobalOptions,
+    chosen_dest,
+    dest_option,
+    load_settings,
+    pass_globals,
+)
 from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_store
 from virtbackup.cli.trust_options import allowed_signers_option
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
@@ -29,11 +35,7 @@ from virtbackup.engine.stores.store import BackupInfo, Store
 
 
 @click.command("backups")
-@click.option(
-    "--dest",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Backup destination directory [default: `dest` of the configuration file].",
-)
+@dest_option()
 @remote_options
 @click.argument("domain", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -66,10 +68,7 @@ def backups_command(
     if offsite is not None:
         store = offsite
     else:
-        dest = dest or config.dest
-        if dest is None:
-            raise UsageError("no backup destination", "give --dest DIR or --remote")
-        store = LocalStore(dest)
+        store = LocalStore(chosen_dest(dest, config, "--remote"))
     if summary and (domain is not None or not isinstance(store, LocalStore)):
         raise UsageError("--summary shows the repository of a --dest, without DOMAIN")
     usage = _usage(store)

@@ -12,7 +12,13 @@ from typing import Any
 import click
 
 from virtbackup.adapters.hypervisor.connection import connect
-from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.context import (
+    GlobalOptions,
+    chosen_dest,
+    dest_option,
+    load_settings,
+    pass_globals,
+)
 from virtbackup.cli.remote_options import remote_store
 from virtbackup.core.check import (
     Limits,
@@ -25,7 +31,7 @@ from virtbackup.core.check import (
 )
 from virtbackup.core.errors import UsageError, VirtbackupError
 from virtbackup.core.planning import select_domains
-from virtbackup.engine.monitoring import domain_status
+from virtbackup.engine.health.monitoring import domain_status
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import check_domain_name
 
@@ -43,11 +49,7 @@ class PluginCommand(click.Command):
 
 @click.command("check", cls=PluginCommand)
 @click.argument("domains", nargs=-1)
-@click.option(
-    "--dest",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Backup destination directory [default: `dest` of the configuration file].",
-)
+@dest_option()
 @click.option(
     "--max-age",
     default="26h",
@@ -90,9 +92,7 @@ def _check(
     if (problem := limits.problem()) is not None:
         raise UsageError(problem)
     config = load_settings(options)
-    dest = dest or config.dest
-    if dest is None:
-        raise UsageError("no backup destination", "give --dest DIR or set dest in the config")
+    dest = chosen_dest(dest, config)
     if not dest.is_dir():  # also when no domain would look into it
         raise UsageError(f"backup destination {dest} does not exist or is not a directory")
     store = LocalStore(dest)

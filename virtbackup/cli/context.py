@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 
 from virtbackup.core.config import Config, load_config
+from virtbackup.core.errors import UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,6 +26,7 @@ class GlobalOptions:
 
 pass_globals = click.make_pass_decorator(GlobalOptions)
 
+FILE = click.Path(dir_okay=False, path_type=Path)
 DIRECTORY = click.Path(file_okay=False, path_type=Path)
 EXISTING_DIRECTORY = click.Path(file_okay=False, exists=True, path_type=Path)
 
@@ -32,6 +34,24 @@ EXISTING_DIRECTORY = click.Path(file_okay=False, exists=True, path_type=Path)
 def json_option(what: str) -> Callable[[F], F]:
     """The `--json` flag of a command that prints `what`."""
     return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def dest_option(what: str = "Backup destination directory") -> Callable[[F], F]:
+    """The `--dest DIR` option of a command that works on backups: `what` DIR is."""
+    return click.option(
+        "--dest", type=DIRECTORY, help=f"{what} [default: `dest` of the configuration file]."
+    )
+
+
+def chosen_dest(
+    dest: Path | None, config: Config, instead: str = "set dest in the config file"
+) -> Path:
+    """The backup destination: --dest, else the configuration file's `dest`; UsageError
+    when neither names one (`instead`: what else the command would take)."""
+    chosen = dest or config.dest
+    if chosen is None:
+        raise UsageError("no backup destination", f"give --dest DIR or {instead}")
+    return chosen
 
 
 def load_settings(options: GlobalOptions) -> Config:

@@ -15,8 +15,8 @@ import click
 from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.rclone import Remote
 from virtbackup.cli.context import (
-    DIRECTORY,
     GlobalOptions,
+    dest_option,
     json_option,
     load_settings,
     pass_globals,
@@ -29,18 +29,14 @@ from virtbackup.core.doctor_facts import Finding, Settings, Severity
 from virtbackup.core.errors import ExitCode
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.planning import PlanOptions
-from virtbackup.engine.doctor import OptionsFor, examine
+from virtbackup.engine.health.doctor import OptionsFor, examine
 
 DOCTOR_SCHEMA_VERSION = 1
 
 
 @click.command("doctor")
 @click.argument("domains", nargs=-1)
-@click.option(
-    "--dest",
-    type=DIRECTORY,
-    help="Check free space here [default: `dest` of the configuration file].",
-)
+@dest_option("Check free space here")
 @click.option(
     "--no-guestfs",
     "skip_guestfs",

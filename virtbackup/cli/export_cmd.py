@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.context import DIRECTORY, GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.remote_options import Reading, reading_options, resolve_backup
 from virtbackup.engine.datapath.export import export_backup
@@ -19,7 +19,7 @@ from virtbackup.engine.stores.store import check_stamp
     "--to",
     "target",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIRECTORY,
     help="Directory to write DOMAIN/STAMP/ into (created when missing).",
 )
 @reading_options

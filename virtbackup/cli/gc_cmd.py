@@ -6,18 +6,20 @@ from pathlib import Path
 
 import click
 
-from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.context import (
+    GlobalOptions,
+    chosen_dest,
+    dest_option,
+    load_settings,
+    pass_globals,
+)
 from virtbackup.cli.gc_view import gc_as_json, print_gc
 from virtbackup.core.errors import ExitCode, UsageError
 from virtbackup.engine.stores.gc import GcResult, GcSettings, collect_garbage
 
 
 @click.command("gc")
-@click.option(
-    "--dest",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Backup destination [default: `dest` of the configuration file].",
-)
+@dest_option("Backup destination")
 @click.option("--dry-run", is_flag=True, help="Show what would be freed; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_globals
@@ -30,9 +32,7 @@ def gc_command(options: GlobalOptions, dest: Path | None, dry_run: bool, as_json
     stops gc before anything is removed. `prune` runs gc itself.
     """
     config = load_settings(options)
-    dest = dest or config.dest
-    if dest is None:
-        raise UsageError("no backup destination", "give --dest DIR or set dest in the config file")
+    dest = chosen_dest(dest, config)
     if not dest.is_dir():
         raise UsageError(f"backup destination {dest} does not exist")
     result = collect_garbage(dest, GcSettings(grace=config.gc_grace, dry_run=dry_run))

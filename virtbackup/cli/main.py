@@ -16,7 +16,7 @@ import click
 from virtbackup import __version__
 from virtbackup.adapters.terminal import detach_hung_up_terminal, note_terminals
 from virtbackup.cli.console import error_line, setup_logging
-from virtbackup.cli.context import DEFAULT_CONFIG, DEFAULT_URI, GlobalOptions
+from virtbackup.cli.context import DEFAULT_CONFIG, DEFAULT_URI, DIRECTORY, FILE, GlobalOptions
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
 
 log = logging.getLogger(__name__)
@@ -83,19 +83,19 @@ class LazyGroup(click.Group):
 )
 @click.option(
     "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help=f"Configuration file [default: {DEFAULT_CONFIG} when it exists].",
 )
 @click.option("-v", "--verbose", count=True, help="More output; -v shows each command run.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.option(
     "--log-file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     help="Also append plain timestamped log lines to FILE.",
 )
 @click.option(
     "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=DIRECTORY,
     envvar="VIRTBACKUP_STATE_DIR",
     help="Where run journals and locks live [default: /var/lib/virtbackup].",
 )

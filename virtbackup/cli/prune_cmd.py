@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
-from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.context import (
+    GlobalOptions,
+    chosen_dest,
+    dest_option,
+    load_settings,
+    pass_globals,
+)
 from virtbackup.cli.gc_cmd import gc_exit_code
 from virtbackup.cli.gc_view import gc_as_json, print_gc
 from virtbackup.cli.prune_view import print_decisions
@@ -24,11 +30,7 @@ KEEP_OPTIONS = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly", "keep_
 
 
 @click.command("prune")
-@click.option(
-    "--dest",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Backup destination [default: `dest` of the configuration file].",
-)
+@dest_option("Backup destination")
 @click.argument("domains", nargs=-1)
 @click.option("--keep-last", type=click.IntRange(min=0), metavar="N", help="The N newest.")
 @click.option("--keep-daily", type=click.IntRange(min=0), metavar="N", help="Newest of N days.")
@@ -100,11 +102,7 @@ def prune_command(
         ]
         where = offsite.label
     else:
-        dest = dest or config.dest
-        if dest is None:
-            raise UsageError(
-                "no backup destination", "give --dest DIR or set dest in the config file"
-            )
+        dest = chosen_dest(dest, config)
         store = LocalStore(dest)
         names = domains or sorted({b.domain for b in store.list_backups()})
         policies = {name: policy_of(name) for name in names}  # all known before any removal

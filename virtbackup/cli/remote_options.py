@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 import click
 
 from virtbackup.adapters.rclone import Remote
-from virtbackup.cli.context import GlobalOptions, load_settings
+from virtbackup.cli.context import FILE, GlobalOptions, load_settings
 from virtbackup.cli.trust_options import resolve_trust, trust_options
 from virtbackup.core.config import Config, RemoteSettings
 from virtbackup.core.errors import UsageError
@@ -84,7 +84,7 @@ def remote_store(
 identity_option = click.option(
     "-i",
     "--identity",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     metavar="FILE",
     help="age identity file that decrypts an encrypted backup (age-keygen writes one).",
 )

@@ -8,7 +8,7 @@ import click
 from virtbackup.cli.console import error_line
 from virtbackup.cli.summary_view import RunSummary, show_summary
 from virtbackup.core.errors import ExitCode, Interrupted
-from virtbackup.engine.monitoring import after_run
+from virtbackup.engine.health.monitoring import after_run
 from virtbackup.engine.stores.local import LocalStore
 
 

@@ -40,7 +40,7 @@ from virtbackup.core.shrink_plan import (
     plan_shrink,
 )
 from virtbackup.engine.guest_reclaim import Image, estimate_reclaimable
-from virtbackup.engine.shrink import shrink_domain
+from virtbackup.engine.shrink.domains import shrink_domain
 
 log = logging.getLogger(__name__)
 

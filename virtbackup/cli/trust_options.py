@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from virtbackup.cli.context import FILE
 from virtbackup.core.config import Config
 from virtbackup.engine.stores.backup_access import Trust
 
@@ -14,7 +15,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 allowed_signers_option = click.option(
     "--allowed-signers",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     metavar="FILE",
     help="OpenSSH allowed-signers file: backups must be signed by one of its keys "
     "[default: `allowed_signers` of the configuration, else signatures are not required].",

@@ -6,7 +6,13 @@ from pathlib import Path
 import click
 
 from virtbackup.cli.console import error_line
-from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.context import (
+    GlobalOptions,
+    chosen_dest,
+    dest_option,
+    load_settings,
+    pass_globals,
+)
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.remote_options import Reading, reading_options, resolve_backup
 from virtbackup.core.errors import ExitCode, Interrupted, UsageError, VirtbackupError
@@ -30,12 +36,7 @@ from virtbackup.engine.datapath.verify_repository import ALL_CHUNKS, verify_repo
     help="As --all-chunks, but read only a random PERCENT of the chunks (a nightly spot "
     "check); every index is still checked.",
 )
-@click.option(
-    "--dest",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="With --all-chunks or --sample: the backup destination [default: `dest` of the "
-    "configuration file].",
-)
+@dest_option("With --all-chunks or --sample: the backup destination")
 @reading_options
 @pass_globals
 def verify_command(
@@ -90,9 +91,7 @@ def _verify_repository(
 ) -> int:
     """The whole repository; its encrypted chunks are decrypted and checked only with
     `identity` (without, that each one an index names exists)."""
-    dest = dest or load_settings(options).dest
-    if dest is None:
-        raise UsageError("no backup destination", "give --dest DIR or set dest in the config file")
+    dest = chosen_dest(dest, load_settings(options))
     with progress_sink(options.verbosity) as progress:
         check = verify_repository(dest, progress, sample, identity=identity)
     for problem in check.problems:

@@ -1,6 +1,6 @@
 """`virtbackup doctor`: what stops a host or a domain from small, consistent backups.
 
-Pure checks: facts gathered by engine/doctor go in (core/doctor_facts), findings come
+Pure checks: facts gathered by engine/health/doctor go in (core/doctor_facts), findings come
 out: the host's (core/doctor_host) and each domain's (core/doctor_domain). Each finding
 names its subject (the host, a domain or one of its disks), says what is wrong or what
 works, and gives the exact fix. A blocker is something that makes a backup fail; a

@@ -1,5 +1,5 @@
-"""What `virtbackup doctor` knows and says: the facts engine/doctor gathers about the
-host and each domain, the settings the checks need, and the findings they produce.
+"""What `virtbackup doctor` knows and says: the facts engine/health/doctor gathers about
+the host and each domain, the settings the checks need, and the findings they produce.
 """
 
 from collections.abc import Mapping

@@ -3,7 +3,8 @@
 Monitoring needs to know whether the last run of a domain failed, also when that run
 was a `backup DOMAIN` by hand and not the nightly `all`, and what the last successful
 one was. Each run of `backup` and `all` writes one small JSON file per domain
-(engine/run_records.py keeps them beside the backups, DEST/.virtbackup-runs/<domain>.json):
+(engine/health/run_records.py keeps them beside the backups,
+DEST/.virtbackup-runs/<domain>.json):
 
     {"version": 1, "domain": "web1", "result": "failed", "message": "...",
      "finished": 1767139200.0, "seconds": 12.5, "read": 0, "stored": 0,

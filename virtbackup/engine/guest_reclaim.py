@@ -1,8 +1,8 @@
 """Free what a guest does not use, inside a libguestfs appliance: trim every filesystem,
 discard swap, reclaim the free extents of guest volume groups (`reclaim`); the throw-away
 overlay that takes those writes when the image itself must stay untouched; and the
-estimate of what that would free. Used by `shrink` (engine/shrink, engine/shrink_copy)
-and by skip-free backups (engine/methods/skip_free).
+estimate of what that would free. Used by `shrink` (engine/shrink/) and by skip-free
+backups (engine/methods/skip_free).
 """
 
 from collections.abc import Sequence

@@ -4,13 +4,11 @@ Both restore and verify decode frames on a pool of threads (python-lz4 and hashl
 release the GIL) and check each frame's sha256; the whole-disk digest is then folded
 from those checked frame digests in order (see core/streamformat.py), so both recompute
 it without a second pass over the data. Restore writes each frame where it belongs as
-soon as it is decoded and checked: its long runs of data with O_DIRECT from reused
-aligned buffers (no copy into the page cache, and the device writes while the pool
-decodes), short runs through the page cache, zero blocks not at all; one fsync at the
-end makes the file durable before the caller renames it into place.
+soon as it is decoded and checked, through sparse_target (zero blocks not at all, long
+runs with O_DIRECT while the pool decodes, one fsync at the end before the caller renames
+the file into place).
 """
 
-import errno
 import hashlib
 import mmap
 import os
@@ -45,16 +43,13 @@ from virtbackup.engine.datapath.frames import (
     max_frame_size,
     zeros,
 )
-from virtbackup.engine.datapath.io_control import (
-    DIRECT_ALIGN,
-    WriteBehind,
-    drop_cached,
-    reuse_freed_memory,
-    set_direct,
+from virtbackup.engine.datapath.io_control import drop_cached, reuse_freed_memory
+from virtbackup.engine.datapath.sparse_target import (
+    BufferPool,
+    SparseTarget,
+    data_runs,
+    on_other_device,
 )
-
-SPARSE_BLOCK = 4096  # zero runs of this granularity become holes on restore
-_DIRECT_MIN = 256 << 10  # shorter runs are written buffered (see _Target)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -243,9 +238,9 @@ def restore_frames(
     behind the backup's reads (measured: dense restores 1.4x slower cold), while the
     page cache's writeback interleaves with them."""
     os.ftruncate(target_fd, index.header.data_size)  # all hole; frames fill in the data
-    buffers = _BufferPool(index.header.chunk_size)
-    target = _Target(
-        target_fd, index.header.chunk_size, allow_direct=_on_other_device(index.path, target_fd)
+    buffers = BufferPool(index.header.chunk_size)
+    target = SparseTarget(
+        target_fd, index.header.chunk_size, allow_direct=on_other_device(index.path, target_fd)
     )
 
     def write(entry: FrameEntry, decoded: _Decoded | None) -> None:
@@ -259,7 +254,7 @@ def restore_frames(
     def decode(entry: FrameEntry) -> _Decoded | None:
         buffer = buffers.take()
         if decoder.decode_into(entry, memoryview(buffer)):
-            runs = _data_runs(buffer, entry.data_length)
+            runs = data_runs(buffer, entry.data_length)
             if runs:
                 return _Decoded(buffer, runs)
         buffers.give(buffer)
@@ -326,136 +321,6 @@ def check_index_matches(index: StreamIndex, disk: DiskRecord) -> None:
         )
     if header.whole_digest.hex() != disk.digest:
         raise CorruptBackup(f"{disk.target}: the index and the manifest disagree on the digest")
-
-
-def _on_other_device(stream: Path, target_fd: int) -> bool:
-    return os.stat(stream).st_dev != os.fstat(target_fd).st_dev
-
-
-class _BufferPool:
-    """Page-aligned buffers of one chunk each (anonymous mmaps), reused: restore decodes
-    into them and writes from them with O_DIRECT. There are only as many as frames are
-    in flight at once (a handful), so memory stays bounded without a limit here."""
-
-    def __init__(self, chunk_size: int) -> None:
-        self._size = -(-chunk_size // DIRECT_ALIGN) * DIRECT_ALIGN
-        self._free: list[mmap.mmap] = []
-        self._lock = threading.Lock()
-
-    def take(self) -> mmap.mmap:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return mmap.mmap(-1, self._size)
-
-    def give(self, buffer: mmap.mmap) -> None:
-        with self._lock:
-            self._free.append(buffer)
-
-
-class _Target:
-    """The restored file: only the given runs of each frame are written, so zero blocks
-    stay holes. Long runs go with O_DIRECT (where the file system has it) from the pool's
-    buffers straight to the device while the pool decodes the next frames: no copy into
-    the page cache, no writeback left for the final fsync. Short runs are written through
-    the page cache: a direct write waits for the device (~80 us here even for 4 KiB),
-    a buffered one does not, and the final fsync writes them out together. WriteBehind
-    keeps those dirty pages few."""
-
-    def __init__(self, fd: int, chunk_size: int, allow_direct: bool = True) -> None:
-        self._fd = fd
-        # only if frames start on the alignment O_DIRECT needs
-        aligned = chunk_size % DIRECT_ALIGN == 0
-        self._can_direct = allow_direct and aligned and set_direct(fd, True)
-        self._direct = self._can_direct  # what the file is set to now
-        self._behind = WriteBehind(fd)
-
-    def write(self, offset: int, data: mmap.mmap, runs: list[tuple[int, int]]) -> None:
-        view = memoryview(data)
-        for start, end in runs:
-            self._pwrite(view[start:end], offset + start)
-
-    def written(self, end: int) -> None:
-        """Everything up to offset `end` has been written."""
-        self._behind.written(end)
-
-    def finish(self) -> None:
-        """Make the data durable: return only after this the file may be renamed."""
-        os.fsync(self._fd)
-        self._set_direct(False)
-        drop_cached(self._fd, 0, 0)
-
-    def _pwrite(self, data: memoryview, offset: int) -> None:
-        # (the end of a disk whose size is not a multiple of 4 KiB is unaligned)
-        self._set_direct(len(data) >= _DIRECT_MIN and not (offset | len(data)) % DIRECT_ALIGN)
-        while data:
-            try:
-                written = os.pwrite(self._fd, data, offset)
-            except OSError as err:
-                if err.errno != errno.EINVAL or not self._direct:
-                    raise
-                self._set_direct(False)  # O_DIRECT was accepted but these writes are not
-                self._can_direct = False
-                continue
-            data = data[written:]
-            offset += written
-
-    def _set_direct(self, on: bool) -> None:
-        on = on and self._can_direct
-        if on == self._direct:
-            return
-        if set_direct(self._fd, on):
-            self._direct = on
-        elif on:
-            self._can_direct = False  # stay buffered
-        else:  # no way to write the unaligned end
-            raise OSError(errno.EINVAL, "cannot switch O_DIRECT off")
-
-
-_ZERO_BLOCK = zeros(SPARSE_BLOCK)
-
-
-def _data_runs(data: bytes | mmap.mmap, length: int) -> list[tuple[int, int]]:
-    """The [start, end) runs of `data[:length]` that are not whole zero blocks of
-    SPARSE_BLOCK bytes (counted from the start; a shorter last block counts as a block).
-    Two strided slices take the first and the last byte of every block; only blocks
-    where both are zero are compared with zeros in full (about one in 20 on a full
-    file system, most of them zero blocks indeed), not every block in a Python loop."""
-    blocks = length // SPARSE_BLOCK
-    whole = blocks * SPARSE_BLOCK
-    firsts = int.from_bytes(data[0:whole:SPARSE_BLOCK], "big")
-    lasts = int.from_bytes(data[SPARSE_BLOCK - 1 : whole : SPARSE_BLOCK], "big")
-    maybe_zero = (firsts | lasts).to_bytes(blocks, "big")  # byte i: block i's two bytes
-    runs: list[tuple[int, int]] = []
-    start = 0  # of the current run of data
-    block = maybe_zero.find(0)
-    while block >= 0:
-        at = block * SPARSE_BLOCK
-        if data[at : at + SPARSE_BLOCK] == _ZERO_BLOCK:
-            if at > start:
-                runs.append((start, at))
-            start = at + SPARSE_BLOCK
-        block = maybe_zero.find(0, block + 1)
-    if whole < length and data[whole:length] == zeros(length - whole):
-        length = whole
-    if length > start:
-        runs.append((start, length))
-    return runs
-
-
-def write_sparse(fd: int, offset: int, data: Buffer) -> None:
-    """pwrite the non-zero blocks of `data`; zero blocks stay holes of the target."""
-    block = data if isinstance(data, bytes) else bytes(data)  # a stored block: rare
-    view = memoryview(block)
-    for start, end in _data_runs(block, len(block)):
-        _pwrite_all(fd, view[start:end], offset + start)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data = data[written:]
-        offset += written
 
 
 def map_bounded(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

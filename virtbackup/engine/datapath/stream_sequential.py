@@ -44,7 +44,8 @@ from virtbackup.engine.datapath.frames import (
     is_zero_frame,
 )
 from virtbackup.engine.datapath.io_control import WriteBehind, drop_cached, reuse_freed_memory
-from virtbackup.engine.datapath.stream_reader import map_bounded, write_sparse
+from virtbackup.engine.datapath.sparse_target import write_sparse
+from virtbackup.engine.datapath.stream_reader import map_bounded
 
 _WORD = struct.Struct("<I")
 _STORED = 0x8000_0000  # LZ4 frame block flag: stored uncompressed

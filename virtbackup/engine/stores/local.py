@@ -28,6 +28,13 @@ from pathlib import Path
 from typing import IO
 
 from virtbackup.adapters.journal import others_can_replace
+from virtbackup.adapters.no_follow import (
+    is_held,
+    is_real_dir,
+    open_dir,
+    read_regular_file,
+    unlink_at,
+)
 from virtbackup.core.backup_errors import (
     CorruptBackup,
     StoreError,
@@ -40,6 +47,7 @@ from virtbackup.engine.stores.store import (
     AbortUnlessCommitted,
     BackupInfo,
     allocate_stamp,
+    check_backup_name,
     check_domain_name,
     check_stamp,
     describe_backup,
@@ -111,7 +119,7 @@ class LocalStore:
         domain_dir = self.dest / domain
         try:
             domain_dir.mkdir(mode=DIR_MODE, exist_ok=True)
-            if not _is_real_dir(domain_dir):
+            if not is_real_dir(domain_dir):
                 raise StoreError(
                     f"{domain_dir} is a symbolic link or not a directory",
                     "remove it: backups are written only into a directory of DEST itself",
@@ -137,7 +145,7 @@ class LocalStore:
         removed = []
         for domain_dir in self._domain_dirs(domain):
             try:
-                domain_fd = _open_dir_nofollow(domain_dir)
+                domain_fd = open_dir(domain_dir)
             except OSError as err:
                 log.warning("%s skipped: %s", domain_dir, err.strerror)
                 continue
@@ -145,7 +153,7 @@ class LocalStore:
                 for name in sorted(os.listdir(domain_fd)):
                     if not (_PARTIAL.match(name) or _DELETING.match(name)):
                         continue
-                    if not _is_real_dir(name, domain_fd) or _is_locked(name, domain_fd):
+                    if not is_real_dir(name, domain_fd) or is_held(name, domain_fd):
                         continue
                     removed.append(domain_dir / name)
                     if not dry_run:
@@ -160,12 +168,11 @@ class LocalStore:
         removal leaves a hidden `.deleting` directory (removed by the next run), never a
         half-deleted backup that looks complete. Neither the domain directory nor the
         backup may be a symbolic link: removal never leaves DEST."""
-        check_domain_name(domain)
-        check_stamp(stamp)
+        check_backup_name(domain, stamp)
         backup = self.dest / domain / stamp
         doomed = f".{backup.name}.deleting"
         try:
-            domain_fd = _open_dir_nofollow(backup.parent)
+            domain_fd = open_dir(backup.parent)
         except OSError as err:
             linked = err.errno in (errno.ELOOP, errno.ENOTDIR)
             why = "is a symbolic link" if linked else f"cannot be opened: {err.strerror}"
@@ -174,7 +181,7 @@ class LocalStore:
                 "only backups in a directory of DEST itself are removed",
             ) from None
         try:
-            if not _is_real_dir(backup.name, domain_fd):
+            if not is_real_dir(backup.name, domain_fd):
                 raise StoreError(
                     f"cannot remove backup {backup}: it is a symbolic link or not a directory"
                 )
@@ -201,7 +208,7 @@ class LocalStore:
         found: list[BackupInfo] = []
         for domain_dir in self._domain_dirs(domain):
             stamps = sorted(
-                (p for p in domain_dir.iterdir() if is_stamp(p.name) and _is_real_dir(p)),
+                (p for p in domain_dir.iterdir() if is_stamp(p.name) and is_real_dir(p)),
                 key=lambda p: p.name,
                 reverse=True,
             )
@@ -217,8 +224,7 @@ class LocalStore:
         return found
 
     def files(self, domain: str, stamp: str) -> "LocalFiles":
-        check_domain_name(domain)
-        check_stamp(stamp)
+        check_backup_name(domain, stamp)
         return LocalFiles(self.dest / domain / stamp)
 
     def _domain_dirs(self, domain: str | None) -> list[Path]:
@@ -354,7 +360,7 @@ class LocalFiles:
         except OSError as err:
             raise write_error(err, self.path / VERIFIED) from None
         try:
-            _unlink_at(temporary, dir_fd)  # left by a killed verify, or planted
+            unlink_at(temporary, dir_fd)  # left by a killed verify, or planted
             fd = os.open(
                 temporary,
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -367,7 +373,7 @@ class LocalFiles:
             os.rename(temporary, VERIFIED, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             os.fsync(dir_fd)
         except OSError as err:
-            _unlink_at(temporary, dir_fd)
+            unlink_at(temporary, dir_fd)
             raise write_error(err, self.path / VERIFIED) from None
         finally:
             os.close(dir_fd)
@@ -397,82 +403,6 @@ def _size_of_files(path: Path) -> int:
     except OSError:
         pass  # listed with what could be read; the manifest check names the problem
     return total
-
-
-def read_regular_file(path: Path, limit: int) -> bytes:
-    """The bytes of the regular file `path`, at most `limit` of them. A symbolic link, a
-    FIFO (which would block the read), a device or a larger file is CorruptBackup; a
-    missing file is FileNotFoundError."""
-    kind = _file_kind(os.lstat(path).st_mode)
-    if kind is None:  # checked before open: opening a device or FIFO is itself an action
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            info = os.fstat(fd)
-            kind = _file_kind(info.st_mode)  # (replaced between lstat and open)
-            if kind is None:
-                if info.st_size > limit:
-                    raise CorruptBackup(f"{path} is too large to be ours ({info.st_size} bytes)")
-                chunks = []
-                size = 0
-                while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
-                    chunks.append(chunk)
-                    size += len(chunk)
-                if size > limit:
-                    raise CorruptBackup(f"{path} is too large to be ours (it grew while read)")
-                return b"".join(chunks)
-        finally:
-            os.close(fd)
-    raise CorruptBackup(f"{path} is {kind}, not a regular file")
-
-
-def _file_kind(mode: int) -> str | None:
-    """None for a regular file, else what it is."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "a special file"
-
-
-def _is_locked(name: str | Path, dir_fd: int | None = None) -> bool:
-    try:
-        fd = os.open(
-            name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
-        )
-    except OSError:
-        return True  # cannot tell: leave it alone
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def _is_real_dir(name: str | Path, dir_fd: int | None = None) -> bool:
-    """A directory, not a symbolic link to one."""
-    try:
-        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        return False
-
-
-def _open_dir_nofollow(path: Path) -> int:
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-
-
-def _unlink_at(name: str, dir_fd: int) -> None:
-    try:
-        os.unlink(name, dir_fd=dir_fd)
-    except FileNotFoundError:
-        pass
 
 
 def _fsync_dir(path: Path) -> None:

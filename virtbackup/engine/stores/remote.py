@@ -39,8 +39,8 @@ from virtbackup.engine.stores.store import (
     AbortUnlessCommitted,
     BackupInfo,
     allocate_stamp,
+    check_backup_name,
     check_domain_name,
-    check_stamp,
     describe_backup,
     is_domain_dir_name,
     is_stamp,
@@ -126,8 +126,7 @@ class RemoteStore:
         return f"{self.host}/{domain}/{stamp}"
 
     def files(self, domain: str, stamp: str) -> RemoteFiles:
-        check_domain_name(domain)
-        check_stamp(stamp)
+        check_backup_name(domain, stamp)
         return RemoteFiles(self.remote, self.backup_path(domain, stamp))
 
     def domains(self) -> list[str]:
@@ -175,8 +174,7 @@ class RemoteStore:
         return self.remote.path(target)
 
     def remove(self, domain: str, stamp: str) -> None:
-        check_domain_name(domain)
-        check_stamp(stamp)
+        check_backup_name(domain, stamp)
         rclone.purge(self.remote, self.backup_path(domain, stamp))
 
     def remove_leftovers(self, domain: str, keep: Collection[str]) -> list[str]:

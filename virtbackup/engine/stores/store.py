@@ -18,7 +18,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Protocol, Self
 
 from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup, RemoteError, StoreError
@@ -87,12 +86,7 @@ class Partial(Protocol):
 
     def __enter__(self) -> Self: ...
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None: ...
+    def __exit__(self, *exc: object) -> None: ...
 
     def create(self, name: str) -> AbstractContextManager[IO[bytes]]: ...
 
@@ -139,12 +133,7 @@ class AbortUnlessCommitted:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         if not self.committed:
             self.abort()
 
@@ -250,6 +239,13 @@ def is_stamp(name: str) -> bool:
 def check_stamp(stamp: str) -> None:
     if not is_stamp(stamp):
         raise UsageError(f"{stamp!r} is not a backup stamp like 20250125T183000Z")
+
+
+def check_backup_name(domain: str, stamp: str) -> None:
+    """A backup is named by its domain and stamp: names in the store, never a path out of
+    it (UsageError)."""
+    check_domain_name(domain)
+    check_stamp(stamp)
 
 
 def check_domain_name(domain: str) -> None:

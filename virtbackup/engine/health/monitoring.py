@@ -12,7 +12,7 @@ from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.metrics import DomainMetrics, StoreMetrics, render_metrics
 from virtbackup.core.run_record import LastAttempt
 from virtbackup.core.summary import OutcomeRow
-from virtbackup.engine.run_records import read_attempt, record_attempts, records_dir
+from virtbackup.engine.health.run_records import read_attempt, record_attempts, records_dir
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import BackupInfo, Store, is_domain_dir_name
 

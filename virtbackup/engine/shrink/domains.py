@@ -30,7 +30,7 @@ shuts it down gracefully and starts it again afterwards; qcow2 compat=0.10 overl
 mode refuses images on a filesystem that cannot punch holes, since trimming would free
 nothing there.
 
-Here: the domain loop, in-place mode and its refusals. Copy mode is engine/shrink_copy;
+Here: the domain loop, in-place mode and its refusals. Copy mode is engine/shrink/copy_mode;
 what is done inside the appliance, engine/guest_reclaim.
 """
 
@@ -64,7 +64,7 @@ from virtbackup.core.shrink_plan import (
 from virtbackup.engine.guest_reclaim import Image, reclaim
 from virtbackup.engine.methods.image_source import ConsistencyOptions, SourceContext
 from virtbackup.engine.methods.stable_images import stable_images
-from virtbackup.engine.shrink_copy import shrink_copy
+from virtbackup.engine.shrink.copy_mode import shrink_copy
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Copy mode of `virtbackup shrink` (`--to DIR` or `--convert FORMAT`): reclaim on a
 throw-away overlay, then `qemu-img convert` a compact image under a temporary name,
-synced and renamed into place (see engine/shrink)."""
+synced and renamed into place (see engine/shrink/domains)."""
 
 import os
 import shutil

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from virtbackup.adapters.atomic_file import write_atomically
+from virtbackup.adapters.no_follow import read_regular_file
 from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.run_record import (
     MAX_RECORD_SIZE,
@@ -21,7 +22,6 @@ from virtbackup.core.run_record import (
     next_attempt,
     parse_record,
 )
-from virtbackup.engine.stores.local import read_regular_file
 from virtbackup.engine.stores.store import RESERVED_PREFIX, check_domain_name
 
 log = logging.getLogger(__name__)
