@@ -29,10 +29,10 @@ from virtbackup.adapters.locks import domain_lock
 from virtbackup.core.errors import LockHeld
 from virtbackup.core.progress import RecordingSteps
 from virtbackup.core.shrink_plan import NotEnoughSpace, ShrinkOptions
-from virtbackup.engine.guest_reclaim import Image
 from virtbackup.engine.shrink import domains as shrink_engine
 from virtbackup.engine.shrink.copy_mode import PARTIAL_SUFFIX, CopyTarget, write_compact
 from virtbackup.engine.shrink.domains import amend_compat, can_punch_holes, shrink_domains
+from virtbackup.engine.shrink.guest_reclaim import Image
 
 MiB = 1024 * 1024
 URI = "qemu:///system"

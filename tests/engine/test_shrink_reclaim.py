@@ -1,11 +1,11 @@
-"""engine/guest_reclaim.reclaim: what is done to each filesystem and volume group, without an
+"""engine/shrink/guest_reclaim.reclaim: what is done to each filesystem and volume group, without an
 appliance (a fake handle records the calls; the real one is in test_shrink.py)."""
 
 from typing import Any
 
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.shrink_plan import ShrinkOptions
-from virtbackup.engine.guest_reclaim import reclaim
+from virtbackup.engine.shrink.guest_reclaim import reclaim
 
 
 class FakeAppliance:

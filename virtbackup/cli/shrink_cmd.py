@@ -39,8 +39,8 @@ from virtbackup.core.shrink_plan import (
     check_options,
     plan_shrink,
 )
-from virtbackup.engine.guest_reclaim import Image, estimate_reclaimable
 from virtbackup.engine.shrink.domains import shrink_domain
+from virtbackup.engine.shrink.guest_reclaim import Image, estimate_reclaimable
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@
             A new place or layout for backups, such as a repository, goes here.
 - runs:     one run over domains: sessions with their undo journal, signals, clean.
 - shrink:   making stopped domains' images small (in place or as a new copy);
-            guest_reclaim.py beside the sub-packages does the work inside the
-            appliance for shrink and for skip-free backups.
+            its guest_reclaim does the work inside the appliance for shrink and for
+            skip-free backups.
 - health:   how well backups go: doctor (what would stop them), run records and
             monitoring (what runs left, for `check` and the metrics file).
 """

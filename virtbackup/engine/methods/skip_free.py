@@ -41,8 +41,8 @@ from virtbackup.core.errors import Interrupted, VirtbackupError
 from virtbackup.core.progress import LogSteps, StepSink
 from virtbackup.core.shrink_plan import ShrinkOptions
 from virtbackup.engine.datapath.disk_backup import DiskSource
-from virtbackup.engine.guest_reclaim import CONVERT_TIMEOUT, reclaim, throwaway_overlay
 from virtbackup.engine.methods.image_source import StableImages
+from virtbackup.engine.shrink.guest_reclaim import CONVERT_TIMEOUT, reclaim, throwaway_overlay
 
 log = logging.getLogger(__name__)
 

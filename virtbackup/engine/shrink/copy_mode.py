@@ -19,7 +19,12 @@ from virtbackup.adapters.images import allocated_bytes, image_info
 from virtbackup.core.progress import StageSink
 from virtbackup.core.shrink_plan import DiskOutcome, NotEnoughSpace, ShrinkOptions, ShrinkRefused
 from virtbackup.core.sizes import human_size
-from virtbackup.engine.guest_reclaim import CONVERT_TIMEOUT, Image, reclaim, throwaway_overlay
+from virtbackup.engine.shrink.guest_reclaim import (
+    CONVERT_TIMEOUT,
+    Image,
+    reclaim,
+    throwaway_overlay,
+)
 
 DEFAULT_TMP = Path("/var/tmp")
 PARTIAL_SUFFIX = ".virtbackup-partial"

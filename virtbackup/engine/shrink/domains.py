@@ -31,7 +31,7 @@ mode refuses images on a filesystem that cannot punch holes, since trimming woul
 nothing there.
 
 Here: the domain loop, in-place mode and its refusals. Copy mode is engine/shrink/copy_mode;
-what is done inside the appliance, engine/guest_reclaim.
+what is done inside the appliance, engine/shrink/guest_reclaim.
 """
 
 import logging
@@ -61,10 +61,10 @@ from virtbackup.core.shrink_plan import (
     compat_problem,
     plan_shrink,
 )
-from virtbackup.engine.guest_reclaim import Image, reclaim
 from virtbackup.engine.methods.image_source import ConsistencyOptions, SourceContext
 from virtbackup.engine.methods.stable_images import stable_images
 from virtbackup.engine.shrink.copy_mode import shrink_copy
+from virtbackup.engine.shrink.guest_reclaim import Image, reclaim
 
 log = logging.getLogger(__name__)
 
