@@ -208,17 +208,15 @@ class Safekeeping:
 def resolve_layout(values: BackupValues, config: Config) -> str:
     """The layout `backup` and `all` write, decided here and only here: the one given
     (--layout, else `layout` of the configuration); else the repository, unless the run
-    copies backups offsite, which uploads one file per disk: then streams. A repository
-    given with encryption or a remote is a usage error, before any domain is touched."""
+    copies backups offsite or encrypts them: then streams. A repository given with
+    encryption or a remote is a usage error, before any domain is touched."""
     encrypted = bool(values.encrypt or config.encrypt)
     offsite = bool(values.remote or values.remote_only or config.remote)
     layout = values.layout or config.layout
     if layout is None:
-        if offsite:
-            return LAYOUT_STREAM
-        if encrypted:  # until the repository can be encrypted
-            return LAYOUT_STREAM
-        return LAYOUT_REPOSITORY
+        streams = offsite  # the upload sends one file per disk
+        streams = streams or encrypted  # until the repository can be encrypted
+        return LAYOUT_STREAM if streams else LAYOUT_REPOSITORY
     if layout != LAYOUT_REPOSITORY:
         return layout
     if encrypted:
