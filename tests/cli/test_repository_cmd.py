@@ -122,7 +122,7 @@ def test_a_history_of_both_layouts_is_listed_pruned_and_restored(
 ) -> None:
     """A host upgraded to the repository default: its domain's older stream backups stay,
     and retention counts both kinds as one history; gc frees the chunks only the removed
-    repository backup used."""
+    repository backup used; what is left restores and exports, whatever its kind."""
     image = build_fs_image(domain_factory.workdir / "mixed.raw", content=2 * MiB).path
     dom = domain_factory.create([DiskSpec("raw", image=image)], hint="mixed")
     config = tmp_path / "virtbackup.toml"
@@ -170,6 +170,14 @@ def test_a_history_of_both_layouts_is_listed_pruned_and_restored(
         result = virtbackup_in(state_dir, "restore", str(backup), "--to", str(restored))
         assert result.returncode == 0, result.stderr
         subprocess.run(["cmp", str(copy), str(restored / "vda.raw")], check=True)
+        # and each exports as a stream that stock lz4 restores
+        exported = tmp_path / f"exported-{backup.name}"
+        result = virtbackup_in(state_dir, "export", str(backup), "--to", str(exported))
+        assert result.returncode == 0, result.stderr
+        stream = exported / dom.name() / backup.name / "vda.raw.lz4"
+        decoded = tmp_path / f"decoded-{backup.name}.raw"
+        subprocess.run(["lz4", "-d", "-q", str(stream), str(decoded)], check=True)
+        subprocess.run(["cmp", str(copy), str(decoded)], check=True)
 
 
 def test_layout_from_the_configuration_and_what_it_cannot_do_yet(
