@@ -223,9 +223,15 @@ def test_gc_runs_once_after_retention_when_dest_holds_a_repository(
     result = virtbackup_in(state_dir, "--config", str(config), "all", "--json")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert document["domains"][0]["result"] == "ok"
-    assert document["gc"]["removed_chunks"] == 1 and document["gc"]["kept_chunks"] == 2
-    assert {name for name, _ in ChunkStore(dest).names()} == set(names_of(kept))
+    (row,) = document["domains"]
+    assert row["result"] == "ok"
+    # the domain's own backup went to the repository (the default layout): its chunks stay
+    (index,) = Path(row["backup"]).glob("*.idx")
+    own = {line.split("/")[1] for line in index.read_text().splitlines()}
+    assert own and not own & set(names_of(kept + chunk_data(3)))
+    assert document["gc"]["removed_chunks"] == 1
+    assert document["gc"]["kept_chunks"] == 2 + len(own)
+    assert {name for name, _ in ChunkStore(dest).names()} == set(names_of(kept)) | own
     assert json.loads((dest / "virtbackup-last-run.json").read_text())["gc"] == document["gc"]
 
     (dest / "repo1" / f"{old.name}-2").mkdir(mode=0o700)  # no manifest: left alone

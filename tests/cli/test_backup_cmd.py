@@ -36,8 +36,8 @@ def test_offline_domain_backs_up_and_restores_byte_for_byte(
     assert sorted(p.name for p in backup.iterdir()) == [
         "domain.xml",
         "manifest.json",
-        "vda.qcow2.lz4",
-        "vdb.raw.lz4",
+        "vda.qcow2.idx",  # the default layout: each disk's chunks are in the repository
+        "vdb.raw.idx",
     ]
 
     restored = tmp_path / "restored"

@@ -12,7 +12,7 @@ from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 
 
-def test_encrypted_backup_restore_verify(
+def test_encrypted_stream_backup_restore_verify(
     domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
 ) -> None:
     keys = make_key_pair(tmp_path / "keys")
@@ -26,6 +26,8 @@ def test_encrypted_backup_restore_verify(
         str(dest),
         "--encrypt",
         str(keys.recipients),
+        "--layout",
+        "stream",
         "--json",
     )
     assert result.returncode == 0, result.stderr
@@ -80,7 +82,7 @@ def test_config_encrypt_and_a_bad_recipients_file(
         "domain.xml.age",
         "manifest.json",
         "manifest.json.age",
-        "vda.qcow2.lz4.age",
+        "vda.qcow2.idx",  # the default layout: keyed chunk names, chunks encrypted
     ]
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
 

@@ -71,6 +71,7 @@ def test_copy_list_restore_and_verify_from_the_remote(
     for secret in remote.secrets:  # ... and never a password or key
         assert secret not in log.read_text() and secret not in result.stderr
     local = Path(row["backup"])
+    assert (local / "vda.raw.lz4").is_file()  # no layout given: a copied run keeps streams
     on_remote = remote_files(remote, f"host-a/{dom.name()}/{local.name}")
     assert on_remote == {p.name: p.stat().st_size for p in local.iterdir()}
 

@@ -1,5 +1,7 @@
 """A real SIGINT, SIGTERM or SIGHUP ends the whole run with exit 130, after the domain at
-hand is put back: no further domain is touched, and nothing partial is left."""
+hand is put back: no further domain is touched, and nothing partial is left. The backups
+are written in the default layout, the repository: the chunks an interrupted backup
+stored stay for gc, its writer registration goes."""
 
 import json
 import os
@@ -15,8 +17,11 @@ from backup_helpers import disk_of, make_backup
 from consistency_helpers import MiB, overlays_in, snapshot_of
 from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
+from repository_helpers import stored
 
 from virtbackup.adapters.journal import list_journals
+from virtbackup.core.repository_format import REPOSITORY_DIR
+from virtbackup.engine.stores.chunk_store import ChunkStore
 
 pytestmark = pytest.mark.libvirt
 
@@ -32,7 +37,19 @@ def random_image(path: Path, size: int) -> Path:
 
 
 def tree(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    """Everything under `root` but DEST's own records (.virtbackup-runs) and repository,
+    which `repository_at_rest` checks."""
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if not p.relative_to(root).parts[0].startswith(".virtbackup")
+    )
+
+
+def repository_at_rest(dest: Path) -> bool:
+    """No writer registered and no chunk half written: only chunks gc may take."""
+    chunks = ChunkStore(dest)
+    return list(chunks.writers.iterdir()) == [] and list(chunks.temporary_files()) == []
 
 
 def spawn(state_dir: Path, *args: str) -> subprocess.Popen[str]:
@@ -63,6 +80,14 @@ def wait_for_growth(proc: subprocess.Popen[Any], pattern: str, root: Path, at_le
     pytest.fail(f"no {pattern} of {at_least} bytes under {root} in time")
 
 
+def wait_for_first_chunk(proc: subprocess.Popen[Any], domain: str, dest: Path) -> Path:
+    """The partial backup of `domain` once its disk is under way: a MiB of a chunk is in
+    DEST's repository (the partial directory is made before any chunk)."""
+    wait_for_growth(proc, f"{REPOSITORY_DIR}/chunks/*/*", dest, MiB)
+    (partial,) = (dest / domain).glob(".*.partial")
+    return partial
+
+
 @pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_a_signal_mid_stream_ends_all_with_130(
     signum: int,
@@ -87,8 +112,8 @@ def test_a_signal_mid_stream_ends_all_with_130(
         "--bwlimit",
         "2M",
     )
-    # The stream of the first domain's disk is under way (4 MiB chunks at 2 MB/s: 16 s).
-    partial = wait_for_growth(proc, f"{first.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    # The first domain's disk is under way (4 MiB chunks at 2 MB/s: 16 s).
+    partial = wait_for_first_chunk(proc, first.name(), dest)
     assert overlays_in(domain_factory.workdir)  # the domain runs on our overlay now
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
@@ -109,6 +134,7 @@ def test_a_signal_mid_stream_ends_all_with_130(
     # The partial backup went with the run, and the summary says what happened.
     assert not partial.exists()
     assert tree(dest) == [first.name(), "virtbackup-last-run.json"]
+    assert repository_at_rest(dest) and stored(dest)  # left to gc
     summary = json.loads((dest / "virtbackup-last-run.json").read_text())
     assert summary["exit_code"] == 130
     assert [(r["domain"], r["result"], r["message"]) for r in summary["domains"]] == [
@@ -146,7 +172,7 @@ def test_a_hangup_of_the_terminal_unwinds_and_exits_130(
     )
     os.close(terminal)
     try:
-        wait_for_growth(proc, f"{dom.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+        wait_for_first_chunk(proc, dom.name(), dest)
     finally:
         os.close(master)  # the terminal hangs up
     proc.send_signal(signal.SIGHUP)
@@ -155,7 +181,7 @@ def test_a_hangup_of_the_terminal_unwinds_and_exits_130(
     assert snapshot_of(libvirt, dom) == before
     assert "virtbackup" not in dom.XMLDesc(0)
     assert overlays_in(domain_factory.workdir) == []
-    assert list(dest.rglob("*")) == [dest / dom.name()]
+    assert tree(dest) == [dom.name()] and repository_at_rest(dest)
     logged = log_file.read_text()
     assert logged.splitlines()[-1].endswith("ERROR interrupted by SIGHUP"), logged
     assert "Traceback" not in logged
@@ -204,7 +230,7 @@ def test_backup_of_two_domains_stops_at_the_first_and_says_so(
         "2M",
         "--json",
     )
-    wait_for_growth(proc, f"{first.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    wait_for_first_chunk(proc, first.name(), dest)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
 
@@ -217,7 +243,7 @@ def test_backup_of_two_domains_stops_at_the_first_and_says_so(
         (second.name(), "interrupted", "not started: the run was interrupted"),
     ]
     assert {dom.name(): snapshot_of(libvirt, dom) for dom in (first, second)} == before
-    assert tree(dest) == [first.name()]
+    assert tree(dest) == [first.name()] and repository_at_rest(dest)
 
 
 def test_under_nohup_a_hangup_does_not_stop_the_backup(
@@ -234,7 +260,7 @@ def test_under_nohup_a_hangup_does_not_stop_the_backup(
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_growth(proc, f"{dom.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    wait_for_first_chunk(proc, dom.name(), dest)
     proc.send_signal(signal.SIGHUP)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -252,7 +278,7 @@ def test_a_hangup_with_stdout_gone_still_exits_130_with_its_line(
     proc = spawn(state_dir, "backup", dom.name(), "--dest", str(dest), "--bwlimit", "2M")
     assert proc.stdout is not None
     proc.stdout.close()  # the reader of stdout goes away
-    wait_for_growth(proc, f"{dom.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    wait_for_first_chunk(proc, dom.name(), dest)
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=300)
 
@@ -260,7 +286,7 @@ def test_a_hangup_with_stdout_gone_still_exits_130_with_its_line(
     assert err.strip().splitlines()[-1] == "virtbackup: error: interrupted by SIGHUP"
     assert "Traceback" not in err and "Exception ignored" not in err
     assert snapshot_of(libvirt, dom) == before
-    assert tree(dest) == [dom.name()]
+    assert tree(dest) == [dom.name()] and repository_at_rest(dest)
 
 
 def test_a_burst_of_sigterms_still_exits_130(
@@ -272,7 +298,7 @@ def test_a_burst_of_sigterms_still_exits_130(
     dom = domain_factory.create([DiskSpec("raw", image=image)], hint="burst", start=True)
     before = snapshot_of(libvirt, dom)
     proc = spawn(state_dir, "backup", dom.name(), "--dest", str(dest), "--bwlimit", "2M")
-    wait_for_growth(proc, f"{dom.name()}/.*.partial/vda.raw.lz4", dest, MiB)
+    wait_for_first_chunk(proc, dom.name(), dest)
     while proc.poll() is None:  # until it has exited, whatever it was doing
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.005)
@@ -281,3 +307,4 @@ def test_a_burst_of_sigterms_still_exits_130(
     assert "Traceback" not in err
     assert "virtbackup: error: interrupted by SIGTERM" in err
     assert snapshot_of(libvirt, dom) == before
+    assert repository_at_rest(dest)

@@ -69,7 +69,7 @@ def test_signed_backup_verifies_lists_and_restores(
         "domain.xml.sig",
         "manifest.json",
         "manifest.json.sig",
-        "vda.raw.lz4",
+        "vda.raw.idx",  # the default layout: the manifest signed binds the index
     ]
     config = signers_config(tmp_path / "vb.toml", key)
 

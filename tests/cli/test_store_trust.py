@@ -49,7 +49,10 @@ def prune_dry_run(state_dir: Path, config: Path, dest: Path, domain: str) -> dic
     args = ("--config", str(config), "prune", "--dest", str(dest), domain)
     result = virtbackup_in(state_dir, *args, "--keep-last", "1", "--dry-run", "--json")
     assert result.returncode == 0, result.stderr
-    (decision,) = json.loads(result.stdout)
+    # the backups are in the repository (the default layout): gc's dry run follows
+    document = json.loads(result.stdout)
+    assert document["gc"]["dry_run"] is True, document
+    (decision,) = document["retention"]
     assert isinstance(decision, dict)
     return decision
 

@@ -26,7 +26,7 @@ from virtbackup.core.config import (
     parse_snapshot_size,
 )
 from virtbackup.core.errors import UsageError
-from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUTS
+from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUT_STREAM, LAYOUTS
 from virtbackup.core.model import DomainFacts, Method
 from virtbackup.core.planning import PlanOptions, plan_domain
 from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
@@ -158,7 +158,8 @@ OPTIONS = [
         type=click.Choice(LAYOUTS),
         help="How disks are stored: one LZ4 stream file per disk and backup, or chunks "
         "stored once in DEST's deduplicating repository [default: `layout` of the "
-        "configuration, else stream].",
+        "configuration, else repository; stream when backups go to a remote or are "
+        "encrypted].",
     ),
     click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
 ]
@@ -205,12 +206,17 @@ class Safekeeping:
 
 
 def resolve_layout(values: BackupValues, config: Config) -> str:
-    """The layout backups are written in; the repository cannot be sent to a remote
-    yet (a usage error, before any domain is touched)."""
+    """The layout `backup` and `all` write, decided here and only here: the one given
+    (--layout, else `layout` of the configuration); else the repository, unless the run
+    copies backups offsite: then streams. A repository given with a remote is a usage
+    error, before any domain is touched."""
+    offsite = bool(values.remote or values.remote_only or config.remote)
     layout = values.layout or config.layout
+    if layout is None:
+        return LAYOUT_STREAM if offsite else LAYOUT_REPOSITORY  # an upload sends a file per disk
     if layout != LAYOUT_REPOSITORY:
         return layout
-    if values.remote or values.remote_only or config.remote:
+    if offsite:
         raise UsageError(
             "the repository layout cannot be copied to a remote yet",
             "back up with --layout stream for offsite copies, or leave the remote out",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from virtbackup.core.errors import ConfigError
-from virtbackup.core.manifest import LAYOUT_STREAM, LAYOUTS
+from virtbackup.core.manifest import LAYOUTS
 from virtbackup.core.model import Method
 from virtbackup.core.retention import Policy
 
@@ -65,7 +65,7 @@ class Config:
     exclude: tuple[str, ...] = ()
     workers: int | None = None
     compression_level: int = 0
-    layout: str = LAYOUT_STREAM  # how `backup` and `all` store disks (core/manifest.py)
+    layout: str | None = None  # how `backup` and `all` store disks; None: cli/backup_options
     bwlimit: int | None = None
     overlay_dir: Path | None = None
     hooks_before: tuple[str, ...] = ()
