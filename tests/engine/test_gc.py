@@ -6,6 +6,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from virtbackup.core.repository_format import GC_HIDDEN_PREFIX, GC_LOCK_FILE
 from virtbackup.engine.datapath.frames import decode_frame
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.gc import (
+    GcResult,
     GcRunning,
     GcSettings,
     ReferencesUnreadable,
@@ -305,3 +307,46 @@ def test_nothing_is_removed_through_a_symbolic_link(two_backups: Path, tmp_path:
     assert victim.read_bytes() == b"not a chunk"
     assert not os.path.lexists(planted)
     assert not os.path.lexists(store.chunks / "ab" / ("ab" + "1" * 62))
+
+
+def test_a_fifo_among_the_writers_does_not_hang_gc(two_backups: Path) -> None:
+    """A planted FIFO (or a link to one) in writers/ is no registration: gc reads none
+    of them, so it neither blocks on opening it nor counts it as a live writer."""
+    store = ChunkStore(two_backups)
+    fifo = store.writers / "planted"
+    os.mkfifo(fifo)
+    (store.writers / "link").symlink_to(fifo)
+    outcome: list[object] = []
+    gc = threading.Thread(target=lambda: outcome.append(collect_garbage(two_backups, NOW)))
+    gc.start()
+    gc.join(10)
+    while gc.is_alive():  # let each blocked open return before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        gc.join(0.1)
+    assert outcome and isinstance(result := outcome[0], GcResult)
+    assert result.live_writers == 0 and result.removed == 2
+
+
+@pytest.mark.parametrize("started", ["0", "-inf", "nan"])
+def test_a_heartbeat_from_the_future_holds_gc_back_for_no_longer_than_a_stale_one(
+    two_backups: Path, started: str
+) -> None:
+    """A registration whose mtime is years ahead (a careless touch, a restored copy)
+    would otherwise be live for ever and keep every chunk; one whose start is not a time
+    would put the cutoff at minus infinity. Neither is a registration a writer makes."""
+    store = ChunkStore(two_backups)
+    planted = store.writers / "planted"
+    planted.write_text(started)
+    future = time.time() + 10 * 365 * 86400
+    os.utime(planted, (future, future))
+    result = collect_garbage(two_backups, NOW)
+    assert result.live_writers == 0 and result.removed == 2
+    assert stored(two_backups) == set(names_of(NEW_IMAGE))
+
+
+@pytest.mark.parametrize("started", ["-inf", "nan"])
+def test_a_start_that_is_not_a_time_is_no_live_writer(two_backups: Path, started: str) -> None:
+    store = ChunkStore(two_backups)
+    (store.writers / "planted").write_text(started)
+    result = collect_garbage(two_backups, NOW)
+    assert result.live_writers == 0 and result.removed == 2

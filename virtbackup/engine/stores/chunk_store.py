@@ -14,6 +14,7 @@ hosts whose clocks differ still agree.
 
 import errno
 import logging
+import math
 import os
 import secrets
 import socket
@@ -209,12 +210,16 @@ class ChunkStore:
         for entry in entries:
             try:
                 status = entry.stat(follow_symlinks=False)
-                with open(entry.path, "rb") as marker:
-                    started = float(marker.read(64).decode() or status.st_mtime)
+                # never through a link, never blocking on a planted FIFO
+                started = float(read_regular_file(Path(entry.path), 64).decode() or status.st_mtime)
             except (OSError, ValueError):
                 continue
-            if now - status.st_mtime < stale_after:
-                found.append(WriterEntry(entry.name, started, status.st_mtime))
+            # A heartbeat is the filesystem's now when it was given: one far ahead of
+            # now was not (it would make the writer live for ever), nor is a start that
+            # is not a time (it would put the cutoff before every chunk).
+            if not math.isfinite(started) or abs(now - status.st_mtime) >= stale_after:
+                continue
+            found.append(WriterEntry(entry.name, started, status.st_mtime))
         return found
 
     def filesystem_now(self) -> float:
