@@ -21,6 +21,7 @@ from virtbackup.core.manifest import LAYOUT_REPOSITORY, DiskRecord, Manifest, bu
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.repository_format import (
     REPOSITORY_DIR,
+    RepositoryConfig,
     chunk_count,
     parse_index,
     zero_chunk_name,
@@ -429,3 +430,36 @@ def _wait_for_chunks(dest: Path, child: subprocess.Popen[bytes]) -> Path:
             return partials[0]
         time.sleep(0.05)
     raise AssertionError(f"the child never stored chunks (exit status {child.poll()})")
+
+
+PLANTS: dict[str, Callable[[Path], None]] = {
+    "a FIFO": os.mkfifo,
+    "a link": lambda path: path.symlink_to("/etc/hostname"),
+    "a directory": lambda path: path.mkdir(),
+}
+
+
+@pytest.mark.parametrize("plant", PLANTS.values(), ids=PLANTS.keys())
+def test_a_non_file_under_a_chunks_name_is_no_chunk(
+    tmp_path: Path, plant: Callable[[Path], None]
+) -> None:
+    """Something planted where a chunk would be (the all-zero chunk's name is known to
+    everyone): the writer takes it for missing and writes the chunk over it, or fails
+    when it cannot; it never commits a backup whose chunk cannot be read."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(CHUNK) + bytes(CHUNK))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    store = ChunkStore(dest)
+    store.create(RepositoryConfig(chunk_size=CHUNK))
+    planted = store.path(zero_chunk_name(CHUNK))
+    planted.parent.mkdir(mode=0o700)
+    plant(planted)
+    if planted.is_dir() and not planted.is_symlink():
+        with pytest.raises(DiskBackupFailed, match=f"cannot write {planted}: Is a directory"):
+            make_backup(dest, [disk_of(image)], chunk_size=CHUNK, layout=REPO)
+        assert LocalStore(dest).list_backups("web1") == []
+        return
+    backup = make_backup(dest, [disk_of(image)], chunk_size=CHUNK, layout=REPO)
+    assert planted.is_file() and not planted.is_symlink()
+    assert verify_backup(backup.path, NullProgress()).ok

@@ -99,14 +99,16 @@ class ChunkStore:
 
     def touch(self, name: str) -> bool:
         """Mark the chunk as used now; False when it is not there (never written, or
-        being removed by garbage collection: the caller writes it again)."""
+        being removed by garbage collection: the caller writes it again). A link, FIFO
+        or directory under a chunk's name is no chunk: written again, the chunk replaces
+        it (or the write fails), so that no backup is committed over it."""
         try:
             os.utime(self.path(name), follow_symlinks=False)
+            return stat.S_ISREG(os.lstat(self.path(name)).st_mode)
         except FileNotFoundError:
             return False
         except OSError as err:
             raise write_error(err, self.path(name)) from None
-        return True
 
     def add(self, name: str, frame: tuple[Buffer, ...]) -> int:
         """Store a chunk (its frame, in pieces) under its name; the bytes written."""
