@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -210,10 +210,16 @@ def test_damaged_stream_backup_does_not_stop_gc(two_backups: Path) -> None:
     assert collect_garbage(two_backups, NOW).removed == 2
 
 
-def test_missing_chunk_is_reported_naming_the_backup(two_backups: Path) -> None:
+@pytest.mark.parametrize("replaced_by", [None, os.mkfifo], ids=["removed", "a FIFO"])
+def test_missing_chunk_is_reported_naming_the_backup(
+    two_backups: Path, replaced_by: Callable[[Path], None] | None
+) -> None:
+    """A chunk that is gone, or that is no regular file (what no reader can read)."""
     store = ChunkStore(two_backups)
     lost = names_of(NEW_IMAGE)[2]
     os.unlink(store.path(lost))
+    if replaced_by is not None:
+        replaced_by(store.path(lost))
     [backup] = LocalStore(two_backups).list_backups()
     for dry_run in (True, False):
         result = collect_garbage(two_backups, GcSettings(grace=0, settle=0, dry_run=dry_run))

@@ -272,7 +272,7 @@ def _mark(
             if referenced is not None:
                 referenced.add(name)
                 # hidden by a killed gc: this gc would put it back first
-                present = any(map(os.path.lexists, (chunks.path(name), chunks.hidden_path(name))))
+                present = any(map(_is_file, (chunks.path(name), chunks.hidden_path(name))))
             else:
                 present = chunks.touch(name)
             if not present:
@@ -281,6 +281,14 @@ def _mark(
         if os.path.lexists(index.files.path):
             raise
         log.info("backup %s was removed while gc ran: its chunks are not marked", index.backup)
+
+
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a regular file: what `ChunkStore.touch` counts as a chunk."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _index_names(index: IndexRef, chunk_size: int) -> Iterator[str]:
