@@ -244,6 +244,21 @@ def test_a_damaged_repository_description_is_one_line(
     assert stored(dest) == before
 
 
+@pytest.mark.parametrize("command", ["gc", "clean"])
+def test_writers_that_is_no_directory_is_one_line(dest: Path, config: Path, command: str) -> None:
+    """writers/ replaced by a file: which writers are live cannot be told; gc removes
+    nothing, and neither command ends in a traceback."""
+    writers = ChunkStore(dest).writers
+    writers.rmdir()
+    writers.write_text("not a directory\n")
+    before = stored(dest)
+    result = virtbackup("--config", str(config), command, "--dest", str(dest))
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"virtbackup: error: cannot list the writers in {writers}: Not a directory"
+    assert stored(dest) == before
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_while_chunks_are_hidden_puts_them_back(
     dest: Path, config: Path, signum: signal.Signals

@@ -205,15 +205,12 @@ class ChunkStore:
     def live_writers(self, now: float, stale_after: float) -> list[WriterEntry]:
         """Registered writers whose heartbeat is younger than `stale_after` seconds."""
         found = []
-        try:
-            entries = list(os.scandir(self.writers))
-        except FileNotFoundError:
-            return []
-        for entry in entries:
+        for name in self.registrations():
+            path = self.writers / name
             try:
-                status = entry.stat(follow_symlinks=False)
+                status = os.lstat(path)
                 # never through a link, never blocking on a planted FIFO
-                started = float(read_regular_file(Path(entry.path), 64).decode() or status.st_mtime)
+                started = float(read_regular_file(path, 64).decode() or status.st_mtime)
             except (OSError, ValueError):
                 continue
             # A heartbeat is the filesystem's now when it was given: one far ahead of
@@ -221,8 +218,18 @@ class ChunkStore:
             # is not a time (it would put the cutoff before every chunk).
             if not math.isfinite(started) or abs(now - status.st_mtime) >= stale_after:
                 continue
-            found.append(WriterEntry(entry.name, started, status.st_mtime))
+            found.append(WriterEntry(name, started, status.st_mtime))
         return found
+
+    def registrations(self) -> list[str]:
+        """The names in writers/ (none when it does not exist); StoreError when it cannot
+        be listed: then which writers live cannot be told."""
+        try:
+            return sorted(os.listdir(self.writers))
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise StoreError(f"cannot list the writers in {self.writers}: {err.strerror}") from None
 
     def filesystem_now(self) -> float:
         """The filesystem's current time: the mtime of a file made and removed at once."""

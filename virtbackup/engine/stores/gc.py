@@ -182,14 +182,11 @@ def collect_garbage(
 def remove_dead_writers(dest: Path, *, dry_run: bool = False) -> list[str]:
     """Registrations of this host's writers whose process is gone (killed backups):
     without them gc need not wait until they are stale. Names are <host>-<pid>-<random>."""
-    writers = ChunkStore(dest).writers
+    chunks = ChunkStore(dest)
+    writers = chunks.writers
     host = socket.gethostname()
-    try:
-        names = sorted(os.listdir(writers))
-    except FileNotFoundError:
-        return []
     dead = []
-    for name in names:
+    for name in chunks.registrations():
         owner, pid = (name.rsplit("-", 2) + ["", ""])[:2]
         if owner != host or not pid.isdigit() or _process_lives(int(pid)):
             continue
