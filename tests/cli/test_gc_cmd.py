@@ -259,7 +259,7 @@ def test_writers_that_is_no_directory_is_one_line(dest: Path, config: Path, comm
     assert stored(dest) == before
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_while_chunks_are_hidden_puts_them_back(
     dest: Path, config: Path, signum: signal.Signals
 ) -> None:

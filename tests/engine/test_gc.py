@@ -251,6 +251,22 @@ def test_old_temporary_files_go_young_ones_stay(two_backups: Path) -> None:
     assert not old.exists() and young.exists()
 
 
+def test_temporary_files_a_killed_process_left_in_the_repository_root_go(
+    two_backups: Path,
+) -> None:
+    """Killed while it read the filesystem's clock or wrote repository.json: nothing
+    else would ever remove what it left."""
+    store = ChunkStore(two_backups)
+    left = [store.root / ".tmp-clock-0a1b2c3d4e5f6a7b", store.root / ".tmp-repository.json-0a1b"]
+    for path in left:
+        path.write_bytes(b"")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    result = collect_garbage(two_backups, GcSettings(grace=600, settle=0))
+    assert result.temporaries == 2
+    assert not any(map(os.path.lexists, left))
+    assert store.exists()
+
+
 def test_no_repository_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="holds no repository"):
         collect_garbage(tmp_path, NOW)

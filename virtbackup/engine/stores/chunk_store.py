@@ -168,8 +168,9 @@ class ChunkStore:
                         yield entry.name, status
 
     def temporary_files(self) -> Iterator[tuple[Path, os.stat_result]]:
-        """Chunks a writer began and never renamed (killed while writing)."""
-        for directory in self.prefix_dirs():
+        """Chunks a writer began and never renamed (killed while writing), and what a
+        process killed while it read the clock or described the repository left."""
+        for directory in (self.root, *self.prefix_dirs()):
             try:
                 entries = list(os.scandir(directory))
             except (NotADirectoryError, FileNotFoundError):
