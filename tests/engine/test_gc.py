@@ -4,6 +4,7 @@ leftovers, live and stale writers) over real chunk files, indexes and manifests.
 
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from repository_helpers import (
     write_backup,
 )
 
+from virtbackup.core.backup_errors import StoreError
 from virtbackup.core.repository_format import GC_HIDDEN_PREFIX, GC_LOCK_FILE
 from virtbackup.engine.datapath.frames import decode_frame
 from virtbackup.engine.stores.chunk_store import ChunkStore
@@ -372,3 +374,19 @@ def test_a_start_that_is_not_a_time_is_no_live_writer(two_backups: Path, started
     (store.writers / "planted").write_text(started)
     result = collect_garbage(two_backups, NOW)
     assert result.live_writers == 0 and result.removed == 2
+
+
+def test_a_chunk_directory_that_is_a_file_holds_no_chunk(two_backups: Path) -> None:
+    """chunks/ab/ replaced by a file: a dry run counts its chunks missing; gc stops in
+    one line before removing anything."""
+    store = ChunkStore(two_backups)
+    lost = names_of(NEW_IMAGE)[0]
+    directory = store.path(lost).parent
+    shutil.rmtree(directory)
+    directory.write_bytes(b"not a directory")
+    result = collect_garbage(two_backups, GcSettings(grace=0, settle=0, dry_run=True))
+    assert lost in {missing.chunk for missing in result.missing}
+    before = stored(two_backups)
+    with pytest.raises(StoreError, match="Not a directory"):
+        collect_garbage(two_backups, NOW)
+    assert stored(two_backups) == before

@@ -284,7 +284,7 @@ def _is_file(path: Path) -> bool:
     """Whether `path` is a regular file: what `ChunkStore.touch` counts as a chunk."""
     try:
         return stat.S_ISREG(os.lstat(path).st_mode)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # chunks/ab/ is not a directory
         return False
 
 
