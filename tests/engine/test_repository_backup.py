@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB, cmp_files, disk_of, make_backup
+from backup_helpers import MiB, cmp_files, disk_of, make_backup, small_filesystem
 from harness.images import build_fs_image
 
 from virtbackup.core.backup_errors import CorruptBackup, DiskBackupFailed
@@ -32,6 +32,7 @@ from virtbackup.engine.datapath.chunk_writer import RepositoryBackup, Unchanged
 from virtbackup.engine.datapath.restore import restore_backup
 from virtbackup.engine.datapath.verify import verify_backup
 from virtbackup.engine.stores.chunk_store import SETTLE_SECONDS, ChunkStore
+from virtbackup.engine.stores.gc import GcSettings, collect_garbage
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import parse_manifest
 
@@ -463,3 +464,59 @@ def test_a_non_file_under_a_chunks_name_is_no_chunk(
     backup = make_backup(dest, [disk_of(image)], chunk_size=CHUNK, layout=REPO)
     assert planted.is_file() and not planted.is_symlink()
     assert verify_backup(backup.path, NullProgress()).ok
+
+
+def test_a_full_destination_commits_nothing_and_gc_makes_room_for_the_next(
+    tmp_path: Path,
+) -> None:
+    noise = tmp_path / "noise.raw"
+    noise.write_bytes(os.urandom(16 * MiB))  # does not compress: cannot fit in 8 MiB
+    small = tmp_path / "small.raw"
+    small.write_bytes(os.urandom(MiB) + bytes(3 * MiB))
+    with small_filesystem(8 * MiB) as dest:
+        with pytest.raises(DiskBackupFailed) as failed:
+            make_backup(dest, [disk_of(noise)], chunk_size=CHUNK, layout=REPO)
+        message = failed.value.message
+        assert "\n" not in message and "no space left on the backup destination" in message
+        store = ChunkStore(dest)
+        assert LocalStore(dest).list_backups() == []
+        assert list((dest / "web1").iterdir()) == []  # no partial directory
+        assert list(store.temporary_files()) == []  # no half-written chunk
+        assert list(store.writers.iterdir()) == []  # deregistered
+        # the chunks it stored are garbage once unused for the grace period (0 here)
+        assert collect_garbage(dest, GcSettings(grace=0, settle=0)).removed > 0
+        backup = make_backup(dest, [disk_of(small)], chunk_size=CHUNK, layout=REPO)
+        assert verify_backup(backup.path, NullProgress()).ok
+
+
+_GUARDED_SLOW_BACKUP = (
+    "from virtbackup.engine.runs.signals import SignalGuard\nSignalGuard().install()\n"
+    + _SLOW_BACKUP
+)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_mid_backup_leaves_nothing_behind(
+    tmp_path: Path, template: Path, signum: signal.Signals
+) -> None:
+    """Stopped as a run stops it (Interrupted raised in the main thread): no backup, no
+    partial directory, no half-written chunk, no registration."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _GUARDED_SLOW_BACKUP, str(dest), str(template)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        partial = _wait_for_chunks(dest, child)
+        child.send_signal(signum)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert f"Interrupted: interrupted by {signum.name}" in err
+    assert LocalStore(dest).list_backups("web1") == []
+    assert not partial.exists() and list((dest / "web1").iterdir()) == []
+    store = ChunkStore(dest)
+    assert list(store.temporary_files()) == []
+    assert list(store.writers.iterdir()) == []
