@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtbackup.core.backup_errors import CorruptBackup
+from virtbackup.core.backup_errors import CorruptBackup, StoreError
 from virtbackup.core.manifest import Manifest
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
@@ -91,7 +91,11 @@ def _unique_chunk_bytes(
     chunk_store: ChunkStore, backups: list[IndexedBackup], problems: list[str]
 ) -> dict[int, int]:
     """Backup number -> bytes of the chunks only it references."""
-    chunk_size = chunk_store.config.chunk_size
+    try:
+        chunk_size = chunk_store.config.chunk_size
+    except (CorruptBackup, StoreError) as err:  # a later version's, or damaged
+        problems.append(str(err))
+        return {}
     owner: dict[bytes, int] = {}
     for number, backup in enumerate(backups):
         try:
