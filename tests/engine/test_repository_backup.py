@@ -520,3 +520,30 @@ def test_a_stop_signal_mid_backup_leaves_nothing_behind(
     store = ChunkStore(dest)
     assert list(store.temporary_files()) == []
     assert list(store.writers.iterdir()) == []
+
+
+@pytest.mark.parametrize("holding", [False, True], ids=["empty", "holding the chunk"])
+def test_a_chunk_directory_that_is_a_link_fails_the_backup(tmp_path: Path, holding: bool) -> None:
+    """chunks/ab planted as a link to a directory elsewhere: gc, verify --all-chunks and
+    the listing of chunks never look through one, so nothing is written or used
+    through it; the backup fails in one line and nothing is committed."""
+    image = tmp_path / "disk.raw"
+    data = os.urandom(CHUNK)
+    image.write_bytes(data)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    store = ChunkStore(dest)
+    store.create(RepositoryConfig(chunk_size=CHUNK))
+    name = hashlib.sha256(data).hexdigest()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if holding:  # the chunk itself, written there earlier
+        make_backup(tmp_path / "other", [disk_of(image)], chunk_size=CHUNK, layout=REPO)
+        shutil.copy(ChunkStore(tmp_path / "other").path(name), elsewhere / name)
+    before = sorted(os.listdir(elsewhere))
+    store.path(name).parent.symlink_to(elsewhere)
+    with pytest.raises(DiskBackupFailed) as failed:
+        make_backup(dest, [disk_of(image)], chunk_size=CHUNK, layout=REPO)
+    assert failed.value.message.endswith(f"{store.path(name).parent} is a symbolic link")
+    assert LocalStore(dest).list_backups("web1") == []
+    assert sorted(os.listdir(elsewhere)) == before

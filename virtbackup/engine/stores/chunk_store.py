@@ -102,6 +102,7 @@ class ChunkStore:
         being removed by garbage collection: the caller writes it again). A link, FIFO
         or directory under a chunk's name is no chunk: written again, the chunk replaces
         it (or the write fails), so that no backup is committed over it."""
+        _refuse_link(self.path(name).parent)
         try:
             os.utime(self.path(name), follow_symlinks=False)
             return stat.S_ISREG(os.lstat(self.path(name)).st_mode)
@@ -117,6 +118,7 @@ class ChunkStore:
             directory.mkdir(mode=DIR_MODE, exist_ok=True)
         except OSError as err:
             raise write_error(err, directory) from None
+        _refuse_link(directory)
         return self._write_atomically(directory, name, frame)
 
     def read(self, name: str, limit: int) -> bytes:
@@ -327,6 +329,16 @@ class Writer:
                 os.utime(self.path)
             except OSError as err:  # the next gc may then take us for dead: say so
                 log.warning("cannot refresh the writer registration %s: %s", self.path, err)
+
+
+def _refuse_link(directory: Path) -> None:
+    """A chunk directory must be a real one: gc and verify never look through a link
+    (prefix_dirs), so a chunk written or found through one would be out of their sight."""
+    if os.path.islink(directory):
+        raise StoreError(
+            f"chunk directory {directory} is a symbolic link",
+            "remove it: virtbackup makes its own",
+        )
 
 
 def _remove_quietly(path: Path) -> None:
