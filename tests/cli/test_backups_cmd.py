@@ -8,6 +8,8 @@ from pathlib import Path
 from backup_helpers import MiB, disk_of, make_backup
 from harness.cli import virtbackup as run_cli
 
+from virtbackup.core.manifest import LAYOUT_REPOSITORY
+from virtbackup.core.repository_format import REPOSITORY_DIR
 from virtbackup.core.text import printable
 
 
@@ -156,3 +158,21 @@ def test_a_domain_name_is_never_a_path_out_of_dest(tmp_path: Path) -> None:
             assert result.returncode == 2, (command, name, result.stdout, result.stderr)
             assert "cannot be used as a directory name" in result.stderr
             assert "Traceback" not in result.stderr and "web1" not in result.stdout
+
+
+def test_a_repository_description_it_cannot_read_still_lists_the_backups(tmp_path: Path) -> None:
+    """A repository.json of a later version (or damaged): the backups are still listed,
+    what removing one would free is not told, and the problem is said."""
+    image = tmp_path / "small.raw"
+    image.write_bytes(os.urandom(MiB))
+    dest = tmp_path / "dest"
+    stream = make_backup(dest, [disk_of(image)], domain="db1")
+    repository = make_backup(dest, [disk_of(image)], layout=LAYOUT_REPOSITORY)
+    description = dest / REPOSITORY_DIR / "repository.json"
+    description.write_text('{"format": "virtbackup-repository", "version": 2}\n')
+    listed = run_cli("backups", "--dest", str(dest), "--json")
+    assert listed.returncode == 0, listed.stderr
+    document = json.loads(listed.stdout)
+    assert [b["path"] for b in document["backups"]] == [str(stream.path), str(repository.path)]
+    (problem,) = document["problems"]
+    assert str(description) in problem and "version 2" in problem

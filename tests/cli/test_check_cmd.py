@@ -2,14 +2,18 @@
 exit codes and output, read by the monitoring-plugins guidelines' rules."""
 
 import json
+import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.remotes import RemoteServer
 from plugin_output import PluginOutput, parse_plugin_output
+from repository_helpers import chunk_data, write_backup
 
 from virtbackup.core.progress import NullProgress
 from virtbackup.engine.datapath.disk_backup import DiskSource, back_up_disks
@@ -167,3 +171,50 @@ def test_remote_says_whether_the_newest_backup_is_offsite(
         f"1 of 1 domains warning: {dom.name()} (no offsite copy)",
     )
     assert check(state_dir, "--config", str(config), "check", dom.name()).state == "OK"
+
+
+HOSTILE_RECORDS: dict[str, Callable[[Path], None]] = {
+    "huge seconds": lambda path: path.write_text(_record(seconds=10**400)),
+    "huge last success": lambda path: path.write_text(_record(last_success=10**400)),
+    "infinite seconds": lambda path: path.write_text(_record(seconds=float("inf"))),
+    "not JSON": lambda path: path.write_text("{" * 100000),
+    "too large": lambda path: path.write_bytes(b" " * (1 << 20)),
+    "a FIFO": lambda path: os.mkfifo(path),
+    "a directory": lambda path: path.mkdir(),
+    "a link": lambda path: path.symlink_to("/dev/zero"),
+}
+
+
+def _record(**change: object) -> str:
+    record = {
+        "version": 1,
+        "domain": HOSTILE_DOMAIN,
+        "result": "failed",
+        "message": "disk vda failed",
+        "finished": 1767139200.0,
+        "seconds": 12.5,
+        "read": 0,
+        "stored": 0,
+        "backup": None,
+        "last_success": None,
+    }
+    return json.dumps({**record, **change})
+
+
+HOSTILE_DOMAIN = "vbtest-records"
+
+
+@pytest.mark.parametrize("plant", HOSTILE_RECORDS.values(), ids=HOSTILE_RECORDS.keys())
+def test_a_hostile_run_record_is_ignored_in_one_line(
+    state_dir: Path, dest: Path, plant: Callable[[Path], None]
+) -> None:
+    """A run record DEST holds is untrusted: whatever it is, check judges the backups
+    (here one long ago: CRITICAL) and says so in its one status line."""
+    write_backup(dest, HOSTILE_DOMAIN, {"vda": chunk_data(1)})
+    records = dest / ".virtbackup-runs"
+    records.mkdir(mode=0o700)
+    plant(records / f"{HOSTILE_DOMAIN}.json")
+    result = virtbackup_in(state_dir, "check", "--dest", str(dest), HOSTILE_DOMAIN)
+    assert "Traceback" not in result.stderr, result.stderr
+    output = parse_plugin_output(result.stdout, result.returncode)
+    assert output.state == "CRITICAL" and "newest backup" in output.text, output

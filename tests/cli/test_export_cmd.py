@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from age_helpers import make_key_pair
-from backup_helpers import DOMAIN_XML, MiB, cmp_files, disk_of, make_backup
+from backup_helpers import DOMAIN_XML, MiB, cmp_files, disk_of, make_backup, small_filesystem
 from harness.cli import NO_HOST_CONFIG
 from harness.cli import virtbackup as run_cli
 from repository_fixture import RepositoryBackup, random_image, write_repository_backup
@@ -174,3 +174,17 @@ def test_an_interrupted_export_leaves_no_complete_looking_backup(
     result = run_cli("export", str(backup.path), "--to", str(out))  # clears a dead partial
     assert result.returncode == 0, result.stderr
     assert os.listdir(out / "web1") == [backup.stamp]
+
+
+def test_an_export_to_a_full_filesystem_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    image = random_image(tmp_path / "vda.raw", 12 * MiB, seed=3)  # random: 12 MiB stored
+    backup = write_repository_backup(tmp_path / "dest", {"vda": image}, NOW)
+    with small_filesystem(8 * MiB) as out:
+        result = run_cli("export", str(backup.path), "--to", str(out))
+        assert result.returncode == 1
+        (line,) = result.stderr.strip().splitlines()
+        assert line == (
+            f"virtbackup: error: no space left in {out} for the export of {backup.path}: "
+            "free space there or export --to another directory"
+        )
+        assert os.listdir(out / "web1") == []

@@ -220,7 +220,46 @@ def test_dest_without_repository(tmp_path: Path) -> None:
     assert "holds no repository" in result.stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    ("description", "says"),
+    [
+        ("[" * 10000, "is not JSON"),
+        ('{"format": "virtbackup-repository", "version": 1, "chunk_size": -5}', "chunk_size -5"),
+        (
+            '{"format": "virtbackup-repository", "version": 1, "chunk_size": 1e999}',
+            "chunk_size inf",
+        ),
+    ],
+    ids=["nested deep", "negative chunk size", "infinite chunk size"],
+)
+def test_a_damaged_repository_description_is_one_line(
+    dest: Path, description: str, says: str
+) -> None:
+    before = stored(dest)
+    (ChunkStore(dest).root / "repository.json").write_text(description)
+    result = virtbackup("gc", "--dest", str(dest))
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("virtbackup: error: repository description ") and says in line, line
+    assert stored(dest) == before
+
+
+@pytest.mark.parametrize("command", ["gc", "clean"])
+def test_writers_that_is_no_directory_is_one_line(dest: Path, config: Path, command: str) -> None:
+    """writers/ replaced by a file: which writers are live cannot be told; gc removes
+    nothing, and neither command ends in a traceback."""
+    writers = ChunkStore(dest).writers
+    writers.rmdir()
+    writers.write_text("not a directory\n")
+    before = stored(dest)
+    result = virtbackup("--config", str(config), command, "--dest", str(dest))
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"virtbackup: error: cannot list the writers in {writers}: Not a directory"
+    assert stored(dest) == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_while_chunks_are_hidden_puts_them_back(
     dest: Path, config: Path, signum: signal.Signals
 ) -> None:

@@ -4,10 +4,12 @@ leftovers, live and stale writers) over real chunk files, indexes and manifests.
 
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,10 +24,12 @@ from repository_helpers import (
     write_backup,
 )
 
+from virtbackup.core.backup_errors import StoreError
 from virtbackup.core.repository_format import GC_HIDDEN_PREFIX, GC_LOCK_FILE
 from virtbackup.engine.datapath.frames import decode_frame
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.gc import (
+    GcResult,
     GcRunning,
     GcSettings,
     ReferencesUnreadable,
@@ -208,10 +212,16 @@ def test_damaged_stream_backup_does_not_stop_gc(two_backups: Path) -> None:
     assert collect_garbage(two_backups, NOW).removed == 2
 
 
-def test_missing_chunk_is_reported_naming_the_backup(two_backups: Path) -> None:
+@pytest.mark.parametrize("replaced_by", [None, os.mkfifo], ids=["removed", "a FIFO"])
+def test_missing_chunk_is_reported_naming_the_backup(
+    two_backups: Path, replaced_by: Callable[[Path], None] | None
+) -> None:
+    """A chunk that is gone, or that is no regular file (what no reader can read)."""
     store = ChunkStore(two_backups)
     lost = names_of(NEW_IMAGE)[2]
     os.unlink(store.path(lost))
+    if replaced_by is not None:
+        replaced_by(store.path(lost))
     [backup] = LocalStore(two_backups).list_backups()
     for dry_run in (True, False):
         result = collect_garbage(two_backups, GcSettings(grace=0, settle=0, dry_run=dry_run))
@@ -241,6 +251,22 @@ def test_old_temporary_files_go_young_ones_stay(two_backups: Path) -> None:
     result = collect_garbage(two_backups, GcSettings(grace=600, settle=0))
     assert result.temporaries == 1
     assert not old.exists() and young.exists()
+
+
+def test_temporary_files_a_killed_process_left_in_the_repository_root_go(
+    two_backups: Path,
+) -> None:
+    """Killed while it read the filesystem's clock or wrote repository.json: nothing
+    else would ever remove what it left."""
+    store = ChunkStore(two_backups)
+    left = [store.root / ".tmp-clock-0a1b2c3d4e5f6a7b", store.root / ".tmp-repository.json-0a1b"]
+    for path in left:
+        path.write_bytes(b"")
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    result = collect_garbage(two_backups, GcSettings(grace=600, settle=0))
+    assert result.temporaries == 2
+    assert not any(map(os.path.lexists, left))
+    assert store.exists()
 
 
 def test_no_repository_is_an_error(tmp_path: Path) -> None:
@@ -305,3 +331,62 @@ def test_nothing_is_removed_through_a_symbolic_link(two_backups: Path, tmp_path:
     assert victim.read_bytes() == b"not a chunk"
     assert not os.path.lexists(planted)
     assert not os.path.lexists(store.chunks / "ab" / ("ab" + "1" * 62))
+
+
+def test_a_fifo_among_the_writers_does_not_hang_gc(two_backups: Path) -> None:
+    """A planted FIFO (or a link to one) in writers/ is no registration: gc reads none
+    of them, so it neither blocks on opening it nor counts it as a live writer."""
+    store = ChunkStore(two_backups)
+    fifo = store.writers / "planted"
+    os.mkfifo(fifo)
+    (store.writers / "link").symlink_to(fifo)
+    outcome: list[object] = []
+    gc = threading.Thread(target=lambda: outcome.append(collect_garbage(two_backups, NOW)))
+    gc.start()
+    gc.join(10)
+    while gc.is_alive():  # let each blocked open return before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        gc.join(0.1)
+    assert outcome and isinstance(result := outcome[0], GcResult)
+    assert result.live_writers == 0 and result.removed == 2
+
+
+@pytest.mark.parametrize("started", ["0", "-inf", "nan"])
+def test_a_heartbeat_from_the_future_holds_gc_back_for_no_longer_than_a_stale_one(
+    two_backups: Path, started: str
+) -> None:
+    """A registration whose mtime is years ahead (a careless touch, a restored copy)
+    would otherwise be live for ever and keep every chunk; one whose start is not a time
+    would put the cutoff at minus infinity. Neither is a registration a writer makes."""
+    store = ChunkStore(two_backups)
+    planted = store.writers / "planted"
+    planted.write_text(started)
+    future = time.time() + 10 * 365 * 86400
+    os.utime(planted, (future, future))
+    result = collect_garbage(two_backups, NOW)
+    assert result.live_writers == 0 and result.removed == 2
+    assert stored(two_backups) == set(names_of(NEW_IMAGE))
+
+
+@pytest.mark.parametrize("started", ["-inf", "nan"])
+def test_a_start_that_is_not_a_time_is_no_live_writer(two_backups: Path, started: str) -> None:
+    store = ChunkStore(two_backups)
+    (store.writers / "planted").write_text(started)
+    result = collect_garbage(two_backups, NOW)
+    assert result.live_writers == 0 and result.removed == 2
+
+
+def test_a_chunk_directory_that_is_a_file_holds_no_chunk(two_backups: Path) -> None:
+    """chunks/ab/ replaced by a file: a dry run counts its chunks missing; gc stops in
+    one line before removing anything."""
+    store = ChunkStore(two_backups)
+    lost = names_of(NEW_IMAGE)[0]
+    directory = store.path(lost).parent
+    shutil.rmtree(directory)
+    directory.write_bytes(b"not a directory")
+    result = collect_garbage(two_backups, GcSettings(grace=0, settle=0, dry_run=True))
+    assert lost in {missing.chunk for missing in result.missing}
+    before = stored(two_backups)
+    with pytest.raises(StoreError, match="Not a directory"):
+        collect_garbage(two_backups, NOW)
+    assert stored(two_backups) == before

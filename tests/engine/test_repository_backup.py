@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from backup_helpers import MiB, cmp_files, disk_of, make_backup
+from backup_helpers import MiB, cmp_files, disk_of, make_backup, small_filesystem
 from harness.images import build_fs_image
 
 from virtbackup.core.backup_errors import CorruptBackup, DiskBackupFailed
@@ -21,6 +21,7 @@ from virtbackup.core.manifest import LAYOUT_REPOSITORY, DiskRecord, Manifest, bu
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.repository_format import (
     REPOSITORY_DIR,
+    RepositoryConfig,
     chunk_count,
     parse_index,
     zero_chunk_name,
@@ -31,6 +32,7 @@ from virtbackup.engine.datapath.chunk_writer import RepositoryBackup, Unchanged
 from virtbackup.engine.datapath.restore import restore_backup
 from virtbackup.engine.datapath.verify import verify_backup
 from virtbackup.engine.stores.chunk_store import SETTLE_SECONDS, ChunkStore
+from virtbackup.engine.stores.gc import GcSettings, collect_garbage
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import parse_manifest
 
@@ -429,3 +431,119 @@ def _wait_for_chunks(dest: Path, child: subprocess.Popen[bytes]) -> Path:
             return partials[0]
         time.sleep(0.05)
     raise AssertionError(f"the child never stored chunks (exit status {child.poll()})")
+
+
+PLANTS: dict[str, Callable[[Path], None]] = {
+    "a FIFO": os.mkfifo,
+    "a link": lambda path: path.symlink_to("/etc/hostname"),
+    "a directory": lambda path: path.mkdir(),
+}
+
+
+@pytest.mark.parametrize("plant", PLANTS.values(), ids=PLANTS.keys())
+def test_a_non_file_under_a_chunks_name_is_no_chunk(
+    tmp_path: Path, plant: Callable[[Path], None]
+) -> None:
+    """Something planted where a chunk would be (the all-zero chunk's name is known to
+    everyone): the writer takes it for missing and writes the chunk over it, or fails
+    when it cannot; it never commits a backup whose chunk cannot be read."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(CHUNK) + bytes(CHUNK))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    store = ChunkStore(dest)
+    store.create(RepositoryConfig(chunk_size=CHUNK))
+    planted = store.path(zero_chunk_name(CHUNK))
+    planted.parent.mkdir(mode=0o700)
+    plant(planted)
+    if planted.is_dir() and not planted.is_symlink():
+        with pytest.raises(DiskBackupFailed, match=f"cannot write {planted}: Is a directory"):
+            make_backup(dest, [disk_of(image)], chunk_size=CHUNK, layout=REPO)
+        assert LocalStore(dest).list_backups("web1") == []
+        return
+    backup = make_backup(dest, [disk_of(image)], chunk_size=CHUNK, layout=REPO)
+    assert planted.is_file() and not planted.is_symlink()
+    assert verify_backup(backup.path, NullProgress()).ok
+
+
+def test_a_full_destination_commits_nothing_and_gc_makes_room_for_the_next(
+    tmp_path: Path,
+) -> None:
+    noise = tmp_path / "noise.raw"
+    noise.write_bytes(os.urandom(16 * MiB))  # does not compress: cannot fit in 8 MiB
+    small = tmp_path / "small.raw"
+    small.write_bytes(os.urandom(MiB) + bytes(3 * MiB))
+    with small_filesystem(8 * MiB) as dest:
+        with pytest.raises(DiskBackupFailed) as failed:
+            make_backup(dest, [disk_of(noise)], chunk_size=CHUNK, layout=REPO)
+        message = failed.value.message
+        assert "\n" not in message and "no space left on the backup destination" in message
+        store = ChunkStore(dest)
+        assert LocalStore(dest).list_backups() == []
+        assert list((dest / "web1").iterdir()) == []  # no partial directory
+        assert list(store.temporary_files()) == []  # no half-written chunk
+        assert list(store.writers.iterdir()) == []  # deregistered
+        # the chunks it stored are garbage once unused for the grace period (0 here)
+        assert collect_garbage(dest, GcSettings(grace=0, settle=0)).removed > 0
+        backup = make_backup(dest, [disk_of(small)], chunk_size=CHUNK, layout=REPO)
+        assert verify_backup(backup.path, NullProgress()).ok
+
+
+_GUARDED_SLOW_BACKUP = (
+    "from virtbackup.engine.runs.signals import SignalGuard\nSignalGuard().install()\n"
+    + _SLOW_BACKUP
+)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_mid_backup_leaves_nothing_behind(
+    tmp_path: Path, template: Path, signum: signal.Signals
+) -> None:
+    """Stopped as a run stops it (Interrupted raised in the main thread): no backup, no
+    partial directory, no half-written chunk, no registration."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _GUARDED_SLOW_BACKUP, str(dest), str(template)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        partial = _wait_for_chunks(dest, child)
+        child.send_signal(signum)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert f"Interrupted: interrupted by {signum.name}" in err
+    assert LocalStore(dest).list_backups("web1") == []
+    assert not partial.exists() and list((dest / "web1").iterdir()) == []
+    store = ChunkStore(dest)
+    assert list(store.temporary_files()) == []
+    assert list(store.writers.iterdir()) == []
+
+
+@pytest.mark.parametrize("holding", [False, True], ids=["empty", "holding the chunk"])
+def test_a_chunk_directory_that_is_a_link_fails_the_backup(tmp_path: Path, holding: bool) -> None:
+    """chunks/ab planted as a link to a directory elsewhere: gc, verify --all-chunks and
+    the listing of chunks never look through one, so nothing is written or used
+    through it; the backup fails in one line and nothing is committed."""
+    image = tmp_path / "disk.raw"
+    data = os.urandom(CHUNK)
+    image.write_bytes(data)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    store = ChunkStore(dest)
+    store.create(RepositoryConfig(chunk_size=CHUNK))
+    name = hashlib.sha256(data).hexdigest()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if holding:  # the chunk itself, written there earlier
+        make_backup(tmp_path / "other", [disk_of(image)], chunk_size=CHUNK, layout=REPO)
+        shutil.copy(ChunkStore(tmp_path / "other").path(name), elsewhere / name)
+    before = sorted(os.listdir(elsewhere))
+    store.path(name).parent.symlink_to(elsewhere)
+    with pytest.raises(DiskBackupFailed) as failed:
+        make_backup(dest, [disk_of(image)], chunk_size=CHUNK, layout=REPO)
+    assert failed.value.message.endswith(f"{store.path(name).parent} is a symbolic link")
+    assert LocalStore(dest).list_backups("web1") == []
+    assert sorted(os.listdir(elsewhere)) == before

@@ -206,6 +206,7 @@ def test_sample_on_the_command_line(
     for wrong in (
         ["--sample", "0"],
         ["--sample", "101"],
+        ["--sample", "nan"],  # in no range, so in every range click checks
         ["--all-chunks", "--sample", "5"],
         ["--all-chunks", "--remote"],
         ["--all-chunks", str(dest / "web1")],

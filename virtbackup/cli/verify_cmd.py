@@ -1,6 +1,7 @@
 """`virtbackup verify BACKUP...`: check every digest; exit 1 on any mismatch.
 `virtbackup verify --all-chunks | --sample PERCENT [--dest DIR]`: the whole repository."""
 
+import math
 from pathlib import Path
 
 import click
@@ -52,6 +53,8 @@ def verify_command(
     locally). Exit 2 when a key or file given is wrong (e.g. an identity that cannot
     decrypt the backup), else 1 on any damage."""
     if all_chunks or sample is not None:
+        if sample is not None and math.isnan(sample):  # compares as inside any range
+            raise UsageError("--sample: nan is not a percentage")
         if backups or all_chunks and sample is not None:
             raise UsageError("give either BACKUP..., --all-chunks or --sample PERCENT")
         if reading.remote or reading.remote_location:

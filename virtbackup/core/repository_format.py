@@ -147,6 +147,8 @@ def parse_config(text: str) -> RepositoryConfig:
         document = json.loads(text)
     except ValueError as err:
         raise RepositoryFormatError(f"is not JSON: {err}") from None
+    except RecursionError:  # arrays nested deeper than the parser goes
+        raise RepositoryFormatError("is not JSON this virtbackup can read") from None
     if not isinstance(document, dict) or document.get("format") != REPOSITORY_FORMAT:
         raise RepositoryFormatError(f"is not a {REPOSITORY_FORMAT} description")
     version = document.get("version")

@@ -17,6 +17,7 @@ treated as missing.
 """
 
 import json
+import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -100,7 +101,13 @@ def _optional(document: dict[str, Any], key: str, kind: type) -> Any:
 
 def _number(document: dict[str, Any], key: str) -> float:
     value = document.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+    # bounded before float(): a JSON integer may have hundreds of digits, and JSON as
+    # Python reads it may say Infinity or NaN
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= sys.float_info.max
+    ):
         raise RecordFormatError(f"{key!r} is not a number of 0 or more")
     return float(value)
 

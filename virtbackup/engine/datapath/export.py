@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
 
-from virtbackup.core.backup_errors import CorruptBackup, write_error
+from virtbackup.core.backup_errors import CorruptBackup, DestinationFull, write_error
 from virtbackup.core.backup_names import stream_file_name
 from virtbackup.core.manifest import LAYOUT_STREAM, DiskRecord, Manifest, build_manifest
 from virtbackup.core.progress import ProgressSink
@@ -62,14 +62,20 @@ def export_backup(
     xml, xml_sha256 = _cleartext_xml(opened)
     to_dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
     store = LocalStore(to_dir)
-    with store.begin(source.domain_name, stamp_time(stamp), stamp) as partial:
-        disks = tuple(
-            _export_disk(opened, disk, partial, progress, workers) for disk in source.disks
-        )
-        manifest = replace(source, disks=disks, domain_xml_sha256=xml_sha256)
-        partial.write_text(DOMAIN_XML, xml)
-        partial.write_text(MANIFEST, build_manifest(manifest))
-        path = partial.commit()
+    try:
+        with store.begin(source.domain_name, stamp_time(stamp), stamp) as partial:
+            disks = tuple(
+                _export_disk(opened, disk, partial, progress, workers) for disk in source.disks
+            )
+            manifest = replace(source, disks=disks, domain_xml_sha256=xml_sha256)
+            partial.write_text(DOMAIN_XML, xml)
+            partial.write_text(MANIFEST, build_manifest(manifest))
+            path = partial.commit()
+    except DestinationFull:  # said of DIR, which is no backup destination (--dest)
+        raise DestinationFull(
+            f"no space left in {to_dir} for the export of {files.label}",
+            "free space there or export --to another directory",
+        ) from None
     return ExportResult(path, manifest)
 
 

@@ -148,6 +148,9 @@ def read_regular_file(path: Path, limit: int) -> bytes:
     place: OSError (FileNotFoundError, NotRegularFile, ...) when it cannot be read."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise NotRegularFile(f"{path} is not a regular file")
-        return file.read(limit + 1)
+        # `limit` may come from untrusted input (the disk size a manifest claims) and
+        # read() allocates what it is asked for: ask for no more than the file holds
+        return file.read(min(limit, status.st_size) + 1)

@@ -14,6 +14,7 @@ hosts whose clocks differ still agree.
 
 import errno
 import logging
+import math
 import os
 import secrets
 import socket
@@ -134,14 +135,17 @@ class ChunkStore:
 
     def touch(self, name: str) -> bool:
         """Mark the chunk as used now; False when it is not there (never written, or
-        being removed by garbage collection: the caller writes it again)."""
+        being removed by garbage collection: the caller writes it again). A link, FIFO
+        or directory under a chunk's name is no chunk: written again, the chunk replaces
+        it (or the write fails), so that no backup is committed over it."""
+        _refuse_link(self.path(name).parent)
         try:
             os.utime(self.path(name), follow_symlinks=False)
+            return stat.S_ISREG(os.lstat(self.path(name)).st_mode)
         except FileNotFoundError:
             return False
         except OSError as err:
             raise write_error(err, self.path(name)) from None
-        return True
 
     def add(self, name: str, frame: tuple[Buffer, ...]) -> int:
         """Store a chunk (its frame, in pieces) under its name; the bytes written."""
@@ -150,6 +154,7 @@ class ChunkStore:
             directory.mkdir(mode=DIR_MODE, exist_ok=True)
         except OSError as err:
             raise write_error(err, directory) from None
+        _refuse_link(directory)
         return self._write_atomically(directory, name, frame)
 
     def read(self, name: str, limit: int) -> bytes:
@@ -201,8 +206,9 @@ class ChunkStore:
                         yield entry.name, status
 
     def temporary_files(self) -> Iterator[tuple[Path, os.stat_result]]:
-        """Chunks a writer began and never renamed (killed while writing)."""
-        for directory in self.prefix_dirs():
+        """Chunks a writer began and never renamed (killed while writing), and what a
+        process killed while it read the clock or described the repository left."""
+        for directory in (self.root, *self.prefix_dirs()):
             try:
                 entries = list(os.scandir(directory))
             except (NotADirectoryError, FileNotFoundError):
@@ -238,20 +244,31 @@ class ChunkStore:
     def live_writers(self, now: float, stale_after: float) -> list[WriterEntry]:
         """Registered writers whose heartbeat is younger than `stale_after` seconds."""
         found = []
-        try:
-            entries = list(os.scandir(self.writers))
-        except FileNotFoundError:
-            return []
-        for entry in entries:
+        for name in self.registrations():
+            path = self.writers / name
             try:
-                status = entry.stat(follow_symlinks=False)
-                with open(entry.path, "rb") as marker:
-                    started = float(marker.read(64).decode() or status.st_mtime)
+                status = os.lstat(path)
+                # never through a link, never blocking on a planted FIFO
+                started = float(read_regular_file(path, 64).decode() or status.st_mtime)
             except (OSError, ValueError):
                 continue
-            if now - status.st_mtime < stale_after:
-                found.append(WriterEntry(entry.name, started, status.st_mtime))
+            # A heartbeat is the filesystem's now when it was given: one far ahead of
+            # now was not (it would make the writer live for ever), nor is a start that
+            # is not a time (it would put the cutoff before every chunk).
+            if not math.isfinite(started) or abs(now - status.st_mtime) >= stale_after:
+                continue
+            found.append(WriterEntry(name, started, status.st_mtime))
         return found
+
+    def registrations(self) -> list[str]:
+        """The names in writers/ (none when it does not exist); StoreError when it cannot
+        be listed: then which writers live cannot be told."""
+        try:
+            return sorted(os.listdir(self.writers))
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            raise StoreError(f"cannot list the writers in {self.writers}: {err.strerror}") from None
 
     def filesystem_now(self) -> float:
         """The filesystem's current time: the mtime of a file made and removed at once."""
@@ -348,6 +365,16 @@ class Writer:
                 os.utime(self.path)
             except OSError as err:  # the next gc may then take us for dead: say so
                 log.warning("cannot refresh the writer registration %s: %s", self.path, err)
+
+
+def _refuse_link(directory: Path) -> None:
+    """A chunk directory must be a real one: gc and verify never look through a link
+    (prefix_dirs), so a chunk written or found through one would be out of their sight."""
+    if os.path.islink(directory):
+        raise StoreError(
+            f"chunk directory {directory} is a symbolic link",
+            "remove it: virtbackup makes its own",
+        )
 
 
 def _remove_quietly(path: Path) -> None:

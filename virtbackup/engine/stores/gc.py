@@ -212,14 +212,11 @@ def _collect(
 def remove_dead_writers(dest: Path, *, dry_run: bool = False) -> list[str]:
     """Registrations of this host's writers whose process is gone (killed backups):
     without them gc need not wait until they are stale. Names are <host>-<pid>-<random>."""
-    writers = ChunkStore(dest).writers
+    chunks = ChunkStore(dest)
+    writers = chunks.writers
     host = socket.gethostname()
-    try:
-        names = sorted(os.listdir(writers))
-    except FileNotFoundError:
-        return []
     dead = []
-    for name in names:
+    for name in chunks.registrations():
         owner, pid = (name.rsplit("-", 2) + ["", ""])[:2]
         if owner != host or not pid.isdigit() or _process_lives(int(pid)):
             continue
@@ -302,7 +299,7 @@ def _mark(
             if referenced is not None:
                 referenced.add(name)
                 # hidden by a killed gc: this gc would put it back first
-                present = any(map(os.path.lexists, (chunks.path(name), chunks.hidden_path(name))))
+                present = any(map(_is_file, (chunks.path(name), chunks.hidden_path(name))))
             else:
                 present = chunks.touch(name)
             if not present:
@@ -311,6 +308,14 @@ def _mark(
         if os.path.lexists(index.files.path):
             raise
         log.info("backup %s was removed while gc ran: its chunks are not marked", index.backup)
+
+
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a regular file: what `ChunkStore.touch` counts as a chunk."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):  # chunks/ab/ is not a directory
+        return False
 
 
 def _index_names(index: IndexRef, chunk_size: int) -> Iterator[str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from virtbackup.core.backup_errors import CorruptBackup
+from virtbackup.core.backup_errors import CorruptBackup, StoreError
 from virtbackup.core.manifest import Manifest, Sealed
 from virtbackup.core.repository_format import is_index_file_name
 from virtbackup.engine.stores.chunk_store import ChunkStore
@@ -107,7 +107,12 @@ def usage_of(store: LocalStore, backups: list[BackupInfo]) -> Usage:
             problems.append(f"{info.domain}/{info.stamp}: {info.problem}")
     unique: dict[int, int] = {}
     if chunk_store.exists():
-        unique = _unique_chunk_bytes(referrers, problems)
+        try:
+            chunk_store.config  # noqa: B018 (read once: every index is cut on its grid)
+        except (CorruptBackup, StoreError) as err:  # a later version's, or damaged
+            problems.append(str(err))
+        else:
+            unique = _unique_chunk_bytes(referrers, problems)
     usage = {(info.domain, info.stamp): plain_usage(info) for info in backups}
     for number, referrer in enumerate(referrers):
         info = referrer.info
