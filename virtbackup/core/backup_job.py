@@ -1,0 +1,74 @@
+"""Pure pieces of the backup-API method: the names of a job's socket, scratch files and
+checkpoints, and the XML of a pull backup and of its checkpoint.
+
+A job's files are named after the run, so that `clean` can tell ours from anyone
+else's: the socket `<socket dir>/<domain uuid>.virtbackup-<run id>.sock`; a scratch file
+(the copy-before-write target) next to the image, `<image>.virtbackup-<run id>.scratch`,
+or in a configured overlay directory `<domain uuid>-<target>.virtbackup-<run id>.scratch`.
+A checkpoint is named `virtbackup-<run id>` after the run that made it, and recorded in
+that run's manifest.
+"""
+
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping
+from pathlib import PurePath
+
+from virtbackup.core.overlays import OVERLAY_MARK
+
+# qemu's user must be able to create the socket there; libvirt's own state directory is.
+SOCKET_DIR = PurePath("/var/lib/libvirt/qemu")
+CHECKPOINT_PREFIX = "virtbackup-"
+SCRATCH_SUFFIX = ".scratch"
+SOCKET_SUFFIX = ".sock"
+
+
+def socket_path(domain_uuid: str, run_id: str, directory: PurePath = SOCKET_DIR) -> PurePath:
+    return directory / f"{domain_uuid}{OVERLAY_MARK}{run_id}{SOCKET_SUFFIX}"
+
+
+def scratch_path(
+    image: str, target: str, domain_uuid: str, run_id: str, overlay_dir: PurePath | None
+) -> PurePath:
+    if overlay_dir is None:
+        path = PurePath(image)
+        return path.with_name(f"{path.name}{OVERLAY_MARK}{run_id}{SCRATCH_SUFFIX}")
+    return overlay_dir / f"{domain_uuid}-{target}{OVERLAY_MARK}{run_id}{SCRATCH_SUFFIX}"
+
+
+def checkpoint_name(run_id: str) -> str:
+    return f"{CHECKPOINT_PREFIX}{run_id}"
+
+
+def pull_backup_xml(
+    socket: str,
+    scratch: Mapping[str, str],
+    all_targets: Iterable[str],
+    since: str | None = None,
+) -> str:
+    """A pull backup of the disks in `scratch` (target -> scratch file) served on the
+    unix `socket`, every other disk left out; `since`: only the changes since that
+    checkpoint are marked dirty (the job still serves every byte)."""
+    root = ET.Element("domainbackup", mode="pull")
+    if since is not None:
+        ET.SubElement(root, "incremental").text = since
+    ET.SubElement(root, "server", transport="unix", socket=socket)
+    disks = ET.SubElement(root, "disks")
+    for target in all_targets:
+        if target in scratch:
+            disk = ET.SubElement(disks, "disk", name=target, backup="yes", type="file")
+            ET.SubElement(disk, "scratch", file=scratch[target])
+        else:
+            ET.SubElement(disks, "disk", name=target, backup="no")
+    return ET.tostring(root, encoding="unicode")
+
+
+def checkpoint_xml(name: str, targets: Iterable[str], all_targets: Iterable[str]) -> str:
+    """A checkpoint tracking the changes of the disks `targets` from the job's instant."""
+    wanted = set(targets)
+    root = ET.Element("domaincheckpoint")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "description").text = "virtbackup: changes since the backup of this name"
+    disks = ET.SubElement(root, "disks")
+    for target in all_targets:
+        ET.SubElement(disks, "disk", name=target, checkpoint="bitmap" if target in wanted else "no")
+    return ET.tostring(root, encoding="unicode")
