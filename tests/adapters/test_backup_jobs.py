@@ -9,13 +9,6 @@ import pytest
 from consistency_helpers import guest_write
 from harness.libvirtd import DiskSpec, DomainFactory
 
-from virtbackup.adapters.hypervisor.backup_jobs import (
-    abort_backup_job,
-    backup_job_xml,
-    begin_pull_backup,
-    checkpoint_names,
-    delete_checkpoint,
-)
 from virtbackup.adapters.hypervisor.bindings import HypervisorError
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.nbd_export import ALLOCATION, NbdError, NbdExport
@@ -33,7 +26,7 @@ def _begin(dom: Any, workdir: Path, checkpoint: str, since: str | None = None) -
     socket = Path(SOCKET_DIR) / f"vbtest-{uuid.uuid4().hex[:8]}.sock"
     scratch = workdir / f"vda-{checkpoint}.scratch"
     backup = pull_backup_xml(str(socket), {"vda": str(scratch)}, ["vda"], since)
-    begin_pull_backup(dom, backup, checkpoint_xml(checkpoint, ["vda"], ["vda"]))
+    dom.backups.begin_pull(backup, checkpoint_xml(checkpoint, ["vda"], ["vda"]))
     return socket
 
 
@@ -50,7 +43,7 @@ def test_pull_jobs_serve_the_instant_and_the_changes_since_a_checkpoint(
     dom = hypervisor.domain(raw.name())
     guest_write(raw, "virtio-disk0", 7, 1 * MiB, 2 * MiB)
     socket = _begin(dom, domain_factory.workdir, "cp1")
-    assert backup_job_xml(dom) is not None
+    assert dom.backups.job_xml() is not None
     guest_write(raw, "virtio-disk0", 9, 1 * MiB, 1 * MiB)  # after the instant: not served
     with pytest.raises(NbdError, match="does not offer qemu:dirty-bitmap"):
         NbdSource(NbdLocation(socket, "vda", incremental=True))
@@ -64,8 +57,8 @@ def test_pull_jobs_serve_the_instant_and_the_changes_since_a_checkpoint(
         assert data[: 1 * MiB] == bytes(MiB) and data[3 * MiB :] == bytes(13 * MiB)
     finally:
         source.close()
-    abort_backup_job(dom)
-    assert backup_job_xml(dom) is None
+    dom.backups.abort()
+    assert dom.backups.job_xml() is None
     assert not socket.exists()
 
     guest_write(raw, "virtio-disk0", 5, 9 * MiB, 1 * MiB)
@@ -82,14 +75,14 @@ def test_pull_jobs_serve_the_instant_and_the_changes_since_a_checkpoint(
         assert data[9 * MiB : 10 * MiB] == bytes([5]) * MiB
     finally:
         source.close()
-    abort_backup_job(dom)
-    assert checkpoint_names(dom) == ["cp1", "cp2"]
-    delete_checkpoint(dom, "cp1")
-    assert checkpoint_names(dom) == ["cp2"]
+    dom.backups.abort()
+    assert dom.backups.checkpoints() == ["cp1", "cp2"]
+    dom.backups.delete_checkpoint("cp1")
+    assert dom.backups.checkpoints() == ["cp2"]
     with pytest.raises(HypervisorError, match="cp1"):
-        delete_checkpoint(dom, "cp1")
-    abort_backup_job(dom)  # none runs: nothing to do
-    delete_checkpoint(dom, "cp2")
+        dom.backups.delete_checkpoint("cp1")
+    dom.backups.abort()  # none runs: nothing to do
+    dom.backups.delete_checkpoint("cp2")
     assert raw.isActive()
     assert not [p for p in os.listdir(domain_factory.workdir) if p.endswith(".scratch")]
 

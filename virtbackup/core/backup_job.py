@@ -72,3 +72,14 @@ def checkpoint_xml(name: str, targets: Iterable[str], all_targets: Iterable[str]
     for target in all_targets:
         ET.SubElement(disks, "disk", name=target, checkpoint="bitmap" if target in wanted else "no")
     return ET.tostring(root, encoding="unicode")
+
+
+def job_socket(job_xml: str) -> str | None:
+    """The unix socket a running backup job serves on (None: not a unix pull job)."""
+    try:
+        server = ET.fromstring(job_xml).find("server")
+    except ET.ParseError:
+        return None
+    if server is None or server.get("transport") != "unix":
+        return None
+    return server.get("socket")

@@ -33,6 +33,7 @@ from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
 from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.chunk_writer import ChunkResult, RepositoryBackup
+from virtbackup.engine.datapath.nbd_source import NbdLocation, NbdSource
 from virtbackup.engine.datapath.stream_writer import StreamResult, write_stream
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
@@ -50,6 +51,7 @@ class DiskSource:
     backing_chain: tuple[str, ...] = ()  # images below `path`, top first (not in its bytes)
     origin: Path | None = None  # the disk's image when `path` is a copy of it (--skip-free)
     free_space_skipped: bool = False  # `path` holds the guest's used blocks only
+    nbd: NbdLocation | None = None  # served by a backup job: read there, not at `path`
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class BackupResult:
     path: Path | str  # the complete backup directory (a remote location with --remote-only)
     manifest: Manifest
     notes: tuple[str, ...] = ()  # what the summary should warn about
+
+
+def readable(disk: DiskSource) -> Path | NbdSource:
+    """What the data path reads for a disk: its image, or the export serving it."""
+    return disk.path if disk.nbd is None else NbdSource(disk.nbd)
 
 
 def stream_file_name(disk: DiskSource, encrypted: bool = False) -> str:
@@ -147,7 +154,7 @@ def _stream_disk(
     name = stream_file_name(disk, encrypt_to is not None)
     log.info("backing up %s %s (%s) to %s", domain_name, disk.target, disk.path, name)
     with partial.create(name) as out, _sealing(out, encrypt_to) as sink:
-        result = write_stream(disk.path, sink, progress, disk.target, options)
+        result = write_stream(readable(disk), sink, progress, disk.target, options)
     return _disk_record(disk, name, partial.size_of(name), options.chunk_size, result)
 
 
@@ -164,7 +171,7 @@ def _repository_disk(
         "backing up %s %s (%s) to the repository, %s", domain_name, disk.target, disk.path, name
     )
     with partial.create(name) as out:
-        result = repository.write_disk(disk.path, out, progress, disk.target)
+        result = repository.write_disk(readable(disk), out, progress, disk.target)
     log.info(
         "%s %s: %d chunks new (%d bytes), %d already stored",
         domain_name,

@@ -23,7 +23,7 @@ from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.hypervisor.domain import Domain
 from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.core.config import SnapshotSize
-from virtbackup.core.consistency_errors import DomainChanged
+from virtbackup.core.consistency_errors import DomainChanged, QuiesceFailed
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.planning import DomainPlan
 from virtbackup.core.progress import ProgressSink, StepSink
@@ -156,3 +156,25 @@ def read_offline(plan: DomainPlan, now: DomainFacts) -> bool:
         Method.SNAPSHOT,
         Method.SHUTDOWN,
     )
+
+
+def may_freeze(
+    steps: StepSink, dom: Domain, facts: DomainFacts, quiesce: Quiesce, what: str
+) -> bool:
+    """Whether to freeze the guest's filesystems for the instant of `what` (a snapshot,
+    a backup job): with --quiesce never, no; without an agent that can answer (paused,
+    none connected) the instant is crash-consistent with a warning, or with --quiesce
+    require QuiesceFailed."""
+    if quiesce == Quiesce.NEVER:
+        return False
+    if facts.state == DomainState.RUNNING and dom.agent_connected():
+        return True
+    why = (
+        "it is paused"
+        if facts.state == DomainState.PAUSED
+        else "no guest agent is connected (install and start qemu-guest-agent in the guest)"
+    )
+    if quiesce == Quiesce.REQUIRE:
+        raise QuiesceFailed(f"cannot freeze the filesystems of {facts.name}: {why}")
+    steps.warning(facts.name, f"crash-consistent {what}: {why}")
+    return False

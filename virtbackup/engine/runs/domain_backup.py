@@ -28,6 +28,7 @@ from virtbackup.core.planning import DomainPlan, PlanOptions
 from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import back_up_disks
+from virtbackup.engine.methods.backup_api import backup_api_images
 from virtbackup.engine.methods.image_source import ConsistencyOptions, ImageSource, SourceContext
 from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
@@ -96,9 +97,11 @@ class DomainJob:
 
 
 def image_source(method: Method, lvm: ImageSource) -> ImageSource:
-    """Where a method reads its images from: the run's LVM snapshots, or libvirt
-    (snapshot, shutdown, offline)."""
-    return lvm if method is Method.LVM else stable_images
+    """Where a method reads its images from: the run's LVM snapshots, libvirt's backup
+    job, or libvirt (snapshot, shutdown, offline)."""
+    if method is Method.LVM:
+        return lvm
+    return backup_api_images if method is Method.BACKUP_API else stable_images
 
 
 def back_up_domain(
