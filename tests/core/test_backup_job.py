@@ -6,6 +6,8 @@ from pathlib import PurePath
 from virtbackup.core.backup_job import (
     checkpoint_name,
     checkpoint_xml,
+    checkpoints_to_delete,
+    is_checkpoint_name,
     job_socket,
     pull_backup_xml,
     scratch_path,
@@ -51,3 +53,12 @@ def test_checkpoint_xml_tracks_the_chosen_disks() -> None:
         "vda": "bitmap",
         "vdb": "no",
     }
+
+
+def test_only_our_checkpoints_beyond_the_newest_few_are_deleted() -> None:
+    ours = [checkpoint_name(f"2024010{day}T030405Z-abcdef") for day in range(1, 7)]
+    everything = ["virtnbdbackup.0", *ours[:3], "mine", *ours[3:]]
+    assert checkpoints_to_delete(everything, 4) == ours[:2]
+    assert checkpoints_to_delete(everything, 10) == []
+    assert checkpoints_to_delete(everything, 0) == ours
+    assert is_checkpoint_name(ours[0]) and not is_checkpoint_name("virtbackup-x")

@@ -9,8 +9,9 @@ A checkpoint is named `virtbackup-<run id>` after the run that made it, and reco
 that run's manifest.
 """
 
+import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePath
 
 from virtbackup.core.overlays import OVERLAY_MARK
@@ -20,6 +21,8 @@ SOCKET_DIR = PurePath("/var/lib/libvirt/qemu")
 CHECKPOINT_PREFIX = "virtbackup-"
 SCRATCH_SUFFIX = ".scratch"
 SOCKET_SUFFIX = ".sock"
+KEEP_CHECKPOINTS = 4  # of ours per domain: the newest backup's and a few before it
+_CHECKPOINT = re.compile(rf"{CHECKPOINT_PREFIX}\d{{8}}T\d{{6}}Z-[0-9a-f]{{6}}")
 
 
 def socket_path(domain_uuid: str, run_id: str, directory: PurePath = SOCKET_DIR) -> PurePath:
@@ -37,6 +40,18 @@ def scratch_path(
 
 def checkpoint_name(run_id: str) -> str:
     return f"{CHECKPOINT_PREFIX}{run_id}"
+
+
+def is_checkpoint_name(name: str) -> bool:
+    """Whether `name` is a checkpoint name our runs make (a foreign tool's are not)."""
+    return bool(_CHECKPOINT.fullmatch(name))
+
+
+def checkpoints_to_delete(ours_oldest_first: Sequence[str], keep: int) -> list[str]:
+    """Our checkpoints beyond the newest `keep` (deleting one merges its changes into
+    the one before it, so the newer ones stay whole)."""
+    ours = [name for name in ours_oldest_first if is_checkpoint_name(name)]
+    return ours[: max(0, len(ours) - keep)]
 
 
 def pull_backup_xml(

@@ -52,6 +52,10 @@ class NbdSource:
     def read_into(self, data: memoryview, offset: int) -> None:
         self.export.read_into(data, offset)
 
+    def unchanged_chunks(self, chunk_size: int) -> "AllBut":
+        """The chunks of the grid without a byte written since the job's checkpoint."""
+        return AllBut(self.changed_chunks(chunk_size))
+
     def changed_chunks(self, chunk_size: int) -> frozenset[int]:
         """The numbers of the grid's chunks that hold a byte written since the job's
         checkpoint."""
@@ -65,3 +69,13 @@ class NbdSource:
 
     def close(self) -> None:
         self.export.close()
+
+
+@dataclass(frozen=True)
+class AllBut:
+    """Every chunk number but the `changed` ones."""
+
+    changed: frozenset[int]
+
+    def __contains__(self, number: object) -> bool:
+        return number not in self.changed

@@ -22,7 +22,7 @@ from virtbackup.adapters.age import Recipients
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
-from virtbackup.core.manifest import LAYOUT_STREAM, LeftOutDisk
+from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUT_STREAM, LeftOutDisk
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DomainPlan, PlanOptions
 from virtbackup.core.progress import ProgressSink, StepSink
@@ -34,6 +34,7 @@ from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
 from virtbackup.engine.methods.stable_images import stable_images
 from virtbackup.engine.methods.trim import trim_before_backup
+from virtbackup.engine.stores.change_base import ChangeBase, newest_base
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.remote import RemoteStore, ship
 from virtbackup.engine.stores.store import Store
@@ -143,11 +144,12 @@ def back_up_domain(
     # --remote-only: the streams go to the remote store instead of DEST
     streamed = options.offsite is not None and options.offsite.only
     target: Store = options.offsite if options.offsite and streamed else store
+    context = SourceContext(
+        options.consistency, options.state_dir, steps, _change_base(plan, store, options)
+    )
     try:
         with (
-            source(
-                conn, plan, SourceContext(options.consistency, options.state_dir, steps)
-            ) as window,
+            source(conn, plan, context) as window,
             compacted(window, options.skip_free, steps) as compact,
         ):
             result = back_up_disks(
@@ -163,6 +165,7 @@ def back_up_domain(
                 sign_with=options.sign_with,
                 left_out=[LeftOutDisk(d.disk.target, d.reason) for d in plan.disks if not d.backup],
                 layout=options.layout,
+                checkpoint=window.checkpoint,
             )
     except LockHeld as err:
         return DomainOutcome(name, Result.LOCKED, str(err), plan.method.value, warnings=warnings)
@@ -189,7 +192,7 @@ def back_up_domain(
         stored=sum(d.stored_size for d in disks),
         seconds=clock() - started,
         backup=result.path,
-        warnings=warnings + compact.warnings + result.notes,
+        warnings=warnings + window.notes + compact.warnings + result.notes,
         reclaimed=reclaimed,
         offsite="streamed" if streamed else None,
         left_out=left_out,
@@ -213,6 +216,16 @@ def back_up_domain(
             offsite="failed",
         )
     return replace(outcome, offsite="copied")
+
+
+def _change_base(
+    plan: DomainPlan, store: LocalStore, options: BackupRunOptions
+) -> ChangeBase | str | None:
+    """What the backup API reads the changes since: only into the repository, whose
+    chunks the unchanged parts of the disks reuse (a stream backup is read whole)."""
+    if plan.method is not Method.BACKUP_API or options.layout != LAYOUT_REPOSITORY:
+        return None
+    return newest_base(store, plan.domain.name, plan.domain.uuid)
 
 
 NOT_STARTED = "not started: the run was interrupted"

@@ -1,0 +1,135 @@
+"""Incremental backups through libvirt's checkpoints, end to end on a real running
+domain: each generation reads only the chunks written since the one before, restores
+byte-identical to the disk at its instant; a checkpoint deleted by hand or a resized
+disk means a full read with the reason in the summary; only the newest checkpoints are
+kept; the domain runs throughout."""
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from backup_api_helpers import reference, restored_disk
+from consistency_helpers import guest_write
+from harness.cli import virtbackup
+from harness.libvirtd import DiskSpec, DomainFactory
+
+from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.core.backup_job import KEEP_CHECKPOINTS, is_checkpoint_name
+
+MiB = 1024 * 1024
+CHUNK = 4 * MiB
+
+
+class Generations:
+    """Backups of one domain into one DEST, each with the reference of its instant."""
+
+    def __init__(self, raw: Any, image: Path, state_dir: Path, dest: Path, tmp: Path) -> None:
+        self.raw = raw
+        self.image = image
+        self.state_dir = state_dir
+        self.dest = dest
+        self.tmp = tmp
+        self.made: list[tuple[Path, Path]] = []  # (backup, reference)
+
+    def back_up(self) -> tuple[dict[str, Any], int]:
+        """One backup now: its summary row and the bytes it read from the disk."""
+        expected = reference(self.raw, self.image, self.tmp / f"ref{len(self.made)}.raw")
+        time.sleep(1.1)  # a new stamp
+        result = virtbackup(
+            "-v",
+            "backup",
+            self.raw.name(),
+            "--dest",
+            str(self.dest),
+            "--layout",
+            "repository",
+            "--json",
+            state_dir=self.state_dir,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        (row,) = json.loads(result.stdout)["domains"]
+        assert row["result"] == "ok" and row["method"] == "backup-api", row
+        found = re.search(rf"{re.escape(self.raw.name())} vda: (\d+) bytes read", result.stderr)
+        assert found, result.stderr
+        self.made.append((Path(row["backup"]), expected))
+        return row, int(found.group(1))
+
+    def check_all_restore(self) -> None:
+        for number, (backup, expected) in enumerate(self.made):
+            to = self.tmp / f"restored{number}-of-{len(self.made)}"
+            disk = restored_disk(self.state_dir, backup, to)
+            subprocess.run(["cmp", str(expected), str(disk)], check=True)
+
+    def checkpoint_of(self, number: int) -> str:
+        manifest = json.loads((self.made[number][0] / "manifest.json").read_text())
+        return str(manifest["checkpoint"])
+
+
+def full_reads(row: dict[str, Any]) -> list[str]:
+    return [w for w in row.get("warnings", []) if "read in full" in w]
+
+
+def test_incremental_generations_read_only_what_changed(
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    raw = domain_factory.create([DiskSpec("qcow2", 32 * MiB)], hint="inc", start=True)
+    dom = hypervisor.domain(raw.name())
+    disk = "virtio-disk0"
+    guest_write(raw, disk, 1, 0, 8 * MiB)
+    guest_write(raw, disk, 2, 20 * MiB, 4 * MiB)
+    runs = Generations(raw, domain_factory.workdir / "inc-disk0.qcow2", state_dir, dest, tmp_path)
+
+    row, read = runs.back_up()
+    assert full_reads(row) == ["read in full: no earlier backup of it in this destination"]
+    assert read == 12 * MiB  # the allocated chunks only
+    assert runs.checkpoint_of(0) in dom.backups.checkpoints()
+
+    guest_write(raw, disk, 7, 1 * MiB, 2 * MiB)  # chunk 0
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == CHUNK
+
+    guest_write(raw, disk, 5, 9 * MiB, 1 * MiB)  # chunk 2
+    guest_write(raw, disk, 3, 30 * MiB, 1 * MiB)  # chunk 7, a hole until now
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == 2 * CHUNK
+
+    guest_write(raw, disk, 4, 15 * MiB, 2 * MiB)  # chunks 3 and 4
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == 2 * CHUNK
+
+    row, read = runs.back_up()  # nothing changed
+    assert full_reads(row) == [] and read == 0
+    runs.check_all_restore()
+
+    # only our newest checkpoints are kept, the newest backup's among them
+    ours = [name for name in dom.backups.checkpoints() if is_checkpoint_name(name)]
+    assert len(ours) == KEEP_CHECKPOINTS and ours[-1] == runs.checkpoint_of(4)
+
+    # the newest backup's checkpoint deleted by hand: everything is read, and why
+    dom.backups.delete_checkpoint(runs.checkpoint_of(4))
+    guest_write(raw, disk, 6, 2 * MiB, 1 * MiB)
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert f"checkpoint {runs.checkpoint_of(4)} of" in why and "is gone" in why
+    assert read == 7 * CHUNK  # every allocated chunk: 0 to 5 and 7
+    row, read = runs.back_up()  # and the next one is incremental again
+    assert full_reads(row) == [] and read == 0
+
+    # a disk resized since: read in full, and why
+    raw.blockResize("vda", 40 * MiB, 1)  # VIR_DOMAIN_BLOCK_RESIZE_BYTES
+    guest_write(raw, disk, 8, 36 * MiB, 1 * MiB)
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert "resized from 33554432 to 41943040 bytes" in why, why
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == 0
+
+    runs.check_all_restore()
+    assert raw.state()[0] == 1  # running throughout
