@@ -2,6 +2,7 @@
 
 import os
 import uuid
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def test_pull_jobs_serve_the_instant_and_the_changes_since_a_checkpoint(
 
     guest_write(raw, "virtio-disk0", 5, 9 * MiB, 1 * MiB)
     socket = _begin(dom, domain_factory.workdir, "cp2", since="cp1")
-    with NbdExport.connect(socket, "vda") as export:
+    with closing(NbdExport.connect(socket, "vda")) as export:
         assert export.extents(ALLOCATION, 0, export.size)[-1].offset < export.size
     source = NbdSource(NbdLocation(socket, "vda", incremental=True))
     try:

@@ -1,9 +1,10 @@
 """One NBD export, read through libnbd (python3-libnbd): its size, its extents in a meta
 context and its bytes. The only module that imports `nbd`.
 
-    with NbdExport.connect(socket, "vda", (ALLOCATION, dirty_bitmap("vda"))) as export:
-        export.extents(ALLOCATION, 0, export.size)    # [(offset, length, flags), ...]
-        export.read_into(view, offset)
+    export = NbdExport.connect(socket, "vda", (ALLOCATION, dirty_bitmap("vda")))
+    export.extents(ALLOCATION, 0, export.size)    # [Extent(offset, length, flags), ...]
+    export.read_into(view, offset)
+    export.close()
 
 A read of a range larger than READ_REQUEST is split into requests sent together and
 awaited together, so that several are in flight on the one connection.
@@ -12,7 +13,7 @@ awaited together, so that several are in flight on the one connection.
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any, Self
 
 from virtbackup.core.errors import VirtbackupError, missing_binding
@@ -51,7 +52,7 @@ def _module() -> ModuleType:
 
 
 class NbdExport:
-    """A connection to one export; a context manager (closes it)."""
+    """A connection to one export, until close()."""
 
     def __init__(self, nbd: ModuleType, handle: Any, label: str) -> None:
         self._nbd = nbd
@@ -79,17 +80,6 @@ class NbdExport:
         except BaseException:
             _close(handle)
             raise
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         try:

@@ -14,7 +14,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePath
 
-from virtbackup.core.overlays import OVERLAY_MARK
+from virtbackup.core.overlays import OVERLAY_MARK, run_file_path
 
 # qemu's user must be able to create the socket there; libvirt's own state directory is.
 SOCKET_DIR = PurePath("/var/lib/libvirt/qemu")
@@ -32,10 +32,7 @@ def socket_path(domain_uuid: str, run_id: str, directory: PurePath = SOCKET_DIR)
 def scratch_path(
     image: str, target: str, domain_uuid: str, run_id: str, overlay_dir: PurePath | None
 ) -> PurePath:
-    if overlay_dir is None:
-        path = PurePath(image)
-        return path.with_name(f"{path.name}{OVERLAY_MARK}{run_id}{SCRATCH_SUFFIX}")
-    return overlay_dir / f"{domain_uuid}-{target}{OVERLAY_MARK}{run_id}{SCRATCH_SUFFIX}"
+    return run_file_path(image, target, domain_uuid, run_id, overlay_dir, SCRATCH_SUFFIX)
 
 
 def checkpoint_name(run_id: str) -> str:
