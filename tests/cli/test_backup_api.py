@@ -131,3 +131,27 @@ def test_kill_9_mid_job_then_clean_ends_the_job_and_removes_its_files(
     assert row["method"] == "backup-api", row
     disk = restored_disk(state_dir, Path(row["backup"]), tmp_path / "r")
     subprocess.run(["cmp", str(expected), str(disk)], check=True)
+
+
+def test_list_says_which_domains_get_incremental_reads_and_how_to_get_them(
+    domain_factory: DomainFactory, state_dir: Path
+) -> None:
+    qcow2 = domain_factory.create([DiskSpec("qcow2", 8 * MiB)], hint="lq", start=True)
+    raw = domain_factory.create([DiskSpec("raw", 8 * MiB)], hint="lr", start=True)
+    names = [qcow2.name(), raw.name()]
+
+    def planned(*args: str) -> dict[str, dict[str, Any]]:
+        result = virtbackup_in(state_dir, "list", *names, "--json", *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return {d["name"]: d for d in json.loads(result.stdout)["domains"]}
+
+    plans = planned("--layout", "repository")
+    assert plans[qcow2.name()]["method"] == "backup-api"
+    assert "only what changed" in plans[qcow2.name()]["disks"][0]["reason"]
+    assert plans[raw.name()]["method"] == "snapshot"
+    assert (
+        "everything is read: vda not a qcow2 file (convert to qcow2"
+        in (plans[raw.name()]["reason"])
+    )
+    # stream backups are read whole whatever the method: auto keeps to the snapshot
+    assert {d["method"] for d in planned().values()} == {"snapshot"}

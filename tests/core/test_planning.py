@@ -344,7 +344,7 @@ API = PlanOptions(backup_api=True)
         (S.RUNNING, (QCOW2,), API, M.BACKUP_API, "only what changed"),
         (S.PAUSED, (QCOW2,), API, M.BACKUP_API, "stays paused"),
         (S.RUNNING, (QCOW2,), PlanOptions(), M.SNAPSHOT, "external snapshot"),  # stream layout
-        (S.RUNNING, (QCOW2, RAW), API, M.SNAPSHOT, "external snapshot"),
+        (S.RUNNING, (QCOW2, RAW), API, M.SNAPSHOT, "everything is read: vdb not a qcow2"),
         (S.PMSUSPENDED, (QCOW2,), API, M.SNAPSHOT, "stays suspended"),
         (S.SHUTOFF, (QCOW2,), API, M.OFFLINE, "shut off"),
     ],

@@ -153,7 +153,8 @@ _HOW = {
     Method.SNAPSHOT: "copied while an external snapshot takes the writes",
     Method.LVM: "copied from an LVM snapshot",
     Method.SHUTDOWN: "read while the domain is shut down",
-    Method.BACKUP_API: "read over NBD from libvirt's backup job",
+    Method.BACKUP_API: "read over NBD from libvirt's backup job: only what changed since "
+    "the last backup",
 }
 
 
@@ -217,14 +218,21 @@ def _auto(
             DomainState.PAUSED: "; it stays paused",
             DomainState.PMSUSPENDED: "; it stays suspended",
         }.get(state, "")
-        if backup_api and backup_api_problem(facts, disks) is None:
+        problem = backup_api_problem(facts, disks) if backup_api else None
+        if backup_api and problem is None:
             return Method.BACKUP_API, (
                 f"auto: {state}, every disk is a qcow2 file: libvirt's backup API, "
                 f"only what changed since the last backup is read{stays}"
             )
+        # with the repository, say what would give incremental reads
+        no_changes = f"; everything is read: {problem}" if problem else ""
         if _all_on_lv(disks):
-            return Method.LVM, f"auto: {state}, every disk is on LVM: LVM snapshots{stays}"
-        return Method.SNAPSHOT, f"auto: {state}, an external snapshot takes the writes{stays}"
+            return Method.LVM, (
+                f"auto: {state}, every disk is on LVM: LVM snapshots{stays}{no_changes}"
+            )
+        return Method.SNAPSHOT, (
+            f"auto: {state}, an external snapshot takes the writes{stays}{no_changes}"
+        )
     if state is DomainState.SHUTDOWN:
         return None, (
             "in shutdown: a snapshot could be stranded when it stops; run again when it is shut off"
