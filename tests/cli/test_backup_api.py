@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from backup_api_helpers import job_leftovers, reference, restored_disk
 from consistency_helpers import guest_write
 from harness.cli import virtbackup_in, without_host_config
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.adapters.journal import list_journals
 
 MiB = 1024 * 1024
 
@@ -88,19 +90,11 @@ def test_backup_api_is_refused_for_a_raw_disk_with_the_reason(
     assert row["method"] == "snapshot", row
 
 
-def test_kill_9_mid_job_then_clean_ends_the_job_and_removes_its_files(
-    domain_factory: DomainFactory,
-    hypervisor: Hypervisor,
-    state_dir: Path,
-    dest: Path,
-    tmp_path: Path,
-) -> None:
-    raw = domain_factory.create([DiskSpec("qcow2", 64 * MiB)], hint="apikill", start=True)
-    for offset in range(0, 64 * MiB, 8 * MiB):
-        guest_write(raw, "virtio-disk0", 1 + offset // MiB, offset, 4 * MiB)
-    dom = hypervisor.domain(raw.name())
+def interrupted_mid_job(dom: Any, state_dir: Path, dest: Path, signum: int) -> int:
+    """Start a slow backup of the domain, send `signum` while its job serves; the exit
+    status."""
     env = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
-    args = ["backup", raw.name(), "--dest", str(dest), "--layout", "repository"]
+    args = ["backup", dom.name, "--dest", str(dest), "--layout", "repository"]
     running = subprocess.Popen(
         [sys.executable, "-m", "virtbackup", *without_host_config(args), "--bwlimit", "1M"],
         env=env,
@@ -115,14 +109,36 @@ def test_kill_9_mid_job_then_clean_ends_the_job_and_removes_its_files(
             assert time.monotonic() < deadline, "no backup job started"
             time.sleep(0.1)
         time.sleep(1)  # reading
-        running.send_signal(signal.SIGKILL)
+        running.send_signal(signum)
     finally:
         running.wait()
-    left = job_leftovers(hypervisor, raw.name(), domain_factory.workdir)
-    assert "job" in left and any(name.endswith(".scratch") for name in left), left
+    return running.returncode
 
-    cleaned = virtbackup_in(state_dir, "clean")
-    assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_backup_ended_mid_job_leaves_nothing_once_cleaned(
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+    signum: int,
+) -> None:
+    raw = domain_factory.create([DiskSpec("qcow2", 64 * MiB)], hint="apikill", start=True)
+    for offset in range(0, 64 * MiB, 8 * MiB):
+        guest_write(raw, "virtio-disk0", 1 + offset // MiB, offset, 4 * MiB)
+    dom = hypervisor.domain(raw.name())
+    status = interrupted_mid_job(dom, state_dir, dest, signum)
+    left = job_leftovers(hypervisor, raw.name(), domain_factory.workdir)
+    if signum == signal.SIGKILL:
+        assert status == -signal.SIGKILL
+        assert "job" in left and any(name.endswith(".scratch") for name in left), left
+        cleaned = virtbackup_in(state_dir, "clean")
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        assert "end the backup job" in cleaned.stdout + cleaned.stderr
+    else:  # the run ends its job itself on the way out
+        assert status == 130 and left == [], left
+        assert list_journals(state_dir) == []
     assert job_leftovers(hypervisor, raw.name(), domain_factory.workdir) == []
     assert raw.state()[0] == 1  # still running
 
