@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.backup_job import KEEP_CHECKPOINTS, is_checkpoint_name
+from virtbackup.core.manifest import VerifyRecord, build_verify_record
+from virtbackup.engine.stores.store import VERIFIED
 
 MiB = 1024 * 1024
 CHUNK = 4 * MiB
@@ -133,3 +136,39 @@ def test_incremental_generations_read_only_what_changed(
 
     runs.check_all_restore()
     assert raw.state()[0] == 1  # running throughout
+
+
+def test_an_unusable_newest_backup_means_a_full_read_and_why(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    raw = domain_factory.create([DiskSpec("qcow2", 16 * MiB)], hint="bad", start=True)
+    disk = "virtio-disk0"
+    guest_write(raw, disk, 1, 0, 6 * MiB)
+    runs = Generations(raw, domain_factory.workdir / "bad-disk0.qcow2", state_dir, dest, tmp_path)
+    runs.back_up()
+    guest_write(raw, disk, 2, 1 * MiB, 1 * MiB)
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == CHUNK
+
+    # its index damaged: not trusted, every allocated chunk read again
+    index = runs.made[1][0] / "vda.raw.idx"
+    index.write_bytes(index.read_bytes()[: -len("ab/" + "0" * 64 + "\n")])
+    guest_write(raw, disk, 3, 9 * MiB, 1 * MiB)
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert "the index of" in why and "is unusable" in why and "vda.raw.idx" in why, why
+    assert read == 3 * CHUNK
+
+    # failed verification: not trusted either
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == 0
+    record = VerifyRecord(datetime.now(UTC), False, "a chunk is damaged", "0.1.0")
+    (runs.made[3][0] / VERIFIED).write_text(build_verify_record(record))
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert "failed verification" in why and read == 3 * CHUNK
+
+    for number in (2, 4):  # the generations read in full after a doubt
+        backup, expected = runs.made[number]
+        restored = restored_disk(state_dir, backup, tmp_path / f"check{number}")
+        subprocess.run(["cmp", str(expected), str(restored)], check=True)
