@@ -172,3 +172,48 @@ def test_an_unusable_newest_backup_means_a_full_read_and_why(
         backup, expected = runs.made[number]
         restored = restored_disk(state_dir, backup, tmp_path / f"check{number}")
         subprocess.run(["cmp", str(expected), str(restored)], check=True)
+
+
+def test_two_disks_each_read_only_where_they_changed(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    raw = domain_factory.create(
+        [DiskSpec("qcow2", 16 * MiB), DiskSpec("qcow2", 8 * MiB)], hint="two", start=True
+    )
+    guest_write(raw, "virtio-disk0", 1, 0, 5 * MiB)
+    guest_write(raw, "virtio-disk1", 2, 0, 3 * MiB)
+    images = [domain_factory.workdir / f"two-disk{n}.qcow2" for n in (0, 1)]
+    made = []
+    for generation in range(2):
+        if generation:
+            guest_write(raw, "virtio-disk1", 9, 6 * MiB, 1 * MiB)  # vdb's chunk 1 only
+        expected = [
+            reference(raw, image, tmp_path / f"{generation}-{n}.raw")
+            for n, image in enumerate(images)
+        ]
+        time.sleep(1.1)
+        result = virtbackup(
+            "-v",
+            "backup",
+            raw.name(),
+            "--dest",
+            str(dest),
+            "--layout",
+            "repository",
+            "--json",
+            state_dir=state_dir,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        (row,) = json.loads(result.stdout)["domains"]
+        found = re.findall(rf"{re.escape(raw.name())} (vd[ab]): (\d+) bytes read", result.stderr)
+        read = dict(found)
+        made.append((Path(row["backup"]), expected))
+    assert read == {"vda": "0", "vdb": str(CHUNK)}
+    for generation, (backup, expected) in enumerate(made):
+        result = virtbackup(
+            "restore", str(backup), "--to", str(tmp_path / f"r{generation}"), state_dir=state_dir
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        for target, reference_copy in zip(("vda", "vdb"), expected, strict=True):
+            restored = tmp_path / f"r{generation}" / f"{target}.raw"
+            subprocess.run(["cmp", str(reference_copy), str(restored)], check=True)
