@@ -42,7 +42,8 @@ def dirty_bitmap(target: str) -> str:
     return f"qemu:dirty-bitmap:backup-{target}"
 
 
-def _module() -> ModuleType:
+def import_nbd() -> ModuleType:
+    """The libnbd bindings (python3-libnbd)."""
     try:
         import nbd
     except ImportError as err:
@@ -62,7 +63,7 @@ class NbdExport:
 
     @classmethod
     def connect(cls, socket: Path, export: str, contexts: Sequence[str] = (ALLOCATION,)) -> Self:
-        nbd = _module()
+        nbd = import_nbd()
         label = f"NBD export {export} at {socket}"
         handle = nbd.NBD()
         try:
