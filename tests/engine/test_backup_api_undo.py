@@ -61,3 +61,27 @@ def test_another_tools_job_is_left_alone_and_only_job_files_are_removed(
     assert not os.path.lexists(ours.scratch[0]) and not os.path.lexists(ours.socket)
     undoer.undo(ours)  # twice is harmless
     assert raw.isActive()
+
+
+def test_our_job_is_ended_and_a_dry_run_only_says_so(
+    domain_factory: DomainFactory, hypervisor: Hypervisor
+) -> None:
+    raw = domain_factory.create([DiskSpec("qcow2", 8 * MiB)], hint="ours", start=True)
+    dom = hypervisor.domain(raw.name())
+    image = str(domain_factory.workdir / "ours-disk0.qcow2")
+    ours = BackupJobRecord(
+        str(socket_path(dom.uuid, RUN)),
+        (str(scratch_path(image, "vda", dom.uuid, RUN, None)),),
+    )
+    dom.backups.begin_pull(pull_backup_xml(ours.socket, {"vda": ours.scratch[0]}, ["vda"]), None)
+    try:
+        steps = RecordingSteps()
+        Undoer(hypervisor, dom.uuid, dom.name, steps, dry_run=True).undo(ours)
+        assert steps.steps == [(dom.name, f"would end the backup job on {ours.socket}")]
+        assert dom.backups.job_xml() is not None
+        Undoer(hypervisor, dom.uuid, dom.name, RecordingSteps()).undo(ours)
+        assert dom.backups.job_xml() is None
+        assert not os.path.lexists(ours.socket) and not os.path.lexists(ours.scratch[0])
+    finally:
+        dom.backups.abort()
+    assert raw.isActive()
