@@ -5,7 +5,9 @@ disk means a full read with the reason in the summary; only the newest checkpoin
 kept; the domain runs throughout."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -217,3 +219,38 @@ def test_two_disks_each_read_only_where_they_changed(
         for target, reference_copy in zip(("vda", "vdb"), expected, strict=True):
             restored = tmp_path / f"r{generation}" / f"{target}.raw"
             subprocess.run(["cmp", str(reference_copy), str(restored)], check=True)
+
+
+def test_a_domain_killed_since_its_last_backup_is_never_read_from_a_stale_bitmap(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> None:
+    raw = domain_factory.create([DiskSpec("qcow2", 16 * MiB)], hint="kill", start=True)
+    disk = "virtio-disk0"
+    guest_write(raw, disk, 1, 0, 6 * MiB)
+    runs = Generations(raw, domain_factory.workdir / "kill-disk0.qcow2", state_dir, dest, tmp_path)
+    runs.back_up()
+    guest_write(raw, disk, 2, 9 * MiB, 1 * MiB)
+    # a graceful stop writes the bitmaps back into the image: they stay trusted
+    raw.destroy()
+    raw.create()
+    guest_write(raw, disk, 3, 13 * MiB, 1 * MiB)
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == 2 * CHUNK  # chunks 2 and 3
+
+    # qemu killed: its bitmaps were never written back, they are inconsistent
+    guest_write(raw, disk, 4, 1 * MiB, 1 * MiB)
+    pid = int(Path(f"/run/libvirt/qemu/{raw.name()}.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while raw.isActive():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    raw.create()
+    guest_write(raw, disk, 5, 5 * MiB, 1 * MiB)
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert "libvirt cannot tell the changes since" in why, why
+    assert read == 4 * CHUNK  # every allocated chunk
+    row, read = runs.back_up()  # a fresh checkpoint: incremental again
+    assert full_reads(row) == [] and read == 0
+    runs.check_all_restore()
