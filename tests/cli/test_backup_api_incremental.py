@@ -20,7 +20,13 @@ from harness.cli import virtbackup
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
-from virtbackup.core.backup_job import KEEP_CHECKPOINTS, is_checkpoint_name
+from virtbackup.core.backup_job import (
+    KEEP_CHECKPOINTS,
+    SOCKET_DIR,
+    checkpoint_xml,
+    is_checkpoint_name,
+    pull_backup_xml,
+)
 from virtbackup.core.manifest import VerifyRecord, build_verify_record
 from virtbackup.engine.stores.store import VERIFIED
 
@@ -252,5 +258,59 @@ def test_a_domain_killed_since_its_last_backup_is_never_read_from_a_stale_bitmap
     assert "libvirt cannot tell the changes since" in why, why
     assert read == 4 * CHUNK  # every allocated chunk
     row, read = runs.back_up()  # a fresh checkpoint: incremental again
+    assert full_reads(row) == [] and read == 0
+    runs.check_all_restore()
+
+
+def test_another_tools_checkpoint_and_a_users_external_snapshot(
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    raw = domain_factory.create([DiskSpec("qcow2", 16 * MiB)], hint="mix", start=True)
+    dom = hypervisor.domain(raw.name())
+    disk = "virtio-disk0"
+    guest_write(raw, disk, 1, 0, 6 * MiB)
+    image = domain_factory.workdir / "mix-disk0.qcow2"
+    runs = Generations(raw, image, state_dir, dest, tmp_path)
+    runs.back_up()
+
+    # another tool's checkpoint in between: ours still tells all changes, theirs stays
+    socket = Path(SOCKET_DIR) / f"vbtest-{raw.name()[-12:]}.sock"
+    theirs = domain_factory.workdir / "theirs.scratch"
+    job = pull_backup_xml(str(socket), {"vda": str(theirs)}, ["vda"])
+    dom.backups.begin_pull(job, checkpoint_xml("theirs-1", ["vda"], ["vda"]))
+    dom.backups.abort()
+    guest_write(raw, disk, 2, 9 * MiB, 1 * MiB)
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == CHUNK
+    assert "theirs-1" in dom.backups.checkpoints()
+
+    # the user's external snapshot: the disk is another image now, read in full
+    overlay = domain_factory.workdir / "mix-user-overlay.qcow2"
+    subprocess.run(
+        [
+            "virsh",
+            "-c",
+            "qemu:///system",
+            "snapshot-create-as",
+            raw.name(),
+            "user-snap",
+            "--disk-only",
+            "--no-metadata",
+            "--diskspec",
+            f"vda,file={overlay}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    guest_write(raw, disk, 3, 13 * MiB, 1 * MiB)
+    runs.image = overlay  # the guest's view is the chain under it
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert f"it is {overlay} now, {image} in" in why, why
+    row, read = runs.back_up()
     assert full_reads(row) == [] and read == 0
     runs.check_all_restore()
