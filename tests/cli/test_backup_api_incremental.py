@@ -10,10 +10,12 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from backup_api_helpers import reference, restored_disk
 from consistency_helpers import guest_write
 from harness.cli import virtbackup
@@ -77,6 +79,22 @@ class Generations:
     def checkpoint_of(self, number: int) -> str:
         manifest = json.loads((self.made[number][0] / "manifest.json").read_text())
         return str(manifest["checkpoint"])
+
+
+@pytest.fixture
+def small_domain(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> Callable[[str], Generations]:
+    """A running domain with a 16 MiB qcow2 disk, 6 MiB of it written, and its
+    generations (none yet)."""
+
+    def make(hint: str) -> Generations:
+        raw = domain_factory.create([DiskSpec("qcow2", 16 * MiB)], hint=hint, start=True)
+        guest_write(raw, "virtio-disk0", 1, 0, 6 * MiB)
+        image = domain_factory.workdir / f"{hint}-disk0.qcow2"
+        return Generations(raw, image, state_dir, dest, tmp_path)
+
+    return make
 
 
 def full_reads(row: dict[str, Any]) -> list[str]:
@@ -147,12 +165,10 @@ def test_incremental_generations_read_only_what_changed(
 
 
 def test_an_unusable_newest_backup_means_a_full_read_and_why(
-    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+    small_domain: Callable[[str], Generations],
 ) -> None:
-    raw = domain_factory.create([DiskSpec("qcow2", 16 * MiB)], hint="bad", start=True)
-    disk = "virtio-disk0"
-    guest_write(raw, disk, 1, 0, 6 * MiB)
-    runs = Generations(raw, domain_factory.workdir / "bad-disk0.qcow2", state_dir, dest, tmp_path)
+    runs = small_domain("bad")
+    raw, disk = runs.raw, "virtio-disk0"
     runs.back_up()
     guest_write(raw, disk, 2, 1 * MiB, 1 * MiB)
     row, read = runs.back_up()
@@ -178,7 +194,7 @@ def test_an_unusable_newest_backup_means_a_full_read_and_why(
 
     for number in (2, 4):  # the generations read in full after a doubt
         backup, expected = runs.made[number]
-        restored = restored_disk(state_dir, backup, tmp_path / f"check{number}")
+        restored = restored_disk(runs.state_dir, backup, runs.tmp / f"check{number}")
         subprocess.run(["cmp", str(expected), str(restored)], check=True)
 
 
@@ -228,12 +244,10 @@ def test_two_disks_each_read_only_where_they_changed(
 
 
 def test_a_domain_killed_since_its_last_backup_is_never_read_from_a_stale_bitmap(
-    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+    small_domain: Callable[[str], Generations],
 ) -> None:
-    raw = domain_factory.create([DiskSpec("qcow2", 16 * MiB)], hint="kill", start=True)
-    disk = "virtio-disk0"
-    guest_write(raw, disk, 1, 0, 6 * MiB)
-    runs = Generations(raw, domain_factory.workdir / "kill-disk0.qcow2", state_dir, dest, tmp_path)
+    runs = small_domain("kill")
+    raw, disk = runs.raw, "virtio-disk0"
     runs.back_up()
     guest_write(raw, disk, 2, 9 * MiB, 1 * MiB)
     # a graceful stop writes the bitmaps back into the image: they stay trusted
@@ -263,18 +277,13 @@ def test_a_domain_killed_since_its_last_backup_is_never_read_from_a_stale_bitmap
 
 
 def test_another_tools_checkpoint_and_a_users_external_snapshot(
+    small_domain: Callable[[str], Generations],
     domain_factory: DomainFactory,
     hypervisor: Hypervisor,
-    state_dir: Path,
-    dest: Path,
-    tmp_path: Path,
 ) -> None:
-    raw = domain_factory.create([DiskSpec("qcow2", 16 * MiB)], hint="mix", start=True)
+    runs = small_domain("mix")
+    raw, disk, image = runs.raw, "virtio-disk0", runs.image
     dom = hypervisor.domain(raw.name())
-    disk = "virtio-disk0"
-    guest_write(raw, disk, 1, 0, 6 * MiB)
-    image = domain_factory.workdir / "mix-disk0.qcow2"
-    runs = Generations(raw, image, state_dir, dest, tmp_path)
     runs.back_up()
 
     # another tool's checkpoint in between: ours still tells all changes, theirs stays
