@@ -34,7 +34,7 @@ dest=${VIRTBACKUP_DEST:-/var/backups/virtbackup}
 # "Signed backups", so that each host's key is made, and trusted, on purpose).
 runtime_packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients
-    qemu-system-x86 qemu-utils python3-libvirt python3-guestfs libguestfs-tools
+    qemu-system-x86 qemu-utils python3-libvirt python3-libnbd python3-guestfs libguestfs-tools
     linux-image-amd64 lvm2 lz4 util-linux python3-venv python3-click python3-rich python3-lz4 procps
     age rclone openssh-client
 )

@@ -24,6 +24,7 @@ BOUNDARIES = {
     "libvirt": {"virtbackup.adapters.hypervisor.bindings"},
     "libvirt_qemu": {"virtbackup.adapters.hypervisor.bindings"},
     "guestfs": {"virtbackup.adapters.guestfs_ops"},
+    "nbd": {"virtbackup.adapters.nbd_export"},
     "click": "virtbackup.cli",  # a whole layer
     # rich draws on the consoles of cli.console; the views draw bars, tables and prompts.
     "rich": {

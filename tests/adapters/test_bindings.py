@@ -9,12 +9,14 @@ import pytest
 
 from virtbackup.adapters.guestfs_ops import import_guestfs
 from virtbackup.adapters.hypervisor.bindings import import_libvirt
+from virtbackup.adapters.nbd_export import import_nbd
 from virtbackup.core.errors import ExitCode, MissingComponent
 
 
 def test_bindings_import_on_this_host() -> None:
     assert hasattr(import_libvirt(), "openReadOnly")
     assert hasattr(import_guestfs(), "GuestFS")
+    assert hasattr(import_nbd(), "NBD")
 
 
 @pytest.mark.parametrize(
@@ -22,6 +24,7 @@ def test_bindings_import_on_this_host() -> None:
     [
         ("guestfs", import_guestfs, "python3-guestfs"),
         ("libvirt", import_libvirt, "python3-libvirt"),
+        ("nbd", import_nbd, "python3-libnbd"),
     ],
 )
 def test_missing_binding_names_the_package(
@@ -37,9 +40,10 @@ def test_missing_binding_names_the_package(
 
 
 def test_help_works_without_the_bindings() -> None:
-    # --help must not import libvirt or guestfs: poison both and run the CLI.
+    # --help must not import libvirt, guestfs or nbd: poison them and run the CLI.
     code = (
         "import sys; sys.modules['libvirt'] = None; sys.modules['guestfs'] = None;"
+        "sys.modules['nbd'] = None;"
         "from virtbackup.cli import main; main(['--help'])"
     )
     result = subprocess.run(

@@ -54,6 +54,21 @@ def test_domain_xml_digest_round_trips_and_is_strict() -> None:
             parse_manifest(json.dumps(document))
 
 
+def test_checkpoint_round_trips_and_is_strict() -> None:
+    name = "virtbackup-20250125T183000Z-1a2b3c"
+    tracked = Manifest(**{**MANIFEST.__dict__, "method": "backup-api", "checkpoint": name})
+    text = build_manifest(tracked)
+    assert json.loads(text)["checkpoint"] == name
+    assert parse_manifest(text) == tracked
+    assert "checkpoint" not in json.loads(build_manifest(MANIFEST))  # older readers see no change
+    assert parse_manifest(build_manifest(MANIFEST)).checkpoint is None  # older backups
+    for bad in ("virtbackup-x", "other-20250125T183000Z-1a2b3c", name + "\n", "", 7, None):
+        document = json.loads(text)
+        document["checkpoint"] = bad
+        with pytest.raises(ManifestFormatError, match="checkpoint"):
+            parse_manifest(json.dumps(document))
+
+
 def _edited(edit: dict[str, object]) -> str:
     document = json.loads(build_manifest(MANIFEST))
     document.update(edit)

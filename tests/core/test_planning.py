@@ -331,3 +331,42 @@ def test_a_domain_whose_every_data_disk_is_left_out_is_incomplete_not_skipped() 
     excluded = plan_domain(domain(S.RUNNING, QCOW2, lun), PlanOptions(exclude_disks=("vda",)))
     assert [d.disk.target for d in excluded.excluded] == ["vda"]
     assert excluded.nothing_but_left_out
+
+
+# -- the backup API ----------------------------------------------------------------------
+
+API = PlanOptions(backup_api=True)
+
+
+@pytest.mark.parametrize(
+    ("state", "disks", "options", "method", "reason_part"),
+    [
+        (S.RUNNING, (QCOW2,), API, M.BACKUP_API, "only what changed"),
+        (S.PAUSED, (QCOW2,), API, M.BACKUP_API, "stays paused"),
+        (S.RUNNING, (QCOW2,), PlanOptions(), M.SNAPSHOT, "external snapshot"),  # stream layout
+        (S.RUNNING, (QCOW2, RAW), API, M.SNAPSHOT, "everything is read: vdb not a qcow2"),
+        (S.PMSUSPENDED, (QCOW2,), API, M.SNAPSHOT, "stays suspended"),
+        (S.SHUTOFF, (QCOW2,), API, M.OFFLINE, "shut off"),
+    ],
+)
+def test_auto_prefers_the_backup_api_for_qcow2_files_in_the_repository_layout(
+    state: S, disks: tuple[DiskFacts, ...], options: PlanOptions, method: M, reason_part: str
+) -> None:
+    plan = plan_domain(domain(state, *disks), options)
+    assert plan.method == method and reason_part in plan.reason
+
+
+@pytest.mark.parametrize(
+    ("state", "disks", "method", "reason_part"),
+    [
+        (S.RUNNING, (QCOW2,), M.BACKUP_API, "read over NBD"),
+        (S.RUNNING, (QCOW2, RAW), None, "vdb not a qcow2 file (convert to qcow2"),
+        (S.PMSUSPENDED, (QCOW2,), None, "needs a running or paused domain"),
+        (S.SHUTOFF, (QCOW2,), M.OFFLINE, "read directly"),
+    ],
+)
+def test_backup_api_asked(
+    state: S, disks: tuple[DiskFacts, ...], method: M | None, reason_part: str
+) -> None:
+    plan = plan_domain(domain(state, *disks), PlanOptions(method=M.BACKUP_API))
+    assert plan.method == method and reason_part in plan.reason

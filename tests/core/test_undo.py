@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from virtbackup.core.lvm import RUN_JOURNAL_UUID, MountRecord
 from virtbackup.core.model import DomainState
 from virtbackup.core.undo import (
+    BackupJobRecord,
     DiskObservation,
     Entry,
     FrozenRecord,
@@ -72,6 +73,9 @@ def test_undo_order_is_newest_first_and_ids_grow() -> None:
         ({"kind": "overlay", "target": "vda"}, "'original' missing"),
         ({"kind": "state", "was": "running", "restart": "yes"}, "true or false"),
         ({"kind": "state", "was": "dancing", "restart": True}, "bad state record"),
+        ({"kind": "backup-job", "socket": "/s", "scratch": "/x"}, "list of paths"),
+        ({"kind": "backup-job", "socket": "/s", "scratch": [""]}, "list of paths"),
+        ({"kind": "backup-job", "scratch": []}, "'socket' missing"),
     ],
 )
 def test_bad_records_are_refused(data: dict[str, object], error: str) -> None:
@@ -259,3 +263,32 @@ def test_the_lvm_methods_run_journal_is_ours() -> None:
     run_wide = replace(OURS, domain_uuid=RUN_JOURNAL_UUID, entries=(Entry(1, mount),))
     assert foreign_journal(run_wide, f"{RUN_JOURNAL_UUID}.{RUN}.json") is None
     assert foreign_journal(replace(run_wide, domain_uuid="lvm-other"), f"lvm-other.{RUN}.json")
+
+
+SOCKET = f"/var/lib/libvirt/qemu/{OURS.domain_uuid}.virtbackup-{RUN}.sock"
+
+
+def job_journal(socket: str, *scratch: str) -> Journal:
+    return replace(OURS, entries=(Entry(1, BackupJobRecord(socket, scratch)),))
+
+
+def test_a_backup_job_record_round_trips_and_is_ours_when_named_as_ours() -> None:
+    journal = job_journal(SOCKET, f"/img/web.qcow2.virtbackup-{RUN}.scratch")
+    assert journal_from_dict(journal_to_dict(journal)) == journal
+    assert foreign_journal(journal, f"{OURS.domain_uuid}.{RUN}.json") is None
+
+
+@pytest.mark.parametrize(
+    ("socket", "scratch", "problem"),
+    [
+        ("/tmp/x.sock", f"/img/web.qcow2.virtbackup-{RUN}.scratch", "socket '/tmp/x.sock'"),
+        (SOCKET, "/etc/passwd", "scratch file '/etc/passwd'"),
+        (SOCKET, f"/img/../etc/x.virtbackup-{RUN}.scratch", "scratch file"),
+        (SOCKET, "/img/web.qcow2.virtbackup-20990101T000000Z-abcdef.scratch", "scratch file"),
+    ],
+)
+def test_a_backup_job_record_naming_other_files_is_foreign(
+    socket: str, scratch: str, problem: str
+) -> None:
+    found = foreign_journal(job_journal(socket, scratch), f"{OURS.domain_uuid}.{RUN}.json")
+    assert problem in str(found)

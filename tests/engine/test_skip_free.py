@@ -28,6 +28,7 @@ from virtbackup.adapters.workdirs import PREFIX as TMP_PREFIX
 from virtbackup.adapters.workdirs import remove_leftovers
 from virtbackup.core.manifest import parse_manifest
 from virtbackup.engine.datapath.disk_backup import DiskSource
+from virtbackup.engine.datapath.nbd_source import NbdLocation
 from virtbackup.engine.methods.skip_free import eligibility
 
 MiB = 1024 * 1024
@@ -238,6 +239,8 @@ def test_eligibility(tmp_path: Path, fmt: str, chain: tuple[str, ...], reason: s
     found = eligibility(DiskSource("vda", image, fmt, 0, chain))
     assert (found is None) if reason is None else (found is not None and reason in found)
     assert "block device" in (eligibility(DiskSource("vda", Path("/dev/null"), "raw", 0, ())) or "")
+    served = DiskSource("vda", image, "raw", 0, nbd=NbdLocation(tmp_path / "s.sock", "vda"))
+    assert eligibility(served) == "read over NBD from the backup job"
 
 
 def test_leftovers_of_killed_runs_are_removed(tmp_path: Path) -> None:

@@ -299,7 +299,12 @@ def _domain_options(
         bwlimit=values.bwlimit or config.bwlimit,
         compression_level=config.compression_level,
     )
-    plan = PlanOptions(method=method, exclude_disks=settings.exclude_disks)
+    layout = resolve_layout(values, config)
+    plan = PlanOptions(
+        method=method,
+        exclude_disks=settings.exclude_disks,
+        backup_api=layout == LAYOUT_REPOSITORY,
+    )
     trim = settings.trim if values.trim is None else values.trim
     skip_free = None
     if settings.skip_free if values.skip_free is None else values.skip_free:
@@ -315,5 +320,5 @@ def _domain_options(
         encrypt_to=safekeeping.encrypt_to,
         sign_with=safekeeping.sign_with,
         offsite=safekeeping.offsite,
-        layout=resolve_layout(values, config),
+        layout=layout,
     )

@@ -27,6 +27,7 @@ from virtbackup.core.config import Config
 from virtbackup.core.doctor import blocks_backups, diagnose
 from virtbackup.core.doctor_facts import Finding, Settings, Severity
 from virtbackup.core.errors import ExitCode
+from virtbackup.core.manifest import LAYOUT_REPOSITORY
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.planning import PlanOptions
 from virtbackup.engine.health.doctor import OptionsFor, examine
@@ -99,7 +100,11 @@ def _configured_remote(config: Config) -> Remote | None:
 def _plan_options(config: Config) -> OptionsFor:
     def options_for(facts: DomainFacts) -> PlanOptions:
         settings = config.for_domain(facts.name)
-        return PlanOptions(method=settings.method, exclude_disks=settings.exclude_disks)
+        return PlanOptions(
+            method=settings.method,
+            exclude_disks=settings.exclude_disks,
+            backup_api=config.layout == LAYOUT_REPOSITORY,
+        )
 
     return options_for
 

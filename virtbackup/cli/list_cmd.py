@@ -11,8 +11,9 @@ from typing import Any
 import click
 
 from virtbackup.adapters.hypervisor.connection import connect
-from virtbackup.cli.context import GlobalOptions, pass_globals
+from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
 from virtbackup.cli.list_view import render_table
+from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUTS
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DiskPlan, DomainPlan, PlanOptions, plan_domain
 
@@ -30,6 +31,13 @@ METHOD_CHOICES = [m.value for m in Method]
     show_default=True,
     help="Show the plan for this backup method.",
 )
+@click.option(
+    "--layout",
+    type=click.Choice(LAYOUTS),
+    help="Show the plan for backups in this layout (auto reads only what changed, through "
+    "libvirt's backup API, for repository backups of qcow2 disks) [default: `layout` of "
+    "the configuration file].",
+)
 @click.option("--include", multiple=True, metavar="GLOB", help="Only domains matching GLOB.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip domains matching GLOB.")
 @pass_globals
@@ -38,11 +46,13 @@ def list_command(
     domains: tuple[str, ...],
     as_json: bool,
     method: str,
+    layout: str | None,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
 ) -> None:
     """Show domains, their disks, and whether and how each would be backed up."""
-    plan_options = PlanOptions(method=Method(method))
+    layout = layout or load_settings(options).layout
+    plan_options = PlanOptions(method=Method(method), backup_api=layout == LAYOUT_REPOSITORY)
     with connect(options.uri, readonly=True) as hypervisor:
         facts = hypervisor.discover(domains, include, exclude)
     plans = [plan_domain(domain, plan_options) for domain in facts]

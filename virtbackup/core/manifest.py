@@ -15,7 +15,8 @@ manifest.json (format_version 1)::
         "digest_algorithm": "sha256-4MiB-chunks", "digest": "<hex, see below>"
       }],
       "left_out": [{"target": "vdb", "reason": "network disks are not supported yet"}],
-      "domain_xml_sha256": "<hex>"
+      "domain_xml_sha256": "<hex>",
+      "checkpoint": "virtbackup-20250125T183000Z-1a2b3c"
     }
 
 `left_out` lists the domain's disks that are not in the backup, each with the reason
@@ -31,6 +32,10 @@ without it (an older backup) binds nothing and its domain XML is read as it is.
 (specified in core/streamformat.py; its chunk size equals `chunk_size`). For
 ``sha256-4MiB-chunks`` a user checks it with
 ``lz4 -dc vda.qcow2.lz4 | split -b 4194304 --filter=sha256sum | sha256sum``.
+
+`checkpoint` names the libvirt checkpoint made at this backup's instant (the backup-API
+method, core/backup_job.py): the next backup reads only what changed since it. Written
+only by that method; a manifest without it has no change tracking to offer.
 
 A backup in the deduplicating repository (core/repository_format.py) has, per disk,
 ``"layout": "repository"``, ``"file": "vda.qcow2.idx"`` (its index of chunks) and
@@ -68,6 +73,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from virtbackup import FORMAT_VERSION
+from virtbackup.core.backup_job import is_checkpoint_name
 from virtbackup.core.backup_names import (
     AGE_SUFFIX,
     STREAM_SUFFIX,
@@ -157,6 +163,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     left_out: tuple[LeftOutDisk, ...] = ()
     domain_xml_sha256: str | None = None  # None: an older backup, written without it
+    checkpoint: str | None = None  # the checkpoint of its instant (backup-api); None: none
 
     @property
     def stored_size(self) -> int:
@@ -226,6 +233,8 @@ def build_manifest(manifest: Manifest) -> str:
         ]
     if manifest.domain_xml_sha256 is not None:
         document["domain_xml_sha256"] = manifest.domain_xml_sha256
+    if manifest.checkpoint is not None:
+        document["checkpoint"] = manifest.checkpoint
     return json.dumps(document, indent=2) + "\n"
 
 
@@ -347,7 +356,17 @@ def _parse_manifest_document(document: dict[str, Any]) -> Manifest:
         format_version=version,
         left_out=_parse_left_out(document),
         domain_xml_sha256=_parse_xml_digest(document),
+        checkpoint=_parse_checkpoint(document),
     )
+
+
+def _parse_checkpoint(document: dict[str, Any]) -> str | None:
+    if "checkpoint" not in document:
+        return None
+    name: str = _field(document, "checkpoint", str)
+    if not is_checkpoint_name(name):
+        raise ManifestFormatError(f"checkpoint {_shown(name)} is not a checkpoint of ours")
+    return name
 
 
 def _parse_xml_digest(document: dict[str, Any]) -> str | None:

@@ -25,6 +25,7 @@ class Method(StrEnum):
     LVM = "lvm"  # LVM snapshot of the LV under the image
     SHUTDOWN = "shutdown"  # graceful shutdown, offline backup, restart
     OFFLINE = "offline"  # the domain is shut off: read its images directly
+    BACKUP_API = "backup-api"  # libvirt's pull backup job (NBD), checkpoints: incremental
 
 
 @dataclass(frozen=True)

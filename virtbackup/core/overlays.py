@@ -18,10 +18,23 @@ OVERLAY_MARK = ".virtbackup-"
 def overlay_path(
     original: str, target: str, domain_uuid: str, run_id: str, overlay_dir: PurePath | None
 ) -> PurePath:
+    return run_file_path(original, target, domain_uuid, run_id, overlay_dir, ".qcow2")
+
+
+def run_file_path(
+    image: str,
+    target: str,
+    domain_uuid: str,
+    run_id: str,
+    overlay_dir: PurePath | None,
+    suffix: str,
+) -> PurePath:
+    """A file a run puts beside a disk's image, or into the overlay directory: an
+    overlay, a backup job's scratch file (core/backup_job)."""
     if overlay_dir is None:
-        path = PurePath(original)
-        return path.with_name(f"{path.name}{OVERLAY_MARK}{run_id}.qcow2")
-    return overlay_dir / f"{domain_uuid}-{target}{OVERLAY_MARK}{run_id}.qcow2"
+        path = PurePath(image)
+        return path.with_name(f"{path.name}{OVERLAY_MARK}{run_id}{suffix}")
+    return overlay_dir / f"{domain_uuid}-{target}{OVERLAY_MARK}{run_id}{suffix}"
 
 
 def snapshot_xml(name: str, overlays: Mapping[str, str], all_targets: Iterable[str]) -> str:

@@ -35,6 +35,8 @@ from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 LIVE_STATES = frozenset(
     {DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED, DomainState.PMSUSPENDED}
 )
+# States in which libvirt's backup API serves a domain's disks.
+BACKUP_API_STATES = frozenset({DomainState.RUNNING, DomainState.BLOCKED, DomainState.PAUSED})
 # States in which the guest still handles an ACPI power button press.
 SHUTDOWN_STATES = frozenset({DomainState.RUNNING, DomainState.BLOCKED})
 # Source types whose data sits in a local file or block device we can read.
@@ -49,6 +51,8 @@ NO_DISK_REASON = "no disk to back up"
 class PlanOptions:
     method: Method = Method.AUTO
     exclude_disks: tuple[str, ...] = ()  # targets left out by configuration or option
+    # auto may choose the backup API (its incremental reads need the repository layout)
+    backup_api: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,8 @@ _HOW = {
     Method.SNAPSHOT: "copied while an external snapshot takes the writes",
     Method.LVM: "copied from an LVM snapshot",
     Method.SHUTDOWN: "read while the domain is shut down",
+    Method.BACKUP_API: "read over NBD from libvirt's backup job: only what changed since "
+    "the last backup",
 }
 
 
@@ -179,7 +185,7 @@ def plan_domain(facts: DomainFacts, options: PlanOptions | None = None) -> Domai
         why = "no disks" if not facts.disks else NO_DISK_REASON
         method, reason = None, why
     elif options.method is Method.AUTO:
-        method, reason = _auto(facts, wanted)
+        method, reason = _auto(facts, wanted, options.backup_api)
     else:
         method, reason = _asked(facts, wanted, options.method)
     disks = tuple(_finish_disk(v, method) for v in verdicts)
@@ -190,7 +196,20 @@ def _all_on_lv(disks: Sequence[DiskFacts]) -> bool:
     return all(d.on_lv is True for d in disks)
 
 
-def _auto(facts: DomainFacts, disks: Sequence[DiskFacts]) -> tuple[Method | None, str]:
+def backup_api_problem(facts: DomainFacts, disks: Sequence[DiskFacts]) -> str | None:
+    """Why libvirt's backup API cannot read these disks of the domain (None: it can):
+    qemu must run it, and the changes are tracked in qcow2 bitmaps."""
+    if facts.state not in BACKUP_API_STATES:
+        return f"it is {facts.state}; the backup API needs a running or paused domain"
+    others = [d.target for d in disks if d.source_type != "file" or d.format != "qcow2"]
+    if others:
+        return f"{', '.join(others)} not a qcow2 file (convert to qcow2 for incremental reads)"
+    return None
+
+
+def _auto(
+    facts: DomainFacts, disks: Sequence[DiskFacts], backup_api: bool
+) -> tuple[Method | None, str]:
     state = facts.state
     if state is DomainState.SHUTOFF:
         return Method.OFFLINE, "auto: shut off, the images are read directly"
@@ -199,9 +218,21 @@ def _auto(facts: DomainFacts, disks: Sequence[DiskFacts]) -> tuple[Method | None
             DomainState.PAUSED: "; it stays paused",
             DomainState.PMSUSPENDED: "; it stays suspended",
         }.get(state, "")
+        problem = backup_api_problem(facts, disks) if backup_api else None
+        if backup_api and problem is None:
+            return Method.BACKUP_API, (
+                f"auto: {state}, every disk is a qcow2 file: libvirt's backup API, "
+                f"only what changed since the last backup is read{stays}"
+            )
+        # with the repository, say what would give incremental reads
+        no_changes = f"; everything is read: {problem}" if problem else ""
         if _all_on_lv(disks):
-            return Method.LVM, f"auto: {state}, every disk is on LVM: LVM snapshots{stays}"
-        return Method.SNAPSHOT, f"auto: {state}, an external snapshot takes the writes{stays}"
+            return Method.LVM, (
+                f"auto: {state}, every disk is on LVM: LVM snapshots{stays}{no_changes}"
+            )
+        return Method.SNAPSHOT, (
+            f"auto: {state}, an external snapshot takes the writes{stays}{no_changes}"
+        )
     if state is DomainState.SHUTDOWN:
         return None, (
             "in shutdown: a snapshot could be stranded when it stops; run again when it is shut off"
@@ -230,6 +261,11 @@ def _asked(
         return None, f"{state}: {method} needs a running or paused domain"
     if method is Method.SNAPSHOT:
         return Method.SNAPSHOT, f"snapshot: {state}, an external snapshot takes the writes"
+    if method is Method.BACKUP_API:
+        problem = backup_api_problem(facts, disks)
+        if problem:
+            return None, f"backup-api asked, but {problem}"
+        return Method.BACKUP_API, f"backup-api: {state}, read over NBD from a backup job"
     if method is Method.LVM:
         not_on_lv = [d.target for d in disks if d.on_lv is False]
         if not_on_lv:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from virtbackup.core.backup_job import SCRATCH_SUFFIX, socket_path
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.lvm import (
     LVM_RECORD_TYPES,
@@ -77,8 +78,20 @@ class StateRecord:
     restart: bool  # start the domain again if it is found shut off (the shutdown method)
 
 
+@dataclass(frozen=True)
+class BackupJobRecord:
+    """A pull backup job of libvirt's backup API (see core/backup_job): end it, then
+    remove its scratch files and its socket."""
+
+    kind: ClassVar[str] = "backup-job"
+    socket: str
+    scratch: tuple[str, ...]  # the scratch files, one per disk read
+
+
 # The LVM method's records (core/lvm) carry their own fields() and describe().
-UndoRecord = OverlayRecord | FrozenRecord | StateRecord | LvmSnapshotRecord | MountRecord
+UndoRecord = (
+    OverlayRecord | FrozenRecord | StateRecord | BackupJobRecord | LvmSnapshotRecord | MountRecord
+)
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,8 @@ def record_to_dict(record: UndoRecord) -> dict[str, Any]:
         )
     elif isinstance(record, StateRecord):
         data.update(was=record.was.value, restart=record.restart)
+    elif isinstance(record, BackupJobRecord):
+        data.update(socket=record.socket, scratch=list(record.scratch))
     elif isinstance(record, LVM_RECORD_TYPES):
         data.update(record.fields())
     return data
@@ -147,6 +162,13 @@ def record_from_dict(data: Mapping[str, Any]) -> UndoRecord:
             if not isinstance(restart, bool):
                 raise ValueError("'restart' must be true or false")
             return StateRecord(was=DomainState(_text(data, "was")), restart=restart)
+        if kind == BackupJobRecord.kind:
+            scratch = data.get("scratch")
+            if not isinstance(scratch, list) or not all(
+                isinstance(path, str) and path for path in scratch
+            ):
+                raise ValueError("'scratch' must be a list of paths")
+            return BackupJobRecord(socket=_text(data, "socket"), scratch=tuple(scratch))
         lvm_record = lvm_record_from_dict(data)
         if lvm_record is not None:
             return lvm_record
@@ -237,6 +259,8 @@ def foreign_journal(journal: "Journal", file_name: str) -> str | None:
 def foreign_record(record: "UndoRecord", journal: "Journal") -> str | None:
     if isinstance(record, OverlayRecord):
         return _foreign_overlay(record, journal)
+    if isinstance(record, BackupJobRecord):
+        return _foreign_backup_job(record, journal)
     if isinstance(record, MountRecord):
         name = posixpath.basename(record.target)
         if not _is_clean_absolute(record.target) or not name.startswith(SNAPSHOT_PREFIX):
@@ -256,6 +280,17 @@ def _foreign_overlay(record: OverlayRecord, journal: "Journal") -> str | None:
     in_overlay_dir = f"{journal.domain_uuid}-{record.target}{suffix}"
     if overlay != next_to_image and posixpath.basename(overlay) != in_overlay_dir:
         return bad
+    return None
+
+
+def _foreign_backup_job(record: BackupJobRecord, journal: "Journal") -> str | None:
+    socket = str(socket_path(journal.domain_uuid, journal.run_id))
+    if record.socket != socket:
+        return f"socket {record.socket!r} is not named and placed as a run of ours names it"
+    suffix = f"{OVERLAY_MARK}{journal.run_id}{SCRATCH_SUFFIX}"
+    for scratch in record.scratch:
+        if not _is_clean_absolute(scratch) or not scratch.endswith(suffix):
+            return f"scratch file {scratch!r} is not named as a run of ours names them"
     return None
 
 
@@ -376,6 +411,8 @@ def describe(record: UndoRecord) -> str:
         return f"overlay {record.overlay} on {record.target} ({record.original})"
     if isinstance(record, FrozenRecord):
         return "guest filesystems frozen"
+    if isinstance(record, BackupJobRecord):
+        return f"backup job serving on {record.socket}"
     if isinstance(record, LVM_RECORD_TYPES):
         return record.describe()
     return f"domain state {record.was.value}" + (" (restart)" if record.restart else "")

@@ -3,7 +3,7 @@ overlays and the block jobs that merge them back, shutdown and start, the guest 
 
 Each method does one libvirt call (or one wait on one) and turns libvirt's errors into
 ours; the decisions live in the engine and in core/undo. Pull backups through libvirt's
-backup API (virDomainBackupBegin, checkpoints) belong here too, beside the block jobs.
+backup API (virDomainBackupBegin, checkpoints) are `backups` (backup_jobs).
 
 The guest agent is reached through libvirt's public APIs, which send `guest-sync` with a
 5 s timeout first, so a dead or hung agent fails fast instead of blocking the run; the
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
+from virtbackup.adapters.hypervisor.backup_jobs import BackupJobs
 from virtbackup.adapters.hypervisor.bindings import HypervisorError, message
 from virtbackup.core.agent_channel import agent_connected
 from virtbackup.core.consistency_errors import CommitFailed, SnapshotFailed
@@ -64,6 +65,7 @@ class Domain:
         self.handle = handle  # the virDomain, for the other modules of this package
         self.name = str(handle.name())
         self.uuid = str(handle.UUIDString())
+        self.backups = BackupJobs(libvirt, handle, self.name)  # pull backups, checkpoints
 
     def __repr__(self) -> str:
         return f"Domain({self.name!r})"

@@ -2,11 +2,12 @@
 
 Both writers (the single stream, stream_writer.py, and the repository, chunk_writer.py)
 read a source the same way, through three stages:
-- one reading thread (idle I/O class) walks the chunk grid; chunks without data (holes,
-  found with SEEK_DATA) are not read at all, chunks the caller already knows (`known`:
-  unchanged since an earlier backup) are not read either, and the others are read into
-  a free buffer of a fixed pool (preadv, no allocation per chunk) and handed to the
-  workers;
+- one reading thread (idle I/O class) walks the chunk grid of a source (a file or block
+  device, FileSource; an NBD export, nbd_source.py); chunks without data (holes: found
+  with SEEK_DATA, or base:allocation over NBD) are not read at all, chunks the caller
+  already knows (`known`: unchanged since an earlier backup) are not read either, and
+  the others are read into a free buffer of a fixed pool (no allocation per chunk) and
+  handed to the workers;
 - a pool of worker threads runs the caller's `work` on each chunk read (python-lz4 and
   hashlib release the GIL, so the workers use all cores), and the caller's `known` job
   on each chunk it knows;
@@ -26,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Generic, Self, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
 from virtbackup.core.backup_errors import SourceError
 from virtbackup.core.streamformat import DEFAULT_CHUNK_SIZE
@@ -72,32 +73,77 @@ Work = Callable[[bytearray, int], R]  # (buffer, length) -> result, on a worker
 Known = Callable[[int], Callable[[], R] | None]  # chunk number -> its job, None: read it
 
 
+class ReadableSource(Protocol):
+    """What the pipeline reads: a size, which ranges hold data, and their bytes. A file
+    or block device (FileSource); an NBD export (engine/datapath/nbd_source.py)."""
+
+    size: int
+
+    def has_data(self, start: int, end: int) -> bool: ...
+
+    def read_into(self, data: memoryview, offset: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FileSource:
+    """An image file or block device: holes found with SEEK_DATA, read with preadv,
+    its pages dropped from the cache once read."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise SourceError(f"cannot open disk source {path}: {err.strerror}") from None
+        try:
+            self.size, is_file = _source_size(self.fd)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.path = path
+        self.data_map = _DataMap(self.fd, is_file)
+
+    def has_data(self, start: int, end: int) -> bool:
+        return self.data_map.has_data(start, end)
+
+    def read_into(self, data: memoryview, offset: int) -> None:
+        done = 0
+        try:
+            while done < len(data):
+                got = os.preadv(self.fd, [data[done:]], offset + done)
+                if not got:
+                    raise SourceError(
+                        f"disk source {self.path} ended at byte {offset + done} "
+                        f"while its size is {self.size}: did it change during the backup?"
+                    )
+                done += got
+        except OSError as err:
+            raise SourceError(
+                f"cannot read disk source {self.path} at byte {offset}: {err.strerror}"
+            ) from None
+        drop_cached(self.fd, offset, len(data))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class SourceChunks(Generic[R]):
     """An open disk source and the pipeline over it; a context manager (closes the
     source, stops the threads). `results` may be iterated once."""
 
     def __init__(
         self,
-        source: Path,
+        source: Path | ReadableSource,
         options: WriterOptions,
         work: Work[R],
         known: Known[R] | None = None,
     ) -> None:
         reuse_freed_memory()
-        try:
-            self.fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as err:
-            raise SourceError(f"cannot open disk source {source}: {err.strerror}") from None
-        try:
-            self.size, is_file = _source_size(self.fd)
-        except BaseException:
-            os.close(self.fd)
-            raise
-        self.source = source
+        self.source = FileSource(source) if isinstance(source, Path) else source
+        self.size = self.source.size
         self.options = options
         self.work = work
         self.known = known
-        self.data_map = _DataMap(self.fd, is_file)
         self.workers = options.workers or os.cpu_count() or 1
         in_flight = options.max_in_flight or min(
             2 * self.workers + 2, max(4, _IN_FLIGHT_BYTES // options.chunk_size)
@@ -127,7 +173,7 @@ class SourceChunks(Generic[R]):
         if self._started:
             self._reader.join()
         self._pool.shutdown(cancel_futures=True)
-        os.close(self.fd)
+        self.source.close()
 
     def results(self) -> Iterator[Chunk[R]]:
         """Every chunk of the grid in order, its result done or pending."""
@@ -151,7 +197,7 @@ class SourceChunks(Generic[R]):
         """Read a chunk on the calling thread after all (a known chunk that turned out
         to be gone) and run `work` on it."""
         buffer = bytearray(chunk.length)
-        self._pread(memoryview(buffer), chunk.offset)
+        self.source.read_into(memoryview(buffer), chunk.offset)
         self.bytes_read += chunk.length
         return self.work(buffer, chunk.length)
 
@@ -171,13 +217,13 @@ class SourceChunks(Generic[R]):
                 item: Chunk[R]
                 if job is not None:
                     item = Chunk(number, offset, length, None, self._pool.submit(job))
-                elif not self.data_map.has_data(offset, offset + length):
+                elif not self.source.has_data(offset, offset + length):
                     item = Chunk(number, offset, length, None, None)
                 else:
                     buffer = self._free_buffer()
                     if buffer is None:
                         return
-                    self._pread(memoryview(buffer)[:length], offset)
+                    self.source.read_into(memoryview(buffer)[:length], offset)
                     self.bytes_read += length
                     throttle.consume(length)
                     result = self._pool.submit(self.work, buffer, length)
@@ -195,24 +241,6 @@ class SourceChunks(Generic[R]):
             except queue.Empty:
                 continue
         return None
-
-    def _pread(self, data: memoryview, offset: int) -> None:
-        """Fill `data` from the source at `offset`."""
-        done = 0
-        try:
-            while done < len(data):
-                got = os.preadv(self.fd, [data[done:]], offset + done)
-                if not got:
-                    raise SourceError(
-                        f"disk source {self.source} ended at byte {offset + done} "
-                        f"while its size is {self.size}: did it change during the backup?"
-                    )
-                done += got
-        except OSError as err:
-            raise SourceError(
-                f"cannot read disk source {self.source} at byte {offset}: {err.strerror}"
-            ) from None
-        drop_cached(self.fd, offset, len(data))
 
     def _put(self, item: object) -> bool:
         while not self.stop.is_set():

@@ -39,7 +39,12 @@ from virtbackup.core.backup_errors import CorruptBackup, write_error
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.repository_format import PLAIN_NAMES, ChunkNames, chunk_name, index_line
 from virtbackup.core.streamformat import FRAME_DIGEST, ChunkedDigest, chunked_digest_name
-from virtbackup.engine.datapath.chunk_pipeline import Chunk, SourceChunks, WriterOptions
+from virtbackup.engine.datapath.chunk_pipeline import (
+    Chunk,
+    ReadableSource,
+    SourceChunks,
+    WriterOptions,
+)
 from virtbackup.engine.datapath.frames import Buffer, encode_frame, zero_chunk
 from virtbackup.engine.datapath.io_control import write_all
 from virtbackup.engine.datapath.stream_writer import is_zero_chunk
@@ -104,7 +109,7 @@ class RepositoryBackup:
 
     def write_disk(
         self,
-        source: Path,
+        source: Path | ReadableSource,
         index: IO[bytes],
         progress: ProgressSink,
         label: str,

@@ -39,14 +39,25 @@ from virtbackup.core.signature import signature_name
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
 from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
-from virtbackup.engine.datapath.chunk_writer import ChunkResult, RepositoryBackup
+from virtbackup.engine.datapath.chunk_writer import ChunkResult, RepositoryBackup, Unchanged
+from virtbackup.engine.datapath.nbd_source import NbdLocation, NbdSource
 from virtbackup.engine.datapath.stream_writer import StreamResult, write_stream
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.repository_backups import index_chunks
 from virtbackup.engine.stores.repository_secret import writer_secret
-from virtbackup.engine.stores.store import DOMAIN_XML, MANIFEST, Partial, Store
+from virtbackup.engine.stores.store import DOMAIN_XML, MANIFEST, BackupFiles, Partial, Store
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EarlierDisk:
+    """The same disk in the backup whose checkpoint the changes are counted from."""
+
+    label: str  # domain/stamp
+    files: BackupFiles
+    record: DiskRecord
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,8 @@ class DiskSource:
     backing_chain: tuple[str, ...] = ()  # images below `path`, top first (not in its bytes)
     origin: Path | None = None  # the disk's image when `path` is a copy of it (--skip-free)
     free_space_skipped: bool = False  # `path` holds the guest's used blocks only
+    nbd: NbdLocation | None = None  # served by a backup job: read there, not at `path`
+    since: EarlierDisk | None = None  # nbd incremental: its chunks reused where unchanged
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,11 @@ class BackupResult:
     path: Path | str  # the complete backup directory (a remote location with --remote-only)
     manifest: Manifest
     notes: tuple[str, ...] = ()  # what the summary should warn about
+
+
+def readable(disk: DiskSource) -> Path | NbdSource:
+    """What the data path reads for a disk: its image, or the export serving it."""
+    return disk.path if disk.nbd is None else NbdSource(disk.nbd)
 
 
 def stream_file_name(disk: DiskSource, encrypted: bool = False) -> str:
@@ -86,6 +104,7 @@ def back_up_disks(
     left_out: Sequence[LeftOutDisk] = (),
     layout: str = LAYOUT_STREAM,
     state_dir: Path | None = None,
+    checkpoint: str | None = None,
 ) -> BackupResult:
     """Write one complete backup or nothing: on any failure the partial directory is
     removed and DiskBackupFailed names the domain and disk (exit status 1). With
@@ -96,9 +115,11 @@ def back_up_disks(
     (LAYOUT_STREAM) or as chunks in DEST's repository and an index per disk
     (LAYOUT_REPOSITORY, see core/repository_format.py; made on first use). An encrypted
     repository backup keeps the repository secret in `state_dir` (see
-    engine/stores/repository_secret.py)."""
+    engine/stores/repository_secret.py). `checkpoint`: the checkpoint of the disks'
+    instant, recorded in the manifest."""
     options = options or WriterOptions()
     started = clock()
+    notes: list[str] = []
     _check_targets(domain_name, disks)
     with (
         _repository_writer(store, layout, options, encrypt_to, state_dir) as repository,
@@ -110,7 +131,9 @@ def back_up_disks(
                 if repository is None:
                     record = _stream_disk(partial, domain_name, disk, progress, options, encrypt_to)
                 else:
-                    record = _repository_disk(partial, domain_name, disk, progress, repository)
+                    record = _repository_disk(
+                        partial, domain_name, disk, progress, repository, notes
+                    )
             except VirtbackupError as err:
                 raise DiskBackupFailed(
                     f"backup of {domain_name} failed at disk {disk.target}: {err.message}",
@@ -119,9 +142,9 @@ def back_up_disks(
             records.append(record)
         if repository is not None:
             _confirm_chunks(domain_name, repository)
-        notes: tuple[str, ...] = ()
         if encrypt_to is None:
-            domain_xml, notes = _cleartext_xml(domain_name, domain_xml)
+            domain_xml, xml_notes = _cleartext_xml(domain_name, domain_xml)
+            notes += xml_notes
         manifest = Manifest(
             tool_version=__version__,
             domain_name=domain_name,
@@ -133,6 +156,7 @@ def back_up_disks(
             left_out=tuple(left_out),
             # binds the domain XML stored beside it (see core/manifest.py)
             domain_xml_sha256=hashlib.sha256(domain_xml.encode()).hexdigest(),
+            checkpoint=checkpoint,
         )
         # The manifest is written last: a directory with a manifest is a complete one.
         metadata = _Metadata(partial, sign_with)
@@ -143,7 +167,7 @@ def back_up_disks(
             _write_sealed(metadata, manifest, domain_xml, encrypt_to)
         path = partial.commit()
     log.info("backup of %s complete: %s", domain_name, path)
-    return BackupResult(path, manifest, notes)
+    return BackupResult(path, manifest, tuple(notes))
 
 
 def _stream_disk(
@@ -158,7 +182,7 @@ def _stream_disk(
     name = stream_file_name(disk, encrypt_to is not None)
     log.info("backing up %s %s (%s) to %s", domain_name, disk.target, disk.path, name)
     with partial.create(name) as out, _sealing(out, encrypt_to) as sink:
-        result = write_stream(disk.path, sink, progress, disk.target, options)
+        result = write_stream(readable(disk), sink, progress, disk.target, options)
     return _disk_record(disk, name, partial.size_of(name), options.chunk_size, result)
 
 
@@ -168,25 +192,69 @@ def _repository_disk(
     disk: DiskSource,
     progress: ProgressSink,
     repository: RepositoryBackup,
+    notes: list[str],
 ) -> DiskRecord:
-    """One disk as chunks in the repository and its index in the backup."""
+    """One disk as chunks in the repository and its index in the backup; a disk served
+    with its changes since an earlier backup reuses that backup's chunks where unchanged
+    (a note says why when it cannot)."""
     name = index_file_name(disk.target, disk.format)
     log.info(
         "backing up %s %s (%s) to the repository, %s", domain_name, disk.target, disk.path, name
     )
+    chunk_size = repository.options.chunk_size
+    earlier = _earlier_names(disk, chunk_size, notes)
+    source = readable(disk)
+    try:
+        unchanged = _unchanged(disk, source, earlier, chunk_size, notes)
+    except BaseException:
+        if isinstance(source, NbdSource):
+            source.close()
+        raise
     with partial.create(name) as out:
-        result = repository.write_disk(disk.path, out, progress, disk.target)
+        result = repository.write_disk(source, out, progress, disk.target, unchanged)
     log.info(
-        "%s %s: %d chunks new (%d bytes), %d already stored",
+        "%s %s: %d bytes read, %d chunks new (%d bytes), %d already stored",
         domain_name,
         disk.target,
+        result.bytes_read,
         result.chunks_new,
         result.bytes_added,
         result.chunks_reused,
     )
     stored = result.index_size + result.bytes_added
-    record = _disk_record(disk, name, stored, repository.options.chunk_size, result)
+    record = _disk_record(disk, name, stored, chunk_size, result)
     return replace(record, layout=LAYOUT_REPOSITORY, index_sha256=result.index_sha256)
+
+
+def _earlier_names(disk: DiskSource, chunk_size: int, notes: list[str]) -> list[str] | None:
+    """The chunk names of the disk in the earlier backup, whole and checked; None (and
+    a note) when its index cannot be used."""
+    since = disk.since
+    if since is None:
+        return None
+    try:
+        return [name for name, _length in index_chunks(since.files, since.record, chunk_size)]
+    except VirtbackupError as err:
+        notes.append(f"{disk.target}: read in full: the index of {since.label} is unusable ({err})")
+        return None
+
+
+def _unchanged(
+    disk: DiskSource,
+    source: Path | NbdSource,
+    earlier: list[str] | None,
+    chunk_size: int,
+    notes: list[str],
+) -> Unchanged | None:
+    if earlier is None or disk.since is None or not isinstance(source, NbdSource):
+        return None
+    if disk.since.record.byte_size != source.size:
+        notes.append(
+            f"{disk.target}: read in full: it has {source.size} bytes, "
+            f"{disk.since.record.byte_size} in {disk.since.label} (resized)"
+        )
+        return None
+    return Unchanged(earlier, source.unchanged_chunks(chunk_size))
 
 
 def _disk_record(

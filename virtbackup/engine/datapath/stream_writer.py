@@ -36,7 +36,7 @@ from virtbackup.core.streamformat import (
     pack_entry,
     pack_header,
 )
-from virtbackup.engine.datapath.chunk_pipeline import SourceChunks, WriterOptions
+from virtbackup.engine.datapath.chunk_pipeline import ReadableSource, SourceChunks, WriterOptions
 from virtbackup.engine.datapath.frames import Buffer, EncodedChunk, encode_frame, zero_chunk, zeros
 from virtbackup.engine.datapath.io_control import WriteBehind, drop_cached, write_all
 
@@ -56,7 +56,7 @@ class StreamResult:
 
 
 def write_stream(
-    source: Path,
+    source: Path | ReadableSource,
     out: IO[bytes],
     progress: ProgressSink,
     label: str,

@@ -14,7 +14,7 @@ changes undone first) and then checks that the domain is still as planned.
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -23,12 +23,13 @@ from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.hypervisor.domain import Domain
 from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.core.config import SnapshotSize
-from virtbackup.core.consistency_errors import DomainChanged
+from virtbackup.core.consistency_errors import DomainChanged, QuiesceFailed
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.planning import DomainPlan
 from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.engine.datapath.disk_backup import DiskSource
 from virtbackup.engine.runs.session import Session
+from virtbackup.engine.stores.change_base import ChangeBase
 
 MiB = 1024 * 1024
 
@@ -64,6 +65,10 @@ class StableImages:
     consistency: Consistency
     definition_xml: str  # the domain's definition before anything was changed (domain.xml)
     images: tuple[DiskSource, ...]  # what to read, byte for byte: each disk's top image
+    # the checkpoint of the images' instant (backup-api)
+    checkpoint: str | None = field(default=None, kw_only=True)
+    # for the summary: e.g. why a disk is read in full
+    notes: tuple[str, ...] = field(default=(), kw_only=True)
 
     def guard(self, progress: ProgressSink) -> ProgressSink:
         """The sink to give the data path; a method may watch the streams through it
@@ -74,12 +79,15 @@ class StableImages:
 @dataclass(frozen=True)
 class SourceContext:
     """What every image source is given besides the domain and its plan: the method's
-    options, the state directory (journal, locks; None: the default) and the sink for
-    the steps it takes (None: the log)."""
+    options, the state directory (journal, locks; None: the default), the sink for
+    the steps it takes (None: the log) and, for the backup API, the change base."""
 
     options: ConsistencyOptions = ConsistencyOptions()
     state_dir: Path | None = None
     steps: StepSink | None = None
+    # backup-api: the backup to read the changes since, or why there is none to
+    # (None: changes are not asked for, e.g. stream backups)
+    change_base: ChangeBase | str | None = None
 
 
 DEFAULT_CONTEXT = SourceContext()
@@ -156,3 +164,25 @@ def read_offline(plan: DomainPlan, now: DomainFacts) -> bool:
         Method.SNAPSHOT,
         Method.SHUTDOWN,
     )
+
+
+def may_freeze(
+    steps: StepSink, dom: Domain, facts: DomainFacts, quiesce: Quiesce, what: str
+) -> bool:
+    """Whether to freeze the guest's filesystems for the instant of `what` (a snapshot,
+    a backup job): with --quiesce never, no; without an agent that can answer (paused,
+    none connected) the instant is crash-consistent with a warning, or with --quiesce
+    require QuiesceFailed."""
+    if quiesce == Quiesce.NEVER:
+        return False
+    if facts.state == DomainState.RUNNING and dom.agent_connected():
+        return True
+    why = (
+        "it is paused"
+        if facts.state == DomainState.PAUSED
+        else "no guest agent is connected (install and start qemu-guest-agent in the guest)"
+    )
+    if quiesce == Quiesce.REQUIRE:
+        raise QuiesceFailed(f"cannot freeze the filesystems of {facts.name}: {why}")
+    steps.warning(facts.name, f"crash-consistent {what}: {why}")
+    return False

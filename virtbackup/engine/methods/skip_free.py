@@ -68,6 +68,8 @@ class CompactedDisks:
 
 def eligibility(image: DiskSource) -> str | None:
     """Why `image` cannot have its free space skipped, or None when it can."""
+    if image.nbd is not None:
+        return "read over NBD from the backup job"
     if image.format not in FORMATS:
         return f"format {image.format} is not supported (raw and qcow2 are)"
     if image.backing_chain:

@@ -70,6 +70,7 @@ from virtbackup.engine.methods.image_source import (
     SourceContext,
     StableImages,
     as_planned,
+    may_freeze,
     planned_domain_session,
     read_offline,
 )
@@ -249,17 +250,7 @@ def _create_overlays(
     session: Session, dom: Domain, facts: DomainFacts, xml: str, quiesce: Quiesce
 ) -> Consistency:
     steps = session.steps
-    agent = facts.state == DomainState.RUNNING and dom.agent_connected()
-    if quiesce != Quiesce.NEVER and not agent:
-        why = (
-            "it is paused"
-            if facts.state == DomainState.PAUSED
-            else "no guest agent is connected (install and start qemu-guest-agent in the guest)"
-        )
-        if quiesce == Quiesce.REQUIRE:
-            raise QuiesceFailed(f"cannot freeze the filesystems of {facts.name}: {why}")
-        steps.warning(facts.name, f"crash-consistent snapshot: {why}")
-    if quiesce != Quiesce.NEVER and agent:
+    if may_freeze(steps, dom, facts, quiesce, "snapshot"):
         try:
             with session.scope():  # the thaw is undone (run) however the snapshot ends
                 session.register(FrozenRecord())

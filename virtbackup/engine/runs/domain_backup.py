@@ -22,17 +22,19 @@ from virtbackup.adapters.age import Recipients
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
-from virtbackup.core.manifest import LAYOUT_STREAM, LeftOutDisk
+from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUT_STREAM, LeftOutDisk
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DomainPlan, PlanOptions
 from virtbackup.core.progress import ProgressSink, StepSink
 from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import back_up_disks
+from virtbackup.engine.methods.backup_api import backup_api_images
 from virtbackup.engine.methods.image_source import ConsistencyOptions, ImageSource, SourceContext
 from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
 from virtbackup.engine.methods.stable_images import stable_images
 from virtbackup.engine.methods.trim import trim_before_backup
+from virtbackup.engine.stores.change_base import ChangeBase, newest_base
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.remote import RemoteStore, ship
 from virtbackup.engine.stores.store import Store
@@ -96,9 +98,11 @@ class DomainJob:
 
 
 def image_source(method: Method, lvm: ImageSource) -> ImageSource:
-    """Where a method reads its images from: the run's LVM snapshots, or libvirt
-    (snapshot, shutdown, offline)."""
-    return lvm if method is Method.LVM else stable_images
+    """Where a method reads its images from: the run's LVM snapshots, libvirt's backup
+    job, or libvirt (snapshot, shutdown, offline)."""
+    if method is Method.LVM:
+        return lvm
+    return backup_api_images if method is Method.BACKUP_API else stable_images
 
 
 def back_up_domain(
@@ -140,11 +144,12 @@ def back_up_domain(
     # --remote-only: the streams go to the remote store instead of DEST
     streamed = options.offsite is not None and options.offsite.only
     target: Store = options.offsite if options.offsite and streamed else store
+    context = SourceContext(
+        options.consistency, options.state_dir, steps, _change_base(plan, store, options)
+    )
     try:
         with (
-            source(
-                conn, plan, SourceContext(options.consistency, options.state_dir, steps)
-            ) as window,
+            source(conn, plan, context) as window,
             compacted(window, options.skip_free, steps) as compact,
         ):
             result = back_up_disks(
@@ -161,6 +166,7 @@ def back_up_domain(
                 left_out=[LeftOutDisk(d.disk.target, d.reason) for d in plan.disks if not d.backup],
                 layout=options.layout,
                 state_dir=options.state_dir,
+                checkpoint=window.checkpoint,
             )
     except LockHeld as err:
         return DomainOutcome(name, Result.LOCKED, str(err), plan.method.value, warnings=warnings)
@@ -187,7 +193,7 @@ def back_up_domain(
         stored=sum(d.stored_size for d in disks),
         seconds=clock() - started,
         backup=result.path,
-        warnings=warnings + compact.warnings + result.notes,
+        warnings=warnings + window.notes + compact.warnings + result.notes,
         reclaimed=reclaimed,
         offsite="streamed" if streamed else None,
         left_out=left_out,
@@ -211,6 +217,16 @@ def back_up_domain(
             offsite="failed",
         )
     return replace(outcome, offsite="copied")
+
+
+def _change_base(
+    plan: DomainPlan, store: LocalStore, options: BackupRunOptions
+) -> ChangeBase | str | None:
+    """What the backup API reads the changes since: only into the repository, whose
+    chunks the unchanged parts of the disks reuse (a stream backup is read whole)."""
+    if plan.method is not Method.BACKUP_API or options.layout != LAYOUT_REPOSITORY:
+        return None
+    return newest_base(store, plan.domain.name, plan.domain.uuid)
 
 
 NOT_STARTED = "not started: the run was interrupted"

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from virtbackup.adapters import images
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.hypervisor.domain import AgentError
+from virtbackup.core.backup_job import job_socket
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.lvm import LVM_RECORD_TYPES
 from virtbackup.core.model import DomainState
 from virtbackup.core.progress import StepSink
 from virtbackup.core.undo import (
+    BackupJobRecord,
     DiskObservation,
     FrozenRecord,
     OverlayPlan,
@@ -59,6 +61,8 @@ class Undoer:
             self._thaw()
         elif isinstance(record, LVM_RECORD_TYPES):
             undo_lvm_record(record, self.steps, self.domain_name, self.dry_run)
+        elif isinstance(record, BackupJobRecord):
+            self._end_backup_job(record)
         else:
             self._restore_state(record)
 
@@ -130,6 +134,40 @@ class Undoer:
                 record.original,
                 record.original_format,
             )
+
+    # -- backup jobs ---------------------------------------------------------------------
+
+    def _end_backup_job(self, record: BackupJobRecord) -> None:
+        """End the job if it is still ours and runs (another tool's job is left alone),
+        then remove its files: scratch files only when no job of ours can use them."""
+        dom = self.hypervisor.find(self.domain_uuid)
+        job = dom.backups.job_xml() if dom is not None and dom.is_active() else None
+        if dom is not None and job is not None:
+            if job_socket(job) != record.socket:
+                raise UndoBlocked(
+                    f"{self.domain_name}: a backup job that is not ours runs; our scratch "
+                    f"files {', '.join(record.scratch)} are kept until it has ended"
+                )
+            if self.dry_run:
+                self.steps.step(self.domain_name, f"would end the backup job on {record.socket}")
+                return
+            self.steps.step(self.domain_name, f"end the backup job on {record.socket}")
+            dom.backups.abort()
+        for path in (*record.scratch, record.socket):
+            self._remove_job_file(path, socket=path == record.socket)
+
+    def _remove_job_file(self, path: str, *, socket: bool) -> None:
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return
+        expected = stat.S_ISSOCK(mode) if socket else stat.S_ISREG(mode)
+        if not expected:
+            raise UndoBlocked(f"{self.domain_name}: {path} is not what a backup job leaves")
+        if self.dry_run:
+            self.steps.step(self.domain_name, f"would remove {path}")
+            return
+        os.unlink(path)
 
     # -- freeze and run state ------------------------------------------------------------
 

@@ -1,0 +1,47 @@
+"""The backup a backup-API run reads the changes since: the newest backup of the domain
+in DEST, if it can be trusted as the base of the changes its checkpoint tracks.
+
+Only the newest backup is a base: the changes libvirt reports are those since one
+checkpoint, and the newest backup's checkpoint is the one that makes the least to read.
+Any doubt means a full read, with the reason for the summary.
+"""
+
+from dataclasses import dataclass
+
+from virtbackup.core.manifest import DiskRecord, Manifest
+from virtbackup.core.model import Method
+from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.store import BackupFiles
+
+
+@dataclass(frozen=True)
+class ChangeBase:
+    """The newest backup of the domain and the checkpoint of its instant."""
+
+    label: str  # domain/stamp, for messages
+    files: BackupFiles
+    manifest: Manifest
+    checkpoint: str
+
+    def disk(self, target: str) -> DiskRecord | None:
+        return next((d for d in self.manifest.disks if d.target == target), None)
+
+
+def newest_base(store: LocalStore, domain_name: str, domain_uuid: str) -> ChangeBase | str:
+    """The base of the next backup of the domain, or why there is none."""
+    backups = store.list_backups(domain_name)
+    if not backups:
+        return "no earlier backup of it in this destination"
+    newest = backups[0]
+    label = f"{newest.domain}/{newest.stamp}"
+    manifest = newest.manifest
+    if not isinstance(manifest, Manifest):
+        return f"the newest backup {label} cannot be read ({newest.problem or 'encrypted'})"
+    if manifest.domain_uuid != domain_uuid:
+        return f"the newest backup {label} is of another domain of that name"
+    if manifest.method != Method.BACKUP_API.value or manifest.checkpoint is None:
+        return f"the newest backup {label} was made without a checkpoint ({manifest.method})"
+    if newest.verified is not None and not newest.verified.ok:
+        return f"the newest backup {label} failed verification"
+    files = store.files(newest.domain, newest.stamp)
+    return ChangeBase(label, files, manifest, manifest.checkpoint)
