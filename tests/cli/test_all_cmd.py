@@ -68,8 +68,8 @@ def test_every_state_retention_hooks_and_summary(
     assert set(rows) == {off.name(), running.name(), paused.name()}
     assert {n: r["method"] for n, r in rows.items()} == {
         off.name(): "offline",
-        running.name(): "snapshot",
-        paused.name(): "snapshot",
+        running.name(): "backup-api",  # auto, qcow2 disks, the repository: the backup API
+        paused.name(): "backup-api",
     }
     assert all(r["result"] == "ok" and len(r["pruned"]) == 1 for r in rows.values())
     for name in rows:  # keep_last = 1: only the second run's backup is left

@@ -169,10 +169,10 @@ def test_a_repository_description_it_cannot_read_still_lists_the_backups(tmp_pat
     stream = make_backup(dest, [disk_of(image)], domain="db1")
     repository = make_backup(dest, [disk_of(image)], layout=LAYOUT_REPOSITORY)
     description = dest / REPOSITORY_DIR / "repository.json"
-    description.write_text('{"format": "virtbackup-repository", "version": 2}\n')
+    description.write_text('{"format": "virtbackup-repository", "version": 3}\n')
     listed = run_cli("backups", "--dest", str(dest), "--json")
     assert listed.returncode == 0, listed.stderr
     document = json.loads(listed.stdout)
     assert [b["path"] for b in document["backups"]] == [str(stream.path), str(repository.path)]
     (problem,) = document["problems"]
-    assert str(description) in problem and "version 2" in problem
+    assert str(description) in problem and "version 3" in problem

@@ -82,7 +82,7 @@ def test_config_encrypt_and_a_bad_recipients_file(
         "domain.xml.age",
         "manifest.json",
         "manifest.json.age",
-        "vda.qcow2.idx",  # the default layout: keyed chunk names, chunks encrypted
+        "vda.raw.idx",  # repository, keyed names; backup-api serves the guest view (raw)
     ]
     assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
 

@@ -14,7 +14,7 @@ import click
 from virtbackup.adapters import ssh_sign
 from virtbackup.adapters.age import Recipients, read_recipients
 from virtbackup.adapters.rclone import check_config, check_remote
-from virtbackup.cli.context import GlobalOptions
+from virtbackup.cli.context import DIRECTORY, FILE, GlobalOptions
 from virtbackup.cli.remote_options import remote_store
 from virtbackup.core.backup_errors import RemoteError
 from virtbackup.core.config import (
@@ -59,7 +59,7 @@ def _parsed(
 OPTIONS = [
     click.option(
         "--dest",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=DIRECTORY,
         help="Backup destination directory [default: `dest` of the configuration file].",
     ),
     click.option(
@@ -69,7 +69,7 @@ OPTIONS = [
     ),
     click.option(
         "--overlay-dir",
-        type=click.Path(file_okay=False, path_type=Path),
+        type=DIRECTORY,
         help="Where snapshot overlays go [default: next to each image], and the "
         "temporary copies of --skip-free [default: DEST].",
     ),
@@ -123,14 +123,14 @@ OPTIONS = [
     ),
     click.option(
         "--encrypt",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=FILE,
         metavar="RECIPIENTS_FILE",
         help="Encrypt every file of the backup with age to the public keys in this file "
         "(one per line) [default: `encrypt` of the configuration, else off].",
     ),
     click.option(
         "--sign-key",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=FILE,
         metavar="KEY_FILE",
         help="Sign every backup's manifest with this OpenSSH private key (ssh-keygen -Y "
         "sign) [default: `sign_key` of the configuration, else unsigned].",

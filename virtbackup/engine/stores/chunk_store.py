@@ -23,7 +23,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from virtbackup.core.backup_errors import CorruptBackup, StoreError, write_error
@@ -348,12 +347,7 @@ class Writer:
         self._heartbeat.start()
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
