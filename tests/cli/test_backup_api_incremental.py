@@ -29,7 +29,7 @@ from virtbackup.core.backup_job import (
     is_checkpoint_name,
     pull_backup_xml,
 )
-from virtbackup.core.manifest import VerifyRecord, build_verify_record
+from virtbackup.core.verify_record import VerifyRecord, build_verify_record
 from virtbackup.engine.stores.store import VERIFIED
 
 MiB = 1024 * 1024

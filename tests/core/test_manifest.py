@@ -4,20 +4,18 @@ from datetime import UTC, datetime
 import pytest
 from manifest_samples import MANIFEST
 
+from virtbackup.core.json_fields import ManifestFormatError
 from virtbackup.core.manifest import (
     LeftOutDisk,
     Manifest,
-    ManifestFormatError,
     Sealed,
     StoredFile,
-    VerifyRecord,
     build_manifest,
     build_sealed,
-    build_verify_record,
     parse_any_manifest,
     parse_manifest,
-    parse_verify_record,
 )
+from virtbackup.core.verify_record import VerifyRecord, build_verify_record, parse_verify_record
 
 
 def test_round_trip() -> None:

@@ -16,17 +16,14 @@ from manifest_samples import MANIFEST as ONE_DISK
 
 from virtbackup.adapters.journal import load_journal
 from virtbackup.core.backup_names import is_disk_target, is_plain_name, stream_file_name
+from virtbackup.core.json_fields import ManifestFormatError
 from virtbackup.core.manifest import (
     Manifest,
-    ManifestFormatError,
     Sealed,
     StoredFile,
-    VerifyRecord,
     build_manifest,
     build_sealed,
-    build_verify_record,
     parse_any_manifest,
-    parse_verify_record,
 )
 from virtbackup.core.model import DomainState
 from virtbackup.core.streamformat import (
@@ -50,6 +47,7 @@ from virtbackup.core.undo import (
     journal_from_dict,
     journal_to_dict,
 )
+from virtbackup.core.verify_record import VerifyRecord, build_verify_record, parse_verify_record
 
 MANIFEST = replace(
     ONE_DISK, disks=(DISK, replace(DISK, target="sdb", format="raw", file="sdb.raw.lz4"))

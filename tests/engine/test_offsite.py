@@ -16,10 +16,10 @@ from virtbackup.adapters.ssh_sign import sign
 from virtbackup.core.backup_errors import RemoteError
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import UsageError
-from virtbackup.core.manifest import VerifyRecord
 from virtbackup.core.model import DomainFacts, DomainState
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.retention import Policy
+from virtbackup.core.verify_record import VerifyRecord
 from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import back_up_disks
 from virtbackup.engine.datapath.restore import restore_backup

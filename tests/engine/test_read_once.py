@@ -18,9 +18,10 @@ from signing_helpers import SigningKey, make_signing_key
 
 from virtbackup.adapters import age
 from virtbackup.core.backup_errors import CorruptBackup
-from virtbackup.core.manifest import VerifyRecord, parse_manifest
+from virtbackup.core.manifest import parse_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.signature import BadSignature
+from virtbackup.core.verify_record import VerifyRecord
 from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
 from virtbackup.engine.datapath.disk_backup import back_up_disks
 from virtbackup.engine.datapath.verify import verify_backup

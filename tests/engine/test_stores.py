@@ -11,8 +11,8 @@ from backup_helpers import manifest_at
 from harness.remotes import RemoteServer
 
 from virtbackup.core.errors import UsageError
-from virtbackup.core.manifest import VerifyRecord
 from virtbackup.core.retention import Policy
+from virtbackup.core.verify_record import VerifyRecord
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.remote import RemoteStore
 from virtbackup.engine.stores.retention import prune_domain

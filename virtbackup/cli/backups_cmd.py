@@ -20,7 +20,8 @@ from virtbackup.cli.remote_options import chosen_remote, remote_options, remote_
 from virtbackup.cli.trust_options import allowed_signers_option
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.errors import UsageError
-from virtbackup.core.manifest import Manifest, Sealed, format_time
+from virtbackup.core.json_fields import format_time
+from virtbackup.core.manifest import Manifest, Sealed
 from virtbackup.core.signature import SignatureCheck, SignatureState
 from virtbackup.engine.stores.backup_access import check_signatures
 from virtbackup.engine.stores.local import LocalStore

@@ -4,7 +4,8 @@ from rich.table import Table
 from rich.text import Text
 
 from virtbackup.cli.console import stdout_console, text
-from virtbackup.core.manifest import Sealed, format_time
+from virtbackup.core.json_fields import format_time
+from virtbackup.core.manifest import Sealed
 from virtbackup.core.signature import SignatureCheck, SignatureState
 from virtbackup.core.sizes import human_size
 from virtbackup.engine.stores.repository_usage import BackupUsage, RepositorySummary

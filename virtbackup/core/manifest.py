@@ -1,4 +1,5 @@
-"""`manifest.json` and `verified.json` of a backup: pure build and parse, with a version.
+"""`manifest.json` of a backup: pure build and parse, with a version (the fields are read
+strictly through core/json_fields; `verified.json` is core/verify_record).
 
 manifest.json (format_version 1)::
 
@@ -58,18 +59,12 @@ a public `manifest.json` with what listing and retention need without a key::
 A disk of an encrypted backup in the repository is listed by its index (``vda.raw.idx``,
 not encrypted: it holds keyed chunk names only, see core/repository_format.py), so that
 garbage collection finds the chunks it uses without a key.
-
-verified.json, written by `verify` beside the manifest (a backup's data files are never
-changed after the rename; this record is the only file added later)::
-
-    {"format_version": 1, "verified_at": "...Z", "ok": true, "problem": null,
-     "tool_version": "0.1.0"}
 """
 
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from virtbackup import FORMAT_VERSION
@@ -82,6 +77,16 @@ from virtbackup.core.backup_names import (
     is_domain_name,
     stream_file_name,
 )
+from virtbackup.core.json_fields import (
+    ManifestFormatError,
+    field,
+    format_time,
+    load_object,
+    shown,
+    size_field,
+    time_field,
+    version_field,
+)
 from virtbackup.core.model import Method
 from virtbackup.core.repository_format import index_file_name, is_index_file_name
 from virtbackup.core.streamformat import (
@@ -92,28 +97,20 @@ from virtbackup.core.streamformat import (
 )
 
 TOOL_NAME = "virtbackup"
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 # Every field is checked as it is read (a backup is untrusted input): anything a writer
 # of this format cannot have produced is a ManifestFormatError naming the field.
-MAX_SIZE = (1 << 63) - 1  # what an off_t holds
 MAX_DISKS = 1024
 MAX_PATH = 4096
-MAX_PROBLEM = 4096
 METHODS = frozenset(m.value for m in Method if m is not Method.AUTO)
 SEALED_SCHEME = "age"
 SEALED_EXTRA_FILES = ("domain.xml" + AGE_SUFFIX, "manifest.json" + AGE_SUFFIX)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_VERSION = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _RECIPIENT = re.compile(r"sha256:[0-9a-f]{16}")
 LAYOUT_STREAM = "stream"
 LAYOUT_REPOSITORY = "repository"
 LAYOUTS = (LAYOUT_STREAM, LAYOUT_REPOSITORY)
-
-
-class ManifestFormatError(ValueError):
-    """The text is not a manifest (or verify record) this version can read."""
 
 
 @dataclass(frozen=True)
@@ -204,18 +201,6 @@ class Sealed:
         return tuple(f.target for f in self.files if f.target is not None)
 
 
-@dataclass(frozen=True)
-class VerifyRecord:
-    verified_at: datetime
-    ok: bool
-    problem: str | None
-    tool_version: str
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
-
-
 def build_manifest(manifest: Manifest) -> str:
     document = {
         "tool": TOOL_NAME,
@@ -269,10 +254,10 @@ def parse_manifest(text: str) -> Manifest:
 
 
 def _versioned(text: str) -> dict[str, Any]:
-    document = _load_object(text)
+    document = load_object(text)
     if document.get("tool") != TOOL_NAME:
         raise ManifestFormatError("it was not written by virtbackup")
-    version = _field(document, "format_version", int)
+    version = field(document, "format_version", int)
     if version != FORMAT_VERSION:
         raise ManifestFormatError(
             f"format version {version} is not supported (this virtbackup reads "
@@ -282,30 +267,30 @@ def _versioned(text: str) -> dict[str, Any]:
 
 
 def _parse_sealed(document: dict[str, Any]) -> Sealed:
-    encryption = _field(document, "encryption", dict)
-    scheme = _field(encryption, "scheme", str)
+    encryption = field(document, "encryption", dict)
+    scheme = field(encryption, "scheme", str)
     if scheme != SEALED_SCHEME:
-        raise ManifestFormatError(f"encryption scheme {_shown(scheme)} is not supported")
-    recipients = _field(encryption, "recipients", list)
+        raise ManifestFormatError(f"encryption scheme {shown(scheme)} is not supported")
+    recipients = field(encryption, "recipients", list)
     if not recipients or len(recipients) > MAX_DISKS:
         raise ManifestFormatError("'recipients' is empty or too long")
     for recipient in recipients:
         if not isinstance(recipient, str) or not _RECIPIENT.fullmatch(recipient):
             raise ManifestFormatError(
-                f"recipient {_shown(recipient)} is not a key fingerprint like sha256:<16 hex>"
+                f"recipient {shown(recipient)} is not a key fingerprint like sha256:<16 hex>"
             )
-    entries = _field(document, "files", list)
+    entries = field(document, "files", list)
     if len(entries) > MAX_DISKS + len(SEALED_EXTRA_FILES):
         raise ManifestFormatError("'files' lists too many files")
     files = tuple(_parse_stored_file(entry, number) for number, entry in enumerate(entries))
     _unique("files", [f.file for f in files])
     _unique("files", [f.target for f in files if f.target is not None])
-    domain = _field(document, "domain", dict)
+    domain = field(document, "domain", dict)
     return Sealed(
-        tool_version=_version_field(document, "tool_version"),
+        tool_version=version_field(document, "tool_version"),
         domain_name=_domain_name(domain),
-        started=_time_field(document, "started"),
-        finished=_time_field(document, "finished"),
+        started=time_field(document, "started"),
+        finished=time_field(document, "finished"),
         method=_method(document),
         recipients=tuple(recipients),
         files=files,
@@ -317,11 +302,11 @@ def _parse_stored_file(entry: object, number: int) -> StoredFile:
     where = f"files[{number}]"
     if not isinstance(entry, dict):
         raise ManifestFormatError(f"{where} is not an object")
-    name = _field(entry, "file", str, where)
-    stored_size = _size_field(entry, "stored_size", where)
+    name = field(entry, "file", str, where)
+    stored_size = size_field(entry, "stored_size", where)
     if "target" not in entry:
         if name not in SEALED_EXTRA_FILES:
-            raise ManifestFormatError(f"{where}.file {_shown(name)} is not a file of a backup")
+            raise ManifestFormatError(f"{where}.file {shown(name)} is not a file of a backup")
         return StoredFile(name, stored_size)
     target = _target_field(entry, where)
     if name.startswith(f"{target}.") and is_index_file_name(name):
@@ -329,28 +314,28 @@ def _parse_stored_file(entry: object, number: int) -> StoredFile:
     fmt = name[len(target) + 1 : -len(STREAM_SUFFIX + AGE_SUFFIX)]
     if not is_disk_format(fmt) or name != stream_file_name(target, fmt, True):
         raise ManifestFormatError(
-            f"{where}.file {_shown(name)} is not the stream file of disk {target}"
+            f"{where}.file {shown(name)} is not the stream file of disk {target}"
         )
     return StoredFile(name, stored_size, target)
 
 
 def _parse_manifest_document(document: dict[str, Any]) -> Manifest:
     version = document["format_version"]
-    domain = _field(document, "domain", dict)
-    disks = _field(document, "disks", list)
+    domain = field(document, "domain", dict)
+    disks = field(document, "disks", list)
     if not disks or len(disks) > MAX_DISKS:
         raise ManifestFormatError(f"'disks' lists {len(disks)} disks")
     records = tuple(_parse_disk(disk, number) for number, disk in enumerate(disks))
     _unique("disks", [disk.target for disk in records])
-    uuid = _field(domain, "uuid", str, "domain")
+    uuid = field(domain, "uuid", str, "domain")
     if not _UUID.fullmatch(uuid):
-        raise ManifestFormatError(f"domain.uuid {_shown(uuid)} is not a UUID")
+        raise ManifestFormatError(f"domain.uuid {shown(uuid)} is not a UUID")
     return Manifest(
-        tool_version=_version_field(document, "tool_version"),
+        tool_version=version_field(document, "tool_version"),
         domain_name=_domain_name(domain),
         domain_uuid=uuid,
-        started=_time_field(document, "started"),
-        finished=_time_field(document, "finished"),
+        started=time_field(document, "started"),
+        finished=time_field(document, "finished"),
         method=_method(document),
         disks=records,
         format_version=version,
@@ -363,16 +348,16 @@ def _parse_manifest_document(document: dict[str, Any]) -> Manifest:
 def _parse_checkpoint(document: dict[str, Any]) -> str | None:
     if "checkpoint" not in document:
         return None
-    name: str = _field(document, "checkpoint", str)
+    name: str = field(document, "checkpoint", str)
     if not is_checkpoint_name(name):
-        raise ManifestFormatError(f"checkpoint {_shown(name)} is not a checkpoint of ours")
+        raise ManifestFormatError(f"checkpoint {shown(name)} is not a checkpoint of ours")
     return name
 
 
 def _parse_xml_digest(document: dict[str, Any]) -> str | None:
     if "domain_xml_sha256" not in document:
         return None
-    digest: str = _field(document, "domain_xml_sha256", str)
+    digest: str = field(document, "domain_xml_sha256", str)
     if not _HEX_DIGEST.fullmatch(digest):
         raise ManifestFormatError("domain_xml_sha256 is not a sha256 in hex")
     return digest
@@ -385,11 +370,11 @@ def _parse_left_out(document: dict[str, Any]) -> tuple[LeftOutDisk, ...]:
     if "left_out" not in document:
         return ()
     entries = []
-    for number, entry in enumerate(_field(document, "left_out", list)):
+    for number, entry in enumerate(field(document, "left_out", list)):
         where = f"left_out[{number}]"
         if not isinstance(entry, dict) or set(entry) != {"target", "reason"}:
             raise ManifestFormatError(f"{where} is not {{target, reason}}")
-        reason = _field(entry, "reason", str, where)
+        reason = field(entry, "reason", str, where)
         if len(reason) > MAX_REASON or not reason.isprintable():
             raise ManifestFormatError(f"{where}.reason is not one line of text")
         entries.append(LeftOutDisk(_target_field(entry, where), reason))
@@ -410,54 +395,54 @@ def _parse_disk(disk: object, number: int) -> DiskRecord:
     if not isinstance(disk, dict):
         raise ManifestFormatError(f"{where} is not an object")
     target = _target_field(disk, where)
-    fmt = _field(disk, "format", str, where)
+    fmt = field(disk, "format", str, where)
     if not is_disk_format(fmt):
-        raise ManifestFormatError(f"{where}.format {_shown(fmt)} is not a disk image format")
-    source = _field(disk, "source", str, where)
+        raise ManifestFormatError(f"{where}.format {shown(fmt)} is not a disk image format")
+    source = field(disk, "source", str, where)
     if not source or len(source) > MAX_PATH or "\0" in source:
         raise ManifestFormatError(f"{where}.source is not a path")
     layout = LAYOUT_STREAM
     index_sha256 = None
     if "layout" in disk:
-        layout = _field(disk, "layout", str, where)
+        layout = field(disk, "layout", str, where)
         if layout != LAYOUT_REPOSITORY:
-            raise ManifestFormatError(f"{where}.layout {_shown(layout)} is not supported")
-        index_sha256 = _field(disk, "index_sha256", str, where)
+            raise ManifestFormatError(f"{where}.layout {shown(layout)} is not supported")
+        index_sha256 = field(disk, "index_sha256", str, where)
         if not _HEX_DIGEST.fullmatch(index_sha256):
             raise ManifestFormatError(f"{where}.index_sha256 is not a sha256 in hex")
         names: tuple[str, ...] = (index_file_name(target, fmt),)
     else:
         names = (stream_file_name(target, fmt), stream_file_name(target, fmt, True))
-    name = _field(disk, "file", str, where)
+    name = field(disk, "file", str, where)
     if name not in names:
-        raise ManifestFormatError(f"{where}.file {_shown(name)} is not {names[0]}")
-    version = _field(disk, "stream_format_version", int, where)
+        raise ManifestFormatError(f"{where}.file {shown(name)} is not {names[0]}")
+    version = field(disk, "stream_format_version", int, where)
     if version != STREAM_FORMAT_VERSION:
         raise ManifestFormatError(
             f"{where}.stream_format_version {version} is not supported (this virtbackup "
             f"reads version {STREAM_FORMAT_VERSION})"
         )
-    chunk_size = _field(disk, "chunk_size", int, where)
+    chunk_size = field(disk, "chunk_size", int, where)
     if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
         raise ManifestFormatError(f"{where}.chunk_size {chunk_size} is out of range")
-    algorithm = _field(disk, "digest_algorithm", str, where)
+    algorithm = field(disk, "digest_algorithm", str, where)
     if algorithm != chunked_digest_name(chunk_size):
         raise ManifestFormatError(
-            f"{where}.digest_algorithm {_shown(algorithm)} is not {chunked_digest_name(chunk_size)}"
+            f"{where}.digest_algorithm {shown(algorithm)} is not {chunked_digest_name(chunk_size)}"
         )
-    digest = _field(disk, "digest", str, where)
+    digest = field(disk, "digest", str, where)
     if not _HEX_DIGEST.fullmatch(digest):
         raise ManifestFormatError(f"{where}.digest is not a sha256 in hex")
     skipped = False
     if "free_space_skipped" in disk:
-        skipped = _field(disk, "free_space_skipped", bool, where)
+        skipped = field(disk, "free_space_skipped", bool, where)
     return DiskRecord(
         target=target,
         source=source,
         format=fmt,
-        virtual_size=_size_field(disk, "virtual_size", where),
-        byte_size=_size_field(disk, "byte_size", where),
-        stored_size=_size_field(disk, "stored_size", where),
+        virtual_size=size_field(disk, "virtual_size", where),
+        byte_size=size_field(disk, "byte_size", where),
+        stored_size=size_field(disk, "stored_size", where),
         file=name,
         stream_format_version=version,
         chunk_size=chunk_size,
@@ -469,123 +454,29 @@ def _parse_disk(disk: object, number: int) -> DiskRecord:
     )
 
 
-def build_verify_record(record: VerifyRecord) -> str:
-    document = {
-        "format_version": FORMAT_VERSION,
-        "verified_at": format_time(record.verified_at),
-        "ok": record.ok,
-        "problem": record.problem,
-        "tool_version": record.tool_version,
-    }
-    return json.dumps(document, indent=2) + "\n"
-
-
-def parse_verify_record(text: str) -> VerifyRecord:
-    document = _load_object(text)
-    version = _field(document, "format_version", int)
-    if version != FORMAT_VERSION:
-        raise ManifestFormatError(f"verify record version {version} is not supported")
-    problem = document.get("problem")
-    if problem is not None:
-        problem = _field(document, "problem", str)
-        if len(problem) > MAX_PROBLEM:
-            raise ManifestFormatError("'problem' is too long")
-    return VerifyRecord(
-        verified_at=_time_field(document, "verified_at"),
-        ok=_field(document, "ok", bool),
-        problem=problem,
-        tool_version=_version_field(document, "tool_version"),
-    )
-
-
-def _load_object(text: str) -> dict[str, Any]:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ManifestFormatError(f"it is not valid JSON ({err})") from None
-    except (ValueError, RecursionError):  # a number of 5000 digits, arrays nested deep
-        raise ManifestFormatError("it is not JSON this virtbackup can read") from None
-    if not isinstance(document, dict):
-        raise ManifestFormatError("it is not a JSON object")
-    return document
-
-
-def _field(document: dict[str, Any], name: str, kind: type, where: str = "") -> Any:
-    label = f"{where}.{name}" if where else repr(name)
-    if name not in document:
-        raise ManifestFormatError(f"key {label} is missing")
-    value = document[name]
-    # bool is an int in Python; a size must not be `true`.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ManifestFormatError(f"key {label} is not of type {kind.__name__}")
-    if isinstance(value, str) and not _is_text(value):
-        raise ManifestFormatError(f"key {label} is not valid text")
-    return value
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")  # JSON can hold lone surrogates, which nothing can print
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _size_field(document: dict[str, Any], name: str, where: str) -> int:
-    value: int = _field(document, name, int, where)
-    if not 0 <= value <= MAX_SIZE:
-        raise ManifestFormatError(f"{where}.{name} {value} is not a size in bytes")
-    return value
-
-
 def _target_field(document: dict[str, Any], where: str) -> str:
-    target: str = _field(document, "target", str, where)
+    target: str = field(document, "target", str, where)
     if not is_disk_target(target):
         raise ManifestFormatError(
-            f"{where}.target {_shown(target)} is not a disk target name like vda or sdb"
+            f"{where}.target {shown(target)} is not a disk target name like vda or sdb"
         )
     return target
 
 
-def _version_field(document: dict[str, Any], name: str) -> str:
-    value: str = _field(document, name, str)
-    if not _VERSION.fullmatch(value):
-        raise ManifestFormatError(f"{name} {_shown(value)} is not a version")
-    return value
-
-
 def _domain_name(domain: dict[str, Any]) -> str:
-    name: str = _field(domain, "name", str, "domain")
+    name: str = field(domain, "name", str, "domain")
     if not is_domain_name(name):
-        raise ManifestFormatError(f"domain.name {_shown(name)} is not a domain name")
+        raise ManifestFormatError(f"domain.name {shown(name)} is not a domain name")
     return name
 
 
 def _method(document: dict[str, Any]) -> str:
-    method: str = _field(document, "method", str)
+    method: str = field(document, "method", str)
     if method not in METHODS:
-        raise ManifestFormatError(f"method {_shown(method)} is not a backup method")
+        raise ManifestFormatError(f"method {shown(method)} is not a backup method")
     return method
 
 
 def _unique(what: str, names: list[str]) -> None:
     if len(set(names)) != len(names):
         raise ManifestFormatError(f"'{what}' names a disk or file twice")
-
-
-def _shown(value: object) -> str:
-    """A value from the file for a one-line message: quoted, escaped, short."""
-    text = ascii(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _time_field(document: dict[str, Any], name: str) -> datetime:
-    text = _field(document, name, str)
-    try:
-        if len(text) != 20:
-            raise ValueError(text)
-        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
-    except ValueError:
-        raise ManifestFormatError(
-            f"key {name!r} is not a UTC time like 2025-01-25T18:30:00Z"
-        ) from None

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from virtbackup.core.manifest import format_time
+from virtbackup.core.json_fields import format_time
 
 SUMMARY_VERSION = 1
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from virtbackup import __version__
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError, StoreError
-from virtbackup.core.manifest import DiskRecord, VerifyRecord
+from virtbackup.core.manifest import DiskRecord
 from virtbackup.core.progress import ProgressSink
 from virtbackup.core.signature import BadSignature, SignatureCheck, SignatureState
+from virtbackup.core.verify_record import VerifyRecord
 from virtbackup.engine.datapath.repository_reader import verify_repository_disk
 from virtbackup.engine.datapath.stream_reader import check_index_matches, read_index, verify_stream
 from virtbackup.engine.datapath.stream_sequential import verify_sequential

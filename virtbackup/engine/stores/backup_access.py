@@ -17,7 +17,7 @@ from virtbackup.adapters import age, ssh_sign
 from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.core.backup_names import stream_file_name
 from virtbackup.core.errors import UsageError
-from virtbackup.core.manifest import DiskRecord, Manifest, Sealed, VerifyRecord
+from virtbackup.core.manifest import DiskRecord, Manifest, Sealed
 from virtbackup.core.repository_format import index_file_name
 from virtbackup.core.signature import (
     MAX_SIGNATURE_SIZE,
@@ -27,6 +27,7 @@ from virtbackup.core.signature import (
     signature_name,
     signed_names,
 )
+from virtbackup.core.verify_record import VerifyRecord
 from virtbackup.engine.stores.store import (
     DOMAIN_XML,
     MANIFEST,

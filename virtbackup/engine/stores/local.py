@@ -41,7 +41,7 @@ from virtbackup.core.backup_errors import (
     UnsafeDestination,
     write_error,
 )
-from virtbackup.core.manifest import VerifyRecord, build_verify_record
+from virtbackup.core.verify_record import VerifyRecord, build_verify_record
 from virtbackup.engine.stores.store import (
     VERIFIED,
     AbortUnlessCommitted,

@@ -31,7 +31,7 @@ from typing import IO
 from virtbackup.adapters import rclone
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.errors import Interrupted, UsageError, VirtbackupError
-from virtbackup.core.manifest import VerifyRecord, build_verify_record
+from virtbackup.core.verify_record import VerifyRecord, build_verify_record
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import (
     MANIFEST,

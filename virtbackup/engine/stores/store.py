@@ -22,16 +22,11 @@ from typing import IO, Protocol, Self
 
 from virtbackup.core.backup_errors import BackupNotFound, CorruptBackup, RemoteError, StoreError
 from virtbackup.core.errors import UsageError
-from virtbackup.core.manifest import (
-    Manifest,
-    ManifestFormatError,
-    Sealed,
-    VerifyRecord,
-    parse_any_manifest,
-    parse_verify_record,
-)
+from virtbackup.core.json_fields import ManifestFormatError
+from virtbackup.core.manifest import Manifest, Sealed, parse_any_manifest
 from virtbackup.core.retention import placement_problem
 from virtbackup.core.signature import MAX_SIGNATURE_SIZE, SIGNATURE_SUFFIX
+from virtbackup.core.verify_record import VerifyRecord, parse_verify_record
 
 MANIFEST = "manifest.json"
 DOMAIN_XML = "domain.xml"
