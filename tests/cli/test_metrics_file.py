@@ -68,6 +68,18 @@ def test_metrics_after_all_and_backup_match_the_summary(
     assert samples["virtbackup_store_stored_bytes"] == {
         store: float(sum(f.stat().st_size for f in backup_dir.iterdir()))
     }
+    # the default layout: the repository of DEST, in figures
+    chunk_files = [
+        f for f in (dest / ".virtbackup-repository" / "chunks").rglob("*") if f.is_file()
+    ]
+    plain = (("dest", str(dest)), ("encrypted", "false"))
+    assert samples["virtbackup_repository_chunks"][plain] == len(chunk_files) > 0
+    assert samples["virtbackup_repository_stored_bytes"][plain] == sum(
+        f.stat().st_size for f in chunk_files
+    )
+    assert samples["virtbackup_repository_backups"][plain] == 1
+    logical = sum(disk["byte_size"] for disk in manifest["disks"])
+    assert samples["virtbackup_repository_logical_bytes"] == {(("dest", str(dest)),): logical}
 
     # `backup` of one domain rewrites the file whole: the other domain's last attempt stays
     again = virtbackup_in(state_dir, "--config", str(config), "backup", good.name())

@@ -2,7 +2,12 @@
 
 from prometheus_text import parse_metrics
 
-from virtbackup.core.metrics import DomainMetrics, StoreMetrics, render_metrics
+from virtbackup.core.metrics import (
+    DomainMetrics,
+    RepositoryMetrics,
+    StoreMetrics,
+    render_metrics,
+)
 from virtbackup.core.run_record import RESULTS, LastAttempt
 
 
@@ -15,6 +20,7 @@ def test_every_family_and_label_escaping() -> None:
             DomainMetrics("copied", None, 700.0, 1),  # backups, no record
         ],
         [StoreMetrics("/srv/b", "directory", 3, 12345)],
+        [RepositoryMetrics("/srv/b", 40, 9000, 2, 160000, 5, 800, 1)],
     )
     got = parse_metrics(text)
     assert text.endswith("\n") and all(name.startswith("virtbackup_") for name in got)
@@ -35,3 +41,9 @@ def test_every_family_and_label_escaping() -> None:
     store = (("dest", "/srv/b"), ("store", "directory"))
     assert got["virtbackup_store_backups"] == {store: 3.0}
     assert got["virtbackup_store_stored_bytes"] == {store: 12345.0}
+    plain = (("dest", "/srv/b"), ("encrypted", "false"))
+    sealed = (("dest", "/srv/b"), ("encrypted", "true"))
+    assert got["virtbackup_repository_chunks"] == {plain: 40.0, sealed: 5.0}
+    assert got["virtbackup_repository_stored_bytes"] == {plain: 9000.0, sealed: 800.0}
+    assert got["virtbackup_repository_backups"] == {plain: 2.0, sealed: 1.0}
+    assert got["virtbackup_repository_logical_bytes"] == {(("dest", "/srv/b"),): 160000.0}

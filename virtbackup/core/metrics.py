@@ -21,11 +21,19 @@ own kind, and families of its own for what only it has):
     virtbackup_store_backups
     virtbackup_store_stored_bytes
 
+Per deduplicating repository (label `dest`; `encrypted` "false" for chunks/, "true" for
+sealed-chunks/, whose backups' logical size is encrypted):
+
+    virtbackup_repository_chunks{encrypted}          chunk files
+    virtbackup_repository_stored_bytes{encrypted}    bytes of the chunk files
+    virtbackup_repository_backups{encrypted}         backups with disks in it
+    virtbackup_repository_logical_bytes              bytes of those backups' disks
+
 A domain that has neither a record nor a backup has no series; `virtbackup check`
 names it.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from virtbackup.core.run_record import RESULTS, LastAttempt
@@ -47,10 +55,26 @@ class StoreMetrics:
     stored_bytes: int
 
 
+@dataclass(frozen=True)
+class RepositoryMetrics:
+    dest: str
+    chunks: int
+    stored_bytes: int
+    backups: int
+    logical_bytes: int
+    encrypted_chunks: int
+    encrypted_bytes: int
+    encrypted_backups: int
+
+
 Sample = tuple[dict[str, str], float]
 
 
-def render_metrics(domains: Sequence[DomainMetrics], stores: Sequence[StoreMetrics]) -> str:
+def render_metrics(
+    domains: Sequence[DomainMetrics],
+    stores: Sequence[StoreMetrics],
+    repositories: Sequence[RepositoryMetrics] = (),
+) -> str:
     attempts = [(d.domain, d.attempt) for d in domains if d.attempt is not None]
     families = [
         _family(
@@ -107,8 +131,40 @@ def render_metrics(domains: Sequence[DomainMetrics], stores: Sequence[StoreMetri
             "Bytes the backups in the store take.",
             [({"dest": s.dest, "store": s.kind}, float(s.stored_bytes)) for s in stores],
         ),
+        _family(
+            "repository_chunks",
+            "Chunk files in the deduplicating repository.",
+            _by_encryption(repositories, lambda r: (r.chunks, r.encrypted_chunks)),
+        ),
+        _family(
+            "repository_stored_bytes",
+            "Bytes of the chunk files in the deduplicating repository.",
+            _by_encryption(repositories, lambda r: (r.stored_bytes, r.encrypted_bytes)),
+        ),
+        _family(
+            "repository_backups",
+            "Backups with disks in the deduplicating repository.",
+            _by_encryption(repositories, lambda r: (r.backups, r.encrypted_backups)),
+        ),
+        _family(
+            "repository_logical_bytes",
+            "Bytes of the disks of the unencrypted repository backups (what restore writes).",
+            [({"dest": r.dest}, float(r.logical_bytes)) for r in repositories],
+        ),
     ]
     return "".join(families)
+
+
+def _by_encryption(
+    repositories: Sequence[RepositoryMetrics],
+    figures: Callable[[RepositoryMetrics], tuple[int, int]],
+) -> list[Sample]:
+    samples = []
+    for repository in repositories:
+        plain, encrypted = figures(repository)
+        samples.append(({"dest": repository.dest, "encrypted": "false"}, float(plain)))
+        samples.append(({"dest": repository.dest, "encrypted": "true"}, float(encrypted)))
+    return samples
 
 
 def _last_success(domain: DomainMetrics) -> float | None:

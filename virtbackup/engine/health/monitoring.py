@@ -9,11 +9,17 @@ from pathlib import Path
 from virtbackup.adapters.atomic_file import write_atomically
 from virtbackup.core.check import DomainStatus, NewestBackup
 from virtbackup.core.errors import VirtbackupError
-from virtbackup.core.metrics import DomainMetrics, StoreMetrics, render_metrics
+from virtbackup.core.metrics import (
+    DomainMetrics,
+    RepositoryMetrics,
+    StoreMetrics,
+    render_metrics,
+)
 from virtbackup.core.run_record import LastAttempt
 from virtbackup.core.summary import OutcomeRow
 from virtbackup.engine.health.run_records import read_attempt, record_attempts, records_dir
 from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.repository_usage import repository_summary
 from virtbackup.engine.stores.store import BackupInfo, Store, is_domain_dir_name
 
 log = logging.getLogger(__name__)
@@ -70,7 +76,22 @@ def metrics_text(store: LocalStore) -> str:
         for name in sorted(set(by_domain) | recorded)
     ]
     total = StoreMetrics(str(store.dest), "directory", len(backups), sum(b.size for b in backups))
-    return render_metrics(domains, [total])
+    summary = repository_summary(store, backups)
+    repositories = []
+    if summary is not None:
+        repositories.append(
+            RepositoryMetrics(
+                str(store.dest),
+                summary.chunks,
+                summary.stored_bytes,
+                summary.backups,
+                summary.logical_bytes,
+                summary.encrypted_chunks,
+                summary.encrypted_bytes,
+                summary.encrypted_backups,
+            )
+        )
+    return render_metrics(domains, [total], repositories)
 
 
 def domain_status(

@@ -119,11 +119,22 @@ def usage_of(store: LocalStore, backups: list[BackupInfo]) -> Usage:
         frees = None if problems else info.size + unique.get(number, 0)
         key = (info.domain, info.stamp)
         usage[key] = BackupUsage(usage[key].logical_size, frees)
-    summary = None
-    if chunk_store.exists():
-        encrypted = len(referrers) - len(indexed)
-        summary = _summary(chunk_store, sealed_store, indexed, encrypted)
-    return Usage(usage, summary, tuple(problems))
+    return Usage(usage, repository_summary(store, backups), tuple(problems))
+
+
+def repository_summary(store: LocalStore, backups: list[BackupInfo]) -> RepositorySummary | None:
+    """The repository of the store's DEST in figures, from the manifests of `backups` (every
+    backup of DEST) and the chunk files, no index read; None when DEST has no repository."""
+    chunk_store = ChunkStore(store.dest)
+    if not chunk_store.exists():
+        return None
+    indexed = [backup for info in backups if (backup := indexed_backup(store, info))]
+    encrypted = sum(
+        any(is_index_file_name(f.file) for f in info.manifest.files)
+        for info in backups
+        if isinstance(info.manifest, Sealed)
+    )
+    return _summary(chunk_store, ChunkStore(store.dest, sealed=True), indexed, encrypted)
 
 
 def _plain_names(chunk_store: ChunkStore, backup: IndexedBackup) -> Iterator[str]:
