@@ -27,9 +27,7 @@ class ChangeBase:
         return next((d for d in self.manifest.disks if d.target == target), None)
 
 
-def newest_base(
-    store: LocalStore, domain_name: str, domain_uuid: str
-) -> ChangeBase | str | None:
+def newest_base(store: LocalStore, domain_name: str, domain_uuid: str) -> ChangeBase | str | None:
     """The base of the next backup of the domain, or why there is none; None for the
     domain's first backup in DEST, which reads everything as any first backup does and
     has nothing to warn about."""
