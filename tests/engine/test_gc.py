@@ -317,13 +317,12 @@ def test_nothing_is_removed_through_a_symbolic_link(two_backups: Path, tmp_path:
     store = ChunkStore(two_backups)
     outside = tmp_path / "outside"
     outside.mkdir()
-    victim = outside / ("ff" + "0" * 62)
+    # a prefix no real chunk uses (the backups hold a few chunks, 256 prefixes exist)
+    prefix = next(p for p in (f"{n:02x}" for n in range(256)) if not (store.chunks / p).exists())
+    victim = outside / (prefix + "0" * 62)
     victim.write_bytes(b"not a chunk")
     os.utime(victim, (0, 0))
-    planted_dir = store.chunks / "ff"
-    if planted_dir.exists():
-        pytest.skip("a real chunk directory ff exists")
-    planted_dir.symlink_to(outside)
+    (store.chunks / prefix).symlink_to(outside)
     planted = store.chunks / "ab" / (GC_HIDDEN_PREFIX + "ab" + "1" * 62)
     planted.parent.mkdir(exist_ok=True)
     planted.symlink_to(victim)
