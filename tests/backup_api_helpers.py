@@ -1,25 +1,32 @@
 """Helpers of the backup-API tests: the reference copy of a disk at an instant, a
-restored disk, and what a backup job may leave behind."""
+restored disk, generations of backups of one domain, and what a backup job may leave
+behind."""
 
+import json
+import re
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import virtbackup_in
+from harness.cli import virtbackup, virtbackup_in
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.backup_job import SOCKET_DIR
 
 
 def reference(raw: Any, image: Path, copy: Path) -> Path:
-    """The guest's view of the disk now: paused, copied as raw, resumed."""
-    raw.suspend()
+    """The guest's view of the disk now: paused (when it runs), copied as raw, resumed."""
+    running = raw.isActive()
+    if running:
+        raw.suspend()
     try:
         subprocess.run(
             ["qemu-img", "convert", "-U", "-O", "raw", str(image), str(copy)], check=True
         )
     finally:
-        raw.resume()
+        if running:
+            raw.resume()
     return copy
 
 
@@ -27,6 +34,56 @@ def restored_disk(state_dir: Path, backup: Path, to: Path) -> Path:
     result = virtbackup_in(state_dir, "restore", str(backup), "--to", str(to))
     assert result.returncode == 0, result.stdout + result.stderr
     return to / "vda.raw"
+
+
+def full_reads(row: dict[str, Any]) -> list[str]:
+    return [w for w in row.get("warnings", []) if "read in full" in w]
+
+
+class Generations:
+    """Backups of one domain into one DEST, each with the reference of its instant."""
+
+    def __init__(self, raw: Any, image: Path, state_dir: Path, dest: Path, tmp: Path) -> None:
+        self.raw = raw
+        self.image = image
+        self.state_dir = state_dir
+        self.dest = dest
+        self.tmp = tmp
+        self.made: list[tuple[Path, Path]] = []  # (backup, reference)
+
+    def back_up(self, method: str = "backup-api") -> tuple[dict[str, Any], int]:
+        """One backup now, expected to be made by `method`: its summary row and the
+        bytes it read from the disk."""
+        expected = reference(self.raw, self.image, self.tmp / f"ref{len(self.made)}.raw")
+        time.sleep(1.1)  # a new stamp
+        result = virtbackup(
+            "-v",
+            "backup",
+            self.raw.name(),
+            "--dest",
+            str(self.dest),
+            "--layout",
+            "repository",
+            "--json",
+            state_dir=self.state_dir,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        (row,) = json.loads(result.stdout)["domains"]
+        assert row["result"] == "ok" and row["method"] == method, row
+        found = re.search(rf"{re.escape(self.raw.name())} vda: (\d+) bytes read", result.stderr)
+        assert found, result.stderr
+        self.made.append((Path(row["backup"]), expected))
+        return row, int(found.group(1))
+
+    def check_all_restore(self) -> None:
+        for number, (backup, expected) in enumerate(self.made):
+            to = self.tmp / f"restored{number}-of-{len(self.made)}"
+            disk = restored_disk(self.state_dir, backup, to)
+            subprocess.run(["cmp", str(expected), str(disk)], check=True)
+
+    def checkpoint_of(self, number: int) -> str:
+        manifest = json.loads((self.made[number][0] / "manifest.json").read_text())
+        return str(manifest["checkpoint"])
 
 
 def job_leftovers(hypervisor: Hypervisor, name: str, workdir: Path) -> list[str]:

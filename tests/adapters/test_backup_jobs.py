@@ -12,7 +12,7 @@ from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.hypervisor.bindings import HypervisorError
 from virtbackup.adapters.hypervisor.connection import Hypervisor
-from virtbackup.adapters.nbd_export import ALLOCATION, NbdError, NbdExport
+from virtbackup.adapters.nbd_export import ALLOCATION, NbdError, NbdExport, dirty_bitmap
 from virtbackup.core.backup_job import (
     SOCKET_DIR,
     checkpoint_xml,
@@ -47,7 +47,7 @@ def test_pull_jobs_serve_the_instant_and_the_changes_since_a_checkpoint(
     assert dom.backups.job_xml() is not None
     guest_write(raw, "virtio-disk0", 9, 1 * MiB, 1 * MiB)  # after the instant: not served
     with pytest.raises(NbdError, match="does not offer qemu:dirty-bitmap"):
-        NbdSource(NbdLocation(socket, "vda", incremental=True))
+        NbdSource(NbdLocation(socket, "vda", dirty_bitmap("vda")))
     source = NbdSource(NbdLocation(socket, "vda"))
     try:
         assert source.size == 16 * MiB
@@ -66,7 +66,7 @@ def test_pull_jobs_serve_the_instant_and_the_changes_since_a_checkpoint(
     socket = _begin(dom, domain_factory.workdir, "cp2", since="cp1")
     with closing(NbdExport.connect(socket, "vda")) as export:
         assert export.extents(ALLOCATION, 0, export.size)[-1].offset < export.size
-    source = NbdSource(NbdLocation(socket, "vda", incremental=True))
+    source = NbdSource(NbdLocation(socket, "vda", dirty_bitmap("vda")))
     try:
         # both writes since cp1: 1 MiB (after cp1's instant) and 9 MiB
         assert source.changed_chunks(1 * MiB) == {1, 9}

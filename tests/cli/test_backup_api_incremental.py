@@ -13,10 +13,9 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from backup_api_helpers import reference, restored_disk
+from backup_api_helpers import Generations, full_reads, reference, restored_disk
 from consistency_helpers import guest_write
 from harness.cli import virtbackup
 from harness.libvirtd import DiskSpec, DomainFactory
@@ -36,51 +35,6 @@ MiB = 1024 * 1024
 CHUNK = 4 * MiB
 
 
-class Generations:
-    """Backups of one domain into one DEST, each with the reference of its instant."""
-
-    def __init__(self, raw: Any, image: Path, state_dir: Path, dest: Path, tmp: Path) -> None:
-        self.raw = raw
-        self.image = image
-        self.state_dir = state_dir
-        self.dest = dest
-        self.tmp = tmp
-        self.made: list[tuple[Path, Path]] = []  # (backup, reference)
-
-    def back_up(self) -> tuple[dict[str, Any], int]:
-        """One backup now: its summary row and the bytes it read from the disk."""
-        expected = reference(self.raw, self.image, self.tmp / f"ref{len(self.made)}.raw")
-        time.sleep(1.1)  # a new stamp
-        result = virtbackup(
-            "-v",
-            "backup",
-            self.raw.name(),
-            "--dest",
-            str(self.dest),
-            "--layout",
-            "repository",
-            "--json",
-            state_dir=self.state_dir,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        (row,) = json.loads(result.stdout)["domains"]
-        assert row["result"] == "ok" and row["method"] == "backup-api", row
-        found = re.search(rf"{re.escape(self.raw.name())} vda: (\d+) bytes read", result.stderr)
-        assert found, result.stderr
-        self.made.append((Path(row["backup"]), expected))
-        return row, int(found.group(1))
-
-    def check_all_restore(self) -> None:
-        for number, (backup, expected) in enumerate(self.made):
-            to = self.tmp / f"restored{number}-of-{len(self.made)}"
-            disk = restored_disk(self.state_dir, backup, to)
-            subprocess.run(["cmp", str(expected), str(disk)], check=True)
-
-    def checkpoint_of(self, number: int) -> str:
-        manifest = json.loads((self.made[number][0] / "manifest.json").read_text())
-        return str(manifest["checkpoint"])
-
-
 @pytest.fixture
 def small_domain(
     domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
@@ -95,10 +49,6 @@ def small_domain(
         return Generations(raw, image, state_dir, dest, tmp_path)
 
     return make
-
-
-def full_reads(row: dict[str, Any]) -> list[str]:
-    return [w for w in row.get("warnings", []) if "read in full" in w]
 
 
 def test_incremental_generations_read_only_what_changed(

@@ -7,6 +7,11 @@ else's: the socket `<socket dir>/<domain uuid>.virtbackup-<run id>.sock`; a scra
 or in a configured overlay directory `<domain uuid>-<target>.virtbackup-<run id>.scratch`.
 A checkpoint is named `virtbackup-<run id>` after the run that made it, and recorded in
 that run's manifest.
+
+A shut-off domain's qcow2 disks are served by one qemu-nbd each (adapters/qemu_nbd), on
+`<socket dir>/<domain uuid>-<target>.virtbackup-<run id>.sock`; its checkpoint is a
+bitmap added to each image plus libvirt's metadata for it, redefined (libvirt 9 makes no
+checkpoint of an inactive domain itself).
 """
 
 import re
@@ -27,6 +32,12 @@ _CHECKPOINT = re.compile(rf"{CHECKPOINT_PREFIX}\d{{8}}T\d{{6}}Z-[0-9a-f]{{6}}")
 
 def socket_path(domain_uuid: str, run_id: str, directory: PurePath = SOCKET_DIR) -> PurePath:
     return directory / f"{domain_uuid}{OVERLAY_MARK}{run_id}{SOCKET_SUFFIX}"
+
+
+def offline_socket_path(
+    domain_uuid: str, target: str, run_id: str, directory: PurePath = SOCKET_DIR
+) -> PurePath:
+    return directory / f"{domain_uuid}-{target}{OVERLAY_MARK}{run_id}{SOCKET_SUFFIX}"
 
 
 def scratch_path(
@@ -83,6 +94,19 @@ def checkpoint_xml(name: str, targets: Iterable[str], all_targets: Iterable[str]
     disks = ET.SubElement(root, "disks")
     for target in all_targets:
         ET.SubElement(disks, "disk", name=target, checkpoint="bitmap" if target in wanted else "no")
+    return ET.tostring(root, encoding="unicode")
+
+
+def redefined_checkpoint_xml(
+    name: str, targets: Iterable[str], all_targets: Iterable[str], created: int
+) -> str:
+    """libvirt's metadata of a checkpoint whose bitmap (named as the checkpoint) was
+    added to the images of `targets` by hand, at `created` (seconds since the epoch)."""
+    root = ET.fromstring(checkpoint_xml(name, targets, all_targets))
+    ET.SubElement(root, "creationTime").text = str(created)
+    for disk in root.iter("disk"):
+        if disk.get("checkpoint") == "bitmap":
+            disk.set("bitmap", name)
     return ET.tostring(root, encoding="unicode")
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from virtbackup.core.backup_job import SCRATCH_SUFFIX, socket_path
+from virtbackup.core.backup_job import SCRATCH_SUFFIX, SOCKET_DIR, SOCKET_SUFFIX, socket_path
 from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.lvm import (
     LVM_RECORD_TYPES,
@@ -88,9 +88,24 @@ class BackupJobRecord:
     scratch: tuple[str, ...]  # the scratch files, one per disk read
 
 
+@dataclass(frozen=True)
+class NbdServerRecord:
+    """A qemu-nbd serving a shut-off domain's image on `socket`: end it, remove the
+    socket."""
+
+    kind: ClassVar[str] = "nbd-server"
+    socket: str
+
+
 # The LVM method's records (core/lvm) carry their own fields() and describe().
 UndoRecord = (
-    OverlayRecord | FrozenRecord | StateRecord | BackupJobRecord | LvmSnapshotRecord | MountRecord
+    OverlayRecord
+    | FrozenRecord
+    | StateRecord
+    | BackupJobRecord
+    | NbdServerRecord
+    | LvmSnapshotRecord
+    | MountRecord
 )
 
 
@@ -139,6 +154,8 @@ def record_to_dict(record: UndoRecord) -> dict[str, Any]:
         data.update(was=record.was.value, restart=record.restart)
     elif isinstance(record, BackupJobRecord):
         data.update(socket=record.socket, scratch=list(record.scratch))
+    elif isinstance(record, NbdServerRecord):
+        data.update(socket=record.socket)
     elif isinstance(record, LVM_RECORD_TYPES):
         data.update(record.fields())
     return data
@@ -169,6 +186,8 @@ def record_from_dict(data: Mapping[str, Any]) -> UndoRecord:
             ):
                 raise ValueError("'scratch' must be a list of paths")
             return BackupJobRecord(socket=_text(data, "socket"), scratch=tuple(scratch))
+        if kind == NbdServerRecord.kind:
+            return NbdServerRecord(socket=_text(data, "socket"))
         lvm_record = lvm_record_from_dict(data)
         if lvm_record is not None:
             return lvm_record
@@ -261,6 +280,8 @@ def foreign_record(record: "UndoRecord", journal: "Journal") -> str | None:
         return _foreign_overlay(record, journal)
     if isinstance(record, BackupJobRecord):
         return _foreign_backup_job(record, journal)
+    if isinstance(record, NbdServerRecord):
+        return _foreign_nbd_server(record, journal)
     if isinstance(record, MountRecord):
         name = posixpath.basename(record.target)
         if not _is_clean_absolute(record.target) or not name.startswith(SNAPSHOT_PREFIX):
@@ -291,6 +312,21 @@ def _foreign_backup_job(record: BackupJobRecord, journal: "Journal") -> str | No
     for scratch in record.scratch:
         if not _is_clean_absolute(scratch) or not scratch.endswith(suffix):
             return f"scratch file {scratch!r} is not named as a run of ours names them"
+    return None
+
+
+def _foreign_nbd_server(record: NbdServerRecord, journal: "Journal") -> str | None:
+    directory, name = posixpath.split(record.socket)
+    prefix = f"{journal.domain_uuid}-"
+    suffix = f"{OVERLAY_MARK}{journal.run_id}{SOCKET_SUFFIX}"
+    target = name[len(prefix) : -len(suffix)]
+    if (
+        directory != str(SOCKET_DIR)
+        or not name.startswith(prefix)
+        or not name.endswith(suffix)
+        or not _TARGET.match(target)
+    ):
+        return f"socket {record.socket!r} is not named and placed as a run of ours names it"
     return None
 
 
@@ -413,6 +449,8 @@ def describe(record: UndoRecord) -> str:
         return "guest filesystems frozen"
     if isinstance(record, BackupJobRecord):
         return f"backup job serving on {record.socket}"
+    if isinstance(record, NbdServerRecord):
+        return f"qemu-nbd serving on {record.socket}"
     if isinstance(record, LVM_RECORD_TYPES):
         return record.describe()
     return f"domain state {record.was.value}" + (" (restart)" if record.restart else "")

@@ -72,9 +72,17 @@ class BackupJobs:
         text = ET.fromstring(xml).findtext("creationTime") or "0"
         return int(text) if text.isdigit() else 0
 
-    def delete_checkpoint(self, name: str) -> None:
-        """Delete one checkpoint (libvirt merges its bitmap into its parent's)."""
+    def delete_checkpoint(self, name: str, *, metadata_only: bool = False) -> None:
+        """Delete one checkpoint (libvirt merges its bitmap into its parent's); with
+        `metadata_only` libvirt forgets it and leaves the images' bitmaps alone (the
+        only way for a shut-off domain)."""
         checkpoint = self._call(
             f"find checkpoint {name}", self._handle.checkpointLookupByName, name, 0
         )
-        self._call(f"delete checkpoint {name}", checkpoint.delete, 0)
+        flags = self._libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY if metadata_only else 0
+        self._call(f"delete checkpoint {name}", checkpoint.delete, flags)
+
+    def redefine_checkpoint(self, xml: str) -> None:
+        """Give libvirt the metadata of a checkpoint whose bitmaps are in the images."""
+        flags = self._libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
+        self._call("redefine a checkpoint", self._handle.checkpointCreateXML, xml, flags)

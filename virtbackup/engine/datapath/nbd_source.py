@@ -2,27 +2,29 @@
 
 Which ranges hold data comes from the export's `base:allocation` context: a range that is
 a hole or reads as zeros is not read. Which chunks of the grid changed since a checkpoint
-comes from the job's dirty bitmap (`qemu:dirty-bitmap:backup-<target>`).
+comes from a dirty bitmap: a backup job's (`qemu:dirty-bitmap:backup-<target>`), or the
+checkpoint's own bitmap that qemu-nbd serves for a shut-off image
+(`qemu:dirty-bitmap:<checkpoint>`).
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtbackup.adapters.nbd_export import ALLOCATION, DIRTY, ZERO, NbdExport, dirty_bitmap
+from virtbackup.adapters.nbd_export import ALLOCATION, DIRTY, ZERO, NbdExport
 
 
 @dataclass(frozen=True)
 class NbdLocation:
-    """Where a disk is served: the job's unix socket and the export (the disk target);
-    `incremental`: the job also serves the changes since a checkpoint."""
+    """Where a disk is served: the unix socket and the export (the disk target);
+    `changes`: the meta context of the changes since a checkpoint, when it is served."""
 
     socket: Path
     export: str
-    incremental: bool = False
+    changes: str | None = None
 
     @property
     def contexts(self) -> tuple[str, ...]:
-        return (ALLOCATION, dirty_bitmap(self.export)) if self.incremental else (ALLOCATION,)
+        return (ALLOCATION,) if self.changes is None else (ALLOCATION, self.changes)
 
 
 class NbdSource:
@@ -60,7 +62,9 @@ class NbdSource:
         """The numbers of the grid's chunks that hold a byte written since the job's
         checkpoint."""
         changed: set[int] = set()
-        for extent in self.export.extents(dirty_bitmap(self.location.export), 0, self.size):
+        if self.location.changes is None:
+            return frozenset(range((self.size + chunk_size - 1) // chunk_size))
+        for extent in self.export.extents(self.location.changes, 0, self.size):
             if extent.flags & DIRTY:
                 first = extent.offset // chunk_size
                 last = (extent.offset + extent.length - 1) // chunk_size

@@ -18,12 +18,13 @@ backup stores it as a raw disk. Only qcow2 files are served (planning decides).
 """
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.hypervisor.domain import AgentError, Domain
+from virtbackup.adapters.nbd_export import dirty_bitmap
 from virtbackup.core.backup_job import (
     KEEP_CHECKPOINTS,
     checkpoint_name,
@@ -40,7 +41,6 @@ from virtbackup.core.planning import DomainPlan, backup_api_problem
 from virtbackup.core.progress import StepSink
 from virtbackup.core.undo import BackupJobRecord, FrozenRecord
 from virtbackup.engine.datapath.disk_backup import DiskSource, EarlierDisk
-from virtbackup.engine.datapath.nbd_source import NbdLocation
 from virtbackup.engine.methods.image_source import (
     DEFAULT_CONTEXT,
     Consistency,
@@ -50,10 +50,11 @@ from virtbackup.engine.methods.image_source import (
     as_planned,
     may_freeze,
     planned_domain_session,
+    served_over_nbd,
 )
 from virtbackup.engine.methods.stable_images import check_overlay_space
 from virtbackup.engine.runs.session import Session
-from virtbackup.engine.stores.change_base import ChangeBase
+from virtbackup.engine.stores.change_base import changes_since
 
 
 @contextmanager
@@ -89,7 +90,7 @@ def backup_api_images(
         for path in (socket, *scratch.values()):
             if os.path.lexists(path):
                 raise SnapshotFailed(f"{path} exists already: it is not ours to overwrite")
-        since, earlier, notes = _since(context.change_base, disks, dom.backups.checkpoints())
+        since, earlier, notes = changes_since(context.change_base, disks, dom.backups.checkpoints())
         all_targets = [disk.target for disk in facts.disks if disk.target != "?"]
         checkpoint = checkpoint_name(session.run_id)
         job = _Job(dom, socket, scratch, all_targets, checkpoint, since, notes)
@@ -118,38 +119,6 @@ def backup_api_images(
                 notes=tuple(notes),
             )
         _prune_checkpoints(session.steps, dom, facts.name)
-
-
-def _since(
-    base: ChangeBase | str | None, disks: Sequence[DiskFacts], checkpoints: Sequence[str]
-) -> tuple[str | None, dict[str, EarlierDisk], list[str]]:
-    """The checkpoint to ask the changes since (None: read everything), the disks whose
-    earlier backup they are counted from, and why any disk is read in full."""
-    if base is None:
-        return None, {}, []
-    if isinstance(base, str):
-        return None, {}, [f"read in full: {base}"]
-    if base.checkpoint not in checkpoints:
-        return None, {}, [f"read in full: checkpoint {base.checkpoint} of {base.label} is gone"]
-    earlier: dict[str, EarlierDisk] = {}
-    notes = []
-    for disk in disks:
-        record = base.disk(disk.target)
-        if record is None or not record.in_repository:
-            notes.append(f"{disk.target}: read in full: not in the repository in {base.label}")
-        elif record.source != disk.path:
-            notes.append(
-                f"{disk.target}: read in full: it is {disk.path} now, {record.source} "
-                f"in {base.label}"
-            )
-        elif disk.virtual_size is not None and record.byte_size != disk.virtual_size:
-            notes.append(
-                f"{disk.target}: read in full: resized from {record.byte_size} to "
-                f"{disk.virtual_size} bytes since {base.label}"
-            )
-        else:
-            earlier[disk.target] = EarlierDisk(base.label, base.files, record)
-    return (base.checkpoint if earlier else None), earlier, notes
 
 
 class _Job:
@@ -225,12 +194,6 @@ def _begin(
 
 
 def _served(disk: DiskFacts, socket: Path, earlier: EarlierDisk | None) -> DiskSource:
-    """A disk as the job serves it: the guest's view, stored as a raw disk."""
-    return DiskSource(
-        target=disk.target,
-        path=Path(disk.path or ""),
-        format="raw",
-        virtual_size=disk.virtual_size or 0,
-        nbd=NbdLocation(socket, disk.target, incremental=earlier is not None),
-        since=earlier,
-    )
+    """A disk as the job serves it."""
+    changes = None if earlier is None else dirty_bitmap(disk.target)
+    return served_over_nbd(disk, socket, changes, earlier)

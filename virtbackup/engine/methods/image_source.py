@@ -27,7 +27,8 @@ from virtbackup.core.consistency_errors import DomainChanged, QuiesceFailed
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.planning import DomainPlan
 from virtbackup.core.progress import ProgressSink, StepSink
-from virtbackup.engine.datapath.disk_backup import DiskSource
+from virtbackup.engine.datapath.disk_backup import DiskSource, EarlierDisk
+from virtbackup.engine.datapath.nbd_source import NbdLocation
 from virtbackup.engine.runs.session import Session
 from virtbackup.engine.stores.change_base import ChangeBase
 
@@ -186,3 +187,18 @@ def may_freeze(
         raise QuiesceFailed(f"cannot freeze the filesystems of {facts.name}: {why}")
     steps.warning(facts.name, f"crash-consistent {what}: {why}")
     return False
+
+
+def served_over_nbd(
+    disk: DiskFacts, socket: Path, changes: str | None, earlier: EarlierDisk | None
+) -> DiskSource:
+    """A disk served over NBD as the guest sees it, stored as a raw disk; `changes`:
+    the meta context of its changes since `earlier`."""
+    return DiskSource(
+        target=disk.target,
+        path=Path(disk.path or ""),
+        format="raw",
+        virtual_size=disk.virtual_size or 0,
+        nbd=NbdLocation(socket, disk.target, changes),
+        since=earlier,
+    )

@@ -22,7 +22,9 @@ stable: nothing writes to it. How depends on the method:
   agent, through the agent) and given `shutdown_timeout` seconds; on timeout the run
   fails (the default) or, with `force_off`, the domain is powered off. It is started
   again on exit whenever it was running before, also when the backup failed.
-- offline: the domain is shut off; its images are read as they are.
+- offline: the domain is shut off; its images are read as they are, or, into the
+  repository, served by qemu-nbd with their changes since the newest backup
+  (methods/offline_changes).
 
 Which method, which disks and whether the domain's state allows it are the plan's
 decisions (core/planning); a source acts on them, re-checking under the domain's lock
@@ -74,7 +76,9 @@ from virtbackup.engine.methods.image_source import (
     planned_domain_session,
     read_offline,
 )
+from virtbackup.engine.methods.offline_changes import offline_changes
 from virtbackup.engine.runs.session import Session
+from virtbackup.engine.stores.change_base import ChangeBase
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,7 @@ def stable_images(
         facts, disks = as_planned(session.hypervisor, dom, plan)
         found = _Found(dom, facts, disks, dom.config_xml() or dom.live_xml())
         if read_offline(plan, facts):
-            with _offline(found) as window:
+            with _offline(session, found, context.change_base) as window:
                 yield window
         elif plan.method is Method.SNAPSHOT:
             with _snapshot(session, found, options) as window:
@@ -123,7 +127,9 @@ class _Found:
     disks: list[DiskFacts]
     definition: str
 
-    def window(self, method: Method, consistency: Consistency) -> StableImages:
+    def window(
+        self, method: Method, consistency: Consistency, notes: Sequence[str] = ()
+    ) -> StableImages:
         images = tuple(
             DiskSource(
                 target=disk.target,
@@ -135,15 +141,28 @@ class _Found:
             for disk in self.disks
         )
         name, uuid = self.facts.name, self.facts.uuid
-        return StableImages(name, uuid, method, consistency, self.definition, images)
+        return StableImages(
+            name, uuid, method, consistency, self.definition, images, notes=tuple(notes)
+        )
 
 
 # -- offline -------------------------------------------------------------------------------
 
 
 @contextmanager
-def _offline(found: _Found) -> Iterator[StableImages]:
-    yield found.window(Method.OFFLINE, Consistency.OFFLINE)
+def _offline(
+    session: Session, found: _Found, base: ChangeBase | str | None
+) -> Iterator[StableImages]:
+    """The images read directly; in the repository, qcow2 images whose bitmaps tell
+    the changes since the newest backup are served with them (methods/offline_changes)."""
+    served, notes = offline_changes(
+        session, found.dom, found.facts, found.disks, found.definition, base
+    )
+    if served is None:
+        yield found.window(Method.OFFLINE, Consistency.OFFLINE, notes)
+    else:
+        with served as window:
+            yield window
     _check_still_off(found.dom, found.facts.name)
 
 

@@ -222,9 +222,10 @@ def back_up_domain(
 def _change_base(
     plan: DomainPlan, store: LocalStore, options: BackupRunOptions
 ) -> ChangeBase | str | None:
-    """What the backup API reads the changes since: only into the repository, whose
-    chunks the unchanged parts of the disks reuse (a stream backup is read whole)."""
-    if plan.method is not Method.BACKUP_API or options.layout != LAYOUT_REPOSITORY:
+    """What the backup API, or the offline read of a shut-off domain's qcow2 images,
+    reads the changes since: only into the repository, whose chunks the unchanged parts
+    of the disks reuse (a stream backup is read whole)."""
+    if plan.method is Method.LVM or options.layout != LAYOUT_REPOSITORY:
         return None
     return newest_base(store, plan.domain.name, plan.domain.uuid)
 

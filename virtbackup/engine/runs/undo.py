@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from virtbackup.adapters import images
+from virtbackup.adapters import images, qemu_nbd
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.hypervisor.domain import AgentError
 from virtbackup.core.backup_job import job_socket
@@ -23,6 +23,7 @@ from virtbackup.core.undo import (
     BackupJobRecord,
     DiskObservation,
     FrozenRecord,
+    NbdServerRecord,
     OverlayPlan,
     OverlayRecord,
     OverlayStep,
@@ -63,6 +64,8 @@ class Undoer:
             undo_lvm_record(record, self.steps, self.domain_name, self.dry_run)
         elif isinstance(record, BackupJobRecord):
             self._end_backup_job(record)
+        elif isinstance(record, NbdServerRecord):
+            self._stop_nbd_server(record)
         else:
             self._restore_state(record)
 
@@ -155,6 +158,16 @@ class Undoer:
             dom.backups.abort()
         for path in (*record.scratch, record.socket):
             self._remove_job_file(path, socket=path == record.socket)
+
+    def _stop_nbd_server(self, record: NbdServerRecord) -> None:
+        """End the qemu-nbd serving on our socket (only one serving exactly there) and
+        remove the socket."""
+        if self.dry_run:
+            if qemu_nbd.servers_on(record.socket):
+                self.steps.step(self.domain_name, f"would end qemu-nbd on {record.socket}")
+        elif qemu_nbd.stop_serving(record.socket):
+            self.steps.step(self.domain_name, f"ended qemu-nbd on {record.socket}")
+        self._remove_job_file(record.socket, socket=True)
 
     def _remove_job_file(self, path: str, *, socket: bool) -> None:
         try:

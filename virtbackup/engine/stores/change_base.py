@@ -6,10 +6,12 @@ checkpoint, and the newest backup's checkpoint is the one that makes the least t
 Any doubt means a full read, with the reason for the summary.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from virtbackup.core.manifest import DiskRecord, Manifest
-from virtbackup.core.model import Method
+from virtbackup.core.model import DiskFacts
+from virtbackup.engine.datapath.disk_backup import EarlierDisk
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.store import BackupFiles
 
@@ -41,9 +43,41 @@ def newest_base(store: LocalStore, domain_name: str, domain_uuid: str) -> Change
         return f"the newest backup {label} cannot be read ({newest.problem or 'encrypted'})"
     if manifest.domain_uuid != domain_uuid:
         return f"the newest backup {label} is of another domain of that name"
-    if manifest.method != Method.BACKUP_API.value or manifest.checkpoint is None:
+    if manifest.checkpoint is None:
         return f"the newest backup {label} was made without a checkpoint ({manifest.method})"
     if newest.verified is not None and not newest.verified.ok:
         return f"the newest backup {label} failed verification"
     files = store.files(newest.domain, newest.stamp)
     return ChangeBase(label, files, manifest, manifest.checkpoint)
+
+
+def changes_since(
+    base: ChangeBase | str | None, disks: Sequence[DiskFacts], checkpoints: Sequence[str]
+) -> tuple[str | None, dict[str, EarlierDisk], list[str]]:
+    """The checkpoint to ask the changes since (None: read everything), the disks whose
+    earlier backup they are counted from, and why any disk is read in full."""
+    if base is None:
+        return None, {}, []
+    if isinstance(base, str):
+        return None, {}, [f"read in full: {base}"]
+    if base.checkpoint not in checkpoints:
+        return None, {}, [f"read in full: checkpoint {base.checkpoint} of {base.label} is gone"]
+    earlier: dict[str, EarlierDisk] = {}
+    notes = []
+    for disk in disks:
+        record = base.disk(disk.target)
+        if record is None or not record.in_repository:
+            notes.append(f"{disk.target}: read in full: not in the repository in {base.label}")
+        elif record.source != disk.path:
+            notes.append(
+                f"{disk.target}: read in full: it is {disk.path} now, {record.source} "
+                f"in {base.label}"
+            )
+        elif disk.virtual_size is not None and record.byte_size != disk.virtual_size:
+            notes.append(
+                f"{disk.target}: read in full: resized from {record.byte_size} to "
+                f"{disk.virtual_size} bytes since {base.label}"
+            )
+        else:
+            earlier[disk.target] = EarlierDisk(base.label, base.files, record)
+    return (base.checkpoint if earlier else None), earlier, notes

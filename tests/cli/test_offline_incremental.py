@@ -1,0 +1,172 @@
+"""A shut-off qcow2 domain read incrementally from its images' bitmaps, end to end: after
+a backup of the running domain and a shutdown, writes made offline are the only chunks
+read; the offline backup makes the next checkpoint itself, which a later offline or
+running backup uses; every generation restores byte-identical. Images that cannot tell
+their changes (replaced, checkpoint metadata gone, bitmap inconsistent) are read in full
+with the reason; a killed run's qemu-nbd is ended by `clean`."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backup_api_helpers import Generations, full_reads
+from consistency_helpers import guest_write
+from harness.cli import virtbackup, without_host_config
+from harness.libvirtd import DiskSpec, DomainFactory
+
+from virtbackup.adapters import qemu_nbd
+from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.core.backup_job import SOCKET_DIR, is_checkpoint_name
+
+pytestmark = pytest.mark.libvirt
+MiB = 1024 * 1024
+CHUNK = 4 * MiB
+DISK = "virtio-disk0"
+
+
+@pytest.fixture
+def runs(
+    domain_factory: DomainFactory, state_dir: Path, dest: Path, tmp_path: Path
+) -> Iterator[Generations]:
+    """A running domain with a 16 MiB qcow2 disk, 6 MiB of it written, backed up once
+    through the backup API, then stopped (qemu saves the checkpoint's bitmap)."""
+    raw = domain_factory.create([DiskSpec("qcow2", 16 * MiB)], hint="offinc", start=True)
+    guest_write(raw, DISK, 1, 0, 6 * MiB)
+    image = domain_factory.workdir / "offinc-disk0.qcow2"
+    generations = Generations(raw, image, state_dir, dest, tmp_path)
+    generations.back_up()
+    raw.destroy()
+    yield generations
+    assert _our_sockets(raw) == [], "a socket or qemu-nbd was left behind"
+
+
+def _our_sockets(raw: Any) -> list[str]:
+    left = [str(p) for p in Path(SOCKET_DIR).glob(f"{raw.UUIDString()}-*")]
+    return left + [str(pid) for path in left for pid in qemu_nbd.servers_on(path)]
+
+
+def offline_write(image: Path, pattern: int, offset: int, length: int) -> None:
+    """Write into the shut-off domain's image through qemu's block layer (bitmaps see it)."""
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern} {offset} {length}", str(image)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_offline_writes_are_the_only_chunks_read_and_checkpoints_carry_on(
+    runs: Generations, hypervisor: Hypervisor
+) -> None:
+    raw, image = runs.raw, runs.image
+    dom = hypervisor.domain(raw.name())
+    offline_write(image, 7, 9 * MiB, 2 * MiB)  # chunk 2
+    row, read = runs.back_up("offline")
+    assert full_reads(row) == [] and read == CHUNK
+    made = runs.checkpoint_of(1)
+    assert made != runs.checkpoint_of(0) and made in dom.backups.checkpoints()
+    assert made in [b.name for b in qemu_nbd.bitmaps(str(image))]
+
+    row, read = runs.back_up("offline")  # from the checkpoint the offline backup made
+    assert full_reads(row) == [] and read == 0
+    offline_write(image, 8, 13 * MiB, 1 * MiB)  # chunk 3
+    row, read = runs.back_up("offline")
+    assert full_reads(row) == [] and read == CHUNK
+
+    raw.create()  # and running again: the backup API uses the offline checkpoint
+    guest_write(raw, DISK, 5, 1 * MiB, 1 * MiB)  # chunk 0
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == CHUNK
+    runs.check_all_restore()
+
+    # shut off again: five of ours made, the oldest forgotten offline, bitmap and all
+    raw.destroy()
+    runs.back_up("offline")
+    ours = [c for c in dom.backups.checkpoints() if is_checkpoint_name(c)]
+    assert len(ours) == 4 and runs.checkpoint_of(1) not in ours
+    left = [b.name for b in qemu_nbd.bitmaps(str(image))]
+    assert sorted(left) == sorted(ours)
+
+
+def test_images_that_cannot_tell_their_changes_are_read_in_full(
+    runs: Generations, hypervisor: Hypervisor, domain_factory: DomainFactory
+) -> None:
+    raw, image = runs.raw, runs.image
+
+    # the image replaced by a copy (a restore, a conversion): libvirt still has the
+    # checkpoint, the image has no bitmap: read in full, stored as the image it is
+    copy = domain_factory.workdir / "offinc-copy.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(image), str(copy)], check=True)
+    os.replace(copy, image)
+    offline_write(image, 3, 9 * MiB, 1 * MiB)
+    row, read = runs.back_up("offline")
+    (why,) = full_reads(row)
+    assert f"has no bitmap {runs.checkpoint_of(0)}" in why, why
+    assert (Path(row["backup"]) / "vda.qcow2.idx").exists()
+    # ... and the running domain's next backup reads in full too, and says why
+    raw.create()
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert "was made without a checkpoint (offline)" in why, why
+
+    # qemu killed: the bitmap it loaded from the image is inconsistent, never trusted
+    raw.destroy()
+    raw.create()
+    guest_write(raw, DISK, 4, 5 * MiB, 1 * MiB)
+    os.kill(int(Path(f"/run/libvirt/qemu/{raw.name()}.pid").read_text()), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while raw.isActive():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    row, read = runs.back_up("offline")
+    (why,) = full_reads(row)
+    assert "is inconsistent" in why, why
+
+    # the domain defined anew without its checkpoint metadata (migrated, redefined)
+    raw.create()
+    runs.back_up()  # full: the newest backup has no checkpoint
+    raw.destroy()
+    xml = raw.XMLDesc(2)  # VIR_DOMAIN_XML_INACTIVE
+    raw.undefineFlags(16)  # VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    runs.raw = domain_factory.define(xml)
+    row, read = runs.back_up("offline")
+    (why,) = full_reads(row)
+    assert f"checkpoint {runs.checkpoint_of(4)} of" in why and "is gone" in why, why
+    assert hypervisor.domain(raw.name()).backups.checkpoints() == []
+
+
+def test_a_run_killed_while_qemu_nbd_serves_leaves_nothing_once_cleaned(
+    runs: Generations, state_dir: Path, dest: Path
+) -> None:
+    raw, image = runs.raw, runs.image
+    offline_write(image, 7, 8 * MiB, 8 * MiB)  # chunks 2 and 3: 8 s at 1 MiB/s
+    args = ["backup", raw.name(), "--dest", str(dest), "--layout", "repository"]
+    running = subprocess.Popen(
+        [sys.executable, "-m", "virtbackup", *without_host_config(args), "--bwlimit", "1M"],
+        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _our_sockets(raw):
+            assert running.poll() is None, "the backup ended before qemu-nbd was seen"
+            assert time.monotonic() < deadline, "qemu-nbd did not start"
+            time.sleep(0.05)
+        time.sleep(1)  # reading
+        running.kill()
+    finally:
+        running.wait()
+    assert _our_sockets(raw) != []  # the server outlives the killed run
+    result = virtbackup("clean", state_dir=state_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _our_sockets(raw) == []
+    row, read = runs.back_up("offline")  # and the next backup works
+    assert full_reads(row) == [] and read == 2 * CHUNK
+    runs.check_all_restore()
