@@ -171,5 +171,7 @@ def test_list_says_which_domains_get_incremental_reads_and_how_to_get_them(
         "everything is read: vda not a qcow2 file (convert to qcow2"
         in (plans[raw.name()]["reason"])
     )
+    # without --layout, the layout backups are written in: the repository
+    assert planned()[qcow2.name()]["method"] == "backup-api"
     # stream backups are read whole whatever the method: auto keeps to the snapshot
-    assert {d["method"] for d in planned().values()} == {"snapshot"}
+    assert {d["method"] for d in planned("--layout", "stream").values()} == {"snapshot"}

@@ -33,6 +33,9 @@ DISK_KEYS = {
     "shareable",
     "backup",
     "reason",
+    "incremental",
+    "incremental_reason",
+    "incremental_fix",
 }
 
 
@@ -57,7 +60,8 @@ def test_json_schema(domain_factory: DomainFactory) -> None:
     first, second = document["domains"]
     assert DOMAIN_KEYS <= set(first) and DOMAIN_KEYS <= set(second)
     assert (first["name"], first["uuid"]) == (running.name(), running.UUIDString())
-    assert (first["state"], first["method"], first["persistent"]) == ("running", "snapshot", True)
+    # without --layout, the layout `backup` writes: the repository, so the backup API
+    assert (first["state"], first["method"], first["persistent"]) == ("running", "backup-api", True)
     assert first["reason"].startswith("auto: running")
     assert (second["state"], second["method"]) == ("shut off", "offline")
 
@@ -78,6 +82,12 @@ def test_json_schema(domain_factory: DomainFactory) -> None:
     assert disks["vdc"]["backing_chain"][0].endswith("run-disk2-base.raw")
     [raw] = second["disks"]
     assert (raw["virtual_size"], raw["backup"]) == (2 * MiB, True)
+    # which disks get incremental reads, and how the others would
+    assert vda["incremental"] is True and "libvirt's backup API" in vda["incremental_reason"]
+    assert raw["incremental"] is False
+    assert raw["incremental_reason"].startswith("a raw image tracks no changes")
+    assert "qemu-img convert -O qcow2 -o compat=1.1" in raw["incremental_fix"]
+    assert cdrom["incremental"] is False
 
 
 @pytest.mark.libvirt

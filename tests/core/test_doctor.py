@@ -311,3 +311,20 @@ def test_signing_key_findings() -> None:
     findings = host_findings(replace(HEALTHY_HOST, offsite=broken), 0)
     assert one(findings, "sign").severity == Severity.BLOCKER and blocks_backups(findings)
     assert not by_check(host_findings(HEALTHY_HOST, 0), "sign")
+
+
+def test_each_disk_says_whether_it_is_read_incrementally() -> None:
+    raw = DiskFacts("vdb", "disk", "file", "/img/b.raw", "raw", discard="unmap")
+    findings = by_check(domain_findings(check(VDA, raw)), "incremental")
+    assert [(f.disk, f.severity) for f in findings] == [
+        ("vda", Severity.INFO),
+        ("vdb", Severity.INFO),
+    ]
+    assert "snapshot: read whole" in findings[0].text
+    assert findings[1].text.startswith("a raw image tracks no changes")
+    assert findings[1].fix is not None and "qemu-img convert -O qcow2" in findings[1].fix
+    shut_off = check(VDA, state=DomainState.SHUTOFF)
+    (alone,) = by_check(domain_findings(shut_off), "incremental")
+    assert alone.text.startswith("incremental reads: changes since the last backup")
+    (streams,) = by_check(domain_findings(shut_off, Settings(repository=False)), "incremental")
+    assert streams.text == "stream backups read everything"

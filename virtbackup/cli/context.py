@@ -9,6 +9,7 @@ import click
 
 from virtbackup.core.config import Config, load_config
 from virtbackup.core.errors import UsageError
+from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUT_STREAM
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -57,3 +58,11 @@ def chosen_dest(
 def load_settings(options: GlobalOptions) -> Config:
     """The configuration file's settings, or the defaults when there is none."""
     return load_config(options.config) if options.config is not None else Config()
+
+
+def configured_layout(config: Config) -> str:
+    """The layout `backup` and `all` write without --layout (cli/backup_options): the
+    configured one, else the repository, or streams for runs with an offsite copy."""
+    if config.layout is not None:
+        return config.layout
+    return LAYOUT_STREAM if config.remote is not None else LAYOUT_REPOSITORY

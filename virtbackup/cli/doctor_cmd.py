@@ -16,6 +16,7 @@ from virtbackup.adapters.hypervisor.connection import connect
 from virtbackup.adapters.rclone import Remote
 from virtbackup.cli.context import (
     GlobalOptions,
+    configured_layout,
     dest_option,
     json_option,
     load_settings,
@@ -83,6 +84,7 @@ def doctor_command(
             for name in (check.plan.domain.name for check in found.domains)
         },
         encrypted=config.encrypt is not None,
+        repository=configured_layout(config) == LAYOUT_REPOSITORY,
     )
     findings = diagnose(found.host, found.domains, settings)
     if as_json:
@@ -103,7 +105,7 @@ def _plan_options(config: Config) -> OptionsFor:
         return PlanOptions(
             method=settings.method,
             exclude_disks=settings.exclude_disks,
-            backup_api=config.layout == LAYOUT_REPOSITORY,
+            backup_api=configured_layout(config) == LAYOUT_REPOSITORY,
         )
 
     return options_for

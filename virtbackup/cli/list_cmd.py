@@ -11,8 +11,9 @@ from typing import Any
 import click
 
 from virtbackup.adapters.hypervisor.connection import connect
-from virtbackup.cli.context import GlobalOptions, load_settings, pass_globals
+from virtbackup.cli.context import GlobalOptions, configured_layout, load_settings, pass_globals
 from virtbackup.cli.list_view import render_table
+from virtbackup.core.incremental import incremental_reads
 from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUTS
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DiskPlan, DomainPlan, PlanOptions, plan_domain
@@ -35,8 +36,8 @@ METHOD_CHOICES = [m.value for m in Method]
     "--layout",
     type=click.Choice(LAYOUTS),
     help="Show the plan for backups in this layout (auto reads only what changed, through "
-    "libvirt's backup API, for repository backups of qcow2 disks) [default: `layout` of "
-    "the configuration file].",
+    "libvirt's backup API, for repository backups of qcow2 disks) [default: as for backup: "
+    "`layout` of the configuration file, else repository, or stream with a remote].",
 )
 @click.option("--include", multiple=True, metavar="GLOB", help="Only domains matching GLOB.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip domains matching GLOB.")
@@ -51,29 +52,30 @@ def list_command(
     exclude: tuple[str, ...],
 ) -> None:
     """Show domains, their disks, and whether and how each would be backed up."""
-    layout = layout or load_settings(options).layout
+    layout = layout or configured_layout(load_settings(options))
     plan_options = PlanOptions(method=Method(method), backup_api=layout == LAYOUT_REPOSITORY)
     with connect(options.uri, readonly=True) as hypervisor:
         facts = hypervisor.discover(domains, include, exclude)
     plans = [plan_domain(domain, plan_options) for domain in facts]
     if as_json:
-        click.echo(json.dumps(list_document(options.uri, plans), indent=2, ensure_ascii=False))
+        document = list_document(options.uri, plans, layout == LAYOUT_REPOSITORY)
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
     else:
-        render_table(options.uri, plans)
+        render_table(options.uri, plans, layout == LAYOUT_REPOSITORY)
 
 
 # -- JSON --------------------------------------------------------------------------------
 
 
-def list_document(uri: str, plans: Sequence[DomainPlan]) -> dict[str, Any]:
+def list_document(uri: str, plans: Sequence[DomainPlan], repository: bool = True) -> dict[str, Any]:
     return {
         "version": LIST_SCHEMA_VERSION,
         "uri": uri,
-        "domains": [_domain_json(plan) for plan in plans],
+        "domains": [_domain_json(plan, repository) for plan in plans],
     }
 
 
-def _domain_json(plan: DomainPlan) -> dict[str, Any]:
+def _domain_json(plan: DomainPlan, repository: bool) -> dict[str, Any]:
     domain = plan.domain
     return {
         "name": domain.name,
@@ -83,7 +85,18 @@ def _domain_json(plan: DomainPlan) -> dict[str, Any]:
         "method": plan.method.value if plan.method else None,
         "reason": plan.reason,
         "has_agent_channel": domain.has_agent_channel,
-        "disks": [_disk_json(disk) for disk in plan.disks],
+        "disks": [
+            {**_disk_json(disk), **_incremental_json(plan, disk, repository)} for disk in plan.disks
+        ],
+    }
+
+
+def _incremental_json(plan: DomainPlan, disk: DiskPlan, repository: bool) -> dict[str, Any]:
+    verdict = incremental_reads(plan, disk, repository)
+    return {
+        "incremental": verdict.reads_changes,
+        "incremental_reason": verdict.why,
+        "incremental_fix": verdict.fix,
     }
 
 

@@ -6,11 +6,12 @@ from rich.table import Table
 from rich.text import Text
 
 from virtbackup.cli.console import stdout_console, text
+from virtbackup.core.incremental import incremental_reads
 from virtbackup.core.planning import DiskPlan, DomainPlan
 from virtbackup.core.sizes import human_size
 
 
-def render_table(uri: str, plans: Sequence[DomainPlan]) -> None:
+def render_table(uri: str, plans: Sequence[DomainPlan], repository: bool = True) -> None:
     console = stdout_console(160)
     if not plans:
         console.print(text(f"no domains on {uri}"))
@@ -26,12 +27,12 @@ def render_table(uri: str, plans: Sequence[DomainPlan]) -> None:
     for index, plan in enumerate(plans):
         if index:
             table.add_section()
-        _add_domain_rows(table, plan)
+        _add_domain_rows(table, plan, repository)
     console.print(table)
     console.print(text(summary_line(plans)))
 
 
-def _add_domain_rows(table: Table, plan: DomainPlan) -> None:
+def _add_domain_rows(table: Table, plan: DomainPlan, repository: bool) -> None:
     domain = plan.domain
     name = text(domain.name, style="bold")
     if not domain.persistent:
@@ -56,8 +57,21 @@ def _add_domain_rows(table: Table, plan: DomainPlan) -> None:
             text(human_size(disk.virtual_size)),
             text(human_size(disk.allocated)),
             _backup_cell(disk_plan),
-            text(disk_plan.reason, style="yellow" if disk_plan.warning else ""),
+            _reason_cell(plan, disk_plan, repository),
         )
+
+
+def _reason_cell(plan: DomainPlan, disk: DiskPlan, repository: bool) -> Text:
+    """The disk's reason and, when it is backed up, whether it is read incrementally
+    (and how it could be)."""
+    cell = text(disk.reason, style="yellow" if disk.warning else "")
+    if disk.backup:
+        verdict = incremental_reads(plan, disk, repository)
+        label = "incremental" if verdict.reads_changes else "read whole"
+        cell.append(f"\n{label}: {verdict.why}", style="dim")
+        if verdict.fix:
+            cell.append(f"\nfor incremental reads: {verdict.fix}", style="dim")
+    return cell
 
 
 def _backup_cell(plan: DiskPlan) -> Text:

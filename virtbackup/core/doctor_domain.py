@@ -1,5 +1,6 @@
 """A domain's doctor checks: the secrets in its definition, its guest agent, and per
-disk discard, qcow2 version, hole punching, backing chain and snapshot room."""
+disk discard, qcow2 version, incremental reads, hole punching, backing chain and
+snapshot room."""
 
 from virtbackup.core.agent_channel import AGENT_CHANNEL
 from virtbackup.core.doctor_facts import (
@@ -11,6 +12,7 @@ from virtbackup.core.doctor_facts import (
     Settings,
     Severity,
 )
+from virtbackup.core.incremental import incremental_reads
 from virtbackup.core.lvm import snapshot_bytes
 from virtbackup.core.model import Method
 from virtbackup.core.planning import LIVE_STATES
@@ -162,6 +164,10 @@ def _disk_findings(check: DomainCheck, disk: DiskCheck, settings: Settings) -> l
         )
     elif disk.compat_error:
         found.append(finding(Severity.INFO, "qcow2-compat", f"not checked: {disk.compat_error}"))
+    plan_disk = next(d for d in check.plan.disks if d.disk.target == target)
+    verdict = incremental_reads(check.plan, plan_disk, settings.repository, disk.qcow2_compat)
+    text = f"incremental reads: {verdict.why}" if verdict.reads_changes else verdict.why
+    found.append(finding(Severity.INFO, "incremental", text, verdict.fix))
     if disk.punch_holes is False:
         found.append(
             finding(

@@ -133,6 +133,7 @@ class Settings:
     # [domain."NAME"] snapshot_size overrides, by domain name
     snapshot_sizes: Mapping[str, SnapshotSize] = field(default_factory=dict)
     encrypted: bool = False  # `encrypt` is set: backups keep the XML's secrets sealed
+    repository: bool = True  # backups go into the repository layout (incremental reads)
 
     def snapshot_size_of(self, domain: str) -> SnapshotSize:
         return self.snapshot_sizes.get(domain, self.snapshot_size)
