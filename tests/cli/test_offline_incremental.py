@@ -1,7 +1,8 @@
 """A shut-off qcow2 domain read incrementally from its images' bitmaps, end to end: after
 a backup of the running domain and a shutdown, writes made offline are the only chunks
 read; the offline backup makes the next checkpoint itself, which a later offline or
-running backup uses; every generation restores byte-identical. Images that cannot tell
+running backup uses; another tool's checkpoint is left alone; every generation restores
+byte-identical. Images that cannot tell
 their changes (replaced, checkpoint metadata gone, bitmap inconsistent) are read in full
 with the reason; a killed run's qemu-nbd is ended by `clean`."""
 
@@ -79,6 +80,12 @@ def test_offline_writes_are_the_only_chunks_read_and_checkpoints_carry_on(
     assert full_reads(row) == [] and read == CHUNK
 
     raw.create()  # and running again: the backup API uses the offline checkpoint
+    # another tool's checkpoint: neither trusted nor removed, and ours stay whole
+    subprocess.run(
+        ["virsh", "-c", "qemu:///system", "checkpoint-create-as", raw.name(), "other"],
+        check=True,
+        capture_output=True,
+    )
     guest_write(raw, DISK, 5, 1 * MiB, 1 * MiB)  # chunk 0
     row, read = runs.back_up()
     assert full_reads(row) == [] and read == CHUNK
@@ -89,8 +96,9 @@ def test_offline_writes_are_the_only_chunks_read_and_checkpoints_carry_on(
     runs.back_up("offline")
     ours = [c for c in dom.backups.checkpoints() if is_checkpoint_name(c)]
     assert len(ours) == 4 and runs.checkpoint_of(1) not in ours
+    assert "other" in dom.backups.checkpoints()
     left = [b.name for b in qemu_nbd.bitmaps(str(image))]
-    assert sorted(left) == sorted(ours)
+    assert sorted(left) == sorted([*ours, "other"])
 
 
 def test_images_that_cannot_tell_their_changes_are_read_in_full(
