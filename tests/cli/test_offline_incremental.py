@@ -4,7 +4,8 @@ read; the offline backup makes the next checkpoint itself, which a later offline
 running backup uses; another tool's checkpoint is left alone; every generation restores
 byte-identical. Images that cannot tell
 their changes (replaced, checkpoint metadata gone, bitmap inconsistent) are read in full
-with the reason; a killed run's qemu-nbd is ended by `clean`."""
+with the reason; a qemu-nbd that fails fails the domain in one line, and a killed run's
+qemu-nbd is ended by `clean`."""
 
 import os
 import signal
@@ -135,25 +136,58 @@ def test_images_that_cannot_tell_their_changes_are_read_in_full(
     (why,) = full_reads(row)
     assert "is inconsistent" in why, why
 
-    # the domain defined anew without its checkpoint metadata (migrated, redefined)
+    # its bitmap disabled by hand: it records no writes, never trusted
     raw.create()
     runs.back_up()  # full: the newest backup has no checkpoint
     raw.destroy()
-    xml = raw.XMLDesc(2)  # VIR_DOMAIN_XML_INACTIVE
-    raw.undefineFlags(16)  # VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-    runs.raw = domain_factory.define(xml)
+    disabled = runs.checkpoint_of(4)
+    subprocess.run(["qemu-img", "bitmap", "--disable", str(image), disabled], check=True)
     row, read = runs.back_up("offline")
     (why,) = full_reads(row)
-    assert f"checkpoint {runs.checkpoint_of(4)} of" in why and "is gone" in why, why
+    assert f"bitmap {disabled} in {image} is disabled" in why, why
+
+    # the domain defined anew without its checkpoint metadata (migrated, redefined)
+    raw.create()
+    runs.back_up()
+    raw.destroy()
+    xml = raw.XMLDesc(2)  # VIR_DOMAIN_XML_INACTIVE
+    raw.undefineFlags(16)  # VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    raw = runs.raw = domain_factory.define(xml)
+    row, read = runs.back_up("offline")
+    (why,) = full_reads(row)
+    assert f"checkpoint {runs.checkpoint_of(6)} of" in why and "is gone" in why, why
     assert hypervisor.domain(raw.name()).backups.checkpoints() == []
 
+    # a read-only disk: no checkpoint is written into an image others may use
+    raw.create()
+    runs.back_up()
+    raw.destroy()
+    raw = runs.raw = domain_factory.define(
+        raw.XMLDesc(2).replace("</disk>", "<readonly/></disk>", 1)
+    )
+    row, read = runs.back_up("offline")
+    assert full_reads(row) == ["read in full: vda read-only or shareable"], row
 
-def test_a_run_killed_while_qemu_nbd_serves_leaves_nothing_once_cleaned(
-    runs: Generations, state_dir: Path, dest: Path
+
+def test_qemu_nbd_failing_or_its_run_killed_leaves_nothing_behind(
+    runs: Generations, state_dir: Path, dest: Path, tmp_path: Path
 ) -> None:
     raw, image = runs.raw, runs.image
-    offline_write(image, 7, 8 * MiB, 8 * MiB)  # chunks 2 and 3: 8 s at 1 MiB/s
+    # a qemu-nbd that cannot serve: the domain fails in one line, nothing is left
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "qemu-nbd").write_text("#!/bin/sh\necho 'qemu-nbd: no such export' >&2\nexit 1\n")
+    (fake / "qemu-nbd").chmod(0o755)
+    path = f"{fake}:{os.environ['PATH']}"
     args = ["backup", raw.name(), "--dest", str(dest), "--layout", "repository"]
+    result = virtbackup(*args, state_dir=state_dir, env={"PATH": path})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "qemu-nbd cannot serve" in result.stdout + result.stderr
+    assert "qemu-nbd: no such export" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and _our_sockets(raw) == []
+
+    # killed while qemu-nbd serves: the server outlives the run until `clean`
+    offline_write(image, 7, 8 * MiB, 8 * MiB)  # chunks 2 and 3: 8 s at 1 MiB/s
     running = subprocess.Popen(
         [sys.executable, "-m", "virtbackup", *without_host_config(args), "--bwlimit", "1M"],
         env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},

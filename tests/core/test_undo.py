@@ -16,6 +16,7 @@ from virtbackup.core.undo import (
     FrozenRecord,
     Journal,
     JournalError,
+    NbdServerRecord,
     OverlayPlan,
     OverlayRecord,
     OverlayStep,
@@ -292,3 +293,25 @@ def test_a_backup_job_record_naming_other_files_is_foreign(
 ) -> None:
     found = foreign_journal(job_journal(socket, scratch), f"{OURS.domain_uuid}.{RUN}.json")
     assert problem in str(found)
+
+
+NBD_SOCKET = f"/var/lib/libvirt/qemu/{OURS.domain_uuid}-vda.virtbackup-{RUN}.sock"
+
+
+@pytest.mark.parametrize(
+    ("socket", "ours"),
+    [
+        (NBD_SOCKET, True),
+        (f"/tmp/{OURS.domain_uuid}-vda.virtbackup-{RUN}.sock", False),
+        (f"/var/lib/libvirt/qemu/other-vda.virtbackup-{RUN}.sock", False),
+        (NBD_SOCKET.replace(RUN, "20990101T000000Z-abcdef"), False),
+        (f"/var/lib/libvirt/qemu/{OURS.domain_uuid}-../x.virtbackup-{RUN}.sock", False),
+    ],
+)
+def test_a_qemu_nbd_record_round_trips_and_is_ours_only_on_our_socket(
+    socket: str, ours: bool
+) -> None:
+    journal = replace(OURS, entries=(Entry(1, NbdServerRecord(socket)),))
+    assert journal_from_dict(journal_to_dict(journal)) == journal
+    found = foreign_journal(journal, f"{OURS.domain_uuid}.{RUN}.json")
+    assert (found is None) == ours, found

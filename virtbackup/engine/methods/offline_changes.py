@@ -72,6 +72,10 @@ def offline_changes(
     others = [d.target for d in disks if d.source_type != "file" or d.format != "qcow2"]
     if others:
         return None, [f"read in full: {', '.join(others)} not a qcow2 file"]
+    # the checkpoint is written into every image: never into one other domains may use
+    shared = [d.target for d in disks if d.readonly or d.shareable]
+    if shared:
+        return None, [f"read in full: {', '.join(shared)} read-only or shareable"]
     since, earlier, notes = changes_since(base, disks, dom.backups.checkpoints())
     for target in list(earlier):
         disk = next(d for d in disks if d.target == target)
@@ -158,12 +162,19 @@ class _Served:
 
     def _make_checkpoint(self, name: str) -> None:
         """This instant's checkpoint: a bitmap in every image, then libvirt's metadata."""
-        for disk in self.disks:
-            qemu_nbd.add_bitmap(disk.path or "", name)
-        all_targets = [d.target for d in self.facts.disks if d.target != "?"]
-        targets = [d.target for d in self.disks]
-        xml = redefined_checkpoint_xml(name, targets, all_targets, int(time.time()))
-        self.dom.backups.redefine_checkpoint(xml)
+        added = []
+        try:
+            for disk in self.disks:
+                qemu_nbd.add_bitmap(disk.path or "", name)
+                added.append(disk.path or "")
+            all_targets = [d.target for d in self.facts.disks if d.target != "?"]
+            targets = [d.target for d in self.disks]
+            xml = redefined_checkpoint_xml(name, targets, all_targets, int(time.time()))
+            self.dom.backups.redefine_checkpoint(xml)
+        except VirtbackupError:
+            for image in added:  # a bitmap libvirt does not know would never be pruned
+                qemu_nbd.remove_bitmap(image, name)
+            raise
 
     def _source(self, disk: DiskFacts, socket: Path) -> DiskSource:
         earlier = self.earlier.get(disk.target)

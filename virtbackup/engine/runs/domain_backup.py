@@ -144,10 +144,10 @@ def back_up_domain(
     # --remote-only: the streams go to the remote store instead of DEST
     streamed = options.offsite is not None and options.offsite.only
     target: Store = options.offsite if options.offsite and streamed else store
-    context = SourceContext(
-        options.consistency, options.state_dir, steps, _change_base(plan, store, options)
-    )
     try:
+        context = SourceContext(
+            options.consistency, options.state_dir, steps, _change_base(plan, store, options)
+        )
         with (
             source(conn, plan, context) as window,
             compacted(window, options.skip_free, steps) as compact,
