@@ -7,6 +7,7 @@ their changes (replaced, checkpoint metadata gone, bitmap inconsistent) are read
 with the reason; a qemu-nbd that fails fails the domain in one line, and a killed run's
 qemu-nbd is ended by `clean`."""
 
+import json
 import os
 import signal
 import subprocess
@@ -212,3 +213,16 @@ def test_qemu_nbd_failing_or_its_run_killed_leaves_nothing_behind(
     row, read = runs.back_up("offline")  # and the next backup works
     assert full_reads(row) == [] and read == 2 * CHUNK
     runs.check_all_restore()
+
+    # bitmaps that cannot be read: the images are read directly, and why
+    (fake / "qemu-nbd").unlink()
+    (fake / "qemu-img").write_text(
+        '#!/bin/sh\n[ "$1 $2" = "info -U" ] && { echo "cannot open" >&2; exit 1; }\n'
+        'exec /usr/bin/qemu-img "$@"\n'
+    )
+    (fake / "qemu-img").chmod(0o755)
+    result = virtbackup(*args, "--json", state_dir=state_dir, env={"PATH": path})
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(result.stdout)["domains"]
+    (why,) = full_reads(row)
+    assert f"the bitmaps of {image} cannot be read" in why and "cannot open" in why, why

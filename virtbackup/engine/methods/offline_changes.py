@@ -91,7 +91,10 @@ def offline_changes(
 
 def _bitmap_problem(image: str, name: str) -> str | None:
     """Why the image's bitmap `name` cannot tell the changes (None: it can)."""
-    found = next((b for b in qemu_nbd.bitmaps(image) if b.name == name), None)
+    try:
+        found = next((b for b in qemu_nbd.bitmaps(image) if b.name == name), None)
+    except VirtbackupError as err:
+        return f"the bitmaps of {image} cannot be read ({err})"
     if found is None:
         return (
             f"{image} has no bitmap {name} (the image was replaced since, or qemu "
@@ -105,6 +108,8 @@ def _bitmap_problem(image: str, name: str) -> str | None:
 
 
 class _Served:
+    """The disks served by qemu-nbd, with this backup's checkpoint made first."""
+
     def __init__(
         self,
         session: Session,
