@@ -211,10 +211,11 @@ def test_unreadable_disk_blocks() -> None:
 
 def test_a_disk_that_cannot_be_backed_up_blocks_until_excluded() -> None:
     nbd = DiskFacts("vdb", "disk", "network", None, "raw", network="nbd://h:10809/e")
-    findings = domain_findings(check(VDA, nbd))
+    findings = domain_findings(check(VDA, nbd, state=DomainState.SHUTOFF))
     finding = one(findings, "left-out")
     assert finding.severity == Severity.BLOCKER and finding.subject == Subject.DISK
-    assert "network disks are not supported yet (nbd://h:10809/e)" in finding.text
+    assert "network disk (nbd://h:10809/e): read through the running domain's qemu" in finding.text
+    assert "start the domain to back it up" in finding.text
     assert finding.fix is not None and 'exclude_disks = ["vdb"]' in finding.fix
     assert blocks_backups(findings)
 
