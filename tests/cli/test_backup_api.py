@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backup_api_helpers import job_leftovers, reference, restored_disk
+from backup_api_helpers import backup, job_leftovers, reference, restored_disk
 from consistency_helpers import guest_write
 from harness.cli import virtbackup_in, without_host_config
 from harness.libvirtd import DiskSpec, DomainFactory
@@ -22,16 +22,6 @@ from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import list_journals
 
 MiB = 1024 * 1024
-
-
-def backup(state_dir: Path, dest: Path, name: str, *args: str) -> dict[str, Any]:
-    result = virtbackup_in(
-        state_dir, "backup", name, "--dest", str(dest), "--layout", "repository", "--json", *args
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    (row,) = json.loads(result.stdout)["domains"]
-    assert row["result"] == "ok", row
-    return dict(row)
 
 
 def test_backup_api_reads_the_instant_over_nbd_and_leaves_nothing(

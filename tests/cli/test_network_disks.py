@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from backup_api_helpers import job_leftovers
+from backup_api_helpers import backup, job_leftovers
 from consistency_helpers import guest_write
 from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
@@ -25,13 +25,10 @@ from virtbackup.core.backup_job import SOCKET_DIR
 MiB = 1024 * 1024
 
 
-def backup(state_dir: Path, dest: Path, name: str, *global_args: str) -> dict[str, Any]:
-    args = ("backup", name, "--dest", str(dest), "--layout", "repository", "--json")
-    result = virtbackup_in(state_dir, *global_args, *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (row,) = json.loads(result.stdout)["domains"]
-    assert row["result"] == "ok" and row["method"] == "backup-api", row
-    return dict(row)
+def api_backup(state_dir: Path, dest: Path, name: str, *global_args: str) -> dict[str, Any]:
+    row = backup(state_dir, dest, name, global_args=global_args)
+    assert row["method"] == "backup-api", row
+    return row
 
 
 def references(dom: Any, sources: dict[str, list[str]], directory: Path) -> dict[str, Path]:
@@ -96,7 +93,7 @@ def test_an_nbd_disk_is_backed_up_twice_and_restored_as_files_only(
         guest_write(dom, "virtio-disk1", 5, 1 * MiB, 3 * MiB)
         guest_write(dom, "virtio-disk0", 6, 2 * MiB, 1 * MiB)
         first_refs = references(dom, sources, tmp_path / "ref1")
-        first = backup(state_dir, dest, dom.name())
+        first = api_backup(state_dir, dest, dom.name())
         manifest = json.loads((Path(first["backup"]) / "manifest.json").read_text())
         by_target = {d["target"]: d for d in manifest["disks"]}
         assert by_target["vdb"]["source"] == f"nbd://unix:{nbd.socket}"
@@ -106,7 +103,7 @@ def test_an_nbd_disk_is_backed_up_twice_and_restored_as_files_only(
         guest_write(dom, "virtio-disk0", 9, 4 * MiB, 1 * MiB)
         second_refs = references(dom, sources, tmp_path / "ref2")
         time.sleep(1.1)  # a new stamp
-        second = backup(state_dir, dest, dom.name())
+        second = api_backup(state_dir, dest, dom.name())
         assert dom.isActive() and dom.state()[0] == 1  # running throughout
         assert_no_job_left(hypervisor, dom.name(), domain_factory.workdir)
 
@@ -135,7 +132,7 @@ def test_a_block_disk_of_a_running_domain_is_read_through_the_backup_api(
     assert device is not None and device.startswith("/dev/loop")
     guest_write(dom, "virtio-disk0", 4, 3 * MiB, 5 * MiB)
     expected = references(dom, {"vda": ["-f", "raw", device]}, tmp_path / "ref")
-    row = backup(state_dir, dest, dom.name())
+    row = api_backup(state_dir, dest, dom.name())
     assert dom.state()[0] == 1
     assert_no_job_left(hypervisor, dom.name(), domain_factory.workdir)
     restore(state_dir, row["backup"], tmp_path / "r")
@@ -171,7 +168,7 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
             guest_write(dom, "virtio-disk0", 7, 2 * MiB, 6 * MiB)
             expected = references(dom, {"vda": ["-f", "raw", str(lun)]}, tmp_path / "ref")
             log = tmp_path / "run.log"
-            row = backup(state_dir, dest, dom.name(), "-v", "--log-file", str(log))
+            row = api_backup(state_dir, dest, dom.name(), "-v", "--log-file", str(log))
             assert "vbtest" in log.read_text()  # the log was written
             restore(state_dir, row["backup"], tmp_path / "r")
             assert_identical(tmp_path / "r", expected)
