@@ -104,6 +104,10 @@ def test_an_nbd_disk_is_backed_up_twice_and_restored_as_files_only(
         second_refs = references(dom, sources, tmp_path / "ref2")
         time.sleep(1.1)  # a new stamp
         second = api_backup(state_dir, dest, dom.name())
+        # vda's changes since the first backup, vdb (no bitmap) in full, in one job
+        assert not any("read in full" in warning for warning in second["warnings"]), second
+        second_manifest = json.loads((Path(second["backup"]) / "manifest.json").read_text())
+        assert second_manifest["checkpoint"] != manifest["checkpoint"]
         assert dom.isActive() and dom.state()[0] == 1  # running throughout
         assert_no_job_left(hypervisor, dom.name(), domain_factory.workdir)
 
@@ -174,6 +178,7 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
             assert_identical(tmp_path / "r", expected)
             manifest = json.loads((Path(row["backup"]) / "manifest.json").read_text())
             assert manifest["disks"][0]["source"] == target.url
+            assert "checkpoint" not in manifest  # no disk keeps a bitmap
 
             # shut off: the network disk is left out with the reason, exit 1
             dom.destroy()

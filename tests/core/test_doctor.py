@@ -312,3 +312,18 @@ def test_signing_key_findings() -> None:
     findings = host_findings(replace(HEALTHY_HOST, offsite=broken), 0)
     assert one(findings, "sign").severity == Severity.BLOCKER and blocks_backups(findings)
     assert not by_check(host_findings(HEALTHY_HOST, 0), "sign")
+
+
+def test_each_disk_read_by_the_backup_api_says_how() -> None:
+    nbd = DiskFacts("vdb", "disk", "network", None, "raw", network="nbd://h:10809/e")
+    findings = by_check(domain_findings(check(VDA, nbd)), "method")
+    assert [(f.severity, f.disk) for f in findings] == [
+        (Severity.INFO, "vda"),
+        (Severity.INFO, "vdb"),
+    ]
+    assert findings[0].text.endswith("only what changed since the last backup")
+    assert findings[1].text.startswith("network disk (nbd://h:10809/e), read over NBD")
+    assert "in full each time, raw keeps no change bitmaps" in findings[1].text
+    assert not blocks_backups(findings)
+    # a file disk under the snapshot method needs no word of its own
+    assert by_check(domain_findings(check(VDA, method=Method.SNAPSHOT)), "method") == []
