@@ -25,6 +25,7 @@ def put_back_hint(target: str, source: str, restored: str, fmt: str) -> str:
     return (
         f"{target} was the network disk {source}: restored to {restored} only, the volume "
         "is not written; to put it back, with the domain shut off: "
-        f"qemu-img convert -n -f {fmt} -O raw {restored} VOLUME (qemu's name for it, e.g. "
-        "iscsi://HOST/IQN/LUN, nbd+unix:///EXPORT?socket=PATH, rbd:POOL/IMAGE)"
+        f"qemu-img convert -n -f {fmt} -O raw {restored} VOLUME (-O qcow2 for a qcow2 "
+        "volume; VOLUME as qemu names it, e.g. iscsi://HOST/IQN/LUN, "
+        "nbd+unix:///EXPORT?socket=PATH, rbd:POOL/IMAGE)"
     )
