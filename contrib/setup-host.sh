@@ -44,9 +44,12 @@ runtime_packages=(
 # openssh-server, vsftpd: loopback SFTP and FTP servers for the offsite copy tests (the S3
 # one, moto, comes from PyPI through tox); python3-prometheus-client: its parser reads the
 # metrics file back.
+# tgt, qemu-block-extra: a loopback iSCSI target and qemu's iSCSI driver, for the tests of
+# network disks read through the backup API.
 test_packages=(
     tox guestfs-tools busybox-static qemu-guest-agent cpio zstd xfsprogs e2fsprogs
     kmod tmux systemd logrotate openssh-server vsftpd python3-prometheus-client
+    tgt qemu-block-extra
 )
 
 packages=("${runtime_packages[@]}")

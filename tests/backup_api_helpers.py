@@ -1,6 +1,6 @@
-"""Helpers of the backup-API tests: the reference copy of a disk at an instant, a
-restored disk, generations of backups of one domain, and what a backup job may leave
-behind."""
+"""Helpers of the backup-API tests: a backup that must succeed, the reference copy of a
+disk at an instant, a restored disk, generations of backups of one domain, and what a
+backup job may leave behind."""
 
 import json
 import re
@@ -13,6 +13,21 @@ from harness.cli import virtbackup, virtbackup_in
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.backup_job import SOCKET_DIR
+
+
+def backup(
+    state_dir: Path, dest: Path, name: str, *args: str, global_args: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """`backup NAME` into the repository in DEST, which must succeed: its summary row."""
+    result = virtbackup_in(
+        state_dir,
+        *global_args,
+        *("backup", name, "--dest", str(dest), "--layout", "repository", "--json", *args),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = json.loads(result.stdout)["domains"]
+    assert row["result"] == "ok", row
+    return dict(row)
 
 
 def reference(raw: Any, image: Path, copy: Path) -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backup_api_helpers import job_leftovers, reference, restored_disk
+from backup_api_helpers import backup, job_leftovers, reference, restored_disk
 from consistency_helpers import guest_write
 from harness.cli import virtbackup_in, without_host_config
 from harness.libvirtd import DiskSpec, DomainFactory
@@ -22,16 +22,6 @@ from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import list_journals
 
 MiB = 1024 * 1024
-
-
-def backup(state_dir: Path, dest: Path, name: str, *args: str) -> dict[str, Any]:
-    result = virtbackup_in(
-        state_dir, "backup", name, "--dest", str(dest), "--layout", "repository", "--json", *args
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    (row,) = json.loads(result.stdout)["domains"]
-    assert row["result"] == "ok", row
-    return dict(row)
 
 
 def test_backup_api_reads_the_instant_over_nbd_and_leaves_nothing(
@@ -77,17 +67,16 @@ def test_backup_api_reads_the_instant_over_nbd_and_leaves_nothing(
     assert job_leftovers(hypervisor, raw.name(), domain_factory.workdir) == []
 
 
-def test_backup_api_is_refused_for_a_raw_disk_with_the_reason(
-    domain_factory: DomainFactory, state_dir: Path, dest: Path
+def test_backup_api_asked_for_a_raw_file_reads_it_in_full_without_a_checkpoint(
+    domain_factory: DomainFactory, hypervisor: Hypervisor, state_dir: Path, dest: Path
 ) -> None:
     raw = domain_factory.create([DiskSpec("raw", 8 * MiB)], hint="apiraw", start=True)
-    result = virtbackup_in(
-        state_dir, "backup", raw.name(), "--dest", str(dest), "--method", "backup-api", "--json"
-    )
-    (row,) = json.loads(result.stdout)["domains"]
-    assert row["result"] == "skipped", row
-    assert "backup-api asked, but vda not a qcow2 file" in row["message"], row
-    # auto falls back to the external snapshot
+    row = backup(state_dir, dest, raw.name(), "--method", "backup-api")
+    assert row["method"] == "backup-api", row
+    manifest = json.loads((Path(row["backup"]) / "manifest.json").read_text())
+    assert "checkpoint" not in manifest  # a raw file keeps no bitmap
+    assert hypervisor.domain(raw.name()).backups.checkpoints() == []
+    # auto falls back to the external snapshot: it reads as much, and needs no job
     row = backup(state_dir, dest, raw.name())
     assert row["method"] == "snapshot", row
 

@@ -262,6 +262,12 @@ def test_keep_host_devices_needs_define(
 # -- a disk that is not backed up ----------------------------------------------------------
 
 
+NBD_SHUT_OFF = (
+    "network disk (nbd://127.0.0.1:10809/export): read through the running domain's qemu "
+    "only; start the domain to back it up (or back the volume up on the storage side)"
+)
+
+
 def _nbd_and_file_domain(domain_factory: DomainFactory) -> Any:
     """vda on an NBD server (never contacted: the domain stays shut off), vdb a file."""
     image = domain_factory.blank_image("data.raw", "raw", 4 * MiB)
@@ -293,9 +299,7 @@ def test_a_network_disk_makes_the_backup_incomplete(
     assert result.returncode == 1, result.stderr
     (row,) = json.loads(result.stdout)["domains"]
     assert row["result"] == "incomplete" and row["disks"] == 1
-    assert row["left_out"] == [
-        "vda: network disks are not supported yet (nbd://127.0.0.1:10809/export)"
-    ]
+    assert row["left_out"] == [f"vda: {NBD_SHUT_OFF}"]
     assert "vda" in row["message"] and "exclude_disks" in row["message"]
     (backup,) = (dest / dom.name()).iterdir()
     manifest = json.loads((backup / "manifest.json").read_text())
@@ -374,7 +378,7 @@ def test_list_and_doctor_say_it_before_the_backup(
     assert disks["vda"] == (
         False,
         True,
-        "network disks are not supported yet (nbd://127.0.0.1:10809/export)",
+        NBD_SHUT_OFF,
     )
     assert disks["vdb"][:2] == (True, False)
     doctor = virtbackup_in(state_dir, "doctor", dom.name(), "--no-guestfs", "--json")

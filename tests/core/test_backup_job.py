@@ -62,3 +62,21 @@ def test_only_our_checkpoints_beyond_the_newest_few_are_deleted() -> None:
     assert checkpoints_to_delete(everything, 10) == []
     assert checkpoints_to_delete(everything, 0) == ours
     assert is_checkpoint_name(ours[0]) and not is_checkpoint_name("virtbackup-x")
+
+
+def test_a_disk_that_is_no_file_has_its_scratch_in_the_socket_directory() -> None:
+    assert str(scratch_path(None, "vdb", "u1", RUN, None)) == (
+        f"/var/lib/libvirt/qemu/u1-vdb.virtbackup-{RUN}.scratch"
+    )
+    assert str(scratch_path(None, "vdb", "u1", RUN, PurePath("/ovl"))) == (
+        f"/ovl/u1-vdb.virtbackup-{RUN}.scratch"
+    )
+
+
+def test_an_untracked_disk_is_served_in_full_in_an_incremental_job() -> None:
+    scratch = {"vda": "/a.scratch", "vdb": "/b.scratch"}
+    xml = pull_backup_xml("/s.sock", scratch, ["vda", "vdb"], since="cp1", untracked=["vdb"])
+    modes = {d.get("name"): d.get("backupmode") for d in ET.fromstring(xml).iter("disk")}
+    assert modes == {"vda": None, "vdb": "full"}
+    full = pull_backup_xml("/s.sock", scratch, ["vda", "vdb"], untracked=["vdb"])
+    assert "backupmode" not in full  # a full job needs no mode per disk

@@ -211,10 +211,11 @@ def test_unreadable_disk_blocks() -> None:
 
 def test_a_disk_that_cannot_be_backed_up_blocks_until_excluded() -> None:
     nbd = DiskFacts("vdb", "disk", "network", None, "raw", network="nbd://h:10809/e")
-    findings = domain_findings(check(VDA, nbd))
+    findings = domain_findings(check(VDA, nbd, state=DomainState.SHUTOFF))
     finding = one(findings, "left-out")
     assert finding.severity == Severity.BLOCKER and finding.subject == Subject.DISK
-    assert "network disks are not supported yet (nbd://h:10809/e)" in finding.text
+    assert "network disk (nbd://h:10809/e): read through the running domain's qemu" in finding.text
+    assert "start the domain to back it up" in finding.text
     assert finding.fix is not None and 'exclude_disks = ["vdb"]' in finding.fix
     assert blocks_backups(findings)
 
@@ -328,3 +329,18 @@ def test_each_disk_says_whether_it_is_read_incrementally() -> None:
     assert alone.text.startswith("incremental reads: changes since the last backup")
     (streams,) = by_check(domain_findings(shut_off, Settings(repository=False)), "incremental")
     assert streams.text == "stream backups read everything"
+
+
+def test_each_disk_read_by_the_backup_api_says_how() -> None:
+    nbd = DiskFacts("vdb", "disk", "network", None, "raw", network="nbd://h:10809/e")
+    findings = by_check(domain_findings(check(VDA, nbd)), "method")
+    assert [(f.severity, f.disk) for f in findings] == [
+        (Severity.INFO, "vda"),
+        (Severity.INFO, "vdb"),
+    ]
+    assert findings[0].text.endswith("only what changed since the last backup")
+    assert findings[1].text.startswith("network disk (nbd://h:10809/e), read over NBD")
+    assert "in full each time, raw keeps no change bitmaps" in findings[1].text
+    assert not blocks_backups(findings)
+    # a file disk under the snapshot method needs no word of its own
+    assert by_check(domain_findings(check(VDA, method=Method.SNAPSHOT)), "method") == []

@@ -18,6 +18,9 @@ M = Method
 
 QCOW2 = DiskFacts("vda", "disk", "file", "/img/a.qcow2", "qcow2", virtual_size=1, allocated=1)
 RAW = DiskFacts("vdb", "disk", "block", "/dev/loop0", "raw")
+RAW_FILE = DiskFacts("vdb", "disk", "file", "/img/b.raw", "raw")
+ON_LV = replace(RAW, on_lv=True)
+NET = DiskFacts("vdc", "disk", "network", None, "raw", network="iscsi://h:3260/iqn.x/1")
 
 
 def domain(state: S = S.RUNNING, *disks: DiskFacts, persistent: bool = True) -> DomainFacts:
@@ -138,9 +141,9 @@ def test_snapshot_of_a_transient_domain_is_fine() -> None:
         (DiskFacts("fda", "floppy", "file", "/f.img", "raw"), False, False, "(floppy)"),
         (
             DiskFacts("vdc", "disk", "network", None, "raw", network="nbd://h:1/e"),
+            True,
             False,
-            False,
-            "network disks are not supported yet (nbd://h:1/e)",
+            "network disk (nbd://h:1/e), read over NBD from libvirt's backup job",
         ),
         (DiskFacts("sda", "lun", "block", "/dev/sdz", "raw"), False, False, "SCSI passthrough"),
         (DiskFacts("vdd", "disk", "file", None, "raw"), False, False, "no source"),
@@ -344,7 +347,12 @@ API = PlanOptions(backup_api=True)
         (S.RUNNING, (QCOW2,), API, M.BACKUP_API, "only what changed"),
         (S.PAUSED, (QCOW2,), API, M.BACKUP_API, "stays paused"),
         (S.RUNNING, (QCOW2,), PlanOptions(), M.SNAPSHOT, "external snapshot"),  # stream layout
-        (S.RUNNING, (QCOW2, RAW), API, M.SNAPSHOT, "everything is read: vdb not a qcow2"),
+        (S.RUNNING, (QCOW2, RAW_FILE), API, M.SNAPSHOT, "everything is read: vdb not a qcow2"),
+        (S.RUNNING, (QCOW2, RAW), API, M.BACKUP_API, "vdb a block device: libvirt's backup"),
+        (S.RUNNING, (QCOW2, RAW), API, M.BACKUP_API, "read in full: vdb not a qcow2 file"),
+        (S.RUNNING, (ON_LV,), API, M.LVM, "every disk is on LVM"),
+        (S.RUNNING, (QCOW2, NET), API, M.BACKUP_API, "vdc on the network: libvirt's backup"),
+        (S.PAUSED, (NET,), PlanOptions(), M.BACKUP_API, "read in full: vdc not a qcow2"),
         (S.PMSUSPENDED, (QCOW2,), API, M.SNAPSHOT, "stays suspended"),
         (S.SHUTOFF, (QCOW2,), API, M.OFFLINE, "shut off"),
     ],
@@ -360,7 +368,8 @@ def test_auto_prefers_the_backup_api_for_qcow2_files_in_the_repository_layout(
     ("state", "disks", "method", "reason_part"),
     [
         (S.RUNNING, (QCOW2,), M.BACKUP_API, "read over NBD"),
-        (S.RUNNING, (QCOW2, RAW), None, "vdb not a qcow2 file (convert to qcow2"),
+        (S.RUNNING, (QCOW2, RAW), M.BACKUP_API, "read in full: vdb not a qcow2 file (convert"),
+        (S.RUNNING, (NET,), M.BACKUP_API, "read over NBD"),
         (S.PMSUSPENDED, (QCOW2,), None, "needs a running or paused domain"),
         (S.SHUTOFF, (QCOW2,), M.OFFLINE, "read directly"),
     ],
@@ -370,3 +379,31 @@ def test_backup_api_asked(
 ) -> None:
     plan = plan_domain(domain(state, *disks), PlanOptions(method=M.BACKUP_API))
     assert plan.method == method and reason_part in plan.reason
+
+
+@pytest.mark.parametrize(
+    ("state", "method", "reason_part"),
+    [
+        (S.SHUTOFF, None, "start the domain to back it up"),
+        (S.PMSUSPENDED, None, "it is pmsuspended: the backup API needs a running or paused"),
+        (S.RUNNING, M.SNAPSHOT, "use --method backup-api (or auto)"),
+    ],
+)
+def test_a_network_disk_is_left_out_where_qemu_cannot_serve_it(
+    state: S, method: M | None, reason_part: str
+) -> None:
+    options = PlanOptions(method=method or M.AUTO)
+    plan = plan_domain(domain(state, QCOW2, NET), options)
+    (left_out,) = plan.left_out
+    assert left_out.disk == NET and reason_part in left_out.reason
+    assert "read through the running domain's qemu only" in left_out.reason
+    assert [d.disk.target for d in plan.backed_up] == ["vda"]
+    # a domain with nothing but that disk is incomplete, not backed up with no disk
+    alone = plan_domain(domain(state, NET), options)
+    assert alone.method is None and alone.nothing_but_left_out
+
+
+def test_the_backup_api_reads_a_qcow2_on_the_network_incrementally() -> None:
+    plan = plan_domain(domain(S.RUNNING, replace(NET, format="qcow2")))
+    assert plan.method == M.BACKUP_API and "read in full" not in plan.reason
+    assert plan.disks[0].reason.endswith("only what changed since the last backup")

@@ -527,3 +527,18 @@ def test_kept_elements_lose_what_reaches_the_host() -> None:
     assert [c.tag for c in interface] == ["model"]
     assert domain.find("devices/tpm/backend").attrib == {"type": "emulator", "version": "2.0"}  # type: ignore[union-attr]
     assert list(domain.find("devices/tpm/backend")) == []  # type: ignore[arg-type]
+
+
+def test_a_restored_network_disk_is_a_file_without_its_credentials() -> None:
+    xml = """<domain type='qemu'><name>web1</name><devices>
+    <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+      <auth username='u'><secret type='iscsi' uuid='3c5b'/></auth>
+      <source protocol='iscsi' name='iqn.x/1'><host name='10.0.0.2'/></source>
+      <target dev='vda' bus='virtio'/></disk></devices></domain>"""
+    restored = {"vda": RestoredDisk("/r/vda.raw", "raw")}
+    for keep in (False, True):
+        new = domain_xml_for_restore(xml, "copy", restored, keep_host_devices=keep)
+        disk = ET.fromstring(new.xml).find("devices/disk")
+        assert disk is not None and disk.get("type") == "file"
+        assert disk.find("source").attrib == {"file": "/r/vda.raw"}  # type: ignore[union-attr]
+        assert disk.find("auth") is None and "iqn" not in new.xml

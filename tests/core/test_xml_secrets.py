@@ -41,3 +41,22 @@ def test_no_secret_no_change(xml: str) -> None:
 def test_not_xml() -> None:
     with pytest.raises(SecretsError, match="not well-formed"):
         without_secrets("<domain>")
+
+
+def test_the_usage_of_a_disk_secret_is_removed_and_its_uuid_kept() -> None:
+    xml = """<domain><devices>
+    <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+      <auth username='u'><secret type='iscsi' usage='web-lun&gt;x'/></auth>
+      <source protocol='iscsi' name='iqn.x/1'><host name='h'/></source></disk>
+    <disk type='network' device='disk'>
+      <source protocol='rbd' name='pool/img'>
+        <auth username='admin'><secret type="ceph" uuid="3c5b" usage="client.admin"/></auth>
+      </source></disk>
+    <secretish usage='not-a-secret'/>
+</devices></domain>"""
+    assert secrets_in(xml) == ("name (usage) of a host secret for a disk",)
+    stripped, removed = without_secrets(xml)
+    assert removed == secrets_in(xml)
+    assert "web-lun" not in stripped and "client.admin" not in stripped
+    assert "<secret type='iscsi'/>" in stripped and '<secret type="ceph" uuid="3c5b"/>' in stripped
+    assert "<secretish usage='not-a-secret'/>" in stripped and secrets_in(stripped) == ()

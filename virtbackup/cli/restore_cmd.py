@@ -9,6 +9,7 @@ from virtbackup.cli.context import DIRECTORY, GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.remote_options import Reading, reading_options, resolve_backup
 from virtbackup.core.errors import UsageError
+from virtbackup.core.network_source import is_network_source, put_back_hint
 from virtbackup.core.signature import SignatureState
 from virtbackup.engine.datapath.restore import restore_backup
 
@@ -59,6 +60,11 @@ def restore_command(
         click.echo(f"signature\t{result.signature.describe()}")
     for image in result.images:
         click.echo(f"{image.target}\t{image.path}")
+    for disk in result.manifest.disks:
+        if is_network_source(disk.source):
+            restored = next(i.path for i in result.images if i.target == disk.target)
+            hint = put_back_hint(disk.target, disk.source, str(restored), disk.format)
+            click.echo(f"virtbackup: note: {hint}", err=True)
     if result.domain_uuid is not None:
         click.echo(f"defined domain {define} ({result.domain_uuid})")
     if result.dropped and keep_host_devices:

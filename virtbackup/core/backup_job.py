@@ -4,7 +4,10 @@ checkpoints, and the XML of a pull backup and of its checkpoint.
 A job's files are named after the run, so that `clean` can tell ours from anyone
 else's: the socket `<socket dir>/<domain uuid>.virtbackup-<run id>.sock`; a scratch file
 (the copy-before-write target) next to the image, `<image>.virtbackup-<run id>.scratch`,
-or in a configured overlay directory `<domain uuid>-<target>.virtbackup-<run id>.scratch`.
+or in a configured overlay directory `<domain uuid>-<target>.virtbackup-<run id>.scratch`;
+a disk that is no file (a block device, a network source) has no directory of its own
+to put it in: without an overlay directory its scratch file goes under that name into
+the socket directory, which qemu can write.
 A checkpoint is named `virtbackup-<run id>` after the run that made it, and recorded in
 that run's manifest.
 
@@ -41,9 +44,12 @@ def offline_socket_path(
 
 
 def scratch_path(
-    image: str, target: str, domain_uuid: str, run_id: str, overlay_dir: PurePath | None
+    image: str | None, target: str, domain_uuid: str, run_id: str, overlay_dir: PurePath | None
 ) -> PurePath:
-    return run_file_path(image, target, domain_uuid, run_id, overlay_dir, SCRATCH_SUFFIX)
+    """`image`: the disk's image file; None for a disk that is no file."""
+    if image is None:
+        overlay_dir = overlay_dir or SOCKET_DIR
+    return run_file_path(image or "", target, domain_uuid, run_id, overlay_dir, SCRATCH_SUFFIX)
 
 
 def checkpoint_name(run_id: str) -> str:
@@ -67,10 +73,13 @@ def pull_backup_xml(
     scratch: Mapping[str, str],
     all_targets: Iterable[str],
     since: str | None = None,
+    untracked: Iterable[str] = (),
 ) -> str:
     """A pull backup of the disks in `scratch` (target -> scratch file) served on the
     unix `socket`, every other disk left out; `since`: only the changes since that
-    checkpoint are marked dirty (the job still serves every byte)."""
+    checkpoint are marked dirty (the job still serves every byte), except on the
+    `untracked` disks, which have no bitmap and are served in full."""
+    full = set(untracked)
     root = ET.Element("domainbackup", mode="pull")
     if since is not None:
         ET.SubElement(root, "incremental").text = since
@@ -79,6 +88,8 @@ def pull_backup_xml(
     for target in all_targets:
         if target in scratch:
             disk = ET.SubElement(disks, "disk", name=target, backup="yes", type="file")
+            if since is not None and target in full:
+                disk.set("backupmode", "full")
             ET.SubElement(disk, "scratch", file=scratch[target])
         else:
             ET.SubElement(disks, "disk", name=target, backup="no")

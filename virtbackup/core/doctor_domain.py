@@ -34,6 +34,7 @@ def domain_findings(check: DomainCheck, settings: Settings = DEFAULT_SETTINGS) -
         found.append(Finding(Severity.WARNING, "plan", f"not backed up: {plan.reason}", None, name))
     elif plan.method is not None:
         found.append(Finding(Severity.INFO, "plan", f"method {plan.method.value}", None, name))
+    found += _how_each_disk(check)
     found += _agent_findings(check)
     found += _secrets_findings(check, settings)
     for left_out in plan.left_out:
@@ -53,6 +54,17 @@ def domain_findings(check: DomainCheck, settings: Settings = DEFAULT_SETTINGS) -
         if disk.backed_up or (disk.disk.probe_error and disk.disk.device == "disk"):
             found += _disk_findings(check, disk, settings)
     return found
+
+
+def _how_each_disk(check: DomainCheck) -> list[Finding]:
+    """How each disk is read where that is not the domain's method alone: under the
+    backup API (changes tracked or read in full), and network and block disks."""
+    plan = check.plan
+    return [
+        Finding(Severity.INFO, "method", disk.reason, None, plan.domain.name, disk.disk.target)
+        for disk in plan.backed_up
+        if plan.method is Method.BACKUP_API or disk.disk.source_type in ("network", "block")
+    ]
 
 
 def _secrets_findings(check: DomainCheck, settings: Settings) -> list[Finding]:

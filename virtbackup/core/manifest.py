@@ -15,7 +15,7 @@ manifest.json (format_version 1)::
         "stream_format_version": 1, "chunk_size": 4194304,
         "digest_algorithm": "sha256-4MiB-chunks", "digest": "<hex, see below>"
       }],
-      "left_out": [{"target": "vdb", "reason": "network disks are not supported yet"}],
+      "left_out": [{"target": "sda", "reason": "SCSI passthrough (lun): ..."}],
       "domain_xml_sha256": "<hex>",
       "checkpoint": "virtbackup-20250125T183000Z-1a2b3c"
     }
@@ -27,6 +27,8 @@ written only when there are any, so a manifest without it has every disk.
 `domain.xml.age` when encrypted): it binds that file to this manifest. A manifest
 without it (an older backup) binds nothing and its domain XML is read as it is.
 
+`source` is the disk's image file or block device, or for a network disk its location
+as `protocol://host:port/name` (core/network_source.py), never its credentials.
 `byte_size` is the size of the source file or device (what `lz4 -d` gives back),
 `virtual_size` what the guest sees, `stored_size` the size of the stream file.
 `digest` is the whole-disk digest of the uncompressed bytes named by `digest_algorithm`

@@ -53,6 +53,17 @@ class DiskFacts:
     # vmdk extent), or why that cannot be ruled out: copying the file alone would miss it.
     data_elsewhere: str | None = None
 
+    @property
+    def location(self) -> str | None:
+        """Where the disk's data is: its host path, or a network source's URL."""
+        return self.path or self.network
+
+    @property
+    def tracks_changes(self) -> bool:
+        """Whether qemu can keep persistent dirty bitmaps for it: only a qcow2 holds
+        them, wherever it lives (a file, a block device, the network)."""
+        return self.format == "qcow2"
+
 
 @dataclass(frozen=True)
 class DomainFacts:

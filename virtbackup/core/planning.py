@@ -7,16 +7,24 @@ globs of the command line against the domains of the host.
 
 Methods under `auto`:
 - shut off: `offline`, the images are read directly.
-- running (or blocked): `lvm` when every disk to back up is known to live on LVM, else
-  `snapshot` (an external disk-only snapshot takes the writes during the copy).
+- running (or blocked): `backup-api` when a disk is on the network (only qemu can read
+  it), or, when the backup API is wanted (the repository layout), when every disk is a
+  qcow2 (its changes are tracked) or a disk is a block device not on LVM; else `lvm` when
+  every disk to back up is known to live on LVM, else `snapshot` (an external disk-only
+  snapshot takes the writes during the copy).
 - paused: the same; the domain stays paused.
 - pmsuspended (suspended to RAM by the guest): `snapshot`; qemu keeps its disks open.
 - in shutdown, crashed, no state: not backed up. A snapshot of a domain that is about
   to stop could be stranded; a crashed guest's disks are in an unknown state.
 `shutdown` is never chosen by `auto`: it takes the service down.
 
-Nothing is left out silently: a disk whose data cannot be backed up (network, SCSI
-passthrough, an unsupported source type, an image whose data lives in other files) is
+Network disks are read only through qemu, from libvirt's backup job of a running or
+paused domain: under any other method (a shut-off domain included) they are left out,
+with the reason.
+
+Nothing is left out silently: a disk whose data cannot be backed up (network under a
+method that cannot read it, SCSI passthrough, an unsupported source type, an image
+whose data lives in other files) is
 `left_out` unless the configuration excludes it by target (`exclude_disks`); the engine
 then reports the domain's backup incomplete. A disk whose image cannot be read now is
 `unreadable`: the domain's backup fails (unless the disk is excluded).
@@ -123,16 +131,13 @@ def disk_verdict(disk: DiskFacts) -> DiskPlan:
             "back it up on the storage side",
             left_out=True,
         )
-    if disk.source_type == "network":
-        where = f" ({disk.network})" if disk.network else ""
-        return DiskPlan(disk, False, f"network disks are not supported yet{where}", left_out=True)
-    if disk.source_type not in LOCAL_SOURCES:
+    if disk.source_type not in LOCAL_SOURCES and disk.source_type != "network":
         return DiskPlan(
             disk, False, f"{disk.source_type} disks are not supported", warning=True, left_out=True
         )
     if disk.probe_error is not None:
         return DiskPlan(disk, False, disk.probe_error, warning=True, unreadable=True)
-    if disk.path is None:
+    if disk.location is None:
         return DiskPlan(disk, False, "no source: nothing to back up")
     if disk.data_elsewhere is not None:
         return DiskPlan(disk, False, disk.data_elsewhere, warning=True, left_out=True)
@@ -153,19 +158,46 @@ _HOW = {
     Method.SNAPSHOT: "copied while an external snapshot takes the writes",
     Method.LVM: "copied from an LVM snapshot",
     Method.SHUTDOWN: "read while the domain is shut down",
-    Method.BACKUP_API: "read over NBD from libvirt's backup job: only what changed since "
-    "the last backup",
 }
 
 
-def _finish_disk(verdict: DiskPlan, method: Method | None) -> DiskPlan:
+def _how(method: Method, disk: DiskFacts) -> str:
+    if method is not Method.BACKUP_API:
+        return _HOW[method]
+    how = "read over NBD from libvirt's backup job"
+    if disk.source_type == "network":
+        how = f"network disk ({disk.network}), {how} (qemu reads the network source)"
+    if disk.tracks_changes:
+        return f"{how}: only what changed since the last backup"
+    return (
+        f"{how}: in full each time, {disk.format or 'raw'} keeps no change bitmaps "
+        "(the repository stores only new chunks)"
+    )
+
+
+def _network_left_out(disk: DiskFacts, state: DomainState) -> DiskPlan:
+    """A network disk under a method that cannot read it: qemu reads it for the backup
+    API only (reading it on the host would need the storage's tools and credentials)."""
+    if state is DomainState.SHUTOFF:
+        why = "start the domain to back it up (or back the volume up on the storage side)"
+    elif state in BACKUP_API_STATES:
+        why = "use --method backup-api (or auto)"
+    else:
+        why = f"it is {state}: the backup API needs a running or paused domain"
+    reason = f"network disk ({disk.network}): read through the running domain's qemu only; {why}"
+    return DiskPlan(disk, False, reason, warning=True, left_out=True)
+
+
+def _finish_disk(verdict: DiskPlan, method: Method | None, state: DomainState) -> DiskPlan:
     if not verdict.backup:
         return verdict
     if method is None:
         return DiskPlan(verdict.disk, False, "the domain is not backed up", verdict.warning)
+    if verdict.disk.source_type == "network" and method is not Method.BACKUP_API:
+        return _network_left_out(verdict.disk, state)
     if verdict.reason:
         return verdict
-    return DiskPlan(verdict.disk, True, _HOW[method])
+    return DiskPlan(verdict.disk, True, _how(method, verdict.disk))
 
 
 # -- domains -----------------------------------------------------------------------------
@@ -188,7 +220,9 @@ def plan_domain(facts: DomainFacts, options: PlanOptions | None = None) -> Domai
         method, reason = _auto(facts, wanted, options.backup_api)
     else:
         method, reason = _asked(facts, wanted, options.method)
-    disks = tuple(_finish_disk(v, method) for v in verdicts)
+    disks = tuple(_finish_disk(v, method, facts.state) for v in verdicts)
+    if method is not None and not any(d.backup for d in disks):
+        method, reason = None, NO_DISK_REASON  # its only disks are on the network
     return DomainPlan(facts, method, reason, disks)
 
 
@@ -196,15 +230,21 @@ def _all_on_lv(disks: Sequence[DiskFacts]) -> bool:
     return all(d.on_lv is True for d in disks)
 
 
-def backup_api_problem(facts: DomainFacts, disks: Sequence[DiskFacts]) -> str | None:
-    """Why libvirt's backup API cannot read these disks of the domain (None: it can):
-    qemu must run it, and the changes are tracked in qcow2 bitmaps."""
+def backup_api_problem(facts: DomainFacts) -> str | None:
+    """Why libvirt's backup API cannot serve the domain's disks (None: it can): qemu must
+    run it. It serves any disk qemu has open, whatever the storage behind it."""
     if facts.state not in BACKUP_API_STATES:
         return f"it is {facts.state}; the backup API needs a running or paused domain"
-    others = [d.target for d in disks if d.source_type != "file" or d.format != "qcow2"]
-    if others:
-        return f"{', '.join(others)} not a qcow2 file (convert to qcow2 for incremental reads)"
     return None
+
+
+def untracked_note(disks: Sequence[DiskFacts]) -> str:
+    """Which disks are read in full each time (no persistent bitmaps), and how to change
+    that; empty when every disk's changes are tracked."""
+    others = [d.target for d in disks if not d.tracks_changes]
+    if not others:
+        return ""
+    return f"{', '.join(others)} not a qcow2 file (convert to qcow2 for incremental reads)"
 
 
 def _auto(
@@ -218,13 +258,11 @@ def _auto(
             DomainState.PAUSED: "; it stays paused",
             DomainState.PMSUSPENDED: "; it stays suspended",
         }.get(state, "")
-        problem = backup_api_problem(facts, disks) if backup_api else None
-        if backup_api and problem is None:
-            return Method.BACKUP_API, (
-                f"auto: {state}, every disk is a qcow2 file: libvirt's backup API, "
-                f"only what changed since the last backup is read{stays}"
-            )
+        chosen = _auto_backup_api(facts, disks, backup_api)
+        if chosen is not None:
+            return Method.BACKUP_API, f"auto: {state}, {chosen}{stays}"
         # with the repository, say what would give incremental reads
+        problem = untracked_note(disks) if backup_api else ""
         no_changes = f"; everything is read: {problem}" if problem else ""
         if _all_on_lv(disks):
             return Method.LVM, (
@@ -245,6 +283,33 @@ def _auto(
     return None, f"{state}: libvirt does not say whether it runs"
 
 
+def _auto_backup_api(
+    facts: DomainFacts, disks: Sequence[DiskFacts], backup_api: bool
+) -> str | None:
+    """Why auto takes the backup API for a live domain (None: it does not)."""
+    if backup_api_problem(facts) is not None:
+        return None
+    untracked = untracked_note(disks)
+    in_full = f"; read in full: {untracked}" if untracked else ""
+    network = [d.target for d in disks if d.source_type == "network"]
+    if network:
+        return (
+            f"{', '.join(network)} on the network: libvirt's backup API, qemu reads "
+            f"every disk{in_full}"
+        )
+    if not backup_api:
+        return None
+    if not untracked:
+        return (
+            "every disk is a qcow2: libvirt's backup API, "
+            "only what changed since the last backup is read"
+        )
+    block = [d.target for d in disks if d.source_type == "block"]
+    if block and not _all_on_lv(disks):
+        return f"{', '.join(block)} a block device: libvirt's backup API, no overlay{in_full}"
+    return None
+
+
 def _asked(
     facts: DomainFacts, disks: Sequence[DiskFacts], method: Method
 ) -> tuple[Method | None, str]:
@@ -262,10 +327,12 @@ def _asked(
     if method is Method.SNAPSHOT:
         return Method.SNAPSHOT, f"snapshot: {state}, an external snapshot takes the writes"
     if method is Method.BACKUP_API:
-        problem = backup_api_problem(facts, disks)
+        problem = backup_api_problem(facts)
         if problem:
             return None, f"backup-api asked, but {problem}"
-        return Method.BACKUP_API, f"backup-api: {state}, read over NBD from a backup job"
+        untracked = untracked_note(disks)
+        in_full = f"; read in full: {untracked}" if untracked else ""
+        return Method.BACKUP_API, f"backup-api: {state}, read over NBD from a backup job{in_full}"
     if method is Method.LVM:
         not_on_lv = [d.target for d in disks if d.on_lv is False]
         if not_on_lv:

@@ -138,12 +138,13 @@ def _set_name(domain: ET.Element, new_name: str) -> None:
 
 
 def _point_disk_at(disk: ET.Element, restored: RestoredDisk, cut_backing: bool) -> None:
-    # A restored disk is always a plain file, whatever it was (block device, volume).
+    # A restored disk is always a plain file, whatever it was (block device, volume,
+    # network source: its credentials, <auth>, mean nothing to a file).
     disk.set("type", "file")
     if disk.get("device") == "lun":
         disk.set("device", "disk")
     for child in list(disk):
-        if child.tag in ("source", "backingStore", "mirror"):
+        if child.tag in ("source", "backingStore", "mirror", "auth"):
             disk.remove(child)
     driver = disk.find("driver")
     if driver is None:

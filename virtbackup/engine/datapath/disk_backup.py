@@ -71,6 +71,7 @@ class DiskSource:
     free_space_skipped: bool = False  # `path` holds the guest's used blocks only
     nbd: NbdLocation | None = None  # served by a backup job: read there, not at `path`
     since: EarlierDisk | None = None  # nbd incremental: its chunks reused where unchanged
+    location: str | None = None  # a network disk's source (URL, no credentials): no path
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ def _stream_disk(
 ) -> DiskRecord:
     """One disk as a stream file of the backup."""
     name = stream_file_name(disk, encrypt_to is not None)
-    log.info("backing up %s %s (%s) to %s", domain_name, disk.target, disk.path, name)
+    where = disk.location or disk.path
+    log.info("backing up %s %s (%s) to %s", domain_name, disk.target, where, name)
     with partial.create(name) as out, _sealing(out, encrypt_to) as sink:
         result = write_stream(readable(disk), sink, progress, disk.target, options)
     return _disk_record(disk, name, partial.size_of(name), options.chunk_size, result)
@@ -198,9 +200,8 @@ def _repository_disk(
     with its changes since an earlier backup reuses that backup's chunks where unchanged
     (a note says why when it cannot)."""
     name = index_file_name(disk.target, disk.format)
-    log.info(
-        "backing up %s %s (%s) to the repository, %s", domain_name, disk.target, disk.path, name
-    )
+    where = disk.location or disk.path
+    log.info("backing up %s %s (%s) to the repository, %s", domain_name, disk.target, where, name)
     chunk_size = repository.options.chunk_size
     earlier = _earlier_names(disk, chunk_size, notes)
     source = readable(disk)
@@ -266,7 +267,7 @@ def _disk_record(
 ) -> DiskRecord:
     return DiskRecord(
         target=disk.target,
-        source=str(disk.origin or disk.path),
+        source=disk.location or str(disk.origin or disk.path),
         format=disk.format,
         virtual_size=disk.virtual_size,
         byte_size=result.data_size,

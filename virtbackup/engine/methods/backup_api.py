@@ -14,7 +14,10 @@ and its scratch files and socket removed; the job is journalled first, so `clean
 the next run) ends a job a killed run left behind (engine/runs/undo).
 
 What is read is the guest's view of the disk (its whole backing chain, flattened): the
-backup stores it as a raw disk. Only qcow2 files are served (planning decides).
+backup stores it as a raw disk. qemu serves any disk it has open, whatever the storage
+behind it: a file, a block device, a network source (NBD, iSCSI, RBD, ...), which is read
+through the domain's own qemu and its own credentials, never named by us to a program.
+Changes are tracked (checkpoint bitmaps) on qcow2 disks only; the others are read in full.
 """
 
 import os
@@ -71,7 +74,7 @@ def backup_api_images(
     options = context.options
     with planned_domain_session(conn, plan, context) as (dom, session):
         facts, disks = as_planned(session.hypervisor, dom, plan)
-        problem = backup_api_problem(facts, disks)
+        problem = backup_api_problem(facts)
         if problem:
             raise UnsupportedDisk(f"{facts.name}: {problem}", "use --method snapshot")
         definition = dom.config_xml() or dom.live_xml()
@@ -79,7 +82,11 @@ def backup_api_images(
         scratch = {
             disk.target: str(
                 scratch_path(
-                    disk.path or "", disk.target, facts.uuid, session.run_id, options.overlay_dir
+                    disk.path if disk.source_type == "file" else None,
+                    disk.target,
+                    facts.uuid,
+                    session.run_id,
+                    options.overlay_dir,
                 )
             )
             for disk in disks
@@ -90,10 +97,15 @@ def backup_api_images(
         for path in (socket, *scratch.values()):
             if os.path.lexists(path):
                 raise SnapshotFailed(f"{path} exists already: it is not ours to overwrite")
-        since, earlier, notes = changes_since(context.change_base, disks, dom.backups.checkpoints())
+        tracked = [disk for disk in disks if disk.tracks_changes]
+        since, earlier, notes = changes_since(
+            context.change_base, tracked, dom.backups.checkpoints()
+        )
         all_targets = [disk.target for disk in facts.disks if disk.target != "?"]
-        checkpoint = checkpoint_name(session.run_id)
-        job = _Job(dom, socket, scratch, all_targets, checkpoint, since, notes)
+        # no checkpoint when no disk can keep its bitmap
+        checkpoint = checkpoint_name(session.run_id) if tracked else None
+        targets = (all_targets, {disk.target for disk in tracked})
+        job = _Job(dom, socket, scratch, targets, checkpoint, since, notes)
         with session.scope():
             session.register(BackupJobRecord(socket, tuple(scratch.values())))
             consistency = _begin(session, dom, facts, job.start, options.quiesce)
@@ -101,7 +113,7 @@ def backup_api_images(
                 earlier = {}
             session.steps.step(
                 facts.name,
-                f"{consistency.value} backup job, checkpoint {checkpoint}: "
+                f"{consistency.value} backup job, checkpoint {checkpoint or 'none'}: "
                 + ", ".join(
                     f"{target} changes since {since}" if target in earlier else f"{target} in full"
                     for target in scratch
@@ -131,23 +143,33 @@ class _Job:
         dom: Domain,
         socket: str,
         scratch: dict[str, str],
-        all_targets: list[str],
-        checkpoint: str,
+        targets: tuple[list[str], set[str]],
+        checkpoint: str | None,
         since: str | None,
         notes: list[str],
     ) -> None:
         self.dom = dom
         self.socket = socket
         self.scratch = scratch
-        self.all_targets = all_targets
-        self.checkpoint_xml = checkpoint_xml(checkpoint, scratch, all_targets)
+        # every disk of the domain, and those read whose changes are tracked
+        self.all_targets, self.tracked = targets
+        self.checkpoint = checkpoint
         self.since = since
         self.notes = notes
         self.incremental = False
 
+    @property
+    def checkpoint_xml(self) -> str | None:
+        if self.checkpoint is None:
+            return None
+        return checkpoint_xml(self.checkpoint, self.tracked, self.all_targets)
+
     def start(self) -> None:
         if self.since is not None:
-            xml = pull_backup_xml(self.socket, self.scratch, self.all_targets, self.since)
+            untracked = set(self.scratch) - self.tracked
+            xml = pull_backup_xml(
+                self.socket, self.scratch, self.all_targets, self.since, untracked
+            )
             try:
                 self.dom.backups.begin_pull(xml, self.checkpoint_xml)
                 self.incremental = True

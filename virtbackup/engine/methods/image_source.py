@@ -148,7 +148,7 @@ def as_planned(
     disks = []
     for planned in plan.backed_up:
         disk = now.get(planned.disk.target)
-        if disk is None or disk.path is None or disk.source_type != planned.disk.source_type:
+        if disk is None or disk.location is None or disk.source_type != planned.disk.source_type:
             raise DomainChanged(
                 f"{name} {planned.disk.target} is not the disk the backup was planned for",
                 "run the backup again",
@@ -197,6 +197,7 @@ def served_over_nbd(
     return DiskSource(
         target=disk.target,
         path=Path(disk.path or ""),
+        location=disk.network,
         format="raw",
         virtual_size=disk.virtual_size or 0,
         nbd=NbdLocation(socket, disk.target, changes),

@@ -68,9 +68,9 @@ def changes_since(
         record = base.disk(disk.target)
         if record is None or not record.in_repository:
             notes.append(f"{disk.target}: read in full: not in the repository in {base.label}")
-        elif record.source != disk.path:
+        elif record.source != disk.location:
             notes.append(
-                f"{disk.target}: read in full: it is {disk.path} now, {record.source} "
+                f"{disk.target}: read in full: it is {disk.location} now, {record.source} "
                 f"in {base.label}"
             )
         elif disk.virtual_size is not None and record.byte_size != disk.virtual_size:

@@ -1,0 +1,199 @@
+"""Network and block disks of running domains, read through libvirt's backup API from
+real servers on this host (`qemu-nbd` on a unix socket, Debian's `tgtd` on loopback with
+CHAP through a libvirt secret, a loop device): each generation restores byte-identical
+to a copy taken at the backup's instant, restore never writes to the network volume,
+credentials appear nowhere, and a shut-off domain's network disk is left out with the
+reason."""
+
+import hashlib
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from backup_api_helpers import backup, job_leftovers
+from consistency_helpers import guest_write
+from harness.cli import virtbackup_in
+from harness.libvirtd import DiskSpec, DomainFactory
+from network_servers import iscsi_target, nbd_server
+
+from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.core.backup_job import SOCKET_DIR
+
+MiB = 1024 * 1024
+
+
+def api_backup(state_dir: Path, dest: Path, name: str, *global_args: str) -> dict[str, Any]:
+    row = backup(state_dir, dest, name, global_args=global_args)
+    assert row["method"] == "backup-api", row
+    return row
+
+
+def references(dom: Any, sources: dict[str, list[str]], directory: Path) -> dict[str, Path]:
+    """The guest's view of each disk now (target -> qemu-img source arguments): paused,
+    copied as raw, resumed."""
+    directory.mkdir()
+    copies = {target: directory / f"{target}.raw" for target in sources}
+    dom.suspend()
+    try:
+        for target, source in sources.items():
+            argv = ["qemu-img", "convert", "-U", *source, "-O", "raw", str(copies[target])]
+            subprocess.run(argv, check=True)
+    finally:
+        dom.resume()
+    return copies
+
+
+def restore(state_dir: Path, backup_dir: str, to: Path) -> subprocess.CompletedProcess[str]:
+    result = virtbackup_in(state_dir, "restore", backup_dir, "--to", str(to))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def assert_identical(restored: Path, expected: dict[str, Path]) -> None:
+    for target, copy in expected.items():
+        subprocess.run(["cmp", str(copy), str(restored / f"{target}.raw")], check=True)
+
+
+def assert_no_job_left(hypervisor: Hypervisor, name: str, workdir: Path) -> None:
+    assert job_leftovers(hypervisor, name, workdir) == []
+    uuid_ = hypervisor.domain(name).uuid
+    assert list(Path(SOCKET_DIR).glob(f"{uuid_}*")) == []  # scratch files of non-file disks
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_an_nbd_disk_is_backed_up_twice_and_restored_as_files_only(
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    served = domain_factory.blank_image("net-served.raw", "raw", 16 * MiB)
+    with nbd_server(served, domain_factory.workdir / "nbd.sock") as nbd:
+        # a qcow2 file beside it: its changes are tracked, the NBD disk is read in full
+        dom = domain_factory.create(
+            [DiskSpec("qcow2", 16 * MiB)], hint="nbd", start=True, devices_xml=nbd.disk_xml("vdb")
+        )
+        qcow2 = ["-f", "qcow2", str(domain_factory.workdir / "nbd-disk0.qcow2")]
+        sources = {"vda": qcow2, "vdb": ["-f", "raw", nbd.url]}
+        listed = virtbackup_in(state_dir, "list", dom.name(), "--json", "--layout", "repository")
+        (plan,) = json.loads(listed.stdout)["domains"]
+        assert plan["method"] == "backup-api" and "vdb on the network" in plan["reason"], plan
+        reasons = {d["target"]: d["reason"] for d in plan["disks"]}
+        assert reasons["vda"].endswith("only what changed since the last backup"), reasons
+        assert f"network disk (nbd://unix:{nbd.socket})" in reasons["vdb"], reasons
+        assert "in full each time, raw keeps no change bitmaps" in reasons["vdb"], reasons
+
+        guest_write(dom, "virtio-disk1", 5, 1 * MiB, 3 * MiB)
+        guest_write(dom, "virtio-disk0", 6, 2 * MiB, 1 * MiB)
+        first_refs = references(dom, sources, tmp_path / "ref1")
+        first = api_backup(state_dir, dest, dom.name())
+        manifest = json.loads((Path(first["backup"]) / "manifest.json").read_text())
+        by_target = {d["target"]: d for d in manifest["disks"]}
+        assert by_target["vdb"]["source"] == f"nbd://unix:{nbd.socket}"
+        assert manifest["checkpoint"].startswith("virtbackup-")  # for vda's bitmap
+
+        guest_write(dom, "virtio-disk1", 8, 9 * MiB, 2 * MiB)
+        guest_write(dom, "virtio-disk0", 9, 4 * MiB, 1 * MiB)
+        second_refs = references(dom, sources, tmp_path / "ref2")
+        time.sleep(1.1)  # a new stamp
+        second = api_backup(state_dir, dest, dom.name())
+        # vda's changes since the first backup, vdb (no bitmap) in full, in one job
+        assert not any("read in full" in warning for warning in second["warnings"]), second
+        second_manifest = json.loads((Path(second["backup"]) / "manifest.json").read_text())
+        assert second_manifest["checkpoint"] != manifest["checkpoint"]
+        assert dom.isActive() and dom.state()[0] == 1  # running throughout
+        assert_no_job_left(hypervisor, dom.name(), domain_factory.workdir)
+
+        before = digest(served)
+        restore(state_dir, first["backup"], tmp_path / "r1")
+        assert_identical(tmp_path / "r1", first_refs)
+        restored = restore(state_dir, second["backup"], tmp_path / "r2")
+        assert_identical(tmp_path / "r2", second_refs)
+        assert digest(served) == before  # the network volume is never written
+        assert (
+            f"vdb was the network disk nbd://unix:{nbd.socket}: restored to "
+            f"{tmp_path / 'r2' / 'vdb.raw'} only, the volume is not written"
+        ) in restored.stderr
+        assert "qemu-img convert -n -f raw -O raw" in restored.stderr
+
+
+def test_a_block_disk_of_a_running_domain_is_read_through_the_backup_api(
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    dom = domain_factory.create([DiskSpec("block", 16 * MiB)], hint="blk", start=True)
+    device = hypervisor.facts(hypervisor.domain(dom.name())).disks[0].path
+    assert device is not None and device.startswith("/dev/loop")
+    guest_write(dom, "virtio-disk0", 4, 3 * MiB, 5 * MiB)
+    expected = references(dom, {"vda": ["-f", "raw", device]}, tmp_path / "ref")
+    row = api_backup(state_dir, dest, dom.name())
+    assert dom.state()[0] == 1
+    assert_no_job_left(hypervisor, dom.name(), domain_factory.workdir)
+    restore(state_dir, row["backup"], tmp_path / "r")
+    assert_identical(tmp_path / "r", expected)
+
+
+def all_bytes_under(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
+
+
+def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
+    domain_factory: DomainFactory,
+    libvirt_conn: Any,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    lun = domain_factory.blank_image("lun.raw", "raw", 16 * MiB)
+    password = f"chap-{uuid.uuid4().hex}"
+    usage = f"{domain_factory.name('chap')}-usage"
+    secret = libvirt_conn.secretDefineXML(
+        f"<secret ephemeral='no' private='yes'><usage type='iscsi'><target>{usage}</target>"
+        "</usage></secret>"
+    )
+    try:
+        secret.setValue(password.encode())
+        iqn = f"iqn.2026-01.test.virtbackup:{domain_factory.tag}"
+        with iscsi_target(lun, iqn, chap=("vbuser", password)) as target:
+            auth = f"<auth username='vbuser'><secret type='iscsi' usage='{usage}'/></auth>"
+            dom = domain_factory.create(
+                [], hint="iscsi", start=True, devices_xml=target.disk_xml("vda", auth)
+            )
+            guest_write(dom, "virtio-disk0", 7, 2 * MiB, 6 * MiB)
+            expected = references(dom, {"vda": ["-f", "raw", str(lun)]}, tmp_path / "ref")
+            log = tmp_path / "run.log"
+            row = api_backup(state_dir, dest, dom.name(), "-v", "--log-file", str(log))
+            assert "vbtest" in log.read_text()  # the log was written
+            restore(state_dir, row["backup"], tmp_path / "r")
+            assert_identical(tmp_path / "r", expected)
+            manifest = json.loads((Path(row["backup"]) / "manifest.json").read_text())
+            assert manifest["disks"][0]["source"] == target.url
+            assert "checkpoint" not in manifest  # no disk keeps a bitmap
+
+            # shut off: the network disk is left out with the reason, exit 1
+            dom.destroy()
+            off = virtbackup_in(state_dir, "backup", dom.name(), "--dest", str(dest), "--json")
+            assert off.returncode == 1, off.stdout + off.stderr
+            (off_row,) = json.loads(off.stdout)["domains"]
+            assert off_row["result"] == "incomplete", off_row
+            assert "start the domain to back it up" in off.stdout, off.stdout
+            listed = virtbackup_in(state_dir, "list", dom.name(), "--json")
+            (plan,) = json.loads(listed.stdout)["domains"]
+            assert "start the domain to back it up" in plan["disks"][0]["reason"], plan
+            said = json.dumps(row) + off.stdout + off.stderr + listed.stdout + listed.stderr
+    finally:
+        secret.undefine()
+    for text in (password, usage):
+        assert text not in said
+        assert text.encode() not in log.read_bytes()
+        assert text.encode() not in all_bytes_under(dest), f"{text} in a file of the backup"
