@@ -11,6 +11,7 @@ from virtbackup.cli.remote_options import Reading, reading_options, resolve_back
 from virtbackup.core.errors import UsageError
 from virtbackup.core.signature import SignatureState
 from virtbackup.engine.datapath.restore import restore_backup
+from virtbackup.engine.stores.remote import fetched_repository
 
 
 @click.command("restore")
@@ -43,7 +44,7 @@ def restore_command(
         raise UsageError("--keep-host-devices needs --define NAME")
     remote_name, config, trust = reading.settle(options)
     source = resolve_backup(backup, remote_name, reading.host, config)
-    with progress_sink(options.verbosity) as progress:
+    with fetched_repository(source), progress_sink(options.verbosity) as progress:
         result = restore_backup(
             source,
             target,
