@@ -21,6 +21,7 @@ from harness.remotes import RemoteServer
 from offsite_helpers import offsite_config, remote_files
 
 from virtbackup.adapters import rclone
+from virtbackup.adapters.locks import remote_repository_lock
 
 CHUNKS = ".virtbackup-repository/chunks"
 SEALED = ".virtbackup-repository/sealed-chunks"
@@ -95,8 +96,6 @@ def test_only_new_chunks_go_up_a_lost_one_is_sent_again_and_restore_reads_the_re
     assert restored.returncode == 0, restored.stderr
     subprocess.run(["cmp", str(raw.path), str(out / "vda.raw")], check=True)
     assert os.stat(out / "vda.raw").st_blocks <= os.stat(raw.path).st_blocks  # sparse
-    verified = virtbackup_in(state_dir, "--config", str(config), "verify", "--remote", name)
-    assert verified.returncode == 0, verified.stderr
 
     # a chunk lost on the remote after the last copy: verify from the remote names it
     rclone.delete_file(remote.remote, f"{CHUNKS}/{victim}")
@@ -190,3 +189,60 @@ def test_an_encrypted_repository_shows_the_remote_sealed_chunks_only(
     restored = restore_from_remote(state_dir, config, name, out, "-i", str(keys.identity))
     assert restored.returncode == 0, restored.stderr
     subprocess.run(["cmp", str(raw.path), str(out / "vda.raw")], check=True)
+
+
+def test_remote_prune_and_gc_remove_only_chunks_no_backup_names(
+    domain_factory: DomainFactory,
+    s3_remote: RemoteServer,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    image = domain_factory.workdir / "gc.raw"
+    with open(image, "wb") as f:
+        f.write(os.urandom(8 * MiB))  # two chunks
+    dom = domain_factory.create([DiskSpec("raw", image=image)], hint="rrgc")
+    config = offsite_config(tmp_path / "vb.toml", dest, s3_remote)
+    old = backup(state_dir, config, dom.name(), tmp_path / "1.log")
+    with open(image, "r+b") as f:
+        f.write(os.urandom(MiB))  # the first chunk changes, the second stays
+    time.sleep(1.1)
+    new = backup(state_dir, config, dom.name(), tmp_path / "2.log")
+    gone = index_lines(old) - index_lines(new)
+    assert len(gone) == 1
+    # an upload of another host in progress: its index is up, its manifest not yet
+    rclone.copy_file(
+        s3_remote.remote, old / "vda.raw.idx", "host-b/web/20250101T000000Z/vda.raw.idx"
+    )
+
+    def run(*args: str, grace: int = 0) -> subprocess.CompletedProcess[str]:
+        settings = offsite_config(
+            tmp_path / "gc.toml", dest, s3_remote, extra=f"gc_grace = {grace}"
+        )
+        return virtbackup_in(state_dir, "--config", str(settings), *args)
+
+    pruned = run("prune", "--remote", "--keep-last", "1")
+    assert pruned.returncode == 0, pruned.stderr
+    remaining = rclone.list_entries(s3_remote.remote, f"host-a/{dom.name()}")
+    assert {e.path for e in remaining} == {new.name}
+    kept = run("gc", "--remote", "--json")
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["removed"] == 0  # the upload in progress names it
+    rclone.purge(s3_remote.remote, "host-b")  # that upload given up
+
+    with remote_repository_lock(state_dir, shared=True):  # an upload of this host runs
+        locked = run("gc", "--remote")
+    assert locked.returncode == 3 and "in use" in locked.stderr, locked.stderr
+    young = run("gc", "--remote", "--json", grace=3600)
+    assert json.loads(young.stdout)["young"] == 1  # unnamed but used within the grace
+    dry = run("gc", "--remote", "--dry-run", "--json")
+    assert json.loads(dry.stdout)["removed"] == 1
+    assert gone <= set(rclone.list_file_sizes(s3_remote.remote, CHUNKS))
+    swept = run("gc", "--remote", "--json")
+    assert swept.returncode == 0, swept.stderr
+    assert json.loads(swept.stdout)["removed"] == 1
+    left = set(rclone.list_file_sizes(s3_remote.remote, CHUNKS))
+    assert left == index_lines(new)
+    name = f"{dom.name()}/{new.name}"
+    verified = virtbackup_in(state_dir, "--config", str(config), "verify", "--remote", name)
+    assert verified.returncode == 0, verified.stderr

@@ -245,9 +245,9 @@ def test_a_backup_of_another_domain_is_not_shipped_as_this_ones(
     shutil.copytree(web1, dest / "db1" / web1.name)  # web1's backup, planted as db1's
     mine = store_on(sftp_remote)
     store = LocalStore(dest)
-    assert ship(mine, store, "db1", tmp_path / "cache") == []
+    assert ship(mine, store, "db1", tmp_path / "state") == []
     assert mine.backups_of("db1").complete == []
-    assert ship(mine, store, "web1", tmp_path / "cache") == [
+    assert ship(mine, store, "web1", tmp_path / "state") == [
         mine.remote.path(f"kvm1/web1/{web1.name}")
     ]
 

@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
@@ -171,13 +172,13 @@ def list_entries(remote: Remote, path: str, recursive: bool = False) -> list[Rem
     return [_entry(item) for item in _json(result.stdout, f"lsjson {target}")]
 
 
-def list_file_sizes(remote: Remote, path: str, include: Sequence[str] = ()) -> dict[str, int]:
-    """Every file below `path` (recursively) and its size, restricted to the rclone filter
-    patterns `include` when given ("/ab/**"); a directory that does not exist is empty.
-    One listing request per directory page: on S3 a thousand names each."""
+def list_file_sizes(remote: Remote, path: str, filters: Sequence[str] = ()) -> dict[str, int]:
+    """Every file below `path` (recursively) and its size, restricted by the rclone filter
+    rules `filters` when given ("+ /ab/*", "- **"); a directory that does not exist is
+    empty. One listing request per directory page: on S3 a thousand names each."""
     target = remote.path(path)
     args = ["lsf", target, "--recursive", "--files-only", "--format", "sp", "--separator", " "]
-    args += [arg for pattern in include for arg in ("--include", pattern)]
+    args += [arg for rule in filters for arg in ("--filter", rule)]
     result = _rclone(remote, args, what=f"lsf {target}", tolerate=[DIRECTORY_NOT_FOUND])
     if result.returncode == DIRECTORY_NOT_FOUND:
         return {}
@@ -187,6 +188,25 @@ def list_file_sizes(remote: Remote, path: str, include: Sequence[str] = ()) -> d
         if name and size.isdigit():
             sizes[name] = int(size)
     return sizes
+
+
+def list_file_times(remote: Remote, path: str) -> dict[str, tuple[int, float]]:
+    """Every file below `path` (recursively): its size and modification time (seconds
+    since the epoch, as the backend keeps it: the source file's on S3 and SFTP, where
+    rclone sets it; the server's upload time on FTP); a missing directory is empty."""
+    target = remote.path(path)
+    args = ["lsjson", target, "--recursive", "--files-only", "--no-mimetype"]
+    result = _rclone(remote, args, what=f"lsjson {target}", tolerate=[DIRECTORY_NOT_FOUND])
+    if result.returncode == DIRECTORY_NOT_FOUND:
+        return {}
+    found = {}
+    for item in _json(result.stdout, f"lsjson {target}"):
+        try:
+            when = datetime.fromisoformat(str(item["ModTime"])).timestamp()
+        except ValueError:
+            raise RemoteError(f"rclone lsjson {target} gave a time it cannot read") from None
+        found[str(item["Path"])] = (int(item["Size"]), when)
+    return found
 
 
 def _entry(item: dict[str, Any]) -> RemoteEntry:
@@ -269,12 +289,20 @@ def _copy_named(
 ) -> None:
     if not names:
         return
+    with _files_from(names) as listing:
+        args = ["copy", source, target, *listing, "--no-traverse"]
+        args += [f"--transfers={transfers}", f"--checkers={transfers}"]
+        _rclone(remote, args, what=f"copy to {target}", transfer=True)
+
+
+@contextmanager
+def _files_from(names: Sequence[str]) -> Iterator[list[str]]:
+    """The options that restrict an rclone command to the files `names`, one a line in
+    a temporary file (a long list would not fit an argument list)."""
     with tempfile.NamedTemporaryFile("w", prefix="vb-files-from-", suffix=".txt") as listing:
         listing.write("".join(f"{name}\n" for name in names))
         listing.flush()
-        args = ["copy", source, target, "--files-from", listing.name, "--no-traverse"]
-        args += [f"--transfers={transfers}", f"--checkers={transfers}"]
-        _rclone(remote, args, what=f"copy to {target}", transfer=True)
+        yield ["--files-from", listing.name]
 
 
 def copy_file(remote: Remote, local_file: Path, path: str) -> None:
@@ -471,6 +499,16 @@ def purge(remote: Remote, path: str) -> None:
     """Remove the directory `path` and everything in it; a missing one is fine."""
     target = remote.path(path)
     _rclone(remote, ["purge", target], what=f"purge {target}", tolerate=[DIRECTORY_NOT_FOUND])
+
+
+def delete_listed(remote: Remote, path: str, names: Sequence[str]) -> None:
+    """Remove the files `names` (relative to `path`), several at a time; one that is
+    already gone is fine."""
+    if not names:
+        return
+    target = remote.path(path)
+    with _files_from(names) as listing:
+        _rclone(remote, ["delete", target, *listing, "--no-traverse"], what=f"delete in {target}")
 
 
 def delete_file(remote: Remote, path: str) -> None:

@@ -38,7 +38,6 @@ from virtbackup.engine.methods.trim import trim_before_backup
 from virtbackup.engine.stores.change_base import ChangeBase, newest_base
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.remote import RemoteStore, ship
-from virtbackup.engine.stores.remote_repository import CHUNK_CACHE_DIR
 from virtbackup.engine.stores.store import Store
 
 log = logging.getLogger(__name__)
@@ -207,7 +206,7 @@ def back_up_domain(
     if options.offsite is None or streamed:
         return outcome
     try:
-        ship(options.offsite, store, name, resolve_state_dir(options.state_dir) / CHUNK_CACHE_DIR)
+        ship(options.offsite, store, name, resolve_state_dir(options.state_dir))
     except Interrupted:
         raise  # SIGINT/SIGTERM end the run, not just this domain
     except VirtbackupError as err:

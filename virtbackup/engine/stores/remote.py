@@ -30,12 +30,17 @@ from pathlib import Path
 from typing import IO
 
 from virtbackup.adapters import rclone
+from virtbackup.adapters.locks import remote_repository_lock
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.errors import Interrupted, UsageError, VirtbackupError
 from virtbackup.core.repository_format import is_index_file_name
 from virtbackup.core.verify_record import VerifyRecord, build_verify_record
 from virtbackup.engine.stores.local import LocalStore
-from virtbackup.engine.stores.remote_repository import RemoteRepository, fetch_backup
+from virtbackup.engine.stores.remote_repository import (
+    CHUNK_CACHE_DIR,
+    RemoteRepository,
+    fetch_backup,
+)
 from virtbackup.engine.stores.repository_backups import holds_index
 from virtbackup.engine.stores.store import (
     MANIFEST,
@@ -183,7 +188,10 @@ class RemoteStore:
         return self.remote.path(target)
 
     def remove(self, domain: str, stamp: str) -> None:
+        """Remove a backup, its manifest first: a removal cut short leaves an incomplete
+        upload, never a backup missing some of its files."""
         check_backup_name(domain, stamp)
+        rclone.delete_file(self.remote, f"{self.backup_path(domain, stamp)}/{MANIFEST}")
         rclone.purge(self.remote, self.backup_path(domain, stamp))
 
     def remove_leftovers(self, domain: str, keep: Collection[str]) -> list[str]:
@@ -221,20 +229,25 @@ def fetched_repository(source: Path | BackupFiles) -> Iterator[None]:
             source.fetched = None
 
 
-def ship(remote: RemoteStore, store: LocalStore, domain: str, chunk_cache: Path) -> list[str]:
+def ship(remote: RemoteStore, store: LocalStore, domain: str, state_dir: Path) -> list[str]:
     """Upload every local backup of `domain` that is not complete on the remote, newest
     first (the new one, then any an earlier run failed to send); their locations. One
     listed with a problem (unreadable, of another domain, from the future) stays here.
     A backup of the repository sends the chunks the remote lacks first
-    (engine/stores/remote_repository.py; `chunk_cache`: where it remembers them)."""
+    (engine/stores/remote_repository.py), holding this host's lock of the remote
+    repository shared (in `state_dir`, beside the cache of remote chunk names)."""
     done = set(remote.backups_of(domain).complete)
     shipped = []
     for backup in store.list_backups(domain):
         if backup.stamp not in done and backup.manifest is not None and backup.problem is None:
             assert isinstance(backup.path, Path)
             if holds_index(backup.path):
-                RemoteRepository(remote.remote, chunk_cache).upload_chunks(store, backup.path)
-            shipped.append(remote.upload(backup.path))
+                with remote_repository_lock(state_dir, shared=True):
+                    repository = RemoteRepository(remote.remote, state_dir / CHUNK_CACHE_DIR)
+                    repository.upload_chunks(store, backup.path)
+                    shipped.append(remote.upload(backup.path))
+            else:
+                shipped.append(remote.upload(backup.path))
             log.info("%s: copied %s offsite", domain, backup.stamp)
     return shipped
 

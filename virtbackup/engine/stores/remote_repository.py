@@ -105,6 +105,10 @@ class RemoteChunkCache:
         self.names = {name for name in self.names if name[:2] not in gone}
         self.names.update(name for name in listed if CHUNK_PATH.fullmatch(name))
 
+    def drop(self) -> None:
+        """Forget what the remote holds: the next upload lists it again."""
+        self.path.unlink(missing_ok=True)
+
     def save(self) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         text = f"{CACHE_HEADER} {self.listed_at!r}\n" + "".join(
@@ -160,9 +164,13 @@ class RemoteRepository:
         self, chunks: ChunkStore, remote_dir: str, names: list[str], cache: RemoteChunkCache
     ) -> None:
         """Send the chunks `names` in batches, the cache saved after each: a run killed
-        in a batch sends that batch again next time (rclone skips what arrived whole)."""
+        in a batch sends that batch again next time (rclone skips what arrived whole).
+        Each is marked as used now first: rclone gives the remote copy the local file's
+        time, and remote garbage collection spares chunks younger than its grace."""
         for start in range(0, len(names), UPLOAD_BATCH):
             batch = names[start : start + UPLOAD_BATCH]
+            for name in batch:  # the remote copy takes its time: that of its upload
+                chunks.touch(name.rsplit("/", 1)[1])
             rclone.copy_listed(self.remote, chunks.chunks, remote_dir, batch, TRANSFERS)
             cache.names.update(batch)
             cache.save()
@@ -176,7 +184,7 @@ class RemoteRepository:
             return []
         prefixes = sorted({name[:2] for name in vouched})
         listed = rclone.list_file_sizes(
-            self.remote, remote_dir, include=[f"/{prefix}/*" for prefix in prefixes]
+            self.remote, remote_dir, [*(f"+ /{prefix}/*" for prefix in prefixes), "- **"]
         )
         cache.replace_prefixes(prefixes, listed)
         lost = sorted(name for name in vouched if listed.get(name) != _local_size(chunks, name))
@@ -226,7 +234,7 @@ def fetch_backup(remote: rclone.Remote, path: str, files: list[str], scratch: Pa
     root = local / REPOSITORY_DIR
     root.mkdir(mode=0o700)
     described = rclone.list_file_sizes(
-        remote, REPOSITORY_DIR, include=[f"/{CONFIG_FILE}", f"/{SECRETS_DIR}/*.age"]
+        remote, REPOSITORY_DIR, [f"+ /{CONFIG_FILE}", f"+ /{SECRETS_DIR}/*.age", "- **"]
     )
     rclone.fetch_listed(remote, REPOSITORY_DIR, root, sorted(described), TRANSFERS)
     store = LocalStore(local)
