@@ -1,5 +1,8 @@
 """Configuration and listings for the tests of offsite copies."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from harness.remotes import RemoteServer
@@ -27,3 +30,22 @@ def offsite_config(
 
 def remote_files(remote: RemoteServer, path: str) -> dict[str, int]:
     return {e.path: e.size for e in rclone.list_entries(remote.remote, path) if not e.is_dir}
+
+
+def dense_image(path: Path, size: int) -> Path:
+    """An image of `size` random bytes: incompressible, so an upload of it takes time."""
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+    return path
+
+
+def start_backup(state_dir: Path, config: Path, domain: str) -> subprocess.Popen[bytes]:
+    """`virtbackup backup DOMAIN` in a session of its own, to be killed with its rclone."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "virtbackup", "--config", str(config), "backup", domain],
+        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )

@@ -16,7 +16,7 @@ from harness.cli import virtbackup, virtbackup_in
 from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.remotes import RemoteServer
-from offsite_helpers import offsite_config, remote_files
+from offsite_helpers import dense_image, offsite_config, remote_files, start_backup
 
 from virtbackup.adapters import rclone
 
@@ -188,23 +188,12 @@ def test_killed_upload_resumes(
     dest: Path,
     tmp_path: Path,
 ) -> None:
-    data = domain_factory.workdir / "dense.raw"
-    with open(data, "wb") as f:
-        for _ in range(12):
-            f.write(os.urandom(MiB))  # incompressible: the stream is as big as the data
+    data = dense_image(domain_factory.workdir / "dense.raw", 12 * MiB)
     dom = domain_factory.create([DiskSpec("raw", image=data)], hint="resume")
     slow = offsite_config(
         tmp_path / "slow.toml", dest, sftp_remote, extra=STREAMS, remote_extra='bwlimit = "1M"'
     )
-    env = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "virtbackup", "--config", str(slow), "backup", dom.name()],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    child = start_backup(state_dir, slow, dom.name())
     stream = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

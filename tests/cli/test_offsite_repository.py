@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from harness.cli import virtbackup_in
 from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.remotes import RemoteServer
-from offsite_helpers import offsite_config, remote_files
+from offsite_helpers import dense_image, offsite_config, remote_files, start_backup
 
 from virtbackup.adapters import rclone
 from virtbackup.adapters.locks import remote_repository_lock
@@ -111,20 +110,10 @@ def test_a_killed_upload_resumes_and_the_remote_backup_is_complete(
     dest: Path,
     tmp_path: Path,
 ) -> None:
-    data = domain_factory.workdir / "dense.raw"
-    with open(data, "wb") as f:
-        f.write(os.urandom(12 * MiB))  # three incompressible chunks
+    data = dense_image(domain_factory.workdir / "dense.raw", 12 * MiB)  # three chunks
     dom = domain_factory.create([DiskSpec("raw", image=data)], hint="rrkill")
     slow = offsite_config(tmp_path / "slow.toml", dest, sftp_remote, remote_extra='bwlimit = "1M"')
-    env = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "virtbackup", "--config", str(slow), "backup", dom.name()],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    child = start_backup(state_dir, slow, dom.name())
     chunk_dir = sftp_remote.local_path(CHUNKS)
     assert chunk_dir is not None
     deadline = time.monotonic() + 120
@@ -198,9 +187,7 @@ def test_remote_prune_and_gc_remove_only_chunks_no_backup_names(
     dest: Path,
     tmp_path: Path,
 ) -> None:
-    image = domain_factory.workdir / "gc.raw"
-    with open(image, "wb") as f:
-        f.write(os.urandom(8 * MiB))  # two chunks
+    image = dense_image(domain_factory.workdir / "gc.raw", 8 * MiB)  # two chunks
     dom = domain_factory.create([DiskSpec("raw", image=image)], hint="rrgc")
     config = offsite_config(tmp_path / "vb.toml", dest, s3_remote)
     old = backup(state_dir, config, dom.name(), tmp_path / "1.log")

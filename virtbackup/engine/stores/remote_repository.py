@@ -29,6 +29,10 @@ S3 makes an object visible only when it is whole; on SFTP and FTP a killed uploa
 a shorter file there, which the size comparison of the next copy and of the check finds
 and sends again. Encrypted backups' chunks and manifests are sealed before they reach
 DEST, so the remote only ever sees sealed chunks, their sizes and their number.
+
+Reading a remote backup (`fetch_backup`, for restore and verify) copies the chunks its
+indexes name into a private temporary directory laid out as a DEST, several transfers
+in flight, and the local readers check each chunk against its name as they use it.
 """
 
 import hashlib
@@ -170,7 +174,10 @@ class RemoteRepository:
         for start in range(0, len(names), UPLOAD_BATCH):
             batch = names[start : start + UPLOAD_BATCH]
             for name in batch:  # the remote copy takes its time: that of its upload
-                chunks.touch(name.rsplit("/", 1)[1])
+                if not chunks.touch(name.rsplit("/", 1)[1]):
+                    raise RemoteError(
+                        f"chunk {chunks.chunks / name} is not in the local repository"
+                    )
             rclone.copy_listed(self.remote, chunks.chunks, remote_dir, batch, TRANSFERS)
             cache.names.update(batch)
             cache.save()
