@@ -180,7 +180,7 @@ def test_an_encrypted_repository_shows_the_remote_sealed_chunks_only(
     subprocess.run(["cmp", str(raw.path), str(out / "vda.raw")], check=True)
 
 
-def test_remote_prune_and_gc_remove_only_chunks_no_backup_names(
+def test_remote_prune_and_gc_remove_only_chunks_no_backup_names_and_export_reads_it(
     domain_factory: DomainFactory,
     s3_remote: RemoteServer,
     state_dir: Path,
@@ -233,3 +233,9 @@ def test_remote_prune_and_gc_remove_only_chunks_no_backup_names(
     name = f"{dom.name()}/{new.name}"
     verified = virtbackup_in(state_dir, "--config", str(config), "verify", "--remote", name)
     assert verified.returncode == 0, verified.stderr
+    exported = virtbackup_in(
+        state_dir, "--config", str(config), "export", "--remote", name, "--to", str(tmp_path)
+    )
+    assert exported.returncode == 0, exported.stderr
+    stream = tmp_path / name / "vda.raw.lz4"
+    subprocess.run(["sh", "-c", f"lz4 -dc {stream} | cmp - {image}"], check=True)
