@@ -18,7 +18,7 @@ from virtbackup.adapters.journal import (
     load_journal,
     resolve_state_dir,
 )
-from virtbackup.adapters.locks import domain_lock, host_lock
+from virtbackup.adapters.locks import domain_lock, host_lock, remote_repository_lock
 from virtbackup.core.errors import ExitCode, LockHeld
 from virtbackup.core.model import DomainState
 from virtbackup.core.undo import FrozenRecord, Journal, JournalError, StateRecord
@@ -114,6 +114,18 @@ def test_locks_exclude_within_one_process_and_the_host_lock_is_separate(tmp_path
             host_lock(tmp_path).acquire()
     first.release()
     assert domain_lock(tmp_path, "UU", "web").try_acquire()
+
+
+def test_uploads_share_the_remote_repository_lock_and_its_gc_excludes_them(
+    tmp_path: Path,
+) -> None:
+    with remote_repository_lock(tmp_path, shared=True):
+        with remote_repository_lock(tmp_path, shared=True):  # two uploads at once
+            gc = remote_repository_lock(tmp_path, shared=False)
+            with pytest.raises(LockHeld, match="the remote repository is in use"):
+                gc.acquire()
+    with remote_repository_lock(tmp_path, shared=False):
+        assert not remote_repository_lock(tmp_path, shared=True).try_acquire()
 
 
 @settings(max_examples=200, deadline=None)

@@ -13,6 +13,7 @@ from virtbackup.core.errors import UsageError
 
 RECIPIENTS = Path("/etc/virtbackup/recipients.txt")
 REMOTE = RemoteSettings(location="offsite:backups")
+ONLY = RemoteSettings(location="offsite:backups", only=True)
 
 
 def given(**options: Any) -> BackupValues:
@@ -28,11 +29,15 @@ def given(**options: Any) -> BackupValues:
         (given(), Config(layout="stream"), "stream"),
         (given(layout="repository"), Config(layout="stream"), "repository"),
         (given(layout="stream"), Config(layout="repository"), "stream"),
-        # offsite copies upload one file per disk: streams
-        (given(remote="offsite:backups"), Config(), "stream"),
-        (given(remote_only=True), Config(), "stream"),
-        (given(), Config(remote=REMOTE), "stream"),
+        # offsite copies send the chunks the remote lacks; streaming with no local copy
+        # sends a file per disk
+        (given(remote="offsite:backups"), Config(), "repository"),
+        (given(), Config(remote=REMOTE), "repository"),
+        (given(layout="repository"), Config(remote=REMOTE), "repository"),
         (given(layout="stream"), Config(remote=REMOTE), "stream"),
+        (given(remote_only=True), Config(), "stream"),
+        (given(), Config(remote=ONLY), "stream"),
+        (given(remote_only=False), Config(remote=ONLY), "repository"),
         # encrypted runs too: the repository is encrypted as a whole
         (given(encrypt=RECIPIENTS), Config(), "repository"),
         (given(), Config(encrypt=RECIPIENTS), "repository"),
@@ -46,8 +51,9 @@ def test_the_layout_of_a_run(values: BackupValues, config: Config, layout: str) 
 @pytest.mark.parametrize(
     ("values", "config", "message"),
     [
-        (given(layout="repository"), Config(remote=REMOTE), "cannot be copied to a remote"),
-        (given(remote_only=True), Config(layout="repository"), "cannot be copied to a remote"),
+        (given(layout="repository", remote_only=True), Config(), "without a local copy"),
+        (given(remote_only=True), Config(layout="repository"), "without a local copy"),
+        (given(layout="repository"), Config(remote=ONLY), "without a local copy"),
     ],
 )
 def test_a_repository_asked_for_where_it_cannot_be_is_a_usage_error(

@@ -16,30 +16,13 @@ from harness.cli import virtbackup, virtbackup_in
 from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.remotes import RemoteServer
+from offsite_helpers import dense_image, offsite_config, remote_files, start_backup
 
 from virtbackup.adapters import rclone
 
-
-def offsite_config(
-    path: Path,
-    dest: Path,
-    remote: RemoteServer,
-    host: str = "host-a",
-    extra: str = "",
-    remote_extra: str = "",
-) -> Path:
-    """A config file: DEST, `extra` top-level lines, then [remote] (+ `remote_extra`)."""
-    path.write_text(
-        f'dest = "{dest}"\n{extra}\n'
-        f'[remote]\nlocation = "{remote.remote.location}"\n'
-        f'rclone_config = "{remote.remote.config}"\nhost = "{host}"\nretries = 1\n'
-        f"{remote_extra}\n"
-    )
-    return path
-
-
-def remote_files(remote: RemoteServer, path: str) -> dict[str, int]:
-    return {e.path: e.size for e in rclone.list_entries(remote.remote, path) if not e.is_dir}
+STREAMS = (
+    'layout = "stream"'  # copies of stream backups (the repository's: test_offsite_repository)
+)
 
 
 def test_copy_list_restore_and_verify_from_the_remote(
@@ -51,7 +34,8 @@ def test_copy_list_restore_and_verify_from_the_remote(
 ) -> None:
     raw = build_fs_image(domain_factory.workdir / "data.raw", content=3 * MiB, deleted=MiB)
     dom = domain_factory.create([DiskSpec("raw", image=raw.path)], hint="copy")
-    config = offsite_config(tmp_path / "vb.toml", dest, remote)
+    # the stream layout, as configured: its copies go up a file per disk
+    config = offsite_config(tmp_path / "vb.toml", dest, remote, extra=STREAMS)
     log = tmp_path / "vb.log"
     result = virtbackup_in(
         state_dir,
@@ -71,7 +55,7 @@ def test_copy_list_restore_and_verify_from_the_remote(
     for secret in remote.secrets:  # ... and never a password or key
         assert secret not in log.read_text() and secret not in result.stderr
     local = Path(row["backup"])
-    assert (local / "vda.raw.lz4").is_file()  # no layout given: a copied run keeps streams
+    assert (local / "vda.raw.lz4").is_file()
     on_remote = remote_files(remote, f"host-a/{dom.name()}/{local.name}")
     assert on_remote == {p.name: p.stat().st_size for p in local.iterdir()}
 
@@ -204,21 +188,12 @@ def test_killed_upload_resumes(
     dest: Path,
     tmp_path: Path,
 ) -> None:
-    data = domain_factory.workdir / "dense.raw"
-    with open(data, "wb") as f:
-        for _ in range(12):
-            f.write(os.urandom(MiB))  # incompressible: the stream is as big as the data
+    data = dense_image(domain_factory.workdir / "dense.raw", 12 * MiB)
     dom = domain_factory.create([DiskSpec("raw", image=data)], hint="resume")
-    slow = offsite_config(tmp_path / "slow.toml", dest, sftp_remote, remote_extra='bwlimit = "1M"')
-    env = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "virtbackup", "--config", str(slow), "backup", dom.name()],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    slow = offsite_config(
+        tmp_path / "slow.toml", dest, sftp_remote, extra=STREAMS, remote_extra='bwlimit = "1M"'
     )
+    child = start_backup(state_dir, slow, dom.name())
     stream = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -240,7 +215,7 @@ def test_killed_upload_resumes(
     listed = virtbackup_in(state_dir, "--config", str(slow), "backups", "--remote", "--json")
     assert json.loads(listed.stdout)["backups"] == []  # an interrupted upload is not a backup
 
-    fast = offsite_config(tmp_path / "fast.toml", dest, sftp_remote)
+    fast = offsite_config(tmp_path / "fast.toml", dest, sftp_remote, extra=STREAMS)
     result = virtbackup_in(state_dir, "--config", str(fast), "backup", dom.name(), "--json")
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out"

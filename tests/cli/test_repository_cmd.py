@@ -95,7 +95,7 @@ def test_the_default_layout_is_the_repository_encrypted_or_not(
 ) -> None:
     """No layout given: the repository, with --encrypt (or `encrypt`) too, its index beside
     a sealed manifest; `layout = "stream"` in the file keeps streams. Runs with a remote
-    keep streams (tests/cli/test_offsite_cmd.py)."""
+    too (tests/cli/test_offsite_repository.py), except --remote-only."""
     dom = domain_factory.create([DiskSpec("raw")], hint="default")
     assert _files(_backup(state_dir, dest, dom.name()))[-1] == "vda.raw.idx"
     keys = make_key_pair(tmp_path / "keys")
@@ -200,7 +200,7 @@ def test_layout_from_the_configuration_and_what_it_cannot_do_yet(
     assert "vda.raw.lz4" in [p.name for p in Path(row["backup"]).iterdir()]
 
     for extra, message in (
-        (["--remote", "nowhere:x"], "the repository layout cannot be copied to a remote yet"),
+        (["--remote", "nowhere:x", "--remote-only"], "cannot be streamed to a remote"),
     ):
         for command in ("backup", "all"):
             names = [dom.name()] if command == "backup" else []

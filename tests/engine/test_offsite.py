@@ -245,9 +245,11 @@ def test_a_backup_of_another_domain_is_not_shipped_as_this_ones(
     shutil.copytree(web1, dest / "db1" / web1.name)  # web1's backup, planted as db1's
     mine = store_on(sftp_remote)
     store = LocalStore(dest)
-    assert ship(mine, store, "db1") == []
+    assert ship(mine, store, "db1", tmp_path / "state") == []
     assert mine.backups_of("db1").complete == []
-    assert ship(mine, store, "web1") == [mine.remote.path(f"kvm1/web1/{web1.name}")]
+    assert ship(mine, store, "web1", tmp_path / "state") == [
+        mine.remote.path(f"kvm1/web1/{web1.name}")
+    ]
 
 
 def test_remote_retention_never_trades_a_good_backup_for_a_failed_one(

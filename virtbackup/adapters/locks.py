@@ -29,9 +29,10 @@ POLL_SECONDS = 0.5
 class FileLock:
     """An exclusive, non-reentrant lock; `what` names the protected thing in messages."""
 
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, path: Path, what: str, shared: bool = False) -> None:
         self.path = path
         self.what = what
+        self.shared = shared  # held by many sharing holders at once, never with an exclusive one
         self._fd: int | None = None
 
     @property
@@ -47,14 +48,17 @@ class FileLock:
         try:
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(
+                        fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+                    )
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise self._held_error() from None
                     time.sleep(POLL_SECONDS)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            if not self.shared:  # the pid of the one holder, for the message of the next
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
             os.close(fd)
             raise
@@ -73,7 +77,8 @@ class FileLock:
             return
         fd, self._fd = self._fd, None
         try:
-            os.ftruncate(fd, 0)
+            if not self.shared:
+                os.ftruncate(fd, 0)
         finally:
             os.close(fd)  # closing the last descriptor drops the flock
 
@@ -127,3 +132,11 @@ def domain_lock(state_dir: Path, domain_uuid: str, domain_name: str) -> FileLock
 def host_lock(state_dir: Path) -> FileLock:
     """The lock of the whole host, for runs over every domain (`virtbackup all`)."""
     return FileLock(state_dir / LOCK_SUBDIR / "host.lock", "this host")
+
+
+def remote_repository_lock(state_dir: Path, shared: bool) -> FileLock:
+    """This host's lock of the remote repository: shared by the uploads of its backups,
+    exclusive for its remote garbage collection (engine/stores/remote_gc.py)."""
+    return FileLock(
+        state_dir / LOCK_SUBDIR / "remote-repository.lock", "the remote repository", shared
+    )

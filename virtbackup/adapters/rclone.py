@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
@@ -171,6 +172,43 @@ def list_entries(remote: Remote, path: str, recursive: bool = False) -> list[Rem
     return [_entry(item) for item in _json(result.stdout, f"lsjson {target}")]
 
 
+def list_file_sizes(remote: Remote, path: str, filters: Sequence[str] = ()) -> dict[str, int]:
+    """Every file below `path` (recursively) and its size, restricted by the rclone filter
+    rules `filters` when given ("+ /ab/*", "- **"); a directory that does not exist is
+    empty. One listing request per directory page: on S3 a thousand names each."""
+    target = remote.path(path)
+    args = ["lsf", target, "--recursive", "--files-only", "--format", "sp", "--separator", " "]
+    args += [arg for rule in filters for arg in ("--filter", rule)]
+    result = _rclone(remote, args, what=f"lsf {target}", tolerate=[DIRECTORY_NOT_FOUND])
+    if result.returncode == DIRECTORY_NOT_FOUND:
+        return {}
+    sizes = {}
+    for line in result.stdout.decode(errors="replace").splitlines():
+        size, _, name = line.partition(" ")
+        if name and size.isdigit():
+            sizes[name] = int(size)
+    return sizes
+
+
+def list_file_times(remote: Remote, path: str) -> dict[str, tuple[int, float]]:
+    """Every file below `path` (recursively): its size and modification time (seconds
+    since the epoch, as the backend keeps it: the source file's on S3 and SFTP, where
+    rclone sets it; the server's upload time on FTP); a missing directory is empty."""
+    target = remote.path(path)
+    args = ["lsjson", target, "--recursive", "--files-only", "--no-mimetype"]
+    result = _rclone(remote, args, what=f"lsjson {target}", tolerate=[DIRECTORY_NOT_FOUND])
+    if result.returncode == DIRECTORY_NOT_FOUND:
+        return {}
+    found = {}
+    for item in _json(result.stdout, f"lsjson {target}"):
+        try:
+            when = datetime.fromisoformat(str(item["ModTime"])).timestamp()
+        except ValueError:
+            raise RemoteError(f"rclone lsjson {target} gave a time it cannot read") from None
+        found[str(item["Path"])] = (int(item["Size"]), when)
+    return found
+
+
 def _entry(item: dict[str, Any]) -> RemoteEntry:
     return RemoteEntry(path=str(item["Path"]), size=int(item["Size"]), is_dir=bool(item["IsDir"]))
 
@@ -218,6 +256,53 @@ def copy_dir(remote: Remote, local_dir: Path, path: str, exclude: Sequence[str] 
     target = remote.path(path)
     args = ["copy", str(local_dir), target, *_excludes(exclude)]
     _rclone(remote, args, what=f"copy to {target}", transfer=True)
+
+
+def copy_listed(
+    remote: Remote, local_dir: Path, path: str, names: Sequence[str], transfers: int = 8
+) -> None:
+    """Copy the files `names` (relative to `local_dir`) to `path`, `transfers` at a time.
+
+    The remote is not listed first (--no-traverse): each named file is looked up on its
+    own, and one whose size and modification time match is skipped, so the cost follows
+    the number of names, not of what the remote holds. A file cut off by a killed upload
+    has another size and is sent again."""
+    _copy_named(remote, str(local_dir), remote.path(path), names, transfers)
+
+
+def fetch_listed(
+    remote: Remote, path: str, local_dir: Path, names: Sequence[str], transfers: int = 8
+) -> None:
+    """Copy the files `names` (relative to `path` on the remote) into `local_dir`,
+    `transfers` at a time; RemoteError when one of them is not there."""
+    _copy_named(remote, remote.path(path), str(local_dir), names, transfers)
+    missing = [name for name in names if not (local_dir / name).is_file()]
+    if missing:
+        raise RemoteError(
+            f"{remote.path(path, missing[0])} is not on the remote"
+            + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+
+
+def _copy_named(
+    remote: Remote, source: str, target: str, names: Sequence[str], transfers: int
+) -> None:
+    if not names:
+        return
+    with _files_from(names) as listing:
+        args = ["copy", source, target, *listing, "--no-traverse"]
+        args += [f"--transfers={transfers}", f"--checkers={transfers}"]
+        _rclone(remote, args, what=f"copy to {target}", transfer=True)
+
+
+@contextmanager
+def _files_from(names: Sequence[str]) -> Iterator[list[str]]:
+    """The options that restrict an rclone command to the files `names`, one a line in
+    a temporary file (a long list would not fit an argument list)."""
+    with tempfile.NamedTemporaryFile("w", prefix="vb-files-from-", suffix=".txt") as listing:
+        listing.write("".join(f"{name}\n" for name in names))
+        listing.flush()
+        yield ["--files-from", listing.name]
 
 
 def copy_file(remote: Remote, local_file: Path, path: str) -> None:
@@ -414,6 +499,16 @@ def purge(remote: Remote, path: str) -> None:
     """Remove the directory `path` and everything in it; a missing one is fine."""
     target = remote.path(path)
     _rclone(remote, ["purge", target], what=f"purge {target}", tolerate=[DIRECTORY_NOT_FOUND])
+
+
+def delete_listed(remote: Remote, path: str, names: Sequence[str]) -> None:
+    """Remove the files `names` (relative to `path`), several at a time; one that is
+    already gone is fine."""
+    if not names:
+        return
+    target = remote.path(path)
+    with _files_from(names) as listing:
+        _rclone(remote, ["delete", target, *listing, "--no-traverse"], what=f"delete in {target}")
 
 
 def delete_file(remote: Remote, path: str) -> None:

@@ -207,19 +207,21 @@ class Safekeeping:
 
 def resolve_layout(values: BackupValues, config: Config) -> str:
     """The layout `backup` and `all` write, decided here and only here: the one given
-    (--layout, else `layout` of the configuration); else the repository, unless the run
-    copies backups offsite: then streams. A repository given with a remote is a usage
-    error, before any domain is touched."""
-    offsite = bool(values.remote or values.remote_only or config.remote)
+    (--layout, else `layout` of the configuration); else the repository, also for runs
+    that copy backups offsite (the remote gets only the chunks it lacks), except with
+    --remote-only: what goes straight to the remote is a stream per disk. A repository
+    asked for with --remote-only is a usage error, before any domain is touched."""
+    settings = config.remote
+    only = (
+        values.remote_only if values.remote_only is not None else bool(settings and settings.only)
+    )
     layout = values.layout or config.layout
     if layout is None:
-        return LAYOUT_STREAM if offsite else LAYOUT_REPOSITORY  # an upload sends a file per disk
-    if layout != LAYOUT_REPOSITORY:
-        return layout
-    if offsite:
+        return LAYOUT_STREAM if only else LAYOUT_REPOSITORY
+    if layout == LAYOUT_REPOSITORY and only:
         raise UsageError(
-            "the repository layout cannot be copied to a remote yet",
-            "back up with --layout stream for offsite copies, or leave the remote out",
+            "the repository layout cannot be streamed to a remote without a local copy yet",
+            "back up with --layout stream for --remote-only, or keep a local copy",
         )
     return layout
 

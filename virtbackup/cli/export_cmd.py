@@ -10,6 +10,7 @@ from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.remote_options import Reading, reading_options, resolve_backup
 from virtbackup.engine.datapath.export import export_backup
 from virtbackup.engine.stores.local import LocalFiles
+from virtbackup.engine.stores.remote import fetched_repository
 from virtbackup.engine.stores.store import check_stamp
 
 
@@ -36,6 +37,6 @@ def export_command(options: GlobalOptions, backup: str, target: Path, reading: R
     stamp = source.name if isinstance(source, Path) else backup.strip("/").rpartition("/")[2]
     check_stamp(stamp)
     files = LocalFiles(source) if isinstance(source, Path) else source
-    with progress_sink(options.verbosity) as progress:
+    with fetched_repository(files), progress_sink(options.verbosity) as progress:
         result = export_backup(files, stamp, target, progress, reading.identity, trust)
     click.echo(f"exported\t{result.path}")

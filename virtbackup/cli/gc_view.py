@@ -1,11 +1,14 @@
 """What `virtbackup gc` (and the gc after `prune` and `all`) prints: text and JSON."""
 
+import json
+from dataclasses import asdict
 from typing import Any
 
 import click
 
 from virtbackup.core.sizes import human_size
 from virtbackup.engine.stores.gc import GcResult
+from virtbackup.engine.stores.remote_gc import RemoteGcResult
 
 MISSING_SHOWN = 20  # lines of referenced-but-missing chunks in the text output
 
@@ -61,3 +64,16 @@ def gc_as_json(result: GcResult, where: str, grace: float) -> dict[str, Any]:
         "missing_count": result.missing_count,
         "missing": [{"backup": m.backup, "chunk": m.chunk} for m in result.missing],
     }
+
+
+def print_remote_gc(result: RemoteGcResult, where: str, as_json: bool) -> None:
+    """What `gc --remote` removed (or would remove) from the remote repository."""
+    if as_json:
+        click.echo(json.dumps({"remote": where, **asdict(result)}, indent=2))
+        return
+    verb = "would remove" if result.dry_run else "removed"
+    click.echo(
+        f"gc of the remote repository at {where}: {verb} {result.removed} chunks "
+        f"({human_size(result.removed_bytes)}); kept {result.named} that backups name and "
+        f"{result.young} younger than the grace"
+    )

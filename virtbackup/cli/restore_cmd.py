@@ -12,6 +12,7 @@ from virtbackup.core.errors import UsageError
 from virtbackup.core.network_source import is_network_source, put_back_hint
 from virtbackup.core.signature import SignatureState
 from virtbackup.engine.datapath.restore import restore_backup
+from virtbackup.engine.stores.remote import fetched_repository
 
 
 @click.command("restore")
@@ -44,7 +45,7 @@ def restore_command(
         raise UsageError("--keep-host-devices needs --define NAME")
     remote_name, config, trust = reading.settle(options)
     source = resolve_backup(backup, remote_name, reading.host, config)
-    with progress_sink(options.verbosity) as progress:
+    with fetched_repository(source), progress_sink(options.verbosity) as progress:
         result = restore_backup(
             source,
             target,

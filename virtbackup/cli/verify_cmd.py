@@ -20,6 +20,7 @@ from virtbackup.core.errors import ExitCode, Interrupted, UsageError, Virtbackup
 from virtbackup.core.signature import SignatureState
 from virtbackup.engine.datapath.verify import VerifyOutcome, verify_backup
 from virtbackup.engine.datapath.verify_repository import ALL_CHUNKS, verify_repository
+from virtbackup.engine.stores.remote import fetched_repository
 
 
 @click.command("verify")
@@ -70,7 +71,7 @@ def verify_command(
     for name in backups:
         try:
             source = resolve_backup(name, remote_name, reading.host, config)
-            with progress_sink(options.verbosity) as progress:
+            with fetched_repository(source), progress_sink(options.verbosity) as progress:
                 outcome = verify_backup(source, progress, identity=reading.identity, trust=trust)
         except Interrupted:
             raise  # SIGINT/SIGTERM end the run, not just this domain

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from virtbackup.adapters.age import Recipients
 from virtbackup.adapters.hypervisor.connection import Hypervisor
+from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
 from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUT_STREAM, LeftOutDisk
@@ -205,7 +206,7 @@ def back_up_domain(
     if options.offsite is None or streamed:
         return outcome
     try:
-        ship(options.offsite, store, name)
+        ship(options.offsite, store, name, resolve_state_dir(options.state_dir))
     except Interrupted:
         raise  # SIGINT/SIGTERM end the run, not just this domain
     except VirtbackupError as err:

@@ -20,6 +20,7 @@ remote, nothing is kept locally).
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,14 +30,23 @@ from pathlib import Path
 from typing import IO
 
 from virtbackup.adapters import rclone
+from virtbackup.adapters.locks import remote_repository_lock
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.errors import Interrupted, UsageError, VirtbackupError
+from virtbackup.core.repository_format import is_index_file_name
 from virtbackup.core.verify_record import VerifyRecord, build_verify_record
 from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.remote_repository import (
+    CHUNK_CACHE_DIR,
+    RemoteRepository,
+    fetch_backup,
+)
+from virtbackup.engine.stores.repository_backups import holds_index
 from virtbackup.engine.stores.store import (
     MANIFEST,
     VERIFIED,
     AbortUnlessCommitted,
+    BackupFiles,
     BackupInfo,
     allocate_stamp,
     check_backup_name,
@@ -61,6 +71,7 @@ class RemoteFiles:
         self.path = path
         self.label = remote.path(path)
         self._sizes: dict[str, int] | None = None
+        self.fetched: Path | None = None  # a local copy of its indexes, beside their chunks
 
     def read(self, name: str) -> bytes:
         """A metadata file, at most read_limit(name) bytes of it: a remote that serves
@@ -90,7 +101,10 @@ class RemoteFiles:
             yield pipe
 
     def local_path(self, name: str) -> Path | None:
-        return None
+        """The fetched copy of an index of a repository backup (`fetched_repository`)."""
+        if self.fetched is None or not is_index_file_name(name):
+            return None
+        return self.fetched / name
 
     def record_verification(self, record: VerifyRecord) -> None:
         """verified.json beside the remote manifest: what `verify --remote` found there
@@ -174,7 +188,10 @@ class RemoteStore:
         return self.remote.path(target)
 
     def remove(self, domain: str, stamp: str) -> None:
+        """Remove a backup, its manifest first: a removal cut short leaves an incomplete
+        upload, never a backup missing some of its files."""
         check_backup_name(domain, stamp)
+        rclone.delete_file(self.remote, f"{self.backup_path(domain, stamp)}/{MANIFEST}")
         rclone.purge(self.remote, self.backup_path(domain, stamp))
 
     def remove_leftovers(self, domain: str, keep: Collection[str]) -> list[str]:
@@ -194,16 +211,43 @@ class RemoteStore:
         return RemotePartial(self, domain, allocate_stamp(domain, now, lambda s: s not in taken))
 
 
-def ship(remote: RemoteStore, store: LocalStore, domain: str) -> list[str]:
+@contextmanager
+def fetched_repository(source: Path | BackupFiles) -> Iterator[None]:
+    """Within the block, a remote backup of the repository reads its indexes and chunks
+    from a private temporary copy (engine/stores/remote_repository.fetch_backup),
+    removed at the end; its other files are still read from the remote. Nothing changes
+    for a local backup or a remote one of streams."""
+    if not isinstance(source, RemoteFiles) or not any(map(is_index_file_name, source.sizes())):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="virtbackup-fetch-") as scratch:
+        files = sorted(source.sizes())
+        source.fetched = fetch_backup(source.remote, source.path, files, Path(scratch))
+        try:
+            yield
+        finally:
+            source.fetched = None
+
+
+def ship(remote: RemoteStore, store: LocalStore, domain: str, state_dir: Path) -> list[str]:
     """Upload every local backup of `domain` that is not complete on the remote, newest
     first (the new one, then any an earlier run failed to send); their locations. One
-    listed with a problem (unreadable, of another domain, from the future) stays here."""
+    listed with a problem (unreadable, of another domain, from the future) stays here.
+    A backup of the repository sends the chunks the remote lacks first
+    (engine/stores/remote_repository.py), holding this host's lock of the remote
+    repository shared (in `state_dir`, beside the cache of remote chunk names)."""
     done = set(remote.backups_of(domain).complete)
     shipped = []
     for backup in store.list_backups(domain):
         if backup.stamp not in done and backup.manifest is not None and backup.problem is None:
             assert isinstance(backup.path, Path)
-            shipped.append(remote.upload(backup.path))
+            if holds_index(backup.path):
+                with remote_repository_lock(state_dir, shared=True):
+                    repository = RemoteRepository(remote.remote, state_dir / CHUNK_CACHE_DIR)
+                    repository.upload_chunks(store, backup.path)
+                    shipped.append(remote.upload(backup.path))
+            else:
+                shipped.append(remote.upload(backup.path))
             log.info("%s: copied %s offsite", domain, backup.stamp)
     return shipped
 

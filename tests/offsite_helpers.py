@@ -1,0 +1,51 @@
+"""Configuration and listings for the tests of offsite copies."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.remotes import RemoteServer
+
+from virtbackup.adapters import rclone
+
+
+def offsite_config(
+    path: Path,
+    dest: Path,
+    remote: RemoteServer,
+    host: str = "host-a",
+    extra: str = "",
+    remote_extra: str = "",
+) -> Path:
+    """A config file: DEST, `extra` top-level lines, then [remote] (+ `remote_extra`)."""
+    path.write_text(
+        f'dest = "{dest}"\n{extra}\n'
+        f'[remote]\nlocation = "{remote.remote.location}"\n'
+        f'rclone_config = "{remote.remote.config}"\nhost = "{host}"\nretries = 1\n'
+        f"{remote_extra}\n"
+    )
+    return path
+
+
+def remote_files(remote: RemoteServer, path: str) -> dict[str, int]:
+    return {e.path: e.size for e in rclone.list_entries(remote.remote, path) if not e.is_dir}
+
+
+def dense_image(path: Path, size: int) -> Path:
+    """An image of `size` random bytes: incompressible, so an upload of it takes time."""
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+    return path
+
+
+def start_backup(state_dir: Path, config: Path, domain: str) -> subprocess.Popen[bytes]:
+    """`virtbackup backup DOMAIN` in a session of its own, to be killed with its rclone."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "virtbackup", "--config", str(config), "backup", domain],
+        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )

@@ -1,0 +1,253 @@
+"""The repository offsite: the chunks of local repository backups copied to the remote.
+
+Layout on the remote: the same as under DEST, below the remote's location::
+
+    REMOTE/.virtbackup-repository/repository.json, secrets/<id>.age
+    REMOTE/.virtbackup-repository/chunks/ab/ab12...ef        (sealed-chunks/ when encrypted)
+    REMOTE/<host>/<domain>/<stamp>/manifest.json, domain.xml, vda.raw.idx
+
+Order of an upload (RemoteStore.upload sends the backup directory after this): the
+repository's description, then the chunks the backup's indexes name that the remote
+lacks, then the indexes and the domain XML, the manifest last. A remote backup without
+its manifest is no backup (listing, restore and retention skip it), so a backup whose
+manifest is on the remote never names a chunk that was not there before it.
+
+What the remote holds: a cache of remote chunk paths in the host's state directory
+(`RemoteChunkCache`), filled by one listing of the chunk directory when it is missing or
+older than CACHE_REFRESH_SECONDS. It is trusted only to say what is probably there:
+- chunks it does not know are sent (rclone skips those that arrived whole earlier);
+- chunks it vouches for are checked before the manifest goes up, by listing only the
+  prefix directories (chunks/ab/) they live in, with their sizes: a missing or cut-off
+  chunk is sent again, and the listed prefixes replace what the cache knew of them.
+  Listing costs one request per thousand names on S3, while looking each chunk up would
+  cost one per chunk: listing the prefixes involved is the cheaper check as soon as a
+  backup names more than a thousandth of the repository's chunks, and it never reads
+  the prefixes the backup does not use.
+
+Chunks never change once named, and rclone copy sends a file under its final name:
+S3 makes an object visible only when it is whole; on SFTP and FTP a killed upload leaves
+a shorter file there, which the size comparison of the next copy and of the check finds
+and sends again. Encrypted backups' chunks and manifests are sealed before they reach
+DEST, so the remote only ever sees sealed chunks, their sizes and their number.
+
+Reading a remote backup (`fetch_backup`, for restore and verify) copies the chunks its
+indexes name into a private temporary directory laid out as a DEST, several transfers
+in flight, and the local readers check each chunk against its name as they use it.
+"""
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from virtbackup.adapters import rclone
+from virtbackup.adapters.atomic_file import write_atomically
+from virtbackup.core.backup_errors import RemoteError
+from virtbackup.core.repository_format import (
+    CHUNK_PATH,
+    CHUNKS_DIR,
+    CONFIG_FILE,
+    REPOSITORY_DIR,
+    SEALED_CHUNKS_DIR,
+    SECRETS_DIR,
+    chunk_path,
+    is_index_file_name,
+)
+from virtbackup.engine.stores.backup_access import SEALED_MANIFEST
+from virtbackup.engine.stores.chunk_store import ChunkStore
+from virtbackup.engine.stores.local import LocalStore
+from virtbackup.engine.stores.repository_backups import sealed_index_names
+
+log = logging.getLogger(__name__)
+
+CHUNK_CACHE_DIR = "remote-chunks"  # in the state directory
+CACHE_REFRESH_SECONDS = 7 * 24 * 3600  # a full listing at least once a week
+CACHE_HEADER = "virtbackup remote chunks 1"
+UPLOAD_BATCH = 2000  # chunks per rclone copy: the cache is saved after each
+TRANSFERS = 8  # chunk uploads in flight
+
+
+class RemoteChunkCache:
+    """The chunk paths ("ab/ab12...ef") one chunk directory of one remote probably holds,
+    kept in a file of the state directory: a header line with the time of the last full
+    listing, then one path per line."""
+
+    def __init__(self, cache_dir: Path, remote: rclone.Remote, kind: str) -> None:
+        key = hashlib.sha256(f"{remote.location}\n{kind}".encode()).hexdigest()[:24]
+        self.path = cache_dir / f"{key}.chunks"
+        self.listed_at = 0.0
+        self.names: set[str] = set()
+
+    def load(self) -> bool:
+        """Read the cache; False when there is none or it is damaged or stale."""
+        try:
+            lines = self.path.read_text(encoding="ascii").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return False
+        header = lines[0].split(" ") if lines else []
+        if " ".join(header[:-1]) != CACHE_HEADER:
+            return False
+        try:
+            self.listed_at = float(header[-1])
+        except ValueError:
+            return False
+        if not 0 <= time.time() - self.listed_at < CACHE_REFRESH_SECONDS:
+            return False
+        self.names = {line for line in lines[1:] if CHUNK_PATH.fullmatch(line)}
+        return True
+
+    def refill(self, names: Iterable[str]) -> None:
+        self.names = {name for name in names if CHUNK_PATH.fullmatch(name)}
+        self.listed_at = time.time()
+
+    def replace_prefixes(self, prefixes: Iterable[str], listed: Iterable[str]) -> None:
+        """What a listing of the prefix directories `prefixes` found replaces what the
+        cache knew of them."""
+        gone = set(prefixes)
+        self.names = {name for name in self.names if name[:2] not in gone}
+        self.names.update(name for name in listed if CHUNK_PATH.fullmatch(name))
+
+    def drop(self) -> None:
+        """Forget what the remote holds: the next upload lists it again."""
+        self.path.unlink(missing_ok=True)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        text = f"{CACHE_HEADER} {self.listed_at!r}\n" + "".join(
+            f"{name}\n" for name in sorted(self.names)
+        )
+        write_atomically(self.path, text.encode("ascii"))
+
+
+class RemoteRepository:
+    """The repository on the remote, filled from the local one under DEST."""
+
+    def __init__(self, remote: rclone.Remote, cache_dir: Path) -> None:
+        self.remote = remote
+        self.cache_dir = cache_dir
+
+    def upload_chunks(self, store: LocalStore, backup: Path) -> int:
+        """Make sure every chunk the backup's indexes name is on the remote; the number
+        of chunks sent. The repository's description and encrypted secrets go first, so
+        a host with nothing but the identity can read what follows."""
+        sealed = (backup / SEALED_MANIFEST).is_file()
+        chunks = ChunkStore(store.dest, sealed)
+        kind = SEALED_CHUNKS_DIR if sealed else CHUNKS_DIR
+        remote_dir = f"{REPOSITORY_DIR}/{kind}"
+        self._send_description(chunks.root)
+        needed = _named_chunks(store, backup)
+        cache = RemoteChunkCache(self.cache_dir, self.remote, kind)
+        if not cache.load():
+            cache.refill(rclone.list_file_sizes(self.remote, remote_dir))
+            cache.save()
+        new = sorted(needed - cache.names)
+        self._send(chunks, remote_dir, new, cache)
+        vouched = needed - set(new)
+        resent = self._recheck(chunks, remote_dir, vouched, cache)
+        sent = len(new) + len(resent)
+        log.info(
+            "%s: %d of its %d chunks sent offsite (%d of them again: the remote had lost them)",
+            backup.name,
+            sent,
+            len(needed),
+            len(resent),
+        )
+        return sent
+
+    def _send_description(self, root: Path) -> None:
+        names = [
+            str(path.relative_to(root))
+            for pattern in (CONFIG_FILE, f"{SECRETS_DIR}/*.age")
+            for path in root.glob(pattern)
+        ]
+        rclone.copy_listed(self.remote, root, REPOSITORY_DIR, names, TRANSFERS)
+
+    def _send(
+        self, chunks: ChunkStore, remote_dir: str, names: list[str], cache: RemoteChunkCache
+    ) -> None:
+        """Send the chunks `names` in batches, the cache saved after each: a run killed
+        in a batch sends that batch again next time (rclone skips what arrived whole).
+        Each is marked as used now first: rclone gives the remote copy the local file's
+        time, and remote garbage collection spares chunks younger than its grace."""
+        for start in range(0, len(names), UPLOAD_BATCH):
+            batch = names[start : start + UPLOAD_BATCH]
+            for name in batch:  # the remote copy takes its time: that of its upload
+                if not chunks.touch(name.rsplit("/", 1)[1]):
+                    raise RemoteError(
+                        f"chunk {chunks.chunks / name} is not in the local repository"
+                    )
+            rclone.copy_listed(self.remote, chunks.chunks, remote_dir, batch, TRANSFERS)
+            cache.names.update(batch)
+            cache.save()
+
+    def _recheck(
+        self, chunks: ChunkStore, remote_dir: str, vouched: set[str], cache: RemoteChunkCache
+    ) -> list[str]:
+        """List the prefixes of the chunks the cache vouched for; send again those the
+        remote lacks or holds cut off."""
+        if not vouched:
+            return []
+        prefixes = sorted({name[:2] for name in vouched})
+        listed = rclone.list_file_sizes(
+            self.remote, remote_dir, [*(f"+ /{prefix}/*" for prefix in prefixes), "- **"]
+        )
+        cache.replace_prefixes(prefixes, listed)
+        lost = sorted(name for name in vouched if listed.get(name) != _local_size(chunks, name))
+        if lost:
+            log.warning(
+                "the remote lacks %d chunks it was known to hold (%s...): sending them again",
+                len(lost),
+                lost[0],
+            )
+        self._send(chunks, remote_dir, lost, cache)
+        cache.save()
+        return lost
+
+
+def _named_chunks(store: LocalStore, backup: Path) -> set[str]:
+    """The chunk paths ("ab/ab12...ef") the indexes of a local backup name."""
+    files = store.files(backup.parent.name, backup.name)
+    named: set[str] = set()
+    for index in sorted(os.listdir(backup)):
+        if is_index_file_name(index):
+            named.update(chunk_path(name) for name in sealed_index_names(files, index))
+    return named
+
+
+def _local_size(chunks: ChunkStore, path: str) -> int:
+    try:
+        return (chunks.chunks / path).stat().st_size
+    except OSError as err:
+        raise RemoteError(
+            f"chunk {chunks.chunks / path} is gone from the local repository: {err.strerror}"
+        ) from None
+
+
+def fetch_backup(remote: rclone.Remote, path: str, files: list[str], scratch: Path) -> Path:
+    """Copy what reading the remote repository backup at `path` (<host>/<domain>/<stamp>,
+    holding `files`) needs into the private directory `scratch`, laid out as a DEST:
+    its indexes, the repository's description and secrets, and every chunk the indexes
+    name (in batches, TRANSFERS at a time); the backup's directory there. The copies are as
+    untrusted as the remote: the reader checks each index against its manifest and
+    each chunk against its name, as for a local backup."""
+    host, domain, stamp = path.split("/")
+    indexes = [name for name in files if is_index_file_name(name)]
+    local = scratch / host
+    backup = local / domain / stamp
+    backup.mkdir(mode=0o700, parents=True)
+    rclone.fetch_listed(remote, path, backup, indexes, TRANSFERS)
+    root = local / REPOSITORY_DIR
+    root.mkdir(mode=0o700)
+    described = rclone.list_file_sizes(
+        remote, REPOSITORY_DIR, [f"+ /{CONFIG_FILE}", f"+ /{SECRETS_DIR}/*.age", "- **"]
+    )
+    rclone.fetch_listed(remote, REPOSITORY_DIR, root, sorted(described), TRANSFERS)
+    store = LocalStore(local)
+    kind = SEALED_CHUNKS_DIR if SEALED_MANIFEST in files else CHUNKS_DIR
+    named = sorted(_named_chunks(store, backup))
+    for start in range(0, len(named), UPLOAD_BATCH):
+        batch = named[start : start + UPLOAD_BATCH]
+        rclone.fetch_listed(remote, f"{REPOSITORY_DIR}/{kind}", root / kind, batch, TRANSFERS)
+    return backup
