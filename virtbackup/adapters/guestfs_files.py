@@ -1,18 +1,22 @@
 """Reading a guest's files through a launched appliance (adapters/guestfs_ops): every
 filesystem mounted read-only under a name of its own, directory listings with their
-metadata, files downloaded and directories packed as tar. Failures inside the appliance
+metadata, files downloaded and directories packed as tar, and all of it shown at a local
+mount point (FUSE). Failures inside the appliance
 (an unreadable block: an I/O error) become GuestfsError with the appliance's first line.
 """
 
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from virtbackup.adapters.fuse_mounts import fuse_type, fuse_unmount
 from virtbackup.adapters.guestfs_ops import Appliance, GuestfsError, first_line
 
 T = TypeVar("T")
+UNMOUNT_WAIT = 30.0  # seconds for the FUSE loop to end once unmounted
 NOT_MOUNTABLE = {"swap", "unknown", "", "luks", "crypto_LUKS", "lvm2_member"}
 
 
@@ -105,3 +109,33 @@ def _call(action: Callable[[], T], path: str) -> T:
         return action()
     except RuntimeError as err:
         raise GuestfsError(f"{path}: {first_line(err)}") from None
+
+
+def serve_mount(appliance: Appliance, mountpoint: Path, on_mounted: Callable[[], None]) -> None:
+    """Show the mounted filesystems read-only at `mountpoint` (FUSE) until it is
+    unmounted (fusermount -u) or the caller is interrupted, which unmounts it. The
+    FUSE loop runs in a thread so that signals reach the caller meanwhile."""
+    _call(lambda: appliance.g.mount_local(str(mountpoint), readonly=True), str(mountpoint))
+    failed: list[RuntimeError] = []
+
+    def loop() -> None:
+        try:
+            appliance.g.mount_local_run()
+        except RuntimeError as err:
+            failed.append(err)
+
+    thread = threading.Thread(target=loop, name="vb-fuse", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive() and fuse_type(mountpoint) is None:
+            thread.join(0.1)
+        if thread.is_alive():
+            on_mounted()
+        while thread.is_alive():
+            thread.join(0.5)  # wakes for signals between waits
+    finally:
+        if thread.is_alive():
+            fuse_unmount(mountpoint)
+            thread.join(UNMOUNT_WAIT)
+    if failed:
+        raise GuestfsError(f"the mount at {mountpoint} failed: {first_line(failed[0])}")

@@ -96,7 +96,7 @@ def pread(handle: int, buf: Any, offset: int, flags: int) -> None:
     try:
         _reader[0].read_into(memoryview(buf), offset)
     except CorruptBackup as err:
-        _say(f"I/O error for {len(buf)} bytes at byte {offset}: {err}")
+        _say(str(err))  # the reason the caller reports
         nbdkit.set_error(errno.EIO)
         raise RuntimeError(str(err)) from None
 
