@@ -266,7 +266,8 @@ def open_appliance(
                     **_nbd_options(drive),
                 )
             except RuntimeError as err:
-                raise GuestfsError(f"cannot add {drive.path}: {first_line(err)}") from None
+                label = drive.nbd_socket or drive.path
+                raise GuestfsError(f"cannot add {label}: {first_line(err)}") from None
         try:
             launch_bounded(g, launch_timeout)
         except LaunchTimedOut:

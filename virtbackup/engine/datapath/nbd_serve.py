@@ -91,6 +91,7 @@ def serve_until_stopped(
     """Serve one disk of the backup at `socket` until a signal ends the run (Interrupted)
     or nbdkit stops on its own (NbdkitError); `on_ready` gets the disk and its URI once
     clients can connect. The socket is gone when this returns or raises."""
+    check_socket_path(socket)
     with (
         socket_dir(socket.parent) as private,
         serving_backup(backup, private, identity, trust, [target] if target else (), True) as (
@@ -106,13 +107,17 @@ def serve_until_stopped(
             socket.unlink(missing_ok=True)
 
 
-def publish_socket(served: NbdkitServer, path: Path) -> None:
-    """Give the served socket the name `path` (it stays root's: 0600); UsageError when
-    `path` exists or its directory does not."""
+def check_socket_path(path: Path) -> None:
+    """UsageError unless `path` is free and its directory exists."""
     if os.path.lexists(path):
         raise UsageError(f"{path} exists", "give a socket path that does not exist yet")
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent} is not a directory", "create it first")
+
+
+def publish_socket(served: NbdkitServer, path: Path) -> None:
+    """Give the served socket the name `path` too (it stays root's: 0600)."""
+    check_socket_path(path)
     os.chmod(served.socket, 0o600)
     try:
         os.link(served.socket, path)  # unlike rename, never replaces what appeared meanwhile
