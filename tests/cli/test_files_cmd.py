@@ -288,3 +288,49 @@ def test_export_nbd_refuses_an_existing_socket_path_and_an_unknown_disk(
         f"virtbackup: error: {missing.parent} is not a directory: create it first"
     )
     assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+def test_usage_errors_are_one_line_before_anything_starts(backups: Backups, tmp_path: Path) -> None:
+    backup = str(backups.stream)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    (tmp_path / "file").write_text("")
+    cases = [
+        (["export", backup], "give either --to DIR or --nbd SOCKET"),
+        (
+            ["export", backup, "--to", str(tmp_path), "--disk", "vda"],
+            "--disk goes with --nbd SOCKET",
+        ),
+        (
+            ["export", backup, "--nbd", str(tmp_path / "s"), "--remote-location", "r:x"],
+            "--nbd serves backups on this host only: export the remote backup with --to DIR first",
+        ),
+        (["files", backup, "get", "/vda1/etc"], "get needs PATH... and --to DIR"),
+        (
+            ["files", backup, "get", "/vda1/etc", "--to", str(tmp_path / "no")],
+            f"{tmp_path / 'no'} is not a directory: create it first",
+        ),
+        (
+            ["files", backup, "get", "/vda1/a/x", "/vda1/b/x", "--to", str(tmp_path)],
+            f"two of the paths would both be copied to {tmp_path / 'x'}",
+        ),
+        (
+            ["files", backup, "get", "/", "--to", str(tmp_path)],
+            "/ holds the backup's filesystems: get /NAME or a path inside one",
+        ),
+        (
+            ["files", backup, "ls", "/", "--remote-location", "r:x"],
+            "files reads backups on this host only: export it with --to first",
+        ),
+        (
+            ["mount", backup, str(tmp_path / "full")],
+            f"{tmp_path / 'full'} is not empty: give an empty directory",
+        ),
+        (
+            ["mount", backup, str(tmp_path / "file")],
+            f"{tmp_path / 'file'} is not a directory: create an empty directory first",
+        ),
+    ]
+    for args, message in cases:
+        result = virtbackup_in(backups.state, *args)
+        assert (result.returncode, result.stderr) == (2, f"virtbackup: error: {message}\n"), args

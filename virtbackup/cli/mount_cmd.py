@@ -13,7 +13,7 @@ from virtbackup.engine.files.guest_mount import mount_backup, unmount_backup
 
 @click.command("mount")
 @click.argument("backup", type=DIRECTORY)
-@click.argument("mountpoint", type=DIRECTORY)
+@click.argument("mountpoint", type=click.Path(path_type=Path))
 @reading_options
 @pass_globals
 def mount_command(options: GlobalOptions, backup: Path, mountpoint: Path, reading: Reading) -> None:
