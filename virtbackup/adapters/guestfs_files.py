@@ -5,8 +5,10 @@ mount point (FUSE). Failures inside the appliance
 (an unreadable block: an I/O error) become GuestfsError with the appliance's first line.
 """
 
+import os
+import signal
 import stat
-import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,29 +115,48 @@ def _call(action: Callable[[], T], path: str) -> T:
 
 def serve_mount(appliance: Appliance, mountpoint: Path, on_mounted: Callable[[], None]) -> None:
     """Show the mounted filesystems read-only at `mountpoint` (FUSE) until it is
-    unmounted (fusermount -u) or the caller is interrupted, which unmounts it. The
-    FUSE loop runs in a thread so that signals reach the caller meanwhile."""
-    _call(lambda: appliance.g.mount_local(str(mountpoint), readonly=True), str(mountpoint))
-    failed: list[RuntimeError] = []
+    unmounted (fusermount -u) or the caller is interrupted, which unmounts it.
 
-    def loop() -> None:
+    libguestfs's FUSE loop holds the interpreter's lock for as long as the mount lasts,
+    so it runs in a child process (which ignores stop signals): this one stays free to
+    take signals and end the mount. The handle is used again only once the child is gone.
+    """
+    _call(lambda: appliance.g.mount_local(str(mountpoint), readonly=True), str(mountpoint))
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's coverage is not collected)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         try:
             appliance.g.mount_local_run()
-        except RuntimeError as err:
-            failed.append(err)
-
-    thread = threading.Thread(target=loop, name="vb-fuse", daemon=True)
-    thread.start()
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    status = None
     try:
-        while thread.is_alive() and fuse_type(mountpoint) is None:
-            thread.join(0.1)
-        if thread.is_alive():
-            on_mounted()
-        while thread.is_alive():
-            thread.join(0.5)  # wakes for signals between waits
+        while fuse_type(mountpoint) is None:
+            if os.waitpid(child, os.WNOHANG) != (0, 0):
+                raise GuestfsError(f"the mount at {mountpoint} ended before it was shown")
+            time.sleep(0.1)
+        on_mounted()
+        status = os.waitpid(child, 0)[1]
     finally:
-        if thread.is_alive():
-            fuse_unmount(mountpoint)
-            thread.join(UNMOUNT_WAIT)
-    if failed:
-        raise GuestfsError(f"the mount at {mountpoint} failed: {first_line(failed[0])}")
+        if status is None:
+            if fuse_type(mountpoint) is not None:
+                fuse_unmount(mountpoint)
+            _reap(child)
+    if status != 0:
+        raise GuestfsError(f"the mount at {mountpoint} failed (see -v)")
+
+
+def _reap(child: int) -> None:
+    """Wait for the FUSE child to end after its mount is gone; kill it if it hangs."""
+    deadline = time.monotonic() + UNMOUNT_WAIT
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(child, os.WNOHANG) != (0, 0):
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
