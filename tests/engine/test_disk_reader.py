@@ -7,12 +7,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from age_helpers import make_key_pair
 from backup_helpers import MiB, disk_of, make_backup
 from harness.cli import virtbackup
 from repository_fixture import random_image
 from repository_helpers import chunk_holding
 
+from virtbackup.adapters import age
 from virtbackup.core.backup_errors import CorruptBackup
+from virtbackup.core.errors import UsageError
 from virtbackup.core.manifest import LAYOUT_REPOSITORY
 from virtbackup.engine.datapath.disk_reader import CACHED_FRAMES, Extent, disk_reader
 from virtbackup.engine.stores.backup_access import open_backup
@@ -88,4 +91,18 @@ def test_files_refuses_a_qcow2_disk_naming_a_host_file(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         "virtbackup: error: vda is a qcow2 image that names the host file '/etc/shadow': "
         "restore it and inspect the image by hand"
+    )
+
+
+def test_an_encrypted_stream_cannot_be_read_at_random(image: Path, tmp_path: Path) -> None:
+    keys = make_key_pair(tmp_path / "keys")
+    recipients = age.read_recipients(keys.recipients)
+    backup = make_backup(tmp_path / "dest", [disk_of(image)], encrypt_to=recipients).path
+    opened = open_backup(LocalFiles(backup), keys.identity)
+    with pytest.raises(UsageError) as raised:
+        with disk_reader(opened, "vda"):
+            pass
+    assert str(raised.value) == (
+        f"vda of {backup} is an encrypted or remote stream, which cannot be read at random: "
+        "restore it, or export it to a local directory first (virtbackup export --to)"
     )
