@@ -37,6 +37,8 @@ runtime_packages=(
     qemu-system-x86 qemu-utils python3-libvirt python3-libnbd python3-guestfs libguestfs-tools
     linux-image-amd64 lvm2 lz4 util-linux python3-venv python3-click python3-rich python3-lz4 procps
     age rclone openssh-client
+    # nbdkit and its Python plugin serve a backup's disk over NBD (export --nbd, files, mount)
+    nbdkit nbdkit-plugin-python
 )
 # guestfs-tools: virt-sparsify to compare shrink against; busybox-static, qemu-guest-agent
 # and cpio: the tiny test guest and the nested VM; xfsprogs/e2fsprogs: test images;

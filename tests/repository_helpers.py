@@ -16,6 +16,7 @@ from pathlib import Path
 from virtbackup.core.manifest import LAYOUT_REPOSITORY, DiskRecord, Manifest, build_manifest
 from virtbackup.core.repository_format import (
     GC_HIDDEN_PREFIX,
+    REPOSITORY_DIR,
     RepositoryConfig,
     chunk_lengths,
     chunk_name,
@@ -23,7 +24,7 @@ from virtbackup.core.repository_format import (
     index_line,
 )
 from virtbackup.core.streamformat import ChunkedDigest, chunked_digest_name
-from virtbackup.engine.datapath.frames import encode_frame
+from virtbackup.engine.datapath.frames import decode_chunk, encode_frame
 from virtbackup.engine.stores.chunk_store import ChunkStore, Writer
 from virtbackup.engine.stores.local import LocalStore
 
@@ -139,3 +140,13 @@ def wait_for(condition: Callable[[], bool], seconds: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def chunk_holding(dest: Path, wanted: Callable[[bytes], bool]) -> Path:
+    """The first chunk file of DEST's (plain) repository whose data `wanted` accepts."""
+    for chunk in sorted((dest / REPOSITORY_DIR).rglob("*")):
+        if chunk.is_file() and len(chunk.name) == 64:
+            data = decode_chunk(chunk.read_bytes(), 64 * 1024 * 1024)
+            if wanted(data):
+                return chunk
+    raise AssertionError(f"no chunk in {dest} holds the data wanted")

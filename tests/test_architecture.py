@@ -25,6 +25,8 @@ BOUNDARIES = {
     "libvirt_qemu": {"virtbackup.adapters.hypervisor.bindings"},
     "guestfs": {"virtbackup.adapters.guestfs_ops"},
     "nbd": {"virtbackup.adapters.nbd_export"},
+    # the plugin nbdkit loads: the module `nbdkit` exists only inside nbdkit's process
+    "nbdkit": {"virtbackup.engine.datapath.nbdkit_plugin"},
     "click": "virtbackup.cli",  # a whole layer
     # rich draws on the consoles of cli.console; the views draw bars, tables and prompts.
     "rich": {

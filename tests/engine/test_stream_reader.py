@@ -14,7 +14,7 @@ from harness.real import unavailable
 from virtbackup.core.backup_errors import CorruptBackup
 from virtbackup.engine.datapath import io_control, sparse_target, stream_reader
 from virtbackup.engine.datapath.sparse_target import SPARSE_BLOCK, data_runs
-from virtbackup.engine.datapath.stream_reader import StreamFrames, _FrameDecoder, read_index
+from virtbackup.engine.datapath.stream_reader import FrameDecoder, StreamFrames, read_index
 
 MiB = 1 << 20
 BLOCK = SPARSE_BLOCK
@@ -230,7 +230,7 @@ def test_decode_into_gives_each_frames_data(tmp_path: Path) -> None:
     assert [entry.is_zero for entry in index.entries][:3] == [False, True, False]
     out = memoryview(bytearray(MiB))
     with open(stream, "rb") as opened:
-        decoder = _FrameDecoder(index, StreamFrames(index, opened.fileno()), "vda")
+        decoder = FrameDecoder(index, StreamFrames(index, opened.fileno()), "vda")
         for entry in index.entries:
             span = data[entry.data_offset : entry.data_offset + entry.data_length]
             if decoder.decode_into(entry, out):

@@ -65,6 +65,7 @@ class Drive:
     path: str
     format: str
     readonly: bool = False
+    nbd_socket: str | None = None  # read from this NBD server's unix socket, not `path`
 
 
 # -- the handle --------------------------------------------------------------------------
@@ -119,13 +120,13 @@ class Appliance:
         try:
             self.g.mount_options("discard", fs, "/")
         except RuntimeError as err:
-            return f"cannot be mounted ({_first_line(err)})"
+            return f"cannot be mounted ({first_line(err)})"
         try:
             try:
                 self.g.fstrim("/")
             except RuntimeError as err:
                 if not zero_fallback:
-                    return f"cannot be trimmed ({_first_line(err)})"
+                    return f"cannot be trimmed ({first_line(err)})"
                 self.g.zero_free_space("/")
             self.g.sync()
         finally:
@@ -160,7 +161,7 @@ class Appliance:
             try:
                 self.g.lvcreate_free(name, vg, 100)
             except RuntimeError as err:
-                return f"no free space to reclaim ({_first_line(err)})"
+                return f"no free space to reclaim ({first_line(err)})"
             try:
                 self.g.blkdiscard(dev)
                 self.g.sync()
@@ -205,7 +206,13 @@ def _uuid(text: str) -> str:
     return text.replace("-", "").lower()
 
 
-def _first_line(err: BaseException) -> str:
+def _nbd_options(drive: Drive) -> dict[str, Any]:
+    if drive.nbd_socket is None:
+        return {}
+    return {"protocol": "nbd", "server": [f"unix:{drive.nbd_socket}"]}
+
+
+def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
@@ -256,9 +263,11 @@ def open_appliance(
                     format=drive.format,
                     readonly=drive.readonly,
                     discard=None if drive.readonly else discard,
+                    **_nbd_options(drive),
                 )
             except RuntimeError as err:
-                raise GuestfsError(f"cannot add {drive.path}: {_first_line(err)}") from None
+                label = drive.nbd_socket or drive.path
+                raise GuestfsError(f"cannot add {label}: {first_line(err)}") from None
         try:
             launch_bounded(g, launch_timeout)
         except LaunchTimedOut:
@@ -266,7 +275,7 @@ def open_appliance(
         except RuntimeError as err:
             if "discard" in str(err).lower():
                 raise GuestfsError(
-                    f"cannot pass discard down to the images: {_first_line(err)}",
+                    f"cannot pass discard down to the images: {first_line(err)}",
                     "use copy mode (--to DIR)",
                 ) from None
             raise launch_error(str(err), list(lines), dict(os.environ)) from None

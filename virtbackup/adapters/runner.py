@@ -57,12 +57,14 @@ def spawn(
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start argv without waiting for it, for programs that stream through a pipe.
 
     The caller owns the process: it must wait for it (or kill it) and judge its exit
     status. Nothing is inherited from our stdin unless asked for, so a program that
-    would prompt sees end of file instead of hanging a cron job."""
+    would prompt sees end of file instead of hanging a cron job. `env` adds variables
+    to our own environment, as in run()."""
     require_program(argv[0])
     log.debug("spawn: %s", shlex.join(argv))
     return subprocess.Popen(
@@ -70,6 +72,7 @@ def spawn(
         stdin=subprocess.DEVNULL if stdin is None else stdin,
         stdout=stdout,
         stderr=stderr,
+        env={**os.environ, **env} if env else None,
     )
 
 

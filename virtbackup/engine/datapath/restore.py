@@ -95,7 +95,7 @@ def restore_backup(
     files = LocalFiles(backup) if isinstance(backup, Path) else backup
     opened = open_backup(files, identity, trust)
     manifest = opened.manifest
-    indexes = [(disk, _local_index(opened, disk)) for disk in manifest.disks]
+    indexes = [(disk, random_access_index(opened, disk)) for disk in manifest.disks]
     to_dir = to_dir.absolute()
     targets = [to_dir / _plain_child(restored_file_name(disk)) for disk in manifest.disks]
     restored = list(zip(manifest.disks, targets, strict=True))
@@ -170,7 +170,9 @@ def _image_references(path: Path, fmt: str) -> ImageReferences:
     return qcow2_references(head)
 
 
-def _local_index(opened: OpenedBackup, disk: DiskRecord) -> StreamIndex | RepositoryDisk | None:
+def random_access_index(
+    opened: OpenedBackup, disk: DiskRecord
+) -> StreamIndex | RepositoryDisk | None:
     """The checked index of a stream that can be read at random, else None; for a disk
     in the repository, its checked index of chunks."""
     path = opened.random_access(disk)

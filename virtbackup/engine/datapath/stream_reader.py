@@ -151,7 +151,7 @@ class StreamFrames:
         return hashlib.new(self.index.header.frame_digest, data).digest()
 
 
-class _FrameDecoder:
+class FrameDecoder:
     """Reads, decompresses and checks one frame at a time; shared by the pool threads."""
 
     def __init__(self, index: StreamIndex, frames: FrameSource, label: str) -> None:
@@ -249,7 +249,7 @@ def restore_frames(
             buffers.give(decoded.buffer)
         target.written(entry.data_offset + entry.data_length)
 
-    decoder = _FrameDecoder(index, frames, label)
+    decoder = FrameDecoder(index, frames, label)
 
     def decode(entry: FrameEntry) -> _Decoded | None:
         buffer = buffers.take()
@@ -276,7 +276,7 @@ def verify_frames(
     index: StreamIndex, frames: FrameSource, label: str, progress: ProgressSink, workers: int = 0
 ) -> str:
     """Check every frame and return the hex whole-disk digest recomputed from the data."""
-    decoder = _FrameDecoder(index, frames, label)
+    decoder = FrameDecoder(index, frames, label)
     return _each_frame_in_order(
         index, decoder.check, lambda _entry, _data: None, label, progress, workers
     )
