@@ -23,8 +23,8 @@ def reference(raw: Any, image: Path, copy: Path) -> Path:
     return copy
 
 
-def restored_disk(state_dir: Path, backup: Path, to: Path) -> Path:
-    result = virtbackup_in(state_dir, "restore", str(backup), "--to", str(to))
+def restored_disk(state_dir: Path, backup: Path, to: Path, *options: str) -> Path:
+    result = virtbackup_in(state_dir, "restore", str(backup), "--to", str(to), *options)
     assert result.returncode == 0, result.stdout + result.stderr
     return to / "vda.raw"
 

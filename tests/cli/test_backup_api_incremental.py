@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from age_helpers import make_key_pair
 from backup_api_helpers import reference, restored_disk
 from consistency_helpers import guest_write
 from harness.cli import virtbackup
@@ -30,6 +31,7 @@ from virtbackup.core.backup_job import (
     pull_backup_xml,
 )
 from virtbackup.core.verify_record import VerifyRecord, build_verify_record
+from virtbackup.engine.stores.change_base import SEALED_BASES_DIR
 from virtbackup.engine.stores.store import VERIFIED
 
 MiB = 1024 * 1024
@@ -46,6 +48,8 @@ class Generations:
         self.dest = dest
         self.tmp = tmp
         self.made: list[tuple[Path, Path]] = []  # (backup, reference)
+        self.backup_options: tuple[str, ...] = ()  # e.g. --encrypt RECIPIENTS
+        self.restore_options: tuple[str, ...] = ()  # e.g. --identity IDENTITY
 
     def back_up(self) -> tuple[dict[str, Any], int]:
         """One backup now: its summary row and the bytes it read from the disk."""
@@ -60,6 +64,7 @@ class Generations:
             "--layout",
             "repository",
             "--json",
+            *self.backup_options,
             state_dir=self.state_dir,
         )
         assert result.returncode == 0, result.stdout + result.stderr
@@ -71,10 +76,14 @@ class Generations:
         return row, int(found.group(1))
 
     def check_all_restore(self) -> None:
-        for number, (backup, expected) in enumerate(self.made):
-            to = self.tmp / f"restored{number}-of-{len(self.made)}"
-            disk = restored_disk(self.state_dir, backup, to)
-            subprocess.run(["cmp", str(expected), str(disk)], check=True)
+        for number in range(len(self.made)):
+            self.check_restores(number)
+
+    def check_restores(self, number: int) -> None:
+        backup, expected = self.made[number]
+        to = self.tmp / f"restored{number}-of-{len(self.made)}"
+        disk = restored_disk(self.state_dir, backup, to, *self.restore_options)
+        subprocess.run(["cmp", str(expected), str(disk)], check=True)
 
     def checkpoint_of(self, number: int) -> str:
         manifest = json.loads((self.made[number][0] / "manifest.json").read_text())
@@ -323,3 +332,44 @@ def test_another_tools_checkpoint_and_a_users_external_snapshot(
     row, read = runs.back_up()
     assert full_reads(row) == [] and read == 0
     runs.check_all_restore()
+
+
+def test_encrypted_repository_reads_only_the_changes_from_the_hosts_record(
+    small_domain: Callable[[str], Generations], state_dir: Path, tmp_path: Path
+) -> None:
+    keys = make_key_pair(tmp_path / "keys")
+    runs = small_domain("enc")
+    runs.backup_options = ("--encrypt", str(keys.recipients))
+    runs.restore_options = ("--identity", str(keys.identity))
+    disk = "virtio-disk0"
+
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == 2 * CHUNK
+    public = json.loads((runs.made[0][0] / "manifest.json").read_text())
+    assert "encryption" in public and "checkpoint" not in public  # sealed, as before
+
+    guest_write(runs.raw, disk, 8, 9 * MiB, 1 * MiB)  # chunk 2
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == CHUNK
+    runs.check_all_restore()
+
+    # this host's record of the newest backup gone (a new state directory): a full read
+    (record,) = (state_dir / SEALED_BASES_DIR).iterdir()
+    record.unlink()
+    guest_write(runs.raw, disk, 9, 13 * MiB, 1 * MiB)  # chunk 3
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert "is encrypted and this host keeps no record of its checkpoint" in why
+    assert read == 4 * CHUNK
+    runs.check_restores(2)
+
+    # the newest backup's index replaced in DEST by an older one: the host's record
+    # does not bind it, a full read
+    index = runs.made[2][0] / "vda.raw.idx"
+    index.write_bytes((runs.made[0][0] / "vda.raw.idx").read_bytes())
+    guest_write(runs.raw, disk, 10, 1 * MiB, 1 * MiB)  # chunk 0
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert "the index of" in why and "is unusable" in why
+    assert read == 4 * CHUNK
+    runs.check_restores(3)
