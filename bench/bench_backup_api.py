@@ -61,6 +61,8 @@ ChunkStore(Path(sys.argv[1])).create(RepositoryConfig(chunk_size=int(sys.argv[2]
 @dataclass
 class Round:
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of the tool itself
+    others: dict[str, float] = field(default_factory=dict)  # % CPU the rest of the machine used
     stored: dict[str, int] = field(default_factory=dict)
     rss_mib: dict[str, int] = field(default_factory=dict)
     changed_lz4: int = 0
@@ -152,10 +154,16 @@ def timed(result: Round, what: str, dest: Path | None, argv: list[str]) -> None:
     drop_caches()
     measured: Measured = run([argv], cwd=ROOT)
     result.seconds[what] = measured.wall
+    result.cpu[what] = measured.cpu
+    result.others[what] = measured.other_percent
     result.rss_mib[what] = measured.max_rss_kib // 1024
     if dest is not None:
         result.stored[what] = tree_bytes(dest) - before
-    print(f"{what}: {measured.wall:.2f} s, {result.stored.get(what, 0) / MiB:.0f} MiB", flush=True)
+    print(
+        f"{what}: {measured.wall:.2f} s, CPU {measured.cpu:.1f} s, others "
+        f"{measured.other_percent:.0f} %, {result.stored.get(what, 0) / MiB:.0f} MiB",
+        flush=True,
+    )
 
 
 def virtbackup_cli(state: Path, *arguments: str) -> list[str]:
@@ -270,6 +278,9 @@ def report(rounds: list[Round], args: argparse.Namespace) -> None:
     def seconds(what: str) -> float:
         return median([r.seconds[what] for r in rounds])
 
+    def cpu(what: str) -> float:
+        return median([r.cpu[what] for r in rounds])
+
     def stored(what: str) -> float:
         return median([r.stored[what] for r in rounds])
 
@@ -286,9 +297,10 @@ def report(rounds: list[Round], args: argparse.Namespace) -> None:
     )
     print(
         "| step | virtbackup s (range) | virtnbdbackup s (range) | time ratio "
+        "| CPU s, virtbackup / virtnbdbackup "
         "| virtbackup stored MiB | virtnbdbackup stored MiB | stored ratio |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for step in ("full", "incremental", "restore"):
         ours, theirs = f"{step} virtbackup", f"{step} virtnbdbackup"
         if step == "restore":
@@ -300,18 +312,21 @@ def report(rounds: list[Round], args: argparse.Namespace) -> None:
             )
         print(
             f"| {step} | {seconds(ours):.2f} ({spread(ours)}) | {seconds(theirs):.2f} "
-            f"({spread(theirs)}) | {seconds(ours) / seconds(theirs):.2f}x {sizes}"
+            f"({spread(theirs)}) | {seconds(ours) / seconds(theirs):.2f}x "
+            f"| {cpu(ours):.1f} / {cpu(theirs):.1f} {sizes}"
         )
     unchanged = "unchanged virtbackup"
     print(
         f"| unchanged running domain | {seconds(unchanged):.2f} ({spread(unchanged)}) | | "
-        f"| {stored(unchanged) / MiB:.1f} | | |"
+        f"| {cpu(unchanged):.1f} | {stored(unchanged) / MiB:.1f} | | |"
     )
     inc = stored("incremental virtbackup")
     print(
         f"\n- incremental stored / lz4 of the changed data: virtbackup {inc / changed_lz4:.2f}x, "
         f"virtnbdbackup {stored('incremental virtnbdbackup') / changed_lz4:.2f}x"
     )
+    others = median([value for r in rounds for value in r.others.values()])
+    print(f"- the rest of the machine used {others:.0f} % CPU (of 200 %) during the steps, median")
     rss = {what: max(r.rss_mib[what] for r in rounds) for what in rounds[0].rss_mib}
     print(f"- peak RSS MiB, worst round: {json.dumps(rss)}")
 
