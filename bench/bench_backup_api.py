@@ -45,7 +45,6 @@ from datapath_measure import Measured, drop_caches, run
 
 ROOT = Path(__file__).resolve().parent.parent
 PIECE = 64 << 10
-POOL = 256  # distinct pieces of the reference's data the writes use
 OURS, THEIRS = "vb-bench-apibench", "vb-bench-apibench-virtnbd"  # the two domains
 BACKEND = "/machine/peripheral/virtio-disk0/virtio-backend"  # the disk's qdev, for qemu-io
 
@@ -204,12 +203,11 @@ def change_disks(
     """Rewrite `fraction` of each domain's disk, the same way: in 64 KiB pieces at
     distinct random 64 KiB-aligned places, through qemu; the bytes written to one disk
     and their lz4 size (piece by piece)."""
-    pieces = data_pieces(runs, rng)
     size = domains[0].blockInfo("vda")[0]
     count = int(size * fraction) // PIECE
+    pieces = data_pieces(runs, rng, count)
     written = compressed = 0
-    for offset in rng.sample(range(0, size, PIECE), count):
-        piece = rng.choice(pieces)
+    for offset, piece in zip(rng.sample(range(0, size, PIECE), count), pieces, strict=True):
         command = f'qemu-io -d {BACKEND} "write -s {piece} {offset} {PIECE}"'
         for dom in domains:
             out = libvirt_qemu.qemuMonitorCommand(
@@ -222,17 +220,20 @@ def change_disks(
     return written, compressed
 
 
-def data_pieces(runs: Path, rng: random.Random) -> list[Path]:
-    """POOL files of 64 KiB taken from the reference's data extents, readable by qemu."""
+def data_pieces(runs: Path, rng: random.Random, count: int) -> list[Path]:
+    """`count` files of 64 KiB taken from the reference's data extents, readable by
+    qemu, each from a place off the 64 KiB grid: no piece is a chunk the repository
+    already holds (a piece from a grid place would deduplicate with 64 KiB chunks)."""
     source = reference_raw(runs.parent)
     extents = [(start, length) for start, length in data_extents(source) if length >= PIECE]
     folder = runs / "pieces"
     folder.mkdir()
     pieces = []
     with open(source, "rb") as image:
-        for number in range(POOL):
+        for number in range(count):
             start, length = rng.choice(extents)
-            image.seek(start + rng.randrange(0, length - PIECE + 1, 4096))
+            place = start + rng.randrange(0, length - PIECE + 1, 4096)
+            image.seek(place if place % PIECE else place + 4096)
             path = folder / f"{number}.bin"
             path.write_bytes(image.read(PIECE))
             path.chmod(0o644)
