@@ -7,6 +7,7 @@ kept; the domain runs throughout."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -373,3 +374,13 @@ def test_encrypted_repository_reads_only_the_changes_from_the_hosts_record(
     assert "the index of" in why and "is unusable" in why
     assert read == 4 * CHUNK
     runs.check_restores(3)
+
+    # a newer backup planted in DEST, its public manifest claiming the backup API: the
+    # host's record is of another stamp, a full read
+    newest = runs.made[3][0]
+    planted = newest.parent / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    shutil.copytree(newest, planted)
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert f"{planted.name} is encrypted and this host keeps no record" in why, why
+    assert read == 4 * CHUNK
