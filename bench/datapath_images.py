@@ -2,8 +2,9 @@
 
 - `reference.raw`: 8 GiB sparse raw image, ext4 holding ~1.5 GiB of host files of which a
   fifth were deleted again (their blocks keep the data);
-- `reference.qcow2`: the same converted with `qemu-img convert` (a file with little
-  sparseness: qcow2 stores only allocated clusters);
+- `reference.qcow2`: the same converted with `qemu-img convert` to qcow2 compat 1.1 (a
+  file with little sparseness: qcow2 stores only allocated clusters; compat 1.1 keeps
+  the persistent dirty bitmaps that libvirt's checkpoints need);
 - `full-2g.raw`: a 2 GiB ext4 filled to ~95 % with host files (almost no holes: the
   ratio to the seed there is pure compression throughput);
 - `size-<N>g.raw`: N GiB sparse raw images holding the same ~0.7 GiB of host files, to
@@ -35,7 +36,16 @@ def reference_qcow2(work: Path) -> Path:
     if not image.exists():
         partial = image.with_suffix(".partial")
         subprocess.run(
-            ["qemu-img", "convert", "-O", "qcow2", str(reference_raw(work)), str(partial)],
+            [
+                "qemu-img",
+                "convert",
+                "-O",
+                "qcow2",
+                "-o",
+                "compat=1.1",
+                str(reference_raw(work)),
+                str(partial),
+            ],
             check=True,
         )
         partial.rename(image)

@@ -52,6 +52,8 @@ test_packages=(
     tox guestfs-tools busybox-static qemu-guest-agent cpio zstd xfsprogs e2fsprogs
     kmod tmux systemd logrotate openssh-server vsftpd python3-prometheus-client
     tgt qemu-block-extra
+    # virtnbdbackup: the peer bench/bench_backup_api.py runs side by side with the backup API
+    virtnbdbackup
 )
 
 packages=("${runtime_packages[@]}")

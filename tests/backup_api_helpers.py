@@ -45,8 +45,8 @@ def reference(raw: Any, image: Path, copy: Path) -> Path:
     return copy
 
 
-def restored_disk(state_dir: Path, backup: Path, to: Path) -> Path:
-    result = virtbackup_in(state_dir, "restore", str(backup), "--to", str(to))
+def restored_disk(state_dir: Path, backup: Path, to: Path, *options: str) -> Path:
+    result = virtbackup_in(state_dir, "restore", str(backup), "--to", str(to), *options)
     assert result.returncode == 0, result.stdout + result.stderr
     return to / "vda.raw"
 
@@ -65,6 +65,8 @@ class Generations:
         self.dest = dest
         self.tmp = tmp
         self.made: list[tuple[Path, Path]] = []  # (backup, reference)
+        self.backup_options: tuple[str, ...] = ()  # e.g. --encrypt RECIPIENTS
+        self.restore_options: tuple[str, ...] = ()  # e.g. --identity IDENTITY
 
     def back_up(self, method: str = "backup-api") -> tuple[dict[str, Any], int]:
         """One backup now, expected to be made by `method`: its summary row and the
@@ -80,6 +82,7 @@ class Generations:
             "--layout",
             "repository",
             "--json",
+            *self.backup_options,
             state_dir=self.state_dir,
         )
         assert result.returncode == 0, result.stdout + result.stderr
@@ -91,10 +94,14 @@ class Generations:
         return row, int(found.group(1))
 
     def check_all_restore(self) -> None:
-        for number, (backup, expected) in enumerate(self.made):
-            to = self.tmp / f"restored{number}-of-{len(self.made)}"
-            disk = restored_disk(self.state_dir, backup, to)
-            subprocess.run(["cmp", str(expected), str(disk)], check=True)
+        for number in range(len(self.made)):
+            self.check_restores(number)
+
+    def check_restores(self, number: int) -> None:
+        backup, expected = self.made[number]
+        to = self.tmp / f"restored{number}-of-{len(self.made)}"
+        disk = restored_disk(self.state_dir, backup, to, *self.restore_options)
+        subprocess.run(["cmp", str(expected), str(disk)], check=True)
 
     def checkpoint_of(self, number: int) -> str:
         manifest = json.loads((self.made[number][0] / "manifest.json").read_text())

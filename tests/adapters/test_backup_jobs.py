@@ -1,6 +1,8 @@
 """Pull backup jobs, checkpoints and reading their NBD exports, on a real running domain."""
 
 import os
+import subprocess
+import sys
 import uuid
 from contextlib import closing
 from pathlib import Path
@@ -37,6 +39,28 @@ def _read_all(source: NbdSource) -> bytes:
     return bytes(data)
 
 
+# Reads the whole export `rounds` times in 4 MiB pieces; prints its peak RSS in KiB.
+_READER = """
+import resource, sys
+from pathlib import Path
+from virtbackup.adapters.nbd_export import NbdExport
+export = NbdExport.connect(Path(sys.argv[1]), "vda")
+data = memoryview(bytearray(4 << 20))
+for _ in range(int(sys.argv[2])):
+    for offset in range(0, export.size, len(data)):
+        export.read_into(data, offset)
+export.close()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_rss_reading(socket: Path, rounds: int) -> int:
+    """Peak RSS in bytes of a process that reads the export `rounds` times over."""
+    argv = [sys.executable, "-c", _READER, str(socket), str(rounds)]
+    result = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return int(result.stdout) * 1024
+
+
 def test_pull_jobs_serve_the_instant_and_the_changes_since_a_checkpoint(
     domain_factory: DomainFactory, hypervisor: Hypervisor
 ) -> None:
@@ -58,6 +82,7 @@ def test_pull_jobs_serve_the_instant_and_the_changes_since_a_checkpoint(
         assert data[: 1 * MiB] == bytes(MiB) and data[3 * MiB :] == bytes(13 * MiB)
     finally:
         source.close()
+    assert _peak_rss_reading(socket, 32) < 150 * MiB  # 512 MiB read, buffers reused
     dom.backups.abort()
     assert dom.backups.job_xml() is None
     assert not socket.exists()

@@ -7,6 +7,7 @@ kept; the domain runs throughout."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from age_helpers import make_key_pair
 from backup_api_helpers import Generations, full_reads, reference, restored_disk
 from consistency_helpers import guest_write
 from harness.cli import virtbackup
@@ -29,6 +31,7 @@ from virtbackup.core.backup_job import (
     pull_backup_xml,
 )
 from virtbackup.core.verify_record import VerifyRecord, build_verify_record
+from virtbackup.engine.stores.change_base import SEALED_BASES_DIR
 from virtbackup.engine.stores.store import VERIFIED
 
 MiB = 1024 * 1024
@@ -273,3 +276,54 @@ def test_another_tools_checkpoint_and_a_users_external_snapshot(
     row, read = runs.back_up()
     assert full_reads(row) == [] and read == 0
     runs.check_all_restore()
+
+
+def test_encrypted_repository_reads_only_the_changes_from_the_hosts_record(
+    small_domain: Callable[[str], Generations], state_dir: Path, tmp_path: Path
+) -> None:
+    keys = make_key_pair(tmp_path / "keys")
+    runs = small_domain("enc")
+    runs.backup_options = ("--encrypt", str(keys.recipients))
+    runs.restore_options = ("--identity", str(keys.identity))
+    disk = "virtio-disk0"
+
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == 2 * CHUNK
+    public = json.loads((runs.made[0][0] / "manifest.json").read_text())
+    assert "encryption" in public and "checkpoint" not in public  # sealed, as before
+
+    guest_write(runs.raw, disk, 8, 9 * MiB, 1 * MiB)  # chunk 2
+    row, read = runs.back_up()
+    assert full_reads(row) == [] and read == CHUNK
+    runs.check_all_restore()
+
+    # this host's record of the newest backup gone (a new state directory): a full read
+    (record,) = (state_dir / SEALED_BASES_DIR).iterdir()
+    record.unlink()
+    guest_write(runs.raw, disk, 9, 13 * MiB, 1 * MiB)  # chunk 3
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert "is encrypted and this host keeps no record of its checkpoint" in why
+    assert read == 4 * CHUNK
+    runs.check_restores(2)
+
+    # the newest backup's index replaced in DEST by an older one: the host's record
+    # does not bind it, a full read
+    index = runs.made[2][0] / "vda.raw.idx"
+    index.write_bytes((runs.made[0][0] / "vda.raw.idx").read_bytes())
+    guest_write(runs.raw, disk, 10, 1 * MiB, 1 * MiB)  # chunk 0
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert "the index of" in why and "is unusable" in why
+    assert read == 4 * CHUNK
+    runs.check_restores(3)
+
+    # a newer backup planted in DEST, its public manifest claiming the backup API: the
+    # host's record is of another stamp, a full read
+    newest = runs.made[3][0]
+    planted = newest.parent / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    shutil.copytree(newest, planted)
+    row, read = runs.back_up()
+    (why,) = full_reads(row)
+    assert f"{planted.name} is encrypted and this host keeps no record" in why, why
+    assert read == 4 * CHUNK

@@ -7,7 +7,10 @@ context and its bytes. The only module that imports `nbd`.
     export.close()
 
 A read of a range larger than READ_REQUEST is split into requests sent together and
-awaited together, so that several are in flight on the one connection.
+awaited together, so that several are in flight on the one connection. The buffers the
+requests read into are reused: libnbd 1.14's Python binding (Debian 12) keeps every
+buffer handed to `aio_pread` alive, so a fresh one per request grew the process by the
+size of everything read (6 GiB for one incremental backup of the 8 GiB reference).
 """
 
 from collections.abc import Sequence
@@ -60,6 +63,7 @@ class NbdExport:
         self._handle = handle
         self.label = label
         self.size = int(handle.get_size())
+        self._buffers: dict[int, list[Any]] = {}  # by size: those the requests reuse
 
     @classmethod
     def connect(cls, socket: Path, export: str, contexts: Sequence[str] = (ALLOCATION,)) -> Self:
@@ -115,8 +119,8 @@ class NbdExport:
         """Fill `data` from the export at `offset`, its requests in flight together."""
         requests = []
         try:
-            for start in range(0, len(data), READ_REQUEST):
-                buffer = self._nbd.Buffer(min(READ_REQUEST, len(data) - start))
+            for number, start in enumerate(range(0, len(data), READ_REQUEST)):
+                buffer = self._buffer(min(READ_REQUEST, len(data) - start), number)
                 cookie = self._handle.aio_pread(buffer, offset + start)
                 requests.append((start, buffer, cookie))
             for start, buffer, cookie in requests:
@@ -125,6 +129,14 @@ class NbdExport:
                 data[start : start + len(buffer)] = buffer.to_bytearray()
         except self._nbd.Error as err:
             raise NbdError(f"cannot read {self.label} at byte {offset}: {err.string}") from None
+
+    def _buffer(self, size: int, number: int) -> Any:
+        """The `number`th buffer of `size` bytes, made on first use (the sizes are few:
+        READ_REQUEST, and the tails of a chunk size and of the disk's last chunk)."""
+        pool = self._buffers.setdefault(size, [])
+        while len(pool) <= number:
+            pool.append(self._nbd.Buffer(size))
+        return pool[number]
 
 
 def _close(handle: Any) -> None:

@@ -23,7 +23,7 @@ from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.core.config import DomainSettings
 from virtbackup.core.errors import ExitCode, Interrupted, LockHeld, VirtbackupError
-from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUT_STREAM, LeftOutDisk
+from virtbackup.core.manifest import LAYOUT_REPOSITORY, LAYOUT_STREAM, LeftOutDisk, Manifest
 from virtbackup.core.model import Method
 from virtbackup.core.planning import DomainPlan, PlanOptions
 from virtbackup.core.progress import ProgressSink, StepSink
@@ -35,7 +35,7 @@ from virtbackup.engine.methods.lvm import LvmSource
 from virtbackup.engine.methods.skip_free import SkipFree, compacted
 from virtbackup.engine.methods.stable_images import stable_images
 from virtbackup.engine.methods.trim import trim_before_backup
-from virtbackup.engine.stores.change_base import ChangeBase, newest_base
+from virtbackup.engine.stores.change_base import ChangeBase, keep_sealed_base, newest_base
 from virtbackup.engine.stores.local import LocalStore
 from virtbackup.engine.stores.remote import RemoteStore, ship
 from virtbackup.engine.stores.store import Store
@@ -183,6 +183,8 @@ def back_up_domain(
             seconds=clock() - started,
             warnings=warnings,
         )
+    if not streamed:
+        warnings += _keep_sealed_base(store, options, result.path, result.manifest)
     disks = result.manifest.disks
     outcome = DomainOutcome(
         name,
@@ -228,7 +230,23 @@ def _change_base(
     of the disks reuse (a stream backup is read whole)."""
     if plan.method is Method.LVM or options.layout != LAYOUT_REPOSITORY:
         return None
-    return newest_base(store, plan.domain.name, plan.domain.uuid)
+    return newest_base(
+        store, plan.domain.name, plan.domain.uuid, resolve_state_dir(options.state_dir)
+    )
+
+
+def _keep_sealed_base(
+    store: LocalStore, options: BackupRunOptions, backup: Path | str, manifest: Manifest
+) -> tuple[str, ...]:
+    """After an encrypted backup with a checkpoint, the host's copy of its manifest, so
+    that the next backup can read only the changes (see engine/stores/change_base)."""
+    if options.encrypt_to is None or manifest.checkpoint is None or not isinstance(backup, Path):
+        return ()
+    try:
+        keep_sealed_base(resolve_state_dir(options.state_dir), store, backup, manifest)
+    except (OSError, VirtbackupError) as err:
+        return (f"the next backup reads in full: its base cannot be recorded ({err})",)
+    return ()
 
 
 NOT_STARTED = "not started: the run was interrupted"
