@@ -1,11 +1,13 @@
 """Offsite copies of repository backups against real S3 (moto) and SFTP servers on
 loopback: only the chunks the remote lacks go up, a chunk lost on the remote is sent
 again, a killed upload resumes, restore and verify read the remote repository, and an
-encrypted repository shows the remote nothing but sealed chunks."""
+encrypted repository shows the remote nothing but sealed chunks; a hostile remote's
+endless objects are refused from their listed size before they are fetched."""
 
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -239,3 +241,48 @@ def test_remote_prune_and_gc_remove_only_chunks_no_backup_names_and_export_reads
     assert exported.returncode == 0, exported.stderr
     stream = tmp_path / name / "vda.raw.lz4"
     subprocess.run(["sh", "-c", f"lz4 -dc {stream} | cmp - {image}"], check=True)
+
+
+def test_restore_refuses_endless_remote_objects_before_fetching_them(
+    domain_factory: DomainFactory,
+    sftp_remote: RemoteServer,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    raw = build_fs_image(domain_factory.workdir / "data.raw", content=3 * MiB, deleted=MiB)
+    dom = domain_factory.create([DiskSpec("raw", image=raw.path)], hint="rrhostile")
+    config = offsite_config(tmp_path / "vb.toml", dest, sftp_remote)
+    local = backup(state_dir, config, dom.name(), tmp_path / "up.log")
+    name = f"{dom.name()}/{local.name}"
+    served = sftp_remote.local_path("")
+    assert served is not None
+    chunk = sorted(index_lines(local))[0]
+    planted = {  # each replaced in turn by a sparse file larger than its kind can be
+        served / CHUNKS / chunk: 200 * MiB,
+        served / "host-a" / name / "vda.raw.idx": 80 * MiB,
+        served / ".virtbackup-repository" / "repository.json": 100 * MiB,
+    }
+    for number, (path, size) in enumerate(planted.items()):
+        kept = tmp_path / f"kept{number}"
+        shutil.copy2(path, kept)
+        os.truncate(path, size)
+        refused = restore_from_remote(state_dir, config, name, tmp_path / f"out{number}")
+        assert refused.returncode == 1, refused.stderr
+        assert f"{path.name} is too large to be ours ({size} bytes" in refused.stderr
+        assert refused.stderr.count("\n") <= 2, refused.stderr
+        shutil.copy2(kept, path)
+
+    # a chunk holding another chunk's bytes, at the same size: named, nothing restored
+    other = sorted(index_lines(local))[-1]
+    kept = tmp_path / "kept-content"
+    shutil.copy2(served / CHUNKS / chunk, kept)
+    with open(served / CHUNKS / chunk, "r+b") as forged:
+        forged.write((served / CHUNKS / other).read_bytes()[: kept.stat().st_size])
+    broken = virtbackup_in(state_dir, "--config", str(config), "verify", "--remote", name)
+    assert broken.returncode == 1 and chunk.split("/")[1] in broken.stderr, broken.stderr
+    shutil.copy2(kept, served / CHUNKS / chunk)
+
+    restored = restore_from_remote(state_dir, config, name, tmp_path / "out")
+    assert restored.returncode == 0, restored.stderr
+    subprocess.run(["cmp", str(raw.path), str(tmp_path / "out" / "vda.raw")], check=True)
