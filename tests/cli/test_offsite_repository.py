@@ -273,6 +273,19 @@ def test_restore_refuses_endless_remote_objects_before_fetching_them(
         assert refused.stderr.count("\n") <= 2, refused.stderr
         shutil.copy2(kept, path)
 
+    # a description with a hostile chunk size or version: refused in one line
+    description = served / ".virtbackup-repository" / "repository.json"
+    kept_text = description.read_text()
+    for field, value, said in (
+        ("chunk_size", 1 << 40, "invalid chunk_size"),
+        ("version", 99, "version 99"),
+    ):
+        description.write_text(json.dumps({**json.loads(kept_text), field: value}))
+        refused = restore_from_remote(state_dir, config, name, tmp_path / f"out-{field}")
+        assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") <= 2 and "Traceback" not in refused.stderr
+    description.write_text(kept_text)
+
     # a chunk holding another chunk's bytes, at the same size: named, nothing restored
     other = sorted(index_lines(local))[-1]
     kept = tmp_path / "kept-content"
