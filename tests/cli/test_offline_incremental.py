@@ -4,8 +4,8 @@ read; the offline backup makes the next checkpoint itself, which a later offline
 running backup uses; another tool's checkpoint is left alone; every generation restores
 byte-identical. Images that cannot tell
 their changes (replaced, checkpoint metadata gone, bitmap inconsistent) are read in full
-with the reason; a qemu-nbd that fails fails the domain in one line, and a killed run's
-qemu-nbd is ended by `clean`."""
+with the reason; a qemu-nbd that fails fails the domain in one line, a killed run's
+qemu-nbd is ended by `clean`, and a run ended by SIGTERM ends its qemu-nbd itself."""
 
 import json
 import os
@@ -226,3 +226,38 @@ def test_qemu_nbd_failing_or_its_run_killed_leaves_nothing_behind(
     (row,) = json.loads(result.stdout)["domains"]
     (why,) = full_reads(row)
     assert f"the bitmaps of {image} cannot be read" in why and "cannot open" in why, why
+
+
+def test_sigterm_while_qemu_nbd_serves_ends_it_with_the_run(
+    runs: Generations, state_dir: Path, dest: Path
+) -> None:
+    raw, image = runs.raw, runs.image
+    offline_write(image, 9, 8 * MiB, 8 * MiB)  # 8 s to read at 1 MiB/s
+    args = ["backup", raw.name(), "--dest", str(dest), "--layout", "repository"]
+    running = subprocess.Popen(
+        [sys.executable, "-m", "virtbackup", *without_host_config(args), "--bwlimit", "1M"],
+        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _our_sockets(raw):
+            assert running.poll() is None, "the backup ended before qemu-nbd was seen"
+            assert time.monotonic() < deadline, "qemu-nbd did not start"
+            time.sleep(0.05)
+        time.sleep(1)  # reading
+        running.send_signal(signal.SIGTERM)
+        _, stderr = running.communicate(timeout=60)
+    finally:
+        running.kill()
+        running.wait()
+    assert running.returncode == 130, stderr
+    assert _our_sockets(raw) == []  # ended by the run itself, not left for clean
+    assert not raw.isActive()
+    cleaned = virtbackup("clean", "--dry-run", state_dir=state_dir)
+    assert cleaned.returncode == 0 and "qemu-nbd" not in cleaned.stdout, cleaned.stdout
+    row, read = runs.back_up("offline")  # the next backup reads the changes since the last
+    assert full_reads(row) == [] and read == 2 * CHUNK
+    runs.check_all_restore()
