@@ -299,3 +299,72 @@ def test_restore_refuses_endless_remote_objects_before_fetching_them(
     restored = restore_from_remote(state_dir, config, name, tmp_path / "out")
     assert restored.returncode == 0, restored.stderr
     subprocess.run(["cmp", str(raw.path), str(tmp_path / "out" / "vda.raw")], check=True)
+
+
+def _session_members(sid: int) -> list[int]:
+    """The processes still in session `sid` (virtbackup's rclone among them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    found.append(int(entry.name))
+            except ProcessLookupError:
+                continue
+    return found
+
+
+def test_sigterm_mid_upload_ends_rclone_keeps_the_local_backup_and_resumes(
+    domain_factory: DomainFactory,
+    sftp_remote: RemoteServer,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    data = dense_image(domain_factory.workdir / "term.raw", 12 * MiB)
+    dom = domain_factory.create([DiskSpec("raw", image=data)], hint="rrterm")
+    slow = offsite_config(tmp_path / "slow.toml", dest, sftp_remote, remote_extra='bwlimit = "1M"')
+    child = start_backup(state_dir, slow, dom.name())
+    chunk_dir = sftp_remote.local_path(CHUNKS)
+    assert chunk_dir is not None
+    deadline = time.monotonic() + 120
+    while sum(p.stat().st_size for p in chunk_dir.glob("*/*")) < MiB:
+        assert time.monotonic() < deadline and child.poll() is None, "no upload seen"
+        time.sleep(0.1)
+    os.kill(child.pid, signal.SIGTERM)  # virtbackup alone, as a service manager may
+    assert child.wait(timeout=60) == 130
+    assert _session_members(child.pid) == []  # its rclone did not outlive it
+    (local,) = (dest / dom.name()).iterdir()
+    assert (local / "manifest.json").is_file()  # the local backup is whole
+    assert "manifest.json" not in remote_files(sftp_remote, f"host-a/{dom.name()}/{local.name}")
+
+    time.sleep(1.1)
+    backup(
+        state_dir,
+        offsite_config(tmp_path / "fast.toml", dest, sftp_remote),
+        dom.name(),
+        tmp_path / "r.log",
+    )
+    assert "manifest.json" in remote_files(sftp_remote, f"host-a/{dom.name()}/{local.name}")
+
+
+def test_a_linked_remote_chunk_cache_into_a_shared_directory_is_refused(
+    domain_factory: DomainFactory,
+    sftp_remote: RemoteServer,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    raw = build_fs_image(domain_factory.workdir / "link.raw", content=MiB)
+    dom = domain_factory.create([DiskSpec("raw", image=raw.path)], hint="rrlink")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # where any user could poison what the cache says
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "remote-chunks").symlink_to(shared)
+    config = offsite_config(tmp_path / "vb.toml", dest, sftp_remote)
+    result = virtbackup_in(state_dir, "--config", str(config), "backup", dom.name())
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert f"state directory {state_dir / 'remote-chunks'} is writable by group or others" in said
+    assert list(shared.iterdir()) == []  # nothing written through the link
