@@ -47,6 +47,7 @@ from pathlib import Path
 
 from virtbackup.adapters import age, rclone
 from virtbackup.adapters.atomic_file import write_atomically
+from virtbackup.adapters.journal import ensure_state_subdir
 from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.repository_format import (
     CHUNK_PATH,
@@ -81,6 +82,9 @@ class RemoteChunkCache:
     listing, then one path per line."""
 
     def __init__(self, cache_dir: Path, remote: rclone.Remote, kind: str) -> None:
+        # a directory of the state directory: ours, or refused (a link into a directory
+        # others can write would let them say what the remote holds)
+        ensure_state_subdir(cache_dir)
         key = hashlib.sha256(f"{remote.location}\n{kind}".encode()).hexdigest()[:24]
         self.path = cache_dir / f"{key}.chunks"
         self.listed_at = 0.0
@@ -120,7 +124,6 @@ class RemoteChunkCache:
         self.path.unlink(missing_ok=True)
 
     def save(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         text = f"{CACHE_HEADER} {self.listed_at!r}\n" + "".join(
             f"{name}\n" for name in sorted(self.names)
         )
