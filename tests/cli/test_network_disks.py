@@ -7,10 +7,8 @@ reason."""
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 import pytest
 from backup_api_helpers import backup, job_leftovers
 from consistency_helpers import guest_write
-from harness.cli import virtbackup_in, without_host_config
+from harness.cli import start_virtbackup, virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 from network_servers import iscsi_target, nbd_server
 
@@ -217,13 +215,7 @@ def test_a_signal_mid_job_on_a_network_disk_leaves_nothing_once_clean(
         guest_write(dom, "virtio-disk0", 3, 0, 8 * MiB)  # 8 s to read at 1 MiB/s
         before = digest(served)
         args = ["backup", dom.name(), "--dest", str(dest), "--layout", "repository"]
-        running = subprocess.Popen(
-            [sys.executable, "-m", "virtbackup", *without_host_config(args), "--bwlimit", "1M"],
-            env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        running = start_virtbackup(state_dir, *args, "--bwlimit", "1M")
         try:
             deadline = time.monotonic() + 60
             while "job" not in job_leftovers(hypervisor, dom.name(), domain_factory.workdir):
@@ -234,7 +226,7 @@ def test_a_signal_mid_job_on_a_network_disk_leaves_nothing_once_clean(
             assert running.wait(timeout=60) == (130 if signum == signal.SIGTERM else -signum)
         finally:
             running.kill()
-            running.wait()
+            running.communicate()
         cleaned = virtbackup_in(state_dir, "clean")
         assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
         assert_no_job_left(hypervisor, dom.name(), domain_factory.workdir)

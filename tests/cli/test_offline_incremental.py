@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 from backup_api_helpers import Generations, full_reads
 from consistency_helpers import guest_write
-from harness.cli import virtbackup, without_host_config
+from harness.cli import start_virtbackup, virtbackup
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters import qemu_nbd
@@ -52,6 +51,16 @@ def runs(
 def _our_sockets(raw: Any) -> list[str]:
     left = [str(p) for p in Path(SOCKET_DIR).glob(f"{raw.UUIDString()}-*")]
     return left + [str(pid) for path in left for pid in qemu_nbd.servers_on(path)]
+
+
+def wait_until_served(raw: Any, running: subprocess.Popen[bytes]) -> None:
+    """Until the backup `running` reads the domain's images through qemu-nbd."""
+    deadline = time.monotonic() + 60
+    while not _our_sockets(raw):
+        assert running.poll() is None, "the backup ended before qemu-nbd was seen"
+        assert time.monotonic() < deadline, "qemu-nbd did not start"
+        time.sleep(0.05)
+    time.sleep(1)  # reading
 
 
 def offline_write(image: Path, pattern: int, offset: int, length: int) -> None:
@@ -189,23 +198,12 @@ def test_qemu_nbd_failing_or_its_run_killed_leaves_nothing_behind(
 
     # killed while qemu-nbd serves: the server outlives the run until `clean`
     offline_write(image, 7, 8 * MiB, 8 * MiB)  # chunks 2 and 3: 8 s at 1 MiB/s
-    running = subprocess.Popen(
-        [sys.executable, "-m", "virtbackup", *without_host_config(args), "--bwlimit", "1M"],
-        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    running = start_virtbackup(state_dir, *args, "--bwlimit", "1M")
     try:
-        deadline = time.monotonic() + 60
-        while not _our_sockets(raw):
-            assert running.poll() is None, "the backup ended before qemu-nbd was seen"
-            assert time.monotonic() < deadline, "qemu-nbd did not start"
-            time.sleep(0.05)
-        time.sleep(1)  # reading
+        wait_until_served(raw, running)
         running.kill()
     finally:
-        running.wait()
+        running.communicate()
     assert _our_sockets(raw) != []  # the server outlives the killed run
     result = virtbackup("clean", state_dir=state_dir)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -234,25 +232,14 @@ def test_sigterm_while_qemu_nbd_serves_ends_it_with_the_run(
     raw, image = runs.raw, runs.image
     offline_write(image, 9, 8 * MiB, 8 * MiB)  # 8 s to read at 1 MiB/s
     args = ["backup", raw.name(), "--dest", str(dest), "--layout", "repository"]
-    running = subprocess.Popen(
-        [sys.executable, "-m", "virtbackup", *without_host_config(args), "--bwlimit", "1M"],
-        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    running = start_virtbackup(state_dir, *args, "--bwlimit", "1M")
     try:
-        deadline = time.monotonic() + 60
-        while not _our_sockets(raw):
-            assert running.poll() is None, "the backup ended before qemu-nbd was seen"
-            assert time.monotonic() < deadline, "qemu-nbd did not start"
-            time.sleep(0.05)
-        time.sleep(1)  # reading
+        wait_until_served(raw, running)
         running.send_signal(signal.SIGTERM)
         _, stderr = running.communicate(timeout=60)
     finally:
         running.kill()
-        running.wait()
+        running.communicate()
     assert running.returncode == 130, stderr
     assert _our_sockets(raw) == []  # ended by the run itself, not left for clean
     assert not raw.isActive()

@@ -19,7 +19,13 @@ from harness.cli import virtbackup_in
 from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.remotes import RemoteServer
-from offsite_helpers import dense_image, offsite_config, remote_files, start_backup
+from offsite_helpers import (
+    dense_image,
+    offsite_config,
+    remote_files,
+    start_backup,
+    wait_for_upload,
+)
 
 from virtbackup.adapters import rclone
 from virtbackup.adapters.locks import remote_repository_lock
@@ -116,14 +122,7 @@ def test_a_killed_upload_resumes_and_the_remote_backup_is_complete(
     dom = domain_factory.create([DiskSpec("raw", image=data)], hint="rrkill")
     slow = offsite_config(tmp_path / "slow.toml", dest, sftp_remote, remote_extra='bwlimit = "1M"')
     child = start_backup(state_dir, slow, dom.name())
-    chunk_dir = sftp_remote.local_path(CHUNKS)
-    assert chunk_dir is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        sizes = [p.stat().st_size for p in chunk_dir.glob("*/*")] if chunk_dir.exists() else []
-        if sum(sizes) > 2 * MiB:
-            break
-        time.sleep(0.1)
+    wait_for_upload(sftp_remote, CHUNKS, child, 2 * MiB)
     os.killpg(child.pid, signal.SIGKILL)  # virtbackup and its rclone, mid-way
     child.wait()
     (local,) = (dest / dom.name()).iterdir()
@@ -325,12 +324,7 @@ def test_sigterm_mid_upload_ends_rclone_keeps_the_local_backup_and_resumes(
     dom = domain_factory.create([DiskSpec("raw", image=data)], hint="rrterm")
     slow = offsite_config(tmp_path / "slow.toml", dest, sftp_remote, remote_extra='bwlimit = "1M"')
     child = start_backup(state_dir, slow, dom.name())
-    chunk_dir = sftp_remote.local_path(CHUNKS)
-    assert chunk_dir is not None
-    deadline = time.monotonic() + 120
-    while sum(p.stat().st_size for p in chunk_dir.glob("*/*")) < MiB:
-        assert time.monotonic() < deadline and child.poll() is None, "no upload seen"
-        time.sleep(0.1)
+    wait_for_upload(sftp_remote, CHUNKS, child, MiB)
     os.kill(child.pid, signal.SIGTERM)  # virtbackup alone, as a service manager may
     assert child.wait(timeout=60) == 130
     assert _session_members(child.pid) == []  # its rclone did not outlive it
