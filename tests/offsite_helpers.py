@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from harness.remotes import RemoteServer
@@ -49,3 +50,16 @@ def start_backup(state_dir: Path, config: Path, domain: str) -> subprocess.Popen
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def wait_for_upload(
+    remote: RemoteServer, directory: str, child: subprocess.Popen[bytes], amount: int
+) -> None:
+    """Until `amount` bytes of files are below `directory` on the (SFTP) server, the
+    upload of `child` under way."""
+    where = remote.local_path(directory)
+    assert where is not None
+    deadline = time.monotonic() + 120
+    while sum(p.stat().st_size for p in where.glob("*/*")) < amount:
+        assert time.monotonic() < deadline and child.poll() is None, "no upload seen"
+        time.sleep(0.1)

@@ -327,3 +327,29 @@ def test_encrypted_repository_reads_only_the_changes_from_the_hosts_record(
     (why,) = full_reads(row)
     assert f"{planted.name} is encrypted and this host keeps no record" in why, why
     assert read == 4 * CHUNK
+
+
+def test_a_checkpoint_made_later_under_our_name_is_not_trusted(
+    small_domain: Callable[[str], Generations],
+    hypervisor: Hypervisor,
+    domain_factory: DomainFactory,
+) -> None:
+    runs = small_domain("imp")
+    raw, disk = runs.raw, "virtio-disk0"
+    dom = hypervisor.domain(raw.name())
+    runs.back_up()
+    ours = runs.checkpoint_of(0)
+    guest_write(raw, disk, 2, 9 * MiB, 1 * MiB)  # only ours tracks this write
+    dom.backups.delete_checkpoint(ours)
+    time.sleep(2.5)  # made well after that backup ended
+    socket = Path(SOCKET_DIR) / f"vbtest-{raw.name()[-12:]}.sock"
+    job = pull_backup_xml(
+        str(socket), {"vda": str(domain_factory.workdir / "imp.scratch")}, ["vda"]
+    )
+    dom.backups.begin_pull(job, checkpoint_xml(ours, ["vda"], ["vda"]))  # another's, our name
+    dom.backups.abort()
+    guest_write(raw, disk, 3, 13 * MiB, 1 * MiB)
+    row, _read = runs.back_up()
+    (why,) = full_reads(row)
+    assert f"checkpoint {ours} was made at" in why and "another of that name" in why, why
+    runs.check_all_restore()  # the write only our checkpoint saw is in the backup

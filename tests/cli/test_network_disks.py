@@ -7,15 +7,17 @@ reason."""
 
 import hashlib
 import json
+import signal
 import subprocess
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from backup_api_helpers import backup, job_leftovers
 from consistency_helpers import guest_write
-from harness.cli import virtbackup_in
+from harness.cli import start_virtbackup, virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 from network_servers import iscsi_target, nbd_server
 
@@ -197,3 +199,36 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
         assert text not in said
         assert text.encode() not in log.read_bytes()
         assert text.encode() not in all_bytes_under(dest), f"{text} in a file of the backup"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signal_mid_job_on_a_network_disk_leaves_nothing_once_clean(
+    signum: int,
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    state_dir: Path,
+    dest: Path,
+) -> None:
+    served = domain_factory.blank_image("sig-served.raw", "raw", 16 * MiB)
+    with nbd_server(served, domain_factory.workdir / "sig.sock") as nbd:
+        dom = domain_factory.create([], hint="netsig", start=True, devices_xml=nbd.disk_xml("vda"))
+        guest_write(dom, "virtio-disk0", 3, 0, 8 * MiB)  # 8 s to read at 1 MiB/s
+        before = digest(served)
+        args = ["backup", dom.name(), "--dest", str(dest), "--layout", "repository"]
+        running = start_virtbackup(state_dir, *args, "--bwlimit", "1M")
+        try:
+            deadline = time.monotonic() + 60
+            while "job" not in job_leftovers(hypervisor, dom.name(), domain_factory.workdir):
+                assert running.poll() is None and time.monotonic() < deadline, "no job seen"
+                time.sleep(0.05)
+            time.sleep(1)  # reading
+            running.send_signal(signum)
+            assert running.wait(timeout=60) == (130 if signum == signal.SIGTERM else -signum)
+        finally:
+            running.kill()
+            running.communicate()
+        cleaned = virtbackup_in(state_dir, "clean")
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        assert_no_job_left(hypervisor, dom.name(), domain_factory.workdir)
+        assert dom.isActive() and dom.state()[0] == 1  # running as before
+        assert digest(served) == before  # the network volume was only read

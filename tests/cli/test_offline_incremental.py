@@ -4,14 +4,13 @@ read; the offline backup makes the next checkpoint itself, which a later offline
 running backup uses; another tool's checkpoint is left alone; every generation restores
 byte-identical. Images that cannot tell
 their changes (replaced, checkpoint metadata gone, bitmap inconsistent) are read in full
-with the reason; a qemu-nbd that fails fails the domain in one line, and a killed run's
-qemu-nbd is ended by `clean`."""
+with the reason; a qemu-nbd that fails fails the domain in one line, a killed run's
+qemu-nbd is ended by `clean`, and a run ended by SIGTERM ends its qemu-nbd itself."""
 
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 from backup_api_helpers import Generations, full_reads
 from consistency_helpers import guest_write
-from harness.cli import virtbackup, without_host_config
+from harness.cli import start_virtbackup, virtbackup
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters import qemu_nbd
@@ -52,6 +51,16 @@ def runs(
 def _our_sockets(raw: Any) -> list[str]:
     left = [str(p) for p in Path(SOCKET_DIR).glob(f"{raw.UUIDString()}-*")]
     return left + [str(pid) for path in left for pid in qemu_nbd.servers_on(path)]
+
+
+def wait_until_served(raw: Any, running: subprocess.Popen[bytes]) -> None:
+    """Until the backup `running` reads the domain's images through qemu-nbd."""
+    deadline = time.monotonic() + 60
+    while not _our_sockets(raw):
+        assert running.poll() is None, "the backup ended before qemu-nbd was seen"
+        assert time.monotonic() < deadline, "qemu-nbd did not start"
+        time.sleep(0.05)
+    time.sleep(1)  # reading
 
 
 def offline_write(image: Path, pattern: int, offset: int, length: int) -> None:
@@ -189,23 +198,12 @@ def test_qemu_nbd_failing_or_its_run_killed_leaves_nothing_behind(
 
     # killed while qemu-nbd serves: the server outlives the run until `clean`
     offline_write(image, 7, 8 * MiB, 8 * MiB)  # chunks 2 and 3: 8 s at 1 MiB/s
-    running = subprocess.Popen(
-        [sys.executable, "-m", "virtbackup", *without_host_config(args), "--bwlimit", "1M"],
-        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    running = start_virtbackup(state_dir, *args, "--bwlimit", "1M")
     try:
-        deadline = time.monotonic() + 60
-        while not _our_sockets(raw):
-            assert running.poll() is None, "the backup ended before qemu-nbd was seen"
-            assert time.monotonic() < deadline, "qemu-nbd did not start"
-            time.sleep(0.05)
-        time.sleep(1)  # reading
+        wait_until_served(raw, running)
         running.kill()
     finally:
-        running.wait()
+        running.communicate()
     assert _our_sockets(raw) != []  # the server outlives the killed run
     result = virtbackup("clean", state_dir=state_dir)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -226,3 +224,27 @@ def test_qemu_nbd_failing_or_its_run_killed_leaves_nothing_behind(
     (row,) = json.loads(result.stdout)["domains"]
     (why,) = full_reads(row)
     assert f"the bitmaps of {image} cannot be read" in why and "cannot open" in why, why
+
+
+def test_sigterm_while_qemu_nbd_serves_ends_it_with_the_run(
+    runs: Generations, state_dir: Path, dest: Path
+) -> None:
+    raw, image = runs.raw, runs.image
+    offline_write(image, 9, 8 * MiB, 8 * MiB)  # 8 s to read at 1 MiB/s
+    args = ["backup", raw.name(), "--dest", str(dest), "--layout", "repository"]
+    running = start_virtbackup(state_dir, *args, "--bwlimit", "1M")
+    try:
+        wait_until_served(raw, running)
+        running.send_signal(signal.SIGTERM)
+        _, stderr = running.communicate(timeout=60)
+    finally:
+        running.kill()
+        running.communicate()
+    assert running.returncode == 130, stderr
+    assert _our_sockets(raw) == []  # ended by the run itself, not left for clean
+    assert not raw.isActive()
+    cleaned = virtbackup("clean", "--dry-run", state_dir=state_dir)
+    assert cleaned.returncode == 0 and "qemu-nbd" not in cleaned.stdout, cleaned.stdout
+    row, read = runs.back_up("offline")  # the next backup reads the changes since the last
+    assert full_reads(row) == [] and read == 2 * CHUNK
+    runs.check_all_restore()

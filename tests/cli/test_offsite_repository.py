@@ -1,11 +1,13 @@
 """Offsite copies of repository backups against real S3 (moto) and SFTP servers on
 loopback: only the chunks the remote lacks go up, a chunk lost on the remote is sent
 again, a killed upload resumes, restore and verify read the remote repository, and an
-encrypted repository shows the remote nothing but sealed chunks."""
+encrypted repository shows the remote nothing but sealed chunks; a hostile remote's
+endless objects are refused from their listed size before they are fetched."""
 
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -17,7 +19,13 @@ from harness.cli import virtbackup_in
 from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.remotes import RemoteServer
-from offsite_helpers import dense_image, offsite_config, remote_files, start_backup
+from offsite_helpers import (
+    dense_image,
+    offsite_config,
+    remote_files,
+    start_backup,
+    wait_for_upload,
+)
 
 from virtbackup.adapters import rclone
 from virtbackup.adapters.locks import remote_repository_lock
@@ -114,14 +122,7 @@ def test_a_killed_upload_resumes_and_the_remote_backup_is_complete(
     dom = domain_factory.create([DiskSpec("raw", image=data)], hint="rrkill")
     slow = offsite_config(tmp_path / "slow.toml", dest, sftp_remote, remote_extra='bwlimit = "1M"')
     child = start_backup(state_dir, slow, dom.name())
-    chunk_dir = sftp_remote.local_path(CHUNKS)
-    assert chunk_dir is not None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        sizes = [p.stat().st_size for p in chunk_dir.glob("*/*")] if chunk_dir.exists() else []
-        if sum(sizes) > 2 * MiB:
-            break
-        time.sleep(0.1)
+    wait_for_upload(sftp_remote, CHUNKS, child, 2 * MiB)
     os.killpg(child.pid, signal.SIGKILL)  # virtbackup and its rclone, mid-way
     child.wait()
     (local,) = (dest / dom.name()).iterdir()
@@ -239,3 +240,125 @@ def test_remote_prune_and_gc_remove_only_chunks_no_backup_names_and_export_reads
     assert exported.returncode == 0, exported.stderr
     stream = tmp_path / name / "vda.raw.lz4"
     subprocess.run(["sh", "-c", f"lz4 -dc {stream} | cmp - {image}"], check=True)
+
+
+def test_restore_refuses_endless_remote_objects_before_fetching_them(
+    domain_factory: DomainFactory,
+    sftp_remote: RemoteServer,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    raw = build_fs_image(domain_factory.workdir / "data.raw", content=3 * MiB, deleted=MiB)
+    dom = domain_factory.create([DiskSpec("raw", image=raw.path)], hint="rrhostile")
+    config = offsite_config(tmp_path / "vb.toml", dest, sftp_remote)
+    local = backup(state_dir, config, dom.name(), tmp_path / "up.log")
+    name = f"{dom.name()}/{local.name}"
+    served = sftp_remote.local_path("")
+    assert served is not None
+    chunk = sorted(index_lines(local))[0]
+    planted = {  # each replaced in turn by a sparse file larger than its kind can be
+        served / CHUNKS / chunk: 200 * MiB,
+        served / "host-a" / name / "vda.raw.idx": 80 * MiB,
+        served / ".virtbackup-repository" / "repository.json": 100 * MiB,
+    }
+    for number, (path, size) in enumerate(planted.items()):
+        kept = tmp_path / f"kept{number}"
+        shutil.copy2(path, kept)
+        os.truncate(path, size)
+        refused = restore_from_remote(state_dir, config, name, tmp_path / f"out{number}")
+        assert refused.returncode == 1, refused.stderr
+        assert f"{path.name} is too large to be ours ({size} bytes" in refused.stderr
+        assert refused.stderr.count("\n") <= 2, refused.stderr
+        shutil.copy2(kept, path)
+
+    # a description with a hostile chunk size or version: refused in one line
+    description = served / ".virtbackup-repository" / "repository.json"
+    kept_text = description.read_text()
+    for field, value, said in (
+        ("chunk_size", 1 << 40, "invalid chunk_size"),
+        ("version", 99, "version 99"),
+    ):
+        description.write_text(json.dumps({**json.loads(kept_text), field: value}))
+        refused = restore_from_remote(state_dir, config, name, tmp_path / f"out-{field}")
+        assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+        assert refused.stderr.count("\n") <= 2 and "Traceback" not in refused.stderr
+    description.write_text(kept_text)
+
+    # a chunk holding another chunk's bytes, at the same size: named, nothing restored
+    other = sorted(index_lines(local))[-1]
+    kept = tmp_path / "kept-content"
+    shutil.copy2(served / CHUNKS / chunk, kept)
+    with open(served / CHUNKS / chunk, "r+b") as forged:
+        forged.write((served / CHUNKS / other).read_bytes()[: kept.stat().st_size])
+    broken = virtbackup_in(state_dir, "--config", str(config), "verify", "--remote", name)
+    assert broken.returncode == 1 and chunk.split("/")[1] in broken.stderr, broken.stderr
+    shutil.copy2(kept, served / CHUNKS / chunk)
+
+    restored = restore_from_remote(state_dir, config, name, tmp_path / "out")
+    assert restored.returncode == 0, restored.stderr
+    subprocess.run(["cmp", str(raw.path), str(tmp_path / "out" / "vda.raw")], check=True)
+
+
+def _session_members(sid: int) -> list[int]:
+    """The processes still in session `sid` (virtbackup's rclone among them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    found.append(int(entry.name))
+            except ProcessLookupError:
+                continue
+    return found
+
+
+def test_sigterm_mid_upload_ends_rclone_keeps_the_local_backup_and_resumes(
+    domain_factory: DomainFactory,
+    sftp_remote: RemoteServer,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    data = dense_image(domain_factory.workdir / "term.raw", 12 * MiB)
+    dom = domain_factory.create([DiskSpec("raw", image=data)], hint="rrterm")
+    slow = offsite_config(tmp_path / "slow.toml", dest, sftp_remote, remote_extra='bwlimit = "1M"')
+    child = start_backup(state_dir, slow, dom.name())
+    wait_for_upload(sftp_remote, CHUNKS, child, MiB)
+    os.kill(child.pid, signal.SIGTERM)  # virtbackup alone, as a service manager may
+    assert child.wait(timeout=60) == 130
+    assert _session_members(child.pid) == []  # its rclone did not outlive it
+    (local,) = (dest / dom.name()).iterdir()
+    assert (local / "manifest.json").is_file()  # the local backup is whole
+    assert "manifest.json" not in remote_files(sftp_remote, f"host-a/{dom.name()}/{local.name}")
+
+    time.sleep(1.1)
+    backup(
+        state_dir,
+        offsite_config(tmp_path / "fast.toml", dest, sftp_remote),
+        dom.name(),
+        tmp_path / "r.log",
+    )
+    assert "manifest.json" in remote_files(sftp_remote, f"host-a/{dom.name()}/{local.name}")
+
+
+def test_a_linked_remote_chunk_cache_into_a_shared_directory_is_refused(
+    domain_factory: DomainFactory,
+    sftp_remote: RemoteServer,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    raw = build_fs_image(domain_factory.workdir / "link.raw", content=MiB)
+    dom = domain_factory.create([DiskSpec("raw", image=raw.path)], hint="rrlink")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # where any user could poison what the cache says
+    state_dir.mkdir(mode=0o700)
+    (state_dir / "remote-chunks").symlink_to(shared)
+    config = offsite_config(tmp_path / "vb.toml", dest, sftp_remote)
+    result = virtbackup_in(state_dir, "--config", str(config), "backup", dom.name())
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert f"state directory {state_dir / 'remote-chunks'} is writable by group or others" in said
+    assert list(shared.iterdir()) == []  # nothing written through the link

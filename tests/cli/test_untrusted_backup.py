@@ -358,3 +358,19 @@ def test_files_of_a_backup_are_read_only_as_regular_files(
         verified = run_cli("verify", str(backup), timeout=60)
         assert verified.returncode == 1, verified.stderr
         assert f"{backup / name}" in verified.stderr and "Traceback" not in verified.stderr
+
+
+def test_a_forged_network_source_reaches_the_terminal_as_one_inert_line(
+    backup: Path, tmp_path: Path, image: Path
+) -> None:
+    forged = "nbd://evil/x\x1b]0;owned\x07\x1b[2J\nvirtbackup: all verified\u202e"
+    _forge_manifest(backup / "manifest.json", source=forged)
+    out = tmp_path / "restored"
+    result = run_cli("restore", str(backup), "--to", str(out))
+    assert result.returncode == 0, result.stderr
+    assert cmp_files(image, out / "vda.raw")
+    (note,) = [line for line in result.stderr.splitlines() if "network disk" in line]
+    assert "nbd://evil/x\\x1b]0;owned\\x07\\x1b[2J\\nvirtbackup: all verified" in note, note
+    for shown in (result.stdout, result.stderr):
+        assert not any(c in shown for c in "\x1b\x07\u202e"), shown
+        assert "\nvirtbackup: all verified" not in shown

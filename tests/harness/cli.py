@@ -49,6 +49,19 @@ def virtbackup_in(
     return virtbackup(*args, state_dir=state_dir, timeout=timeout)
 
 
+def start_virtbackup(state_dir: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`python -m virtbackup ARGS` started in the background, for a test to signal it
+    mid-run (stdout and stdin closed, stderr piped); without --config in ARGS, with an
+    empty configuration."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "virtbackup", *without_host_config(args)],
+        env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"

@@ -59,7 +59,11 @@ def remove_bitmap(image: str, name: str) -> None:
 
 def serve(image: str, socket: str, export: str, bitmap: str | None) -> None:
     """Start qemu-nbd serving `image` read-only as `export` on `socket` (with `bitmap`
-    as the meta context qemu:dirty-bitmap:<bitmap>), and wait until it listens."""
+    as the meta context qemu:dirty-bitmap:<bitmap>), and wait until it listens. Anything
+    at `socket` already is someone else's: qemu-nbd would replace it, and its presence
+    would pass for ours listening."""
+    if os.path.lexists(socket):
+        raise NbdServerError(f"{socket} exists already: it is not ours to serve on")
     argv = ["qemu-nbd", "--read-only", "--persistent", "--format=qcow2"]
     argv += ["--export-name", export, "--socket", socket]
     if bitmap is not None:

@@ -11,6 +11,7 @@ from virtbackup.cli.remote_options import Reading, reading_options, resolve_back
 from virtbackup.core.errors import UsageError
 from virtbackup.core.network_source import is_network_source, put_back_hint
 from virtbackup.core.signature import SignatureState
+from virtbackup.core.text import printable
 from virtbackup.engine.datapath.restore import restore_backup
 from virtbackup.engine.stores.remote import fetched_repository
 
@@ -65,7 +66,8 @@ def restore_command(
         if is_network_source(disk.source):
             restored = next(i.path for i in result.images if i.target == disk.target)
             hint = put_back_hint(disk.target, disk.source, str(restored), disk.format)
-            click.echo(f"virtbackup: note: {hint}", err=True)
+            # the source is the backup's word: shown inert, on one line
+            click.echo(f"virtbackup: note: {printable(hint)}", err=True)
     if result.domain_uuid is not None:
         click.echo(f"defined domain {define} ({result.domain_uuid})")
     if result.dropped and keep_host_devices:

@@ -63,9 +63,14 @@ class BackupJobs:
 
     def checkpoints(self) -> list[str]:
         """The names of the domain's checkpoints, oldest first."""
+        return list(self.checkpoint_times())
+
+    def checkpoint_times(self) -> dict[str, int]:
+        """Each checkpoint's creation time (seconds since the epoch, as libvirt keeps
+        it), oldest first."""
         found = self._call("list the checkpoints", self._handle.listAllCheckpoints, 0)
         created = [(self._creation_time(c), str(c.getName())) for c in found]
-        return [name for _when, name in sorted(created)]
+        return {name: when for when, name in sorted(created)}
 
     def _creation_time(self, checkpoint: Any) -> int:
         xml = self._call("read a checkpoint", checkpoint.getXMLDesc, 0)

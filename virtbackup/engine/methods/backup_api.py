@@ -99,7 +99,7 @@ def backup_api_images(
                 raise SnapshotFailed(f"{path} exists already: it is not ours to overwrite")
         tracked = [disk for disk in disks if disk.tracks_changes]
         since, earlier, notes = changes_since(
-            context.change_base, tracked, dom.backups.checkpoints()
+            context.change_base, tracked, dom.backups.checkpoint_times()
         )
         all_targets = [disk.target for disk in facts.disks if disk.target != "?"]
         # no checkpoint when no disk can keep its bitmap

@@ -76,7 +76,7 @@ def offline_changes(
     shared = [d.target for d in disks if d.readonly or d.shareable]
     if shared:
         return None, [f"read in full: {', '.join(shared)} read-only or shareable"]
-    since, earlier, notes = changes_since(base, disks, dom.backups.checkpoints())
+    since, earlier, notes = changes_since(base, disks, dom.backups.checkpoint_times())
     for target in list(earlier):
         disk = next(d for d in disks if d.target == target)
         problem = _bitmap_problem(disk.path or "", base.checkpoint)

@@ -22,8 +22,9 @@ backup made elsewhere, reads in full too.
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from virtbackup.adapters.atomic_file import write_atomically
@@ -38,6 +39,9 @@ from virtbackup.engine.stores.store import BackupFiles, BackupInfo
 
 SEALED_BASES_DIR = "change-bases"
 _MAX_RECORD_BYTES = 1 << 20  # a manifest of a few disks
+
+# libvirt's creation times and the manifest's are whole seconds of one host's clock
+CLOCK_SLACK = 2
 
 
 @dataclass(frozen=True)
@@ -83,16 +87,31 @@ def newest_base(
 
 
 def changes_since(
-    base: ChangeBase | str | None, disks: Sequence[DiskFacts], checkpoints: Sequence[str]
+    base: ChangeBase | str | None, disks: Sequence[DiskFacts], checkpoints: Mapping[str, int]
 ) -> tuple[str | None, dict[str, EarlierDisk], list[str]]:
     """The checkpoint to ask the changes since (None: read everything), the disks whose
-    earlier backup they are counted from, and why any disk is read in full."""
+    earlier backup they are counted from, and why any disk is read in full.
+    `checkpoints`: the domain's, with their creation times. The base's checkpoint is
+    trusted only when it was made while its backup ran: one of that name made later
+    (ours deleted, another made under its name) tracks the changes since then only."""
     if base is None:
         return None, {}, []
     if isinstance(base, str):
         return None, {}, [f"read in full: {base}"]
-    if base.checkpoint not in checkpoints:
+    created = checkpoints.get(base.checkpoint)
+    if created is None:
         return None, {}, [f"read in full: checkpoint {base.checkpoint} of {base.label} is gone"]
+    started, finished = base.manifest.started.timestamp(), base.manifest.finished.timestamp()
+    if not started - CLOCK_SLACK <= created <= finished + CLOCK_SLACK:
+        return (
+            None,
+            {},
+            [
+                f"read in full: checkpoint {base.checkpoint} was made at "
+                f"{datetime.fromtimestamp(created, UTC):%Y-%m-%dT%H:%M:%SZ}, not during the "
+                f"backup {base.label}: another of that name replaced it"
+            ],
+        )
     earlier: dict[str, EarlierDisk] = {}
     notes = []
     for disk in disks:

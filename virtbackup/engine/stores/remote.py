@@ -221,8 +221,7 @@ def fetched_repository(source: Path | BackupFiles) -> Iterator[None]:
         yield
         return
     with tempfile.TemporaryDirectory(prefix="virtbackup-fetch-") as scratch:
-        files = sorted(source.sizes())
-        source.fetched = fetch_backup(source.remote, source.path, files, Path(scratch))
+        source.fetched = fetch_backup(source.remote, source.path, source.sizes(), Path(scratch))
         try:
             yield
         finally:

@@ -49,12 +49,15 @@ from virtbackup.core.repository_format import (
     is_index_file_name,
     parse_index_block,
 )
-from virtbackup.engine.stores.remote_repository import CHUNK_CACHE_DIR, RemoteChunkCache
+from virtbackup.engine.stores.remote_repository import (
+    CHUNK_CACHE_DIR,
+    INDEX_LIMIT,
+    RemoteChunkCache,
+)
 
 log = logging.getLogger(__name__)
 
 DELETE_BATCH = 5000  # chunks per rclone delete
-INDEX_LIMIT = 64 * 1024 * 1024  # an index of a 14 TiB disk; a larger one is not ours
 
 
 @dataclass(frozen=True)

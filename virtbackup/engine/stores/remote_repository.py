@@ -33,6 +33,9 @@ DEST, so the remote only ever sees sealed chunks, their sizes and their number.
 Reading a remote backup (`fetch_backup`, for restore and verify) copies the chunks its
 indexes name into a private temporary directory laid out as a DEST, several transfers
 in flight, and the local readers check each chunk against its name as they use it.
+Nothing is fetched whose listed size is beyond what its kind can be (an index of the
+largest disk, a description, a chunk of the repository's chunk size): the copy is
+bounded by what the backup can need, whatever the remote holds.
 """
 
 import hashlib
@@ -42,19 +45,22 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from virtbackup.adapters import rclone
+from virtbackup.adapters import age, rclone
 from virtbackup.adapters.atomic_file import write_atomically
-from virtbackup.core.backup_errors import RemoteError
+from virtbackup.adapters.journal import ensure_state_subdir
+from virtbackup.core.backup_errors import CorruptBackup, RemoteError
 from virtbackup.core.repository_format import (
     CHUNK_PATH,
     CHUNKS_DIR,
     CONFIG_FILE,
+    CONFIG_LIMIT,
     REPOSITORY_DIR,
     SEALED_CHUNKS_DIR,
     SECRETS_DIR,
     chunk_path,
     is_index_file_name,
 )
+from virtbackup.engine.datapath.frames import max_frame_size
 from virtbackup.engine.stores.backup_access import SEALED_MANIFEST
 from virtbackup.engine.stores.chunk_store import ChunkStore
 from virtbackup.engine.stores.local import LocalStore
@@ -67,6 +73,7 @@ CACHE_REFRESH_SECONDS = 7 * 24 * 3600  # a full listing at least once a week
 CACHE_HEADER = "virtbackup remote chunks 1"
 UPLOAD_BATCH = 2000  # chunks per rclone copy: the cache is saved after each
 TRANSFERS = 8  # chunk uploads in flight
+INDEX_LIMIT = 64 * 1024 * 1024  # an index of a 14 TiB disk; a larger one is not ours
 
 
 class RemoteChunkCache:
@@ -75,6 +82,9 @@ class RemoteChunkCache:
     listing, then one path per line."""
 
     def __init__(self, cache_dir: Path, remote: rclone.Remote, kind: str) -> None:
+        # a directory of the state directory: ours, or refused (a link into a directory
+        # others can write would let them say what the remote holds)
+        ensure_state_subdir(cache_dir)
         key = hashlib.sha256(f"{remote.location}\n{kind}".encode()).hexdigest()[:24]
         self.path = cache_dir / f"{key}.chunks"
         self.listed_at = 0.0
@@ -114,7 +124,6 @@ class RemoteChunkCache:
         self.path.unlink(missing_ok=True)
 
     def save(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         text = f"{CACHE_HEADER} {self.listed_at!r}\n" + "".join(
             f"{name}\n" for name in sorted(self.names)
         )
@@ -189,10 +198,7 @@ class RemoteRepository:
         remote lacks or holds cut off."""
         if not vouched:
             return []
-        prefixes = sorted({name[:2] for name in vouched})
-        listed = rclone.list_file_sizes(
-            self.remote, remote_dir, [*(f"+ /{prefix}/*" for prefix in prefixes), "- **"]
-        )
+        prefixes, listed = _list_prefixes(self.remote, remote_dir, vouched)
         cache.replace_prefixes(prefixes, listed)
         lost = sorted(name for name in vouched if listed.get(name) != _local_size(chunks, name))
         if lost:
@@ -216,6 +222,16 @@ def _named_chunks(store: LocalStore, backup: Path) -> set[str]:
     return named
 
 
+def _list_prefixes(
+    remote: rclone.Remote, remote_dir: str, names: Iterable[str]
+) -> tuple[list[str], dict[str, int]]:
+    """The prefix directories (chunks/ab/) the chunk paths `names` live in, and every
+    chunk the remote holds in them with its size: one listing of just those."""
+    prefixes = sorted({name[:2] for name in names})
+    rules = [*(f"+ /{prefix}/*" for prefix in prefixes), "- **"]
+    return prefixes, rclone.list_file_sizes(remote, remote_dir, rules)
+
+
 def _local_size(chunks: ChunkStore, path: str) -> int:
     try:
         return (chunks.chunks / path).stat().st_size
@@ -225,29 +241,50 @@ def _local_size(chunks: ChunkStore, path: str) -> int:
         ) from None
 
 
-def fetch_backup(remote: rclone.Remote, path: str, files: list[str], scratch: Path) -> Path:
+def fetch_backup(remote: rclone.Remote, path: str, files: dict[str, int], scratch: Path) -> Path:
     """Copy what reading the remote repository backup at `path` (<host>/<domain>/<stamp>,
-    holding `files`) needs into the private directory `scratch`, laid out as a DEST:
-    its indexes, the repository's description and secrets, and every chunk the indexes
-    name (in batches, TRANSFERS at a time); the backup's directory there. The copies are as
-    untrusted as the remote: the reader checks each index against its manifest and
-    each chunk against its name, as for a local backup."""
+    holding `files` of the listed sizes) needs into the private directory `scratch`, laid
+    out as a DEST: its indexes, the repository's description and secrets, and every chunk
+    the indexes name (in batches, TRANSFERS at a time); the backup's directory there. The
+    copies are as untrusted as the remote: the reader checks each index against its
+    manifest and each chunk against its name, as for a local backup. Before that, no
+    file is fetched whose listed size is more than one of its kind can have: a remote
+    must not fill the scratch directory with one endless object."""
     host, domain, stamp = path.split("/")
-    indexes = [name for name in files if is_index_file_name(name)]
+    indexes = {name: size for name, size in files.items() if is_index_file_name(name)}
+    _refuse_oversized(remote, path, indexes, INDEX_LIMIT)
     local = scratch / host
     backup = local / domain / stamp
     backup.mkdir(mode=0o700, parents=True)
-    rclone.fetch_listed(remote, path, backup, indexes, TRANSFERS)
+    rclone.fetch_listed(remote, path, backup, sorted(indexes), TRANSFERS)
     root = local / REPOSITORY_DIR
     root.mkdir(mode=0o700)
     described = rclone.list_file_sizes(
         remote, REPOSITORY_DIR, [f"+ /{CONFIG_FILE}", f"+ /{SECRETS_DIR}/*.age", "- **"]
     )
+    _refuse_oversized(remote, REPOSITORY_DIR, described, CONFIG_LIMIT)
     rclone.fetch_listed(remote, REPOSITORY_DIR, root, sorted(described), TRANSFERS)
     store = LocalStore(local)
-    kind = SEALED_CHUNKS_DIR if SEALED_MANIFEST in files else CHUNKS_DIR
+    sealed = SEALED_MANIFEST in files
+    kind = SEALED_CHUNKS_DIR if sealed else CHUNKS_DIR
     named = sorted(_named_chunks(store, backup))
+    limit = max_frame_size(ChunkStore(local, sealed).config.chunk_size)
+    if sealed:
+        limit = age.sealed_size_limit(limit)
     for start in range(0, len(named), UPLOAD_BATCH):
         batch = named[start : start + UPLOAD_BATCH]
-        rclone.fetch_listed(remote, f"{REPOSITORY_DIR}/{kind}", root / kind, batch, TRANSFERS)
+        remote_dir = f"{REPOSITORY_DIR}/{kind}"
+        _, listed = _list_prefixes(remote, remote_dir, batch)
+        _refuse_oversized(remote, remote_dir, {name: listed.get(name, 0) for name in batch}, limit)
+        rclone.fetch_listed(remote, remote_dir, root / kind, batch, TRANSFERS)
     return backup
+
+
+def _refuse_oversized(remote: rclone.Remote, path: str, sizes: dict[str, int], limit: int) -> None:
+    """CorruptBackup for the first of the remote files `sizes` (below `path`) that is
+    larger than `limit` bytes, before anything of it is fetched."""
+    for name, size in sorted(sizes.items()):
+        if size > limit:
+            raise CorruptBackup(
+                f"{remote.path(path, name)} is too large to be ours ({size} bytes on the remote)"
+            )
