@@ -138,6 +138,27 @@ def test_it_runs_at_once_and_ends_on_a_local_identical_image(
     _nothing_left(state_dir)
 
 
+def _start_and_kill(backup: Path, to: Path, name: str, state_dir: Path) -> None:
+    """The instant restore, killed -9 as soon as the domain runs."""
+    env = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
+    argv = [
+        sys.executable,
+        "-m",
+        "virtbackup",
+        *NO_HOST_CONFIG,
+        *_argv(backup, to, name),
+    ]
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert run.stdout is not None
+        assert run.stdout.readline().startswith(f"running\t{name}")
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+
 def test_kill_9_mid_copy_then_clean_finishes_it(
     backup: Path,
     new_name: str,
@@ -147,23 +168,7 @@ def test_kill_9_mid_copy_then_clean_finishes_it(
 ) -> None:
     to = domain_factory.workdir / "to"
     state_dir = tmp_path / "state"
-    env = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
-    argv = [
-        sys.executable,
-        "-m",
-        "virtbackup",
-        *NO_HOST_CONFIG,
-        *_argv(backup, to, new_name),
-    ]
-    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        assert run.stdout is not None
-        assert run.stdout.readline().startswith(f"running\t{new_name}")
-        os.kill(run.pid, signal.SIGKILL)
-        run.wait(30)
-    finally:
-        if run.poll() is None:
-            run.kill()
+    _start_and_kill(backup, to, new_name, state_dir)
     overlay = to / "vda.qcow2"
     dom = libvirt_conn.lookupByName(new_name)
     assert "protocol='nbd'" in dom.XMLDesc(0)  # killed before the copy was done
@@ -191,3 +196,32 @@ def test_a_taken_name_is_refused_in_one_line(
     )
     assert not (tmp_path / "to").exists()
     assert not list(Path("/var/lib/libvirt/qemu").glob("virtbackup-instant-*"))
+
+
+def test_with_the_backup_gone_clean_says_how_to_recover(
+    backup: Path,
+    new_name: str,
+    libvirt_conn: Any,
+    tmp_path: Path,
+    domain_factory: DomainFactory,
+) -> None:
+    to = domain_factory.workdir / "to"
+    state_dir = tmp_path / "state"
+    _start_and_kill(backup, to, new_name, state_dir)
+    moved = backup.with_name("moved-away")
+    backup.rename(moved)
+    try:
+        cleaned = virtbackup_in(state_dir, "clean", timeout=300)
+    finally:
+        moved.rename(backup)
+    assert cleaned.returncode == 1
+    assert (
+        f"the backup {backup} that {to / 'vda.qcow2'} reads from is gone: put it back and "
+        "run 'virtbackup clean'; until then vda reads errors where it was not copied"
+    ) in cleaned.stderr
+    dom = libvirt_conn.lookupByName(new_name)
+    assert "protocol='nbd'" in dom.XMLDesc(0)
+    again = virtbackup_in(state_dir, "clean", timeout=300)
+    assert again.returncode == 0, again.stderr
+    _standalone(dom, to / "vda.qcow2")
+    _nothing_left(state_dir)
