@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,22 +160,34 @@ def _start_and_kill(backup: Path, to: Path, name: str, state_dir: Path) -> None:
             run.kill()
 
 
-def test_kill_9_mid_copy_then_clean_finishes_it(
-    backup: Path,
-    new_name: str,
-    libvirt_conn: Any,
-    tmp_path: Path,
-    domain_factory: DomainFactory,
-) -> None:
-    to = domain_factory.workdir / "to"
+@dataclass
+class Killed:
+    to: Path  # where its overlays are
+    state_dir: Path
+    dom: Any
+
+
+@pytest.fixture
+def killed(
+    backup: Path, new_name: str, libvirt_conn: Any, tmp_path: Path, domain_factory: DomainFactory
+) -> Killed:
+    """An instant restore killed -9 as soon as its domain runs."""
+    to = domain_factory.workdir / "to"  # where qemu's user reaches
     state_dir = tmp_path / "state"
     _start_and_kill(backup, to, new_name, state_dir)
+    return Killed(to, state_dir, libvirt_conn.lookupByName(new_name))
+
+
+def test_kill_9_mid_copy_then_clean_finishes_it(
+    backup: Path, killed: Killed, tmp_path: Path, libvirt: Any
+) -> None:
+    to, state_dir, dom = killed.to, killed.state_dir, killed.dom
     overlay = to / "vda.qcow2"
-    dom = libvirt_conn.lookupByName(new_name)
     assert "protocol='nbd'" in dom.XMLDesc(0)  # killed before the copy was done
     cleaned = virtbackup_in(state_dir, "clean", timeout=300)
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert dom.isActive()
+    TinyGuest(dom, overlay, "qcow2", tmp_path / "console.log", libvirt).wait_agent(60)
     _standalone(dom, overlay)
     _nothing_left(state_dir)
     _same_as_backup(dom, overlay, backup, state_dir, tmp_path)
@@ -198,16 +211,8 @@ def test_a_taken_name_is_refused_in_one_line(
     assert not list(Path("/var/lib/libvirt/qemu").glob("virtbackup-instant-*"))
 
 
-def test_with_the_backup_gone_clean_says_how_to_recover(
-    backup: Path,
-    new_name: str,
-    libvirt_conn: Any,
-    tmp_path: Path,
-    domain_factory: DomainFactory,
-) -> None:
-    to = domain_factory.workdir / "to"
-    state_dir = tmp_path / "state"
-    _start_and_kill(backup, to, new_name, state_dir)
+def test_with_the_backup_gone_clean_says_how_to_recover(backup: Path, killed: Killed) -> None:
+    to, state_dir, dom = killed.to, killed.state_dir, killed.dom
     moved = backup.with_name("moved-away")
     backup.rename(moved)
     try:
@@ -219,7 +224,6 @@ def test_with_the_backup_gone_clean_says_how_to_recover(
         f"the backup {backup} that {to / 'vda.qcow2'} reads from is gone: put it back and "
         "run 'virtbackup clean'; until then vda reads errors where it was not copied"
     ) in cleaned.stderr
-    dom = libvirt_conn.lookupByName(new_name)
     assert "protocol='nbd'" in dom.XMLDesc(0)
     again = virtbackup_in(state_dir, "clean", timeout=300)
     assert again.returncode == 0, again.stderr

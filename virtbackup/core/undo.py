@@ -25,7 +25,7 @@ Records are undone newest first.
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -179,13 +179,7 @@ def record_to_dict(record: UndoRecord) -> dict[str, Any]:
     elif isinstance(record, NbdServerRecord):
         data.update(socket=record.socket)
     elif isinstance(record, InstantPullRecord):
-        data.update(
-            target=record.target,
-            overlay=record.overlay,
-            socket=record.socket,
-            backup=record.backup,
-            identity=record.identity,
-        )
+        data.update(asdict(record))
     elif isinstance(record, LVM_RECORD_TYPES):
         data.update(record.fields())
     return data
