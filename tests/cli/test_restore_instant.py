@@ -139,8 +139,11 @@ def test_it_runs_at_once_and_ends_on_a_local_identical_image(
     _nothing_left(state_dir)
 
 
-def _start_and_kill(backup: Path, to: Path, name: str, state_dir: Path) -> None:
-    """The instant restore, killed -9 as soon as the domain runs."""
+def _start_and_kill(
+    backup: Path, to: Path, name: str, state_dir: Path, sig: int = signal.SIGKILL
+) -> tuple[int, str]:
+    """The instant restore, sent `sig` as soon as the domain runs: its exit status and
+    stderr."""
     env = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
     argv = [
         sys.executable,
@@ -153,11 +156,12 @@ def _start_and_kill(backup: Path, to: Path, name: str, state_dir: Path) -> None:
     try:
         assert run.stdout is not None
         assert run.stdout.readline().startswith(f"running\t{name}")
-        os.kill(run.pid, signal.SIGKILL)
-        run.wait(30)
+        os.kill(run.pid, sig)
+        _, err = run.communicate(timeout=300)
     finally:
         if run.poll() is None:
             run.kill()
+    return run.returncode, err
 
 
 @dataclass
@@ -191,6 +195,18 @@ def test_kill_9_mid_copy_then_clean_finishes_it(
     _standalone(dom, overlay)
     _nothing_left(state_dir)
     _same_as_backup(dom, overlay, backup, state_dir, tmp_path)
+
+
+def test_sigterm_mid_copy_finishes_the_copy_first(
+    backup: Path, new_name: str, libvirt_conn: Any, tmp_path: Path, domain_factory: DomainFactory
+) -> None:
+    to, state_dir = domain_factory.workdir / "to", tmp_path / "state"
+    code, err = _start_and_kill(backup, to, new_name, state_dir, signal.SIGTERM)
+    assert (code, err.splitlines()[-1:]) == (130, ["virtbackup: error: interrupted by SIGTERM"]), (
+        err
+    )
+    _standalone(libvirt_conn.lookupByName(new_name), to / "vda.qcow2")
+    _nothing_left(state_dir)
 
 
 def test_a_taken_name_is_refused_in_one_line(
