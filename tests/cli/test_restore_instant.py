@@ -245,3 +245,31 @@ def test_with_the_backup_gone_clean_says_how_to_recover(backup: Path, killed: Ki
     assert again.returncode == 0, again.stderr
     _standalone(dom, to / "vda.qcow2")
     _nothing_left(state_dir)
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        ([], "--instant needs --define NAME"),
+        (["--define", "x", "--force"], "--instant restores a backup on this host, without --force"),
+    ],
+)
+def test_instant_options_that_do_not_go_together(
+    backup: Path, tmp_path: Path, extra: list[str], error: str
+) -> None:
+    argv = ["restore", str(backup), "--instant", "--to", str(tmp_path / "to"), *extra]
+    result = virtbackup_in(tmp_path / "state", *argv)
+    assert (result.returncode, result.stderr) == (2, f"virtbackup: error: {error}\n")
+
+
+def test_an_overlay_in_the_way_is_refused(
+    backup: Path, new_name: str, libvirt_conn: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "to").mkdir()
+    (tmp_path / "to" / "vda.qcow2").write_bytes(b"mine")
+    result = virtbackup_in(tmp_path / "state", *_argv(backup, tmp_path / "to", new_name))
+    assert result.returncode != 0
+    assert result.stderr.startswith(f"virtbackup: error: {tmp_path / 'to' / 'vda.qcow2'} already")
+    assert len(result.stderr.splitlines()) == 1
+    assert (tmp_path / "to" / "vda.qcow2").read_bytes() == b"mine"
+    assert new_name not in [dom.name() for dom in libvirt_conn.listAllDomains()]
