@@ -14,6 +14,7 @@ from virtbackup.core.undo import (
     DiskObservation,
     Entry,
     FrozenRecord,
+    InstantPullRecord,
     Journal,
     JournalError,
     NbdServerRecord,
@@ -23,6 +24,7 @@ from virtbackup.core.undo import (
     StateRecord,
     StateStep,
     foreign_journal,
+    instant_socket_dir,
     journal_from_dict,
     journal_to_dict,
     plan_overlay_undo,
@@ -312,6 +314,34 @@ def test_a_qemu_nbd_record_round_trips_and_is_ours_only_on_our_socket(
     socket: str, ours: bool
 ) -> None:
     journal = replace(OURS, entries=(Entry(1, NbdServerRecord(socket)),))
+    assert journal_from_dict(journal_to_dict(journal)) == journal
+    found = foreign_journal(journal, f"{OURS.domain_uuid}.{RUN}.json")
+    assert (found is None) == ours, found
+
+
+INSTANT = InstantPullRecord(
+    target="vda",
+    overlay="/restore/vda.qcow2",
+    socket=f"{instant_socket_dir(OURS.domain_uuid)}/vda.sock",
+    backup="/backups/web1/20240102T030405Z",
+)
+
+
+@pytest.mark.parametrize(
+    ("record", "ours"),
+    [
+        (INSTANT, True),
+        (replace(INSTANT, identity="/root/key.txt"), True),
+        (replace(INSTANT, socket="/tmp/vda.sock"), False),
+        (replace(INSTANT, socket=f"{instant_socket_dir('other')}/vda.sock"), False),
+        (replace(INSTANT, overlay="/restore/../etc/x.qcow2"), False),
+        (replace(INSTANT, backup="relative/backup"), False),
+    ],
+)
+def test_an_instant_restore_record_round_trips_and_is_ours_only_on_our_paths(
+    record: InstantPullRecord, ours: bool
+) -> None:
+    journal = replace(OURS, entries=(Entry(1, record),))
     assert journal_from_dict(journal_to_dict(journal)) == journal
     found = foreign_journal(journal, f"{OURS.domain_uuid}.{RUN}.json")
     assert (found is None) == ours, found

@@ -99,6 +99,23 @@ def commit(overlay: str) -> None:
     runner.run(["qemu-img", "commit", "-q", "-f", "qcow2", overlay], timeout=COMMIT_TIMEOUT)
 
 
+def create_overlay(path: Path, backing: str, backing_format: str, size: int) -> None:
+    """A new qcow2 image at `path` of `size` bytes that reads what it has not written
+    from `backing` (a file or an NBD URI) without opening it now."""
+    runner.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", backing_format]
+        + ["-b", backing, str(path), str(size)],
+        timeout=INFO_TIMEOUT,
+    )
+
+
+def rebase_standalone(path: Path) -> None:
+    """Copy into the qcow2 image at `path` everything it reads from its backing, which
+    it then no longer has."""
+    argv = ["qemu-img", "rebase", "-q", "-f", "qcow2", "-b", "", str(path)]
+    runner.run(argv, timeout=COMMIT_TIMEOUT)
+
+
 def allocated_bytes(path: str) -> int | None:
     """What a regular file occupies on the host (st_blocks); None for anything else (a
     block device occupies all of its size). OSError when it cannot be looked at."""

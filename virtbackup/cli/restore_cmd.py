@@ -1,18 +1,23 @@
 """`virtbackup restore BACKUP --to DIR [--define NAME [--keep-host-devices]] [--force]
 [--identity FILE] [--remote | --remote-location NAME:PATH] [--host NAME]`."""
 
+import time
 from pathlib import Path
 
 import click
 
+from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.cli.context import DIRECTORY, GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.remote_options import Reading, reading_options, resolve_backup
 from virtbackup.core.errors import UsageError
 from virtbackup.core.network_source import is_network_source, put_back_hint
+from virtbackup.core.progress import LogSteps
 from virtbackup.core.signature import SignatureState
 from virtbackup.core.text import printable
 from virtbackup.engine.datapath.restore import restore_backup
+from virtbackup.engine.runs.instant import instant_restore
+from virtbackup.engine.stores.backup_access import Trust
 from virtbackup.engine.stores.remote import fetched_repository
 
 
@@ -27,6 +32,12 @@ from virtbackup.engine.stores.remote import fetched_repository
     "qemu arguments instead of dropping them (never a disk the backup did not restore).",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
+@click.option(
+    "--instant",
+    is_flag=True,
+    help="With --define: start the domain at once on overlays backed by the backup, "
+    "then copy the data in while it runs.",
+)
 @reading_options
 @pass_globals
 def restore_command(
@@ -36,6 +47,7 @@ def restore_command(
     define: str | None,
     keep_host_devices: bool,
     force: bool,
+    instant: bool,
     reading: Reading,
 ) -> None:
     """Write a backup's disks back, sparse and byte-identical. BACKUP is a backup
@@ -45,6 +57,11 @@ def restore_command(
     if keep_host_devices and define is None:
         raise UsageError("--keep-host-devices needs --define NAME")
     remote_name, config, trust = reading.settle(options)
+    if instant:
+        _instant(
+            options, backup, target, define, force, keep_host_devices, remote_name, reading, trust
+        )
+        return
     source = resolve_backup(backup, remote_name, reading.host, config)
     with fetched_repository(source), progress_sink(options.verbosity) as progress:
         result = restore_backup(
@@ -82,3 +99,43 @@ def restore_command(
             f"did not restore: {'; '.join(result.dropped)} (--keep-host-devices keeps them)",
             err=True,
         )
+
+
+def _instant(
+    options: GlobalOptions,
+    backup: str,
+    target: Path,
+    define: str | None,
+    force: bool,
+    keep_host_devices: bool,
+    remote_name: str | None,
+    reading: Reading,
+    trust: Trust,
+) -> None:
+    if define is None:
+        raise UsageError("--instant needs --define NAME")
+    if force or remote_name is not None:
+        raise UsageError("--instant restores a backup on this host, without --force")
+    started = time.monotonic()
+
+    def running(uuid: str) -> None:
+        seconds = time.monotonic() - started
+        click.echo(f"running\t{define} ({uuid}) after {seconds:.1f} s; copying the data in")
+
+    with progress_sink(options.verbosity) as progress:
+        result = instant_restore(
+            Path(backup),
+            target,
+            define,
+            uri=options.uri,
+            state_dir=resolve_state_dir(options.state_dir),
+            identity=reading.identity,
+            trust=trust,
+            progress=progress,
+            steps=LogSteps(),
+            on_running=running,
+            keep_host_devices=keep_host_devices,
+        )
+    for disk, path in result.images:
+        click.echo(f"{disk}\t{path}")
+    click.echo(f"defined domain {define} ({result.domain_uuid}), on local images only")

@@ -156,3 +156,28 @@ def _point_disk_at(disk: ET.Element, restored: RestoredDisk, cut_backing: bool) 
         # Empty: no backing file, whatever the image's header names (libvirt would
         # otherwise follow it, hand it to qemu and relabel it for the guest).
         disk.insert(list(disk).index(source) + 1, ET.Element("backingStore"))
+
+
+def with_nbd_backing(xml: str, uuid: str, backings: Mapping[str, tuple[str, str]]) -> str:
+    """The new domain's XML with the uuid `uuid`, each disk of `backings` (target ->
+    (unix socket, format)) reading what its overlay lacks from that NBD server
+    (`restore --instant`)."""
+    domain = ET.fromstring(xml)
+    ET.SubElement(domain, "uuid").text = uuid
+    for disk in domain.findall("devices/disk"):
+        target = disk.find("target")
+        dev = target.get("dev") if target is not None else None
+        if dev is None or dev not in backings:
+            continue
+        socket, fmt = backings[dev]
+        for old in disk.findall("backingStore"):
+            disk.remove(old)
+        store = ET.Element("backingStore", {"type": "network"})
+        ET.SubElement(store, "format", {"type": fmt})
+        source = ET.SubElement(store, "source", {"protocol": "nbd"})
+        ET.SubElement(source, "host", {"transport": "unix", "socket": socket})
+        ET.SubElement(store, "backingStore")
+        source_element = disk.find("source")
+        position = list(disk).index(source_element) + 1 if source_element is not None else 0
+        disk.insert(position, store)
+    return ET.tostring(domain, encoding="unicode") + "\n"

@@ -25,7 +25,7 @@ Records are undone newest first.
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -97,6 +97,27 @@ class NbdServerRecord:
     socket: str
 
 
+@dataclass(frozen=True)
+class InstantPullRecord:
+    """A domain started by `restore --instant` on the qcow2 `overlay`, whose backing is
+    the backup `backup`'s disk `target` served on `socket`: finish copying the backing
+    data into the overlay (serving the backup again if the server died), then stop the
+    server. Its "undo" finishes the restore: the domain keeps running."""
+
+    kind: ClassVar[str] = "instant-pull"
+    target: str
+    overlay: str
+    socket: str
+    backup: str  # the backup directory served
+    identity: str = ""  # the age identity of an encrypted backup, if any
+
+
+def instant_socket_dir(domain_uuid: str) -> str:
+    """Where `restore --instant` serves a new domain's disks: under qemu's own
+    directory, which its user can reach."""
+    return posixpath.join(str(SOCKET_DIR), f"virtbackup-instant-{domain_uuid}")
+
+
 # The LVM method's records (core/lvm) carry their own fields() and describe().
 UndoRecord = (
     OverlayRecord
@@ -104,6 +125,7 @@ UndoRecord = (
     | StateRecord
     | BackupJobRecord
     | NbdServerRecord
+    | InstantPullRecord
     | LvmSnapshotRecord
     | MountRecord
 )
@@ -156,6 +178,8 @@ def record_to_dict(record: UndoRecord) -> dict[str, Any]:
         data.update(socket=record.socket, scratch=list(record.scratch))
     elif isinstance(record, NbdServerRecord):
         data.update(socket=record.socket)
+    elif isinstance(record, InstantPullRecord):
+        data.update(asdict(record))
     elif isinstance(record, LVM_RECORD_TYPES):
         data.update(record.fields())
     return data
@@ -188,6 +212,17 @@ def record_from_dict(data: Mapping[str, Any]) -> UndoRecord:
             return BackupJobRecord(socket=_text(data, "socket"), scratch=tuple(scratch))
         if kind == NbdServerRecord.kind:
             return NbdServerRecord(socket=_text(data, "socket"))
+        if kind == InstantPullRecord.kind:
+            identity = data.get("identity", "")
+            if not isinstance(identity, str):
+                raise ValueError("'identity' must be a path or empty")
+            return InstantPullRecord(
+                target=_text(data, "target"),
+                overlay=_text(data, "overlay"),
+                socket=_text(data, "socket"),
+                backup=_text(data, "backup"),
+                identity=identity,
+            )
         lvm_record = lvm_record_from_dict(data)
         if lvm_record is not None:
             return lvm_record
@@ -282,6 +317,8 @@ def foreign_record(record: "UndoRecord", journal: "Journal") -> str | None:
         return _foreign_backup_job(record, journal)
     if isinstance(record, NbdServerRecord):
         return _foreign_nbd_server(record, journal)
+    if isinstance(record, InstantPullRecord):
+        return _foreign_instant_pull(record, journal)
     if isinstance(record, MountRecord):
         name = posixpath.basename(record.target)
         if not _is_clean_absolute(record.target) or not name.startswith(SNAPSHOT_PREFIX):
@@ -327,6 +364,16 @@ def _foreign_nbd_server(record: NbdServerRecord, journal: "Journal") -> str | No
         or not _TARGET.match(target)
     ):
         return f"socket {record.socket!r} is not named and placed as a run of ours names it"
+    return None
+
+
+def _foreign_instant_pull(record: InstantPullRecord, journal: "Journal") -> str | None:
+    socket = posixpath.join(instant_socket_dir(journal.domain_uuid), f"{record.target}.sock")
+    if not _TARGET.match(record.target) or record.socket != socket:
+        return f"socket {record.socket!r} is not named and placed as a run of ours names it"
+    paths = [record.overlay, record.backup] + ([record.identity] if record.identity else [])
+    if not all(_is_clean_absolute(path) for path in paths):
+        return f"instant restore of {record.target}: its paths are not clean absolute paths"
     return None
 
 
@@ -451,6 +498,8 @@ def describe(record: UndoRecord) -> str:
         return f"backup job serving on {record.socket}"
     if isinstance(record, NbdServerRecord):
         return f"qemu-nbd serving on {record.socket}"
+    if isinstance(record, InstantPullRecord):
+        return f"instant restore of {record.target} onto {record.overlay} from {record.backup}"
     if isinstance(record, LVM_RECORD_TYPES):
         return record.describe()
     return f"domain state {record.was.value}" + (" (restart)" if record.restart else "")

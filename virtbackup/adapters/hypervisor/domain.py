@@ -179,6 +179,18 @@ class Domain:
                 )
             time.sleep(POLL_SECONDS)
 
+    def start_block_pull(self, target: str) -> None:
+        """Copy everything the disk `target` reads from its backing chain into its top
+        image, which then stands alone (virDomainBlockPull, no base)."""
+        self._call("start copying the backing data", self.handle.blockPull, target, 0, 0)
+
+    def block_job_progress(self, target: str) -> tuple[int, int] | None:
+        """(done, total) of the block job on `target`, None when none runs."""
+        info = self._call("read the block jobs", self.handle.blockJobInfo, target, 0)
+        if not info:
+            return None
+        return int(info.get("cur", 0)), int(info.get("end", 0))
+
     # -- run state ---------------------------------------------------------------------
 
     def request_shutdown(self, mode: str) -> bool:
@@ -207,6 +219,12 @@ class Domain:
     def start(self, *, paused: bool = False) -> None:
         flags = self._libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
         self._call("start", self.handle.createWithFlags, flags)
+
+    def save_and_restart(self) -> None:
+        """Save the running guest's memory (managed save), stop it and start it again
+        from there: qemu opens its disks anew, the guest only pauses."""
+        self._call("save", self.handle.managedSave, 0)
+        self._call("start from its saved state", self.handle.createWithFlags, 0)
 
     def resume(self) -> None:
         self._call("resume", self.handle.resume)

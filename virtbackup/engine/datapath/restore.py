@@ -109,7 +109,7 @@ def restore_backup(
         domain_xml = opened.domain_xml()
         blank = {disk.target: RestoredDisk(str(path), disk.format) for disk, path in restored}
         _new_domain(opened, domain_xml, define_as, blank, keep_host_devices)  # fails early
-        _ensure_name_free(uri, define_as)
+        ensure_name_free(uri, define_as)
     _make_dir(to_dir)
     images = []
     dir_fd = _open_dir(to_dir)
@@ -133,7 +133,7 @@ def restore_backup(
     return RestoreResult(manifest, tuple(images), uuid, opened.signature, new.dropped)
 
 
-def _ensure_name_free(uri: str, name: str) -> None:
+def ensure_name_free(uri: str, name: str) -> None:
     """UsageError if a domain called `name` exists; checked before restoring anything."""
     with connect(uri) as hypervisor:
         if hypervisor.exists(name):

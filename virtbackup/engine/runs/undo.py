@@ -23,6 +23,7 @@ from virtbackup.core.undo import (
     BackupJobRecord,
     DiskObservation,
     FrozenRecord,
+    InstantPullRecord,
     NbdServerRecord,
     OverlayPlan,
     OverlayRecord,
@@ -30,10 +31,12 @@ from virtbackup.core.undo import (
     StateRecord,
     StateStep,
     UndoRecord,
+    describe,
     plan_overlay_undo,
     plan_state_undo,
 )
 from virtbackup.engine.methods.lvm_undo import undo_lvm_record
+from virtbackup.engine.runs.instant_pull import finish_instant_pull
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,11 @@ class Undoer:
             self._end_backup_job(record)
         elif isinstance(record, NbdServerRecord):
             self._stop_nbd_server(record)
+        elif isinstance(record, InstantPullRecord):
+            if self.dry_run:
+                self.steps.step(self.domain_name, f"would finish the {describe(record)}")
+            else:
+                finish_instant_pull(self.hypervisor, self.domain_uuid, record)
         else:
             self._restore_state(record)
 
