@@ -1,12 +1,14 @@
 """Network and block disks of running domains, read through libvirt's backup API from
 real servers on this host (`qemu-nbd` on a unix socket, Debian's `tgtd` on loopback with
 CHAP through a libvirt secret, a loop device): each generation restores byte-identical
-to a copy taken at the backup's instant, restore never writes to the network volume,
+to a copy taken at the backup's instant, restore writes to the network volume only with
+--to-source (and refuses a source in use, of another size, or needing credentials),
 credentials appear nowhere, and a shut-off domain's network disk is left out with the
 reason."""
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -97,6 +99,7 @@ def test_an_nbd_disk_is_backed_up_twice_and_restored_as_files_only(
         manifest = json.loads((Path(first["backup"]) / "manifest.json").read_text())
         by_target = {d["target"]: d for d in manifest["disks"]}
         assert by_target["vdb"]["source"] == f"nbd://unix:{nbd.socket}"
+        assert by_target["vdb"]["virtual_size"] == 16 * MiB  # as qemu knows it
         assert manifest["checkpoint"].startswith("virtbackup-")  # for vda's bitmap
 
         guest_write(dom, "virtio-disk1", 8, 9 * MiB, 2 * MiB)
@@ -190,10 +193,79 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
             listed = virtbackup_in(state_dir, "list", dom.name(), "--json")
             (plan,) = json.loads(listed.stdout)["domains"]
             assert "start the domain to back it up" in plan["disks"][0]["reason"], plan
+            put_back = to_source(state_dir, row["backup"], tmp_path / "r2")
+            assert_refused(put_back, f"vda: {target.url} needs credentials", tmp_path / "r2")
             said = json.dumps(row) + off.stdout + off.stderr + listed.stdout + listed.stderr
+            said += put_back.stdout + put_back.stderr
     finally:
         secret.undefine()
     for text in (password, usage):
         assert text not in said
         assert text.encode() not in log.read_bytes()
         assert text.encode() not in all_bytes_under(dest), f"{text} in a file of the backup"
+
+
+def to_source(state_dir: Path, backup_dir: str, to: Path) -> subprocess.CompletedProcess[str]:
+    return virtbackup_in(state_dir, "restore", backup_dir, "--to", str(to), "--to-source")
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], message: str, to: Path) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert message in line, line
+    assert not to.exists()  # every source is checked before anything is written
+
+
+def test_restore_to_source_writes_an_nbd_volume_and_a_block_device_back(
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    served = domain_factory.blank_image("put-back.raw", "raw", 16 * MiB)
+    with nbd_server(served, domain_factory.workdir / "put-back.sock") as nbd:
+        dom = domain_factory.create(
+            [DiskSpec("block", 16 * MiB)], hint="put", start=True, devices_xml=nbd.disk_xml("vdb")
+        )
+        device = hypervisor.facts(hypervisor.domain(dom.name())).disks[0].path
+        assert device is not None
+        backing = domain_factory.workdir / "put-disk0.raw"
+        guest_write(dom, "virtio-disk0", 3, 1 * MiB, 4 * MiB)
+        guest_write(dom, "virtio-disk1", 5, 6 * MiB, 3 * MiB)
+        expected = references(
+            dom, {"vda": ["-f", "raw", device], "vdb": ["-f", "raw", nbd.url]}, tmp_path / "ref"
+        )
+        row = api_backup(state_dir, dest, dom.name())
+        to = tmp_path / "r"
+
+        running = to_source(state_dir, row["backup"], to)
+        assert_refused(running, f"is in use by the running domain {dom.name()}: not written", to)
+        dom.destroy()
+        # scribbled on while shut off: through the NBD server, and on the device itself
+        scribble = ["qemu-io", "-f", "raw", "-c", "write -P 9 0 8M"]
+        subprocess.run([*scribble, nbd.url], check=True, capture_output=True)
+        subprocess.run([*scribble, device], check=True, capture_output=True)
+
+        subprocess.run(["truncate", "-s", str(32 * MiB), str(backing)], check=True)
+        subprocess.run(["losetup", "--set-capacity", device], check=True)
+        grown = to_source(state_dir, row["backup"], to)
+        assert_refused(grown, f"vda: {device} holds {32 * MiB} bytes, the backed-up disk", to)
+        subprocess.run(["truncate", "-s", str(16 * MiB), str(backing)], check=True)
+        subprocess.run(["losetup", "--set-capacity", device], check=True)
+
+        holder = os.open(device, os.O_RDONLY | os.O_EXCL)  # as a mount holds it
+        try:
+            held = to_source(state_dir, row["backup"], to)
+        finally:
+            os.close(holder)
+        assert_refused(held, f"vda: {device} is held by another user", to)
+
+        done = to_source(state_dir, row["backup"], to)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"vda\twritten into {device}" in done.stdout
+        assert f"vdb\twritten into nbd+unix:///?socket={nbd.socket}" in done.stdout
+        assert "the volume is not written" not in done.stderr
+        subprocess.run(["cmp", str(expected["vda"]), device], check=True)
+        subprocess.run(["cmp", str(expected["vdb"]), str(served)], check=True)
+        assert_identical(to, expected)  # the image files are kept as well

@@ -99,6 +99,12 @@ def commit(overlay: str) -> None:
     runner.run(["qemu-img", "commit", "-q", "-f", "qcow2", overlay], timeout=COMMIT_TIMEOUT)
 
 
+def write_into(image: str, fmt: str, target: str) -> None:
+    """Copy `image` into the existing `target` (a device or a qemu URL) of the same
+    format and size; holes are written as zeroes, since the target is not blank."""
+    runner.run(["qemu-img", "convert", "-n", "-f", fmt, "-O", fmt, image, target])
+
+
 def allocated_bytes(path: str) -> int | None:
     """What a regular file occupies on the host (st_blocks); None for anything else (a
     block device occupies all of its size). OSError when it cannot be looked at."""

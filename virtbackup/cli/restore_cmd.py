@@ -1,5 +1,5 @@
-"""`virtbackup restore BACKUP --to DIR [--define NAME [--keep-host-devices]] [--force]
-[--identity FILE] [--remote | --remote-location NAME:PATH] [--host NAME]`."""
+"""`virtbackup restore BACKUP --to DIR [--to-source] [--define NAME [--keep-host-devices]]
+[--force] [--identity FILE] [--remote | --remote-location NAME:PATH] [--host NAME]`."""
 
 from pathlib import Path
 
@@ -25,6 +25,12 @@ from virtbackup.engine.stores.remote import fetched_repository
     help="With --define: keep the backup's host devices, host files and "
     "qemu arguments instead of dropping them (never a disk the backup did not restore).",
 )
+@click.option(
+    "--to-source",
+    is_flag=True,
+    help="Also write each network and block disk back into its own source (the domain "
+    "shut off or undefined, the source's size the disk's).",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @reading_options
 @pass_globals
@@ -34,6 +40,7 @@ def restore_command(
     target: Path,
     define: str | None,
     keep_host_devices: bool,
+    to_source: bool,
     force: bool,
     reading: Reading,
 ) -> None:
@@ -56,13 +63,17 @@ def restore_command(
             identity=reading.identity,
             trust=trust,
             keep_host_devices=keep_host_devices,
+            to_source=to_source,
         )
     if result.signature.state != SignatureState.UNSIGNED or trust.allowed_signers is not None:
         click.echo(f"signature\t{result.signature.describe()}")
     for image in result.images:
         click.echo(f"{image.target}\t{image.path}")
+    written = {put.target for put in result.written}
+    for put in result.written:
+        click.echo(f"{put.target}\twritten into {put.qemu_name}")
     for disk in result.manifest.disks:
-        if is_network_source(disk.source):
+        if is_network_source(disk.source) and disk.target not in written:
             restored = next(i.path for i in result.images if i.target == disk.target)
             hint = put_back_hint(disk.target, disk.source, str(restored), disk.format)
             click.echo(f"virtbackup: note: {hint}", err=True)

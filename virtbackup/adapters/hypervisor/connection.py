@@ -59,6 +59,14 @@ class Hypervisor:
         except self._libvirt.libvirtError as err:
             raise HypervisorError(f"cannot list the domains: {message(err)}") from None
 
+    def active_domains(self) -> list[Domain]:
+        """The domains running or paused now."""
+        flags = self._libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
+        try:
+            return [Domain(self._libvirt, handle) for handle in self._conn.listAllDomains(flags)]
+        except self._libvirt.libvirtError as err:
+            raise HypervisorError(f"cannot list the running domains: {message(err)}") from None
+
     def domain(self, name: str) -> Domain:
         """The domain called `name`; UnknownDomain (exit 2) when there is none."""
         found = self._lookup(self._conn.lookupByName, name)
