@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -161,7 +162,7 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
     password = f"chap-{uuid.uuid4().hex}"
     usage = f"{domain_factory.name('chap')}-usage"
     secret = libvirt_conn.secretDefineXML(
-        f"<secret ephemeral='no' private='yes'><usage type='iscsi'><target>{usage}</target>"
+        f"<secret ephemeral='no' private='no'><usage type='iscsi'><target>{usage}</target>"
         "</usage></secret>"
     )
     try:
@@ -193,12 +194,30 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
             listed = virtbackup_in(state_dir, "list", dom.name(), "--json")
             (plan,) = json.loads(listed.stdout)["domains"]
             assert "start the domain to back it up" in plan["disks"][0]["reason"], plan
-            put_back = to_source(state_dir, row["backup"], tmp_path / "r2")
-            assert_refused(put_back, f"vda: {target.url} needs credentials", tmp_path / "r2")
             said = json.dumps(row) + off.stdout + off.stderr + listed.stdout + listed.stderr
+
+            # written back through CHAP, the secret read from libvirt at run time
+            scribble = ["qemu-io", "-f", "raw", "-c", "write -P 9 0 8M", str(lun)]
+            subprocess.run(scribble, check=True, capture_output=True)
+            put_back = to_source(state_dir, row["backup"], tmp_path / "r2")
+            assert put_back.returncode == 0, put_back.stdout + put_back.stderr
+            assert f"vda\twritten into {target.url}" in put_back.stdout
+            subprocess.run(["cmp", str(expected["vda"]), str(lun)], check=True)
             said += put_back.stdout + put_back.stderr
+            assert list(Path(tempfile.gettempdir()).glob("virtbackup-secret-*")) == []
+
+            secret.undefine()
+            secret = None
+            gone = to_source(state_dir, row["backup"], tmp_path / "r3")
+            assert_refused(gone, "vda: cannot read the libvirt secret that opens", tmp_path / "r3")
+            dom.undefine()  # the backup's domain.xml does not name the secret
+            unnamed = to_source(state_dir, row["backup"], tmp_path / "r4")
+            message = f"vda: the backup does not say which libvirt secret opens {target.url}"
+            assert_refused(unnamed, message, tmp_path / "r4")
+            said += gone.stdout + gone.stderr + unnamed.stdout + unnamed.stderr
     finally:
-        secret.undefine()
+        if secret is not None:
+            secret.undefine()
     for text in (password, usage):
         assert text not in said
         assert text.encode() not in log.read_bytes()
@@ -264,7 +283,7 @@ def test_restore_to_source_writes_an_nbd_volume_and_a_block_device_back(
         done = to_source(state_dir, row["backup"], to)
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"vda\twritten into {device}" in done.stdout
-        assert f"vdb\twritten into nbd+unix:///?socket={nbd.socket}" in done.stdout
+        assert f"vdb\twritten into nbd://unix:{nbd.socket}" in done.stdout
         assert "the volume is not written" not in done.stderr
         subprocess.run(["cmp", str(expected["vda"]), device], check=True)
         subprocess.run(["cmp", str(expected["vdb"]), str(served)], check=True)

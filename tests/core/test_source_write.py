@@ -2,11 +2,18 @@
 sources it refuses."""
 
 import dataclasses
+import json
 
 import pytest
 from manifest_samples import DISK
 
-from virtbackup.core.source_write import SourceRefused, SourceTarget, source_target
+from virtbackup.core.source_write import (
+    SECRET_ID,
+    SecretRef,
+    SourceRefused,
+    SourceTarget,
+    source_target,
+)
 
 
 def domain(disk_xml: str) -> str:
@@ -61,15 +68,14 @@ def test_network_sources_are_named_as_qemu_opens_them(source_xml: str, name: str
             "does not write rbd sources",
         ),
         (
-            "<disk type='network'><auth username='u'><secret type='iscsi'/></auth>"
-            "<source protocol='iscsi' name='iqn.x:t/1'><host name='h'/></source>"
-            "<target dev='vda'/></disk>",
-            "needs credentials",
+            "<disk type='network'><auth username='u'><secret type='iscsi' usage='x'/></auth>"
+            "<source protocol='nbd'><host name='h'/></source><target dev='vda'/></disk>",
+            "needs credentials, which restore --to-source passes to iSCSI only",
         ),
         (
             "<disk type='network'><source protocol='iscsi' name='iqn.x:t/1'><host name='h'/>"
             "<auth username='u'><secret type='iscsi'/></auth></source><target dev='vda'/></disk>",
-            "needs credentials",
+            "the backup does not say which libvirt secret opens",
         ),
         (NBD_UNIX.replace("dev='vda'", "dev='vdb'"), "vda is not in the backup's domain XML"),
     ],
@@ -77,3 +83,38 @@ def test_network_sources_are_named_as_qemu_opens_them(source_xml: str, name: str
 def test_sources_that_cannot_be_written_are_refused(disk_xml: str, message: str) -> None:
     with pytest.raises(SourceRefused, match=message):
         source_target(domain(disk_xml), DISK)
+
+
+CHAP_DISK = """<disk type='network' device='disk'>{auth}
+  <source protocol='iscsi' name='iqn.2026-01.x:t/2'><host name='10.0.0.9' port='3262'/></source>
+  <target dev='vda' bus='virtio'/></disk>"""
+ISCSI = dataclasses.replace(DISK, source="iscsi://10.0.0.9:3262/iqn.2026-01.x:t/2")
+
+
+def test_an_iscsi_source_with_chap_names_its_secret_and_hides_it_from_the_name() -> None:
+    auth = "<auth username='vb'><secret type='iscsi' uuid='0d6c-1'/></auth>"
+    found = source_target(domain(CHAP_DISK.format(auth=auth)), ISCSI)
+    assert found is not None and found.secret == SecretRef("iscsi", "0d6c-1", None)
+    assert found.qemu_name.startswith("json:")
+    assert json.loads(found.qemu_name.removeprefix("json:")) == {
+        "file": {
+            "driver": "iscsi",
+            "transport": "tcp",
+            "portal": "10.0.0.9:3262",
+            "target": "iqn.2026-01.x:t",
+            "lun": 2,
+            "user": "vb",
+            "password-secret": SECRET_ID,
+        }
+    }
+
+
+def test_the_secret_comes_from_the_definition_when_the_backup_left_its_usage_out() -> None:
+    stripped = domain(CHAP_DISK.format(auth="<auth username='vb'><secret type='iscsi'/></auth>"))
+    usage = "<auth username='vb'><secret type='iscsi' usage='lun2'/></auth>"
+    defined = domain(CHAP_DISK.format(auth=usage))
+    found = source_target(stripped, ISCSI, defined)
+    assert found is not None and found.secret == SecretRef("iscsi", None, "lun2")
+    moved = defined.replace("10.0.0.9", "10.0.0.8")  # another source now: not its secret
+    with pytest.raises(SourceRefused, match="does not say which libvirt secret"):
+        source_target(stripped, ISCSI, moved)

@@ -71,7 +71,7 @@ def restore_command(
         click.echo(f"{image.target}\t{image.path}")
     written = {put.target for put in result.written}
     for put in result.written:
-        click.echo(f"{put.target}\twritten into {put.qemu_name}")
+        click.echo(f"{put.target}\twritten into {put.source}")
     for disk in result.manifest.disks:
         if is_network_source(disk.source) and disk.target not in written:
             restored = next(i.path for i in result.images if i.target == disk.target)

@@ -20,10 +20,15 @@ from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.overlays import rewrite_disk_source
 from virtbackup.core.planning import UnknownDomain, select_domains
+from virtbackup.core.source_write import SecretRef
 
 log = logging.getLogger(__name__)
 
 URI_EXAMPLES = "e.g. qemu:///system or qemu+ssh://HOST/system"
+
+
+class SecretUnreadable(HypervisorError):
+    """A libvirt secret a disk names is unknown, or private (libvirt keeps its value)."""
 
 
 class ConnectFailed(UsageError):
@@ -66,6 +71,24 @@ class Hypervisor:
             return [Domain(self._libvirt, handle) for handle in self._conn.listAllDomains(flags)]
         except self._libvirt.libvirtError as err:
             raise HypervisorError(f"cannot list the running domains: {message(err)}") from None
+
+    def secret_value(self, secret: SecretRef) -> bytes:
+        """The value of a libvirt secret a disk names (by uuid, else by usage);
+        SecretUnreadable when it is unknown, or private (libvirt keeps it to itself)."""
+        libvirt = self._libvirt
+        usage_types = {
+            "iscsi": libvirt.VIR_SECRET_USAGE_TYPE_ISCSI,
+            "ceph": libvirt.VIR_SECRET_USAGE_TYPE_CEPH,
+        }
+        try:
+            if secret.uuid is not None:
+                handle = self._conn.secretLookupByUUIDString(secret.uuid)
+            else:
+                usage_type = usage_types.get(secret.type, libvirt.VIR_SECRET_USAGE_TYPE_NONE)
+                handle = self._conn.secretLookupByUsage(usage_type, secret.usage)
+            return bytes(handle.value())
+        except libvirt.libvirtError as err:
+            raise SecretUnreadable(message(err)) from None
 
     def domain(self, name: str) -> Domain:
         """The domain called `name`; UnknownDomain (exit 2) when there is none."""

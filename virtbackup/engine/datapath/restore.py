@@ -127,7 +127,7 @@ def restore_backup(
             images.append(RestoredImage(disk.target, path, disk.format))
     finally:
         os.close(dir_fd)
-    write_sources(sources, {image.target: image.path for image in images})
+    write_sources(sources, {image.target: image.path for image in images}, uri)
     written = tuple(sources)
     if define_as is None or domain_xml is None:
         return RestoreResult(manifest, tuple(images), None, opened.signature, written=written)

@@ -7,58 +7,101 @@ undefined), when its size is not the disk's recorded size, and, for a block devi
 when the kernel says another user holds it (a mount, a device mapper, anything that
 opened it exclusively). The device is then held exclusively while it is written, so
 that nothing mounts it meanwhile. An NBD server's other clients cannot be seen from
-here: only the domains of this host are checked.
+here: only the domains of this host are checked. The secret of an iSCSI source with
+CHAP lives, for each qemu-img that needs it, in a 0600 file in a private directory.
 """
 
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from virtbackup.adapters import images
-from virtbackup.adapters.hypervisor.connection import connect
+from virtbackup.adapters.hypervisor.connection import Hypervisor, SecretUnreadable, connect
 from virtbackup.core.manifest import Manifest
-from virtbackup.core.source_write import SourceRefused, SourceTarget, source_target
+from virtbackup.core.source_write import (
+    PUT_BACK,
+    SECRET_ID,
+    SourceRefused,
+    SourceTarget,
+    source_target,
+)
 
 
 def checked_sources(manifest: Manifest, domain_xml: str, uri: str) -> list[SourceTarget]:
     """The sources restore --to-source writes, each checked; SourceRefused for the first
     that must not be written."""
-    sources = [
-        target for disk in manifest.disks if (target := source_target(domain_xml, disk)) is not None
-    ]
-    _refuse_used_by_running_domains(sources, uri)
-    for source in sources:
-        size = images.image_info(source.qemu_name, source.format, force_share=True).virtual_size
-        if size != source.virtual_size:
-            raise SourceRefused(
-                f"{source.target}: {source.source} holds {size} bytes, the backed-up disk "
-                f"{source.virtual_size}: not written"
-            )
-        if source.device is not None:
+    with connect(uri) as hypervisor:
+        defined = hypervisor.find(manifest.domain_uuid)
+        defined_xml = None if defined is None else defined.config_xml()
+        sources = [
+            target
+            for disk in manifest.disks
+            if (target := source_target(domain_xml, disk, defined_xml)) is not None
+        ]
+        _refuse_used_by_running_domains(sources, hypervisor)
+        for source in sources:
+            with _secret_object(source, hypervisor) as objects:
+                info = images.image_info(
+                    source.qemu_name, source.format, force_share=True, objects=objects
+                )
+            if info.virtual_size != source.virtual_size:
+                raise SourceRefused(
+                    f"{source.target}: {source.source} holds {info.virtual_size} bytes, the "
+                    f"backed-up disk {source.virtual_size}: not written"
+                )
             with _held_exclusively(source):
                 pass
     return sources
 
 
-def write_sources(sources: Sequence[SourceTarget], restored: dict[str, Path]) -> None:
+def write_sources(sources: Sequence[SourceTarget], restored: dict[str, Path], uri: str) -> None:
     """Copy each restored image (by target) into its checked source."""
-    for source in sources:
-        with _held_exclusively(source):
-            images.write_into(str(restored[source.target]), source.format, source.qemu_name)
+    if not sources:
+        return
+    with connect(uri) as hypervisor:
+        for source in sources:
+            with _held_exclusively(source), _secret_object(source, hypervisor) as objects:
+                image = str(restored[source.target])
+                images.write_into(image, source.format, source.qemu_name, objects)
 
 
-def _refuse_used_by_running_domains(sources: Sequence[SourceTarget], uri: str) -> None:
-    with connect(uri, readonly=True) as hypervisor:
-        for domain in hypervisor.active_domains():
-            used = {disk.location for disk in domain.live_disks().values()}
-            for source in sources:
-                if source.source in used:
-                    raise SourceRefused(
-                        f"{source.target}: {source.source} is in use by the running domain "
-                        f"{domain.name}: not written",
-                        "shut it off first",
-                    )
+def _refuse_used_by_running_domains(
+    sources: Sequence[SourceTarget], hypervisor: Hypervisor
+) -> None:
+    for domain in hypervisor.active_domains():
+        used = {disk.location for disk in domain.live_disks().values()}
+        for source in sources:
+            if source.source in used:
+                raise SourceRefused(
+                    f"{source.target}: {source.source} is in use by the running domain "
+                    f"{domain.name}: not written",
+                    "shut it off first",
+                )
+
+
+@contextmanager
+def _secret_object(source: SourceTarget, hypervisor: Hypervisor) -> Iterator[tuple[str, ...]]:
+    """qemu's `--object` arguments giving it the source's secret by file; none without."""
+    if source.secret is None:
+        yield ()
+        return
+    try:
+        value = hypervisor.secret_value(source.secret)
+    except SecretUnreadable:
+        # libvirt's message names the secret's usage, which we never repeat
+        raise SourceRefused(
+            f"{source.target}: cannot read the libvirt secret that opens {source.source} "
+            "(no such secret, or a private one): not written",
+            PUT_BACK,
+        ) from None
+    with tempfile.TemporaryDirectory(prefix="virtbackup-secret-") as private:  # 0700
+        path = Path(private) / "secret"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(value)
+        yield ("--object", f"secret,id={SECRET_ID},file={path},format=raw")
 
 
 @contextmanager
