@@ -3,7 +3,8 @@ real servers on this host (`qemu-nbd` on a unix socket, Debian's `tgtd` on loopb
 CHAP through a libvirt secret, a loop device): each generation restores byte-identical
 to a copy taken at the backup's instant, restore writes to the network volume only with
 --to-source (and refuses a source in use, of another size, or needing credentials),
-credentials appear nowhere, and a shut-off domain's network disk is left out with the
+credentials appear nowhere (no file of the backup, no log, no process's argument list
+sampled while it runs), and a shut-off domain's network disk is left out with the
 reason."""
 
 import hashlib
@@ -16,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from argv_watch import argument_lists
 from backup_api_helpers import backup, job_leftovers
 from consistency_helpers import guest_write
 from harness.cli import virtbackup_in
@@ -24,6 +26,7 @@ from network_servers import iscsi_target, nbd_server
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.backup_job import SOCKET_DIR
+from virtbackup.core.source_write import SECRET_ID
 
 MiB = 1024 * 1024
 
@@ -176,7 +179,9 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
             guest_write(dom, "virtio-disk0", 7, 2 * MiB, 6 * MiB)
             expected = references(dom, {"vda": ["-f", "raw", str(lun)]}, tmp_path / "ref")
             log = tmp_path / "run.log"
-            row = api_backup(state_dir, dest, dom.name(), "-v", "--log-file", str(log))
+            with argument_lists() as during_backup:
+                row = api_backup(state_dir, dest, dom.name(), "-v", "--log-file", str(log))
+            assert any(b"virtbackup\0" in argv and b"\0backup\0" in argv for argv in during_backup)
             assert "vbtest" in log.read_text()  # the log was written
             restore(state_dir, row["backup"], tmp_path / "r")
             assert_identical(tmp_path / "r", expected)
@@ -199,7 +204,8 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
             # written back through CHAP, the secret read from libvirt at run time
             scribble = ["qemu-io", "-f", "raw", "-c", "write -P 9 0 8M", str(lun)]
             subprocess.run(scribble, check=True, capture_output=True)
-            put_back = to_source(state_dir, row["backup"], tmp_path / "r2")
+            with argument_lists() as during_put_back:
+                put_back = to_source(state_dir, row["backup"], tmp_path / "r2")
             assert put_back.returncode == 0, put_back.stdout + put_back.stderr
             assert f"vda\twritten into {target.url}" in put_back.stdout
             subprocess.run(["cmp", str(expected["vda"]), str(lun)], check=True)
@@ -220,8 +226,13 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
             secret.undefine()
     for text in (password, usage):
         assert text not in said
+        for argv in during_backup + during_put_back:
+            assert text.encode() not in argv, argv
         assert text.encode() not in log.read_bytes()
         assert text.encode() not in all_bytes_under(dest), f"{text} in a file of the backup"
+    # qemu-img was seen, given the secret by a file
+    handed = f"secret,id={SECRET_ID},file=".encode()
+    assert any(argv.startswith(b"qemu-img\0") and handed in argv for argv in during_put_back)
 
 
 def to_source(state_dir: Path, backup_dir: str, to: Path) -> subprocess.CompletedProcess[str]:
