@@ -1,15 +1,17 @@
 """Network and block disks of running domains, read through libvirt's backup API from
 real servers on this host (`qemu-nbd` on a unix socket, Debian's `tgtd` on loopback with
 CHAP through a libvirt secret, a loop device): each generation restores byte-identical
-to a copy taken at the backup's instant, restore writes to the network volume only with
---to-source (and refuses a source in use, of another size, or needing credentials),
-credentials appear nowhere (no file of the backup, no log, no process's argument list
-sampled while it runs), and a shut-off domain's network disk is left out with the
-reason."""
+to a copy taken at the backup's instant; restore writes into a source only with
+--to-source (with CHAP through the libvirt secret), refusing a source in use, of another
+size, held, or whose secret it cannot read; credentials appear nowhere (no file of the
+backup, no log, no process's argument list sampled while it runs); a run killed mid-job
+leaves nothing once `clean` has run (scratch files in --overlay-dir or beside the job's
+socket); a shut-off domain's network disk is left out with the reason."""
 
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -17,8 +19,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from argv_watch import argument_lists
-from backup_api_helpers import backup, job_leftovers
+from backup_api_helpers import backup, interrupted_mid_job, job_leftovers
 from consistency_helpers import guest_write
 from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
@@ -299,3 +302,44 @@ def test_restore_to_source_writes_an_nbd_volume_and_a_block_device_back(
         subprocess.run(["cmp", str(expected["vda"]), device], check=True)
         subprocess.run(["cmp", str(expected["vdb"]), str(served)], check=True)
         assert_identical(to, expected)  # the image files are kept as well
+
+
+@pytest.mark.parametrize("overlay_dir", [False, True])
+def test_a_backup_killed_mid_job_on_network_and_block_disks_is_cleaned(
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    state_dir: Path,
+    dest: Path,
+    overlay_dir: bool,
+) -> None:
+    served = domain_factory.blank_image("killed.raw", "raw", 32 * MiB)
+    with nbd_server(served, domain_factory.workdir / "killed.sock") as nbd:
+        raw = domain_factory.create(
+            [DiskSpec("block", 32 * MiB)], hint="kill", start=True, devices_xml=nbd.disk_xml("vdb")
+        )
+        for offset in range(0, 32 * MiB, 8 * MiB):
+            guest_write(raw, "virtio-disk0", 1 + offset // MiB, offset, 4 * MiB)
+            guest_write(raw, "virtio-disk1", 2 + offset // MiB, offset, 4 * MiB)
+        dom = hypervisor.domain(raw.name())
+        # qemu writes the scratch files: a directory it can reach
+        scratch_dir = domain_factory.workdir / "overlays" if overlay_dir else Path(SOCKET_DIR)
+        scratch_dir.mkdir(exist_ok=True)
+        options = ("--overlay-dir", str(scratch_dir)) if overlay_dir else ()
+        status = interrupted_mid_job(dom, state_dir, dest, signal.SIGKILL, *options)
+        assert status == -signal.SIGKILL
+        # neither disk is a file: both scratch files are in --overlay-dir, else beside
+        # the job's socket
+        scratch = {p.name.split(".")[0] for p in scratch_dir.glob(f"{dom.uuid}-*.scratch")}
+        assert scratch == {f"{dom.uuid}-vda", f"{dom.uuid}-vdb"}, scratch
+        assert list(Path(SOCKET_DIR).glob(f"{dom.uuid}.*.sock")) != []
+        assert dom.backups.job_xml() is not None
+
+        cleaned = virtbackup_in(state_dir, "clean")
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        assert "end the backup job" in cleaned.stdout + cleaned.stderr
+        assert_no_job_left(hypervisor, raw.name(), domain_factory.workdir)
+        assert list(scratch_dir.glob(f"{dom.uuid}*")) == []
+        assert raw.state()[0] == 1  # still running
+        assert backup(state_dir, dest, raw.name(), *options)["method"] == "backup-api"
+        assert_no_job_left(hypervisor, raw.name(), domain_factory.workdir)
+        assert list(scratch_dir.glob(f"{dom.uuid}*")) == []
