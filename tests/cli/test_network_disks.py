@@ -273,8 +273,16 @@ def test_restore_to_source_writes_an_nbd_volume_and_a_block_device_back(
         to = tmp_path / "r"
 
         running = to_source(state_dir, row["backup"], to)
-        assert_refused(running, f"is in use by the running domain {dom.name()}: not written", to)
+        assert_refused(running, f"{dom.name()} is running: restore --to-source writes only", to)
         dom.destroy()
+        same_device = (
+            "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source dev='{device}'/><target dev='vda' bus='virtio'/></disk>"
+        )
+        other = domain_factory.create([], hint="other", start=True, devices_xml=same_device)
+        used = to_source(state_dir, row["backup"], to)
+        assert_refused(used, f"vda: {device} is in use by the running domain {other.name()}", to)
+        other.destroy()
         # scribbled on while shut off: through the NBD server, and on the device itself
         scribble = ["qemu-io", "-f", "raw", "-c", "write -P 9 0 8M"]
         subprocess.run([*scribble, nbd.url], check=True, capture_output=True)

@@ -2,13 +2,14 @@
 written, then copy each restored image into its source (core/source_write.py says which
 disks and by what name).
 
-A source is refused when a running domain uses it (its own domain must be shut off or
-undefined), when its size is not the disk's recorded size, and, for a block device,
-when the kernel says another user holds it (a mount, a device mapper, anything that
-opened it exclusively). The device is then held exclusively while it is written, so
-that nothing mounts it meanwhile. An NBD server's other clients cannot be seen from
-here: only the domains of this host are checked. The secret of an iSCSI source with
-CHAP lives, for each qemu-img that needs it, in a 0600 file in a private directory.
+The backup's own domain must be shut off or undefined, and a source is refused when
+another running domain of this host uses it, when its size is not the disk's recorded
+size, and, for a block device, when the kernel says another user holds it (a mount, a
+device mapper, anything that opened it exclusively). The device is then held
+exclusively while it is written, so that nothing mounts it meanwhile. An NBD server's
+other clients cannot be seen from here: only the domains of this host are checked. The
+secret of an iSCSI source with CHAP lives, for each qemu-img that needs it, in a 0600
+file in a private directory.
 """
 
 import os
@@ -40,6 +41,12 @@ def checked_sources(manifest: Manifest, domain_xml: str, uri: str) -> list[Sourc
             for disk in manifest.disks
             if (target := source_target(domain_xml, disk, defined_xml)) is not None
         ]
+        if sources and defined is not None and defined.is_active():
+            raise SourceRefused(
+                f"{defined.name} is running: restore --to-source writes only into the "
+                "sources of a domain that is shut off or undefined",
+                "shut it off first",
+            )
         _refuse_used_by_running_domains(sources, hypervisor)
         for source in sources:
             with _secret_object(source, hypervisor) as objects:
