@@ -351,3 +351,13 @@ def test_a_backup_killed_mid_job_on_network_and_block_disks_is_cleaned(
         assert backup(state_dir, dest, raw.name(), *options)["method"] == "backup-api"
         assert_no_job_left(hypervisor, raw.name(), domain_factory.workdir)
         assert list(scratch_dir.glob(f"{dom.uuid}*")) == []
+
+
+def test_restore_to_source_writes_the_sources_of_this_host_only(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    uri = "qemu+ssh://elsewhere.invalid/system"
+    args = ("restore", str(tmp_path / "any"), "--to", str(tmp_path / "r"), "--to-source")
+    refused = virtbackup_in(state_dir, "--connect", uri, *args)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"--to-source writes the sources of this host only, not of {uri}" in refused.stderr

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from virtbackup.adapters.hypervisor.connection import is_remote
 from virtbackup.cli.context import DIRECTORY, GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
 from virtbackup.cli.remote_options import Reading, reading_options, resolve_backup
@@ -50,6 +51,12 @@ def restore_command(
     anything is written."""
     if keep_host_devices and define is None:
         raise UsageError("--keep-host-devices needs --define NAME")
+    if to_source and is_remote(options.uri):
+        # the sources are opened from this host: a block device here is not one there
+        raise UsageError(
+            f"--to-source writes the sources of this host only, not of {options.uri}",
+            "run the restore on that host",
+        )
     remote_name, config, trust = reading.settle(options)
     source = resolve_backup(backup, remote_name, reading.host, config)
     with fetched_repository(source), progress_sink(options.verbosity) as progress:
