@@ -244,8 +244,8 @@ def to_source(state_dir: Path, backup_dir: str, to: Path) -> subprocess.Complete
 
 def assert_refused(result: subprocess.CompletedProcess[str], message: str, to: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
-    (line,) = result.stderr.splitlines()
-    assert message in line, line
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert message in result.stderr, result.stderr
     assert not to.exists()  # every source is checked before anything is written
 
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from virtbackup.adapters.hypervisor import discovery
 from virtbackup.adapters.hypervisor.bindings import HypervisorError, libvirt_module, message
-from virtbackup.adapters.hypervisor.domain import Domain
+from virtbackup.adapters.hypervisor.domain import Domain, disks_of
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.overlays import rewrite_disk_source
@@ -64,13 +64,26 @@ class Hypervisor:
         except self._libvirt.libvirtError as err:
             raise HypervisorError(f"cannot list the domains: {message(err)}") from None
 
-    def active_domains(self) -> list[Domain]:
-        """The domains running or paused now."""
-        flags = self._libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
+    def running_disk_locations(self) -> dict[str, set[str]]:
+        """Where the disks of each running or paused domain are (host paths, network
+        URLs), by domain name; a domain that ends while we look is left out."""
+        libvirt = self._libvirt
+        flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
         try:
-            return [Domain(self._libvirt, handle) for handle in self._conn.listAllDomains(flags)]
-        except self._libvirt.libvirtError as err:
+            handles = self._conn.listAllDomains(flags)
+        except libvirt.libvirtError as err:
             raise HypervisorError(f"cannot list the running domains: {message(err)}") from None
+        found = {}
+        for handle in handles:
+            try:
+                name, xml = str(handle.name()), str(handle.XMLDesc(0))
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue
+                raise HypervisorError(f"cannot read a domain's XML: {message(err)}") from None
+            disks = disks_of(xml).values()
+            found[name] = {disk.location for disk in disks if disk.location is not None}
+        return found
 
     def secret_value(self, secret: SecretRef) -> bytes:
         """The value of a libvirt secret a disk names (by uuid, else by usage);

@@ -77,13 +77,12 @@ def write_sources(sources: Sequence[SourceTarget], restored: dict[str, Path], ur
 def _refuse_used_by_running_domains(
     sources: Sequence[SourceTarget], hypervisor: Hypervisor
 ) -> None:
-    for domain in hypervisor.active_domains():
-        used = {disk.location for disk in domain.live_disks().values()}
+    for name, used in hypervisor.running_disk_locations().items():
         for source in sources:
             if source.source in used:
                 raise SourceRefused(
                     f"{source.target}: {source.source} is in use by the running domain "
-                    f"{domain.name}: not written",
+                    f"{name}: not written",
                     "shut it off first",
                 )
 
