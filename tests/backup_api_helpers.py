@@ -1,15 +1,17 @@
 """Helpers of the backup-API tests: a backup that must succeed, the reference copy of a
 disk at an instant, a restored disk, generations of backups of one domain, and what a
-backup job may leave behind."""
+backup job may leave behind, a backup interrupted while its job serves."""
 
 import json
+import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from harness.cli import virtbackup, virtbackup_in
+from harness.cli import virtbackup, virtbackup_in, without_host_config
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.backup_job import SOCKET_DIR
@@ -116,3 +118,28 @@ def job_leftovers(hypervisor: Hypervisor, name: str, workdir: Path) -> list[str]
     if dom.backups.job_xml() is not None:
         found.append("job")
     return found
+
+
+def interrupted_mid_job(dom: Any, state_dir: Path, dest: Path, signum: int, *options: str) -> int:
+    """Start a slow backup of the domain (with `options`), send `signum` while its job
+    serves; the exit status."""
+    env = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
+    args = ["backup", dom.name, "--dest", str(dest), "--layout", "repository", *options]
+    running = subprocess.Popen(
+        [sys.executable, "-m", "virtbackup", *without_host_config(args), "--bwlimit", "1M"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while dom.backups.job_xml() is None:
+            assert running.poll() is None, "the backup ended before its job was seen"
+            assert time.monotonic() < deadline, "no backup job started"
+            time.sleep(0.1)
+        time.sleep(1)  # reading
+        running.send_signal(signum)
+    finally:
+        running.wait()
+    return running.returncode

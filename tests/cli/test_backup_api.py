@@ -4,18 +4,22 @@ the job, its scratch files and its socket gone afterwards, also after a kill -9 
 `clean`; the domain running throughout."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from backup_api_helpers import backup, job_leftovers, reference, restored_disk
+from backup_api_helpers import (
+    backup,
+    interrupted_mid_job,
+    job_leftovers,
+    reference,
+    restored_disk,
+)
 from consistency_helpers import guest_write
-from harness.cli import virtbackup_in, without_host_config
+from harness.cli import virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
@@ -79,31 +83,6 @@ def test_backup_api_asked_for_a_raw_file_reads_it_in_full_without_a_checkpoint(
     # auto falls back to the external snapshot: it reads as much, and needs no job
     row = backup(state_dir, dest, raw.name())
     assert row["method"] == "snapshot", row
-
-
-def interrupted_mid_job(dom: Any, state_dir: Path, dest: Path, signum: int) -> int:
-    """Start a slow backup of the domain, send `signum` while its job serves; the exit
-    status."""
-    env = {**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)}
-    args = ["backup", dom.name, "--dest", str(dest), "--layout", "repository"]
-    running = subprocess.Popen(
-        [sys.executable, "-m", "virtbackup", *without_host_config(args), "--bwlimit", "1M"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while dom.backups.job_xml() is None:
-            assert running.poll() is None, "the backup ended before its job was seen"
-            assert time.monotonic() < deadline, "no backup job started"
-            time.sleep(0.1)
-        time.sleep(1)  # reading
-        running.send_signal(signum)
-    finally:
-        running.wait()
-    return running.returncode
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])

@@ -1,21 +1,27 @@
 """Network and block disks of running domains, read through libvirt's backup API from
 real servers on this host (`qemu-nbd` on a unix socket, Debian's `tgtd` on loopback with
 CHAP through a libvirt secret, a loop device): each generation restores byte-identical
-to a copy taken at the backup's instant, restore never writes to the network volume,
-credentials appear nowhere, and a shut-off domain's network disk is left out with the
-reason."""
+to a copy taken at the backup's instant; restore writes into a source only with
+--to-source (with CHAP through the libvirt secret), refusing a source in use, of another
+size, held, or whose secret it cannot read; credentials appear nowhere (no file of the
+backup, no log, no process's argument list sampled while it runs); a run killed mid-job
+leaves nothing once `clean` has run (scratch files in --overlay-dir or beside the job's
+socket); a shut-off domain's network disk is left out with the reason."""
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from backup_api_helpers import backup, job_leftovers
+from argv_watch import argument_lists
+from backup_api_helpers import backup, interrupted_mid_job, job_leftovers
 from consistency_helpers import guest_write
 from harness.cli import start_virtbackup, virtbackup_in
 from harness.libvirtd import DiskSpec, DomainFactory
@@ -23,6 +29,7 @@ from network_servers import iscsi_target, nbd_server
 
 from virtbackup.adapters.hypervisor.connection import Hypervisor
 from virtbackup.core.backup_job import SOCKET_DIR
+from virtbackup.core.source_write import SECRET_ID
 
 MiB = 1024 * 1024
 
@@ -99,6 +106,7 @@ def test_an_nbd_disk_is_backed_up_twice_and_restored_as_files_only(
         manifest = json.loads((Path(first["backup"]) / "manifest.json").read_text())
         by_target = {d["target"]: d for d in manifest["disks"]}
         assert by_target["vdb"]["source"] == f"nbd://unix:{nbd.socket}"
+        assert by_target["vdb"]["virtual_size"] == 16 * MiB  # as qemu knows it
         assert manifest["checkpoint"].startswith("virtbackup-")  # for vda's bitmap
 
         guest_write(dom, "virtio-disk1", 8, 9 * MiB, 2 * MiB)
@@ -160,7 +168,7 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
     password = f"chap-{uuid.uuid4().hex}"
     usage = f"{domain_factory.name('chap')}-usage"
     secret = libvirt_conn.secretDefineXML(
-        f"<secret ephemeral='no' private='yes'><usage type='iscsi'><target>{usage}</target>"
+        f"<secret ephemeral='no' private='no'><usage type='iscsi'><target>{usage}</target>"
         "</usage></secret>"
     )
     try:
@@ -174,7 +182,9 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
             guest_write(dom, "virtio-disk0", 7, 2 * MiB, 6 * MiB)
             expected = references(dom, {"vda": ["-f", "raw", str(lun)]}, tmp_path / "ref")
             log = tmp_path / "run.log"
-            row = api_backup(state_dir, dest, dom.name(), "-v", "--log-file", str(log))
+            with argument_lists() as during_backup:
+                row = api_backup(state_dir, dest, dom.name(), "-v", "--log-file", str(log))
+            assert any(b"virtbackup\0" in argv and b"\0backup\0" in argv for argv in during_backup)
             assert "vbtest" in log.read_text()  # the log was written
             restore(state_dir, row["backup"], tmp_path / "r")
             assert_identical(tmp_path / "r", expected)
@@ -193,15 +203,168 @@ def test_an_iscsi_disk_with_chap_credentials_and_the_domain_shut_off(
             (plan,) = json.loads(listed.stdout)["domains"]
             assert "start the domain to back it up" in plan["disks"][0]["reason"], plan
             said = json.dumps(row) + off.stdout + off.stderr + listed.stdout + listed.stderr
+
+            # written back through CHAP, the secret read from libvirt at run time
+            scribble = ["qemu-io", "-f", "raw", "-c", "write -P 9 0 8M", str(lun)]
+            subprocess.run(scribble, check=True, capture_output=True)
+            with argument_lists() as during_put_back:
+                put_back = to_source(state_dir, row["backup"], tmp_path / "r2")
+            assert put_back.returncode == 0, put_back.stdout + put_back.stderr
+            assert f"vda\twritten into {target.url}" in put_back.stdout
+            subprocess.run(["cmp", str(expected["vda"]), str(lun)], check=True)
+            said += put_back.stdout + put_back.stderr
+            assert list(Path(tempfile.gettempdir()).glob("virtbackup-secret-*")) == []
+
+            secret.undefine()
+            secret = None
+            gone = to_source(state_dir, row["backup"], tmp_path / "r3")
+            assert_refused(gone, "vda: cannot read the libvirt secret that opens", tmp_path / "r3")
+            dom.undefine()  # the backup's domain.xml does not name the secret
+            unnamed = to_source(state_dir, row["backup"], tmp_path / "r4")
+            message = f"vda: the backup does not say which libvirt secret opens {target.url}"
+            assert_refused(unnamed, message, tmp_path / "r4")
+            said += gone.stdout + gone.stderr + unnamed.stdout + unnamed.stderr
     finally:
-        secret.undefine()
+        if secret is not None:
+            secret.undefine()
     for text in (password, usage):
         assert text not in said
+        for argv in during_backup + during_put_back:
+            assert text.encode() not in argv, argv
         assert text.encode() not in log.read_bytes()
         assert text.encode() not in all_bytes_under(dest), f"{text} in a file of the backup"
+    # qemu-img was seen, given the secret by a file
+    handed = f"secret,id={SECRET_ID},file=".encode()
+    assert any(argv.startswith(b"qemu-img\0") and handed in argv for argv in during_put_back)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def to_source(state_dir: Path, backup_dir: str, to: Path) -> subprocess.CompletedProcess[str]:
+    return virtbackup_in(state_dir, "restore", backup_dir, "--to", str(to), "--to-source")
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], message: str, to: Path) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert message in result.stderr, result.stderr
+    assert not to.exists()  # every source is checked before anything is written
+
+
+def test_restore_to_source_writes_an_nbd_volume_and_a_block_device_back(
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    state_dir: Path,
+    dest: Path,
+    tmp_path: Path,
+) -> None:
+    served = domain_factory.blank_image("put-back.raw", "raw", 16 * MiB)
+    with nbd_server(served, domain_factory.workdir / "put-back.sock") as nbd:
+        dom = domain_factory.create(
+            [DiskSpec("block", 16 * MiB)], hint="put", start=True, devices_xml=nbd.disk_xml("vdb")
+        )
+        device = hypervisor.facts(hypervisor.domain(dom.name())).disks[0].path
+        assert device is not None
+        backing = domain_factory.workdir / "put-disk0.raw"
+        guest_write(dom, "virtio-disk0", 3, 1 * MiB, 4 * MiB)
+        guest_write(dom, "virtio-disk1", 5, 6 * MiB, 3 * MiB)
+        expected = references(
+            dom, {"vda": ["-f", "raw", device], "vdb": ["-f", "raw", nbd.url]}, tmp_path / "ref"
+        )
+        row = api_backup(state_dir, dest, dom.name())
+        to = tmp_path / "r"
+
+        running = to_source(state_dir, row["backup"], to)
+        assert_refused(running, f"{dom.name()} is running: restore --to-source writes only", to)
+        dom.destroy()
+        same_device = (
+            "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source dev='{device}'/><target dev='vda' bus='virtio'/></disk>"
+        )
+        other = domain_factory.create([], hint="other", start=True, devices_xml=same_device)
+        used = to_source(state_dir, row["backup"], to)
+        assert_refused(used, f"vda: {device} is in use by the running domain {other.name()}", to)
+        other.destroy()
+        # scribbled on while shut off: through the NBD server, and on the device itself
+        scribble = ["qemu-io", "-f", "raw", "-c", "write -P 9 0 8M"]
+        subprocess.run([*scribble, nbd.url], check=True, capture_output=True)
+        subprocess.run([*scribble, device], check=True, capture_output=True)
+
+        subprocess.run(["truncate", "-s", str(32 * MiB), str(backing)], check=True)
+        subprocess.run(["losetup", "--set-capacity", device], check=True)
+        grown = to_source(state_dir, row["backup"], to)
+        assert_refused(grown, f"vda: {device} holds {32 * MiB} bytes, the backed-up disk", to)
+        subprocess.run(["truncate", "-s", str(16 * MiB), str(backing)], check=True)
+        subprocess.run(["losetup", "--set-capacity", device], check=True)
+
+        holder = os.open(device, os.O_RDONLY | os.O_EXCL)  # as a mount holds it
+        try:
+            held = to_source(state_dir, row["backup"], to)
+        finally:
+            os.close(holder)
+        assert_refused(held, f"vda: {device} is held by another user", to)
+
+        done = to_source(state_dir, row["backup"], to)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f"vda\twritten into {device}" in done.stdout
+        assert f"vdb\twritten into nbd://unix:{nbd.socket}" in done.stdout
+        assert "the volume is not written" not in done.stderr
+        subprocess.run(["cmp", str(expected["vda"]), device], check=True)
+        subprocess.run(["cmp", str(expected["vdb"]), str(served)], check=True)
+        assert_identical(to, expected)  # the image files are kept as well
+
+
+@pytest.mark.parametrize("overlay_dir", [False, True])
+def test_a_backup_killed_mid_job_on_network_and_block_disks_is_cleaned(
+    domain_factory: DomainFactory,
+    hypervisor: Hypervisor,
+    state_dir: Path,
+    dest: Path,
+    overlay_dir: bool,
+) -> None:
+    served = domain_factory.blank_image("killed.raw", "raw", 32 * MiB)
+    with nbd_server(served, domain_factory.workdir / "killed.sock") as nbd:
+        raw = domain_factory.create(
+            [DiskSpec("block", 32 * MiB)], hint="kill", start=True, devices_xml=nbd.disk_xml("vdb")
+        )
+        for offset in range(0, 32 * MiB, 8 * MiB):
+            guest_write(raw, "virtio-disk0", 1 + offset // MiB, offset, 4 * MiB)
+            guest_write(raw, "virtio-disk1", 2 + offset // MiB, offset, 4 * MiB)
+        dom = hypervisor.domain(raw.name())
+        # qemu writes the scratch files: a directory it can reach
+        scratch_dir = domain_factory.workdir / "overlays" if overlay_dir else Path(SOCKET_DIR)
+        scratch_dir.mkdir(exist_ok=True)
+        options = ("--overlay-dir", str(scratch_dir)) if overlay_dir else ()
+        status = interrupted_mid_job(dom, state_dir, dest, signal.SIGKILL, *options)
+        assert status == -signal.SIGKILL
+        # neither disk is a file: both scratch files are in --overlay-dir, else beside
+        # the job's socket
+        scratch = {p.name.split(".")[0] for p in scratch_dir.glob(f"{dom.uuid}-*.scratch")}
+        assert scratch == {f"{dom.uuid}-vda", f"{dom.uuid}-vdb"}, scratch
+        assert list(Path(SOCKET_DIR).glob(f"{dom.uuid}.*.sock")) != []
+        assert dom.backups.job_xml() is not None
+
+        cleaned = virtbackup_in(state_dir, "clean")
+        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
+        assert "end the backup job" in cleaned.stdout + cleaned.stderr
+        assert_no_job_left(hypervisor, raw.name(), domain_factory.workdir)
+        assert list(scratch_dir.glob(f"{dom.uuid}*")) == []
+        assert raw.state()[0] == 1  # still running
+        assert backup(state_dir, dest, raw.name(), *options)["method"] == "backup-api"
+        assert_no_job_left(hypervisor, raw.name(), domain_factory.workdir)
+        assert list(scratch_dir.glob(f"{dom.uuid}*")) == []
+
+
+def test_restore_to_source_writes_the_sources_of_this_host_only(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    uri = "qemu+ssh://elsewhere.invalid/system"
+    args = ("restore", str(tmp_path / "any"), "--to", str(tmp_path / "r"), "--to-source")
+    refused = virtbackup_in(state_dir, "--connect", uri, *args)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"--to-source writes the sources of this host only, not of {uri}" in refused.stderr
+
+
+# SIGKILL: the test of a backup killed mid-job above
+@pytest.mark.parametrize("signum", [signal.SIGTERM])
 def test_a_signal_mid_job_on_a_network_disk_leaves_nothing_once_clean(
     signum: int,
     domain_factory: DomainFactory,

@@ -252,6 +252,10 @@ def test_with_the_backup_gone_clean_says_how_to_recover(backup: Path, killed: Ki
     [
         ([], "--instant needs --define NAME"),
         (["--define", "x", "--force"], "--instant restores a backup on this host, without --force"),
+        (
+            ["--define", "x", "--to-source"],
+            "--instant runs the domain on new local images: not with --to-source",
+        ),
     ],
 )
 def test_instant_options_that_do_not_go_together(

@@ -52,14 +52,16 @@ def image_info(
     force_share: bool,
     backing_chain: bool = False,
     timeout: float | None = None,
+    objects: tuple[str, ...] = (),
 ) -> ImageInfo:
     """`qemu-img info` of `path` (probing the format when `fmt` is None), killed after
-    `timeout` seconds (INFO_TIMEOUT by default).
+    `timeout` seconds (INFO_TIMEOUT by default); `objects` are qemu objects it needs
+    (`--object secret,...` for a source with credentials).
 
     Raises CommandFailed when qemu-img cannot open the image (CommandTimedOut when it
     hangs on it), UnreadableInfo when its answer cannot be read.
     """
-    argv = ["qemu-img", "info", "--output=json"]
+    argv = ["qemu-img", "info", "--output=json", *objects]
     if backing_chain:
         argv.append("--backing-chain")
     if force_share:
@@ -114,6 +116,12 @@ def rebase_standalone(path: Path) -> None:
     it then no longer has."""
     argv = ["qemu-img", "rebase", "-q", "-f", "qcow2", "-b", "", str(path)]
     runner.run(argv, timeout=COMMIT_TIMEOUT)
+
+
+def write_into(image: str, fmt: str, target: str, objects: tuple[str, ...] = ()) -> None:
+    """Copy `image` into the existing `target` (a device or a qemu name) of the same
+    format and size; holes are written as zeroes, since the target is not blank."""
+    runner.run(["qemu-img", "convert", "-n", *objects, "-f", fmt, "-O", fmt, image, target])
 
 
 def allocated_bytes(path: str) -> int | None:

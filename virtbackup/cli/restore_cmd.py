@@ -1,11 +1,12 @@
-"""`virtbackup restore BACKUP --to DIR [--define NAME [--keep-host-devices]] [--force]
-[--identity FILE] [--remote | --remote-location NAME:PATH] [--host NAME]`."""
+"""`virtbackup restore BACKUP --to DIR [--to-source] [--define NAME [--keep-host-devices]]
+[--force] [--identity FILE] [--remote | --remote-location NAME:PATH] [--host NAME]`."""
 
 import time
 from pathlib import Path
 
 import click
 
+from virtbackup.adapters.hypervisor.connection import is_remote
 from virtbackup.adapters.journal import resolve_state_dir
 from virtbackup.cli.context import DIRECTORY, GlobalOptions, pass_globals
 from virtbackup.cli.progress_view import progress_sink
@@ -31,6 +32,12 @@ from virtbackup.engine.stores.remote import fetched_repository
     help="With --define: keep the backup's host devices, host files and "
     "qemu arguments instead of dropping them (never a disk the backup did not restore).",
 )
+@click.option(
+    "--to-source",
+    is_flag=True,
+    help="Also write each network and block disk back into its own source (the domain "
+    "shut off or undefined, the source's size the disk's).",
+)
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @click.option(
     "--instant",
@@ -46,6 +53,7 @@ def restore_command(
     target: Path,
     define: str | None,
     keep_host_devices: bool,
+    to_source: bool,
     force: bool,
     instant: bool,
     reading: Reading,
@@ -56,6 +64,14 @@ def restore_command(
     anything is written."""
     if keep_host_devices and define is None:
         raise UsageError("--keep-host-devices needs --define NAME")
+    if to_source and is_remote(options.uri):
+        # the sources are opened from this host: a block device here is not one there
+        raise UsageError(
+            f"--to-source writes the sources of this host only, not of {options.uri}",
+            "run the restore on that host",
+        )
+    if instant and to_source:
+        raise UsageError("--instant runs the domain on new local images: not with --to-source")
     remote_name, config, trust = reading.settle(options)
     if instant:
         _instant(
@@ -74,13 +90,17 @@ def restore_command(
             identity=reading.identity,
             trust=trust,
             keep_host_devices=keep_host_devices,
+            to_source=to_source,
         )
     if result.signature.state != SignatureState.UNSIGNED or trust.allowed_signers is not None:
         click.echo(f"signature\t{result.signature.describe()}")
     for image in result.images:
         click.echo(f"{image.target}\t{image.path}")
+    written = {put.target for put in result.written}
+    for put in result.written:
+        click.echo(f"{put.target}\twritten into {put.source}")
     for disk in result.manifest.disks:
-        if is_network_source(disk.source):
+        if is_network_source(disk.source) and disk.target not in written:
             restored = next(i.path for i in result.images if i.target == disk.target)
             hint = put_back_hint(disk.target, disk.source, str(restored), disk.format)
             # the source is the backup's word: shown inert, on one line

@@ -15,15 +15,20 @@ from urllib.parse import urlsplit
 
 from virtbackup.adapters.hypervisor import discovery
 from virtbackup.adapters.hypervisor.bindings import HypervisorError, libvirt_module, message
-from virtbackup.adapters.hypervisor.domain import Domain
+from virtbackup.adapters.hypervisor.domain import Domain, disks_of
 from virtbackup.core.errors import UsageError
 from virtbackup.core.model import DomainFacts
 from virtbackup.core.overlays import rewrite_disk_source
 from virtbackup.core.planning import UnknownDomain, select_domains
+from virtbackup.core.source_write import SecretRef
 
 log = logging.getLogger(__name__)
 
 URI_EXAMPLES = "e.g. qemu:///system or qemu+ssh://HOST/system"
+
+
+class SecretUnreadable(HypervisorError):
+    """A libvirt secret a disk names is unknown, or private (libvirt keeps its value)."""
 
 
 class ConnectFailed(UsageError):
@@ -58,6 +63,45 @@ class Hypervisor:
             return sorted(str(dom.name()) for dom in self._conn.listAllDomains(0))
         except self._libvirt.libvirtError as err:
             raise HypervisorError(f"cannot list the domains: {message(err)}") from None
+
+    def running_disk_locations(self) -> dict[str, set[str]]:
+        """Where the disks of each running or paused domain are (host paths, network
+        URLs), by domain name; a domain that ends while we look is left out."""
+        libvirt = self._libvirt
+        flags = libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE
+        try:
+            handles = self._conn.listAllDomains(flags)
+        except libvirt.libvirtError as err:
+            raise HypervisorError(f"cannot list the running domains: {message(err)}") from None
+        found = {}
+        for handle in handles:
+            try:
+                name, xml = str(handle.name()), str(handle.XMLDesc(0))
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue
+                raise HypervisorError(f"cannot read a domain's XML: {message(err)}") from None
+            disks = disks_of(xml).values()
+            found[name] = {disk.location for disk in disks if disk.location is not None}
+        return found
+
+    def secret_value(self, secret: SecretRef) -> bytes:
+        """The value of a libvirt secret a disk names (by uuid, else by usage);
+        SecretUnreadable when it is unknown, or private (libvirt keeps it to itself)."""
+        libvirt = self._libvirt
+        usage_types = {
+            "iscsi": libvirt.VIR_SECRET_USAGE_TYPE_ISCSI,
+            "ceph": libvirt.VIR_SECRET_USAGE_TYPE_CEPH,
+        }
+        try:
+            if secret.uuid is not None:
+                handle = self._conn.secretLookupByUUIDString(secret.uuid)
+            else:
+                usage_type = usage_types.get(secret.type, libvirt.VIR_SECRET_USAGE_TYPE_NONE)
+                handle = self._conn.secretLookupByUsage(usage_type, secret.usage)
+            return bytes(handle.value())
+        except libvirt.libvirtError as err:
+            raise SecretUnreadable(message(err)) from None
 
     def domain(self, name: str) -> Domain:
         """The domain called `name`; UnknownDomain (exit 2) when there is none."""

@@ -56,6 +56,10 @@ def domain_facts(libvirt: Any, conn: Any, dom: Any, *, local: bool) -> DomainFac
                     on_lv=lv_lookup.on_lv(disk.source_type, disk.path),
                     lv=lv_lookup.lv_name(disk.source_type, disk.path),
                 )
+        elif disk.probe_error is None and disk.network is not None and live:
+            # qemu knows a network disk's size; the manifest records it for restore
+            # --to-source to compare with the volume's
+            disk = _probe(libvirt, dom, disk, live=live, local=local)
         disks.append(disk)
     return DomainFacts(
         name=dom.name(),

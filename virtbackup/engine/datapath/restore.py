@@ -27,7 +27,9 @@ from virtbackup.core.restore_xml import (
     domain_xml_for_restore,
 )
 from virtbackup.core.signature import SignatureCheck, SignatureState
+from virtbackup.core.source_write import SourceTarget
 from virtbackup.engine.datapath.repository_reader import RepositoryDisk, repository_disk
+from virtbackup.engine.datapath.source_restore import checked_sources, write_sources
 from virtbackup.engine.datapath.stream_reader import (
     StreamIndex,
     check_index_matches,
@@ -65,6 +67,7 @@ class RestoreResult:
     domain_uuid: str | None  # of the domain defined with --define
     signature: SignatureCheck = SignatureCheck(SignatureState.UNSIGNED)
     dropped: tuple[str, ...] = ()  # host resources left out of that domain
+    written: tuple[SourceTarget, ...] = ()  # sources written back (to_source)
 
 
 def restored_file_name(disk: DiskRecord) -> str:
@@ -82,6 +85,7 @@ def restore_backup(
     identity: Path | None = None,
     trust: Trust = NO_SIGNERS,
     keep_host_devices: bool = False,
+    to_source: bool = False,
 ) -> RestoreResult:
     """Check everything that can be checked first, then write each disk to a hidden
     file in `to_dir` and rename it into place only when complete. A backup on a remote
@@ -89,7 +93,9 @@ def restore_backup(
     its index before the file is renamed. A bad signature (or a missing one where `trust`
     expects it) stops it before anything is written. The domain defined with `define_as`
     gets the restored disks and no host resources unless `keep_host_devices`
-    (core/guest_only.py)."""
+    (core/guest_only.py). With `to_source`, each network and block disk is then also
+    written into its own source, every source checked before anything is written
+    (engine/datapath/source_restore.py)."""
     if define_as is not None:
         check_domain_name(define_as)
     files = LocalFiles(backup) if isinstance(backup, Path) else backup
@@ -110,6 +116,7 @@ def restore_backup(
         blank = {disk.target: RestoredDisk(str(path), disk.format) for disk, path in restored}
         _new_domain(opened, domain_xml, define_as, blank, keep_host_devices)  # fails early
         ensure_name_free(uri, define_as)
+    sources = checked_sources(manifest, opened.domain_xml(), uri) if to_source else []
     _make_dir(to_dir)
     images = []
     dir_fd = _open_dir(to_dir)
@@ -120,8 +127,10 @@ def restore_backup(
             images.append(RestoredImage(disk.target, path, disk.format))
     finally:
         os.close(dir_fd)
+    write_sources(sources, {image.target: image.path for image in images}, uri)
+    written = tuple(sources)
     if define_as is None or domain_xml is None:
-        return RestoreResult(manifest, tuple(images), None, opened.signature)
+        return RestoreResult(manifest, tuple(images), None, opened.signature, written=written)
     # Only now are the images' own headers known, and the host files they name.
     final = {
         disk.target: RestoredDisk(str(path), disk.format, _image_references(path, disk.format))
@@ -130,7 +139,7 @@ def restore_backup(
     new = _new_domain(opened, domain_xml, define_as, final, keep_host_devices)
     with connect(uri) as hypervisor:
         uuid = hypervisor.define(new.xml)
-    return RestoreResult(manifest, tuple(images), uuid, opened.signature, new.dropped)
+    return RestoreResult(manifest, tuple(images), uuid, opened.signature, new.dropped, written)
 
 
 def ensure_name_free(uri: str, name: str) -> None:
