@@ -1,10 +1,12 @@
 """Configuration and listings for the tests of offsite copies."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from harness.cli import virtbackup_in
 from harness.remotes import RemoteServer
 
 from virtbackup.adapters import rclone
@@ -49,3 +51,18 @@ def start_backup(state_dir: Path, config: Path, domain: str) -> subprocess.Popen
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def backup(state_dir: Path, config: Path, domain: str, log: Path) -> Path:
+    """One backup with its offsite copy; the local backup directory."""
+    result = virtbackup_in(
+        state_dir, "--config", str(config), "-v", "--log-file", str(log), "backup", domain, "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["domains"]
+    assert (row["result"], row["offsite"]) == ("ok", "copied"), row
+    return Path(row["backup"])
+
+
+def index_lines(backup_dir: Path) -> set[str]:
+    return set((backup_dir / "vda.raw.idx").read_text().split())
