@@ -529,6 +529,28 @@ def purge(remote: Remote, path: str) -> None:
     _rclone(remote, ["purge", target], what=f"purge {target}", tolerate=[DIRECTORY_NOT_FOUND])
 
 
+def clock_offset(remote: Remote, path: str) -> float:
+    """Seconds the remote's clock runs ahead of this host's (negative: behind), to about
+    a second: a small file `path` is written, the time the server gave it is read back
+    (--use-server-modtime), and the file removed. Backends that keep the time rclone
+    sets rather than their own (SFTP, local) answer with this host's time: about 0."""
+    before = datetime.now().timestamp()
+    write_text(remote, path, "")
+    after = datetime.now().timestamp()
+    try:
+        target = remote.path(path)
+        args = ["lsjson", target, "--use-server-modtime", "--no-mimetype"]
+        result = _rclone(remote, args, what=f"lsjson {target}")
+        (item,) = _json(result.stdout, f"lsjson {target}")
+        written = datetime.fromisoformat(str(item["ModTime"])).timestamp()
+    except ValueError:
+        raise RemoteError(f"rclone lsjson {remote.path(path)} gave no time it can read") from None
+    finally:
+        delete_file(remote, path)
+    # S3 keeps whole seconds: the upload happened somewhere in [before, after].
+    return written - (before + after) / 2
+
+
 def delete_listed(remote: Remote, path: str, names: Sequence[str]) -> None:
     """Remove the files `names` (relative to `path`), several at a time; one that is
     already gone is fine."""

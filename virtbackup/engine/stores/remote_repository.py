@@ -176,7 +176,7 @@ class RemoteRepository:
         description and secrets another host's backups rely on. A secret already there
         is kept: one with the same name opens to the same secret, as the ids match."""
         ours = chunks.config
-        theirs = self._remote_config()
+        theirs = remote_config(self.remote)
         if theirs is not None and (
             (theirs.chunk_size, theirs.chunk_names) != (ours.chunk_size, ours.chunk_names)
             or theirs.secret_id not in (None, ours.secret_id)
@@ -192,18 +192,6 @@ class RemoteRepository:
             str(path.relative_to(chunks.root)) for path in chunks.root.glob(f"{SECRETS_DIR}/*.age")
         ]
         rclone.copy_listed(self.remote, chunks.root, REPOSITORY_DIR, secrets, TRANSFERS, keep=True)
-
-    def _remote_config(self) -> RepositoryConfig | None:
-        """The remote repository's description; None when it has none yet."""
-        path = f"{REPOSITORY_DIR}/{CONFIG_FILE}"
-        if not rclone.list_file_sizes(self.remote, REPOSITORY_DIR, [f"+ /{CONFIG_FILE}", "- **"]):
-            return None
-        try:
-            return parse_config(rclone.read_text(self.remote, path))
-        except (RepositoryFormatError, UnicodeDecodeError) as err:
-            raise RemoteError(
-                f"{self.remote.path(path)} is not a repository description: {err}"
-            ) from None
 
     def _send(
         self, chunks: ChunkStore, remote_dir: str, names: list[str], cache: RemoteChunkCache
@@ -245,6 +233,24 @@ class RemoteRepository:
         self._send(chunks, remote_dir, lost, cache)
         cache.save()
         return lost
+
+
+def remote_config(remote: rclone.Remote) -> RepositoryConfig | None:
+    """The remote repository's description; None when it has none yet; RemoteError for
+    one this version cannot read."""
+    path = f"{REPOSITORY_DIR}/{CONFIG_FILE}"
+    if not rclone.list_file_sizes(remote, REPOSITORY_DIR, [f"+ /{CONFIG_FILE}", "- **"]):
+        return None
+    try:
+        return parse_config(rclone.read_text(remote, path))
+    except (RepositoryFormatError, UnicodeDecodeError) as err:
+        raise RemoteError(f"{remote.path(path)} is not a repository description: {err}") from None
+
+
+def remote_secrets(remote: rclone.Remote) -> list[str]:
+    """The encrypted secrets of the remote repository (secrets/<id>.age)."""
+    listed = rclone.list_file_sizes(remote, REPOSITORY_DIR, [f"+ /{SECRETS_DIR}/*.age", "- **"])
+    return sorted(listed)
 
 
 def _named_chunks(store: LocalStore, backup: Path) -> set[str]:
