@@ -46,10 +46,12 @@ def gc_command(
     With --remote, the chunks of the remote repository that no index of any host's
     backup there names and that are older than the grace; safe while other hosts
     upload: chunks are set aside first and put back if a new backup names them
-    (see engine/stores/remote_gc.py).
+    (see engine/stores/remote_gc.py). --host does not apply: every host's backups count.
     """
     config = load_settings(options)
-    offsite = remote_store(chosen_remote(remote, remote_location), host, config)
+    # A gc run's fossils go below this host's own name whatever --host says: only its
+    # own lock tells that an earlier run under that name is dead (remote_gc.py).
+    offsite = remote_store(chosen_remote(remote, remote_location), None, config)
     if offsite is not None:
         state_dir = resolve_state_dir(options.state_dir)
         found = collect_remote_garbage(
