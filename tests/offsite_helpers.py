@@ -43,8 +43,13 @@ def dense_image(path: Path, size: int) -> Path:
 
 def start_backup(state_dir: Path, config: Path, domain: str) -> subprocess.Popen[bytes]:
     """`virtbackup backup DOMAIN` in a session of its own, to be killed with its rclone."""
+    return start_virtbackup(state_dir, config, "backup", domain)
+
+
+def start_virtbackup(state_dir: Path, config: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`virtbackup ARGS` in a session of its own, to be killed with its rclone."""
     return subprocess.Popen(
-        [sys.executable, "-m", "virtbackup", "--config", str(config), "backup", domain],
+        [sys.executable, "-m", "virtbackup", "--config", str(config), *args],
         env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

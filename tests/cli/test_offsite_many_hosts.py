@@ -4,16 +4,25 @@ of its own with `host = ...`, back up clones of one template while a fourth runs
 afterwards, a gc killed between setting chunks aside and sweeping is settled by the next
 run, and a host whose repository has other settings is refused."""
 
+import hashlib
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from harness.cli import virtbackup_in
 from harness.images import MiB
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.remotes import RemoteServer
-from offsite_helpers import backup, index_lines, offsite_config, start_backup
+from offsite_helpers import (
+    backup,
+    index_lines,
+    offsite_config,
+    start_backup,
+    start_virtbackup,
+)
 
 from virtbackup.adapters import rclone
 
@@ -75,16 +84,41 @@ def test_three_hosts_back_up_while_a_fourth_collects_garbage_and_every_backup_ve
     assert [child.wait() for child in children] == [0, 0, 0]
     assert sum(run["removed"] + run["put_back"] for run in runs) >= len(garbage)
 
-    named: set[str] = set()
-    for state, config, dom in hosts.values():
-        local = sorted((config.parent / "dest" / dom).iterdir())[-1]
-        assert local.name in remote_stamps(state, config)
-        verified = verify_remote(state, config, f"{dom}/{local.name}")
-        assert verified.returncode == 0, verified.stderr
-        named |= index_lines(local)
-    held = set(rclone.list_file_sizes(s3_remote.remote, CHUNKS))
-    assert named <= held and len(named) == 2 + 3  # the template's two chunks are shared
-    assert rclone.list_entries(s3_remote.remote, FOSSILS) == []
+    def every_backup_verifies() -> set[str]:
+        """The chunks the hosts' newest backups name, once each verifies from the remote."""
+        named: set[str] = set()
+        for state, config, dom in hosts.values():
+            local = sorted((config.parent / "dest" / dom).iterdir())[-1]
+            assert local.name in remote_stamps(state, config)
+            verified = verify_remote(state, config, f"{dom}/{local.name}")
+            assert verified.returncode == 0, verified.stderr
+            named |= index_lines(local)
+        assert rclone.list_entries(s3_remote.remote, FOSSILS) == []
+        return named
+
+    named = every_backup_verifies()
+    assert named <= set(rclone.list_file_sizes(s3_remote.remote, CHUNKS))
+    assert len(named) == 2 + 3  # the template's two chunks are shared
+
+    # a gc killed with kill -9 as soon as it sets chunks aside, then run again
+    litter = tmp_path / "litter"
+    names = []
+    for number in range(300):
+        data = number.to_bytes(4, "big") * 256
+        digest = hashlib.sha256(data).hexdigest()
+        (litter / digest[:2]).mkdir(parents=True, exist_ok=True)
+        (litter / digest[:2] / digest).write_bytes(data)
+        names.append(f"{digest[:2]}/{digest}")
+    rclone.copy_listed(s3_remote.remote, litter, CHUNKS, names, transfers=16)
+    child = start_virtbackup(tmp_path / "gc-state", collector, "gc", "--remote")
+    while child.poll() is None and not rclone.list_entries(s3_remote.remote, f"{FOSSILS}/host-d"):
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    again = virtbackup_in(tmp_path / "gc-state", "--config", str(collector), "gc", "--remote")
+    assert again.returncode == 0, again.stderr
+    assert set(rclone.list_file_sizes(s3_remote.remote, CHUNKS)) == named
+    assert every_backup_verifies() == named
 
     # host-d's gc killed between steps 2 and 3, as a backup of host-b went up meanwhile:
     # one chunk host-b names is set aside, the sweep never ran.
