@@ -1,11 +1,13 @@
 """Configuration and listings for the tests of offsite copies."""
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from harness.cli import virtbackup_in
 from harness.remotes import RemoteServer
 
 from virtbackup.adapters import rclone
@@ -42,8 +44,13 @@ def dense_image(path: Path, size: int) -> Path:
 
 def start_backup(state_dir: Path, config: Path, domain: str) -> subprocess.Popen[bytes]:
     """`virtbackup backup DOMAIN` in a session of its own, to be killed with its rclone."""
+    return start_virtbackup(state_dir, config, "backup", domain)
+
+
+def start_virtbackup(state_dir: Path, config: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`virtbackup ARGS` in a session of its own, to be killed with its rclone."""
     return subprocess.Popen(
-        [sys.executable, "-m", "virtbackup", "--config", str(config), "backup", domain],
+        [sys.executable, "-m", "virtbackup", "--config", str(config), *args],
         env={**os.environ, "VIRTBACKUP_STATE_DIR": str(state_dir)},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -63,3 +70,18 @@ def wait_for_upload(
     while sum(p.stat().st_size for p in where.glob("*/*")) < amount:
         assert time.monotonic() < deadline and child.poll() is None, "no upload seen"
         time.sleep(0.1)
+
+
+def backup(state_dir: Path, config: Path, domain: str, log: Path) -> Path:
+    """One backup with its offsite copy; the local backup directory."""
+    result = virtbackup_in(
+        state_dir, "--config", str(config), "-v", "--log-file", str(log), "backup", domain, "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = json.loads(result.stdout)["domains"]
+    assert (row["result"], row["offsite"]) == ("ok", "copied"), row
+    return Path(row["backup"])
+
+
+def index_lines(backup_dir: Path) -> set[str]:
+    return set((backup_dir / "vda.raw.idx").read_text().split())

@@ -20,7 +20,9 @@ from harness.images import MiB, build_fs_image
 from harness.libvirtd import DiskSpec, DomainFactory
 from harness.remotes import RemoteServer
 from offsite_helpers import (
+    backup,
     dense_image,
+    index_lines,
     offsite_config,
     remote_files,
     start_backup,
@@ -32,21 +34,6 @@ from virtbackup.adapters.locks import remote_repository_lock
 
 CHUNKS = ".virtbackup-repository/chunks"
 SEALED = ".virtbackup-repository/sealed-chunks"
-
-
-def backup(state_dir: Path, config: Path, domain: str, log: Path) -> Path:
-    """One backup with its offsite copy; the local backup directory."""
-    result = virtbackup_in(
-        state_dir, "--config", str(config), "-v", "--log-file", str(log), "backup", domain, "--json"
-    )
-    assert result.returncode == 0, result.stderr
-    (row,) = json.loads(result.stdout)["domains"]
-    assert (row["result"], row["offsite"]) == ("ok", "copied"), row
-    return Path(row["backup"])
-
-
-def index_lines(backup_dir: Path) -> set[str]:
-    return set((backup_dir / "vda.raw.idx").read_text().split())
 
 
 def restore_from_remote(

@@ -287,6 +287,28 @@ def test_encryption_and_remote_findings() -> None:
     assert one(findings, "remote").severity == Severity.BLOCKER
     assert "refused" in one(findings, "remote").text and blocks_backups(findings)
     assert not [f for f in host_findings(HEALTHY_HOST, 0) if f.check in ("encrypt", "remote")]
+    assert not [
+        f
+        for f in host_findings(replace(HEALTHY_HOST, offsite=broken), 0)
+        if f.check.startswith("remote-")
+    ]  # a remote that does not answer: one finding
+
+
+@pytest.mark.parametrize(
+    ("offset", "problem", "severity", "words"),
+    [
+        (-3.0, None, Severity.INFO, "within 60 s of this host's (-3 s)"),
+        (-600.0, None, Severity.WARNING, "600 s behind this host's"),
+        (90.0, None, Severity.WARNING, "90 s ahead of this host's"),
+        (None, "access denied", Severity.WARNING, "could not be compared"),
+    ],
+)
+def test_the_remote_clock_finding(
+    offset: float | None, problem: str | None, severity: Severity, words: str
+) -> None:
+    offsite = OffsiteFacts(remote="offsite:vb", clock_offset=offset, clock_problem=problem)
+    finding = one(host_findings(replace(HEALTHY_HOST, offsite=offsite), 0), "remote-clock")
+    assert finding.severity == severity and words in finding.text, finding
 
 
 @pytest.mark.parametrize(

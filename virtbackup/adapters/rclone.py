@@ -259,15 +259,22 @@ def copy_dir(remote: Remote, local_dir: Path, path: str, exclude: Sequence[str] 
 
 
 def copy_listed(
-    remote: Remote, local_dir: Path, path: str, names: Sequence[str], transfers: int = 8
+    remote: Remote,
+    local_dir: Path,
+    path: str,
+    names: Sequence[str],
+    transfers: int = 8,
+    keep: bool = False,
 ) -> None:
     """Copy the files `names` (relative to `local_dir`) to `path`, `transfers` at a time.
 
     The remote is not listed first (--no-traverse): each named file is looked up on its
     own, and one whose size and modification time match is skipped, so the cost follows
     the number of names, not of what the remote holds. A file cut off by a killed upload
-    has another size and is sent again."""
-    _copy_named(remote, str(local_dir), remote.path(path), names, transfers)
+    has another size and is sent again. With `keep`, a file already there is never
+    replaced."""
+    extra = ["--ignore-existing"] if keep else []
+    _copy_named(remote, str(local_dir), remote.path(path), names, transfers, extra=extra)
 
 
 def fetch_listed(
@@ -284,13 +291,34 @@ def fetch_listed(
         )
 
 
+def copy_within(
+    remote: Remote,
+    path: str,
+    target: str,
+    names: Sequence[str],
+    transfers: int = 8,
+    move: bool = False,
+) -> None:
+    """Copy (with `move`, move) the files `names` from `path` to `target` on the same
+    remote, server-side where the backend can. A named file that is not there is
+    skipped; a move removes each source only once its copy is whole."""
+    command = "move" if move else "copy"
+    _copy_named(remote, remote.path(path), remote.path(target), names, transfers, command=command)
+
+
 def _copy_named(
-    remote: Remote, source: str, target: str, names: Sequence[str], transfers: int
+    remote: Remote,
+    source: str,
+    target: str,
+    names: Sequence[str],
+    transfers: int,
+    command: str = "copy",
+    extra: Sequence[str] = (),
 ) -> None:
     if not names:
         return
     with _files_from(names) as listing:
-        args = ["copy", source, target, *listing, "--no-traverse"]
+        args = [command, source, target, *listing, "--no-traverse", *extra]
         args += [f"--transfers={transfers}", f"--checkers={transfers}"]
         _rclone(remote, args, what=f"copy to {target}", transfer=True)
 
@@ -499,6 +527,28 @@ def purge(remote: Remote, path: str) -> None:
     """Remove the directory `path` and everything in it; a missing one is fine."""
     target = remote.path(path)
     _rclone(remote, ["purge", target], what=f"purge {target}", tolerate=[DIRECTORY_NOT_FOUND])
+
+
+def clock_offset(remote: Remote, path: str) -> float:
+    """Seconds the remote's clock runs ahead of this host's (negative: behind), to about
+    a second: a small file `path` is written, the time the server gave it is read back
+    (--use-server-modtime), and the file removed. Backends that keep the time rclone
+    sets rather than their own (SFTP, local) answer with this host's time: about 0."""
+    before = datetime.now().timestamp()
+    write_text(remote, path, "")
+    after = datetime.now().timestamp()
+    try:
+        target = remote.path(path)
+        args = ["lsjson", target, "--use-server-modtime", "--no-mimetype"]
+        result = _rclone(remote, args, what=f"lsjson {target}")
+        (item,) = _json(result.stdout, f"lsjson {target}")
+        written = datetime.fromisoformat(str(item["ModTime"])).timestamp()
+    except ValueError:
+        raise RemoteError(f"rclone lsjson {remote.path(path)} gave no time it can read") from None
+    finally:
+        delete_file(remote, path)
+    # S3 keeps whole seconds: the upload happened somewhere in [before, after].
+    return written - (before + after) / 2
 
 
 def delete_listed(remote: Remote, path: str, names: Sequence[str]) -> None:

@@ -44,14 +44,19 @@ def gc_command(
     stops gc before anything is removed. `prune` runs gc itself.
 
     With --remote, the chunks of the remote repository that no index of any host's
-    backup there names and that are older than the grace; run it where no other host
-    uploads meanwhile (see engine/stores/remote_gc.py).
+    backup there names and that are older than the grace; safe while other hosts
+    upload: chunks are set aside first and put back if a new backup names them
+    (see engine/stores/remote_gc.py). --host does not apply: every host's backups count.
     """
     config = load_settings(options)
-    offsite = remote_store(chosen_remote(remote, remote_location), host, config)
+    # A gc run's fossils go below this host's own name whatever --host says: only its
+    # own lock tells that an earlier run under that name is dead (remote_gc.py).
+    offsite = remote_store(chosen_remote(remote, remote_location), None, config)
     if offsite is not None:
         state_dir = resolve_state_dir(options.state_dir)
-        found = collect_remote_garbage(offsite.remote, state_dir, config.gc_grace, dry_run)
+        found = collect_remote_garbage(
+            offsite.remote, state_dir, offsite.host, config.gc_grace, dry_run
+        )
         print_remote_gc(found, offsite.remote.location, as_json)
         return ExitCode.OK
     dest = chosen_dest(dest, config)

@@ -76,4 +76,5 @@ def print_remote_gc(result: RemoteGcResult, where: str, as_json: bool) -> None:
         f"gc of the remote repository at {where}: {verb} {result.removed} chunks "
         f"({human_size(result.removed_bytes)}); kept {result.named} that backups name and "
         f"{result.young} younger than the grace"
+        + (f"; put back {result.put_back} a new backup names" if result.put_back else "")
     )

@@ -67,6 +67,13 @@ class OffsiteFacts:
     encrypt_problem: str | None = None
     remote: str | None = None  # rclone location
     remote_problem: str | None = None
+    # The repository on the remote, looked at when the remote answers:
+    repository_version: int | None = None  # None: no repository there (yet)
+    repository_secrets: int = 0  # encrypted secrets there
+    repository_encrypted: bool = False  # it holds sealed chunks
+    repository_problem: str | None = None  # its description cannot be read
+    clock_offset: float | None = None  # seconds the remote's clock is ahead of ours
+    clock_problem: str | None = None  # why it could not be measured
     sign_key: str | None = None  # the signing key, when backups are to be signed
     sign_problem: str | None = None  # why it cannot sign
 

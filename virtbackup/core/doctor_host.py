@@ -124,7 +124,88 @@ def _offsite_findings(offsite: OffsiteFacts) -> list[Finding]:
             "settings; local backups are still made, but each run exits 1",
             answers if offsite.remote is not None else None,
         )
+        + _remote_repository_findings(offsite)
     )
+
+
+CLOCK_TOLERANCE = 60.0  # seconds: grace periods (gc_grace) are minutes
+
+
+def _remote_repository_findings(offsite: OffsiteFacts) -> list[Finding]:
+    """The repository on a remote that answers: readable, its secret there when it
+    holds encrypted chunks, and a clock close to ours."""
+    if offsite.remote is None or offsite.remote_problem is not None:
+        return []
+    where = f"the remote repository at {offsite.remote}"
+    if offsite.repository_problem is not None:
+        found = [
+            Finding(
+                Severity.BLOCKER,
+                "remote-repository",
+                f"offsite copies of repository backups fail: {offsite.repository_problem}",
+                "upgrade virtbackup on this host, or point [remote] at another location",
+            )
+        ]
+    elif offsite.repository_version is None:
+        found = [
+            Finding(
+                Severity.INFO,
+                "remote-repository",
+                f"{where} does not exist yet: the first repository backup makes it",
+            )
+        ]
+    else:
+        found = [
+            Finding(
+                Severity.INFO,
+                "remote-repository",
+                f"{where} is version {offsite.repository_version}, which this version reads",
+            )
+        ]
+    if offsite.repository_encrypted and offsite.repository_secrets == 0:
+        found.append(
+            Finding(
+                Severity.BLOCKER,
+                "remote-secret",
+                f"{where} holds encrypted chunks but no secret (secrets/*.age): "
+                "no host can restore them from there",
+                "run a backup with encrypt set on the host whose repository made them: "
+                "its offsite copy sends the secret first",
+            )
+        )
+    if offsite.clock_problem is not None:
+        found.append(
+            Finding(
+                Severity.WARNING,
+                "remote-clock",
+                f"the remote's clock could not be compared with this host's: "
+                f"{offsite.clock_problem}",
+            )
+        )
+    elif offsite.clock_offset is not None:
+        offset = offsite.clock_offset
+        direction = "ahead of" if offset > 0 else "behind"
+        if abs(offset) > CLOCK_TOLERANCE:
+            found.append(
+                Finding(
+                    Severity.WARNING,
+                    "remote-clock",
+                    f"the remote's clock is {abs(offset):.0f} s {direction} this host's: "
+                    "grace periods (gc_grace) measured against times the remote keeps "
+                    "are off by as much",
+                    "synchronise the clocks (chrony or systemd-timesyncd on both sides)",
+                )
+            )
+        else:
+            found.append(
+                Finding(
+                    Severity.INFO,
+                    "remote-clock",
+                    f"the remote's clock is within {CLOCK_TOLERANCE:.0f} s of this host's "
+                    f"({offset:+.0f} s)",
+                )
+            )
+    return found
 
 
 def _blocker_or_info(

@@ -6,6 +6,7 @@ hole-punching test runs on an unnamed scratch file beside the image.
 """
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -30,10 +31,13 @@ from virtbackup.core.errors import VirtbackupError
 from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
 from virtbackup.core.planning import DomainPlan, PlanOptions, plan_domain
 from virtbackup.core.xml_secrets import SecretsError, secrets_in
+from virtbackup.engine.stores.remote_repository import remote_config, remote_secrets
 
 log = logging.getLogger(__name__)
 
 # (program, Debian package): what backups, restores with stock tools and LVM need.
+CLOCK_PROBE = ".virtbackup-clock-probe"  # on the remote, removed at once
+
 PROGRAMS = (("qemu-img", "qemu-utils"), ("lz4", "lz4"), ("lvcreate", "lvm2"))
 
 Connector = Callable[[str], AbstractContextManager[Hypervisor]]
@@ -102,9 +106,33 @@ def _offsite_facts(encrypt: Path | None, remote: Remote | None) -> OffsiteFacts:
         facts = replace(facts, remote=remote.location)
         try:
             rclone.check_config(remote)
-            rclone.list_entries(remote, "")  # reads only: doctor changes nothing
+            rclone.list_entries(remote, "")
         except VirtbackupError as err:
-            facts = replace(facts, remote_problem=str(err))
+            return replace(facts, remote_problem=str(err))
+        facts = _remote_repository_facts(facts, remote)
+    return facts
+
+
+def _remote_repository_facts(facts: OffsiteFacts, remote: Remote) -> OffsiteFacts:
+    """The remote repository's version and secrets, and how far the remote's clock is
+    from ours. Measuring the clock writes one empty file beside the backups and removes
+    it: the only thing doctor writes."""
+    try:
+        config = remote_config(remote)
+        if config is not None:
+            facts = replace(
+                facts,
+                repository_version=config.version,
+                repository_encrypted=config.secret_id is not None,
+                repository_secrets=len(remote_secrets(remote)),
+            )
+    except VirtbackupError as err:
+        facts = replace(facts, repository_problem=str(err))
+    try:
+        probe = f"{CLOCK_PROBE}-{os.getpid()}"
+        facts = replace(facts, clock_offset=rclone.clock_offset(remote, probe))
+    except VirtbackupError as err:
+        facts = replace(facts, clock_problem=str(err))
     return facts
 
 

@@ -22,7 +22,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -177,13 +177,16 @@ class RemoteStore:
         size = sum(n for name, n in files.sizes().items() if name != VERIFIED)
         return describe_backup(domain, stamp, files, files.label, size, now)
 
-    def upload(self, backup: Path) -> str:
-        """Copy a complete local backup; its manifest goes last, once the rest is checked.
-        Resumes an interrupted upload of the same backup (whole files are skipped)."""
+    def upload(self, backup: Path, before_manifest: Callable[[], None] | None = None) -> str:
+        """Copy a complete local backup; its manifest goes last, once the rest is checked
+        (and `before_manifest` has run). Resumes an interrupted upload of the same backup
+        (whole files are skipped)."""
         target = self.backup_path(backup.parent.name, backup.name)
         later = [f"/{MANIFEST}", f"/{VERIFIED}"]
         rclone.copy_dir(self.remote, backup, target, exclude=later)
         rclone.check_dir(self.remote, backup, target, exclude=later)
+        if before_manifest is not None:
+            before_manifest()
         rclone.copy_file(self.remote, backup / MANIFEST, f"{target}/{MANIFEST}")
         return self.remote.path(target)
 
@@ -243,8 +246,8 @@ def ship(remote: RemoteStore, store: LocalStore, domain: str, state_dir: Path) -
             if holds_index(backup.path):
                 with remote_repository_lock(state_dir, shared=True):
                     repository = RemoteRepository(remote.remote, state_dir / CHUNK_CACHE_DIR)
-                    repository.upload_chunks(store, backup.path)
-                    shipped.append(remote.upload(backup.path))
+                    confirm = repository.upload_chunks(store, backup.path)
+                    shipped.append(remote.upload(backup.path, before_manifest=confirm))
             else:
                 shipped.append(remote.upload(backup.path))
             log.info("%s: copied %s offsite", domain, backup.stamp)

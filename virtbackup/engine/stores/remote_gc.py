@@ -1,35 +1,58 @@
 """Garbage collection of the remote repository (`gc --remote`): remove the chunks on the
-remote (engine/stores/remote_repository.py) that no remote backup names.
+remote (engine/stores/remote_repository.py) that no remote backup names, while any host
+may be uploading, with no lock service: object storage has neither locks nor an atomic
+rename, so the scheme needs neither.
 
-1. cutoff = this host's clock now - grace.
-2. List every chunk of chunks/ and sealed-chunks/ with its time.
-3. Mark: read every index of every backup directory of every host on the remote,
-   complete or not. An index that cannot be read stops gc before anything is removed:
-   a damaged backup must not make its chunks look unused.
-4. Sweep: a chunk no index names and whose time is before the cutoff is removed.
+A run of gc on host H, holding H's own lock of the remote repository exclusively:
+0. Settle what an earlier run of H left (it was killed): step 3 for each of its fossil
+   directories. Only H's own: the lock says no other run of H is alive, while another
+   host's run may still be between its steps 1 and 3.
+1. Mark: list the chunks with their times; read every index of every backup directory
+   of every host, complete or not. Candidates: the chunks no index names whose time is
+   older than cutoff = now - grace. An index that cannot be read stops gc before
+   anything moves.
+2. Set aside: move the candidates into a fossil directory of this run,
+   .virtbackup-repository/fossils/<H>/<run>/ (rclone move: each source is removed only
+   once its copy is whole; a candidate already gone is skipped).
+3. Sweep, once every move of step 2 has ended: read every index again; copy each fossil
+   some index names back into the chunk directory, then remove the fossil directory.
 
-Why a chunk some backup needs survives:
-- a complete remote backup: its manifest goes up after its indexes, so step 3 reads
-  its index whenever gc can see the backup at all;
-- an upload of this host in progress: uploads hold this host's lock of the remote
-  repository shared, gc holds it exclusively (adapters/locks.remote_repository_lock),
-  so the two never overlap; an upload killed before its index went up protects
-  nothing, and the next upload checks every chunk the cache vouches for, and sends
-  again what gc took;
-- an upload of another host sharing the remote: each chunk it sends takes the time of
-  its upload (the local chunk is marked as used just before), so it stays while younger
-  than the grace. It is safe when that host's whole upload, from its first chunk to its
-  index, takes less than the grace and the two clocks differ by less than the rest.
-Not covered yet: another host's upload that reuses a chunk older than the grace that
-no index names any more, when gc reads the indexes before that upload's index is up.
-Until backups of many hosts share one repository safely (in-progress markers per host,
-a two-phase sweep), run remote gc where no other host is uploading.
+The upload's side (RemoteRepository): it sends the chunks the remote lacks, then the
+indexes, and only then checks that every chunk its indexes name is in the chunk
+directory, sending again what is not; the manifest goes last.
+
+Why no chunk that a backup names is ever lost. Say chunk C leaves the chunk directory
+in step 2 of a run R (at time x) and an upload U names C in its index (visible from
+time i), U's check of C happening at v > i. Step 3 of R reads the indexes at r > x.
+- i < r: step 3 sees U's index, and copies C back.
+- i > r: then v > i > r > x, so U's check finds C missing and sends it again.
+In both cases C is in the chunk directory when U's manifest goes up, and the fossil
+R removes was a copy. Chunks never change (a name is the hash of its bytes), so it does
+not matter which host's copy of C is the one that stays. A chunk that comes back in
+the chunk directory leaves it again only through another run, whose own step 3 reads
+U's index. Runs of different hosts may overlap: each removes only its own fossils, and
+the argument holds for each run alone. A killed run leaves its fossils, which the next
+run of the same host settles (step 0): its step 2 has ended, as the run is dead.
+
+What this needs of the remote: a listing or a read made after a write or a delete has
+finished shows it (S3 has had read-after-write consistency since 2020; MinIO, Ceph RGW
+in one site, SFTP and FTP servers give it too). It needs nothing of the clocks: the
+grace (chunks younger than it are not candidates) only spares a host's upload in
+progress the cost of sending its fresh chunks twice, and the chunk times are those of
+the uploading hosts' clocks (rclone keeps the local file's time), so clocks that differ
+by more than the grace cost transfers, never data.
+
+What it does not cover: a restore that reads a backup just as a run set one of its
+chunks aside (a backup finished between steps 1 and 2) finds that chunk missing until
+step 3 puts it back: run it again. A host that dies for good between steps 2 and 3
+leaves its fossil directory: remove it by hand once no upload of that time runs.
 
 Removing chunks changes what this host's cache of remote chunk names should hold: the
 caches are dropped, and the next upload lists the remote again.
 """
 
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -57,7 +80,9 @@ from virtbackup.engine.stores.remote_repository import (
 
 log = logging.getLogger(__name__)
 
-DELETE_BATCH = 5000  # chunks per rclone delete
+FOSSILS_DIR = "fossils"  # in the remote repository: the chunks a gc run set aside
+MOVE_BATCH = 5000  # chunks per rclone move
+TRANSFERS = 16  # server-side moves in flight
 
 
 @dataclass(frozen=True)
@@ -67,15 +92,21 @@ class RemoteGcResult:
     young: int  # not named, but younger than the grace
     removed: int
     removed_bytes: int
+    put_back: int  # set aside, but an index that went up meanwhile names them
     dry_run: bool
 
 
 def collect_remote_garbage(
-    remote: rclone.Remote, state_dir: Path, grace: float, dry_run: bool = False
+    remote: rclone.Remote, state_dir: Path, host: str, grace: float, dry_run: bool = False
 ) -> RemoteGcResult:
     """Remove the unnamed chunks older than `grace` seconds (none with `dry_run`),
     holding this host's lock of the remote repository; LockHeld while it uploads."""
     with remote_repository_lock(state_dir, shared=False):
+        own_runs = f"{REPOSITORY_DIR}/{FOSSILS_DIR}/{host}"
+        if not dry_run:
+            for entry in rclone.list_entries(remote, own_runs):
+                if entry.is_dir:
+                    _sweep(remote, f"{own_runs}/{entry.path}")
         cutoff = time.time() - grace
         stored = {
             f"{kind}/{path}": status
@@ -86,20 +117,45 @@ def collect_remote_garbage(
         named = _named_chunks(remote)
         unnamed = [path for path in stored if path.split("/", 1)[1] not in named]
         doomed = sorted(path for path in unnamed if stored[path][1] < cutoff)
+        put_back: set[str] = set()
         if not dry_run and doomed:
             for kind in (CHUNKS_DIR, SEALED_CHUNKS_DIR):
                 RemoteChunkCache(state_dir / CHUNK_CACHE_DIR, remote, kind).drop()
-            for start in range(0, len(doomed), DELETE_BATCH):
-                rclone.delete_listed(remote, REPOSITORY_DIR, doomed[start : start + DELETE_BATCH])
-            log.info("removed %d unused chunks from the remote repository", len(doomed))
+            run = f"{own_runs}/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+            for start in range(0, len(doomed), MOVE_BATCH):
+                batch = doomed[start : start + MOVE_BATCH]
+                rclone.copy_within(remote, REPOSITORY_DIR, run, batch, TRANSFERS, move=True)
+            put_back = _sweep(remote, run)
+            log.info(
+                "removed %d unused chunks from the remote repository",
+                len(doomed) - len(put_back),
+            )
+        removed = [path for path in doomed if path not in put_back]
         return RemoteGcResult(
             chunks=len(stored),
             named=len(stored) - len(unnamed),
             young=len(unnamed) - len(doomed),
-            removed=len(doomed),
-            removed_bytes=sum(stored[path][0] for path in doomed),
+            removed=len(removed),
+            removed_bytes=sum(stored[path][0] for path in removed),
+            put_back=len(put_back),
             dry_run=dry_run,
         )
+
+
+def _sweep(remote: rclone.Remote, run: str) -> set[str]:
+    """Step 3 for the fossil directory `run`, whose moves have all ended: the fossils an
+    index now names go back to the chunk directory, then the directory goes; the paths
+    ("chunks/ab/ab12...ef") put back."""
+    fossils = rclone.list_file_sizes(remote, run)
+    named = _named_chunks(remote)
+    back = sorted(path for path in fossils if path.split("/", 1)[-1] in named)
+    if back:
+        log.warning("putting back %d chunks that a new backup names", len(back))
+    for start in range(0, len(back), MOVE_BATCH):
+        batch = back[start : start + MOVE_BATCH]
+        rclone.copy_within(remote, run, REPOSITORY_DIR, batch, TRANSFERS)
+    rclone.purge(remote, run)
+    return set(back)
 
 
 def _named_chunks(remote: rclone.Remote) -> set[str]:

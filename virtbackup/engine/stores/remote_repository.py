@@ -6,19 +6,26 @@ Layout on the remote: the same as under DEST, below the remote's location::
     REMOTE/.virtbackup-repository/chunks/ab/ab12...ef        (sealed-chunks/ when encrypted)
     REMOTE/<host>/<domain>/<stamp>/manifest.json, domain.xml, vda.raw.idx
 
-Order of an upload (RemoteStore.upload sends the backup directory after this): the
-repository's description, then the chunks the backup's indexes name that the remote
-lacks, then the indexes and the domain XML, the manifest last. A remote backup without
-its manifest is no backup (listing, restore and retention skip it), so a backup whose
-manifest is on the remote never names a chunk that was not there before it.
+Order of an upload (RemoteStore.upload sends the backup directory after the chunks):
+the repository's description, then the chunks the backup's indexes name that the remote
+probably lacks, then the indexes and the domain XML, then a check that every chunk the
+indexes name is there (what is not is sent again), the manifest last. A remote backup
+without its manifest is no backup (listing, restore and retention skip it), so a backup
+whose manifest is on the remote never names a chunk that was not there before it; the
+check comes after the indexes so that a gc of another host cannot take a chunk between
+the check and the index that protects it (engine/stores/remote_gc.py).
+
+Many hosts share one remote repository: repository.json goes up only when the remote
+has none (or one from before the first encrypted backup), and an upload stops when the
+remote's says other chunk settings or another secret than the local repository's.
 
 What the remote holds: a cache of remote chunk paths in the host's state directory
 (`RemoteChunkCache`), filled by one listing of the chunk directory when it is missing or
 older than CACHE_REFRESH_SECONDS. It is trusted only to say what is probably there:
 - chunks it does not know are sent (rclone skips those that arrived whole earlier);
-- chunks it vouches for are checked before the manifest goes up, by listing only the
-  prefix directories (chunks/ab/) they live in, with their sizes: a missing or cut-off
-  chunk is sent again, and the listed prefixes replace what the cache knew of them.
+- every chunk the backup names is checked before the manifest goes up, by listing only
+  the prefix directories (chunks/ab/) they live in, with their sizes: a missing or
+  cut-off chunk is sent again, and the listed prefixes replace what the cache knew.
   Listing costs one request per thousand names on S3, while looking each chunk up would
   cost one per chunk: listing the prefixes involved is the cheaper check as soon as a
   backup names more than a thousandth of the repository's chunks, and it never reads
@@ -42,7 +49,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from virtbackup.adapters import age, rclone
@@ -57,8 +64,11 @@ from virtbackup.core.repository_format import (
     REPOSITORY_DIR,
     SEALED_CHUNKS_DIR,
     SECRETS_DIR,
+    RepositoryConfig,
+    RepositoryFormatError,
     chunk_path,
     is_index_file_name,
+    parse_config,
 )
 from virtbackup.engine.datapath.frames import max_frame_size
 from virtbackup.engine.stores.backup_access import SEALED_MANIFEST
@@ -137,15 +147,18 @@ class RemoteRepository:
         self.remote = remote
         self.cache_dir = cache_dir
 
-    def upload_chunks(self, store: LocalStore, backup: Path) -> int:
-        """Make sure every chunk the backup's indexes name is on the remote; the number
-        of chunks sent. The repository's description and encrypted secrets go first, so
-        a host with nothing but the identity can read what follows."""
+    def upload_chunks(self, store: LocalStore, backup: Path) -> Callable[[], None]:
+        """Send the chunks the backup's indexes name that the remote probably lacks; the
+        check to run once its indexes are on the remote and before its manifest goes up,
+        which makes sure every chunk they name is there (engine/stores/remote_gc.py says
+        why only a check after the indexes protects them from a gc of another host).
+        The repository's description and encrypted secrets go first, so a host with
+        nothing but the identity can read what follows."""
         sealed = (backup / SEALED_MANIFEST).is_file()
         chunks = ChunkStore(store.dest, sealed)
         kind = SEALED_CHUNKS_DIR if sealed else CHUNKS_DIR
         remote_dir = f"{REPOSITORY_DIR}/{kind}"
-        self._send_description(chunks.root)
+        self._send_description(chunks)
         needed = _named_chunks(store, backup)
         cache = RemoteChunkCache(self.cache_dir, self.remote, kind)
         if not cache.load():
@@ -153,25 +166,41 @@ class RemoteRepository:
             cache.save()
         new = sorted(needed - cache.names)
         self._send(chunks, remote_dir, new, cache)
-        vouched = needed - set(new)
-        resent = self._recheck(chunks, remote_dir, vouched, cache)
-        sent = len(new) + len(resent)
-        log.info(
-            "%s: %d of its %d chunks sent offsite (%d of them again: the remote had lost them)",
-            backup.name,
-            sent,
-            len(needed),
-            len(resent),
-        )
-        return sent
 
-    def _send_description(self, root: Path) -> None:
-        names = [
-            str(path.relative_to(root))
-            for pattern in (CONFIG_FILE, f"{SECRETS_DIR}/*.age")
-            for path in root.glob(pattern)
+        def confirm() -> None:
+            resent = self._recheck(chunks, remote_dir, needed, cache)
+            log.info(
+                "%s: %d of its %d chunks sent offsite (%d of them again: the remote had lost them)",
+                backup.name,
+                len(new) + len(resent),
+                len(needed),
+                len(resent),
+            )
+
+        return confirm
+
+    def _send_description(self, chunks: ChunkStore) -> None:
+        """Send repository.json unless the remote's says the same, or says less (before
+        the first encrypted backup); refuse a remote made with other settings, whose
+        description and secrets another host's backups rely on. A secret already there
+        is kept: one with the same name opens to the same secret, as the ids match."""
+        ours = chunks.config
+        theirs = remote_config(self.remote)
+        if theirs is not None and (
+            (theirs.chunk_size, theirs.chunk_names) != (ours.chunk_size, ours.chunk_names)
+            or theirs.secret_id not in (None, ours.secret_id)
+        ):
+            raise RemoteError(
+                f"the remote repository {self.remote.path(REPOSITORY_DIR)} was made with "
+                f"other settings than {chunks.root / CONFIG_FILE} (chunk size, names or "
+                "secret): refusing to mix them"
+            )
+        if theirs is None or (theirs.secret_id is None and ours.secret_id is not None):
+            rclone.copy_listed(self.remote, chunks.root, REPOSITORY_DIR, [CONFIG_FILE])
+        secrets = [
+            str(path.relative_to(chunks.root)) for path in chunks.root.glob(f"{SECRETS_DIR}/*.age")
         ]
-        rclone.copy_listed(self.remote, root, REPOSITORY_DIR, names, TRANSFERS)
+        rclone.copy_listed(self.remote, chunks.root, REPOSITORY_DIR, secrets, TRANSFERS, keep=True)
 
     def _send(
         self, chunks: ChunkStore, remote_dir: str, names: list[str], cache: RemoteChunkCache
@@ -194,8 +223,8 @@ class RemoteRepository:
     def _recheck(
         self, chunks: ChunkStore, remote_dir: str, vouched: set[str], cache: RemoteChunkCache
     ) -> list[str]:
-        """List the prefixes of the chunks the cache vouched for; send again those the
-        remote lacks or holds cut off."""
+        """List the prefixes of the chunks `vouched` for; send again those the remote
+        lacks or holds cut off."""
         if not vouched:
             return []
         prefixes, listed = _list_prefixes(self.remote, remote_dir, vouched)
@@ -210,6 +239,24 @@ class RemoteRepository:
         self._send(chunks, remote_dir, lost, cache)
         cache.save()
         return lost
+
+
+def remote_config(remote: rclone.Remote) -> RepositoryConfig | None:
+    """The remote repository's description; None when it has none yet; RemoteError for
+    one this version cannot read."""
+    path = f"{REPOSITORY_DIR}/{CONFIG_FILE}"
+    if not rclone.list_file_sizes(remote, REPOSITORY_DIR, [f"+ /{CONFIG_FILE}", "- **"]):
+        return None
+    try:
+        return parse_config(rclone.read_text(remote, path))
+    except (RepositoryFormatError, UnicodeDecodeError) as err:
+        raise RemoteError(f"{remote.path(path)} is not a repository description: {err}") from None
+
+
+def remote_secrets(remote: rclone.Remote) -> list[str]:
+    """The encrypted secrets of the remote repository (secrets/<id>.age)."""
+    listed = rclone.list_file_sizes(remote, REPOSITORY_DIR, [f"+ /{SECRETS_DIR}/*.age", "- **"])
+    return sorted(listed)
 
 
 def _named_chunks(store: LocalStore, backup: Path) -> set[str]:
