@@ -142,10 +142,11 @@ class NotRegularFile(OSError):
     """The path names a directory, FIFO, device or socket, not a file."""
 
 
-def read_regular_file(path: Path, limit: int) -> bytes:
+def read_regular_file(path: Path, limit: int, uncache: bool = False) -> bytes:
     """At most `limit` + 1 bytes of the regular file `path` (one more than allowed tells
     a longer file), never through a symbolic link nor blocking on a FIFO planted in its
-    place: OSError (FileNotFoundError, NotRegularFile, ...) when it cannot be read."""
+    place: OSError (FileNotFoundError, NotRegularFile, ...) when it cannot be read.
+    `uncache`: drop its pages from the page cache once read (drop_cached)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as file:
         status = os.fstat(fd)
@@ -153,4 +154,7 @@ def read_regular_file(path: Path, limit: int) -> bytes:
             raise NotRegularFile(f"{path} is not a regular file")
         # `limit` may come from untrusted input (the disk size a manifest claims) and
         # read() allocates what it is asked for: ask for no more than the file holds
-        return file.read(min(limit, status.st_size) + 1)
+        data = file.read(min(limit, status.st_size) + 1)
+        if uncache:
+            drop_cached(fd, 0, 0)
+        return data

@@ -156,12 +156,13 @@ class ChunkStore:
         _refuse_link(directory)
         return self._write_atomically(directory, name, frame)
 
-    def read(self, name: str, limit: int) -> bytes:
+    def read(self, name: str, limit: int, uncache: bool = False) -> bytes:
         """A chunk's stored bytes (at most `limit`); CorruptBackup when missing, not a
-        regular file or larger."""
+        regular file or larger. `uncache`: its pages leave the page cache once read (a
+        restore reads each chunk once and should not push the host's cache out)."""
         path = self.path(name)
         try:
-            data = read_regular_file(path, limit)
+            data = read_regular_file(path, limit, uncache)
         except FileNotFoundError:
             # hidden by a gc that was killed before deciding on it: still the chunk
             return self._read_hidden(name, limit)
