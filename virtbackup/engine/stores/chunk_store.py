@@ -33,6 +33,7 @@ from virtbackup.core.repository_format import (
     GC_HIDDEN_PREFIX,
     REPOSITORY_DIR,
     SEALED_CHUNKS_DIR,
+    SECRETS_DIR,
     WRITERS_DIR,
     RepositoryConfig,
     RepositoryFormatError,
@@ -84,9 +85,13 @@ class ChunkStore:
         return self._config
 
     def create(self, config: RepositoryConfig | None = None) -> RepositoryConfig:
-        """Make the repository unless it exists; its description either way."""
+        """Make the repository unless it exists; its description either way. A
+        repository whose description is gone while it holds chunks or secrets is damaged:
+        made anew, it could get another chunk size (or lose its secret's id) than its
+        backups were written with, so that is refused."""
         if self.exists():
             return self.config
+        self._refuse_without_description()
         config = config or RepositoryConfig()
         for directory in (self.root, self.chunks, self.writers):
             try:
@@ -96,6 +101,17 @@ class ChunkStore:
         self.write_file(self.root, CONFIG_FILE, build_config(config).encode())
         self._config = self.config
         return self._config
+
+    def _refuse_without_description(self) -> None:
+        for directory in (CHUNKS_DIR, SEALED_CHUNKS_DIR, SECRETS_DIR):
+            if _holds_files(self.root / directory):
+                raise StoreError(
+                    f"{self.root} holds {directory}/ but no {CONFIG_FILE}: the repository "
+                    "is damaged",
+                    f"put {CONFIG_FILE} back from a copy (its chunk_size is the chunk_size "
+                    "of the backups' manifest.json), or move the directory away to start "
+                    "a new repository",
+                )
 
     def ensure_chunk_dir(self) -> None:
         """This store's chunk directory (a repository made before its first encrypted
@@ -360,6 +376,15 @@ class Writer:
                 os.utime(self.path)
             except OSError as err:  # the next gc may then take us for dead: say so
                 log.warning("cannot refresh the writer registration %s: %s", self.path, err)
+
+
+def _holds_files(directory: Path) -> bool:
+    """Whether anything but empty directories lies below `directory` (not followed
+    through links; a missing directory holds nothing)."""
+    for _path, _dirs, files in os.walk(directory):
+        if files:
+            return True
+    return False
 
 
 def _refuse_link(directory: Path) -> None:
