@@ -164,13 +164,17 @@ class ChunkStore:
 
     def add(self, name: str, frame: tuple[Buffer, ...]) -> int:
         """Store a chunk (its frame, in pieces) under its name; the bytes written."""
+        return self._write_atomically(self.chunk_dir(name), name, frame)
+
+    def chunk_dir(self, name: str) -> Path:
+        """The chunk's directory chunks/ab/, made if missing; never a link."""
         directory = self.path(name).parent
         try:
             directory.mkdir(mode=DIR_MODE, exist_ok=True)
         except OSError as err:
             raise write_error(err, directory) from None
         _refuse_link(directory)
-        return self._write_atomically(directory, name, frame)
+        return directory
 
     def read(self, name: str, limit: int, uncache: bool = False) -> bytes:
         """A chunk's stored bytes (at most `limit`); CorruptBackup when missing, not a
@@ -318,23 +322,31 @@ class ChunkStore:
 
     def _write_atomically(self, directory: Path, name: str, parts: tuple[Buffer, ...]) -> int:
         """Write `parts` to a temporary file in `directory`, fsync it, rename it to `name`."""
+        temporary, written = self.write_temporary(directory, name, parts, sync=True)
+        rename_into_place(temporary, directory / name)
+        return written
+
+    def write_temporary(
+        self, directory: Path, name: str, parts: tuple[Buffer, ...], sync: bool
+    ) -> tuple[Path, int]:
+        """`parts` in a new temporary file in `directory` for `name` (fsynced with
+        `sync`): its path and the bytes written. Nothing is left on failure."""
         temporary = directory / f"{_TEMP_PREFIX}{name}-{secrets.token_hex(6)}"
-        final = directory / name
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             try:
                 written = write_all(fd, parts)
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(temporary, final)
         except OSError as err:
-            _remove_quietly(temporary)
-            raise write_error(err, final) from None
+            remove_quietly(temporary)
+            raise write_error(err, directory / name) from None
         except BaseException:
-            _remove_quietly(temporary)
+            remove_quietly(temporary)
             raise
-        return written
+        return temporary, written
 
 
 class Writer:
@@ -368,7 +380,7 @@ class Writer:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        _remove_quietly(self.path)
+        remove_quietly(self.path)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
@@ -397,7 +409,16 @@ def _refuse_link(directory: Path) -> None:
         )
 
 
-def _remove_quietly(path: Path) -> None:
+def rename_into_place(temporary: Path, final: Path) -> None:
+    """Give a written temporary file its name; it is removed when that fails."""
+    try:
+        os.rename(temporary, final)
+    except OSError as err:
+        remove_quietly(temporary)
+        raise write_error(err, final) from None
+
+
+def remove_quietly(path: Path) -> None:
     try:
         os.unlink(path)
     except OSError as err:
