@@ -175,9 +175,10 @@ class ChunkFrames:
         return self.stored_frame(entry)
 
     def stored_frame(self, entry: FrameEntry) -> bytes:
-        """The frame of `entry`, zero or not, read once: its file leaves the page cache."""
+        """The stored frame of `entry`. A data chunk's file leaves the page cache once
+        read; the zero chunk's stays (it recurs, and is never hinted)."""
         if entry.is_zero:
-            return self.chunk(entry.digest.hex())  # not hinted: most are never read
+            return self.chunk(entry.digest.hex())
         try:
             return self.chunk(entry.digest.hex(), uncache=True)
         finally:
