@@ -4,6 +4,7 @@ as root, on a quiet machine; not part of the test suite).
     /usr/bin/python3 bench/bench_repository.py                        # both images, 30 generations
     /usr/bin/python3 bench/bench_repository.py --cases full --generations 5   # a quick look
     /usr/bin/python3 bench/bench_repository.py --big-sparse            # also a 1 TiB sparse disk
+    /usr/bin/python3 bench/bench_repository.py --cases full --patterns random --chunk-size 65536
 
 For each image (the 8 GiB sparse reference and the 2 GiB full image of datapath_images.py)
 on a private copy, in one run:
@@ -16,7 +17,8 @@ on a private copy, in one run:
   stream layout holds (one stream per generation: the sum of what each stream backup of that
   generation takes, measured on the last generation and the first);
 - restore of the newest generation from the repository and from a stream backup of the same
-  image (cold cache, `virtbackup restore`);
+  image (cold cache, `virtbackup restore`; `--restore-repeat N`: N times each, alternating,
+  the medians: the machine is shared and noisy);
 - gc over all generations (nothing to free), then prune to the newest half and gc again.
 Every step runs in a child process whose peak RSS is reported. Prints markdown tables.
 """
@@ -77,6 +79,12 @@ def main() -> None:
         "--chunk-size", type=int, default=4 * MiB, help="of a new repository (and the streams)"
     )
     parser.add_argument("--big-sparse", action="store_true", help="also a 1 TiB sparse disk")
+    parser.add_argument(
+        "--restore-repeat",
+        type=int,
+        default=1,
+        help="restore the newest from both layouts this many times, alternating (median)",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     for case in args.cases.split(","):
@@ -115,8 +123,11 @@ def bench_case(case: str, pattern: str, args: argparse.Namespace) -> None:
     )
     stream_total = (first_stream + last_stream.added) / 2 * args.generations
     repo_total = tree_bytes(repo)
-    restore_repo = restore_step(newest(repo), runs / "restored-repo", image)
-    restore_stream = restore_step(newest(streams), runs / "restored-stream", image)
+    repo_restores, stream_restores = [], []
+    for _ in range(args.restore_repeat):
+        repo_restores.append(restore_step(newest(repo), runs / "restored-repo", image))
+        stream_restores.append(restore_step(newest(streams), runs / "restored-stream", image))
+    restore_repo, restore_stream = median_of(repo_restores), median_of(stream_restores)
     gc_all = cli_step(["gc", "--dest", str(repo)], runs)
     keep = max(1, (args.generations + 1) // 2)
     gc_half = cli_step(["prune", "--dest", str(repo), "--keep-last", str(keep)], runs)
@@ -134,8 +145,9 @@ def bench_case(case: str, pattern: str, args: argparse.Namespace) -> None:
         f"| generations 2..{args.generations}, median | {median_time:.2f} | | "
         f"{worst_rss // 1024} MiB (worst) |"
     )
-    row("restore newest, repository", restore_repo.wall, "", restore_repo)
-    row("restore newest, stream", restore_stream.wall, "", restore_stream)
+    repeat = f" (median of {args.restore_repeat})" if args.restore_repeat > 1 else ""
+    row(f"restore newest, repository{repeat}", restore_repo.wall, "", restore_repo)
+    row(f"restore newest, stream{repeat}", restore_stream.wall, "", restore_stream)
     row(f"gc, {args.generations} generations, nothing to free", gc_all.wall, "", gc_all)
     row(f"prune to {keep} and gc", gc_half.wall, f"-{mib(freed)}", gc_half)
     print()
@@ -191,6 +203,11 @@ def cli_step(arguments: list[str], runs: Path | None = None) -> Measured:
         (runs / "bench.toml").write_text("gc_grace = 0\n")
         config = ["--config", str(runs / "bench.toml")]
     return run([[sys.executable, "-m", "virtbackup", "-q", *config, *arguments]], cwd=ROOT)
+
+
+def median_of(runs: list[Measured]) -> Measured:
+    """The run of median wall time (the lower of the middle two)."""
+    return sorted(runs, key=lambda measured: measured.wall)[(len(runs) - 1) // 2]
 
 
 def newest(dest: Path) -> Path:

@@ -100,6 +100,21 @@ def test_gc_grace_in_seconds(text: str, grace: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("", None),
+        ('repository_chunk_size = "64K"\n', 64 << 10),
+        ('repository_chunk_size = "4KiB"\n', 4 << 10),
+        ('repository_chunk_size = "64M"\n', 64 << 20),
+    ],
+)
+def test_repository_chunk_size_is_a_power_of_two_the_format_allows(
+    text: str, size: int | None
+) -> None:
+    assert parse_config(text).repository_chunk_size == size
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ('dest = "/x"\nworkrs = 2\n', "f.toml:2: workrs: unknown key"),
@@ -124,6 +139,13 @@ def test_gc_grace_in_seconds(text: str, grace: int) -> None:
         ),
         ('snapshot_size = "150%"\n', "f.toml:1: snapshot_size: '150%': a share must be"),
         ("compression_level = 13\n", "f.toml:1: compression_level: must be 0 to 12"),
+        (
+            'repository_chunk_size = "96K"\n',
+            "f.toml:1: repository_chunk_size: '96K' is not a power of two from 4K to 64M",
+        ),
+        ('repository_chunk_size = "2K"\n', "f.toml:1: repository_chunk_size: '2K' is not a"),
+        ('repository_chunk_size = "128M"\n', "f.toml:1: repository_chunk_size: '128M' is not"),
+        ("repository_chunk_size = 65536\n", "f.toml:1: repository_chunk_size: expected str"),
         ('layout = "chunks"\n', "f.toml:1: layout: 'chunks' is not one of stream, repository"),
         ('include = "web"\n', "f.toml:1: include: expected a list of strings"),
         ("\n[retention]\nkeep_dayly = 3\n", "f.toml:3: retention.keep_dayly: unknown key"),

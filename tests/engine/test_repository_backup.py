@@ -16,7 +16,7 @@ import pytest
 from backup_helpers import MiB, cmp_files, disk_of, make_backup, small_filesystem
 from harness.images import build_fs_image
 
-from virtbackup.core.backup_errors import CorruptBackup, DiskBackupFailed
+from virtbackup.core.backup_errors import CorruptBackup, DiskBackupFailed, StoreError
 from virtbackup.core.manifest import LAYOUT_REPOSITORY, DiskRecord, Manifest, build_manifest
 from virtbackup.core.progress import NullProgress
 from virtbackup.core.repository_format import (
@@ -483,8 +483,10 @@ def test_a_full_destination_commits_nothing_and_gc_makes_room_for_the_next(
         assert list((dest / "web1").iterdir()) == []  # no partial directory
         assert list(store.temporary_files()) == []  # no half-written chunk
         assert list(store.writers.iterdir()) == []  # deregistered
-        # the chunks it stored are garbage once unused for the grace period (0 here)
-        assert collect_garbage(dest, GcSettings(grace=0, settle=0)).removed > 0
+        # the chunks it named (a batch may have been) are garbage once unused for the
+        # grace period (0 here); those not yet named went with the failure
+        collect_garbage(dest, GcSettings(grace=0, settle=0))
+        assert list(store.names()) == []
         backup = make_backup(dest, [disk_of(small)], chunk_size=CHUNK, layout=REPO)
         assert verify_backup(backup.path, NullProgress()).ok
 
@@ -547,3 +549,31 @@ def test_a_chunk_directory_that_is_a_link_fails_the_backup(tmp_path: Path, holdi
     assert failed.value.message.endswith(f"{store.path(name).parent} is a symbolic link")
     assert LocalStore(dest).list_backups("web1") == []
     assert sorted(os.listdir(elsewhere)) == before
+
+
+def test_a_repository_without_its_description_is_refused_unless_empty(tmp_path: Path) -> None:
+    """repository.json deleted while chunks exist: made anew it could say another chunk
+    size than the backups were cut into, so the backup stops in one line saying how to
+    recover, and nothing is written; a repository directory with no files in it (made,
+    then the first backup killed) is simply made."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(CHUNK) + bytes(CHUNK))
+    dest = tmp_path / "dest"
+    make_backup(dest, [disk_of(image)], chunk_size=CHUNK, layout=REPO)
+    description = dest / REPOSITORY_DIR / "repository.json"
+    description.unlink()
+    chunks = _chunk_files(dest)
+    with pytest.raises(StoreError) as refused:
+        make_backup(dest, [disk_of(image)], chunk_size=4 * CHUNK, layout=REPO)
+    assert refused.value.message == (
+        f"{dest / REPOSITORY_DIR} holds chunks/ but no repository.json: the repository is damaged"
+    )
+    assert "put repository.json back" in str(refused.value.hint)
+    assert not description.exists() and _chunk_files(dest) == chunks
+    assert len(LocalStore(dest).list_backups("web1")) == 1
+
+    for chunk in chunks:  # nothing left but empty directories
+        ChunkStore(dest).path(chunk).unlink()
+    time.sleep(1.1)  # a new stamp
+    make_backup(dest, [disk_of(image)], chunk_size=4 * CHUNK, layout=REPO)
+    assert ChunkStore(dest).config.chunk_size == 4 * CHUNK

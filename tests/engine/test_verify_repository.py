@@ -223,3 +223,24 @@ def test_a_destination_without_repository(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) <= 2
     usage = run_cli("verify", "--dest", str(tmp_path))
     assert usage.returncode == 2 and "nothing to verify" in usage.stderr
+
+
+def test_the_counts_are_what_is_on_disk_with_stream_backups_beside(
+    shared: tuple[Path, RepositoryBackup, RepositoryBackup], tmp_path: Path
+) -> None:
+    """Stream backups (of a domain of the repository's and of another) add no chunk and
+    no index to the counts: the chunks are the chunk files, the backups those with an
+    index."""
+    dest, web1, _web2 = shared
+    image = tmp_path / "web1.raw"
+    make_backup(dest, [disk_of(image)], "web1")  # beside web1's repository backup
+    make_backup(dest, [disk_of(image)], "db1")
+    files = [p for p in (dest / ".virtbackup-repository" / "chunks").rglob("*") if p.is_file()]
+    check = verify_repository(dest, NullProgress())
+    assert check.ok, check.problems
+    assert check.chunks == check.chunks_read == len(files) == 7
+    assert check.backups == 2
+    listed = run_cli("verify", "--all-chunks", "--dest", str(dest))
+    assert listed.stdout == (
+        f"ok\t{dest}: 7 of 7 chunks read, indexes of 2 backups checked, 0 problems\n"
+    )

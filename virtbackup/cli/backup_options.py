@@ -300,6 +300,7 @@ def _domain_options(
         workers=values.workers or config.workers or 0,
         bwlimit=values.bwlimit or config.bwlimit,
         compression_level=config.compression_level,
+        repository_chunk_size=config.repository_chunk_size,
     )
     layout = resolve_layout(values, config)
     plan = PlanOptions(

@@ -17,6 +17,7 @@ from virtbackup.core.errors import ConfigError
 from virtbackup.core.manifest import LAYOUTS
 from virtbackup.core.model import Method
 from virtbackup.core.retention import Policy
+from virtbackup.core.streamformat import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 
 MAX_LZ4_LEVEL = 12  # as the lz4 tool: up to 2 fast, 3 to 12 LZ4HC
 
@@ -77,6 +78,7 @@ class Config:
     appliance_timeout: int = 300  # seconds a libguestfs appliance launch may take
     metrics_file: Path | None = None  # Prometheus text file written after backup and all
     gc_grace: int = DEFAULT_GC_GRACE  # seconds a chunk stays after its last use
+    repository_chunk_size: int | None = None  # of a repository made anew; None: the default
     defaults: DomainSettings = DomainSettings()
     overrides: dict[str, DomainSettings] = field(default_factory=dict)
 
@@ -98,6 +100,17 @@ def parse_size(text: str) -> int:
     if not match:
         raise ValueError(f"{text!r} is not a size (e.g. 512M, 2G)")
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def parse_chunk_size(text: str) -> int:
+    """A repository's chunk size: a power of two the format allows (4K to 64M)."""
+    size = parse_size(text)
+    if size & (size - 1) or not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+        raise ValueError(
+            f"{text!r} is not a power of two from {MIN_CHUNK_SIZE >> 10}K "
+            f"to {MAX_CHUNK_SIZE >> 20}M (e.g. 64K, 4M)"
+        )
+    return size
 
 
 def parse_rate(text: str) -> int:
@@ -216,6 +229,7 @@ TOP_KEYS = (DOMAIN_KEYS - {"exclude_disks"}) | {
     "appliance_timeout",
     "metrics_file",
     "gc_grace",
+    "repository_chunk_size",
 }
 REMOTE_KEYS = {"location", "rclone_config", "bwlimit", "retries", "only", "host"}
 RETENTION_KEYS = {f.name for f in fields(Policy)}
@@ -265,6 +279,10 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         if grace < 0:
             raise reader.fail(top, "gc_grace", "must be 0 seconds or more")
         config = replace(config, gc_grace=grace)
+    if "repository_chunk_size" in data:
+        text = reader.typed(top, data, "repository_chunk_size", str)
+        size = reader.convert(top, "repository_chunk_size", parse_chunk_size, text)
+        config = replace(config, repository_chunk_size=size)
     if "hooks" in data:
         hooks = reader.typed(top, data, "hooks", dict)
         reader.known(("hooks",), hooks, {"before", "after"})

@@ -50,6 +50,9 @@ class WriterOptions:
     bwlimit: int | None = None  # bytes/s read from the source; None: no limit
     io_idle: bool = True  # reading thread in the idle I/O class (like `ionice -c 3`)
     compression_level: int = 0  # as `lz4 -N`: up to 2 fast (the default), 3 to 12 LZ4HC
+    # the chunk size asked for a repository: used when it is made, warned about when an
+    # existing one has another (None: chunk_size, and no warning)
+    repository_chunk_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,18 @@ the names either way, so an unchanged chunk needs its earlier name only.
 The garbage-collection protocol (engine/stores/chunk_store.py) asks the caller to run
 this inside a registered Writer and, before commit, to touch every name once more
 (RepositoryBackup.confirm_all).
+
+Durability: a crash at any instant must leave (1) no chunk name that holds less than its
+whole chunk (a later backup would reuse it unread), and (2) no committed backup whose
+index names a chunk that is not durable. New chunks go through a ChunkBatch
+(engine/stores/chunk_batch.py): written under temporary names, made durable together by
+one syncfs, and only then renamed to their names, which gives (1); write_disk returns
+only after the batch is finished (every chunk named, the names synced), and the caller
+commits the backup only after write_disk returned for every disk, which gives (2). The
+index itself is written while the chunks are, but only into the backup's partial
+directory, which nothing reads until the commit. One fsync per chunk file would give
+the same at one journal commit per file: ~2 ms each here, ~60 s of a first backup of a
+2 GiB image in 64 KiB chunks.
 """
 
 import hashlib
@@ -48,6 +60,7 @@ from virtbackup.engine.datapath.chunk_pipeline import (
 from virtbackup.engine.datapath.frames import Buffer, encode_frame, zero_chunk
 from virtbackup.engine.datapath.io_control import write_all
 from virtbackup.engine.datapath.stream_writer import is_zero_chunk
+from virtbackup.engine.stores.chunk_batch import ChunkBatch
 from virtbackup.engine.stores.chunk_store import SETTLE_SECONDS, ChunkStore
 
 
@@ -105,6 +118,7 @@ class RepositoryBackup:
         self.sealed_to = sealed_to
         self.used: set[bytes] = set()
         self.sleep: Callable[[float], None] = time.sleep  # tests wait for nothing
+        self.batch = ChunkBatch(store)
         self._lock = threading.Lock()
 
     def write_disk(
@@ -118,12 +132,18 @@ class RepositoryBackup:
         """Back up `source` into the repository, its index into the file `index`."""
         work = partial(_store_read_chunk, self)
         known = None if unchanged is None else partial(_known_job, self, unchanged)
-        with SourceChunks(source, self.options, work, known) as chunks:
-            progress.on_start(chunks.size, label)
-            try:
-                return _DiskWriter(self, chunks, index, progress).run()
-            finally:
-                progress.on_done()
+        try:
+            with SourceChunks(source, self.options, work, known) as chunks:
+                progress.on_start(chunks.size, label)
+                try:
+                    result = _DiskWriter(self, chunks, index, progress).run()
+                finally:
+                    progress.on_done()
+            self.batch.finish()  # every chunk the index names durable (module docstring)
+        except BaseException:
+            self.batch.discard()  # the workers are done: nothing is added any more
+            raise
+        return result
 
     def confirm_all(self) -> None:
         """Touch every chunk this backup uses once more, right before commit: a chunk
@@ -162,9 +182,9 @@ class RepositoryBackup:
 
     def _add(self, name: str, frame: tuple[Buffer, ...]) -> int:
         if self.sealed_to is None:
-            return self.store.add(name, frame)
+            return self.batch.add(name, frame)
         sealed = age.encrypt_bytes(self.sealed_to, b"".join(frame))
-        return self.store.add(name, (sealed,))
+        return self.batch.add(name, (sealed,))
 
     def reuse(self, name: str) -> _Stored:
         """A chunk an earlier backup named: touched, or _GONE when it no longer exists

@@ -36,6 +36,7 @@ from virtbackup.core.repository_format import (
     recipients_id,
 )
 from virtbackup.core.signature import signature_name
+from virtbackup.core.sizes import human_size
 from virtbackup.core.streamformat import STREAM_FORMAT_VERSION
 from virtbackup.core.xml_secrets import SecretsError, without_secrets
 from virtbackup.engine.datapath.chunk_pipeline import WriterOptions
@@ -123,7 +124,7 @@ def back_up_disks(
     notes: list[str] = []
     _check_targets(domain_name, disks)
     with (
-        _repository_writer(store, layout, options, encrypt_to, state_dir) as repository,
+        _repository_writer(store, layout, options, encrypt_to, state_dir, notes) as repository,
         store.begin(domain_name, started) as partial,
     ):
         records = []
@@ -288,11 +289,14 @@ def _repository_writer(
     options: WriterOptions,
     encrypt_to: age.Recipients | None,
     state_dir: Path | None,
+    notes: list[str],
 ) -> Iterator[RepositoryBackup | None]:
-    """For the repository layout, the repository of DEST (made on first use) with this
-    backup registered as its writer for as long as the block runs, which includes the
-    commit (see engine/stores/chunk_store.py); None for streams. An encrypted backup
-    writes to the encrypted chunks, named with the repository secret."""
+    """For the repository layout, the repository of DEST (made on first use, with the
+    chunk size asked for) with this backup registered as its writer for as long as the
+    block runs, which includes the commit (see engine/stores/chunk_store.py); None for
+    streams. An existing repository keeps its chunk size (a note says so when another
+    was asked for). An encrypted backup writes to the encrypted chunks, named with the
+    repository secret."""
     if layout == LAYOUT_STREAM:
         yield None
         return
@@ -301,7 +305,10 @@ def _repository_writer(
     if not isinstance(store, LocalStore):
         raise DiskBackupFailed("the repository layout cannot be written to a remote yet")
     chunks = ChunkStore(store.dest, sealed=encrypt_to is not None)
-    config = chunks.create(RepositoryConfig(chunk_size=options.chunk_size))  # on first use
+    asked = options.repository_chunk_size
+    config = chunks.create(RepositoryConfig(chunk_size=asked or options.chunk_size))
+    if asked is not None and asked != config.chunk_size:
+        notes.append(_chunk_size_note(chunks, asked, config.chunk_size))
     options = replace(options, chunk_size=config.chunk_size)
     if encrypt_to is None:
         with chunks.writer():
@@ -312,6 +319,13 @@ def _repository_writer(
     with chunks.writer():
         names = ChunkNames(chunk_key(secret, recipients_id(encrypt_to.fingerprints())))
         yield RepositoryBackup(chunks, options, names, encrypt_to.file)
+
+
+def _chunk_size_note(chunks: ChunkStore, asked: int, kept: int) -> str:
+    return (
+        f"repository_chunk_size {human_size(asked)} applies to new repositories only: "
+        f"{chunks.root} keeps its chunks of {human_size(kept)}"
+    )
 
 
 def _confirm_chunks(domain_name: str, repository: RepositoryBackup) -> None:

@@ -126,13 +126,16 @@ def _copy_chunks(
     zero_frames: dict[int, tuple[bytes, bytes]] = {}  # length -> frame, digest: read once
     progress.on_start(disk.byte_size, f"{disk.target} (copy)")
     try:
-        with StreamFile(out, disk.chunk_size) as stream:
+        with (
+            StreamFile(out, disk.chunk_size) as stream,
+            checked.frames.reading(checked.index.entries),
+        ):
             for entry in checked.index.entries:
                 try:
                     if entry.is_zero and entry.data_length in zero_frames:
                         frame, digest = zero_frames[entry.data_length]
                     else:
-                        frame = checked.frames.chunk(entry.digest.hex())
+                        frame = checked.frames.stored_frame(entry)
                         digest = checked.frames.frame_digest(entry, frame)
                 except FrameError as err:
                     raise CorruptBackup(

@@ -59,6 +59,30 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 64 << 20) and mallopt(_M_TRIM_THRESHOLD, 256 << 20))
 
 
+def sync_filesystem(path: Path) -> None:
+    """Make everything written to the file system holding `path` durable, in one call
+    (syncfs(2): one journal commit for many files, where an fsync of each costs one
+    commit per file); os.sync() where syncfs is missing. OSError when it fails."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        syncfs = _libc_syncfs()
+        if syncfs is None:
+            os.sync()
+        elif syncfs(fd) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, os.strerror(number), str(path))
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _libc_syncfs() -> "ctypes._NamedFuncPointer | None":
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+
+
 def drop_cached(fd: int, offset: int, length: int) -> None:
     """Tell the kernel we will not reread these pages, so a backup does not flush the
     host's page cache (only clean pages go; written data must be synced first)."""
@@ -142,10 +166,11 @@ class NotRegularFile(OSError):
     """The path names a directory, FIFO, device or socket, not a file."""
 
 
-def read_regular_file(path: Path, limit: int) -> bytes:
+def read_regular_file(path: Path, limit: int, uncache: bool = False) -> bytes:
     """At most `limit` + 1 bytes of the regular file `path` (one more than allowed tells
     a longer file), never through a symbolic link nor blocking on a FIFO planted in its
-    place: OSError (FileNotFoundError, NotRegularFile, ...) when it cannot be read."""
+    place: OSError (FileNotFoundError, NotRegularFile, ...) when it cannot be read.
+    `uncache`: drop its pages from the page cache once read (drop_cached)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as file:
         status = os.fstat(fd)
@@ -153,4 +178,7 @@ def read_regular_file(path: Path, limit: int) -> bytes:
             raise NotRegularFile(f"{path} is not a regular file")
         # `limit` may come from untrusted input (the disk size a manifest claims) and
         # read() allocates what it is asked for: ask for no more than the file holds
-        return file.read(min(limit, status.st_size) + 1)
+        data = file.read(min(limit, status.st_size) + 1)
+        if uncache:
+            drop_cached(fd, 0, 0)
+        return data

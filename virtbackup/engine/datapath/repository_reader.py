@@ -14,6 +14,8 @@ as it is read, and a frame's data is checked against its keyed name.
 
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from virtbackup.core.streamformat import (
     FrameEntry,
     IndexHeader,
 )
+from virtbackup.engine.datapath.chunk_prefetch import ChunkPrefetch, chunks_ahead
 from virtbackup.engine.datapath.frames import Buffer, FrameError, decode_frame, max_frame_size
 from virtbackup.engine.datapath.io_control import NotRegularFile, read_regular_file
 from virtbackup.engine.datapath.stream_reader import StreamIndex, verify_frames
@@ -77,7 +80,8 @@ def verify_repository_disk(
     CorruptBackup names the disk, the chunk and the backup."""
     checked = repository_disk(opened, disk)
     checked.frames.check_zero_chunks(checked.index, disk.target)
-    digest = verify_frames(checked.index, checked.frames, disk.target, progress, workers)
+    with checked.frames.reading(checked.index.entries):
+        digest = verify_frames(checked.index, checked.frames, disk.target, progress, workers)
     if digest != disk.digest:
         raise CorruptBackup(
             f"{disk.target}: the data's {disk.digest_algorithm} in {opened.files.label} is "
@@ -133,7 +137,8 @@ def open_repository_disk(
 
 class ChunkFrames:
     """The frames of a repository index: each one chunk file of the repository (of an
-    encrypted one, decrypted with `identity`)."""
+    encrypted one, decrypted with `identity`). Inside `reading`, the chunk files are
+    read ahead of the frames asked for (chunk_prefetch.py)."""
 
     def __init__(
         self,
@@ -150,11 +155,35 @@ class ChunkFrames:
         self._limit = max_frame_size(chunk_size)
         if identity is not None:
             self._limit = age.sealed_size_limit(self._limit)
+        self._ahead = chunks_ahead(chunk_size)
+        self._prefetch: ChunkPrefetch | None = None
 
-    def read(self, entry: FrameEntry) -> Buffer | None:
+    @contextmanager
+    def reading(self, entries: Sequence[FrameEntry]) -> Iterator[None]:
+        """While the block reads the frames of `entries` in about this order, their
+        chunk files are read ahead (a bounded number of them)."""
+        with ChunkPrefetch(entries, self.store.path, self._ahead) as prefetch:
+            self._prefetch = prefetch
+            try:
+                yield
+            finally:
+                self._prefetch = None
+
+    def read(self, entry: FrameEntry) -> bytes | None:
         if entry.is_zero:
             return None  # a hole: its chunk is checked once by check_zero_chunks
-        return self.chunk(entry.digest.hex())
+        return self.stored_frame(entry)
+
+    def stored_frame(self, entry: FrameEntry) -> bytes:
+        """The stored frame of `entry`. A data chunk's file leaves the page cache once
+        read; the zero chunk's stays (it recurs, and is never hinted)."""
+        if entry.is_zero:
+            return self.chunk(entry.digest.hex())
+        try:
+            return self.chunk(entry.digest.hex(), uncache=True)
+        finally:
+            if self._prefetch is not None:
+                self._prefetch.taken()
 
     def where(self, entry: FrameEntry) -> str:
         return f"chunk {entry.digest.hex()} of backup {self.backup}"
@@ -173,11 +202,11 @@ class ChunkFrames:
             raise FrameError("does not match its name")
         return digest
 
-    def chunk(self, name: str) -> bytes:
+    def chunk(self, name: str, uncache: bool = False) -> bytes:
         """The chunk's frame (decrypted for an encrypted backup); FrameError if it
-        cannot be had."""
+        cannot be had. `uncache`: its file leaves the page cache once read."""
         try:
-            stored = self.store.read(name, self._limit)
+            stored = self.store.read(name, self._limit, uncache)
         except CorruptBackup as err:
             if not os.path.lexists(self.store.path(name)):
                 raise FrameError(f"is missing from {self.store.chunks}") from None

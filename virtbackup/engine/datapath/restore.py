@@ -248,9 +248,10 @@ def _restore_one(
         fd = output.create_temporary()
         try:
             if isinstance(index, RepositoryDisk):
-                digest = restore_frames(
-                    index.index, index.frames, fd, disk.target, progress, workers
-                )
+                with index.frames.reading(index.index.entries):
+                    digest = restore_frames(
+                        index.index, index.frames, fd, disk.target, progress, workers
+                    )
             elif index is not None:
                 digest = restore_stream(index, fd, disk.target, progress, workers)
             else:

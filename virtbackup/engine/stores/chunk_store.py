@@ -33,6 +33,7 @@ from virtbackup.core.repository_format import (
     GC_HIDDEN_PREFIX,
     REPOSITORY_DIR,
     SEALED_CHUNKS_DIR,
+    SECRETS_DIR,
     WRITERS_DIR,
     RepositoryConfig,
     RepositoryFormatError,
@@ -84,9 +85,13 @@ class ChunkStore:
         return self._config
 
     def create(self, config: RepositoryConfig | None = None) -> RepositoryConfig:
-        """Make the repository unless it exists; its description either way."""
+        """Make the repository unless it exists; its description either way. A
+        repository whose description is gone while it holds chunks or secrets is damaged:
+        made anew, it could get another chunk size (or lose its secret's id) than its
+        backups were written with, so that is refused."""
         if self.exists():
             return self.config
+        self._refuse_without_description()
         config = config or RepositoryConfig()
         for directory in (self.root, self.chunks, self.writers):
             try:
@@ -96,6 +101,17 @@ class ChunkStore:
         self.write_file(self.root, CONFIG_FILE, build_config(config).encode())
         self._config = self.config
         return self._config
+
+    def _refuse_without_description(self) -> None:
+        for directory in (CHUNKS_DIR, SEALED_CHUNKS_DIR, SECRETS_DIR):
+            if _holds_files(self.root / directory):
+                raise StoreError(
+                    f"{self.root} holds {directory}/ but no {CONFIG_FILE}: the repository "
+                    "is damaged",
+                    f"put {CONFIG_FILE} back from a copy (its chunk_size is the chunk_size "
+                    "of the backups' manifest.json), or move the directory away to start "
+                    "a new repository",
+                )
 
     def ensure_chunk_dir(self) -> None:
         """This store's chunk directory (a repository made before its first encrypted
@@ -148,20 +164,25 @@ class ChunkStore:
 
     def add(self, name: str, frame: tuple[Buffer, ...]) -> int:
         """Store a chunk (its frame, in pieces) under its name; the bytes written."""
+        return self._write_atomically(self.chunk_dir(name), name, frame)
+
+    def chunk_dir(self, name: str) -> Path:
+        """The chunk's directory chunks/ab/, made if missing; never a link."""
         directory = self.path(name).parent
         try:
             directory.mkdir(mode=DIR_MODE, exist_ok=True)
         except OSError as err:
             raise write_error(err, directory) from None
         _refuse_link(directory)
-        return self._write_atomically(directory, name, frame)
+        return directory
 
-    def read(self, name: str, limit: int) -> bytes:
+    def read(self, name: str, limit: int, uncache: bool = False) -> bytes:
         """A chunk's stored bytes (at most `limit`); CorruptBackup when missing, not a
-        regular file or larger."""
+        regular file or larger. `uncache`: its pages leave the page cache once read (a
+        restore reads each chunk once and should not push the host's cache out)."""
         path = self.path(name)
         try:
-            data = read_regular_file(path, limit)
+            data = read_regular_file(path, limit, uncache)
         except FileNotFoundError:
             # hidden by a gc that was killed before deciding on it: still the chunk
             return self._read_hidden(name, limit)
@@ -301,23 +322,31 @@ class ChunkStore:
 
     def _write_atomically(self, directory: Path, name: str, parts: tuple[Buffer, ...]) -> int:
         """Write `parts` to a temporary file in `directory`, fsync it, rename it to `name`."""
+        temporary, written = self.write_temporary(directory, name, parts, sync=True)
+        rename_into_place(temporary, directory / name)
+        return written
+
+    def write_temporary(
+        self, directory: Path, name: str, parts: tuple[Buffer, ...], sync: bool
+    ) -> tuple[Path, int]:
+        """`parts` in a new temporary file in `directory` for `name` (fsynced with
+        `sync`): its path and the bytes written. Nothing is left on failure."""
         temporary = directory / f"{_TEMP_PREFIX}{name}-{secrets.token_hex(6)}"
-        final = directory / name
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             try:
                 written = write_all(fd, parts)
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(temporary, final)
         except OSError as err:
-            _remove_quietly(temporary)
-            raise write_error(err, final) from None
+            remove_quietly(temporary)
+            raise write_error(err, directory / name) from None
         except BaseException:
-            _remove_quietly(temporary)
+            remove_quietly(temporary)
             raise
-        return written
+        return temporary, written
 
 
 class Writer:
@@ -351,7 +380,7 @@ class Writer:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
-        _remove_quietly(self.path)
+        remove_quietly(self.path)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
@@ -359,6 +388,15 @@ class Writer:
                 os.utime(self.path)
             except OSError as err:  # the next gc may then take us for dead: say so
                 log.warning("cannot refresh the writer registration %s: %s", self.path, err)
+
+
+def _holds_files(directory: Path) -> bool:
+    """Whether anything but empty directories lies below `directory` (not followed
+    through links; a missing directory holds nothing)."""
+    for _path, _dirs, files in os.walk(directory):
+        if files:
+            return True
+    return False
 
 
 def _refuse_link(directory: Path) -> None:
@@ -371,7 +409,16 @@ def _refuse_link(directory: Path) -> None:
         )
 
 
-def _remove_quietly(path: Path) -> None:
+def rename_into_place(temporary: Path, final: Path) -> None:
+    """Give a written temporary file its name; it is removed when that fails."""
+    try:
+        os.rename(temporary, final)
+    except OSError as err:
+        remove_quietly(temporary)
+        raise write_error(err, final) from None
+
+
+def remove_quietly(path: Path) -> None:
     try:
         os.unlink(path)
     except OSError as err:
