@@ -9,9 +9,10 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 from harness.libvirtd import DiskSpec, DomainFactory
 
+from virtbackup.adapters.hypervisor import discovery
 from virtbackup.adapters.hypervisor.connection import Hypervisor
-from virtbackup.core.model import DiskFacts, DomainFacts, DomainState
-from virtbackup.core.planning import UnknownDomain, plan_domain
+from virtbackup.core.model import DiskFacts, DomainFacts, DomainState, Method
+from virtbackup.core.planning import PlanOptions, UnknownDomain, plan_domain
 
 pytestmark = pytest.mark.libvirt
 
@@ -241,6 +242,31 @@ def test_domain_facts_of_a_looked_up_domain(
     hypervisor = Hypervisor(libvirt_conn)
     facts = hypervisor.facts(hypervisor.domain(dom.name()))
     assert facts.name == dom.name() and facts.disks[0].virtual_size == MiB
+    assert facts.offers_backup_api  # libvirt 9 with qemu 7.2, as on every host of ours
+
+
+class _NoDomainCapabilities:
+    """A connection whose libvirt cannot answer the domain capabilities question."""
+
+    def __init__(self, conn: Any, libvirt: Any) -> None:
+        self._conn, self._libvirt = conn, libvirt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def getDomainCapabilities(self, *args: Any) -> str:  # noqa: N802 (libvirt's name)
+        raise self._libvirt.libvirtError("this function is not supported by the connection driver")
+
+
+def test_a_libvirt_without_domain_capabilities_offers_no_backup_api(
+    libvirt_conn: Any, libvirt: Any, domain_factory: DomainFactory
+) -> None:
+    dom = domain_factory.create([DiskSpec("qcow2", size=MiB)], hint="nocaps", start=True)
+    old = _NoDomainCapabilities(libvirt_conn, libvirt)
+    facts = discovery.domain_facts(libvirt, old, dom, local=True)
+    assert not facts.offers_backup_api
+    plan = plan_domain(facts, PlanOptions(method=Method.BACKUP_API))
+    assert plan.method is None and "does not offer the backup API" in plan.reason
 
 
 def test_loop_device_is_reported_as_block(domain_factory: DomainFactory, libvirt_conn: Any) -> None:

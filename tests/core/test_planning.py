@@ -407,3 +407,17 @@ def test_the_backup_api_reads_a_qcow2_on_the_network_incrementally() -> None:
     plan = plan_domain(domain(S.RUNNING, replace(NET, format="qcow2")))
     assert plan.method == M.BACKUP_API and "read in full" not in plan.reason
     assert plan.disks[0].reason.endswith("only what changed since the last backup")
+
+
+def test_without_the_backup_api_network_disks_are_left_out_and_auto_takes_a_snapshot() -> None:
+    old = replace(domain(S.RUNNING, QCOW2, NET), offers_backup_api=False)
+    plan = plan_domain(old, PlanOptions(backup_api=True))
+    assert plan.method == M.SNAPSHOT
+    (left_out,) = plan.left_out
+    assert left_out.disk == NET
+    assert "libvirt here does not offer the backup API" in left_out.reason
+    assert "back the volume up on the storage side" in left_out.reason
+    asked = plan_domain(old, PlanOptions(method=M.BACKUP_API))
+    assert asked.method is None and "libvirt here does not offer the backup API" in asked.reason
+    alone = plan_domain(replace(old, disks=(NET,)))
+    assert alone.method is None and alone.nothing_but_left_out

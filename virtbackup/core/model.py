@@ -73,3 +73,4 @@ class DomainFacts:
     persistent: bool
     disks: tuple[DiskFacts, ...] = field(default=())
     has_agent_channel: bool = False  # an org.qemu.guest_agent.0 channel is configured
+    offers_backup_api: bool = True  # libvirt's domain capabilities offer the backup API

@@ -175,11 +175,14 @@ def _how(method: Method, disk: DiskFacts) -> str:
     )
 
 
-def _network_left_out(disk: DiskFacts, state: DomainState) -> DiskPlan:
+def _network_left_out(disk: DiskFacts, facts: DomainFacts) -> DiskPlan:
     """A network disk under a method that cannot read it: qemu reads it for the backup
     API only (reading it on the host would need the storage's tools and credentials)."""
+    state = facts.state
     if state is DomainState.SHUTOFF:
         why = "start the domain to back it up (or back the volume up on the storage side)"
+    elif not facts.offers_backup_api:
+        why = f"{backup_api_problem(facts)}; back the volume up on the storage side"
     elif state in BACKUP_API_STATES:
         why = "use --method backup-api (or auto)"
     else:
@@ -188,13 +191,13 @@ def _network_left_out(disk: DiskFacts, state: DomainState) -> DiskPlan:
     return DiskPlan(disk, False, reason, warning=True, left_out=True)
 
 
-def _finish_disk(verdict: DiskPlan, method: Method | None, state: DomainState) -> DiskPlan:
+def _finish_disk(verdict: DiskPlan, method: Method | None, facts: DomainFacts) -> DiskPlan:
     if not verdict.backup:
         return verdict
     if method is None:
         return DiskPlan(verdict.disk, False, "the domain is not backed up", verdict.warning)
     if verdict.disk.source_type == "network" and method is not Method.BACKUP_API:
-        return _network_left_out(verdict.disk, state)
+        return _network_left_out(verdict.disk, facts)
     if verdict.reason:
         return verdict
     return DiskPlan(verdict.disk, True, _how(method, verdict.disk))
@@ -220,7 +223,7 @@ def plan_domain(facts: DomainFacts, options: PlanOptions | None = None) -> Domai
         method, reason = _auto(facts, wanted, options.backup_api)
     else:
         method, reason = _asked(facts, wanted, options.method)
-    disks = tuple(_finish_disk(v, method, facts.state) for v in verdicts)
+    disks = tuple(_finish_disk(v, method, facts) for v in verdicts)
     if method is not None and not any(d.backup for d in disks):
         method, reason = None, NO_DISK_REASON  # its only disks are on the network
     return DomainPlan(facts, method, reason, disks)
@@ -233,6 +236,11 @@ def _all_on_lv(disks: Sequence[DiskFacts]) -> bool:
 def backup_api_problem(facts: DomainFacts) -> str | None:
     """Why libvirt's backup API cannot serve the domain's disks (None: it can): qemu must
     run it. It serves any disk qemu has open, whatever the storage behind it."""
+    if not facts.offers_backup_api:
+        return (
+            "libvirt here does not offer the backup API for it (its domain capabilities "
+            "lack <backup supported='yes'/>: libvirt or qemu too old)"
+        )
     if facts.state not in BACKUP_API_STATES:
         return f"it is {facts.state}; the backup API needs a running or paused domain"
     return None

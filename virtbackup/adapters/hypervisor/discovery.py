@@ -24,6 +24,7 @@ from virtbackup.adapters.images import (
 from virtbackup.adapters.lvm import LvLookup
 from virtbackup.core.agent_channel import has_agent_channel
 from virtbackup.core.diskxml import parse_disks
+from virtbackup.core.domain_caps import caps_query, offers_backup
 from virtbackup.core.errors import CommandFailed
 from virtbackup.core.model import DiskFacts, DomainFacts
 from virtbackup.core.qcow2_refs import HEAD_BYTES, qcow2_references
@@ -68,7 +69,21 @@ def domain_facts(libvirt: Any, conn: Any, dom: Any, *, local: bool) -> DomainFac
         persistent=dom.isPersistent() == 1,
         disks=tuple(disks),
         has_agent_channel=has_agent_channel(xml),
+        offers_backup_api=_offers_backup_api(libvirt, conn, xml),
     )
+
+
+def _offers_backup_api(libvirt: Any, conn: Any, xml: str) -> bool:
+    """Whether libvirt offers the backup API for this domain; a libvirt that cannot
+    answer (too old for the question) does not."""
+    query = caps_query(xml)
+    try:
+        caps = conn.getDomainCapabilities(
+            query.emulator, query.arch, query.machine, query.virttype, 0
+        )
+    except libvirt.libvirtError:
+        return False
+    return offers_backup(str(caps))
 
 
 def _resolve_volume(libvirt: Any, conn: Any, disk: DiskFacts) -> DiskFacts:
