@@ -82,7 +82,9 @@ def test_pull_jobs_serve_the_instant_and_the_changes_since_a_checkpoint(
         assert data[: 1 * MiB] == bytes(MiB) and data[3 * MiB :] == bytes(13 * MiB)
     finally:
         source.close()
-    assert _peak_rss_reading(socket, 32) < 150 * MiB  # 512 MiB read, buffers reused
+    # 512 MiB read: buffers reused keep it to the interpreter and its modules (~110-190
+    # MiB by host); a buffer kept per request would hold all 512 MiB
+    assert _peak_rss_reading(socket, 32) < 320 * MiB
     dom.backups.abort()
     assert dom.backups.job_xml() is None
     assert not socket.exists()

@@ -321,6 +321,7 @@ def test_encrypted_repository_reads_only_the_changes_from_the_hosts_record(
     # a newer backup planted in DEST, its public manifest claiming the backup API: the
     # host's record is of another stamp, a full read
     newest = runs.made[3][0]
+    time.sleep(1.1)  # a stamp after the newest's
     planted = newest.parent / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     shutil.copytree(newest, planted)
     row, read = runs.back_up()
