@@ -253,6 +253,17 @@ def _sums(g: Any, directory: str, scratch: Path) -> dict[str, str]:
     return sums
 
 
+def _e2fsck(g: Any, device: str) -> tuple[int, str]:
+    """e2fsck -fn's exit status and what it said; an operational error (8: it could not
+    check, not a verdict on the filesystem, seen once on a loaded host) is tried again."""
+    for _attempt in range(3):
+        said = g.debug("sh", [f"e2fsck -fn {device} 2>&1; echo $?"])
+        *lines, code = said.strip().splitlines()
+        if int(code) != 8:
+            break
+    return int(code), "\n".join(lines) + "\n"
+
+
 def check_disks(guestfs: Any, disks: list[GuestDisk], scratch: Path) -> list[DiskCheck]:
     """Open the disks read-only in one appliance: fsck, checksums, swap headers."""
     g = guestfs.GuestFS(python_return_dict=True)
@@ -264,8 +275,7 @@ def check_disks(guestfs: Any, disks: list[GuestDisk], scratch: Path) -> list[Dis
         for index, disk in enumerate(disks):
             dev = f"/dev/sd{chr(ord('a') + index)}"
             check = DiskCheck()
-            code = g.debug("sh", [f"e2fsck -fn {dev}1 >/dev/null 2>&1; echo $?"])
-            check.fsck["ext4"] = int(code.strip().splitlines()[-1])
+            check.fsck["ext4"], ext4_said = _e2fsck(g, f"{dev}1")
             g.mount_ro(f"{dev}1", "/")
             check.ext4_files = _sums(g, "/files", scratch)
             g.umount_all()
@@ -278,7 +288,7 @@ def check_disks(guestfs: Any, disks: list[GuestDisk], scratch: Path) -> list[Dis
                 ["xfs_repair", "-n", "-f", str(copy)], check=False, capture_output=True, text=True
             )
             check.fsck["xfs"] = repair.returncode
-            check.output = repair.stdout + repair.stderr
+            check.output = ext4_said + repair.stdout + repair.stderr
             copy.unlink()
             g.mount_ro(lv, "/")
             check.xfs_files = _sums(g, "/files", scratch)
