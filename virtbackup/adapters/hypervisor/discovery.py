@@ -74,15 +74,16 @@ def domain_facts(libvirt: Any, conn: Any, dom: Any, *, local: bool) -> DomainFac
 
 
 def _offers_backup_api(libvirt: Any, conn: Any, xml: str) -> bool:
-    """Whether libvirt offers the backup API for this domain; a libvirt that cannot
-    answer (too old for the question) does not."""
+    """Whether libvirt offers the backup API for this domain. A connection that may not
+    ask (a read-only one) cannot tell: then it is taken as offered, and a libvirt that
+    lacks it fails the backup job in one line."""
     query = caps_query(xml)
     try:
         caps = conn.getDomainCapabilities(
             query.emulator, query.arch, query.machine, query.virttype, 0
         )
     except libvirt.libvirtError:
-        return False
+        return True
     return offers_backup(str(caps))
 
 
